@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine (Python 3.11, nothing installed):
+#   make run   - set up the serving environment and start the main job
+#   make test  - set up the full environment and run the test suite
+# Each creates .venv on first use and is a no-op install afterwards (stamp files).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --disable-pip-version-check -q
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test bench report clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Serving dependencies only (no torch): what the Docker image has.
+$(VENV)/.serve-stamp: requirements/serve.txt | $(PY)
+	$(PIP) -r requirements/serve.txt
+	touch $@
+
+# Everything: training (torch==2.13.0, CPU), reports and tests.
+$(VENV)/.dev-stamp: requirements/serve.txt requirements/dev.txt | $(PY)
+	$(PIP) -r requirements/serve.txt -r requirements/dev.txt
+	touch $(VENV)/.serve-stamp $@
+
+run: $(VENV)/.serve-stamp
+	$(PY) -m chipsim.demo
+
+test: $(VENV)/.dev-stamp
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.dev-stamp
+	$(PY) -m bench.chip_state
+
+clean:
+	rm -rf $(VENV) .pytest_cache

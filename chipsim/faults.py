@@ -1,0 +1,41 @@
+"""Stuck-at faults (DESIGN §3.3, class 4).
+
+Each device is independently stuck at 0 µS (RESET) with ``p_stuck_reset`` or at ``g_max``
+(SET) with ``p_stuck_set``; sampled once at programming. Stuck devices ignore the programmed
+target and do not drift. In the stored state a fault is encoded in the sign of the device's
+drift exponent (ν ≥ 0 for healthy devices), so faults cost no extra bytes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HEALTHY, STUCK_RESET, STUCK_SET = 0, 1, 2
+NU_CODE = {STUCK_RESET: -1.0, STUCK_SET: -2.0}
+
+
+def sample_faults(shape: tuple[int, ...], p_reset: float, p_set: float, rng: np.random.Generator) -> np.ndarray:
+    """Fault code per device (int8: 0 healthy, 1 stuck RESET, 2 stuck SET)."""
+    codes = np.zeros(shape, dtype=np.int8)
+    if p_reset <= 0 and p_set <= 0:
+        return codes
+    u = rng.random(shape, dtype=np.float64)
+    codes[u < p_reset] = STUCK_RESET
+    codes[(u >= p_reset) & (u < p_reset + p_set)] = STUCK_SET
+    return codes
+
+
+def encode_nu(nu: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """ν with fault codes folded into negative values."""
+    out = nu.copy()
+    out[codes == STUCK_RESET] = NU_CODE[STUCK_RESET]
+    out[codes == STUCK_SET] = NU_CODE[STUCK_SET]
+    return out
+
+
+def decode_faults(nu_coded: np.ndarray) -> np.ndarray:
+    """Fault code per device from stored ν."""
+    codes = np.zeros(nu_coded.shape, dtype=np.int8)
+    codes[nu_coded == NU_CODE[STUCK_RESET]] = STUCK_RESET
+    codes[nu_coded == NU_CODE[STUCK_SET]] = STUCK_SET
+    return codes

@@ -1,0 +1,108 @@
+"""The programmed chip: immutable state sampled once at programming (DESIGN §4).
+
+Per device the state holds the *deviation* of the programmed conductance from its target
+(``dg_us``, float16) and the drift exponent with fault codes folded in (``nu``, float16): 2 bytes
+each, 8 bytes per weight for the two devices of a pair. Storing the deviation rather than the
+conductance keeps float16 exact where there is no noise (the ``ideal`` chip returns the digital
+weights) and precise where there is (an error of ~0.3 µS is stored to ~1e-4 µS). The target
+weights themselves belong to the model and are stored once, shared by every chip made from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from chipsim.mapping import column_scales, normalise, pair_targets_us
+from chipsim.profiles import ChipProfile
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A matrix to program: ``weight`` (rows = inputs, cols = outputs), digital ``bias`` and the
+    DAC input range ``input_range`` (inputs are clipped to ±input_range)."""
+
+    name: str
+    weight: np.ndarray
+    input_range: float = 1.0
+    bias: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        w = np.asarray(self.weight)
+        if w.ndim != 2 or w.size == 0:
+            raise ValueError(f"layer {self.name!r}: weight must be a non-empty 2-D matrix, got shape {w.shape}")
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"layer {self.name!r}: weight contains NaN or inf")
+        if not (np.isfinite(self.input_range) and self.input_range > 0):
+            raise ValueError(f"layer {self.name!r}: input_range must be a positive finite number")
+        if self.bias is not None and np.asarray(self.bias).shape != (w.shape[1],):
+            raise ValueError(f"layer {self.name!r}: bias must have shape ({w.shape[1]},)")
+
+
+@dataclass
+class LayerState:
+    """One programmed layer. Arrays of devices are stacked pairs: index 0 is G+, 1 is G−."""
+
+    name: str
+    weight: np.ndarray  # float32 (rows, cols): the target (digital) weights
+    input_range: float
+    tiles: list[tuple[int, int]]  # row range of each tile
+    dg_us: np.ndarray  # float16 (2, rows, cols): G_prog − G_target, µS
+    nu: np.ndarray  # float16 (2, rows, cols): drift exponent, or fault code (< 0)
+    gdc_baseline: np.ndarray  # float32 (tiles,): mean|Y| of the identity read at programming
+    gdc_baseline_col: np.ndarray  # float32 (tiles, cols): the same per column
+    gdc_baseline_exact: np.ndarray  # float32 (tiles,): mean|w_target| (noise-free reference)
+    bias: np.ndarray | None = None  # float32 (cols,), digital
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.weight.shape)  # type: ignore[return-value]
+
+    @cached_property
+    def col_scale(self) -> np.ndarray:
+        return column_scales(self.weight)
+
+    @cached_property
+    def w_norm(self) -> np.ndarray:
+        return normalise(self.weight, self.col_scale)
+
+    def g_target_us(self, g_max_us: float) -> np.ndarray:
+        return pair_targets_us(self.w_norm, g_max_us)
+
+    def g_prog_us(self, g_max_us: float) -> np.ndarray:
+        """Programmed conductances (2, rows, cols), µS, decoded from the stored deviation."""
+        g = self.g_target_us(g_max_us)
+        g += self.dg_us.astype(np.float32)
+        return np.maximum(g, 0, out=g)
+
+
+@dataclass
+class ChipState:
+    """A programmed chip. Never mutated after programming: ages are read-outs."""
+
+    chip_id: str
+    profile: ChipProfile
+    seed: int
+    programmed_at: float  # Unix time, s
+    layers: list[LayerState]
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: model digest, time scale, parent…
+    attachments: dict[str, bytes] = field(default_factory=dict)  # e.g. the compiled ONNX graph
+
+    def layer(self, name: str) -> LayerState:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"chip {self.chip_id!r} has no layer {name!r}")
+
+    @property
+    def n_weights(self) -> int:
+        return sum(layer.weight.size for layer in self.layers)
+
+    @property
+    def n_devices(self) -> int:
+        return 2 * self.n_weights
