@@ -31,10 +31,13 @@ def quantize(x: Any, levels: int, bound: float) -> Any:
     return xp.round(x / step) * step
 
 
-def dac(x: Any, input_range: float, levels: int) -> Any:
-    """DAC: clip to ±r, normalise to [−1, 1], quantise with ``levels`` steps over [−1, 1]."""
+def dac(x: Any, input_range: float, levels: int, clip: bool = True) -> Any:
+    """DAC: clip to ±r, normalise to [−1, 1], quantise with ``levels`` steps over [−1, 1].
+    ``clip=False`` is an ideal DAC with unbounded range (the ``ideal`` profile)."""
     xp = namespace(x)
-    return quantize(xp.clip(x, -input_range, input_range) / input_range, levels, 1.0)
+    if clip:
+        x = xp.clip(x, -input_range, input_range)
+    return quantize(x / input_range, levels, 1.0)
 
 
 def adc(y: Any, bound: float, levels: int) -> Any:

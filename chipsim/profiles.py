@@ -8,7 +8,7 @@ classes of DESIGN §3.3 has its own switch (a scale or probability; 0 turns it o
 3. drift: ``drift_scale``
 4. stuck-at faults: ``p_stuck_reset``, ``p_stuck_set``
 5. IR drop: ``ir_drop``
-6. ADC/DAC: ``in_levels``, ``out_levels``, ``out_bound``, ``out_noise``
+6. ADC/DAC: ``in_clip``, ``in_levels``, ``out_levels``, ``out_bound``, ``out_noise``
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class ChipProfile(BaseModel):
     # 5. IR drop
     ir_drop: float = Field(1.0, ge=0, le=100, description="Scale of the IR-drop model (0 = off, 1 = standard).")
     # 6. DAC / ADC
+    in_clip: bool = Field(True, description="DAC clips inputs to ±input_range (False: an ideal, unbounded DAC).")
     in_levels: int = Field(254, ge=0, le=1 << 20, description="DAC steps over [−1, 1] (0 = ideal DAC).")
     out_levels: int = Field(254, ge=0, le=1 << 20, description="ADC steps over [−out_bound, out_bound] (0 = no quantisation).")
     out_bound: float = Field(10.0, ge=0, le=1e6, description="ADC clipping bound, normalised units (0 = no clipping).")
@@ -65,6 +66,8 @@ class ChipProfile(BaseModel):
             raise ValueError(f"device: unknown device {self.device!r}; known: {sorted(DEVICES)}")
         if self.p_stuck_reset + self.p_stuck_set > 1:
             raise ValueError("p_stuck_reset + p_stuck_set must not exceed 1")
+        if self.out_levels > 0 and self.out_bound <= 0:
+            raise ValueError("out_levels: ADC quantisation needs a positive out_bound (its step is 2·out_bound/out_levels)")
         return self
 
     @property
@@ -78,7 +81,7 @@ class ChipProfile(BaseModel):
 PRESETS: dict[str, dict[str, Any]] = {
     "ideal": dict(
         prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.0, w_noise=0.0, ir_drop=0.0,
-        in_levels=0, out_levels=0, out_bound=0.0, out_noise=0.0,
+        in_clip=False, in_levels=0, out_levels=0, out_bound=0.0, out_noise=0.0,
     ),
     "pcm-reference": dict(),
     "pcm": dict(p_stuck_reset=1e-3, p_stuck_set=1e-4),

@@ -65,6 +65,17 @@ def sample_devices(
     return g_prog.astype(np.float32), fl.encode_nu(nu.astype(np.float32), codes)
 
 
+def _check_tiles(name: str, tiles: list[tuple[int, int]], n_rows: int, tile_rows: int) -> None:
+    edges = [0]
+    for a, b in tiles:
+        if a != edges[-1] or not a < b or b - a > tile_rows:
+            raise ValueError(f"layer {name!r}: tiles {tiles} must cover the {n_rows} rows contiguously, "
+                             f"each with at most tile_rows={tile_rows} rows")
+        edges.append(b)
+    if edges[-1] != n_rows:
+        raise ValueError(f"layer {name!r}: tiles cover {edges[-1]} of {n_rows} rows")
+
+
 def program_layer(spec: LayerSpec, profile: ChipProfile, seed: int, layer_index: int) -> LayerState:
     """Program one matrix onto tiles; returns its immutable state."""
     weight = np.ascontiguousarray(spec.weight, dtype=np.float32)
@@ -73,7 +84,8 @@ def program_layer(spec: LayerSpec, profile: ChipProfile, seed: int, layer_index:
     g_target = pair_targets_us(w_norm, g_max)
     g_prog, nu = sample_devices(g_target, profile, seed, layer_index)
     dg = (g_prog - g_target).astype(np.float16)
-    tiles = tile_bounds(weight.shape[0], profile.tile_rows)
+    tiles = spec.tiles or tile_bounds(weight.shape[0], profile.tile_rows)
+    _check_tiles(spec.name, tiles, weight.shape[0], profile.tile_rows)
     layer = LayerState(
         name=spec.name,
         weight=weight,

@@ -66,7 +66,7 @@ def analog_matmul(
         noise = draw_mvm_noise(x.shape[0], layer, rng)
     r = layer.input_range
     alpha = readout.alpha(gdc or profile.gdc).astype(np.float64)
-    x_dac = dac(x, r, profile.in_levels)
+    x_dac = dac(x, r, profile.in_levels, profile.in_clip)
     y = np.zeros((x.shape[0], layer.shape[1]))
     for k, (a, b) in enumerate(layer.tiles):
         w = readout.w_norm[a:b].astype(np.float64)

@@ -30,6 +30,9 @@ class LayerSpec:
     input_range: float = 1.0
     bias: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Row range of each tile; None = split rows evenly into tiles of at most ``tile_rows``.
+    #: The compiler sets it for Conv layers so tiles hold whole input channels.
+    tiles: list[tuple[int, int]] | None = None
 
     def __post_init__(self) -> None:
         w = np.asarray(self.weight)

@@ -1,0 +1,601 @@
+"""The ONNX compiler: program any ONNX model onto the chip (DESIGN §3.6).
+
+Shaped like onnxruntime's static quantisation tool: walk the graph, hand each weight-bearing
+node to a per-op rewriter from a registry (``MatMul``, ``Gemm``, ``Conv``), calibrate the DAC
+input ranges, and leave every other node untouched. Each analog layer becomes standard ONNX ops:
+
+    clip to ±r → ÷r → DAC quantisation
+      → per tile: MatMul/Conv with the read-out weights (graph inputs, so a new age needs no
+        new session) + per-MVM weight read noise + IR drop + output noise → ADC → × α_k·r·s_col
+      → Σ over tiles → + bias (digital)
+
+Noise enters as graph inputs drawn by the runtime, so a request with a seed is reproducible.
+A ``MatMul`` between two activations (attention's QKᵀ and AV) stays digital.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from chipsim.periphery import IR_DROP_G_RATIO
+from chipsim.profiles import ChipProfile
+from chipsim.programming import program
+from chipsim.state import ChipState, LayerSpec
+
+#: DAC input range for layers with neither metadata nor calibration data: aihwkit's default
+#: ``inp_bound = 1.0`` (inputs assumed normalised to [−1, 1]).
+DEFAULT_INPUT_RANGE = 1.0
+#: Calibration takes this quantile of |x| per layer, so rare outliers do not waste DAC levels.
+CALIBRATION_QUANTILE = 0.9999
+#: Metadata key with learned input ranges: JSON {weight initializer name: r}.
+META_INPUT_RANGES = "agedchip.input_ranges"
+MIN_OPSET = 13
+MAX_MODEL_BYTES = 1 << 30
+
+#: Ops that carry weights the crossbar cannot map, with what to do instead.
+UNMAPPABLE: dict[str, str] = {
+    "LSTM": "export the recurrence unrolled (e.g. torch.nn.LSTMCell in a loop) so its gates are MatMul/Gemm",
+    "GRU": "export the recurrence unrolled (torch.nn.GRUCell in a loop) so its gates are MatMul/Gemm",
+    "RNN": "export the recurrence unrolled so its weights are MatMul/Gemm",
+    "ConvTranspose": "replace it by Upsample + Conv, which the chip maps",
+    "ConvInteger": "export the float model; the chip does its own quantisation",
+    "MatMulInteger": "export the float model; the chip does its own quantisation",
+    "QLinearConv": "export the float model; the chip does its own quantisation",
+    "QLinearMatMul": "export the float model; the chip does its own quantisation",
+    "DeformConv": "use a plain Conv",
+    "Einsum": "export the contraction as MatMul (e.g. torch.matmul) so it can be mapped",
+}
+
+
+class CompileError(ValueError):
+    """The model cannot be programmed; the message says why and what to do."""
+
+    field = "model"
+
+
+@dataclass
+class LayerPlan:
+    """How one analog layer (or one group of a grouped Conv) sits in the compiled graph."""
+
+    index: int  # position in ChipState.layers
+    name: str
+    node: str  # the original node's name
+    kind: str  # "matmul" | "gemm" | "conv"
+    weight_name: str
+    tiles: list[tuple[int, int]]
+    cols: int
+    out_per_sample: int  # elements of this layer's output per batch item
+    conv_shape: list[int] | None = None  # (cols, channels, *kernel) for conv tiles
+    tile_channels: list[tuple[int, int]] | None = None
+
+    def input_names(self, k: int) -> dict[str, str]:
+        p = f"chip/l{self.index}/t{k}/"
+        return {n: p + n for n in ("w", "absw", "rampw", "scale", "nw", "no")}
+
+
+@dataclass
+class CompiledModel:
+    """Result of compilation: layer specs to program, the rewritten graph, and its plan."""
+
+    specs: list[LayerSpec]
+    plans: list[LayerPlan]
+    graph: bytes
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    metadata: dict[str, str] = field(default_factory=dict)
+    digital_nodes: int = 0
+
+    def plan_json(self) -> list[dict[str, Any]]:
+        return [asdict(p) for p in self.plans]
+
+
+# --------------------------------------------------------------------------- loading & checks
+def load_model(model_bytes: bytes) -> onnx.ModelProto:
+    """Parse and validate an ONNX model held in memory. Never reads paths named by the model."""
+    if not isinstance(model_bytes, (bytes, bytearray)) or not model_bytes:
+        raise CompileError("model: empty upload; expected an ONNX file")
+    if len(model_bytes) > MAX_MODEL_BYTES:
+        raise CompileError("model: larger than 1 GiB")
+    try:
+        model = onnx.load_from_string(bytes(model_bytes))
+    except Exception as err:  # protobuf raises several types
+        raise CompileError(f"model: not a valid ONNX protobuf ({type(err).__name__})") from None
+    for tensor in _all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            raise CompileError(
+                f"model: tensor {tensor.name!r} is stored in an external data file; the chip never reads files "
+                "named by a model. Save the model with its weights inside (onnx.save(model, path, "
+                "save_as_external_data=False))."
+            )
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:
+        raise CompileError(f"model: malformed ONNX ({str(err).splitlines()[0][:300]})") from None
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise CompileError(f"model: opset {opset} is too old; export with opset ≥ {MIN_OPSET} (e.g. opset_version=17)")
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise CompileError(f"model: node {node.name or node.op_type!r} uses custom domain {node.domain!r}")
+    return model
+
+
+def _all_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+    for sub in _subgraphs(model.graph):
+        yield from sub.initializer
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+                yield from _subgraphs(attr.g)
+
+
+def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and outputs of ``Constant`` nodes (torch sometimes exports weights so)."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return consts
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Shapes of every tensor with symbolic input dims set to 1 (per-sample shapes)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    init_names = {t.name for t in m.graph.initializer}
+    for inp in m.graph.input:
+        if inp.name in init_names:
+            continue
+        for d in inp.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = 1
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception as err:
+        raise CompileError(f"model: shape inference failed ({str(err).splitlines()[0][:200]})") from None
+    shapes: dict[str, list[int | None]] = {}
+    for vi in [*m.graph.value_info, *m.graph.output, *m.graph.input]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def _io(values, init_names: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for vi in values:
+        if vi.name in init_names:
+            continue
+        tt = vi.type.tensor_type
+        out.append({
+            "name": vi.name,
+            "dtype": helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32",
+            "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim],
+        })
+    return out
+
+
+# --------------------------------------------------------------------------- graph building
+class _Builder:
+    """Collects new nodes and constant initializers with unique names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self._n = 0
+
+    def name(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}/{self._n}"
+
+    def const(self, prefix: str, value: Any, dtype=np.float32) -> str:
+        name = self.name(prefix + "/c")
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], prefix: str, output: str | None = None, **attrs: Any) -> str:
+        out = output or self.name(f"{prefix}/{op_type}")
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(prefix + "/n"), **attrs))
+        return out
+
+    def graph_input(self, name: str, shape: list[Any]) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+        return name
+
+
+def _dac(b: _Builder, x: str, r: float, profile: ChipProfile, prefix: str) -> str:
+    """clip(x, ±r)/r then quantisation: the same operations, in the same order, as periphery.dac."""
+    if profile.in_clip:
+        x = b.op("Clip", [x, b.const(prefix, -r), b.const(prefix, r)], prefix)
+    x = b.op("Div", [x, b.const(prefix, r)], prefix)
+    if profile.in_levels > 0:
+        step = b.const(prefix, 2.0 / profile.in_levels)
+        x = b.op("Mul", [b.op("Round", [b.op("Div", [x, step], prefix)], prefix), step], prefix)
+    return x
+
+
+def _tile_periphery(
+    b: _Builder, y: str, mvm: Callable[[str, str], str], xk: str, plan: LayerPlan, k: int,
+    profile: ChipProfile, shape: str, prefix: str,
+) -> str:
+    """Noise, IR drop, ADC and scale for one tile; ``mvm(x, w)`` is MatMul or Conv."""
+    names = plan.input_names(k)
+    n_rows = plan.tiles[k][1] - plan.tiles[k][0]
+    if profile.w_noise > 0:
+        b.graph_input(names["absw"], _weight_shape(plan, k))
+        b.graph_input(names["nw"], ["n"])
+        std = b.op("Sqrt", [mvm(b.op("Mul", [xk, xk], prefix), names["absw"])], prefix)
+        noise = b.op("Reshape", [names["nw"], shape], prefix)
+        y = b.op("Add", [y, b.op("Mul", [b.op("Mul", [std, b.const(prefix, profile.w_noise)], prefix), noise], prefix)], prefix)
+    if profile.ir_drop > 0:
+        if profile.w_noise <= 0:
+            b.graph_input(names["absw"], _weight_shape(plan, k))
+        b.graph_input(names["rampw"], _weight_shape(plan, k))
+        a = b.op("Mul", [mvm(b.op("Abs", [xk], prefix), names["absw"]), b.const(prefix, n_rows / IR_DROP_G_RATIO)], prefix)
+        # c = a·(0.05·a² − 0.2·a + 0.5)
+        poly = b.op("Add", [b.op("Mul", [a, b.op("Sub", [b.op("Mul", [a, b.const(prefix, 0.05)], prefix),
+                                                         b.const(prefix, 0.2)], prefix)], prefix), b.const(prefix, 0.5)], prefix)
+        c = b.op("Mul", [a, poly], prefix)
+        # Σ_j w_ij·x_j·ramp_j = x @ (ramp ⊙ W): the ramp is folded into the weights at read-out.
+        y = b.op("Sub", [y, b.op("Mul", [b.op("Mul", [c, b.const(prefix, profile.ir_drop)], prefix),
+                                         mvm(xk, names["rampw"])], prefix)], prefix)
+    if profile.out_noise > 0:
+        b.graph_input(names["no"], ["n"])
+        noise = b.op("Reshape", [names["no"], shape], prefix)
+        y = b.op("Add", [y, b.op("Mul", [noise, b.const(prefix, profile.out_noise)], prefix)], prefix)
+    if profile.out_levels > 0:
+        step = b.const(prefix, 2.0 * profile.out_bound / profile.out_levels)
+        y = b.op("Mul", [b.op("Round", [b.op("Div", [y, step], prefix)], prefix), step], prefix)
+    if profile.out_bound > 0:
+        y = b.op("Clip", [y, b.const(prefix, -profile.out_bound), b.const(prefix, profile.out_bound)], prefix)
+    b.graph_input(names["scale"], _scale_shape(plan))
+    return b.op("Mul", [y, names["scale"]], prefix)
+
+
+def _weight_shape(plan: LayerPlan, k: int) -> list[int]:
+    a, b = plan.tiles[k]
+    if plan.kind == "conv":
+        ca, cb = plan.tile_channels[k]  # type: ignore[index]
+        return [plan.cols, cb - ca, *plan.conv_shape[2:]]  # type: ignore[index]
+    return [b - a, plan.cols]
+
+
+def _scale_shape(plan: LayerPlan) -> list[int]:
+    if plan.kind == "conv":
+        return [plan.cols] + [1] * (len(plan.conv_shape) - 2)  # type: ignore[arg-type]
+    return [plan.cols]
+
+
+def _analog_layer(b: _Builder, xq: str, plan: LayerPlan, profile: ChipProfile, conv_attrs: dict | None) -> str:
+    """The tiles of one analog layer on quantised input ``xq``; returns Σ_k tile outputs."""
+    prefix = f"chip/l{plan.index}"
+    if plan.kind == "conv":
+        def mvm(x: str, w: str) -> str:
+            return b.op("Conv", [x, w], prefix, **conv_attrs)  # type: ignore[arg-type]
+    else:
+        def mvm(x: str, w: str) -> str:
+            return b.op("MatMul", [x, w], prefix)
+    outs = []
+    shape = None
+    for k, (a, e) in enumerate(plan.tiles):
+        names = plan.input_names(k)
+        b.graph_input(names["w"], _weight_shape(plan, k))
+        if len(plan.tiles) == 1:
+            xk = xq
+        elif plan.kind == "conv":
+            ca, cb = plan.tile_channels[k]  # type: ignore[index]
+            xk = b.op("Slice", [xq, b.const(prefix, [ca], np.int64), b.const(prefix, [cb], np.int64),
+                                b.const(prefix, [1], np.int64)], prefix)
+        else:
+            xk = b.op("Slice", [xq, b.const(prefix, [a], np.int64), b.const(prefix, [e], np.int64),
+                                b.const(prefix, [-1], np.int64)], prefix)
+        y = mvm(xk, names["w"])
+        if shape is None:
+            shape = b.op("Shape", [y], prefix)
+        outs.append(_tile_periphery(b, y, mvm, xk, plan, k, profile, shape, prefix))
+    return outs[0] if len(outs) == 1 else b.op("Sum", outs, prefix)
+
+
+# --------------------------------------------------------------------------- per-op rewriters
+@dataclass
+class _Ctx:
+    model: onnx.ModelProto
+    consts: dict[str, np.ndarray]
+    producers: dict[str, onnx.NodeProto]
+    shapes: dict[str, list[int | None]]
+    profile: ChipProfile
+    ranges: dict[str, float]
+    builder: _Builder
+    specs: list[LayerSpec] = field(default_factory=list)
+    plans: list[LayerPlan] = field(default_factory=list)
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _out_per_sample(ctx: _Ctx, node: onnx.NodeProto, channels: int | None = None) -> int:
+    shape = ctx.shapes.get(node.output[0])
+    if not shape or any(d is None for d in shape):
+        raise CompileError(
+            f"model: cannot infer the output shape of node {node.name or node.op_type!r}; export with static "
+            "non-batch dimensions (only the leading batch dimension may be dynamic)"
+        )
+    shape = list(shape)
+    if channels is not None:
+        shape[1] = channels
+    return int(np.prod(shape))
+
+
+def _range_for(ctx: _Ctx, weight_name: str) -> float:
+    return float(ctx.ranges.get(weight_name, DEFAULT_INPUT_RANGE))
+
+
+def _new_plan(ctx: _Ctx, node: onnx.NodeProto, kind: str, weight_name: str, name: str, spec_weight: np.ndarray,
+              out_per_sample: int, tiles=None, **extra: Any) -> LayerPlan:
+    from chipsim.mapping import tile_bounds
+
+    tiles = tiles or tile_bounds(spec_weight.shape[0], ctx.profile.tile_rows)
+    plan = LayerPlan(index=len(ctx.specs), name=name, node=node.name or node.op_type, kind=kind,
+                     weight_name=weight_name, tiles=tiles, cols=spec_weight.shape[1],
+                     out_per_sample=out_per_sample, **extra)
+    ctx.specs.append(LayerSpec(name=name, weight=spec_weight, input_range=_range_for(ctx, weight_name),
+                               tiles=tiles, meta={"node": plan.node, "kind": kind, "weight": weight_name}))
+    ctx.plans.append(plan)
+    return plan
+
+
+def _rewrite_matmul(ctx: _Ctx, node: onnx.NodeProto) -> bool:
+    w = ctx.consts.get(node.input[1])
+    if w is None or w.ndim != 2:
+        return False  # activation × activation (attention) or batched constant: digital
+    b = ctx.builder
+    name = node.name or f"matmul_{len(ctx.specs)}"
+    plan = _new_plan(ctx, node, "matmul", node.input[1], name, w.astype(np.float32), _out_per_sample(ctx, node))
+    r = ctx.specs[-1].input_range
+    xq = _dac(b, node.input[0], r, ctx.profile, f"chip/l{plan.index}")
+    y = _analog_layer(b, xq, plan, ctx.profile, None)
+    b.op("Identity", [y], f"chip/l{plan.index}", output=node.output[0])
+    return True
+
+
+def _rewrite_gemm(ctx: _Ctx, node: onnx.NodeProto) -> bool:
+    w = ctx.consts.get(node.input[1])
+    if w is None:
+        return False
+    attrs = _attrs(node)
+    alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+    weight = (w.T if attrs.get("transB", 0) else w).astype(np.float32) * np.float32(alpha)
+    b = ctx.builder
+    name = node.name or f"gemm_{len(ctx.specs)}"
+    plan = _new_plan(ctx, node, "gemm", node.input[1], name, weight, _out_per_sample(ctx, node))
+    prefix = f"chip/l{plan.index}"
+    x = node.input[0]
+    if attrs.get("transA", 0):
+        x = b.op("Transpose", [x], prefix, perm=[1, 0])
+    y = _analog_layer(b, _dac(b, x, ctx.specs[-1].input_range, ctx.profile, prefix), plan, ctx.profile, None)
+    if len(node.input) > 2 and node.input[2]:
+        c = node.input[2]
+        if beta != 1.0:
+            c = b.op("Mul", [c, b.const(prefix, beta)], prefix)
+        y = b.op("Add", [y, c], prefix)
+    b.op("Identity", [y], prefix, output=node.output[0])
+    return True
+
+
+def _rewrite_conv(ctx: _Ctx, node: onnx.NodeProto) -> bool:
+    w = ctx.consts.get(node.input[1])
+    if w is None:
+        raise CompileError(
+            f"model: Conv {node.name!r} has dynamic weights (computed at run time); the chip maps only constant "
+            "weights. Export with constant folding (torch.onnx.export(..., do_constant_folding=True))."
+        )
+    attrs = _attrs(node)
+    groups = int(attrs.pop("group", 1))
+    cols_total, cin_g = w.shape[0], w.shape[1]
+    kernel = int(np.prod(w.shape[2:]))
+    if kernel > ctx.profile.tile_rows:
+        raise CompileError(
+            f"model: Conv {node.name!r} has a {list(w.shape[2:])} kernel ({kernel} rows per input channel), more than "
+            f"tile_rows={ctx.profile.tile_rows}; raise profile.tile_rows or use a smaller kernel"
+        )
+    ch_max = ctx.profile.tile_rows // kernel
+    n_tiles = -(-cin_g // ch_max)
+    base, extra = divmod(cin_g, n_tiles)
+    ch_edges = np.concatenate([[0], np.cumsum([base + (1 if i < extra else 0) for i in range(n_tiles)])])
+    tile_channels = [(int(a), int(e)) for a, e in zip(ch_edges[:-1], ch_edges[1:])]
+    tiles = [(a * kernel, e * kernel) for a, e in tile_channels]
+    cols = cols_total // groups
+    b = ctx.builder
+    base_name = node.name or f"conv_{len(ctx.specs)}"
+    r = _range_for(ctx, node.input[1])
+    xq = _dac(b, node.input[0], r, ctx.profile, f"chip/conv_{len(ctx.specs)}")
+    outs = []
+    for g in range(groups):
+        wg = w[g * cols:(g + 1) * cols].astype(np.float32)
+        name = base_name if groups == 1 else f"{base_name}/g{g}"
+        plan = _new_plan(ctx, node, "conv", node.input[1], name, wg.reshape(cols, -1).T.copy(),
+                         _out_per_sample(ctx, node, channels=cols), tiles=tiles,
+                         conv_shape=list(wg.shape), tile_channels=tile_channels)
+        xg = xq
+        if groups > 1:
+            pre = f"chip/l{plan.index}"
+            xg = b.op("Slice", [xq, b.const(pre, [g * cin_g], np.int64), b.const(pre, [(g + 1) * cin_g], np.int64),
+                                b.const(pre, [1], np.int64)], pre)
+        outs.append(_analog_layer(b, xg, plan, ctx.profile, attrs))
+    prefix = f"chip/l{ctx.plans[-1].index}"
+    y = outs[0] if groups == 1 else b.op("Concat", outs, prefix, axis=1)
+    if len(node.input) > 2 and node.input[2]:
+        bias_shape = [1, cols_total] + [1] * (w.ndim - 2)
+        y = b.op("Add", [y, b.op("Reshape", [node.input[2], b.const(prefix, bias_shape, np.int64)], prefix)], prefix)
+    b.op("Identity", [y], prefix, output=node.output[0])
+    return True
+
+
+REWRITERS: dict[str, Callable[[_Ctx, onnx.NodeProto], bool]] = {
+    "MatMul": _rewrite_matmul,
+    "Gemm": _rewrite_gemm,
+    "Conv": _rewrite_conv,
+}
+
+
+def _check_weight_operand(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    """A weight computed at run time purely from constants is a folded-away weight, not an activation."""
+    if node.op_type not in REWRITERS or len(node.input) < 2 or node.input[1] in ctx.consts:
+        return
+    seen, stack = set(), [node.input[1]]
+    while stack:
+        t = stack.pop()
+        if t in ctx.consts or t in seen:
+            continue
+        seen.add(t)
+        prod = ctx.producers.get(t)
+        if prod is None:  # a graph input: a genuine activation
+            return
+        stack.extend(i for i in prod.input if i)
+    raise CompileError(
+        f"model: the weight of {node.op_type} {node.name!r} is computed at run time from constants "
+        f"(by {ctx.producers[node.input[1]].op_type}); export with constant folding "
+        "(torch.onnx.export(..., do_constant_folding=True)) so the chip sees constant weights"
+    )
+
+
+# --------------------------------------------------------------------------- calibration
+def calibrate_ranges(model: onnx.ModelProto, inputs: dict[str, np.ndarray], weight_to_input: dict[str, str]) -> dict[str, float]:
+    """Per analog layer, the CALIBRATION_QUANTILE of |input| on user data, by weight name."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    for t in set(weight_to_input.values()) - existing:
+        m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = dict(zip(names, sess.run(names, inputs)))
+    out = {}
+    for w, t in weight_to_input.items():
+        v = np.abs(np.asarray(values[t], dtype=np.float64)).ravel()
+        r = float(np.quantile(v, CALIBRATION_QUANTILE)) if v.size else 0.0
+        out[w] = r if r > 0 else DEFAULT_INPUT_RANGE
+    return out
+
+
+# --------------------------------------------------------------------------- entry points
+def compile_model(
+    model_bytes: bytes, profile: ChipProfile, calibration: dict[str, np.ndarray] | np.ndarray | None = None
+) -> CompiledModel:
+    """Find the analog layers, resolve their input ranges and rewrite the graph."""
+    model = load_model(model_bytes)
+    consts = _constants(model)
+    init_names = {t.name for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in UNMAPPABLE and any(i in consts for i in node.input[1:] if i):
+            raise CompileError(
+                f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot map; "
+                f"{UNMAPPABLE[node.op_type]}"
+            )
+        if node.op_type == "If" or node.op_type == "Loop" or node.op_type == "Scan":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH and any(n.op_type in REWRITERS for n in attr.g.node):
+                    raise CompileError(f"model: weight-bearing ops inside a {node.op_type} body are not supported")
+    metadata = {p.key: p.value for p in model.metadata_props}
+    ranges: dict[str, float] = {}
+    if META_INPUT_RANGES in metadata:
+        try:
+            raw = json.loads(metadata[META_INPUT_RANGES])
+            ranges = {str(k): float(v) for k, v in raw.items()}
+        except (ValueError, TypeError, AttributeError):
+            raise CompileError(f"model: metadata {META_INPUT_RANGES!r} must be a JSON object of positive numbers") from None
+        bad = [k for k, v in ranges.items() if not (np.isfinite(v) and v > 0)]
+        if bad:
+            raise CompileError(f"model: metadata {META_INPUT_RANGES!r} has non-positive ranges for {bad[:5]}")
+    analog_nodes = [n for n in model.graph.node if n.op_type in REWRITERS and len(n.input) > 1 and n.input[1] in consts
+                    and (n.op_type != "MatMul" or consts[n.input[1]].ndim == 2)]
+    missing = {n.input[1]: n.input[0] for n in analog_nodes if n.input[1] not in ranges}
+    if missing and calibration is not None:
+        feeds = calibration if isinstance(calibration, dict) else {_io(model.graph.input, init_names)[0]["name"]: calibration}
+        try:
+            ranges.update(calibrate_ranges(model, {k: np.asarray(v, np.float32) for k, v in feeds.items()}, missing))
+        except Exception as err:
+            raise CompileError(f"calibration: could not run the model on the calibration data ({str(err)[:200]})") from None
+    ctx = _Ctx(model=model, consts=consts, producers={o: n for n in model.graph.node for o in n.output},
+               shapes=_static_shapes(model), profile=profile, ranges=ranges, builder=_Builder())
+    new_nodes: list[onnx.NodeProto] = []
+    digital = 0
+    for node in model.graph.node:
+        _check_weight_operand(ctx, node)
+        rewriter = REWRITERS.get(node.op_type)
+        if rewriter and rewriter(ctx, node):
+            new_nodes.extend(ctx.builder.nodes)
+            ctx.builder.nodes = []
+        else:
+            digital += node.op_type != "Constant"
+            new_nodes.append(node)
+    if not ctx.plans:
+        raise CompileError("model: no weight-bearing MatMul, Gemm or Conv with constant weights; nothing to map")
+    mapped = {p.weight_name for p in ctx.plans}
+    used = {i for n in new_nodes for i in n.input}
+    graph = helper.make_graph(
+        new_nodes,
+        model.graph.name or "agedchip",
+        [i for i in model.graph.input if i.name not in init_names] + ctx.builder.inputs,
+        list(model.graph.output),
+        initializer=[t for t in model.graph.initializer if t.name not in mapped or t.name in used] + ctx.builder.inits,
+    )
+    out = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="agedchip")
+    out.ir_version = model.ir_version
+    try:
+        onnx.checker.check_model(out)
+    except Exception as err:  # a compiler bug, not user input
+        raise RuntimeError(f"compiled graph failed the ONNX checker: {err}") from err
+    return CompiledModel(
+        specs=ctx.specs, plans=ctx.plans, graph=out.SerializeToString(),
+        inputs=_io(model.graph.input, init_names), outputs=_io(model.graph.output, set()),
+        metadata=metadata, digital_nodes=digital,
+    )
+
+
+def program_onnx(
+    model_bytes: bytes,
+    profile: ChipProfile,
+    seed: int,
+    chip_id: str = "chip",
+    calibration: dict[str, np.ndarray] | np.ndarray | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> ChipState:
+    """Compile an ONNX model and program its analog layers onto a new chip."""
+    compiled = compile_model(model_bytes, profile, calibration)
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    chip_meta = {
+        "model_digest": digest,
+        "plans": compiled.plan_json(),
+        "inputs": compiled.inputs,
+        "outputs": compiled.outputs,
+        "model_metadata": compiled.metadata,
+        "digital_nodes": compiled.digital_nodes,
+        **(meta or {}),
+    }
+    return program(compiled.specs, profile, seed, chip_id=chip_id, meta=chip_meta,
+                   attachments={"model.onnx": bytes(model_bytes), "compiled.onnx": compiled.graph}, progress=progress)
