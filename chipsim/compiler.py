@@ -6,7 +6,7 @@ input ranges, and leave every other node untouched. Each analog layer becomes st
 
     clip to ±r → ÷r → DAC quantisation
       → per tile: MatMul/Conv with the read-out weights (graph inputs, so a new age needs no
-        new session) + per-MVM weight read noise + IR drop + output noise → ADC → × α_k·r·s_col
+        new session) + IR drop + per-MVM weight read noise and output noise → ADC → × α_k·r·s_col
       → Σ over tiles → + bias (digital)
 
 Noise enters as graph inputs drawn by the runtime, so a request with a seed is reproducible.
@@ -72,13 +72,13 @@ class LayerPlan:
     weight_name: str
     tiles: list[tuple[int, int]]
     cols: int
-    out_per_sample: int  # elements of this layer's output per batch item
+    out_shape: list[int]  # per-sample output shape, batch dimension = 1
     conv_shape: list[int] | None = None  # (cols, channels, *kernel) for conv tiles
     tile_channels: list[tuple[int, int]] | None = None
 
     def input_names(self, k: int) -> dict[str, str]:
         p = f"chip/l{self.index}/t{k}/"
-        return {n: p + n for n in ("w", "absw", "rampw", "scale", "nw", "no")}
+        return {n: p + n for n in ("w", "nw", "aw", "scale", "noise")}
 
 
 @dataclass
@@ -216,6 +216,12 @@ class _Builder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(prefix + "/n"), **attrs))
         return out
 
+    def split(self, x: str, axis: int, sizes: list[int], prefix: str) -> list[str]:
+        outs = [self.name(f"{prefix}/Split") for _ in sizes]
+        self.nodes.append(helper.make_node("Split", [x, self.const(prefix, sizes, np.int64)], outs,
+                                           name=self.name(prefix + "/n"), axis=axis))
+        return outs
+
     def graph_input(self, name: str, shape: list[Any]) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
         return name
@@ -233,49 +239,68 @@ def _dac(b: _Builder, x: str, r: float, profile: ChipProfile, prefix: str) -> st
 
 
 def _tile_periphery(
-    b: _Builder, y: str, mvm: Callable[[str, str], str], xk: str, plan: LayerPlan, k: int,
-    profile: ChipProfile, shape: str, prefix: str,
+    b: _Builder, yw: str, mvm: Callable[[str, str], str], xk: str, plan: LayerPlan, k: int,
+    profile: ChipProfile, prefix: str,
 ) -> str:
-    """Noise, IR drop, ADC and scale for one tile; ``mvm(x, w)`` is MatMul or Conv."""
+    """IR drop, noise, ADC and scale for one tile; ``mvm(x, w)`` is MatMul or Conv.
+
+    Constants are folded into the tile's weight inputs so the graph has few elementwise ops:
+    ``w`` holds ``[W, ramp⊙W]`` side by side when IR drop is on (one product for both, split
+    here), ``nw = w_noise²·|W|`` (noise variance), ``aw = (n/g_ratio)·|W|`` (IR-drop ``a``), and
+    ``scale = α·r·s_col`` times the ADC step (the ADC works in integer steps, clipped at
+    ±levels/2 = ±out_bound/step). Every fold is exact in real arithmetic; float rounding differs
+    from the reference only in the last bits.
+    """
     names = plan.input_names(k)
-    n_rows = plan.tiles[k][1] - plan.tiles[k][0]
-    if profile.w_noise > 0:
-        b.graph_input(names["absw"], _weight_shape(plan, k))
-        b.graph_input(names["nw"], ["n"])
-        std = b.op("Sqrt", [mvm(b.op("Mul", [xk, xk], prefix), names["absw"])], prefix)
-        noise = b.op("Reshape", [names["nw"], shape], prefix)
-        y = b.op("Add", [y, b.op("Mul", [b.op("Mul", [std, b.const(prefix, profile.w_noise)], prefix), noise], prefix)], prefix)
+    axis = 1 if plan.kind == "conv" else -1
     if profile.ir_drop > 0:
-        if profile.w_noise <= 0:
-            b.graph_input(names["absw"], _weight_shape(plan, k))
-        b.graph_input(names["rampw"], _weight_shape(plan, k))
-        a = b.op("Mul", [mvm(b.op("Abs", [xk], prefix), names["absw"]), b.const(prefix, n_rows / IR_DROP_G_RATIO)], prefix)
-        # c = a·(0.05·a² − 0.2·a + 0.5)
-        poly = b.op("Add", [b.op("Mul", [a, b.op("Sub", [b.op("Mul", [a, b.const(prefix, 0.05)], prefix),
-                                                         b.const(prefix, 0.2)], prefix)], prefix), b.const(prefix, 0.5)], prefix)
-        c = b.op("Mul", [a, poly], prefix)
+        y, ramp_term = b.split(yw, axis, [plan.cols, plan.cols], prefix)
+        b.graph_input(names["aw"], _weight_shape(plan, k, fused=False))
+        a = mvm(b.op("Abs", [xk], prefix), names["aw"])
+        # ir·c = a·(ir·0.05·a² − ir·0.2·a + ir·0.5), in Horner form
+        ir = profile.ir_drop
+        poly = b.op("Add", [b.op("Mul", [a, b.op("Sub", [b.op("Mul", [a, b.const(prefix, ir * 0.05)], prefix),
+                                                         b.const(prefix, ir * 0.2)], prefix)], prefix),
+                            b.const(prefix, ir * 0.5)], prefix)
         # Σ_j w_ij·x_j·ramp_j = x @ (ramp ⊙ W): the ramp is folded into the weights at read-out.
-        y = b.op("Sub", [y, b.op("Mul", [b.op("Mul", [c, b.const(prefix, profile.ir_drop)], prefix),
-                                         mvm(xk, names["rampw"])], prefix)], prefix)
-    if profile.out_noise > 0:
-        b.graph_input(names["no"], ["n"])
-        noise = b.op("Reshape", [names["no"], shape], prefix)
-        y = b.op("Add", [y, b.op("Mul", [noise, b.const(prefix, profile.out_noise)], prefix)], prefix)
+        y = b.op("Sub", [y, b.op("Mul", [b.op("Mul", [a, poly], prefix), ramp_term], prefix)], prefix)
+    else:
+        y = yw
+    if profile.w_noise > 0 or profile.out_noise > 0:
+        b.graph_input(names["noise"], ["n", *plan.out_shape[1:]])
+        if profile.w_noise > 0:  # σ = sqrt(w_noise²·(x²@|W|) + out_noise²): see periphery.output_noise_std
+            b.graph_input(names["nw"], _weight_shape(plan, k, fused=False))
+            var = mvm(b.op("Mul", [xk, xk], prefix), names["nw"])
+            if profile.out_noise > 0:
+                var = b.op("Add", [var, b.const(prefix, profile.out_noise**2)], prefix)
+            std = b.op("Sqrt", [var], prefix)
+        else:
+            std = b.const(prefix, profile.out_noise)
+        y = b.op("Add", [y, b.op("Mul", [std, names["noise"]], prefix)], prefix)
     if profile.out_levels > 0:
-        step = b.const(prefix, 2.0 * profile.out_bound / profile.out_levels)
-        y = b.op("Mul", [b.op("Round", [b.op("Div", [y, step], prefix)], prefix), step], prefix)
-    if profile.out_bound > 0:
+        y = b.op("Round", [b.op("Div", [y, b.const(prefix, 2.0 * profile.out_bound / profile.out_levels)], prefix)], prefix)
+        if profile.out_bound > 0:
+            half = profile.out_levels / 2.0
+            y = b.op("Clip", [y, b.const(prefix, -half), b.const(prefix, half)], prefix)
+    elif profile.out_bound > 0:
         y = b.op("Clip", [y, b.const(prefix, -profile.out_bound), b.const(prefix, profile.out_bound)], prefix)
     b.graph_input(names["scale"], _scale_shape(plan))
     return b.op("Mul", [y, names["scale"]], prefix)
 
 
-def _weight_shape(plan: LayerPlan, k: int) -> list[int]:
+def adc_scale_step(profile: ChipProfile) -> float:
+    """Factor the compiled graph's per-column scale carries for the ADC (its step, or 1)."""
+    return 2.0 * profile.out_bound / profile.out_levels if profile.out_levels > 0 else 1.0
+
+
+def _weight_shape(plan: LayerPlan, k: int, fused: bool) -> list[int]:
+    """Shape of a tile's weight input; ``fused`` doubles the outputs for ``[W, ramp⊙W]``."""
     a, b = plan.tiles[k]
+    cols = plan.cols * (2 if fused else 1)
     if plan.kind == "conv":
         ca, cb = plan.tile_channels[k]  # type: ignore[index]
-        return [plan.cols, cb - ca, *plan.conv_shape[2:]]  # type: ignore[index]
-    return [b - a, plan.cols]
+        return [cols, cb - ca, *plan.conv_shape[2:]]  # type: ignore[index]
+    return [b - a, cols]
 
 
 def _scale_shape(plan: LayerPlan) -> list[int]:
@@ -293,11 +318,10 @@ def _analog_layer(b: _Builder, xq: str, plan: LayerPlan, profile: ChipProfile, c
     else:
         def mvm(x: str, w: str) -> str:
             return b.op("MatMul", [x, w], prefix)
-    outs = []
-    shape = None
+    outs: list[str] = []
     for k, (a, e) in enumerate(plan.tiles):
         names = plan.input_names(k)
-        b.graph_input(names["w"], _weight_shape(plan, k))
+        b.graph_input(names["w"], _weight_shape(plan, k, fused=profile.ir_drop > 0))
         if len(plan.tiles) == 1:
             xk = xq
         elif plan.kind == "conv":
@@ -307,10 +331,7 @@ def _analog_layer(b: _Builder, xq: str, plan: LayerPlan, profile: ChipProfile, c
         else:
             xk = b.op("Slice", [xq, b.const(prefix, [a], np.int64), b.const(prefix, [e], np.int64),
                                 b.const(prefix, [-1], np.int64)], prefix)
-        y = mvm(xk, names["w"])
-        if shape is None:
-            shape = b.op("Shape", [y], prefix)
-        outs.append(_tile_periphery(b, y, mvm, xk, plan, k, profile, shape, prefix))
+        outs.append(_tile_periphery(b, mvm(xk, names["w"]), mvm, xk, plan, k, profile, prefix))
     return outs[0] if len(outs) == 1 else b.op("Sum", outs, prefix)
 
 
@@ -332,17 +353,17 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _out_per_sample(ctx: _Ctx, node: onnx.NodeProto, channels: int | None = None) -> int:
+def _out_shape(ctx: _Ctx, node: onnx.NodeProto, channels: int | None = None) -> list[int]:
     shape = ctx.shapes.get(node.output[0])
     if not shape or any(d is None for d in shape):
         raise CompileError(
             f"model: cannot infer the output shape of node {node.name or node.op_type!r}; export with static "
             "non-batch dimensions (only the leading batch dimension may be dynamic)"
         )
-    shape = list(shape)
+    shape = [int(d) for d in shape]
     if channels is not None:
         shape[1] = channels
-    return int(np.prod(shape))
+    return shape
 
 
 def _range_for(ctx: _Ctx, weight_name: str) -> float:
@@ -350,13 +371,13 @@ def _range_for(ctx: _Ctx, weight_name: str) -> float:
 
 
 def _new_plan(ctx: _Ctx, node: onnx.NodeProto, kind: str, weight_name: str, name: str, spec_weight: np.ndarray,
-              out_per_sample: int, tiles=None, **extra: Any) -> LayerPlan:
+              out_shape: list[int], tiles=None, **extra: Any) -> LayerPlan:
     from chipsim.mapping import tile_bounds
 
     tiles = tiles or tile_bounds(spec_weight.shape[0], ctx.profile.tile_rows)
     plan = LayerPlan(index=len(ctx.specs), name=name, node=node.name or node.op_type, kind=kind,
                      weight_name=weight_name, tiles=tiles, cols=spec_weight.shape[1],
-                     out_per_sample=out_per_sample, **extra)
+                     out_shape=out_shape, **extra)
     ctx.specs.append(LayerSpec(name=name, weight=spec_weight, input_range=_range_for(ctx, weight_name),
                                tiles=tiles, meta={"node": plan.node, "kind": kind, "weight": weight_name}))
     ctx.plans.append(plan)
@@ -369,7 +390,7 @@ def _rewrite_matmul(ctx: _Ctx, node: onnx.NodeProto) -> bool:
         return False  # activation × activation (attention) or batched constant: digital
     b = ctx.builder
     name = node.name or f"matmul_{len(ctx.specs)}"
-    plan = _new_plan(ctx, node, "matmul", node.input[1], name, w.astype(np.float32), _out_per_sample(ctx, node))
+    plan = _new_plan(ctx, node, "matmul", node.input[1], name, w.astype(np.float32), _out_shape(ctx, node))
     r = ctx.specs[-1].input_range
     xq = _dac(b, node.input[0], r, ctx.profile, f"chip/l{plan.index}")
     y = _analog_layer(b, xq, plan, ctx.profile, None)
@@ -386,7 +407,7 @@ def _rewrite_gemm(ctx: _Ctx, node: onnx.NodeProto) -> bool:
     weight = (w.T if attrs.get("transB", 0) else w).astype(np.float32) * np.float32(alpha)
     b = ctx.builder
     name = node.name or f"gemm_{len(ctx.specs)}"
-    plan = _new_plan(ctx, node, "gemm", node.input[1], name, weight, _out_per_sample(ctx, node))
+    plan = _new_plan(ctx, node, "gemm", node.input[1], name, weight, _out_shape(ctx, node))
     prefix = f"chip/l{plan.index}"
     x = node.input[0]
     if attrs.get("transA", 0):
@@ -433,7 +454,7 @@ def _rewrite_conv(ctx: _Ctx, node: onnx.NodeProto) -> bool:
         wg = w[g * cols:(g + 1) * cols].astype(np.float32)
         name = base_name if groups == 1 else f"{base_name}/g{g}"
         plan = _new_plan(ctx, node, "conv", node.input[1], name, wg.reshape(cols, -1).T.copy(),
-                         _out_per_sample(ctx, node, channels=cols), tiles=tiles,
+                         _out_shape(ctx, node, channels=cols), tiles=tiles,
                          conv_shape=list(wg.shape), tile_channels=tile_channels)
         xg = xq
         if groups > 1:

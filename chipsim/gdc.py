@@ -25,19 +25,19 @@ def identity_read(w_tile: np.ndarray, profile: ChipProfile, rng: np.random.Gener
     of :mod:`chipsim.periphery` reduce exactly to elementwise ones (row j of the output is row j
     of ``w``): ``x@w = w``, ``x²@|w| = |w|``, ``|x|@|w| = |w|``, ``x̃@w = ramp_j·w``. A test checks
     this against the general periphery on an explicit identity matrix with the same draws.
-    Noise draws: first the per-MVM weight noise, then the output noise, each shaped like ``w``.
+    Noise: one standard-normal draw per output, shaped like ``w``, scaled by the combined σ of
+    weight read noise and output noise (:func:`chipsim.periphery.output_noise_std`).
     """
     n = w_tile.shape[0]
     w = w_tile.astype(np.float32, copy=False)
     y = w.copy()
-    if profile.w_noise > 0:
-        y += profile.w_noise * np.sqrt(np.abs(w)) * rng.standard_normal(w.shape, dtype=np.float32)
     if profile.ir_drop > 0:
         a = (n / IR_DROP_G_RATIO) * np.abs(w)
         c = a * (0.05 * a * a - 0.2 * a + 0.5)
         y -= profile.ir_drop * c * ir_drop_ramp(n, w)[:, None] * w
-    if profile.out_noise > 0:
-        y += profile.out_noise * rng.standard_normal(w.shape, dtype=np.float32)
+    if profile.w_noise > 0 or profile.out_noise > 0:
+        std = np.sqrt(np.float32(profile.w_noise**2) * np.abs(w) + np.float32(profile.out_noise**2))
+        y += std * rng.standard_normal(w.shape, dtype=np.float32)
     return adc(y, profile.out_bound, profile.out_levels)
 
 

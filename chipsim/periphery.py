@@ -56,6 +56,18 @@ def mvm_noise_std(x_dac: Any, w: Any, w_noise: float) -> Any:
     return w_noise * xp.sqrt((x_dac * x_dac) @ xp.abs(w))
 
 
+def output_noise_std(x_dac: Any, w: Any, w_noise: float, out_noise: float) -> Any:
+    """Total σ of the Gaussian noise added to one MVM's outputs before the ADC.
+
+    The per-MVM weight read noise (σ_w = ``mvm_noise_std``) and the ADC output noise (σ_o =
+    ``out_noise``) are independent zero-mean Gaussians added to the same output, so their sum
+    is one Gaussian with ``σ = sqrt(σ_w² + σ_o²)``: one draw per output instead of two, with the
+    same distribution (this halves the random numbers the runtime draws per inference).
+    """
+    xp = namespace(x_dac, w)
+    return xp.sqrt((w_noise * w_noise) * ((x_dac * x_dac) @ xp.abs(w)) + out_noise * out_noise)
+
+
 def ir_drop_ramp(n_rows: int, like: Any) -> Any:
     """Position weights ``1 − (1 − j/n)²`` for rows ``j = 0 … n−1`` (DESIGN §3.3)."""
     xp = namespace(like)

@@ -5,7 +5,8 @@ against. For an input batch ``x`` (batch, rows) in the layer's input units:
 
 1. DAC: ``x' = quantize(clip(x, ±r)/r)``
 2. per tile k with normalised weights ``w_k`` at the age:
-   ``y_k = x'_k @ w_k`` + per-MVM weight read noise + IR drop + output noise, then the ADC
+   ``y_k = x'_k @ w_k`` + IR drop + per-MVM weight read noise and output noise (one Gaussian
+   with their combined σ, see :func:`chipsim.periphery.output_noise_std`), then the ADC
 3. digital: ``y = Σ_k α_k·y_k`` (GDC), ``× r·s_col`` (undo the normalisations), ``+ bias``
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chipsim.periphery import adc, dac, ir_drop_delta, mvm_noise_std
+from chipsim.periphery import adc, dac, ir_drop_delta, output_noise_std
 from chipsim.profiles import ChipProfile, GdcMode
 from chipsim.readout import LayerReadout
 from chipsim.state import LayerState
@@ -23,21 +24,16 @@ from chipsim.state import LayerState
 
 @dataclass
 class MvmNoise:
-    """Standard-normal draws of one analog MVM, per tile: ``weight[k]`` scales the per-MVM
-    weight read noise, ``out[k]`` the ADC output noise; each (batch, cols)."""
+    """Standard-normal draws of one analog MVM: ``draws[k]`` (batch, cols) for tile k, scaled
+    by the combined σ of per-MVM weight read noise and ADC output noise."""
 
-    weight: list[np.ndarray]
-    out: list[np.ndarray]
+    draws: list[np.ndarray]
 
 
 def draw_mvm_noise(batch: int, layer: LayerState, rng: np.random.Generator) -> MvmNoise:
-    """Draws for one MVM in a fixed order (tile by tile: weight noise, then output noise)."""
+    """Draws for one MVM in a fixed order (tile by tile)."""
     cols = layer.shape[1]
-    weight, out = [], []
-    for _ in layer.tiles:
-        weight.append(rng.standard_normal((batch, cols), dtype=np.float32))
-        out.append(rng.standard_normal((batch, cols), dtype=np.float32))
-    return MvmNoise(weight, out)
+    return MvmNoise([rng.standard_normal((batch, cols), dtype=np.float32) for _ in layer.tiles])
 
 
 def analog_matmul(
@@ -72,12 +68,10 @@ def analog_matmul(
         w = readout.w_norm[a:b].astype(np.float64)
         xk = x_dac[:, a:b]
         yk = xk @ w
-        if profile.w_noise > 0:
-            yk += mvm_noise_std(xk, w, profile.w_noise) * noise.weight[k]
         if profile.ir_drop > 0:
             yk += ir_drop_delta(xk, w, profile.ir_drop)
-        if profile.out_noise > 0:
-            yk += profile.out_noise * noise.out[k]
+        if needs_noise:
+            yk += output_noise_std(xk, w, profile.w_noise, profile.out_noise) * noise.draws[k]
         yk = adc(yk, profile.out_bound, profile.out_levels)
         y += alpha[k] * yk
     y *= r * layer.col_scale.astype(np.float64)

@@ -1,10 +1,17 @@
 """Run a programmed chip at an age with onnxruntime (DESIGN §2, §3.7).
 
-The compiled graph takes the read-out weights of every tile as graph inputs, so serving a new
-age needs a read-out (numpy) but never a new onnxruntime session. Read-outs per (age, read
-seed) live in a bounded LRU with a memory limit. Per-MVM noise is drawn here, in a fixed
-order, from the chip's MVM stream when the request has a seed (bit-identical outputs) and from
-fresh entropy otherwise.
+The compiled graph takes the read-out weights of every tile as graph inputs. Two bindings,
+chosen per runtime (never mixed, so a seeded request is bit-identical however often it runs):
+
+- ``inputs``: one session per chip; the weights of an age are fed with every run. A new age
+  costs only a numpy read-out, but onnxruntime cannot prepack constant weights.
+- ``initializers``: one session per cached age, built with the weights as initializers
+  (``SessionOptions.add_initializer``), so MatMul/Conv prepack them. A new age also costs a
+  session build; repeated ages run at the speed of the original model.
+
+Read-outs per (age, read seed) live in a bounded LRU with a memory limit, together with their
+session in ``initializers`` mode. Per-MVM noise is drawn here, in a fixed order, from the
+chip's MVM stream when the request has a seed (bit-identical outputs), else from fresh entropy.
 """
 
 from __future__ import annotations
@@ -17,10 +24,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from chipsim.compiler import LayerPlan
+from chipsim.compiler import LayerPlan, adc_scale_step
 from chipsim.profiles import GdcMode
 from chipsim.readout import ChipReadout, check_age, read_layer
-from chipsim.periphery import ir_drop_ramp
+from chipsim.periphery import IR_DROP_G_RATIO, ir_drop_ramp
 from chipsim.rng import Stream, check_seed, stream
 from chipsim.state import ChipState
 
@@ -38,10 +45,15 @@ class _Entry:
     readout: ChipReadout
     weights: dict[str, np.ndarray]
     scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    session: ort.InferenceSession | None = None
+    # OrtValues the session reads its initializers from: must live as long as the session.
+    ort_values: list[Any] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
-        return self.readout.nbytes + sum(a.nbytes for a in self.weights.values())
+        # A session's prepacked weights are about one more copy of the weights.
+        n = self.readout.nbytes + sum(a.nbytes for a in self.weights.values())
+        return n + (sum(a.nbytes for a in self.weights.values()) if self.session is not None else 0)
 
 
 @dataclass
@@ -67,8 +79,12 @@ def load_plans(chip: ChipState) -> list[LayerPlan]:
 class ChipRuntime:
     """Inference on one programmed chip. Thread-safe; one onnxruntime session per chip."""
 
+    BINDINGS = ("inputs", "initializers")
+
     def __init__(self, chip: ChipState, *, threads: int | None = None, cache_bytes: int = 256 << 20,
-                 cache_entries: int = 32):
+                 cache_entries: int = 32, binding: str = "initializers"):
+        if binding not in self.BINDINGS:
+            raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
         if "compiled.onnx" not in chip.attachments:
             raise ValueError(f"chip {chip.chip_id!r} was not programmed from an ONNX model")
         self.chip = chip
@@ -76,13 +92,12 @@ class ChipRuntime:
         self.plans = load_plans(chip)
         self.inputs: list[dict[str, Any]] = chip.meta["inputs"]
         self.outputs: list[dict[str, Any]] = chip.meta["outputs"]
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(chip.attachments["compiled.onnx"], opts, providers=["CPUExecutionProvider"])
+        self.binding = binding
+        self.threads = threads
+        graph = chip.attachments["compiled.onnx"]
+        self.session = ort.InferenceSession(graph, self._options(), providers=["CPUExecutionProvider"])
         self._graph_inputs = {i.name for i in self.session.get_inputs()}
+        self._init_graph = self._initializer_graph(graph) if binding == "initializers" else b""
         self.output_names = [o["name"] for o in self.outputs]
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
@@ -90,23 +105,73 @@ class ChipRuntime:
         self._cache: OrderedDict[tuple[float, int], _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
+    def _options(self) -> ort.SessionOptions:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+        return opts
+
+    def _initializer_graph(self, graph: bytes) -> bytes:
+        """The compiled graph with weight inputs turned into (zero) initializers, so that a
+        per-age session can override them with ``add_initializer``."""
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load_from_string(graph)
+        keep, moved = [], []
+        for vi in model.graph.input:
+            if vi.name.startswith("chip/") and vi.name.rsplit("/", 1)[-1] in ("w", "nw", "aw"):
+                dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                moved.append(numpy_helper.from_array(np.zeros(dims, np.float32), vi.name))
+            else:
+                keep.append(vi)
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+        model.graph.initializer.extend(moved)
+        return model.SerializeToString()
+
     # ------------------------------------------------------------------ read-outs
+    def _tile_weights(self, plan: LayerPlan, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Graph inputs of one tile from its normalised weights (rows, cols)."""
+        def conv_form(m: np.ndarray) -> np.ndarray:
+            if plan.kind != "conv":
+                return m
+            return m.T.reshape(plan.cols, -1, *plan.conv_shape[2:])  # type: ignore[index]
+
+        p = self.profile
+        main = conv_form(w)
+        out = {}
+        if p.ir_drop > 0:  # [W, ramp⊙W] side by side: one MatMul/Conv for both
+            ramp = conv_form(w * ir_drop_ramp(w.shape[0], w)[:, None])
+            main = np.concatenate([main, ramp], axis=0 if plan.kind == "conv" else 1)
+            out["aw"] = conv_form(np.abs(w) * np.float32(w.shape[0] / IR_DROP_G_RATIO))
+        if p.w_noise > 0:
+            out["nw"] = conv_form(np.abs(w) * np.float32(p.w_noise**2))
+        out["w"] = main
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
     def _prepare(self, readout: ChipReadout) -> _Entry:
         weights: dict[str, np.ndarray] = {}
         for plan, lr in zip(self.plans, readout.layers):
             for k, (a, b) in enumerate(plan.tiles):
                 names = plan.input_names(k)
-                w = lr.w_norm[a:b]
-                mats = {"w": w}
-                if names["absw"] in self._graph_inputs:
-                    mats["absw"] = np.abs(w)
-                if names["rampw"] in self._graph_inputs:
-                    mats["rampw"] = w * ir_drop_ramp(b - a, w)[:, None]
-                for key, m in mats.items():
-                    if plan.kind == "conv":
-                        m = m.T.reshape(plan.conv_shape[0], -1, *plan.conv_shape[2:])  # type: ignore[index]
-                    weights[names[key]] = np.ascontiguousarray(m, dtype=np.float32)
-        return _Entry(readout, weights)
+                for key, arr in self._tile_weights(plan, lr.w_norm[a:b]).items():
+                    weights[names[key]] = arr
+        entry = _Entry(readout, weights)
+        if self.binding == "initializers":
+            opts = self._options()
+            # ORT_ENABLE_ALL's layout transformation (NCHWc) prepacks Conv weights from the graph's
+            # zero placeholders instead of the add_initializer values (seen with onnxruntime 1.32:
+            # wrong Conv outputs); the extended level keeps MatMul/Conv prepacking and is correct.
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+            for name, arr in weights.items():
+                value = ort.OrtValue.ortvalue_from_numpy(arr)
+                entry.ort_values.append(value)
+                opts.add_initializer(name, value)
+            entry.session = ort.InferenceSession(self._init_graph, opts, providers=["CPUExecutionProvider"])
+        return entry
 
     def _entry(self, age_s: float, read_seed: int) -> _Entry:
         key = (age_s, read_seed)
@@ -141,7 +206,7 @@ class ChipRuntime:
             scales = {}
             for plan, layer, lr in zip(self.plans, self.chip.layers, entry.readout.layers):
                 alpha = lr.alpha(mode)
-                base = np.float32(layer.input_range) * layer.col_scale
+                base = np.float32(layer.input_range * adc_scale_step(self.profile)) * layer.col_scale
                 shape = (plan.cols,) + ((1,) * (len(plan.conv_shape) - 2) if plan.kind == "conv" else ())  # type: ignore[arg-type]
                 for k in range(len(plan.tiles)):
                     scales[plan.input_names(k)["scale"]] = (alpha[k] * base).astype(np.float32).reshape(shape)
@@ -149,19 +214,18 @@ class ChipRuntime:
         return scales
 
     # ------------------------------------------------------------------ noise
-    def noise_sizes(self, batch: int) -> list[tuple[str, int]]:
-        """Names and sizes of the per-MVM noise inputs, in draw order."""
+    def noise_shapes(self, batch: int) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes of the per-MVM noise inputs (one per tile), in draw order."""
         out = []
         for plan in self.plans:
             for k in range(len(plan.tiles)):
-                names = plan.input_names(k)
-                for key in ("nw", "no"):
-                    if names[key] in self._graph_inputs:
-                        out.append((names[key], batch * plan.out_per_sample))
+                name = plan.input_names(k)["noise"]
+                if name in self._graph_inputs:
+                    out.append((name, (batch, *plan.out_shape[1:])))
         return out
 
     def draw_noise(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return {name: rng.standard_normal(n, dtype=np.float32) for name, n in self.noise_sizes(batch)}
+        return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in self.noise_shapes(batch)}
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, inputs: np.ndarray | dict[str, Any]) -> dict[str, np.ndarray]:
@@ -233,11 +297,12 @@ class ChipRuntime:
         read_seed = check_seed(read_seed, "read_seed")
         mode = self.gdc_mode(gdc)
         entry = self._entry(age_s, read_seed)
-        feeds.update(entry.weights)
+        if entry.session is None:
+            feeds.update(entry.weights)
         feeds.update(self._scales(entry, mode))
         batch = next(iter(feeds.values())).shape[0]
         if noise is None:
             rng = stream(self.chip.seed, Stream.MVM, check_seed(seed)) if seed is not None else np.random.default_rng()
             noise = self.draw_noise(batch, rng)
         feeds.update(noise)
-        return self.session.run(self.output_names, feeds)
+        return (entry.session or self.session).run(self.output_names, feeds)

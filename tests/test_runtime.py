@@ -73,7 +73,8 @@ def _im2col(x: np.ndarray, k: int, pad: int) -> np.ndarray:
     [("matmul", 1100, 24, {}), ("gemm", 300, 17, {}), ("conv", 0, 10, {"cin": 64, "k": 3, "hw": 5})],
     ids=["matmul-3-tiles", "gemm-transB", "conv-576-rows-2-tiles"],
 )
-def test_pcm_layer_equals_numpy_reference(op, rows, cols, kw):
+@pytest.mark.parametrize("binding", ["inputs", "initializers"])
+def test_pcm_layer_equals_numpy_reference(op, rows, cols, kw, binding):
     model, matrix, bias = om.single_layer(op, rows, cols, seed=3, **kw)
     profile = get_profile("pcm")
     rng = np.random.default_rng(5)
@@ -85,7 +86,7 @@ def test_pcm_layer_equals_numpy_reference(op, rows, cols, kw):
     layer = chip.layers[0]
     np.testing.assert_array_equal(layer.weight, matrix)
     assert len(layer.tiles) >= 2 or op == "gemm"
-    rt = ChipRuntime(chip)
+    rt = ChipRuntime(chip, binding=binding)
     age = 86400.0
     batch = x.shape[0]
     noise = rt.draw_noise(batch, np.random.default_rng(9))
@@ -97,15 +98,12 @@ def test_pcm_layer_equals_numpy_reference(op, rows, cols, kw):
         hw = kw["hw"]
         xin = _im2col(x, 3, 1)
         to_rows = lambda a: a.reshape(batch, cols, hw, hw).transpose(0, 2, 3, 1).reshape(-1, cols)  # noqa: E731
-        want = analog_matmul(xin, layer, readout, profile,
-                             noise=MvmNoise([to_rows(noise[n["nw"]]) for n in names], [to_rows(noise[n["no"]]) for n in names]),
+        want = analog_matmul(xin, layer, readout, profile, noise=MvmNoise([to_rows(noise[n["noise"]]) for n in names]),
                              bias=False) + bias
         want = want.reshape(batch, hw, hw, cols).transpose(0, 3, 1, 2)
     else:
-        shape = (batch, cols)
         want = analog_matmul(x, layer, readout, profile,
-                             noise=MvmNoise([noise[n["nw"]].reshape(shape) for n in names],
-                                            [noise[n["no"]].reshape(shape) for n in names]), bias=False)
+                             noise=MvmNoise([noise[n["noise"]].reshape(batch, cols) for n in names]), bias=False)
         if bias is not None:
             want = want + bias
     # Elements agree to float32 precision except where float32 (ONNX) vs float64 (reference)
