@@ -58,6 +58,22 @@ def _finite(name: str, value: float) -> float:
     return float(value)
 
 
+def _positive(name: str, value: float, message: str = "must be > 0") -> float:
+    _require(_finite(name, value) > 0, name, message, value)
+    return float(value)
+
+
+def _non_negative(name: str, value: float) -> float:
+    _require(_finite(name, value) >= 0, name, "must be >= 0", value)
+    return float(value)
+
+
+def _int_at_least(name: str, value: int, low: int) -> int:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+    _require(ok, name, f"must be an integer >= {low}", value)
+    return int(value)
+
+
 # --------------------------------------------------------------------------- response functions
 
 
@@ -135,8 +151,8 @@ class LinearStep:
     up_down: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(_finite("slope_up", self.slope_up) >= 0, "slope_up", "must be >= 0", self.slope_up)
-        _require(_finite("slope_down", self.slope_down) >= 0, "slope_down", "must be >= 0", self.slope_down)
+        _non_negative("slope_up", self.slope_up)
+        _non_negative("slope_down", self.slope_down)
         _require(abs(_finite("up_down", self.up_down)) < 1, "up_down", "must be in (-1, 1)", self.up_down)
 
     def q_up(self, w: np.ndarray) -> np.ndarray:
@@ -172,8 +188,8 @@ class SoftBounds:
     up_down: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(_finite("tau_max", self.tau_max) > 0, "tau_max", "must be > 0", self.tau_max)
-        _require(_finite("tau_min", self.tau_min) > 0, "tau_min", "must be > 0 (magnitude of the lower bound)", self.tau_min)
+        _positive("tau_max", self.tau_max)
+        _positive("tau_min", self.tau_min, "must be > 0 (magnitude of the lower bound)")
         _require(abs(_finite("up_down", self.up_down)) < 1, "up_down", "must be in (-1, 1)", self.up_down)
 
     def q_up(self, w: np.ndarray) -> np.ndarray:
@@ -207,8 +223,8 @@ class ExpStep:
     def __post_init__(self) -> None:
         _require(0 < _finite("a_up", self.a_up) < 1, "a_up", "must be in (0, 1)", self.a_up)
         _require(0 < _finite("a_down", self.a_down) < 1, "a_down", "must be in (0, 1)", self.a_down)
-        _require(_finite("gamma_up", self.gamma_up) > 0, "gamma_up", "must be > 0", self.gamma_up)
-        _require(_finite("gamma_down", self.gamma_down) > 0, "gamma_down", "must be > 0", self.gamma_down)
+        _positive("gamma_up", self.gamma_up)
+        _positive("gamma_down", self.gamma_down)
 
     def q_up(self, w: np.ndarray) -> np.ndarray:
         return np.maximum(1.0 - self.a_up * np.exp(self.gamma_up * np.asarray(w, dtype=np.float64)), 0.0)
@@ -238,10 +254,10 @@ class PowStep:
     gamma_down: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(_finite("tau_max", self.tau_max) > 0, "tau_max", "must be > 0", self.tau_max)
-        _require(_finite("tau_min", self.tau_min) > 0, "tau_min", "must be > 0 (magnitude of the lower bound)", self.tau_min)
-        _require(_finite("gamma_up", self.gamma_up) > 0, "gamma_up", "must be > 0", self.gamma_up)
-        _require(_finite("gamma_down", self.gamma_down) > 0, "gamma_down", "must be > 0", self.gamma_down)
+        _positive("tau_max", self.tau_max)
+        _positive("tau_min", self.tau_min, "must be > 0 (magnitude of the lower bound)")
+        _positive("gamma_up", self.gamma_up)
+        _positive("gamma_down", self.gamma_down)
 
     def q_up(self, w: np.ndarray) -> np.ndarray:
         return np.maximum(1.0 - np.asarray(w, dtype=np.float64) / self.tau_max, 0.0) ** self.gamma_up
@@ -253,7 +269,12 @@ class PowStep:
         return bisect_symmetric_point(self, -self.tau_min, self.tau_max)
 
 
-RESPONSES: dict[str, type] = {"linear_step": LinearStep, "soft_bounds": SoftBounds, "exp_step": ExpStep, "pow_step": PowStep}
+RESPONSES: dict[str, type] = {
+    "linear_step": LinearStep,
+    "soft_bounds": SoftBounds,
+    "exp_step": ExpStep,
+    "pow_step": PowStep,
+}
 
 
 # --------------------------------------------------------------------------- device and updates
@@ -268,7 +289,7 @@ class PulsedDevice:
       ``c2c="multiplicative"`` (default): step ``= dw_min·q(w)·(1 + dw_min_std·ξ)`` — the noise
       scales with the response, so a saturated device (q = 0) stays put.
       ``c2c="additive"``: step ``= dw_min·(q(w) + dw_min_std·ξ)`` — the noise is present even at
-      saturation (aihwkit's default for linear-step devices). ``ξ ~ N(0, 1)`` per pulse.
+      saturation. ``ξ ~ N(0, 1)``, drawn independently for every pulse.
     - ``w_min < w_max`` (weight units): hard bounds, the weight is clipped after every pulse.
     - ``max_pulses``: most pulses one update may fire (the pulse-train length of the periphery,
       aihwkit's ``desired_bl`` is 31); larger requests are truncated (``|Δ|`` saturates at
@@ -284,19 +305,15 @@ class PulsedDevice:
     c2c: str = "multiplicative"
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.response, Response), "response", "must implement q_up, q_down, symmetric_point", self.response)
+        ok = isinstance(self.response, Response)
+        _require(ok, "response", "must implement q_up, q_down and symmetric_point", self.response)
         _finite("w_min", self.w_min)
         _finite("w_max", self.w_max)
         _require(self.w_min < self.w_max, "w_max", f"must be > w_min={self.w_min}", self.w_max)
         dw = _finite("dw_min", self.dw_min)
         _require(0 < dw <= (self.w_max - self.w_min) / 2, "dw_min", "must be in (0, (w_max - w_min)/2]", self.dw_min)
-        _require(_finite("dw_min_std", self.dw_min_std) >= 0, "dw_min_std", "must be >= 0", self.dw_min_std)
-        _require(
-            isinstance(self.max_pulses, (int, np.integer)) and not isinstance(self.max_pulses, bool) and self.max_pulses >= 1,
-            "max_pulses",
-            "must be an integer >= 1",
-            self.max_pulses,
-        )
+        _non_negative("dw_min_std", self.dw_min_std)
+        _int_at_least("max_pulses", self.max_pulses, 1)
         _require(self.c2c in C2C_MODES, "c2c", f"must be one of {C2C_MODES}", self.c2c)
 
     @property
