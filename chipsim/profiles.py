@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chipsim.devices import DEVICES, get_device
 
@@ -60,12 +60,17 @@ class ChipProfile(BaseModel):
     # drift compensation
     gdc: GdcMode = Field("global", description="Global drift compensation: per tile, per column, exact reference, or off.")
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; known: {sorted(DEVICES)}")
+        return device
+
     @model_validator(mode="after")
     def _check(self) -> ChipProfile:
-        if self.device not in DEVICES:
-            raise ValueError(f"device: unknown device {self.device!r}; known: {sorted(DEVICES)}")
         if self.p_stuck_reset + self.p_stuck_set > 1:
-            raise ValueError("p_stuck_reset + p_stuck_set must not exceed 1")
+            raise ValueError("p_stuck_set: p_stuck_reset + p_stuck_set must not exceed 1")
         if self.out_levels > 0 and self.out_bound <= 0:
             raise ValueError("out_levels: ADC quantisation needs a positive out_bound (its step is 2·out_bound/out_levels)")
         return self
@@ -96,6 +101,10 @@ def _format_validation_error(err: ValidationError) -> ProfileError:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first.get("loc", ())) or None
     msg = first.get("msg", "invalid value")
+    if field is None and ": " in msg:  # cross-field checks name their field first ("out_levels: …")
+        head = msg.removeprefix("Value error, ").split(": ", 1)[0]
+        if head in ChipProfile.model_fields:
+            field, msg = head, msg.removeprefix("Value error, ").split(": ", 1)[1]
     if first.get("type") == "extra_forbidden":
         msg = f"unknown field; known fields: {sorted(ChipProfile.model_fields)}"
     return ProfileError(f"profile.{field}: {msg}" if field else f"profile: {msg}", field=field)

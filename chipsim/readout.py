@@ -17,7 +17,7 @@ from chipsim import gdc
 from chipsim.mapping import pair_weight
 from chipsim.profiles import ChipProfile, GdcMode
 from chipsim.rng import Stream, check_seed, stream
-from chipsim.state import ChipState, LayerState
+from chipsim.state import ChipState, LayerState, decode_devices
 
 #: The oldest age a chip can be read at: 1000 years. Beyond that the drift law is an
 #: extrapolation over 10 decades past the data it was fitted to (Joshi 2020 measured to ~1e6 s).
@@ -84,15 +84,17 @@ def conductances_at(
     ``max(0, G_drift + |G_drift|·σ_read·ξ)``. Stuck devices (ν < 0 code) do not drift.
     ``rng=None`` gives the noise-free drifted conductances."""
     device = profile.device_model
-    g_prog = layer.g_prog_us(device.g_max_us)
-    g = g_prog
+    dec = decode_devices(layer, device)
+    g = dec.g_prog_us
     if profile.drift_scale > 0 and age_s > 0:
-        nu = layer.nu.astype(np.float32)
-        np.maximum(nu, 0, out=nu)  # fault codes → no drift
-        g = g_prog * device.drift_factor(nu, age_s)
+        g = g * device.drift_factor(dec.nu, age_s)
     if rng is not None and profile.read_noise_scale > 0:
-        sigma = device.read_noise_rel_std(g_prog, age_s) * np.float32(profile.read_noise_scale)
-        g = g + np.abs(g) * sigma * rng.standard_normal(g.shape, dtype=np.float32)
+        sigma_t = np.float32(profile.read_noise_scale * device.read_noise_time_factor(age_s))
+        xi = rng.standard_normal(g.shape, dtype=np.float32)
+        xi *= dec.read_q
+        xi *= sigma_t
+        xi *= np.abs(g)
+        g = g + xi
         np.maximum(g, 0, out=g)
     return g.astype(np.float32, copy=False)
 

@@ -66,6 +66,13 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own checksum field: a changed seed
+    or profile value would silently change every read-out, so the manifest is checked too."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
@@ -127,7 +134,8 @@ class ChipStore:
         """Remove leftovers of writers that died (their pid is gone)."""
         for entry in self.tmp_dir.iterdir():
             pid = entry.name.split("-", 1)[0]
-            if not pid.isdigit() or not _pid_alive(int(pid)) or int(pid) == os.getpid():
+            # Our own pid's entries may be saves in progress in another thread: keep them.
+            if not pid.isdigit() or (int(pid) != os.getpid() and not _pid_alive(int(pid))):
                 shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
     def _new_tmp(self) -> Path:
@@ -208,12 +216,15 @@ class ChipStore:
                 "attachments": attachments,
                 "n_weights": chip.n_weights,
             }
+            manifest["manifest_sha256"] = _manifest_digest(manifest)
             _write_file(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
             _fsync_dir(tmp)
             try:
                 os.rename(tmp, final)  # atomic; fails if a concurrent writer published first
             except OSError:
-                raise ChipExistsError(f"chip_id: chip {chip.chip_id!r} already exists (chips are immutable)") from None
+                if final.exists():
+                    raise ChipExistsError(f"chip_id: chip {chip.chip_id!r} already exists (chips are immutable)") from None
+                raise
             _fsync_dir(self.chips_dir)
         finally:
             if tmp.exists():
@@ -249,6 +260,8 @@ class ChipStore:
                 chip_id, f"chips/{chip_id}/manifest.json",
                 f"format version {manifest.get('version')!r}, this build reads version {FORMAT_VERSION}",
             )
+        if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+            raise ChipCorruptError(chip_id, f"chips/{chip_id}/manifest.json", "manifest checksum mismatch (altered)")
         return manifest
 
     def _load_array(self, chip_id: str, entry: dict[str, Any]) -> np.ndarray:

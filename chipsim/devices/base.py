@@ -34,8 +34,15 @@ class DeviceModel(Protocol):
     def drift_factor(self, nu: Any, age_s: float) -> Any:
         """Multiplicative conductance change G(t)/G_prog at ``age_s`` after programming."""
 
+    def read_noise_q(self, g_prog_us: Any) -> Any:
+        """The state-dependent amplitude of the 1/f read noise (age-independent part)."""
+
+    def read_noise_time_factor(self, age_s: float) -> float:
+        """The age-dependent factor of the 1/f read noise."""
+
     def read_noise_rel_std(self, g_prog_us: Any, age_s: float) -> Any:
-        """Relative standard deviation of the accumulated 1/f read noise at ``age_s``."""
+        """Relative standard deviation of the accumulated 1/f read noise at ``age_s``:
+        ``read_noise_q(g_prog) · read_noise_time_factor(age_s)``."""
 
     def describe(self) -> dict:
         """Parameters and their sources, for documentation and the API."""

@@ -72,12 +72,15 @@ class PCMDevice:
         log_ratio = math.log((age_s + self.t0_s) / self.t0_s)
         return xp.exp(-nu * log_ratio)
 
-    def read_noise_rel_std(self, g_prog_us: Any, age_s: float) -> Any:
-        """Q_s·sqrt(ln((t + t0 + t_read)/(2·t_read))), relative to |G_drift|."""
+    def read_noise_q(self, g_prog_us: Any) -> Any:
+        """1/f noise amplitude Q_s = min(0.0088 / max((G_prog/g_max)^0.65, 1e-3), 0.2)."""
         xp = namespace(g_prog_us)
         g = xp.abs(g_prog_us) / self.g_max_us
-        q_s = clip_max(self.read_q_coeff / clip_min(g**self.read_q_exp, self.read_q_floor), self.read_q_max)
-        return q_s * self.read_noise_time_factor(age_s)
+        return clip_max(self.read_q_coeff / clip_min(g**self.read_q_exp, self.read_q_floor), self.read_q_max)
+
+    def read_noise_rel_std(self, g_prog_us: Any, age_s: float) -> Any:
+        """Q_s·sqrt(ln((t + t0 + t_read)/(2·t_read))), relative to |G_drift|."""
+        return self.read_noise_q(g_prog_us) * self.read_noise_time_factor(age_s)
 
     def read_noise_time_factor(self, age_s: float) -> float:
         """sqrt(ln((t + t0 + t_read)/(2·t_read))): the accumulated 1/f noise power at an age."""

@@ -47,8 +47,12 @@ class ReRAMDevice:
         xp = namespace(nu)
         return xp.exp(-nu * math.log((age_s + self.t0_s) / self.t0_s))
 
+    def read_noise_q(self, g_prog_us: Any) -> Any:
+        """State-independent amplitude, normalised so the relative σ is ``read_rel_std`` at t = 0."""
+        return g_prog_us * 0.0 + self.read_rel_std / self.read_noise_time_factor(0.0)
+
     def read_noise_rel_std(self, g_prog_us: Any, age_s: float) -> Any:
-        return g_prog_us * 0.0 + self.read_rel_std * self.read_noise_time_factor(age_s) / self.read_noise_time_factor(0.0)
+        return self.read_noise_q(g_prog_us) * self.read_noise_time_factor(age_s)
 
     def read_noise_time_factor(self, age_s: float) -> float:
         return math.sqrt(math.log((age_s + self.t0_s + self.t_read_s) / (2.0 * self.t_read_s)))
