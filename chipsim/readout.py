@@ -39,6 +39,13 @@ def check_age(age_s: float, field: str = "age") -> float:
     return age
 
 
+def layer_age(layer: LayerState, chip_age_s: float) -> float:
+    """Age of a layer's devices when the chip is ``chip_age_s`` old. Layers carried over
+    unchanged into a derived chip (e.g. by recalibration) were already ``age_offset_s`` old
+    when that chip was made; re-written layers restart their drift (offset 0)."""
+    return chip_age_s + float(layer.meta.get("age_offset_s", 0.0))
+
+
 @dataclass
 class LayerReadout:
     """Normalised weights of one layer at an age and its GDC factors per mode."""
@@ -104,7 +111,7 @@ def read_layer(
 ) -> LayerReadout:
     rng = stream(chip_seed, Stream.READ, read_seed, layer_index)
     g_max = profile.device_model.g_max_us
-    w = pair_weight(conductances_at(layer, profile, age_s, rng), g_max)
+    w = pair_weight(conductances_at(layer, profile, layer_age(layer, age_s), rng), g_max)
     n_tiles = len(layer.tiles)
     cur = np.zeros(n_tiles)
     cur_col = np.zeros((n_tiles, w.shape[1]), np.float32)

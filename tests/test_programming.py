@@ -585,3 +585,23 @@ def test_profile_error_field_of_unknown_device():
     with pytest.raises(ProfileError) as info:
         get_profile("pcm", device="flash")
     assert info.value.field == "device"
+
+
+def test_layer_age_offset_shifts_only_that_layer():
+    """A layer carried into a derived chip with ``age_offset_s`` reads as that much older;
+    the other layers are unaffected (independent check: the drift law on the same devices)."""
+    import copy
+
+    from chipsim.readout import read
+
+    rng = np.random.default_rng(0)
+    specs = [LayerSpec("a", rng.standard_normal((16, 8)).astype(np.float32)),
+             LayerSpec("b", rng.standard_normal((16, 8)).astype(np.float32))]
+    profile = get_profile("pcm", read_noise_scale=0.0)
+    chip = program(specs, profile, seed=1)
+    older = copy.deepcopy(chip)
+    older.layers[0].meta["age_offset_s"] = 86400.0
+    base = read(chip, 86400.0)
+    shifted = read(older, 0.0)
+    np.testing.assert_array_equal(shifted.layers[0].w_norm, base.layers[0].w_norm)
+    np.testing.assert_array_equal(shifted.layers[1].w_norm, read(chip, 0.0).layers[1].w_norm)
