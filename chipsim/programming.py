@@ -34,6 +34,23 @@ def check_chip_id(chip_id: str) -> str:
     return chip_id
 
 
+def sample_nu(g_target_us: np.ndarray, profile: ChipProfile, seed: int, layer_index: int) -> np.ndarray:
+    """Drift exponents ``ν = |μ_ν(G) + σ_ν(G)·ξ|·drift_scale`` for devices with conductance ``G``."""
+    if profile.drift_scale <= 0:
+        return np.zeros(g_target_us.shape, dtype=np.float32)
+    mu, sd = profile.device_model.drift_nu_stats(g_target_us)
+    xi = stream(seed, Stream.NU, layer_index).standard_normal(g_target_us.shape, dtype=np.float32)
+    return (np.abs(mu + sd * xi) * np.float32(profile.drift_scale)).astype(np.float32)
+
+
+def gdc_baselines(layer: LayerState, w_prog: np.ndarray, profile: ChipProfile, seed: int, layer_index: int) -> None:
+    """Fill the layer's GDC baselines from its programmed weights ``w_prog`` (normalised)."""
+    rng = stream(seed, Stream.GDC_BASELINE, layer_index)
+    for k, (a, b) in enumerate(layer.tiles):
+        layer.gdc_baseline[k], layer.gdc_baseline_col[k] = gdc.references(w_prog[a:b], profile, rng)
+        layer.gdc_baseline_exact[k] = np.abs(layer.w_norm[a:b]).mean(dtype=np.float64)
+
+
 def sample_devices(
     g_target_us: np.ndarray, profile: ChipProfile, seed: int, layer_index: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -53,12 +70,7 @@ def sample_devices(
         xi = stream(seed, Stream.D2D, layer_index).standard_normal(shape, dtype=np.float32)
         g_prog *= 1 + profile.d2d_sigma * xi
         np.maximum(g_prog, 0, out=g_prog)
-    if profile.drift_scale > 0:
-        mu, sd = device.drift_nu_stats(g_target_us)
-        xi = stream(seed, Stream.NU, layer_index).standard_normal(shape, dtype=np.float32)
-        nu = np.abs(mu + sd * xi) * np.float32(profile.drift_scale)
-    else:
-        nu = np.zeros(shape, dtype=np.float32)
+    nu = sample_nu(g_target_us, profile, seed, layer_index)
     codes = fl.sample_faults(shape, profile.p_stuck_reset, profile.p_stuck_set, stream(seed, Stream.FAULTS, layer_index))
     g_prog[codes == fl.STUCK_RESET] = 0.0
     g_prog[codes == fl.STUCK_SET] = device.g_max_us
@@ -100,11 +112,7 @@ def program_layer(spec: LayerSpec, profile: ChipProfile, seed: int, layer_index:
         meta=dict(spec.meta),
     )
     # Baselines from the state as stored (float16-decoded), at programming: no drift, no 1/f noise.
-    w_prog = pair_weight(layer.g_prog_us(g_max), g_max)
-    rng = stream(seed, Stream.GDC_BASELINE, layer_index)
-    for k, (a, b) in enumerate(tiles):
-        layer.gdc_baseline[k], layer.gdc_baseline_col[k] = gdc.references(w_prog[a:b], profile, rng)
-        layer.gdc_baseline_exact[k] = np.abs(layer.w_norm[a:b]).mean(dtype=np.float64)
+    gdc_baselines(layer, pair_weight(layer.g_prog_us(g_max), g_max), profile, seed, layer_index)
     return layer
 
 

@@ -104,6 +104,7 @@ class ChipRuntime:
         self.stats = CacheStats()
         self._cache: OrderedDict[tuple[float, int], _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._side_sessions: dict[str, ort.InferenceSession] = {}
 
     def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
@@ -277,6 +278,36 @@ class ChipRuntime:
         if gdc in ("global", "column", "exact", "off"):
             return gdc  # type: ignore[return-value]
         raise InputError(f"gdc: expected true, false or one of global/column/exact/off, got {gdc!r}", field="gdc")
+
+    def run_tensor(
+        self, inputs: np.ndarray | dict[str, Any], tensor: str, age_s: float, read_seed: int = 0,
+        gdc: bool | str = True, seed: int | None = None,
+    ) -> np.ndarray:
+        """The value of an intermediate tensor of the compiled graph (e.g. the input of an analog
+        layer as the aged chip computes it). Uses a side session with weights fed as inputs."""
+        feeds = self.check_inputs(inputs)
+        if tensor in feeds:
+            return feeds[tensor]
+        with self._lock:
+            sess = self._side_sessions.get(tensor)
+        if sess is None:
+            import onnx
+            from onnx import TensorProto, helper
+
+            model = onnx.load_from_string(self.chip.attachments["compiled.onnx"])
+            if tensor not in {o for n in model.graph.node for o in n.output}:
+                raise InputError(f"tensor: the compiled graph has no tensor {tensor!r}", field="tensor")
+            model.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+            sess = ort.InferenceSession(model.SerializeToString(), self._options(), providers=["CPUExecutionProvider"])
+            with self._lock:
+                self._side_sessions[tensor] = sess
+        entry = self._entry(check_age(age_s), check_seed(read_seed, "read_seed"))
+        feeds.update(entry.weights)
+        feeds.update(self._scales(entry, self.gdc_mode(gdc)))
+        batch = next(iter(feeds.values())).shape[0]
+        rng = stream(self.chip.seed, Stream.MVM, check_seed(seed)) if seed is not None else np.random.default_rng()
+        feeds.update(self.draw_noise(batch, rng))
+        return sess.run([tensor], feeds)[0]
 
     def run(
         self,
