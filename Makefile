@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test bench report clean
+.PHONY: run demo test bench report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ $(VENV)/.dev-stamp: requirements/serve.txt requirements/dev.txt | $(PY)
 	$(PIP) -r requirements/serve.txt -r requirements/dev.txt
 	touch $(VENV)/.serve-stamp $@
 
+# The service on http://127.0.0.1:8000 (docs at /docs), state in ./state; on first start the
+# zoo's HWA CNN is programmed as chip "default". Settings: AGEDCHIP_* environment variables.
 run: $(VENV)/.serve-stamp
+	$(PY) -m service
+
+demo: $(VENV)/.serve-stamp
 	$(PY) -m chipsim.demo
 
 # Prometheus (Debian package, needs root; skipped with a warning otherwise) and the container
