@@ -104,6 +104,7 @@ class ChipRuntime:
         self.stats = CacheStats()
         self._cache: OrderedDict[tuple[float, int], _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._inflight: dict[tuple[float, int], threading.Event] = {}
         self._side_sessions: dict[str, ort.InferenceSession] = {}
 
     def _options(self) -> ort.SessionOptions:
@@ -175,17 +176,30 @@ class ChipRuntime:
         return entry
 
     def _entry(self, age_s: float, read_seed: int) -> _Entry:
+        """The cached entry of (age, read seed). Single flight: concurrent misses of one key
+        wait for the first thread's read-out (and session build) instead of repeating it."""
         key = (age_s, read_seed)
-        with self._lock:
-            entry = self._cache.get(key)
-            if entry is not None:
-                self._cache.move_to_end(key)
-                self.stats.hits += 1
-                return entry
-            self.stats.misses += 1
-        layers = [read_layer(layer, self.profile, self.chip.seed, i, age_s, read_seed)
-                  for i, layer in enumerate(self.chip.layers)]
-        entry = self._prepare(ChipReadout(age_s, read_seed, layers))
+        while True:
+            with self._lock:
+                entry = self._cache.get(key)
+                if entry is not None:
+                    self._cache.move_to_end(key)
+                    self.stats.hits += 1
+                    return entry
+                pending = self._inflight.get(key)
+                if pending is None:
+                    self.stats.misses += 1
+                    pending = self._inflight[key] = threading.Event()
+                    break
+            pending.wait()  # another thread computes it; then look again (it may have failed)
+        try:
+            layers = [read_layer(layer, self.profile, self.chip.seed, i, age_s, read_seed)
+                      for i, layer in enumerate(self.chip.layers)]
+            entry = self._prepare(ChipReadout(age_s, read_seed, layers))
+        finally:
+            with self._lock:
+                del self._inflight[key]
+            pending.set()
         with self._lock:
             self._cache[key] = entry
             self._cache.move_to_end(key)
@@ -200,6 +214,12 @@ class ChipRuntime:
     def readout(self, age_s: float, read_seed: int = 0) -> ChipReadout:
         """The (cached) read-out of the chip at an age."""
         return self._entry(check_age(age_s), check_seed(read_seed, "read_seed")).readout
+
+    def peek(self, age_s: float, read_seed: int = 0) -> ChipReadout | None:
+        """The cached read-out if there is one, without counting a hit or changing LRU order."""
+        with self._lock:
+            entry = self._cache.get((float(age_s), int(read_seed)))
+        return None if entry is None else entry.readout
 
     def _scales(self, entry: _Entry, mode: GdcMode) -> dict[str, np.ndarray]:
         scales = entry.scales.get(mode)

@@ -307,6 +307,8 @@ class LoadedChip:
             "eval_samples": len(eval_set) if eval_set is not None else 0,
             "disk_bytes": self.disk_bytes,
             "shared_bytes": self.shared_bytes,
+            "parent": meta.get("parent"),  # set on chips derived by recalibration
+            "recalibration": meta.get("recalibration"),
         }
 
     # ------------------------------------------------------------------ evaluation
@@ -425,18 +427,9 @@ class InferResult:
 
 
 def _peek_readout(rt: ChipRuntime, age_s: float, read_seed: int):
-    """The read-out a run just used, without counting a second cache access.
-
-    chipsim's public ``ChipRuntime.readout`` counts a hit; the service reports cache hits as a
-    metric, so it peeks at the cache first (falls back to the public call).
-    """
-    cache, lock = getattr(rt, "_cache", None), getattr(rt, "_lock", None)
-    if cache is not None and lock is not None:
-        with lock:
-            entry = cache.get((age_s, read_seed))
-        if entry is not None and hasattr(entry, "readout"):
-            return entry.readout
-    return rt.readout(age_s, read_seed)
+    """The read-out a run just used, without counting a second cache access (the service
+    reports cache hits as a metric); falls back to a read when it was evicted meanwhile."""
+    return rt.peek(age_s, read_seed) or rt.readout(age_s, read_seed)
 
 
 def _io_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -666,6 +659,39 @@ class Registry:
             if not np.issubdtype(v.dtype, np.number) or not np.all(np.isfinite(v)):
                 raise ApiError(422, f"calibration.{k}: must be a finite numeric array", f"calibration.{k}")
         return {k: v.astype(np.float32) for k, v in arrays.items()}
+
+    # ------------------------------------------------------------------ derived chips (recalibration)
+    def taken(self, chip_id: str) -> bool:
+        """True if ``chip_id`` is a chip (ready, corrupt, being made, or on disk)."""
+        with self._lock:
+            if chip_id in self._chips or chip_id in self._corrupt or chip_id in self._pending:
+                return True
+        return self.store.exists(chip_id)
+
+    def reserve(self, chip_id: str) -> str:
+        """Reserve an id for a chip made outside :meth:`program` (409 if taken or the store is full);
+        :meth:`publish` or :meth:`release` ends the reservation."""
+        return self._reserve(chip_id, chip_id)
+
+    def release(self, chip_id: str) -> None:
+        with self._lock:
+            self._pending.discard(chip_id)
+
+    def publish(self, chip: ChipState) -> LoadedChip:
+        """Save a chip made elsewhere (its id reserved) atomically, then serve it. Blocking.
+
+        Nothing is visible before the store's atomic rename; the reservation ends either way."""
+        try:
+            try:
+                self.store.save(chip)
+            except ChipExistsError as err:
+                raise ApiError(409, str(err), "chip_id") from None
+            loaded = LoadedChip(chip, self.settings, *self._sizes(chip.chip_id))
+            with self._lock:
+                self._chips[chip.chip_id] = loaded
+            return loaded
+        finally:
+            self.release(chip.chip_id)
 
     # ------------------------------------------------------------------ deleting
     def delete(self, chip_id: str) -> None:

@@ -253,3 +253,21 @@ def test_input_ranges_from_metadata_then_calibration_then_default():
     m.metadata_props[0].value = '{"w": -1}'
     with pytest.raises(CompileError, match="non-positive"):
         compile_model(m.SerializeToString(), profile)
+
+
+def test_concurrent_misses_of_one_age_compute_it_once():
+    import threading
+
+    model = om.export(om.mlp(), torch.zeros(2, 64))
+    rt = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=4))
+    x = np.zeros((1, 64), np.float32)
+    outs = []
+    threads = [threading.Thread(target=lambda: outs.append(rt.run(x, age_s=777.0, seed=1)[0])) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rt.stats.misses == 1 and rt.stats.hits == 5
+    assert all(np.array_equal(o, outs[0]) for o in outs)
+    assert rt.peek(777.0, 0) is not None and rt.peek(778.0, 0) is None
+    assert rt.stats.hits == 5  # peeking counts nothing
