@@ -663,3 +663,22 @@ def test_help_prints_settings_table():
     res = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     assert res.returncode == 0 and "AGEDCHIP_STATE_DIR" in res.stdout and "AGEDCHIP_API_KEY" in res.stdout
+
+
+# ----------------------------------------------------------------------------------- the real zoo
+REAL_ZOO = REPO / "models" / "zoo"
+
+
+@pytest.mark.skipif(not (REAL_ZOO / "cnn-hwa.onnx").is_file(), reason="the trained zoo is not in models/zoo")
+def test_embedded_default_with_the_real_zoo(tmp_path):
+    """What `make run` starts: the zoo's cnn-hwa as chip `default`, serving at once."""
+    with TestClient(create_app(Settings(state_dir=tmp_path, refresh_seconds=0))) as c:
+        s = c.get("/chips/default").json()
+        assert s["model"]["name"] == "cnn-hwa" and s["profile"]["preset"] == "pcm" and s["eval_samples"] > 0
+        assert s["time_scale"] == 86400.0 and s["classifier"]
+        with np.load(REAL_ZOO / "cnn-hwa.eval.npz") as npz:
+            x, y = npz["x"][:64], npz["y"][:64]
+        r = c.post("/infer", json={"inputs": x.tolist(), "labels": y.tolist(), "age": "1y", "seed": 0}).json()
+        assert r["accuracy"] >= 0.9 and list(r["outputs"]) == [s["outputs"][0]["name"]]
+        names = {m["name"] for m in c.get("/zoo").json()["models"]}
+        assert {"cnn-hwa", "mlp-hwa"} <= names
