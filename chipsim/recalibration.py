@@ -120,8 +120,10 @@ class RecalibrationResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _find_last_layer(chip: ChipState, name: str | None) -> tuple[int, str]:
-    """Index of the layer to train and the tensor entering it; checks it feeds the output."""
+def find_layer(chip: ChipState, name: str | None) -> tuple[int, str]:
+    """Index of the layer to recalibrate (``name``, or the last analog layer when None) and the
+    tensor entering it; raises :class:`RecalibrationError` (field ``layer``) unless it is a
+    MatMul/Gemm whose output reaches the model output through argmax-preserving ops only."""
     import onnx
 
     plans = load_plans(chip)
@@ -195,6 +197,7 @@ def recalibrate(
     *,
     holdout: float = 0.25,
     read_seed: int = 0,
+    threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> RecalibrationResult:
@@ -202,17 +205,19 @@ def recalibrate(
 
     ``holdout`` of the samples (stratification-free, seeded) is kept for the before/after accuracy.
     ``progress(step, steps)`` is called every few steps; ``should_cancel()`` aborts cleanly.
+    ``threads``: onnxruntime intra-op threads of the runtimes used (None: onnxruntime's default).
+    The accuracies are also recorded in the new chip's ``meta["recalibration"]``.
     """
     check_chip_id(new_chip_id)
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(x) or len(y) < 8:
         raise RecalibrationError("labels: need one integer label per sample and at least 8 samples", "labels")
-    idx, tensor = _find_last_layer(chip, config.layer)
+    idx, tensor = find_layer(chip, config.layer)
     layer = chip.layers[idx]
     n_classes = layer.shape[1]
     if y.min() < 0 or y.max() >= n_classes or not np.issubdtype(y.dtype, np.integer):
         raise RecalibrationError(f"labels: must be integers in [0, {n_classes - 1}]", "labels")
-    rt = ChipRuntime(chip, binding="inputs")
+    rt = ChipRuntime(chip, binding="inputs", threads=threads)
     feats = np.asarray(rt.run_tensor(x, tensor, age_s, read_seed=read_seed, seed=config.seed), dtype=np.float64)
     feats = feats.reshape(len(x), -1)
     rng = stream(config.seed, Stream.MVM, 7919)  # training noise, independent of inference streams
@@ -248,8 +253,10 @@ def recalibrate(
             history.append({"step": step + 1, "holdout_accuracy": acc, "pulses": int(opt.pulses_used)})
     w_bar = np.clip(opt.weights(), -1.0, 1.0).astype(np.float32)
     new = _derive_chip(chip, idx, w_bar, age_s, config, new_chip_id, int(opt.pulses_used))
-    after = _accuracy(ChipRuntime(new, binding="inputs").run(x[hold], 0.0, read_seed=read_seed, seed=config.seed)[0],
-                      y[hold])
+    after = _accuracy(ChipRuntime(new, binding="inputs", threads=threads)
+                      .run(x[hold], 0.0, read_seed=read_seed, seed=config.seed)[0], y[hold])
+    new.meta["recalibration"].update(accuracy_before=before, accuracy_before_no_gdc=before_off,
+                                     accuracy_after=after, holdout_samples=int(n_hold))
     return RecalibrationResult(chip=new, layer=layer.name, pulses=int(opt.pulses_used), steps=config.steps,
                                accuracy_before=before, accuracy_before_no_gdc=before_off, accuracy_after=after,
                                history=history)

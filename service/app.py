@@ -34,6 +34,7 @@ from service.background import Refresher
 from service.durations import DurationError, parse_age
 from service.errors import ApiError, error_body, install as install_errors, is_oip, validation_to_api_error
 from service.metrics import Metrics
+from service.recalibration import JobTable, router as recalibration_router
 from service.registry import LoadedChip, ProgramSpec, Registry
 from service.schemas import (
     ERROR_RESPONSES, ChipList, ChipSummary, DriftResponse, EvaluateRequest, EvaluateResponse, Health,
@@ -335,6 +336,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             refresher.stop()
+            await anyio.to_thread.run_sync(app.state.recalibration_jobs.shutdown)  # cancels jobs: no half chip
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -351,7 +353,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.metrics = metrics
     app.state.refresher = refresher
+    app.state.recalibration_jobs = JobTable(registry, settings)
     install_errors(app)
+    app.include_router(recalibration_router)  # POST /chips/{id}/recalibrate, /jobs
 
     # ------------------------------------------------------------------ programming
     @app.post("/program", status_code=201, response_model=ChipSummary, responses=ERROR_RESPONSES,

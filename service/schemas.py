@@ -143,6 +143,10 @@ class ChipSummary(BaseModel):
     disk_bytes: int = Field(description="Bytes of the chip's own files on disk.")
     shared_bytes: int = Field(description="Bytes of the shared, content-addressed files the chip uses (model, "
                                           "weights, compiled graph, eval set); stored once for all chips.")
+    parent: str | None = Field(None, description="Chip this one was derived from (recalibration), if any.")
+    recalibration: dict[str, Any] | None = Field(
+        None, description="How it was derived: algorithm, parameters, recalibration age (s), layer, pulses used, "
+                          "accuracy before/after on the held-out samples.")
 
 
 class ChipListEntry(BaseModel):
