@@ -8,10 +8,19 @@ drift exponent (ν ≥ 0 for healthy devices), so faults cost no extra bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 HEALTHY, STUCK_RESET, STUCK_SET = 0, 1, 2
 NU_CODE = {STUCK_RESET: -1.0, STUCK_SET: -2.0}
+
+
+def stuck_masks(u: Any, p_reset: float, p_set: float) -> tuple[Any, Any]:
+    """(stuck RESET, stuck SET) masks from one uniform [0, 1) draw per device: RESET where
+    ``u < p_reset``, SET where ``p_reset ≤ u < p_reset + p_set``. Array function (numpy or torch),
+    shared with HWA training's drop-connect."""
+    return u < p_reset, (u >= p_reset) & (u < p_reset + p_set)
 
 
 def sample_faults(shape: tuple[int, ...], p_reset: float, p_set: float, rng: np.random.Generator) -> np.ndarray:
@@ -22,8 +31,9 @@ def sample_faults(shape: tuple[int, ...], p_reset: float, p_set: float, rng: np.
     # float32 uniforms resolve probabilities down to 2^-24 ≈ 6e-8, far below any fault rate
     # of interest, at half the cost of float64 (programming is timed per weight).
     u = rng.random(shape, dtype=np.float32)
-    codes[u < p_reset] = STUCK_RESET
-    codes[(u >= p_reset) & (u < p_reset + p_set)] = STUCK_SET
+    reset, stuck_set = stuck_masks(u, p_reset, p_set)
+    codes[reset] = STUCK_RESET
+    codes[stuck_set] = STUCK_SET
     return codes
 
 

@@ -8,14 +8,21 @@ The rows are split evenly into tiles of at most ``tile_rows``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from chipsim.xp import clip_min, namespace
 
-def column_scales(weight: np.ndarray) -> np.ndarray:
-    """``s_col = max|W[:, col]|`` (float32); an all-zero column gets 1 so nothing divides by 0."""
-    s = np.max(np.abs(weight), axis=0).astype(np.float32)
-    s[s == 0] = 1.0
-    return s
+
+def column_scales(weight: Any) -> Any:
+    """``s_col = max|W[:, col]|``; an all-zero column gets 1 so nothing divides by 0.
+    Array function (numpy: float32; torch: the tensor's dtype), shared with HWA training."""
+    xp = namespace(weight)
+    if xp is np:
+        weight = np.asarray(weight, dtype=np.float32)
+    s = xp.amax(xp.abs(weight), axis=0)
+    return xp.where(s > 0, s, xp.ones_like(s))
 
 
 def normalise(weight: np.ndarray, col_scale: np.ndarray) -> np.ndarray:
@@ -23,12 +30,11 @@ def normalise(weight: np.ndarray, col_scale: np.ndarray) -> np.ndarray:
     return (weight.astype(np.float32) / col_scale).astype(np.float32)
 
 
-def pair_targets_us(w_norm: np.ndarray, g_max_us: float) -> np.ndarray:
-    """Target conductances (µS) of the differential pair, stacked: ``[G+, G−]`` (2, rows, cols)."""
-    g = np.empty((2, *w_norm.shape), dtype=np.float32)
-    np.multiply(np.maximum(w_norm, 0), g_max_us, out=g[0])
-    np.multiply(np.maximum(-w_norm, 0), g_max_us, out=g[1])
-    return g
+def pair_targets_us(w_norm: Any, g_max_us: float) -> Any:
+    """Target conductances (µS) of the differential pair, stacked: ``[G+, G−]`` (2, rows, cols).
+    Array function (numpy or torch), shared with HWA training."""
+    xp = namespace(w_norm)
+    return xp.stack([clip_min(w_norm, 0) * g_max_us, clip_min(-w_norm, 0) * g_max_us])
 
 
 def pair_weight(g_pair_us: np.ndarray, g_max_us: float) -> np.ndarray:

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from chipsim import gdc as chip_gdc
-from chipsim.mapping import tile_bounds
+from chipsim.faults import stuck_masks
+from chipsim.mapping import column_scales, pair_targets_us, tile_bounds
 from chipsim.periphery import adc, dac, ir_drop_delta, output_noise_std
 from chipsim.profiles import ChipProfile, get_profile
 
@@ -107,13 +108,6 @@ def sample_age(generator: torch.Generator, age_min_s: float, age_max_s: float) -
 
 
 # --------------------------------------------------------------------------- device level
-def pair_targets(w_norm: torch.Tensor, g_max_us: float) -> torch.Tensor:
-    """Target conductances (µS) of the differential pairs, stacked ``[G+, G−]`` (2, rows, cols):
-    ``G± = g_max·max(±w, 0)`` (DESIGN §3.1; the torch twin of ``chipsim.mapping.pair_targets_us``,
-    which is numpy-only — a test checks they agree)."""
-    return torch.stack([g_max_us * w_norm.clamp(min=0), g_max_us * (-w_norm).clamp(min=0)])
-
-
 @dataclass
 class DeviceDraws:
     """The random numbers of one chip instance of one layer, each (2, rows, cols): standard
@@ -155,9 +149,7 @@ def program_devices(
         nu = torch.abs(mu + sd * draws.nu) * profile.drift_scale
     else:
         nu = torch.zeros_like(g_target_us)
-    u = draws.fault_u
-    reset = u < profile.p_stuck_reset
-    stuck_set = (u >= profile.p_stuck_reset) & (u < profile.p_stuck_reset + profile.p_stuck_set)
+    reset, stuck_set = stuck_masks(draws.fault_u, profile.p_stuck_reset, profile.p_stuck_set)
     stuck = reset | stuck_set
     if bool(stuck.any()):
         g_prog = torch.where(reset, torch.zeros_like(g_prog), g_prog)
@@ -216,12 +208,6 @@ class AgedWeights:
     alpha: torch.Tensor
 
 
-def column_scales(weight: torch.Tensor) -> torch.Tensor:
-    """``s_col = max|W[:, col]|`` with 1 for all-zero columns (as ``chipsim.mapping.column_scales``)."""
-    s = weight.abs().amax(dim=0)
-    return torch.where(s > 0, s, torch.ones_like(s))
-
-
 def age_weights(
     weight: torch.Tensor,
     profile: ChipProfile,
@@ -235,7 +221,7 @@ def age_weights(
     g_max = profile.device_model.g_max_us
     s = column_scales(weight)
     w_norm = weight / s
-    g_target = pair_targets(w_norm, g_max)
+    g_target = pair_targets_us(w_norm, g_max)
     if draws is None:
         draws = DeviceDraws.draw(tuple(g_target.shape), generator, weight.dtype)
     g_prog, nu, _ = program_devices(g_target, profile, draws)

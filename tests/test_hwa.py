@@ -43,10 +43,14 @@ def _chip_draws(shape: tuple[int, ...], seed: int, layer: int = 0, read_seed: in
     )
 
 
-def test_pair_targets_match_chipsim_mapping():
+def test_mapping_runs_identically_on_torch_and_numpy():
+    """HWA maps weights with chipsim's own array functions; torch and numpy must agree exactly."""
     w = normalise(_weights(), column_scales(_weights()))
-    np.testing.assert_array_equal(H.pair_targets(torch.from_numpy(w), 25.0).numpy(), pair_targets_us(w, 25.0))
-    np.testing.assert_array_equal(H.column_scales(torch.from_numpy(_weights())).numpy(), column_scales(_weights()))
+    np.testing.assert_array_equal(pair_targets_us(torch.from_numpy(w), 25.0).numpy(), pair_targets_us(w, 25.0))
+    np.testing.assert_array_equal(column_scales(torch.from_numpy(_weights())).numpy(), column_scales(_weights()))
+    u = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    for a, b in zip(fl.stuck_masks(torch.from_numpy(u), 0.1, 0.05), fl.stuck_masks(u, 0.1, 0.05)):
+        np.testing.assert_array_equal(a.numpy(), b)
 
 
 @pytest.mark.parametrize("profile", [get_profile("pcm-faulty", d2d_sigma=0.05), get_profile("reram", p_stuck_reset=0.02)])
