@@ -3,11 +3,12 @@
 The compiled graph takes the read-out weights of every tile as graph inputs. Two bindings,
 chosen per runtime (never mixed, so a seeded request is bit-identical however often it runs):
 
+- ``initializers`` (default): one session per cached age with the read-out weights embedded
+  as initializers (constants), so onnxruntime prepacks them and optimises Conv layouts. A new
+  age also costs a session build (20–55 ms for the zoo models); repeated ages run up to 4.5×
+  faster than with ``inputs`` (bench/results/runtime.md).
 - ``inputs``: one session per chip; the weights of an age are fed with every run. A new age
-  costs only a numpy read-out, but onnxruntime cannot prepack constant weights.
-- ``initializers``: one session per cached age, built with the weights as initializers
-  (``SessionOptions.add_initializer``), so MatMul/Conv prepack them. A new age also costs a
-  session build; repeated ages run at the speed of the original model.
+  costs only the numpy read-out (2–18 ms for the zoo models): for one-off ages.
 
 Read-outs per (age, read seed) live in a bounded LRU with a memory limit, together with their
 session in ``initializers`` mode. Per-MVM noise is drawn here, in a fixed order, from the
@@ -46,8 +47,6 @@ class _Entry:
     weights: dict[str, np.ndarray]
     scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     session: ort.InferenceSession | None = None
-    # OrtValues the session reads its initializers from: must live as long as the session.
-    ort_values: list[Any] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -97,7 +96,8 @@ class ChipRuntime:
         graph = chip.attachments["compiled.onnx"]
         self.session = ort.InferenceSession(graph, self._options(), providers=["CPUExecutionProvider"])
         self._graph_inputs = {i.name for i in self.session.get_inputs()}
-        self._init_graph = self._initializer_graph(graph) if binding == "initializers" else b""
+        self._has_noise = any(n.rsplit("/", 1)[-1] == "noise" for n in self._graph_inputs)
+        self._init_graph = self._initializer_graph(graph) if binding == "initializers" else None
         self.output_names = [o["name"] for o in self.outputs]
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
@@ -115,24 +115,18 @@ class ChipRuntime:
             opts.inter_op_num_threads = 1
         return opts
 
-    def _initializer_graph(self, graph: bytes) -> bytes:
-        """The compiled graph with weight inputs turned into (zero) initializers, so that a
-        per-age session can override them with ``add_initializer``."""
+    def _initializer_graph(self, graph: bytes):
+        """The compiled graph without its weight inputs: per age, the read-out weights are added
+        to a copy as initializers (constants, so onnxruntime prepacks them and applies its
+        layout optimisations)."""
         import onnx
-        from onnx import numpy_helper
 
         model = onnx.load_from_string(graph)
-        keep, moved = [], []
-        for vi in model.graph.input:
-            if vi.name.startswith("chip/") and vi.name.rsplit("/", 1)[-1] in ("w", "nw", "aw"):
-                dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-                moved.append(numpy_helper.from_array(np.zeros(dims, np.float32), vi.name))
-            else:
-                keep.append(vi)
+        keep = [vi for vi in model.graph.input
+                if not (vi.name.startswith("chip/") and vi.name.rsplit("/", 1)[-1] in ("w", "nw", "aw"))]
         del model.graph.input[:]
         model.graph.input.extend(keep)
-        model.graph.initializer.extend(moved)
-        return model.SerializeToString()
+        return model
 
     # ------------------------------------------------------------------ read-outs
     def _tile_weights(self, plan: LayerPlan, w: np.ndarray) -> dict[str, np.ndarray]:
@@ -163,16 +157,18 @@ class ChipRuntime:
                     weights[names[key]] = arr
         entry = _Entry(readout, weights)
         if self.binding == "initializers":
-            opts = self._options()
-            # ORT_ENABLE_ALL's layout transformation (NCHWc) prepacks Conv weights from the graph's
-            # zero placeholders instead of the add_initializer values (seen with onnxruntime 1.32:
-            # wrong Conv outputs); the extended level keeps MatMul/Conv prepacking and is correct.
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            for name, arr in weights.items():
-                value = ort.OrtValue.ortvalue_from_numpy(arr)
-                entry.ort_values.append(value)
-                opts.add_initializer(name, value)
-            entry.session = ort.InferenceSession(self._init_graph, opts, providers=["CPUExecutionProvider"])
+            # The weights are embedded in a copy of the graph rather than passed with
+            # SessionOptions.add_initializer: with onnxruntime 1.32, ORT_ENABLE_ALL's Conv layout
+            # transformation (NCHWc) packed the graph's placeholder values instead of the
+            # add_initializer ones (wrong Conv outputs), and without that optimisation Conv runs
+            # ~10x slower. Embedding costs one serialisation of the weights per cached age.
+            from onnx import numpy_helper
+
+            model = type(self._init_graph)()
+            model.CopyFrom(self._init_graph)
+            model.graph.initializer.extend(numpy_helper.from_array(arr, name) for name, arr in weights.items())
+            entry.session = ort.InferenceSession(model.SerializeToString(), self._options(),
+                                                 providers=["CPUExecutionProvider"])
         return entry
 
     def _entry(self, age_s: float, read_seed: int) -> _Entry:
@@ -348,12 +344,22 @@ class ChipRuntime:
         read_seed = check_seed(read_seed, "read_seed")
         mode = self.gdc_mode(gdc)
         entry = self._entry(age_s, read_seed)
-        if entry.session is None:
-            feeds.update(entry.weights)
-        feeds.update(self._scales(entry, mode))
         batch = next(iter(feeds.values())).shape[0]
-        if noise is None:
+        feeds.update(self._static_feeds(entry, mode))
+        if noise is None and self._has_noise:
             rng = stream(self.chip.seed, Stream.MVM, check_seed(seed)) if seed is not None else np.random.default_rng()
             noise = self.draw_noise(batch, rng)
-        feeds.update(noise)
+        if noise:
+            feeds.update(noise)
         return (entry.session or self.session).run(self.output_names, feeds)
+
+    def _static_feeds(self, entry: _Entry, mode: GdcMode) -> dict[str, np.ndarray]:
+        """Weights (``inputs`` binding) and GDC-scaled column scales of an entry, merged once."""
+        key = "feeds:" + mode
+        feeds = entry.scales.get(key)
+        if feeds is None:
+            feeds = dict(self._scales(entry, mode))
+            if entry.session is None:
+                feeds.update(entry.weights)
+            entry.scales[key] = feeds
+        return feeds
