@@ -227,8 +227,19 @@ class _Builder:
         return name
 
 
+def is_linear(profile: ChipProfile) -> bool:
+    """True when every tile computes an exactly linear function of its input: ideal DAC and ADC,
+    no per-MVM noise, no IR drop (weight effects only: drift, programming/read noise, faults).
+    Then ``α_k·r·s_col / r`` is folded into the read-out weights and each analog layer compiles
+    to the original model's own MatMul/Conv (plus a Sum over tiles)."""
+    return (not profile.in_clip and profile.in_levels == 0 and profile.out_levels == 0 and profile.out_bound == 0
+            and profile.w_noise == 0 and profile.out_noise == 0 and profile.ir_drop == 0)
+
+
 def _dac(b: _Builder, x: str, r: float, profile: ChipProfile, prefix: str) -> str:
     """clip(x, ±r)/r then quantisation: the same operations, in the same order, as periphery.dac."""
+    if is_linear(profile):
+        return x  # 1/r is folded into the weights (see is_linear)
     if profile.in_clip:
         x = b.op("Clip", [x, b.const(prefix, -r), b.const(prefix, r)], prefix)
     x = b.op("Div", [x, b.const(prefix, r)], prefix)
@@ -252,6 +263,8 @@ def _tile_periphery(
     from the reference only in the last bits.
     """
     names = plan.input_names(k)
+    if is_linear(profile):
+        return yw  # α·s_col is folded into the weights (see is_linear)
     axis = 1 if plan.kind == "conv" else -1
     if profile.ir_drop > 0:
         y, ramp_term = b.split(yw, axis, [plan.cols, plan.cols], prefix)

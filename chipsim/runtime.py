@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from chipsim.compiler import LayerPlan, adc_scale_step
+from chipsim.compiler import LayerPlan, adc_scale_step, is_linear
 from chipsim.profiles import GdcMode
 from chipsim.readout import ChipReadout, check_age, read_layer
 from chipsim.periphery import IR_DROP_G_RATIO, ir_drop_ramp
@@ -96,15 +96,16 @@ class ChipRuntime:
         graph = chip.attachments["compiled.onnx"]
         self.session = ort.InferenceSession(graph, self._options(), providers=["CPUExecutionProvider"])
         self._graph_inputs = {i.name for i in self.session.get_inputs()}
+        self._linear = is_linear(self.profile)
         self._has_noise = any(n.rsplit("/", 1)[-1] == "noise" for n in self._graph_inputs)
         self._init_graph = self._initializer_graph(graph) if binding == "initializers" else None
         self.output_names = [o["name"] for o in self.outputs]
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
         self.stats = CacheStats()
-        self._cache: OrderedDict[tuple[float, int], _Entry] = OrderedDict()
+        self._cache: OrderedDict[tuple[float, int, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
-        self._inflight: dict[tuple[float, int], threading.Event] = {}
+        self._inflight: dict[tuple[float, int, str], threading.Event] = {}
         self._side_sessions: dict[str, ort.InferenceSession] = {}
 
     def _options(self) -> ort.SessionOptions:
@@ -148,12 +149,16 @@ class ChipRuntime:
         out["w"] = main
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
-    def _prepare(self, readout: ChipReadout) -> _Entry:
+    def _prepare(self, readout: ChipReadout, mode: GdcMode) -> _Entry:
         weights: dict[str, np.ndarray] = {}
-        for plan, lr in zip(self.plans, readout.layers):
+        for plan, layer, lr in zip(self.plans, self.chip.layers, readout.layers):
+            alpha = lr.alpha(mode) if self._linear else None
             for k, (a, b) in enumerate(plan.tiles):
                 names = plan.input_names(k)
-                for key, arr in self._tile_weights(plan, lr.w_norm[a:b]).items():
+                w = lr.w_norm[a:b]
+                if alpha is not None:  # linear tile: y = x @ (w·α_k·s_col), see compiler.is_linear
+                    w = w * (alpha[k] * layer.col_scale)[None, :]
+                for key, arr in self._tile_weights(plan, w).items():
                     weights[names[key]] = arr
         entry = _Entry(readout, weights)
         if self.binding == "initializers":
@@ -171,10 +176,12 @@ class ChipRuntime:
                                                  providers=["CPUExecutionProvider"])
         return entry
 
-    def _entry(self, age_s: float, read_seed: int) -> _Entry:
-        """The cached entry of (age, read seed). Single flight: concurrent misses of one key
-        wait for the first thread's read-out (and session build) instead of repeating it."""
-        key = (age_s, read_seed)
+    def _entry(self, age_s: float, read_seed: int, mode: GdcMode | None = None) -> _Entry:
+        """The cached entry of (age, read seed) — and GDC mode for linear profiles, whose weights
+        carry α. Single flight: concurrent misses of one key wait for the first thread's
+        read-out (and session build) instead of repeating it."""
+        mode = mode or self.gdc_mode(True)
+        key = (age_s, read_seed, mode if self._linear else "")
         while True:
             with self._lock:
                 entry = self._cache.get(key)
@@ -191,7 +198,7 @@ class ChipRuntime:
         try:
             layers = [read_layer(layer, self.profile, self.chip.seed, i, age_s, read_seed)
                       for i, layer in enumerate(self.chip.layers)]
-            entry = self._prepare(ChipReadout(age_s, read_seed, layers))
+            entry = self._prepare(ChipReadout(age_s, read_seed, layers), mode)
         finally:
             with self._lock:
                 del self._inflight[key]
@@ -214,10 +221,12 @@ class ChipRuntime:
     def peek(self, age_s: float, read_seed: int = 0) -> ChipReadout | None:
         """The cached read-out if there is one, without counting a hit or changing LRU order."""
         with self._lock:
-            entry = self._cache.get((float(age_s), int(read_seed)))
+            entry = next((e for (a, r, _), e in self._cache.items() if a == float(age_s) and r == int(read_seed)), None)
         return None if entry is None else entry.readout
 
     def _scales(self, entry: _Entry, mode: GdcMode) -> dict[str, np.ndarray]:
+        if self._linear:
+            return {}  # folded into the weights
         scales = entry.scales.get(mode)
         if scales is None:
             scales = {}
@@ -317,9 +326,10 @@ class ChipRuntime:
             sess = ort.InferenceSession(model.SerializeToString(), self._options(), providers=["CPUExecutionProvider"])
             with self._lock:
                 self._side_sessions[tensor] = sess
-        entry = self._entry(check_age(age_s), check_seed(read_seed, "read_seed"))
+        mode = self.gdc_mode(gdc)
+        entry = self._entry(check_age(age_s), check_seed(read_seed, "read_seed"), mode)
         feeds.update(entry.weights)
-        feeds.update(self._scales(entry, self.gdc_mode(gdc)))
+        feeds.update(self._scales(entry, mode))
         batch = next(iter(feeds.values())).shape[0]
         rng = stream(self.chip.seed, Stream.MVM, check_seed(seed)) if seed is not None else np.random.default_rng()
         feeds.update(self.draw_noise(batch, rng))
@@ -343,7 +353,7 @@ class ChipRuntime:
         age_s = check_age(age_s)
         read_seed = check_seed(read_seed, "read_seed")
         mode = self.gdc_mode(gdc)
-        entry = self._entry(age_s, read_seed)
+        entry = self._entry(age_s, read_seed, mode)
         batch = next(iter(feeds.values())).shape[0]
         feeds.update(self._static_feeds(entry, mode))
         if noise is None and self._has_noise:

@@ -271,3 +271,34 @@ def test_concurrent_misses_of_one_age_compute_it_once():
     assert all(np.array_equal(o, outs[0]) for o in outs)
     assert rt.peek(777.0, 0) is not None and rt.peek(778.0, 0) is None
     assert rt.stats.hits == 5  # peeking counts nothing
+
+
+@pytest.mark.parametrize("binding", ["inputs", "initializers"])
+@pytest.mark.parametrize("op, rows, cols, kw", [("matmul", 1100, 24, {}), ("conv", 0, 10, {"cin": 64, "k": 3, "hw": 5})],
+                         ids=["matmul-3-tiles", "conv-2-tiles"])
+def test_weight_effects_only_chip_folds_scales_and_equals_reference(op, rows, cols, kw, binding):
+    """With ideal DAC/ADC and no per-MVM noise or IR drop the compiler folds α·r·s_col into the
+    weights (compiler.is_linear): the result must still equal the numpy reference exactly (no
+    quantisation, so no step mismatches: float32 rounding only), with and without GDC."""
+    from chipsim.compiler import is_linear
+
+    profile = get_profile("pcm", ir_drop=0.0, w_noise=0.0, out_noise=0.0, in_clip=False, in_levels=0,
+                          out_levels=0, out_bound=0.0)
+    assert is_linear(profile) and not is_linear(get_profile("pcm"))
+    model, _, bias = om.single_layer(op, rows, cols, seed=3, **kw)
+    chip = program_onnx(model, profile, seed=11)
+    rt = ChipRuntime(chip, binding=binding)
+    rng = np.random.default_rng(5)
+    shape = (3, kw["cin"], kw["hw"], kw["hw"]) if op == "conv" else (16, rows)
+    x = rng.uniform(-1.2, 1.2, shape).astype(np.float32)
+    for gdc in (True, False):
+        got = rt.run(x, age_s=3.15e7, read_seed=2, gdc=gdc)[0]
+        ro = read(chip, 3.15e7, read_seed=2).layers[0]
+        mode = "global" if gdc else "off"
+        if op == "conv":
+            hw = kw["hw"]
+            want = analog_matmul(_im2col(x, 3, 1), chip.layers[0], ro, profile, gdc=mode, bias=False) + bias
+            want = want.reshape(3, hw, hw, cols).transpose(0, 3, 1, 2)
+        else:
+            want = analog_matmul(x, chip.layers[0], ro, profile, gdc=mode, bias=False)
+        assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
