@@ -25,7 +25,6 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from chipsim.periphery import IR_DROP_G_RATIO
 from chipsim.profiles import ChipProfile
 from chipsim.programming import program
 from chipsim.state import ChipState, LayerSpec

@@ -33,7 +33,7 @@ import numpy as np
 
 from chipsim import faults as fl
 from chipsim.analog_training import AnalogSGD, ResidualConfig, ResidualLearning, ResidualLearningV2
-from chipsim.mapping import column_scales, normalise, pair_targets_us
+from chipsim.mapping import column_scales, normalise, pair_targets_us, pair_weight
 from chipsim.periphery import dac
 from chipsim.programming import check_chip_id, gdc_baselines, sample_nu
 from chipsim.pulsed import ExpStep, LinearStep, PulsedDevice, SoftBounds
@@ -284,8 +284,6 @@ def _derive_chip(parent: ChipState, idx: int, w_bar: np.ndarray, age_s: float, c
         bias=None if old.bias is None else old.bias.copy(),
         meta={**old.meta, "age_offset_s": 0.0, "recalibrated": True},
     )
-    from chipsim.mapping import pair_weight
-
     gdc_baselines(layer, pair_weight(layer.g_prog_us(g_max), g_max), profile, cfg.seed, idx)
     layers = []
     for i, lay in enumerate(parent.layers):

@@ -45,7 +45,8 @@ class InputError(ValueError):
 class _Entry:
     readout: ChipReadout
     weights: dict[str, np.ndarray]
-    scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per GDC mode
+    feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # scales + weights, per GDC mode
     session: ort.InferenceSession | None = None
 
     @property
@@ -365,11 +366,10 @@ class ChipRuntime:
 
     def _static_feeds(self, entry: _Entry, mode: GdcMode) -> dict[str, np.ndarray]:
         """Weights (``inputs`` binding) and GDC-scaled column scales of an entry, merged once."""
-        key = "feeds:" + mode
-        feeds = entry.scales.get(key)
+        feeds = entry.feeds.get(mode)
         if feeds is None:
             feeds = dict(self._scales(entry, mode))
             if entry.session is None:
                 feeds.update(entry.weights)
-            entry.scales[key] = feeds
+            entry.feeds[mode] = feeds  # benign race: both writers build the same dict
         return feeds

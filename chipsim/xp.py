@@ -8,6 +8,7 @@ here, so the serving path stays torch-free.
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -23,9 +24,9 @@ def namespace(*arrays: Any) -> ModuleType:
     """The array library of ``arrays``: ``torch`` if any is a tensor, else ``numpy``."""
     for a in arrays:
         if is_torch(a):
-            import torch  # only reached when the caller already uses torch
-
-            return torch
+            # A tensor exists, so torch is already loaded: look it up, never import it here
+            # (the serving path must never load torch itself).
+            return sys.modules["torch"]
     return np
 
 
