@@ -11,8 +11,10 @@ chosen per runtime (never mixed, so a seeded request is bit-identical however of
   costs only the numpy read-out (2–18 ms for the zoo models): for one-off ages.
 
 Read-outs per (age, read seed) live in a bounded LRU with a memory limit, together with their
-session in ``initializers`` mode. Per-MVM noise is drawn here, in a fixed order, from the
-chip's MVM stream when the request has a seed (bit-identical outputs), else from fresh entropy.
+session in ``initializers`` mode. Per-MVM noise comes from the chip's MVM stream when the request
+has a seed (bit-identical outputs), else from fresh entropy: by default as a window of the shared
+noise table at a random offset (``noise="table"``, see chipsim/noise_table.py), or as fresh
+Gaussian draws per output (``noise="fresh"``, ~9 ns per output).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from chipsim.compiler import LayerPlan, adc_scale_step, is_linear
+from chipsim.noise_table import NoiseTable, shared_table
 from chipsim.profiles import GdcMode
 from chipsim.readout import ChipReadout, check_age, read_layer
 from chipsim.periphery import IR_DROP_G_RATIO, ir_drop_ramp
@@ -80,11 +83,17 @@ class ChipRuntime:
     """Inference on one programmed chip. Thread-safe; one onnxruntime session per chip."""
 
     BINDINGS = ("inputs", "initializers")
+    NOISE_SOURCES = ("table", "fresh")
 
     def __init__(self, chip: ChipState, *, threads: int | None = None, cache_bytes: int = 256 << 20,
-                 cache_entries: int = 32, binding: str = "initializers"):
+                 cache_entries: int = 32, binding: str = "initializers", noise: str = "table",
+                 noise_table: NoiseTable | None = None):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
+        if noise not in self.NOISE_SOURCES:
+            raise ValueError(f"noise: expected one of {self.NOISE_SOURCES}, got {noise!r}")
+        self.noise_source = noise
+        self._noise_table = (noise_table or shared_table()) if noise == "table" else None
         if "compiled.onnx" not in chip.attachments:
             raise ValueError(f"chip {chip.chip_id!r} was not programmed from an ONNX model")
         self.chip = chip
@@ -252,7 +261,13 @@ class ChipRuntime:
         return out
 
     def draw_noise(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in self.noise_shapes(batch)}
+        """Standard normal per-MVM noise of every tile (read-only views in ``table`` mode)."""
+        shapes = self.noise_shapes(batch)
+        if self._noise_table is not None:
+            arrays = self._noise_table.windows([s for _, s in shapes], rng)
+        else:
+            arrays = [rng.standard_normal(s, dtype=np.float32) for _, s in shapes]
+        return {name: a for (name, _), a in zip(shapes, arrays)}
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, inputs: np.ndarray | dict[str, Any]) -> dict[str, np.ndarray]:

@@ -10,7 +10,6 @@ that hold a chip keep working even if it is deleted meanwhile.
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import logging
@@ -203,11 +202,8 @@ class ChipGauges:
 
 
 def _runtime(chip: ChipState, settings: Settings, binding: str, cache_bytes: int, cache_entries: int) -> ChipRuntime:
-    kwargs: dict[str, Any] = dict(threads=settings.ort_threads or None, cache_bytes=cache_bytes,
-                                  cache_entries=cache_entries)
-    if "binding" in inspect.signature(ChipRuntime.__init__).parameters:
-        kwargs["binding"] = binding
-    return ChipRuntime(chip, **kwargs)
+    return ChipRuntime(chip, threads=settings.ort_threads or None, cache_bytes=cache_bytes,
+                       cache_entries=cache_entries, binding=binding, noise=settings.mvm_noise)
 
 
 class LoadedChip:

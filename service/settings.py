@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     binding: str = Field("initializers", description="How read-out weights reach onnxruntime: 'initializers' "
                                                      "(a session per cached age: faster for repeated ages, 20-55 ms "
                                                      "per new age) or 'inputs' (weights fed per run: cheap new ages).")
+    mvm_noise: str = Field("table", description="Per-MVM noise: 'table' (a window of a shared 32 MiB table of "
+                                                "Gaussian samples at a random offset per request: no per-output "
+                                                "draws) or 'fresh' (one new Gaussian per output, ~9 ns each).")
     cache_bytes: int = Field(256 << 20, ge=0, description="Read-out cache per chip, bytes.")
     cache_entries: int = Field(32, ge=1, description="Read-out cache per chip, entries (ages × read seeds).")
     infer_concurrency: int = Field(0, ge=0, le=256, description="Inference requests computed at the same time; "
@@ -89,6 +92,13 @@ class Settings(BaseSettings):
     def _binding(cls, v: str) -> str:
         if v not in ("initializers", "inputs"):
             raise ValueError("binding must be 'initializers' or 'inputs'")
+        return v
+
+    @field_validator("mvm_noise")
+    @classmethod
+    def _mvm_noise(cls, v: str) -> str:
+        if v not in ("table", "fresh"):
+            raise ValueError("mvm_noise must be 'table' or 'fresh'")
         return v
 
     @field_validator("log_level")
