@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from chipsim.periphery import IR_DROP_G_RATIO, IR_DROP_POLY
 from chipsim.profiles import ChipProfile
 from chipsim.programming import program
 from chipsim.state import ChipState, LayerSpec
@@ -60,6 +61,10 @@ class CompileError(ValueError):
     field = "model"
 
 
+#: Per-tile weight inputs of the compiled graph, one per product (see tile_parts).
+WEIGHT_INPUTS = ("w", "r", "a", "v")
+
+
 @dataclass
 class LayerPlan:
     """How one analog layer (or one group of a grouped Conv) sits in the compiled graph."""
@@ -77,7 +82,7 @@ class LayerPlan:
 
     def input_names(self, k: int) -> dict[str, str]:
         p = f"chip/l{self.index}/t{k}/"
-        return {n: p + n for n in ("w", "nw", "aw", "scale", "noise")}
+        return {n: p + n for n in (*WEIGHT_INPUTS, "scale", "noise")}
 
 
 @dataclass
@@ -235,62 +240,127 @@ def is_linear(profile: ChipProfile) -> bool:
             and profile.w_noise == 0 and profile.out_noise == 0 and profile.ir_drop == 0)
 
 
+#: Layout of the compiled graph (stacked tile products, integer DAC/ADC units). A chip stores
+#: the graph it was programmed with; a runtime recompiles chips of another layout from their
+#: stored model (their physical state does not depend on it).
+GRAPH_FORMAT = 2
+
+
+def tile_parts(profile: ChipProfile) -> list[str]:
+    """The matrix products of one tile, computed by one stacked MatMul/Conv in this order:
+    ``w`` x'@W; ``r`` x'@(ramp⊙W) and ``a`` |x'|@|W| (IR drop); ``v`` x'²@|W| (per-MVM noise)."""
+    parts = ["w"]
+    if not is_linear(profile):
+        if profile.ir_drop > 0:
+            parts += ["r", "a"]
+        if profile.w_noise > 0:
+            parts.append("v")
+    return parts
+
+
+def input_unit(profile: ChipProfile, input_range: float) -> float:
+    """One unit of the compiled DAC's output in normalised input units: the DAC step (the graph
+    carries integer DAC codes) or ``1/r`` (no quantisation: the graph carries clipped ``x``)."""
+    return 2.0 / profile.in_levels if profile.in_levels > 0 else 1.0 / input_range
+
+
+def adc_scale_step(profile: ChipProfile) -> float:
+    """One unit of the compiled ADC's input in normalised outputs: the ADC step (the graph
+    rounds to integer ADC codes) or 1 (no quantisation)."""
+    return 2.0 * profile.out_bound / profile.out_levels if profile.out_levels > 0 else 1.0
+
+
+def part_factors(profile: ChipProfile, input_range: float, rows: int) -> dict[str, float]:
+    """Factor each stacked product's weights carry, so the graph works in integer DAC codes in
+    and ADC steps out (``s``) with no elementwise rescaling. With ``u`` = :func:`input_unit`:
+    ``w``: u/s; ``r``: u·ir·c3/s (the IR polynomial's cubic coefficient, see
+    :func:`_tile_periphery`); ``a``: u·rows/g_ratio (the IR-drop load ``a``, DESIGN §3.3);
+    ``v``: w_noise²·u²/s² (noise variance in ADC steps²)."""
+    u, s = input_unit(profile, input_range), adc_scale_step(profile)
+    return {"w": u / s, "r": u * profile.ir_drop * IR_DROP_POLY[2] / s, "a": u * rows / IR_DROP_G_RATIO,
+            "v": profile.w_noise**2 * u * u / (s * s)}
+
+
 def _dac(b: _Builder, x: str, r: float, profile: ChipProfile, prefix: str) -> str:
-    """clip(x, ±r)/r then quantisation: the same operations, in the same order, as periphery.dac."""
+    """clip(x, ±r), then the DAC code round(x/(r·step)) (periphery.dac without its final ×step,
+    which :func:`part_factors` moves into the weights)."""
     if is_linear(profile):
         return x  # 1/r is folded into the weights (see is_linear)
     if profile.in_clip:
         x = b.op("Clip", [x, b.const(prefix, -r), b.const(prefix, r)], prefix)
-    x = b.op("Div", [x, b.const(prefix, r)], prefix)
     if profile.in_levels > 0:
-        step = b.const(prefix, 2.0 / profile.in_levels)
-        x = b.op("Mul", [b.op("Round", [b.op("Div", [x, step], prefix)], prefix), step], prefix)
+        x = b.op("Round", [b.op("Mul", [x, b.const(prefix, 1.0 / (r * input_unit(profile, r)))], prefix)], prefix)
     return x
 
 
-def _tile_periphery(
-    b: _Builder, yw: str, mvm: Callable[[str, str], str], xk: str, plan: LayerPlan, k: int,
-    profile: ChipProfile, prefix: str,
-) -> str:
-    """IR drop, noise, ADC and scale for one tile; ``mvm(x, w)`` is MatMul or Conv.
+def _tile_products(b: _Builder, xk: str, plan: LayerPlan, k: int, profile: ChipProfile, prefix: str,
+                   conv_attrs: dict | None) -> dict[str, str]:
+    """All matrix products of one tile (:func:`tile_parts`), one tensor per part.
 
-    Constants are folded into the tile's weight inputs so the graph has few elementwise ops:
-    ``w`` holds ``[W, ramp⊙W]`` side by side when IR drop is on (one product for both, split
-    here), ``nw = w_noise²·|W|`` (noise variance), ``aw = (n/g_ratio)·|W|`` (IR-drop ``a``), and
-    ``scale = α·r·s_col`` times the ADC step (the ADC works in integer steps, clipped at
-    ±levels/2 = ±out_bound/step). Every fold is exact in real arithmetic; float rounding differs
-    from the reference only in the last bits.
-    """
+    Conv: one Conv with the inputs stacked along channels and ``group = P`` (weights
+    ``[W; R; A; V]`` stacked along outputs), split after: one call and one NCHWc layout
+    conversion in and out instead of P. MatMul: one MatMul per part with its own 2-D weight
+    input (onnxruntime prepacks 2-D constant weights; a stacked 3-D MatMul measured slower)."""
+    parts = tile_parts(profile)
     names = plan.input_names(k)
+    s = adc_scale_step(profile)
+    sources = {"w": xk, "r": xk}
+    if "a" in parts:
+        sources["a"] = b.op("Abs", [xk], prefix)
+    if "v" in parts:
+        sources["v"] = b.op("Mul", [xk, xk], prefix)
+    if plan.kind == "conv":
+        b.graph_input(names["w"], _weight_shape(plan, k, len(parts)))
+        if len(parts) == 1:
+            return {"w": b.op("Conv", [xk, names["w"]], prefix, **conv_attrs)}  # type: ignore[arg-type]
+        inputs = [b.op("Concat", [sources[p] for p in parts], prefix, axis=1), names["w"]]
+        if "v" in parts and profile.out_noise > 0:  # + (σ_out/s)², in the Conv's bias
+            bias = np.zeros(len(parts) * plan.cols, np.float32)
+            bias[parts.index("v") * plan.cols:] = (profile.out_noise / s) ** 2
+            inputs.append(b.const(prefix, bias))
+        out = b.op("Conv", inputs, prefix, **{**conv_attrs, "group": len(parts)})  # type: ignore[dict-item]
+        return dict(zip(parts, b.split(out, 1, [plan.cols] * len(parts), prefix)))
+    out = {}
+    for p in parts:
+        b.graph_input(names[p], _weight_shape(plan, k, 1))
+        out[p] = b.op("MatMul", [sources[p], names[p]], prefix)
+    if "v" in parts and profile.out_noise > 0:
+        out["v"] = b.op("Add", [out["v"], b.const(prefix, (profile.out_noise / s) ** 2)], prefix)
+    return out
+
+
+def _tile_periphery(b: _Builder, xk: str, plan: LayerPlan, k: int, profile: ChipProfile, prefix: str,
+                    conv_attrs: dict | None) -> str:
+    """One tile: products, IR drop, noise, ADC and scale, in ADC steps (DESIGN §3.3).
+
+    With the factors of :func:`part_factors` in the weights, ``y = w`` is the ideal output in ADC
+    steps, ``a`` the IR-drop load, ``v`` the weight-noise variance. The IR drop
+    ``ir·c(a)·x̃@W = ir·c3·a·(a·(a + c2/c3) + c1/c3)·x̃@W`` (Horner form, ``ir·c3`` in ``r``),
+    the noise ``sqrt(v + (σ_out/s)²)·ξ``, the ADC ``clip(round(y), ±levels/2)`` and
+    ``scale = α·r·s_col·s``. Every fold is exact in real arithmetic; float rounding differs from
+    the reference only in the last bits.
+    """
+    p = _tile_products(b, xk, plan, k, profile, prefix, conv_attrs)
+    y = p["w"]
     if is_linear(profile):
-        return yw  # α·s_col is folded into the weights (see is_linear)
-    axis = 1 if plan.kind == "conv" else -1
-    if profile.ir_drop > 0:
-        y, ramp_term = b.split(yw, axis, [plan.cols, plan.cols], prefix)
-        b.graph_input(names["aw"], _weight_shape(plan, k, fused=False))
-        a = mvm(b.op("Abs", [xk], prefix), names["aw"])
-        # ir·c = a·(ir·0.05·a² − ir·0.2·a + ir·0.5), in Horner form
-        ir = profile.ir_drop
-        poly = b.op("Add", [b.op("Mul", [a, b.op("Sub", [b.op("Mul", [a, b.const(prefix, ir * 0.05)], prefix),
-                                                         b.const(prefix, ir * 0.2)], prefix)], prefix),
-                            b.const(prefix, ir * 0.5)], prefix)
-        # Σ_j w_ij·x_j·ramp_j = x @ (ramp ⊙ W): the ramp is folded into the weights at read-out.
-        y = b.op("Sub", [y, b.op("Mul", [b.op("Mul", [a, poly], prefix), ramp_term], prefix)], prefix)
-    else:
-        y = yw
+        return y  # α·s_col is folded into the weights (see is_linear)
+    names = plan.input_names(k)
+    if "r" in p:
+        c1, c2, c3 = IR_DROP_POLY
+        a = p["a"]
+        t = b.op("Add", [a, b.const(prefix, c2 / c3)], prefix)
+        t = b.op("Add", [b.op("Mul", [t, a], prefix), b.const(prefix, c1 / c3)], prefix)
+        t = b.op("Mul", [b.op("Mul", [t, a], prefix), p["r"]], prefix)
+        y = b.op("Sub", [y, t], prefix)
     if profile.w_noise > 0 or profile.out_noise > 0:
         b.graph_input(names["noise"], ["n", *plan.out_shape[1:]])
-        if profile.w_noise > 0:  # σ = sqrt(w_noise²·(x²@|W|) + out_noise²): see periphery.output_noise_std
-            b.graph_input(names["nw"], _weight_shape(plan, k, fused=False))
-            var = mvm(b.op("Mul", [xk, xk], prefix), names["nw"])
-            if profile.out_noise > 0:
-                var = b.op("Add", [var, b.const(prefix, profile.out_noise**2)], prefix)
-            std = b.op("Sqrt", [var], prefix)
+        if "v" in p:
+            std = b.op("Sqrt", [p["v"]], prefix)
         else:
-            std = b.const(prefix, profile.out_noise)
+            std = b.const(prefix, profile.out_noise / adc_scale_step(profile))
         y = b.op("Add", [y, b.op("Mul", [std, names["noise"]], prefix)], prefix)
     if profile.out_levels > 0:
-        y = b.op("Round", [b.op("Div", [y, b.const(prefix, 2.0 * profile.out_bound / profile.out_levels)], prefix)], prefix)
+        y = b.op("Round", [y], prefix)
         if profile.out_bound > 0:
             half = profile.out_levels / 2.0
             y = b.op("Clip", [y, b.const(prefix, -half), b.const(prefix, half)], prefix)
@@ -300,19 +370,13 @@ def _tile_periphery(
     return b.op("Mul", [y, names["scale"]], prefix)
 
 
-def adc_scale_step(profile: ChipProfile) -> float:
-    """Factor the compiled graph's per-column scale carries for the ADC (its step, or 1)."""
-    return 2.0 * profile.out_bound / profile.out_levels if profile.out_levels > 0 else 1.0
-
-
-def _weight_shape(plan: LayerPlan, k: int, fused: bool) -> list[int]:
-    """Shape of a tile's weight input; ``fused`` doubles the outputs for ``[W, ramp⊙W]``."""
-    a, b = plan.tiles[k]
-    cols = plan.cols * (2 if fused else 1)
+def _weight_shape(plan: LayerPlan, k: int, parts: int) -> list[int]:
+    """Shape of a tile's weight input (Conv: ``parts`` stacked along the outputs)."""
+    a, e = plan.tiles[k]
     if plan.kind == "conv":
         ca, cb = plan.tile_channels[k]  # type: ignore[index]
-        return [cols, cb - ca, *plan.conv_shape[2:]]  # type: ignore[index]
-    return [b - a, cols]
+        return [plan.cols * parts, cb - ca, *plan.conv_shape[2:]]  # type: ignore[index]
+    return [e - a, plan.cols]
 
 
 def _scale_shape(plan: LayerPlan) -> list[int]:
@@ -322,18 +386,10 @@ def _scale_shape(plan: LayerPlan) -> list[int]:
 
 
 def _analog_layer(b: _Builder, xq: str, plan: LayerPlan, profile: ChipProfile, conv_attrs: dict | None) -> str:
-    """The tiles of one analog layer on quantised input ``xq``; returns Σ_k tile outputs."""
+    """The tiles of one analog layer on the DAC output ``xq``; returns Σ_k tile outputs."""
     prefix = f"chip/l{plan.index}"
-    if plan.kind == "conv":
-        def mvm(x: str, w: str) -> str:
-            return b.op("Conv", [x, w], prefix, **conv_attrs)  # type: ignore[arg-type]
-    else:
-        def mvm(x: str, w: str) -> str:
-            return b.op("MatMul", [x, w], prefix)
     outs: list[str] = []
     for k, (a, e) in enumerate(plan.tiles):
-        names = plan.input_names(k)
-        b.graph_input(names["w"], _weight_shape(plan, k, fused=profile.ir_drop > 0))
         if len(plan.tiles) == 1:
             xk = xq
         elif plan.kind == "conv":
@@ -343,7 +399,7 @@ def _analog_layer(b: _Builder, xq: str, plan: LayerPlan, profile: ChipProfile, c
         else:
             xk = b.op("Slice", [xq, b.const(prefix, [a], np.int64), b.const(prefix, [e], np.int64),
                                 b.const(prefix, [-1], np.int64)], prefix)
-        outs.append(_tile_periphery(b, mvm(xk, names["w"]), mvm, xk, plan, k, profile, prefix))
+        outs.append(_tile_periphery(b, xk, plan, k, profile, prefix, conv_attrs))
     return outs[0] if len(outs) == 1 else b.op("Sum", outs, prefix)
 
 
@@ -536,9 +592,11 @@ def calibrate_ranges(model: onnx.ModelProto, inputs: dict[str, np.ndarray], weig
 
 # --------------------------------------------------------------------------- entry points
 def compile_model(
-    model_bytes: bytes, profile: ChipProfile, calibration: dict[str, np.ndarray] | np.ndarray | None = None
+    model_bytes: bytes, profile: ChipProfile, calibration: dict[str, np.ndarray] | np.ndarray | None = None,
+    ranges: dict[str, float] | None = None,
 ) -> CompiledModel:
-    """Find the analog layers, resolve their input ranges and rewrite the graph."""
+    """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
+    (weight initializer name → r) override metadata and calibration (recompiling a chip)."""
     model = load_model(model_bytes)
     consts = _constants(model)
     init_names = {t.name for t in model.graph.initializer}
@@ -553,7 +611,7 @@ def compile_model(
                 if attr.type == onnx.AttributeProto.GRAPH and any(n.op_type in REWRITERS for n in attr.g.node):
                     raise CompileError(f"model: weight-bearing ops inside a {node.op_type} body are not supported")
     metadata = {p.key: p.value for p in model.metadata_props}
-    ranges: dict[str, float] = {}
+    ranges_override, ranges = dict(ranges or {}), {}
     if META_INPUT_RANGES in metadata:
         try:
             raw = json.loads(metadata[META_INPUT_RANGES])
@@ -565,6 +623,7 @@ def compile_model(
             raise CompileError(f"model: metadata {META_INPUT_RANGES!r} has non-positive ranges for {bad[:5]}")
     analog_nodes = [n for n in model.graph.node if n.op_type in REWRITERS and len(n.input) > 1 and n.input[1] in consts
                     and (n.op_type != "MatMul" or consts[n.input[1]].ndim == 2)]
+    ranges.update(ranges_override)
     missing = {n.input[1]: n.input[0] for n in analog_nodes if n.input[1] not in ranges}
     if missing and calibration is not None:
         feeds = calibration if isinstance(calibration, dict) else {_io(model.graph.input, init_names)[0]["name"]: calibration}
@@ -628,6 +687,7 @@ def program_onnx(
         "outputs": compiled.outputs,
         "model_metadata": compiled.metadata,
         "digital_nodes": compiled.digital_nodes,
+        "graph_format": GRAPH_FORMAT,
         **(meta or {}),
     }
     return program(compiled.specs, profile, seed, chip_id=chip_id, meta=chip_meta,

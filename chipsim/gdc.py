@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from chipsim.periphery import IR_DROP_G_RATIO, adc, ir_drop_ramp
+from chipsim.periphery import IR_DROP_G_RATIO, adc, ir_drop_c, ir_drop_ramp
 from chipsim.profiles import ChipProfile, GdcMode
 
 GDC_MODES: tuple[GdcMode, ...] = ("global", "column", "exact", "off")
@@ -33,7 +33,7 @@ def identity_read(w_tile: np.ndarray, profile: ChipProfile, rng: np.random.Gener
     y = w.copy()
     if profile.ir_drop > 0:
         a = (n / IR_DROP_G_RATIO) * np.abs(w)
-        c = a * (0.05 * a * a - 0.2 * a + 0.5)
+        c = ir_drop_c(a)
         y -= profile.ir_drop * c * ir_drop_ramp(n, w)[:, None] * w
     if profile.w_noise > 0 or profile.out_noise > 0:
         std = np.sqrt(np.float32(profile.w_noise**2) * np.abs(w) + np.float32(profile.out_noise**2))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -74,7 +74,7 @@ class NoiseTable:
         return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def shared_table(size: int = DEFAULT_SIZE) -> NoiseTable:
     """The process-wide table (one per size): every chip reads the same constant samples."""
     return NoiseTable(size)

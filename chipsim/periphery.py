@@ -17,6 +17,9 @@ from chipsim.xp import namespace
 #: Wire-to-device conductance ratio of the IR-drop model, 1/0.35/5e-6 (aihwkit's
 #: ``IOParameters.ir_drop_g_ratio`` default; DESIGN §3.3).
 IR_DROP_G_RATIO = 1.0 / 0.35 / 5e-6
+#: Coefficients (c1, c2, c3) of the IR-drop factor ``c(a) = c1·a + c2·a² + c3·a³`` (DESIGN §3.3,
+#: aihwkit's ``ir_drop`` model: ``a·(0.05·a² − 0.2·a + 0.5)``).
+IR_DROP_POLY = (0.5, -0.2, 0.05)
 
 
 def quantize(x: Any, levels: int, bound: float) -> Any:
@@ -78,6 +81,12 @@ def ir_drop_ramp(n_rows: int, like: Any) -> Any:
     return 1.0 - (1.0 - j / n_rows) ** 2
 
 
+def ir_drop_c(a: Any) -> Any:
+    """``c(a) = a·(0.05·a² − 0.2·a + 0.5)``: the IR-drop attenuation factor for wire load ``a``."""
+    c1, c2, c3 = IR_DROP_POLY
+    return a * (c3 * a * a + c2 * a + c1)
+
+
 def ir_drop_delta(x_dac: Any, w: Any, scale: float) -> Any:
     """The output change due to IR drop, to be *added* to ``y = x_dac @ w``.
 
@@ -87,6 +96,6 @@ def ir_drop_delta(x_dac: Any, w: Any, scale: float) -> Any:
     xp = namespace(x_dac, w)
     n = w.shape[0]
     a = (n / IR_DROP_G_RATIO) * (xp.abs(x_dac) @ xp.abs(w))
-    c = a * (0.05 * a * a - 0.2 * a + 0.5)
+    c = ir_drop_c(a)
     x_tilde = x_dac * ir_drop_ramp(n, x_dac)
     return -scale * c * (x_tilde @ w)

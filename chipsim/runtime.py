@@ -21,17 +21,26 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from chipsim.compiler import LayerPlan, adc_scale_step, is_linear
+from chipsim.compiler import (
+    GRAPH_FORMAT,
+    WEIGHT_INPUTS,
+    LayerPlan,
+    adc_scale_step,
+    compile_model,
+    is_linear,
+    part_factors,
+    tile_parts,
+)
 from chipsim.noise_table import NoiseTable, shared_table
+from chipsim.periphery import ir_drop_ramp
 from chipsim.profiles import GdcMode
 from chipsim.readout import ChipReadout, check_age, read_layer
-from chipsim.periphery import IR_DROP_G_RATIO, ir_drop_ramp
 from chipsim.rng import Stream, check_seed, stream
 from chipsim.state import ChipState
 
@@ -103,7 +112,7 @@ class ChipRuntime:
         self.outputs: list[dict[str, Any]] = chip.meta["outputs"]
         self.binding = binding
         self.threads = threads
-        graph = chip.attachments["compiled.onnx"]
+        graph = self._graph(chip)
         self.session = ort.InferenceSession(graph, self._options(), providers=["CPUExecutionProvider"])
         self._graph_inputs = {i.name for i in self.session.get_inputs()}
         self._linear = is_linear(self.profile)
@@ -117,6 +126,18 @@ class ChipRuntime:
         self._lock = threading.Lock()
         self._inflight: dict[tuple[float, int, str], threading.Event] = {}
         self._side_sessions: dict[str, ort.InferenceSession] = {}
+
+    def _graph(self, chip: ChipState) -> bytes:
+        """The chip's compiled graph; recompiled from its stored model when it was programmed
+        with another graph layout (the graph is derived from the model, the profile and the
+        layers' input ranges, none of which changed)."""
+        if chip.meta.get("graph_format", 1) == GRAPH_FORMAT:
+            return chip.attachments["compiled.onnx"]
+        ranges = {plan.weight_name: layer.input_range for plan, layer in zip(self.plans, chip.layers)}
+        compiled = compile_model(chip.attachments["model.onnx"], chip.profile, ranges=ranges)
+        if [asdict(p) for p in compiled.plans] != [asdict(p) for p in self.plans]:
+            raise ValueError(f"chip {chip.chip_id!r}: its stored model no longer compiles to its programmed layers")
+        return compiled.graph
 
     def _options(self) -> ort.SessionOptions:
         opts = ort.SessionOptions()
@@ -134,30 +155,33 @@ class ChipRuntime:
 
         model = onnx.load_from_string(graph)
         keep = [vi for vi in model.graph.input
-                if not (vi.name.startswith("chip/") and vi.name.rsplit("/", 1)[-1] in ("w", "nw", "aw"))]
+                if not (vi.name.startswith("chip/") and vi.name.rsplit("/", 1)[-1] in WEIGHT_INPUTS)]
         del model.graph.input[:]
         model.graph.input.extend(keep)
         return model
 
     # ------------------------------------------------------------------ read-outs
-    def _tile_weights(self, plan: LayerPlan, w: np.ndarray) -> dict[str, np.ndarray]:
-        """Graph inputs of one tile from its normalised weights (rows, cols)."""
+    def _tile_weights(self, plan: LayerPlan, w: np.ndarray, input_range: float) -> dict[str, np.ndarray]:
+        """The weight inputs of one tile (see compiler.tile_parts), by part, from its normalised
+        weights (rows, cols); a Conv tile's parts are stacked into ``w``."""
         def conv_form(m: np.ndarray) -> np.ndarray:
-            if plan.kind != "conv":
-                return m
             return m.T.reshape(plan.cols, -1, *plan.conv_shape[2:])  # type: ignore[index]
 
-        p = self.profile
-        main = conv_form(w)
-        out = {}
-        if p.ir_drop > 0:  # [W, ramp⊙W] side by side: one MatMul/Conv for both
-            ramp = conv_form(w * ir_drop_ramp(w.shape[0], w)[:, None])
-            main = np.concatenate([main, ramp], axis=0 if plan.kind == "conv" else 1)
-            out["aw"] = conv_form(np.abs(w) * np.float32(w.shape[0] / IR_DROP_G_RATIO))
-        if p.w_noise > 0:
-            out["nw"] = conv_form(np.abs(w) * np.float32(p.w_noise**2))
-        out["w"] = main
-        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+        parts = tile_parts(self.profile)
+        if self._linear:
+            mats = [w]  # α·s_col already applied (see compiler.is_linear)
+        else:
+            f = part_factors(self.profile, input_range, w.shape[0])
+            by_part = {
+                "w": lambda: w * f["w"],
+                "r": lambda: w * (ir_drop_ramp(w.shape[0], w) * f["r"])[:, None],
+                "a": lambda: np.abs(w) * f["a"],
+                "v": lambda: np.abs(w) * f["v"],
+            }
+            mats = [by_part[p]() for p in parts]
+        if plan.kind == "conv":
+            return {"w": np.ascontiguousarray(np.concatenate([conv_form(m) for m in mats], axis=0), dtype=np.float32)}
+        return {p: np.ascontiguousarray(m, dtype=np.float32) for p, m in zip(parts, mats)}
 
     def _prepare(self, readout: ChipReadout, mode: GdcMode) -> _Entry:
         weights: dict[str, np.ndarray] = {}
@@ -168,8 +192,8 @@ class ChipRuntime:
                 w = lr.w_norm[a:b]
                 if alpha is not None:  # linear tile: y = x @ (w·α_k·s_col), see compiler.is_linear
                     w = w * (alpha[k] * layer.col_scale)[None, :]
-                for key, arr in self._tile_weights(plan, w).items():
-                    weights[names[key]] = arr
+                for part, arr in self._tile_weights(plan, w, layer.input_range).items():
+                    weights[names[part]] = arr
         entry = _Entry(readout, weights)
         if self.binding == "initializers":
             # The weights are embedded in a copy of the graph rather than passed with

@@ -26,8 +26,15 @@ from typing import Any
 import numpy as np
 
 from chipsim import (
-    ChipCorruptError, ChipExistsError, ChipNotFoundError, ChipState, ChipStore, ProfileError, check_chip_id,
-    drift_metrics, get_profile,
+    ChipCorruptError,
+    ChipExistsError,
+    ChipNotFoundError,
+    ChipState,
+    ChipStore,
+    ProfileError,
+    check_chip_id,
+    drift_metrics,
+    get_profile,
 )
 from chipsim import faults as fl
 from chipsim.compiler import CompileError, program_onnx

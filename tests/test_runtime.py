@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from chipsim import get_profile
-from chipsim.compiler import CompileError, compile_model, program_onnx
+from chipsim.compiler import GRAPH_FORMAT, CompileError, compile_model, program_onnx
 from chipsim.readout import read
 from chipsim.reference import MvmNoise, analog_matmul
 from chipsim.runtime import ChipRuntime, InputError
@@ -302,3 +302,23 @@ def test_weight_effects_only_chip_folds_scales_and_equals_reference(op, rows, co
         else:
             want = analog_matmul(x, chip.layers[0], ro, profile, gdc=mode, bias=False)
         assert np.max(np.abs(got - want)) <= 1e-5 * np.max(np.abs(want))
+
+
+def test_chip_with_an_older_graph_layout_is_recompiled_from_its_model():
+    """A chip programmed by an older build (graph_format 1: another periphery layout) serves the
+    same outputs as a new one: its graph is rebuilt from the stored model and input ranges."""
+    import dataclasses
+
+    model = om.export(om.cnn(), torch.zeros(2, 3, 8, 8))
+    x = np.random.default_rng(0).uniform(0, 1, (4, 3, 8, 8)).astype(np.float32)
+    chip = program_onnx(model, get_profile("pcm"), seed=4, calibration=x)
+    assert chip.meta["graph_format"] == GRAPH_FORMAT
+    old = dataclasses.replace(chip, meta={k: v for k, v in chip.meta.items() if k != "graph_format"},
+                              attachments={**chip.attachments, "compiled.onnx": b"an old layout"})
+    want = ChipRuntime(chip).run(x, age_s=3600.0, seed=1)[0]
+    np.testing.assert_array_equal(ChipRuntime(old).run(x, age_s=3600.0, seed=1)[0], want)
+    # The calibrated ranges come from the chip's layers, not from (absent) calibration data.
+    assert any(layer.input_range != 1.0 for layer in chip.layers)
+    broken = dataclasses.replace(old, attachments={**old.attachments, "model.onnx": om.export(om.mlp(), torch.zeros(2, 64))})
+    with pytest.raises(ValueError, match="no longer compiles"):
+        ChipRuntime(broken)
