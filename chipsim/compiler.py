@@ -4,11 +4,14 @@ Shaped like onnxruntime's static quantisation tool: walk the graph, hand each we
 node to a per-op rewriter from a registry (``MatMul``, ``Gemm``, ``Conv``), calibrate the DAC
 input ranges, and leave every other node untouched. Each analog layer becomes standard ONNX ops:
 
-    clip to ±r → ÷r → DAC quantisation
-      → per tile: MatMul/Conv with the read-out weights (graph inputs, so a new age needs no
-        new session) + IR drop + per-MVM weight read noise and output noise → ADC → × α_k·r·s_col
+    clip to ±r → DAC code round(x/(r·step))
+      → per tile: the products x'@W, x'@(ramp⊙W), |x'|@|W|, x'²@|W| with the read-out weights
+        (graph inputs, so a new age needs no new session; one grouped Conv for Conv tiles)
+        → IR drop + per-MVM weight read noise and output noise → ADC code → × α_k·r·s_col·step
       → Σ over tiles → + bias (digital)
 
+The graph works in integer DAC codes and ADC steps: the unit changes are folded into the
+weights (:func:`part_factors`) and the per-column scales, which saves elementwise passes.
 Noise enters as graph inputs drawn by the runtime, so a request with a seed is reproducible.
 A ``MatMul`` between two activations (attention's QKᵀ and AV) stays digital.
 """

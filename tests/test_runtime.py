@@ -322,3 +322,21 @@ def test_chip_with_an_older_graph_layout_is_recompiled_from_its_model():
     broken = dataclasses.replace(old, attachments={**old.attachments, "model.onnx": om.export(om.mlp(), torch.zeros(2, 64))})
     with pytest.raises(ValueError, match="no longer compiles"):
         ChipRuntime(broken)
+
+
+@pytest.mark.parametrize("form", ["wide", "separate"])
+def test_benchmark_product_ceiling_keeps_the_models_outputs(form):
+    """bench.runtime's ceiling model does k products per layer but still computes the model."""
+    from bench.runtime import product_ceiling
+
+    for make, shape in ((om.mlp, (5, 64)), (om.cnn, (3, 3, 8, 8)), (om.transformer, (2, 8, 8))):
+        model = om.export(make(), torch.zeros(*shape))
+        x = np.random.default_rng(1).uniform(-1, 1, shape).astype(np.float32)
+        wide = product_ceiling(model, k=4, form=form)
+        sess = ort.InferenceSession(wide, providers=["CPUExecutionProvider"])
+        n_products = sum(n.op_type in ("MatMul", "Gemm", "Conv") for n in onnx.load_from_string(wide).graph.node)
+        n_orig = sum(n.op_type in ("MatMul", "Gemm", "Conv") for n in onnx.load_from_string(model).graph.node)
+        got = sess.run([sess.get_outputs()[0].name], {"x": x})[0]
+        np.testing.assert_allclose(got, _digital(model, x), rtol=1e-5, atol=1e-5)
+        if form == "separate":  # the extra products exist as nodes (attention MatMuls stay single)
+            assert n_products > n_orig
