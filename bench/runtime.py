@@ -16,6 +16,9 @@ exact compilation into standard ONNX ops can beat it, so it says how far a targe
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -121,16 +124,6 @@ def product_ceiling(model: bytes, k: int = PRODUCTS_PER_TILE, form: str = "wide"
     return m.SerializeToString()
 
 
-def _ceiling_ratio(model: bytes, opts, in_name: str, x: np.ndarray, digital_sps: float, seconds: float) -> float:
-    """Best speed of the two :func:`product_ceiling` forms relative to the digital model."""
-    best = 0.0
-    for form in ("wide", "separate"):
-        sess = ort.InferenceSession(product_ceiling(model, form=form), opts, providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs() if "/ceiling_" not in o.name]
-        best = max(best, _rate(lambda s=sess, n=names: s.run(n, {in_name: x}), x.shape[0], seconds) / digital_sps)
-    return best
-
-
 def _rate(fn, batch: int, seconds: float) -> float:
     fn()  # warm-up
     n, t0 = 0, time.perf_counter()
@@ -140,43 +133,121 @@ def _rate(fn, batch: int, seconds: float) -> float:
     return n * batch / (time.perf_counter() - t0)
 
 
+BATCHES = (1, 64)
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return opts
+
+
+def _job(job: dict) -> list[dict]:
+    """One measurement, run in its own process with no other onnxruntime session alive: sessions
+    of earlier measurements (their thread pools) were seen to halve a rate at random on this
+    2-core machine. Kinds: ``digital`` (the original model), ``ceiling`` (a
+    :func:`product_ceiling` form) and ``chip`` (a profile and binding; also the cost of the first
+    request at a new age). Rates at batch 1 and 64."""
+    name, model, data = next(m for m in _models() if m[0] == job["model"])
+    opts = _session_options(job["threads"])
+    rows = []
+    if job["kind"] in ("digital", "ceiling"):
+        graph = model if job["kind"] == "digital" else product_ceiling(model, form=job["form"])
+        sess = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        in_name = sess.get_inputs()[0].name
+        names = [o.name for o in sess.get_outputs() if "/ceiling_" not in o.name]
+        for batch in BATCHES:
+            x = np.ascontiguousarray(np.resize(data, (batch, *data.shape[1:])))
+            _rate(lambda: sess.run(names, {in_name: x}), batch, 0.3)  # warm-up: arena and caches settle
+            rows.append({"batch": batch, "sps": _rate(lambda: sess.run(names, {in_name: x}), batch, job["seconds"])})
+        return rows
+    profile = get_profile("pcm") if job["profile"] == "pcm" else weights_only_profile()
+    chip = program_onnx(model, profile, seed=0, calibration=data)
+    rt = ChipRuntime(chip, threads=job["threads"], binding=job["binding"])
+    for batch in BATCHES:
+        x = np.ascontiguousarray(np.resize(data, (batch, *data.shape[1:])))
+        _rate(lambda: rt.run(x, age_s=86400.0), batch, 0.3)
+        sps = _rate(lambda: rt.run(x, age_s=86400.0), batch, job["seconds"])
+        first = []
+        for i in range(5):  # a new age each time: read-out + binding + one inference
+            t0 = time.perf_counter()
+            rt.run(x, age_s=1000.0 + i + 10 * batch)
+            first.append(time.perf_counter() - t0)
+        rows.append({"batch": batch, "sps": sps, "first_request_ms": 1e3 * float(np.median(first)),
+                     "weights": chip.n_weights})
+    return rows
+
+
+def _run_job(job: dict) -> dict[int, dict]:
+    out = subprocess.run([sys.executable, "-m", "bench.runtime", "--job", json.dumps(job)], check=True,
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    return {r["batch"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def _best(runs: list[dict[int, dict]]) -> dict[int, dict]:
+    """Per batch: the best rate of a job's runs, the median first-request cost, and the spread."""
+    best = {}
+    for batch in runs[0]:
+        rates = [r[batch]["sps"] for r in runs]
+        best[batch] = {**runs[0][batch], "sps": max(rates), "spread": (max(rates) - min(rates)) / max(rates)}
+        if "first_request_ms" in runs[0][batch]:
+            best[batch]["first_request_ms"] = float(np.median([r[batch]["first_request_ms"] for r in runs]))
+    return best
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (best rate kept)")
+    ap.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, JSON rows on stdout
     args = ap.parse_args(argv)
+    if args.job:
+        print(json.dumps(_job(json.loads(args.job))))
+        return
+    jobs = {}
+    for name, _, _ in _models():
+        base = {"model": name, "threads": args.threads, "seconds": args.seconds}
+        jobs[(name, "digital")] = {**base, "kind": "digital"}
+        for form in ("wide", "separate"):
+            jobs[(name, "ceiling", form)] = {**base, "kind": "ceiling", "form": form}
+        for pname in ("pcm", "weights-only"):
+            for binding in ChipRuntime.BINDINGS:
+                jobs[(name, pname, binding)] = {**base, "kind": "chip", "profile": pname, "binding": binding}
+    # Round robin over all jobs, `repeat` times, each in a fresh process; the best rate of a job is
+    # kept. This machine shares its host: a slow spell lasts tens of seconds and halves every rate
+    # measured in it, so a job's repeats are spread over the whole run.
+    runs: dict[tuple, list] = {key: [] for key in jobs}
+    for rep in range(args.repeat):
+        for key, job in jobs.items():
+            runs[key].append(_run_job(job))
+        print(f"round {rep + 1}/{args.repeat} done", flush=True)
+    res = {key: _best(r) for key, r in runs.items()}
     rows = []
-    for name, model, data in _models():
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-        digital = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-        in_name = digital.get_inputs()[0].name
-        ceiling_rate = {}
-        for pname, profile in (("pcm", get_profile("pcm")), ("weights-only", weights_only_profile())):
-          chip = program_onnx(model, profile, seed=0, calibration=data)
-          for binding in ChipRuntime.BINDINGS:
-            rt = ChipRuntime(chip, threads=args.threads, binding=binding)
-            for batch in (1, 64):
-                x = np.ascontiguousarray(np.resize(data, (batch, *data.shape[1:])))
-                d = _rate(lambda: digital.run(None, {in_name: x}), batch, args.seconds)
-                if batch not in ceiling_rate:
-                    ceiling_rate[batch] = _ceiling_ratio(model, opts, in_name, x, d, args.seconds)
-                a = _rate(lambda: rt.run(x, age_s=86400.0), batch, args.seconds)
-                first = []
-                for i in range(5):  # a new age each time: read-out + binding + one inference
-                    t0 = time.perf_counter()
-                    rt.run(x, age_s=1000.0 + i + 10 * batch)
-                    first.append(time.perf_counter() - t0)
-                rows.append(dict(model=name, profile=pname, binding=binding, batch=batch, digital_sps=d, analog_sps=a,
-                                 ratio=a / d, ceiling=ceiling_rate[batch], first_request_ms=1e3 * float(np.median(first)),
-                                 weights=chip.n_weights))
-                print(f"{name:16s} {pname:13s} {binding:12s} b={batch:3d} digital {d:10.0f}/s analog {a:10.0f}/s "
-                      f"ratio {a / d:5.2f} ceiling {ceiling_rate[batch]:4.2f} first@new age {rows[-1]['first_request_ms']:.1f} ms")
+    for name, _, _ in _models():
+        digital = res[(name, "digital")]
+        for pname in ("pcm", "weights-only"):
+            for binding in ChipRuntime.BINDINGS:
+                for batch in BATCHES:
+                    d, a = digital[batch], res[(name, pname, binding)][batch]
+                    ceiling = max(res[(name, "ceiling", form)][batch]["sps"] for form in ("wide", "separate"))
+                    r = dict(model=name, profile=pname, binding=binding, batch=batch, digital_sps=d["sps"],
+                             analog_sps=a["sps"], ratio=a["sps"] / d["sps"], ceiling=ceiling / d["sps"],
+                             digital_spread=d["spread"], analog_spread=a["spread"],
+                             first_request_ms=a["first_request_ms"], weights=a["weights"])
+                    rows.append(r)
+                    print(f"{name:16s} {pname:13s} {binding:12s} b={batch:3d} digital {d['sps']:10.0f}/s analog "
+                          f"{a['sps']:10.0f}/s ratio {r['ratio']:5.2f} ceiling {r['ceiling']:4.2f} first@new age "
+                          f"{r['first_request_ms']:.1f} ms (spread over runs: digital {100 * d['spread']:.0f} %, "
+                          f"analog {100 * a['spread']:.0f} %)")
     info = machine()
     lines = [
         "# Runtime throughput: chip vs plain onnxruntime", "",
-        f"`python -m bench.runtime --threads {args.threads} --seconds {args.seconds}` · {info['date']} · "
-        f"{info['cpus']} CPUs · onnxruntime {info['onnxruntime']}", "",
+        f"`python -m bench.runtime --threads {args.threads} --seconds {args.seconds} --repeat {args.repeat}` · "
+        f"{info['date']} · "
+        f"{info['cpus']} CPUs · onnxruntime {info['onnxruntime']} · each rate: the best of {args.repeat} fresh "
+        "processes run round-robin over all configurations, each measured alone (this machine shares its host: "
+        "the same measurement differs by up to 2× between runs)", "",
         "| model | weights | profile | binding | batch | digital samples/s | analog samples/s | analog/digital | target (b=64) "
         "| 4-product ceiling | first request at a new age (ms) |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",

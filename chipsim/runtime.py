@@ -109,6 +109,11 @@ class ChipRuntime:
         self.profile = chip.profile
         self.plans = load_plans(chip)
         self.inputs: list[dict[str, Any]] = chip.meta["inputs"]
+        self._input_names = {i["name"] for i in self.inputs}
+        # (name, dtype, declared shape, [(axis, size) of its fixed dimensions]) per input
+        self._input_specs = [(i["name"], np.dtype(i["dtype"]), i["shape"],
+                              [(d, w) for d, w in enumerate(i["shape"]) if isinstance(w, int) and w > 0])
+                             for i in self.inputs]
         self.outputs: list[dict[str, Any]] = chip.meta["outputs"]
         self.binding = binding
         self.threads = threads
@@ -312,32 +317,30 @@ class ChipRuntime:
                 raise InputError(f"inputs: the model has {len(self.inputs)} inputs "
                                  f"{[i['name'] for i in self.inputs]}; pass an object of name → array")
             inputs = {self.inputs[0]["name"]: inputs}
-        names = {i["name"] for i in self.inputs}
-        unknown = set(inputs) - names
-        if unknown:
-            raise InputError(f"inputs: unknown input(s) {sorted(unknown)}; the model takes {sorted(names)}")
+        if inputs.keys() - self._input_names:
+            raise InputError(f"inputs: unknown input(s) {sorted(inputs.keys() - self._input_names)}; the model takes "
+                             f"{sorted(self._input_names)}")
         feeds = {}
         batch = None
-        for meta in self.inputs:
-            name = meta["name"]
+        for name, dtype, shape, fixed in self._input_specs:
             if name not in inputs:
                 raise InputError(f"inputs.{name}: missing", field=f"inputs.{name}")
             try:
-                arr = np.asarray(inputs[name], dtype=meta["dtype"])
+                arr = np.asarray(inputs[name], dtype=dtype)
             except (ValueError, TypeError):
-                raise InputError(f"inputs.{name}: not a numeric array of {meta['dtype']} (ragged nesting or "
+                raise InputError(f"inputs.{name}: not a numeric array of {dtype} (ragged nesting or "
                                  "non-numbers)", field=f"inputs.{name}") from None
-            shape = meta["shape"]
             if arr.ndim != len(shape):
                 raise InputError(f"inputs.{name}: expected {len(shape)} dimensions {shape}, got shape {list(arr.shape)}",
                                  field=f"inputs.{name}")
-            for d, (got, want) in enumerate(zip(arr.shape, shape)):
-                if isinstance(want, int) and want > 0 and got != want:
-                    raise InputError(f"inputs.{name}: dimension {d} must be {want}, got {got} (shape {list(arr.shape)},"
-                                     f" expected {shape})", field=f"inputs.{name}")
+            for d, want in fixed:
+                if arr.shape[d] != want:
+                    raise InputError(f"inputs.{name}: dimension {d} must be {want}, got {arr.shape[d]} (shape "
+                                     f"{list(arr.shape)}, expected {shape})", field=f"inputs.{name}")
             if arr.size == 0 or arr.shape[0] == 0:
                 raise InputError(f"inputs.{name}: empty batch", field=f"inputs.{name}")
-            if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            # min and max propagate NaN and hold any ±inf: no temporary array as isfinite(arr) makes
+            if arr.dtype.kind == "f" and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
                 raise InputError(f"inputs.{name}: contains NaN or infinity", field=f"inputs.{name}")
             if batch is not None and arr.shape[0] != batch:
                 raise InputError(f"inputs.{name}: batch {arr.shape[0]} differs from {batch}", field=f"inputs.{name}")
