@@ -5,10 +5,10 @@ chosen per runtime (never mixed, so a seeded request is bit-identical however of
 
 - ``initializers`` (default): one session per cached age with the read-out weights embedded
   as initializers (constants), so onnxruntime prepacks them and optimises Conv layouts. A new
-  age also costs a session build (20–55 ms for the zoo models); repeated ages run up to 4.5×
+  age also costs a session build (4–50 ms for the zoo models); repeated ages run up to 4×
   faster than with ``inputs`` (bench/results/runtime.md).
 - ``inputs``: one session per chip; the weights of an age are fed with every run. A new age
-  costs only the numpy read-out (2–18 ms for the zoo models): for one-off ages.
+  costs only the numpy read-out (2–20 ms for the zoo models): for one-off ages.
 
 Read-outs per (age, read seed) live in a bounded LRU with a memory limit, together with their
 session in ``initializers`` mode. Per-MVM noise comes from the chip's MVM stream when the request

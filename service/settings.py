@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     ort_threads: int = Field(1, ge=0, le=64, description="onnxruntime intra-op threads per inference "
                                                          "(0 = onnxruntime's default: all cores).")
     binding: str = Field("initializers", description="How read-out weights reach onnxruntime: 'initializers' "
-                                                     "(a session per cached age: faster for repeated ages, 20-55 ms "
+                                                     "(a session per cached age: faster for repeated ages, 4-50 ms "
                                                      "per new age) or 'inputs' (weights fed per run: cheap new ages).")
     mvm_noise: str = Field("table", description="Per-MVM noise: 'table' (a window of a shared 32 MiB table of "
                                                 "Gaussian samples at a random offset per request: no per-output "
