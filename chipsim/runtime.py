@@ -117,7 +117,7 @@ class ChipRuntime:
         self.outputs: list[dict[str, Any]] = chip.meta["outputs"]
         self.binding = binding
         self.threads = threads
-        graph = self._graph(chip)
+        self.graph = graph = self._graph(chip)  # the compiled graph this build runs (see _graph)
         self.session = ort.InferenceSession(graph, self._options(), providers=["CPUExecutionProvider"])
         self._graph_inputs = {i.name for i in self.session.get_inputs()}
         self._linear = is_linear(self.profile)
@@ -373,7 +373,7 @@ class ChipRuntime:
             import onnx
             from onnx import TensorProto, helper
 
-            model = onnx.load_from_string(self.chip.attachments["compiled.onnx"])
+            model = onnx.load_from_string(self.graph)
             if tensor not in {o for n in model.graph.node for o in n.output}:
                 raise InputError(f"tensor: the compiled graph has no tensor {tensor!r}", field="tensor")
             model.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))

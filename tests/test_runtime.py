@@ -315,8 +315,13 @@ def test_chip_with_an_older_graph_layout_is_recompiled_from_its_model():
     assert chip.meta["graph_format"] == GRAPH_FORMAT
     old = dataclasses.replace(chip, meta={k: v for k, v in chip.meta.items() if k != "graph_format"},
                               attachments={**chip.attachments, "compiled.onnx": b"an old layout"})
-    want = ChipRuntime(chip).run(x, age_s=3600.0, seed=1)[0]
-    np.testing.assert_array_equal(ChipRuntime(old).run(x, age_s=3600.0, seed=1)[0], want)
+    new_rt, old_rt = ChipRuntime(chip), ChipRuntime(old)
+    want = new_rt.run(x, age_s=3600.0, seed=1)[0]
+    np.testing.assert_array_equal(old_rt.run(x, age_s=3600.0, seed=1)[0], want)
+    # Intermediate tensors (run_tensor's side sessions) come from the recompiled graph too.
+    tensor = next(n.output[0] for n in onnx.load_from_string(new_rt.graph).graph.node if n.op_type == "Round")
+    np.testing.assert_array_equal(old_rt.run_tensor(x, tensor, age_s=3600.0, seed=1),
+                                  new_rt.run_tensor(x, tensor, age_s=3600.0, seed=1))
     # The calibrated ranges come from the chip's layers, not from (absent) calibration data.
     assert any(layer.input_range != 1.0 for layer in chip.layers)
     broken = dataclasses.replace(old, attachments={**old.attachments, "model.onnx": om.export(om.mlp(), torch.zeros(2, 64))})
