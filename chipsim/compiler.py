@@ -243,15 +243,15 @@ def is_linear(profile: ChipProfile) -> bool:
             and profile.w_noise == 0 and profile.out_noise == 0 and profile.ir_drop == 0)
 
 
-#: Layout of the compiled graph (stacked tile products, integer DAC/ADC units). A chip stores
+#: Layout of the compiled graph (one product per tile part, integer DAC/ADC units). A chip stores
 #: the graph it was programmed with; a runtime recompiles chips of another layout from their
 #: stored model (their physical state does not depend on it).
 GRAPH_FORMAT = 2
 
 
 def tile_parts(profile: ChipProfile) -> list[str]:
-    """The matrix products of one tile, computed by one stacked MatMul/Conv in this order:
-    ``w`` x'@W; ``r`` x'@(ramp⊙W) and ``a`` |x'|@|W| (IR drop); ``v`` x'²@|W| (per-MVM noise)."""
+    """The matrix products of one tile, in this order (see :func:`_tile_products`): ``w`` x'@W;
+    ``r`` x'@(ramp⊙W) and ``a`` |x'|@|W| (IR drop); ``v`` x'²@|W| (per-MVM noise)."""
     parts = ["w"]
     if not is_linear(profile):
         if profile.ir_drop > 0:

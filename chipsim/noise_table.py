@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import threading
-from functools import cache, lru_cache
+from functools import cache
 
 import numpy as np
 

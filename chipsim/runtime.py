@@ -178,13 +178,12 @@ class ChipRuntime:
             mats = [w]  # α·s_col already applied (see compiler.is_linear)
         else:
             f = part_factors(self.profile, input_range, w.shape[0])
-            by_part = {
-                "w": lambda: w * f["w"],
-                "r": lambda: w * (ir_drop_ramp(w.shape[0], w) * f["r"])[:, None],
-                "a": lambda: np.abs(w) * f["a"],
-                "v": lambda: np.abs(w) * f["v"],
-            }
-            mats = [by_part[p]() for p in parts]
+            mats = []
+            for p in parts:
+                if p == "r":  # the IR-drop position ramp, per row
+                    mats.append(w * (ir_drop_ramp(w.shape[0], w) * f[p])[:, None])
+                else:
+                    mats.append((w if p == "w" else np.abs(w)) * f[p])
         if plan.kind == "conv":
             return {"w": np.ascontiguousarray(np.concatenate([conv_form(m) for m in mats], axis=0), dtype=np.float32)}
         return {p: np.ascontiguousarray(m, dtype=np.float32) for p, m in zip(parts, mats)}
