@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from chipsim.periphery import IR_DROP_G_RATIO, adc, ir_drop_c, ir_drop_ramp
-from chipsim.profiles import ChipProfile, GdcMode
+from chipsim.modes import GdcMode
+from chipsim.profiles import ChipProfile
 
-GDC_MODES: tuple[GdcMode, ...] = ("global", "column", "exact", "off")
+GDC_MODES: tuple[GdcMode, ...] = tuple(GdcMode)
 
 
 def identity_read(w_tile: np.ndarray, profile: ChipProfile, rng: np.random.Generator) -> np.ndarray:

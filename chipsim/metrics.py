@@ -30,7 +30,7 @@ def drift_metrics(
 ) -> dict:
     """Metrics per layer and for the whole chip. ``gdc`` defaults to the profile's mode
     (``global`` if the profile has GDC off, so the "with GDC" error is always informative)."""
-    mode: GdcMode = gdc or (chip.profile.gdc if chip.profile.gdc != "off" else "global")
+    mode = GdcMode.resolve(gdc, chip.profile.gdc)
     readout = readout or read(chip, age_s, read_seed)
     g_max = chip.profile.device_model.g_max_us
     layers = []

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from chipsim.devices import DEVICES, get_device
 
-GdcMode = Literal["global", "column", "exact", "off"]
+from chipsim.modes import GdcMode  # re-exported: older imports read it from here
 
 
 class ProfileError(ValueError):
@@ -33,7 +33,9 @@ class ProfileError(ValueError):
 class ChipProfile(BaseModel):
     """Everything that decides how a programmed chip behaves. Units in each description."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # use_enum_values: the stored profile keeps plain strings ("global"), as chips written before
+    # chipsim.modes existed do; validation still goes through the enum.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
 
     name: str = Field("custom", description="Preset this profile was derived from.", max_length=64)
     device: str = Field("pcm", description=f"Device model, one of {sorted(DEVICES)}.")

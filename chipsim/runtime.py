@@ -349,13 +349,10 @@ class ChipRuntime:
 
     # ------------------------------------------------------------------ inference
     def gdc_mode(self, gdc: bool | str) -> GdcMode:
-        if gdc is True:
-            return self.profile.gdc if self.profile.gdc != "off" else "global"
-        if gdc is False:
-            return "off"
-        if gdc in ("global", "column", "exact", "off"):
-            return gdc  # type: ignore[return-value]
-        raise InputError(f"gdc: expected true, false or one of global/column/exact/off, got {gdc!r}", field="gdc")
+        try:
+            return GdcMode.resolve(gdc, self.profile.gdc)
+        except ValueError as e:
+            raise InputError(str(e), field="gdc") from None
 
     def run_tensor(
         self, inputs: np.ndarray | dict[str, Any], tensor: str, age_s: float, read_seed: int = 0,
