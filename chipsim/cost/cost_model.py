@@ -25,11 +25,11 @@ With the field's convention of two operations per multiply–accumulate, one ful
 - time per core MVM = 64·131072 / TOPS with all 64 cores busy: 132.9 ns, 521.0 ns.
 
 The two read modes split the energy (:func:`hermes_split`): ``E(P) = E₀ + P·E_phase`` for P
-modulation phases gives E_phase = 13.14 nJ and E₀ = 0.29 ± 0.05 nJ (± from the published
-rounding to three digits). Everything that runs for the duration of each phase — the PWM input
-drivers, the current-controlled-oscillator ADCs, clocks and bias — is in E_phase; the crossbar's
-own conduction is phase-independent (each device conducts during exactly one phase either way)
-and is in E₀. Hence:
+modulation phases gives E_phase = 13.14 nJ and E₀ = 0.29 nJ (0.24–0.33 nJ over the published
+figures' rounding to three digits). Everything that runs for the duration of each phase — the
+PWM input drivers, the current-controlled-oscillator ADCs, clocks and bias — scales with P; the
+crossbar's own conduction does not (each device conducts once per MVM, for its input's
+duration, in either mode), so we read E₀ as the crossbar's share. Hence:
 
 - ``e_mac_j = E₀/256²`` = 4.4 fJ per programmed weight per MVM (E₀ may also hold per-MVM fixed
   costs such as the local digital unit's affine scaling; the two published points cannot
