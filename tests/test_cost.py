@@ -310,3 +310,26 @@ def test_counts_do_not_depend_on_the_profile_noise():
     # The ideal profile compiles to a different emulation graph; the chip does the same work.
     a, b = count_chip(_chip(small_cnn())), count_chip(program_onnx(small_cnn(), get_profile("ideal"), seed=0))
     assert a == b
+
+
+def test_command_line_prints_the_estimate(tmp_path, capsys):
+    from chipsim.cost.__main__ import main
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(two_layer())
+    assert main([str(path), "--batch", "2", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["batch"] == 2 and [row["tiles"] for row in d["layers"]] == [2, 1]
+    assert main([str(path), "--adc-share", "0.8"]) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATE" in out and "fc0" in out
+
+
+def test_malformed_shapes_are_domain_errors():
+    chip = _chip(two_layer())
+    for shapes in ({"x": ("a", 600)}, {"x": (1.5, 600)}, {"x": 600}):
+        with pytest.raises(CostError) as err:
+            estimate(chip, input_shapes=shapes)
+        assert err.value.field == "inputs.x"
+        with pytest.raises(CostError):
+            CostEstimator(chip).request(1, shapes)

@@ -23,6 +23,7 @@ and are not operations of the chip), priced by :func:`node_ops`.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,15 @@ def check_batch(batch: Any) -> int:
     return batch
 
 
+def check_shape(shape: Any, field: str) -> list[int]:
+    """A shape as a list of Python ints; :class:`CostError` naming ``field`` otherwise."""
+    try:
+        dims = [operator.index(v) for v in shape]
+    except TypeError:
+        raise CostError(f"{field}: a shape is a list of integers, got {shape!r}", field=field) from None
+    return dims
+
+
 def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     init = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in init]
@@ -147,7 +157,7 @@ def fix_input_shapes(model: onnx.ModelProto, batch: int | None,
         tt = inp.type.tensor_type
         given = shapes.get(inp.name)
         if given is not None:
-            given = [int(v) for v in given]
+            given = check_shape(given, f"inputs.{inp.name}")
             if tt.HasField("shape") and len(given) != len(tt.shape.dim):
                 raise CostError(f"inputs.{inp.name}: expected {len(tt.shape.dim)} dimensions, got shape {given}",
                                 field=f"inputs.{inp.name}")

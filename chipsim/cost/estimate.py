@@ -22,7 +22,15 @@ from typing import Any
 import onnx
 
 from chipsim.cost.cost_model import OPS_PER_MAC, CostModel, cost_model_for, profile_warnings
-from chipsim.cost.counts import AnalogLayerCounts, GraphCounts, check_batch, chip_plans, count_graph, data_inputs
+from chipsim.cost.counts import (
+    AnalogLayerCounts,
+    GraphCounts,
+    check_shape,
+    check_batch,
+    chip_plans,
+    count_graph,
+    data_inputs,
+)
 from chipsim.cost.errors import CostError
 from chipsim.state import ChipState
 
@@ -228,7 +236,7 @@ class CostEstimator:
         """``(energy_j, latency_s)`` of one request of ``batch`` samples (inputs of
         ``input_shapes`` when the model has symbolic non-batch dimensions)."""
         batch = check_batch(batch)
-        shapes = {k: [int(v) for v in s] for k, s in (input_shapes or {}).items()}
+        shapes = {k: check_shape(s, f"inputs.{k}") for k, s in (input_shapes or {}).items() if s is not None}
         for name, s in shapes.items():
             if not s or s[0] != batch:
                 raise CostError(f"inputs.{name}: leading dimension {s[:1]} is not the batch {batch}",
