@@ -24,7 +24,8 @@ import anyio
 import numpy as np
 
 from service.durations import SCHEDULE
-from service.registry import LoadedChip, Registry
+from service.registry import Registry
+from service.served_chip import ServedChip
 from service.settings import Settings
 
 log = logging.getLogger("agedchip.service")
@@ -40,7 +41,7 @@ class Refresher:
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ one chip
-    def refresh_chip(self, chip: LoadedChip) -> None:
+    def refresh_chip(self, chip: ServedChip) -> None:
         s = self.settings
         age = chip.wall_age()
         g = chip.gauges

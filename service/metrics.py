@@ -1,7 +1,7 @@
 """Prometheus metrics of the service; names and labels follow ``docs/metrics.md`` exactly.
 
 HTTP metrics are ordinary prometheus-client instruments updated by the ASGI middleware in
-:mod:`service.app`. Everything per chip is produced at scrape time by :class:`ChipCollector`
+:mod:`service.middleware`. Everything per chip is produced at scrape time by :class:`ChipCollector`
 from the registry (counters kept on each loaded chip, gauges from the background refresher,
 read-out cache statistics from the runtime), so a deleted chip's series disappear with it and
 label sets stay bounded by the chips in the store.
@@ -74,8 +74,7 @@ class ChipCollector(Collector):
 
         for c in chips:
             cid = c.chip_id
-            with c._lock:
-                n_inf, n_samples, n_lab, n_correct = c.inferences, c.samples, c.labelled, c.correct
+            n_inf, n_samples, n_lab, n_correct = c.counters()
             inferences.add_metric([cid], n_inf)
             samples.add_metric([cid], n_samples)
             labelled.add_metric([cid], n_lab)

@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chipsim import PRESETS
+from chipsim.modes import MvmNoiseSource
+from service.durations import DAY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
     default_profile: str = Field("pcm", description=f"Preset of the default chip, one of {sorted(PRESETS)}.")
     default_seed: int = Field(0, ge=0, description="Programming seed of the default chip.")
     default_time_scale: float = Field(
-        86400.0, ge=0, le=1e9,
+        DAY, ge=0, le=1e9,
         description="Chip seconds per wall-clock second of the default chip (86400: one day of ageing per "
                     "second, a year in about 6 minutes, 10 years in about an hour).",
     )
@@ -97,8 +99,8 @@ class Settings(BaseSettings):
     @field_validator("mvm_noise")
     @classmethod
     def _mvm_noise(cls, v: str) -> str:
-        if v not in ("table", "fresh"):
-            raise ValueError("mvm_noise must be 'table' or 'fresh'")
+        if v not in tuple(MvmNoiseSource):
+            raise ValueError(f"mvm_noise must be one of {[s.value for s in MvmNoiseSource]}")
         return v
 
     @field_validator("log_level")

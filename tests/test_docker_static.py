@@ -349,7 +349,7 @@ def test_dockerfile_copies_serving_code_and_zoo_only():
     assert env.get("AGEDCHIP_ZOO_DIR") == "/app/models/zoo"
     assert env.get("PYTHONPATH") == "/app"
     # the service must not need the models package (training code stays out of the image)
-    for py in (REPO / "service").glob("*.py"):
+    for py in (REPO / "service").rglob("*.py"):
         text = py.read_text()
         assert not re.search(r"^\s*(from|import)\s+models\b", text, re.M), f"{py.name} imports models/"
         assert not re.search(r"^\s*(from|import)\s+torch\b", text, re.M), f"{py.name} imports torch"

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.registry import quantise_age
+from service.durations import quantise_age
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
 from service.app import create_app
-from service.recalibration import JobTable
+from service.jobs import JobTable
 from tests.test_service import ZOO_MODEL, err, eval_npz, make_settings, make_zoo, tiny_model, x_batch
 
 TEN_YEARS = 10 * 365 * 86400.0
@@ -192,7 +192,7 @@ def test_cancel_a_queued_job(client, data):
 
 
 def test_failures_leave_no_chip(client, data, monkeypatch):
-    import service.recalibration as mod
+    import service.recalibration_jobs as mod
 
     c = client
 
