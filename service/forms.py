@@ -27,7 +27,8 @@ def require_form(content_type: str, what: str) -> None:
     """Refuse a body that is not a form; ``what`` says what the form carries."""
     ctype = media_type(content_type)
     if ctype not in FORM_TYPES:
-        raise UnsupportedMediaType("content-type", f"content-type: expected multipart/form-data ({what}), got {ctype!r}")
+        raise UnsupportedMediaType("content-type",
+                                   f"content-type: expected multipart/form-data ({what}), got {ctype!r}")
 
 
 @dataclass(frozen=True)

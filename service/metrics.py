@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from service.durations import SCHEDULE
 from service.registry import Registry
+from service.served_chip import GAUGE_GDC
 
 PREFIX = "agedchip_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -89,11 +90,11 @@ class ChipCollector(Collector):
             g = c.gauges
             age.add_metric([cid], c.wall_age())
             for label in SCHEDULE:
-                for mode in ("on", "off"):
+                for mode in GAUGE_GDC:
                     v = g.eval_accuracy.get((label, mode))
                     if v is not None:
                         eval_acc.add_metric([cid, label, mode], v)
-            for mode in ("on", "off"):
+            for mode in GAUGE_GDC:
                 v = g.current_accuracy.get(mode)
                 if v is not None:
                     cur_acc.add_metric([cid, mode], v)

@@ -50,6 +50,10 @@ def io_meta(meta: dict[str, Any]) -> dict[str, Any]:
             "shape": [d if isinstance(d, int) and d > 0 else None for d in meta["shape"]]}
 
 
+#: The gauges' ``gdc`` label → the GDC request it stands for (the profile's mode, or off).
+GAUGE_GDC: dict[str, bool] = {"on": True, "off": False}
+
+
 @dataclass
 class ChipGauges:
     """The background refresher's latest numbers for one chip (read by /metrics)."""
@@ -59,7 +63,7 @@ class ChipGauges:
     weight_error: float | None = None
     weight_error_gdc: float | None = None
     g_ratio: float | None = None
-    current_accuracy: dict[str, float] = field(default_factory=dict)  # gdc "on"/"off" → accuracy
+    current_accuracy: dict[str, float] = field(default_factory=dict)  # GAUGE_GDC label → accuracy
     eval_accuracy: dict[tuple[str, str], float] = field(default_factory=dict)  # (age label, gdc) → accuracy
     refreshed_at: float | None = None
 

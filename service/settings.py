@@ -66,9 +66,10 @@ class Settings(BaseSettings):
     binding: str = Field("initializers", description="How read-out weights reach onnxruntime: 'initializers' "
                                                      "(a session per cached age: faster for repeated ages, 4-50 ms "
                                                      "per new age) or 'inputs' (weights fed per run: cheap new ages).")
-    mvm_noise: str = Field("table", description="Per-MVM noise: 'table' (a window of a shared 32 MiB table of "
-                                                "Gaussian samples at a random offset per request: no per-output "
-                                                "draws) or 'fresh' (one new Gaussian per output, ~9 ns each).")
+    mvm_noise: str = Field(MvmNoiseSource.TABLE.value,
+                           description="Per-MVM noise: 'table' (a window of a shared 32 MiB table of Gaussian "
+                                       "samples at a random offset per request: no per-output draws) or 'fresh' "
+                                       "(one new Gaussian per output, ~9 ns each).")
     cache_bytes: int = Field(256 << 20, ge=0, description="Read-out cache per chip, bytes.")
     cache_entries: int = Field(32, ge=1, description="Read-out cache per chip, entries (ages × read seeds).")
     infer_concurrency: int = Field(0, ge=0, le=256, description="Inference requests computed at the same time; "

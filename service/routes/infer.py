@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from chipsim.modes import GdcMode
 from service.jsonio import dumps, finite_list
 from service.problems import InvalidField, invalid_request
 from service.registry import Registry
@@ -29,7 +30,7 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
     res = chip.infer(req.inputs, req.age, read_seed=req.read_seed, gdc=req.gdc, seed=req.seed)
     content: dict[str, Any] = {
         "chip_id": chip.chip_id, "age_s": res.age_s, "age_source": res.age_source, "gdc": res.gdc,
-        "gdc_applied": res.gdc != "off", "read_seed": res.read_seed, "seed": res.seed, "batch": res.batch,
+        "gdc_applied": res.gdc is not GdcMode.OFF, "read_seed": res.read_seed, "seed": res.seed, "batch": res.batch,
         "outputs": {o["name"]: finite_list(np.asarray(v)) for o, v in zip(chip.runtime.outputs, res.outputs)},
         "argmax": None, "accuracy": None, "alpha": res.alpha,
     }
