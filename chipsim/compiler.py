@@ -135,6 +135,13 @@ def load_model(model_bytes: bytes) -> onnx.ModelProto:
     return model
 
 
+def model_inputs(model_bytes: bytes) -> list[dict[str, Any]]:
+    """The inputs (name, dtype, shape) a chip programmed from this model takes, as in its
+    meta, read without compiling: data can be checked against them before programming."""
+    model = load_model(model_bytes)
+    return _io(model.graph.input, {t.name for t in model.graph.initializer})
+
+
 def _all_tensors(model: onnx.ModelProto):
     yield from model.graph.initializer
     for node in model.graph.node:

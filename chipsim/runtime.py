@@ -77,6 +77,58 @@ class CacheStats:
     bytes: int = 0
 
 
+class InputChecker:
+    """Validates and converts user inputs against a model's declared inputs (the ``inputs`` of
+    chip meta: name, dtype, shape with ``None``/names for dynamic dimensions). Needs no chip, so
+    data can be checked against a model before it is programmed."""
+
+    def __init__(self, declared: list[dict[str, Any]]):
+        self.declared = declared
+        self._names = {i["name"] for i in declared}
+        # (name, dtype, declared shape, [(axis, size) of its fixed dimensions]) per input
+        self._specs = [(i["name"], np.dtype(i["dtype"]), i["shape"],
+                        [(d, w) for d, w in enumerate(i["shape"]) if isinstance(w, int) and w > 0])
+                       for i in declared]
+
+    def __call__(self, inputs: np.ndarray | dict[str, Any]) -> dict[str, np.ndarray]:
+        """Validated, contiguous feeds by input name; raises :class:`InputError` naming the input."""
+        if not isinstance(inputs, dict):
+            if len(self.declared) != 1:
+                raise InputError(f"inputs: the model has {len(self.declared)} inputs "
+                                 f"{[i['name'] for i in self.declared]}; pass an object of name → array")
+            inputs = {self.declared[0]["name"]: inputs}
+        if inputs.keys() - self._names:
+            raise InputError(f"inputs: unknown input(s) {sorted(inputs.keys() - self._names)}; the model takes "
+                             f"{sorted(self._names)}")
+        feeds = {}
+        batch = None
+        for name, dtype, shape, fixed in self._specs:
+            if name not in inputs:
+                raise InputError(f"inputs.{name}: missing", field=f"inputs.{name}")
+            try:
+                arr = np.asarray(inputs[name], dtype=dtype)
+            except (ValueError, TypeError):
+                raise InputError(f"inputs.{name}: not a numeric array of {dtype} (ragged nesting or "
+                                 "non-numbers)", field=f"inputs.{name}") from None
+            if arr.ndim != len(shape):
+                raise InputError(f"inputs.{name}: expected {len(shape)} dimensions {shape}, got shape {list(arr.shape)}",
+                                 field=f"inputs.{name}")
+            for d, want in fixed:
+                if arr.shape[d] != want:
+                    raise InputError(f"inputs.{name}: dimension {d} must be {want}, got {arr.shape[d]} (shape "
+                                     f"{list(arr.shape)}, expected {shape})", field=f"inputs.{name}")
+            if arr.size == 0 or arr.shape[0] == 0:
+                raise InputError(f"inputs.{name}: empty batch", field=f"inputs.{name}")
+            # min and max propagate NaN and hold any ±inf: no temporary array as isfinite(arr) makes
+            if arr.dtype.kind == "f" and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+                raise InputError(f"inputs.{name}: contains NaN or infinity", field=f"inputs.{name}")
+            if batch is not None and arr.shape[0] != batch:
+                raise InputError(f"inputs.{name}: batch {arr.shape[0]} differs from {batch}", field=f"inputs.{name}")
+            batch = arr.shape[0]
+            feeds[name] = np.ascontiguousarray(arr)
+        return feeds
+
+
 def load_plans(chip: ChipState) -> list[LayerPlan]:
     plans = []
     for p in chip.meta["plans"]:
@@ -109,11 +161,7 @@ class ChipRuntime:
         self.profile = chip.profile
         self.plans = load_plans(chip)
         self.inputs: list[dict[str, Any]] = chip.meta["inputs"]
-        self._input_names = {i["name"] for i in self.inputs}
-        # (name, dtype, declared shape, [(axis, size) of its fixed dimensions]) per input
-        self._input_specs = [(i["name"], np.dtype(i["dtype"]), i["shape"],
-                              [(d, w) for d, w in enumerate(i["shape"]) if isinstance(w, int) and w > 0])
-                             for i in self.inputs]
+        self._input_checker = InputChecker(self.inputs)
         self.outputs: list[dict[str, Any]] = chip.meta["outputs"]
         self.binding = binding
         self.threads = threads
@@ -311,41 +359,7 @@ class ChipRuntime:
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, inputs: np.ndarray | dict[str, Any]) -> dict[str, np.ndarray]:
         """Validate and convert user inputs; raises :class:`InputError` naming the input."""
-        if not isinstance(inputs, dict):
-            if len(self.inputs) != 1:
-                raise InputError(f"inputs: the model has {len(self.inputs)} inputs "
-                                 f"{[i['name'] for i in self.inputs]}; pass an object of name → array")
-            inputs = {self.inputs[0]["name"]: inputs}
-        if inputs.keys() - self._input_names:
-            raise InputError(f"inputs: unknown input(s) {sorted(inputs.keys() - self._input_names)}; the model takes "
-                             f"{sorted(self._input_names)}")
-        feeds = {}
-        batch = None
-        for name, dtype, shape, fixed in self._input_specs:
-            if name not in inputs:
-                raise InputError(f"inputs.{name}: missing", field=f"inputs.{name}")
-            try:
-                arr = np.asarray(inputs[name], dtype=dtype)
-            except (ValueError, TypeError):
-                raise InputError(f"inputs.{name}: not a numeric array of {dtype} (ragged nesting or "
-                                 "non-numbers)", field=f"inputs.{name}") from None
-            if arr.ndim != len(shape):
-                raise InputError(f"inputs.{name}: expected {len(shape)} dimensions {shape}, got shape {list(arr.shape)}",
-                                 field=f"inputs.{name}")
-            for d, want in fixed:
-                if arr.shape[d] != want:
-                    raise InputError(f"inputs.{name}: dimension {d} must be {want}, got {arr.shape[d]} (shape "
-                                     f"{list(arr.shape)}, expected {shape})", field=f"inputs.{name}")
-            if arr.size == 0 or arr.shape[0] == 0:
-                raise InputError(f"inputs.{name}: empty batch", field=f"inputs.{name}")
-            # min and max propagate NaN and hold any ±inf: no temporary array as isfinite(arr) makes
-            if arr.dtype.kind == "f" and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
-                raise InputError(f"inputs.{name}: contains NaN or infinity", field=f"inputs.{name}")
-            if batch is not None and arr.shape[0] != batch:
-                raise InputError(f"inputs.{name}: batch {arr.shape[0]} differs from {batch}", field=f"inputs.{name}")
-            batch = arr.shape[0]
-            feeds[name] = np.ascontiguousarray(arr)
-        return feeds
+        return self._input_checker(inputs)
 
     # ------------------------------------------------------------------ inference
     def gdc_mode(self, gdc: bool | str) -> GdcMode:
@@ -399,6 +413,19 @@ class ChipRuntime:
         ``read_seed`` selects the read-out (1/f noise); ``seed`` makes the per-MVM noise
         reproducible (``None``: fresh noise); ``noise`` feeds explicit draws (tests).
         """
+        return self.run_with_readout(inputs, age_s, read_seed, gdc, seed, noise)[0]
+
+    def run_with_readout(
+        self,
+        inputs: np.ndarray | dict[str, Any],
+        age_s: float,
+        read_seed: int = 0,
+        gdc: bool | str = True,
+        seed: int | None = None,
+        noise: dict[str, np.ndarray] | None = None,
+    ) -> tuple[list[np.ndarray], ChipReadout]:
+        """:meth:`run`, and the read-out the outputs were computed with (its GDC factors, for
+        example), without a second cache look-up."""
         feeds = self.check_inputs(inputs)
         age_s = check_age(age_s)
         read_seed = check_seed(read_seed, "read_seed")
@@ -411,7 +438,7 @@ class ChipRuntime:
             noise = self.draw_noise(batch, rng)
         if noise:
             feeds.update(noise)
-        return (entry.session or self.session).run(self.output_names, feeds)
+        return (entry.session or self.session).run(self.output_names, feeds), entry.readout
 
     def _static_feeds(self, entry: _Entry, mode: GdcMode) -> dict[str, np.ndarray]:
         """Weights (``inputs`` binding) and GDC-scaled column scales of an entry, merged once."""
