@@ -7,7 +7,7 @@ Typical use::
     readout = read(chip, age_s=86400, read_seed=1)
 """
 
-from chipsim.metrics import drift_metrics
+from chipsim.drift_metrics import drift_metrics
 from chipsim.profiles import PRESETS, ChipProfile, ProfileError, get_profile
 from chipsim.programming import check_chip_id, program
 from chipsim.readout import ChipReadout, LayerReadout, check_age, read
