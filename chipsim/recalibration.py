@@ -34,7 +34,7 @@ import numpy as np
 from chipsim import faults
 from chipsim.analog_training import AnalogSGD, ResidualConfig, ResidualLearning, ResidualLearningV2
 from chipsim.mapping import column_scales, normalise, pair_targets_us, pair_weight
-from chipsim.modes import LayerKind, RecalibrationAlgorithm
+from chipsim.modes import GdcMode, LayerKind, RecalibrationAlgorithm, WeightBinding
 from chipsim.periphery import dac
 from chipsim.programming import gdc_baselines, sample_nu
 from chipsim.pulsed import ExpStep, LinearStep, PulsedDevice, SoftBounds
@@ -186,7 +186,7 @@ def _logits(feats: np.ndarray, layer: LayerState, w: np.ndarray, n_tiles: int, c
     """The analog layer with device weights ``w`` (no GDC: training compensates in place)."""
     ro = LayerReadout(w_norm=w.astype(np.float32), alpha_global=np.ones(n_tiles, np.float32),
                       alpha_column=np.ones((n_tiles, w.shape[1]), np.float32), alpha_exact=np.ones(n_tiles, np.float32))
-    return analog_matmul(feats, layer, ro, chip.profile, gdc="off", rng=rng)
+    return analog_matmul(feats, layer, ro, chip.profile, gdc=GdcMode.OFF, rng=rng)
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -223,7 +223,7 @@ def recalibrate(
     n_classes = layer.shape[1]
     if y.min() < 0 or y.max() >= n_classes or not np.issubdtype(y.dtype, np.integer):
         raise RecalibrationError(f"labels: must be integers in [0, {n_classes - 1}]", "labels")
-    rt = ChipRuntime(chip, binding="inputs", threads=threads)
+    rt = ChipRuntime(chip, binding=WeightBinding.INPUTS, threads=threads)
     feats = np.asarray(rt.run_tensor(x, tensor, age_s, read_seed=read_seed, seed=config.seed), dtype=np.float64)
     feats = feats.reshape(len(x), -1)
     rng = stream(config.seed, Stream.MVM, 7919)  # training noise, independent of inference streams
@@ -259,7 +259,7 @@ def recalibrate(
             history.append({"step": step + 1, "holdout_accuracy": acc, "pulses": int(opt.pulses_used)})
     w_bar = np.clip(opt.weights(), -1.0, 1.0).astype(np.float32)
     new = _derive_chip(chip, idx, w_bar, age_s, config, new_chip_id, int(opt.pulses_used))
-    after = _accuracy(ChipRuntime(new, binding="inputs", threads=threads)
+    after = _accuracy(ChipRuntime(new, binding=WeightBinding.INPUTS, threads=threads)
                       .run(x[hold], 0.0, read_seed=read_seed, seed=config.seed)[0], y[hold])
     new.meta["recalibration"].update(accuracy_before=before, accuracy_before_no_gdc=before_off,
                                      accuracy_after=after, holdout_samples=int(n_hold))

@@ -69,13 +69,13 @@ class ChipRuntime:
     NOISE_SOURCES = tuple(s.value for s in MvmNoiseSource)
 
     def __init__(self, chip: ChipState, *, threads: int | None = None, cache_bytes: int = 256 << 20,
-                 cache_entries: int = 32, binding: str = "initializers", noise: str = "table",
+                 cache_entries: int = 32, binding: str = WeightBinding.INITIALIZERS, noise: str = MvmNoiseSource.TABLE,
                  noise_table: NoiseTable | None = None):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
         if noise not in self.NOISE_SOURCES:
             raise ValueError(f"noise: expected one of {self.NOISE_SOURCES}, got {noise!r}")
-        self.noise_source = noise
+        self.noise_source = MvmNoiseSource(noise).value
         self._noise_table = (noise_table or shared_table()) if noise == MvmNoiseSource.TABLE else None
         if "compiled.onnx" not in chip.attachments:
             raise ValueError(f"chip {chip.chip_id!r} was not programmed from an ONNX model")
@@ -86,7 +86,7 @@ class ChipRuntime:
         self._model_inputs = ModelInputs(self.inputs)
         self.outputs: list[dict[str, Any]] = chip.meta["outputs"]
         self.output_names = [o["name"] for o in self.outputs]
-        self.binding = binding
+        self.binding = WeightBinding(binding).value
         self.threads = threads
         self.graph = graph = self._graph(chip)  # the compiled graph this build runs (see _graph)
         self.session = cpu_session(graph, threads)
