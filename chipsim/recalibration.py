@@ -184,9 +184,10 @@ def _optimizer(cfg: RecalibrationConfig, w0: np.ndarray):
 def _logits(feats: np.ndarray, layer: LayerState, w: np.ndarray, n_tiles: int, chip: ChipState,
             rng: np.random.Generator) -> np.ndarray:
     """The analog layer with device weights ``w`` (no GDC: training compensates in place)."""
-    ro = LayerReadout(w_norm=w.astype(np.float32), alpha_global=np.ones(n_tiles, np.float32),
-                      alpha_column=np.ones((n_tiles, w.shape[1]), np.float32), alpha_exact=np.ones(n_tiles, np.float32))
-    return analog_matmul(feats, layer, ro, chip.profile, gdc=GdcMode.OFF, rng=rng)
+    layer_readout = LayerReadout(w_norm=w.astype(np.float32), alpha_global=np.ones(n_tiles, np.float32),
+                                 alpha_column=np.ones((n_tiles, w.shape[1]), np.float32),
+                                 alpha_exact=np.ones(n_tiles, np.float32))
+    return analog_matmul(feats, layer, layer_readout, chip.profile, gdc=GdcMode.OFF, rng=rng)
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -230,12 +231,12 @@ def recalibrate(
     order = rng.permutation(len(x))
     n_hold = max(1, int(round(holdout * len(x))))
     hold, train = order[:n_hold], order[n_hold:]
-    parent_ro = read_layer(layer, chip.profile, chip.seed, idx, age_s, read_seed)
+    parent_readout = read_layer(layer, chip.profile, chip.seed, idx, age_s, read_seed)
     n_tiles = len(layer.tiles)
     # End-to-end accuracies on the held-out samples, through the whole chip.
     before = _accuracy(rt.run(x[hold], age_s, read_seed=read_seed, seed=config.seed)[0], y[hold])
     before_off = _accuracy(rt.run(x[hold], age_s, read_seed=read_seed, gdc=False, seed=config.seed)[0], y[hold])
-    w0 = np.clip(parent_ro.w_norm.astype(np.float64), -1.0, 1.0)
+    w0 = np.clip(parent_readout.w_norm.astype(np.float64), -1.0, 1.0)
     opt = _optimizer(config, w0)
     r = layer.input_range
     out_scale = r * layer.col_scale.astype(np.float64)
