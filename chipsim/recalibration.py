@@ -33,6 +33,7 @@ import numpy as np
 
 from chipsim import faults
 from chipsim.analog_training import AnalogSGD, ResidualConfig, ResidualLearning, ResidualLearningV2
+from chipsim.compiler.plan import load_plans
 from chipsim.mapping import column_scales, normalise, pair_targets_us, pair_weight
 from chipsim.modes import GdcMode, LayerKind, RecalibrationAlgorithm, WeightBinding
 from chipsim.periphery import dac
@@ -41,7 +42,7 @@ from chipsim.pulsed import ExpStep, LinearStep, PulsedDevice, SoftBounds
 from chipsim.readout import LayerReadout, read_layer
 from chipsim.reference import analog_matmul
 from chipsim.rng import Stream, check_seed, stream
-from chipsim.runtime import ChipRuntime, load_plans
+from chipsim.runtime import ChipRuntime
 from chipsim.state import ChipState, LayerState, check_chip_id
 
 ALGORITHMS: tuple[str, ...] = tuple(a.value for a in RecalibrationAlgorithm)
