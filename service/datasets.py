@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from chipsim.runtime import InputChecker, InputError
+from chipsim.model_inputs import InputError, ModelInputs
 from service.problems import InvalidField
 
 
@@ -82,11 +82,11 @@ def parse_eval_set(data: bytes, input_names: list[str], max_samples: int, field_
     return EvalSet(feeds, y.astype(np.int64))
 
 
-def check_eval_set(eval_set: EvalSet, inputs: InputChecker, field_name: str = "eval") -> None:
+def check_eval_set(eval_set: EvalSet, inputs: ModelInputs, field_name: str = "eval") -> None:
     """The eval set fits the model's declared inputs (dtypes, dimensions; checked on its first
     two samples, which fixes the per-sample shape); the error names the upload field."""
     try:
-        inputs({k: v[:2] for k, v in eval_set.feeds.items()})
+        inputs.check({k: v[:2] for k, v in eval_set.feeds.items()})
     except InputError as err:
         raise InvalidField(field_name, f"{field_name}: {err}") from None
 

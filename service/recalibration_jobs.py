@@ -19,10 +19,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chipsim import check_chip_id
+from chipsim.model_inputs import InputError
+from chipsim.modes import RecalibrationAlgorithm
 from chipsim.recalibration import (
-    Algorithm, RecalibrationCancelled, RecalibrationConfig, RecalibrationError, find_layer, recalibrate,
+    ALGORITHMS, MAX_BATCH_SIZE, MAX_STEP_SIZE, MAX_STEPS, MIN_BATCH_SIZE, MIN_STEPS, RecalibrationCancelled,
+    RecalibrationConfig, RecalibrationError, find_layer, recalibrate,
 )
-from chipsim.runtime import InputError
 from service.datasets import parse_eval_set
 from service.forms import FormFields
 from service.jobs import Job, JobCancelled, JobTable
@@ -46,19 +48,20 @@ class RecalibrateForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    algorithm: Algorithm = Field(
-        "residual-v2", description="Training algorithm on pulsed devices: 'analog-sgd', 'residual' (residual "
+    # A Literal over the enum's values keeps the OpenAPI schema an inline enum of strings.
+    algorithm: Literal[ALGORITHMS] = Field(  # type: ignore[valid-type]
+        RecalibrationAlgorithm.RESIDUAL_V2.value, description="Training algorithm on pulsed devices: 'analog-sgd', 'residual' (residual "
                                    "learning v1) or 'residual-v2' (filtered, thresholded transfer).")
     layer: str | None = Field(None, description="Analog layer to retrain (GET /chips/{id} lists layer names); "
                                                 "default the last one. Must be a MatMul/Gemm feeding the output.")
-    steps: int = Field(300, ge=1, le=100_000, description="Training steps (minibatches).")
+    steps: int = Field(300, ge=MIN_STEPS, le=MAX_STEPS, description="Training steps (minibatches).")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of the minibatches, device noise and the "
                                                                    "re-written devices; default random, returned.")
     age: str | None = Field(None, description=AGE_DOC + " The parent's age at recalibration; default its current "
                                                         "age (wall clock × time scale).")
     new_chip_id: str | None = Field(None, description="Id of the new chip; default '<parent>-recal-<n>'.")
-    batch_size: int = Field(32, ge=1, le=4096, description="Samples per training step.")
-    lr: float = Field(0.05, gt=0, le=1, description="Learning rate, normalised-weight units per loss unit.")
+    batch_size: int = Field(32, ge=MIN_BATCH_SIZE, le=MAX_BATCH_SIZE, description="Samples per training step.")
+    lr: float = Field(0.05, gt=0, le=MAX_STEP_SIZE, description="Learning rate, normalised-weight units per loss unit.")
 
 
 FORM = FormFields(text=frozenset(RecalibrateForm.model_fields), files=frozenset({"data"}),

@@ -30,7 +30,7 @@ from chipsim import (
     get_profile,
 )
 from chipsim.compiler import model_inputs, program_onnx
-from chipsim.runtime import InputChecker
+from chipsim.model_inputs import ModelInputs
 from service.datasets import EvalSet, calibration_feeds, check_eval_set, load_npz, parse_eval_set
 from service.problems import Conflict, InvalidField, NotFound, Problem, invalid_value
 from service.program_request import ProgramSpec
@@ -237,7 +237,7 @@ class Registry:
         except ValueError as err:  # CompileError
             raise invalid_value(err, default_field="model") from None
         eval_set = parse_eval_set(eval_bytes, [i["name"] for i in declared], self.settings.max_eval_samples)
-        check_eval_set(eval_set, InputChecker(declared))
+        check_eval_set(eval_set, ModelInputs(declared))
         return eval_set
 
     # ------------------------------------------------------------------ derived chips (recalibration)

@@ -363,12 +363,12 @@ def test_run_with_readout_returns_the_readout_it_ran_with():
 
 def test_inputs_are_checked_against_a_model_before_it_is_programmed():
     from chipsim.compiler import model_inputs
-    from chipsim.runtime import InputChecker
+    from chipsim.model_inputs import ModelInputs
 
     model = om.export(om.mlp(), torch.zeros(2, 64))
     declared = model_inputs(model)
     assert declared == program_onnx(model, get_profile("ideal"), seed=0).meta["inputs"]
-    check = InputChecker(declared)
+    check = ModelInputs(declared).check
     assert check(np.zeros((2, 64)))["x"].dtype == np.float32
     with pytest.raises(InputError) as err:
         check(np.zeros((2, 63)))
