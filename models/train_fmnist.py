@@ -249,6 +249,15 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
 
 
+def noise_strength(mode: TrainMode, step: int, ramp_steps: int) -> float:
+    """Strength of the emulated chip's noise at optimiser step ``step`` (from 0): HWA ramps it
+    linearly up to 1 over ``ramp_steps``; the recipe control keeps it at 0 (no noise, no
+    drift, no faults; the DAC/ADC, remapping and IR drop remain)."""
+    if mode is TrainMode.RECIPE:
+        return 0.0
+    return min(1.0, (step + 1) / max(1, ramp_steps))
+
+
 def train(
     recipe: FmnistRecipe,
     run: Run,
@@ -322,9 +331,7 @@ def train(
             if recipe.augment:
                 x = D.augment(x, gen)
             if ctx is not None:
-                strength = 0.0 if recipe.mode is TrainMode.RECIPE else min(
-                    1.0, (step + 1) / max(1, recipe.ramp_epochs * steps_per_epoch))
-                ctx.new_batch(strength)
+                ctx.new_batch(noise_strength(recipe.mode, step, round(recipe.ramp_epochs * steps_per_epoch)))
             logits = model(x)
             loss = F.cross_entropy(logits, y)
             if teacher is not None and recipe.distill > 0:
