@@ -23,7 +23,7 @@ reads the test set. Each epoch appends a line to ``history.jsonl`` (loss, valida
 seconds) and saves ``checkpoint.pt`` (``--resume`` continues from it). At the end: ``model.pt``
 (state dict + recipe), ``result.json`` and ``<name>.onnx`` (BatchNorm folded, ``agedchip.*``
 metadata, validation accuracy of the ONNX file under onnxruntime). Output goes to a new folder
-under ``runs/fmnist/`` unless ``--out`` names one; an existing non-empty folder is refused
+under ``runs/fmnist/`` at the repository root (git-ignored) unless ``--out`` names one; an existing non-empty folder is refused
 without ``--overwrite`` or ``--resume``.
 """
 
@@ -49,15 +49,21 @@ from models import hwa as H
 from models.train import _kd_loss as kd_loss
 from models.train import accuracy
 
-RUNS_DIR = Path("runs/fmnist")
-#: Images the DAC input ranges are calibrated on (the first of the training split). The 0.9999
-#: quantile of a layer's |input| is then taken over ≥ 1024·49 values (the 7×7 stage), enough
-#: for ≥ 5 values above it; all 55 000 would hold gigabytes of activations.
+#: Default home of training runs: ``runs/`` at the repository root (git-ignored).
+RUNS_DIR = Path(__file__).resolve().parent.parent / "runs" / "fmnist"
+#: Images the DAC input ranges are calibrated on (the first of the training split). The layer
+#: with the fewest inputs per image is the head (64), so its 0.9999 quantile is taken over
+#: 65 536 values (≈ 7 above it); all 55 000 images would hold gigabytes of conv activations.
 CALIBRATION_IMAGES = 1024
 #: Emulated validation: images of the validation split run through the emulated chip each
 #: epoch (HWA modes), at this age, in batches of EMU_BATCH (each batch is one chip instance).
 EMU_AGE_S = H.YEAR_S
 EMU_BATCH = 250
+
+
+class Optimizer(StrEnum):
+    SGD = "sgd"  # Nesterov momentum 0.9
+    ADAMW = "adamw"
 
 
 class TrainMode(StrEnum):
@@ -83,7 +89,7 @@ class FmnistRecipe:
     seed: int = 0
     epochs: int = 30
     batch_size: int = 128
-    optimizer: str = "sgd"  # "sgd" (Nesterov momentum 0.9) or "adamw"
+    optimizer: Optimizer = Optimizer.SGD
     lr: float = 0.1
     weight_decay: float = 5e-4
     #: Linear warm-up of the learning rate, then cosine decay to 0 at the last step.
@@ -102,7 +108,7 @@ class FmnistRecipe:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["mode"] = str(self.mode)
+        d["mode"], d["optimizer"] = str(self.mode), str(self.optimizer)
         d["recipe"] = "hwa" if self.mode is TrainMode.HWA else str(self.mode)
         if not self.mode.chip_in_loop:
             for k in ("noise", "distill", "distill_temperature", "ramp_epochs", "clip_sigma", "learn_ranges",
@@ -113,7 +119,7 @@ class FmnistRecipe:
     @classmethod
     def from_json(cls, d: dict) -> FmnistRecipe:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d["mode"] = TrainMode(d["mode"])
+        d["mode"], d["optimizer"] = TrainMode(d["mode"]), Optimizer(d["optimizer"])
         if "noise" in d:
             d["noise"] = H.HwaConfig(**d["noise"])
         return cls(**d)
@@ -123,10 +129,10 @@ class FmnistRecipe:
 #: 2016's CIFAR recipe: lr 0.1, weight decay 5e-4 as in common ResNet-20 re-implementations),
 #: AdamW with warm-up for the transformer, AdamW with gradient clipping for the LSTM.
 DEFAULTS: dict[str, FmnistRecipe] = {
-    "resnet": FmnistRecipe("resnet", epochs=30, optimizer="sgd", lr=0.1, weight_decay=5e-4),
-    "resnet-noskip": FmnistRecipe("resnet-noskip", epochs=30, optimizer="sgd", lr=0.1, weight_decay=5e-4),
-    "vit": FmnistRecipe("vit", epochs=40, optimizer="adamw", lr=1e-3, weight_decay=0.05, warmup_epochs=2),
-    "lstm": FmnistRecipe("lstm", epochs=30, optimizer="adamw", lr=2e-3, weight_decay=1e-4, grad_clip=1.0),
+    "resnet": FmnistRecipe("resnet", epochs=30, optimizer=Optimizer.SGD, lr=0.1, weight_decay=5e-4),
+    "resnet-noskip": FmnistRecipe("resnet-noskip", epochs=30, optimizer=Optimizer.SGD, lr=0.1, weight_decay=5e-4),
+    "vit": FmnistRecipe("vit", epochs=40, optimizer=Optimizer.ADAMW, lr=1e-3, weight_decay=0.05, warmup_epochs=2),
+    "lstm": FmnistRecipe("lstm", epochs=30, optimizer=Optimizer.ADAMW, lr=2e-3, weight_decay=1e-4, grad_clip=1.0),
 }
 #: HWA and its control fine-tune the plain model at a tenth of its rate for a third of its epochs.
 CHIP_LR_FACTOR = 0.1
@@ -235,11 +241,9 @@ def _optimizer(model: nn.Module, recipe: FmnistRecipe) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": flat, "weight_decay": 0.0}]
     if ranges:
         groups.append({"params": ranges, "weight_decay": 0.0})
-    if recipe.optimizer == "sgd":
+    if recipe.optimizer is Optimizer.SGD:
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=0.9, nesterov=True)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr)
-    raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {recipe.optimizer!r}")
+    return torch.optim.AdamW(groups, lr=recipe.lr)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:

@@ -216,6 +216,14 @@ def test_the_recipe_control_chip_is_deterministic_and_the_hwa_chip_is_not():
         assert not torch.equal(outs[0.0, 1], m(_images(16)))  # quantised: not the float model
 
 
+def test_learning_rate_warms_up_linearly_then_decays_as_a_cosine():
+    f = [T.lr_factor(s, total=100, warmup=10) for s in range(101)]
+    np.testing.assert_allclose(f[:10], np.arange(1, 11) / 10)
+    assert f[10] == 1.0 and f[100] == 0.0
+    assert f[55] == pytest.approx(0.5)  # halfway through the 90 cosine steps: cos(π/2) = 0
+    assert T.lr_factor(0, total=100, warmup=0) == 1.0
+
+
 def _cli(tmp_path, name: str, *extra: str) -> list[str]:
     return ["--arch", "resnet", "--arch-kwargs", json.dumps(TINY_RESNET), "--limit-train", "256", "--limit-val",
             "128", "--batch-size", "64", "--epochs", "1", "--no-progress", "--out", str(tmp_path / name), *extra]
