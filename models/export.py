@@ -124,10 +124,13 @@ def onnx_logits(model_bytes: bytes, x: np.ndarray, threads: int = 1) -> np.ndarr
     return sess.run(None, {sess.get_inputs()[0].name: np.asarray(x, np.float32)})[0]
 
 
-def build_onnx(model: nn.Module, meta: dict[str, Any] | None = None) -> tuple[bytes, dict[str, str]]:
+def build_onnx(
+    model: nn.Module, meta: dict[str, Any] | None = None, example: torch.Tensor | None = None
+) -> tuple[bytes, dict[str, str]]:
     """ONNX bytes with ``agedchip.input_ranges`` and ``agedchip.layers`` plus ``meta``;
-    returns (bytes, {initializer name: module name})."""
-    om = export_onnx(model)
+    returns (bytes, {initializer name: module name}). ``example``: an input batch of the
+    model's shape (default: digits, ``(2, 1, 8, 8)``)."""
+    om = export_onnx(model, example)
     names = analog_weight_names(om, model)
     ranges = {name: float(m.input_range.detach()) for name, m in analog_layers(model)}
     full = {
