@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from chipsim import get_profile  # noqa: E402
-from models import diagnose as G  # noqa: E402
-from models import diagnostics as D  # noqa: E402
+from studies import diagnose as G  # noqa: E402
+from studies import gradient_diagnostics as D  # noqa: E402
 from models import hwa as H  # noqa: E402
 from models.data import load_split  # noqa: E402
 from torch import nn  # noqa: E402
@@ -234,7 +234,7 @@ def test_study_smoke(tmp_path):
         assert r["outcome"] in ("closes", "open", "no gap")
         assert r["strength"] in cfg.sweep(r["class"])
     assert set(results["hwa_accuracy"]) == {"stuck", "adc", "none"}
-    G.write_report(results, tmp_path, "python -m models.diagnose mlp (test)")
+    G.write_report(results, tmp_path, "python -m studies.diagnose mlp (test)")
     text = (tmp_path / "README.md").read_text()
     assert "| stuck-at faults |" in text and "ADC discretisation" in text
     assert (tmp_path / "diagnose.png").stat().st_size > 10_000

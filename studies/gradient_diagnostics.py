@@ -1,6 +1,6 @@
 """Gradient diagnostics of a perturbed forward pass (DESIGN §8): small, pure metric functions.
 
-The study in :mod:`models.diagnose` asks, per perturbation class of the chip, whether
+The study in :mod:`studies.diagnose` asks, per perturbation class of the chip, whether
 hardware-aware training (HWA) can absorb it. Three properties of the gradient decide that,
 each a function here, on torch tensors, with no model or chip inside:
 
