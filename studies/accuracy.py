@@ -163,7 +163,8 @@ class RssSampler:
 
 
 def _ste_worker(mode: str, init_state: dict, steps: int | None, out_q) -> None:  # pragma: no cover - subprocess
-    """Train the cnn-hwa recipe with gradient ``mode`` in this (fresh) process; report back."""
+    """Train the cnn-hwa recipe with gradient ``mode`` (a ``GradientMode`` name) in this (fresh)
+    process; report back."""
     import torch
 
     torch.set_num_threads(1)
@@ -228,6 +229,7 @@ def ste_study(steps: int | None, n_chips: int, eval_x: np.ndarray, eval_y: np.nd
     import torch
 
     from models.export import onnx_logits
+    from models.torch_chip import GradientMode
     from models.train import RECIPES, train
 
     torch.set_num_threads(1)
@@ -236,7 +238,7 @@ def ste_study(steps: int | None, n_chips: int, eval_x: np.ndarray, eval_y: np.nd
     init = {k: v.detach().numpy().copy() for k, v in plain.model.state_dict().items()}
     ctx = mp.get_context("spawn")
     results = []
-    for mode in ("ste", "through"):
+    for mode in (GradientMode.STE, GradientMode.THROUGH_NOISE):
         q = ctx.Queue()
         p = ctx.Process(target=_ste_worker, args=(mode, init, steps, q))
         p.start()
@@ -353,9 +355,21 @@ def plot_robustness(models: list[dict], rob: dict[str, dict], chance: float, pat
 
 
 # --------------------------------------------------------------------------- markdown
+def _plain_of(models: list[dict]) -> dict[str, dict]:
+    """{HWA model name: its plain counterpart's entry} where the zoo has one."""
+    by = {m["name"]: m for m in models}
+    return {m["name"]: by[p] for m in models if m["hwa"] and (p := m["name"].rsplit("-", 1)[0] + "-plain") in by}
+
+
 def write_markdown(res: dict[str, Any], path: Path) -> None:
-    models = res["models"]
-    ages = res["ages"]
+    """The report's README.md from its results (``results.json``)."""
+    target, verdicts = _target_table(res)
+    lines = _head_and_age_tables(res) + target + _robustness_section(res) + _ste_section(res)
+    path.write_text("\n".join(lines + _verdicts_and_notes(res, verdicts)))
+
+
+def _head_and_age_tables(res: dict[str, Any]) -> list[str]:
+    models, ages = res["models"], res["ages"]
     lines = [
         "# Accuracy of the zoo on aged PCM chips",
         "",
@@ -385,17 +399,22 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
             lines.append(f"| {m['name']} | {m['fp_accuracy'] * 100:.2f} | "
                          + " | ".join(mean_std(ages[m['name']][key][a]) for a in AGE_SCHEDULE) + " |")
         lines.append("")
+    return lines
 
-    lines += ["## Target: HWA + GDC within 1.0 pp of FP at 1 y, and better than plain", "",
+
+def _target_table(res: dict[str, Any]) -> tuple[list[str], list[tuple[str, bool, float, float]]]:
+    """The 1-year target table, and per HWA model (name, met, gap to own FP, HWA − plain) in pp."""
+    models, ages = res["models"], res["ages"]
+    lines = ["## Target: HWA + GDC within 1.0 pp of FP at 1 y, and better than plain", "",
               "| model | FP (HWA) | HWA + GDC, 1 y | gap to own FP | gap to plain FP | plain + GDC, 1 y | HWA − plain | "
               "HWA, GDC off, 1 y | plain, GDC off, 1 y | met? |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    by = {m["name"]: m for m in models}
+    plain_of = _plain_of(models)
     verdicts = []
     for m in models:
         if not m["hwa"]:
             continue
-        plain = by.get(m["name"].rsplit("-", 1)[0] + "-plain")
+        plain = plain_of.get(m["name"])
         h = np.mean(ages[m["name"]]["gdc_on"]["1 y"]) * 100
         gap = m["fp_accuracy"] * 100 - h
         if plain:
@@ -415,9 +434,12 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
               f"≤ {TARGET_PP} pp and HWA above plain at 1 y with GDC. With {res['n_eval']} test images one image is "
               f"{100 / res['n_eval']:.2f} pp; the standard error of a {res['n_chips']}-chip mean is about std/"
               f"√{res['n_chips']}.", ""]
+    return lines, verdicts
 
-    rob = res["robustness"]
-    lines += ["## Robustness midpoint µ", "",
+
+def _robustness_section(res: dict[str, Any]) -> list[str]:
+    models, rob = res["models"], res["robustness"]
+    lines = ["## Robustness midpoint µ", "",
               "Accuracy vs additive Gaussian noise σ added to every analog MVM output (`ideal` profile with "
               "`out_noise = σ`; normalised units, where 1 is a full-scale input times a full-scale weight, the same units "
               "as the chip's ADC output noise of 0.04), "
@@ -430,14 +452,19 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
         f = rob[m["name"]]["fit"]
         lines.append(f"| {m['name']} | {f['mu']:.3f} | {f['a'] * 100:.2f} | {f['k']:.2f} | {f['rmse'] * 100:.2f} |")
     lines.append("")
-    pairs = [(m, by.get(m["name"].rsplit("-", 1)[0] + "-plain")) for m in models if m["hwa"]]
+    plain_of = _plain_of(models)
+    pairs = [(m, plain_of.get(m["name"])) for m in models if m["hwa"]]
     lines += ["| architecture | µ plain | µ HWA | µ HWA / µ plain |", "|---|---:|---:|---:|"]
     for m, p in pairs:
         if p:
             mh, mp_ = rob[m["name"]]["fit"]["mu"], rob[p["name"]]["fit"]["mu"]
             lines.append(f"| {m['arch']} | {mp_:.3f} | {mh:.3f} | {mh / mp_:.2f}× |")
     lines.append("")
+    return lines
 
+
+def _ste_section(res: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if res.get("ste"):
         lines += ["## Extended STE vs gradients through the noise model (CNN)", "",
                   "Both runs train the `cnn-hwa` recipe from the same plain CNN, each in its own fresh process on one CPU "
@@ -454,8 +481,11 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                          f"{r['seconds_per_step'] * 1000:.1f} | {r['rss_peak_increase_bytes'] / 2**20:.1f} | "
                          f"{r['autograd_saved_bytes'] / 2**20:.2f} | {r['fp_accuracy'] * 100:.2f} | {mean_std(r['chip_1y_gdc'])} |")
         lines.append("")
+    return lines
 
-    lines += ["## Verdict", ""]
+
+def _verdicts_and_notes(res: dict[str, Any], verdicts: list[tuple[str, bool, float, float]]) -> list[str]:
+    lines = ["## Verdict", ""]
     for name, ok, gap, diff in verdicts:
         lines.append(f"- **{name}**: {'meets' if ok else 'misses'} the target — {gap:.2f} pp below its FP accuracy at "
                      f"1 y with GDC, {diff:+.2f} pp against plain training.")
@@ -482,7 +512,7 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     lines += ["", "## Reproduce", "", "```", "python -m models.build_zoo   # retrain and export the zoo (models/zoo/)",
               "python -m studies.accuracy      # this page, the PNGs and results.json",
               "python -m studies.accuracy --render-only   # re-render page and PNGs from results.json", "```", ""]
-    path.write_text("\n".join(lines))
+    return lines
 
 
 # --------------------------------------------------------------------------- main
