@@ -146,6 +146,78 @@ def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
                     reduction="batchmean") * t * t
 
 
+def _prepare(
+    recipe: Recipe, x_tr: torch.Tensor, init: dict | None, teacher: nn.Module | None, chip: ChipSchedule | None
+) -> tuple[nn.Module, HwaContext | None]:
+    """The model to train (from ``init`` if given) and, for HWA, its context with the DAC ranges
+    calibrated on ``x_tr`` and the weights clipped; freezes the teacher."""
+    model = build(recipe.arch, recipe.seed)
+    if init is not None:
+        model.load_state_dict(init)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    ctx = None
+    if recipe.hwa:
+        calibrate_input_ranges(model, x_tr)  # start the learned ranges from the data
+        set_learn_ranges(model, recipe.learn_ranges)
+        ctx = HwaContext(recipe.noise, torch.Generator().manual_seed(recipe.seed + 1), schedule=chip)
+        attach(model, ctx)
+        if recipe.clip_sigma > 0:
+            clip_weights(model, recipe.clip_sigma)
+    return model, ctx
+
+
+def _optimizer(model: nn.Module, recipe: Recipe, total: int):
+    """(AdamW, cosine schedule over ``total`` steps, the learnable DAC ranges: no weight decay)."""
+    ranges = [p for n, p in model.named_parameters() if n.endswith("input_range") and p.requires_grad]
+    others = [p for n, p in model.named_parameters() if not n.endswith("input_range")]
+    groups = [{"params": others, "weight_decay": recipe.weight_decay}]
+    if ranges:
+        groups.append({"params": ranges, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=recipe.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return opt, sched, ranges
+
+
+def _step(model: nn.Module, teacher: nn.Module | None, recipe: Recipe, ctx: HwaContext | None, opt, sched,
+          ranges: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimiser step on the batch (x, y) (the HWA chip already drawn); returns the loss."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    if teacher is not None and recipe.distill > 0:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        loss = (1 - recipe.distill) * loss + recipe.distill * _kd_loss(logits, t_logits, recipe.distill_temperature)
+    if ctx is not None:
+        loss = loss + range_decay_loss(model, recipe.range_decay)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if ctx is not None:
+        if recipe.clip_sigma > 0:
+            clip_weights(model, recipe.clip_sigma)
+        with torch.no_grad():  # a DAC range must stay positive
+            for p in ranges:
+                p.clamp_(min=1e-3)
+    return float(loss.detach())
+
+
+def _finish(model: nn.Module, recipe: Recipe, x_tr: torch.Tensor) -> None:
+    """Detach HWA, unfreeze the weights, freeze the ranges; plain models get their DAC ranges
+    calibrated from training data (they have no learned ones)."""
+    attach(model, None)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for _, m in analog_layers(model):
+        m.input_range.requires_grad_(False)
+    if not recipe.hwa:
+        calibrate_input_ranges(model, x_tr)
+    model.eval()
+
+
 def train(
     recipe: Recipe,
     *,
@@ -167,32 +239,10 @@ def train(
     x_tr, y_tr = torch.from_numpy(data.x), torch.from_numpy(data.y)
     x_va, y_va = torch.from_numpy(val.x), torch.from_numpy(val.y)
     gen = torch.Generator().manual_seed(recipe.seed)
-    model = build(recipe.arch, recipe.seed)
-    if init is not None:
-        model.load_state_dict(init)
-    if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-
-    ctx = None
-    if recipe.hwa:
-        calibrate_input_ranges(model, x_tr)  # start the learned ranges from the data
-        set_learn_ranges(model, recipe.learn_ranges)
-        ctx = HwaContext(recipe.noise, torch.Generator().manual_seed(recipe.seed + 1), schedule=chip)
-        attach(model, ctx)
-        if recipe.clip_sigma > 0:
-            clip_weights(model, recipe.clip_sigma)
-
-    ranges = [p for n, p in model.named_parameters() if n.endswith("input_range") and p.requires_grad]
-    others = [p for n, p in model.named_parameters() if not n.endswith("input_range")]
-    groups = [{"params": others, "weight_decay": recipe.weight_decay}]
-    if ranges:
-        groups.append({"params": ranges, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=recipe.lr)
+    model, ctx = _prepare(recipe, x_tr, init, teacher, chip)
     steps_per_epoch = math.ceil(len(x_tr) / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch if max_steps is None else min(max_steps, recipe.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    opt, sched, ranges = _optimizer(model, recipe, total)
 
     result = TrainResult(model, recipe)
     step = 0
@@ -211,27 +261,8 @@ def train(
             if recipe.augment:
                 x = random_shift(x, gen)
             if ctx is not None:
-                ramp = min(1.0, (step + 1) / max(1, recipe.ramp_epochs * steps_per_epoch))
-                ctx.new_batch(ramp)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if teacher is not None and recipe.distill > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = (1 - recipe.distill) * loss + recipe.distill * _kd_loss(logits, t_logits, recipe.distill_temperature)
-            if ctx is not None:
-                loss = loss + range_decay_loss(model, recipe.range_decay)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ctx is not None:
-                if recipe.clip_sigma > 0:
-                    clip_weights(model, recipe.clip_sigma)
-                with torch.no_grad():  # a DAC range must stay positive
-                    for p in ranges:
-                        p.clamp_(min=1e-3)
-            losses.append(float(loss.detach()))
+                ctx.new_batch(min(1.0, (step + 1) / max(1, recipe.ramp_epochs * steps_per_epoch)))  # noise ramp
+            losses.append(_step(model, teacher, recipe, ctx, opt, sched, ranges, x, y))
             step += 1
             bar.update(1)
         if not losses:
@@ -248,15 +279,7 @@ def train(
     bar.close()
     result.seconds = time.perf_counter() - t_start
     result.steps = step
-    attach(model, None)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    for _, m in analog_layers(model):
-        m.input_range.requires_grad_(False)
-    if not recipe.hwa:
-        # Plain models have no learned ranges: calibrate the chip's DAC from training data.
-        calibrate_input_ranges(model, x_tr)
-    model.eval()
+    _finish(model, recipe, x_tr)
     return result
 
 
