@@ -200,6 +200,7 @@ def test_context_follows_the_trainer_ramp():
 
 
 # --------------------------------------------------------------------------- the CLI's core
+@pytest.mark.slow  # the whole study end to end: trains and evaluates a dozen tiny models
 def test_study_smoke(tmp_path):
     cfg = diagnose.StudyConfig(
         arch="mlp", plain_epochs=1, diag_epochs=1, hwa_epochs=1, max_steps=3, draws=2, batch=32, n_chips=1,

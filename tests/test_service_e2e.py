@@ -22,6 +22,7 @@ from tests.onnx_models import single_layer
 from tests.test_service import ZOO_MODEL, eval_npz, make_zoo, tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # real servers in subprocesses, SIGKILL and restarts
 
 
 def free_port() -> int:
