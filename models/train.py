@@ -51,6 +51,7 @@ class Recipe:
     arch: str
     hwa: bool = False
     epochs: int = 60
+    #: AdamW learning rate (the peak of the cosine schedule); recorded as "lr" in the recipe JSON.
     lr: float = 3e-3
     batch_size: int = 64
     weight_decay: float = 1e-4

@@ -552,7 +552,8 @@ def run(zoo_dir: Path, out_dir: Path, n_chips: int, repeats: int, ste_steps: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m studies.accuracy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", default=str(ZOO_DIR))
     ap.add_argument("--out", default=str(OUT_DIR))
     ap.add_argument("--chips", type=int, default=10, help="chip instances per model (default 10)")
