@@ -213,6 +213,26 @@ def test_through_chip_gradient_on_an_ideal_chip_is_the_clipped_layer():
     assert torch.autograd.grad(y.sum(), r, allow_unused=True)[0] is None
 
 
+def test_the_trainer_runs_the_chip_schedule():
+    """train(chip=...) replaces the recipe's preset chip: every batch's profile comes from the
+    schedule at the noise ramp (ramp_epochs=1 → step k of 17 per epoch has ρ = k/17)."""
+    from models.train import RECIPES, train
+
+    seen: list[float] = []
+    ideal = get_profile("ideal")
+
+    def profile_at(ramp: float):
+        seen.append(ramp)
+        return ideal
+
+    schedule = hwa.ChipSchedule(profile_at=profile_at, age_s=5.0)
+    recipe = replace(RECIPES["mlp-hwa"], ramp_epochs=1, init_from_plain=False, distill=0.0)
+    res = train(recipe, progress=False, max_steps=3, chip=schedule)
+    assert res.steps == 3
+    steps_per_epoch = math.ceil(1077 / recipe.batch_size)  # the digits training split: 1077 images
+    assert seen == [1.0] + [k / steps_per_epoch for k in (1, 2, 3)]  # the context's first chip, then 3 batches
+
+
 def test_gradient_mode_accepts_the_recorded_names():
     assert hwa.HwaConfig(mode="through").mode is GradientMode.THROUGH_NOISE
     assert hwa.HwaConfig().mode is GradientMode.STE
