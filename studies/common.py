@@ -63,6 +63,13 @@ def _read_entry(zoo_dir: Path, entry: dict[str, Any]) -> ZooModel:
                     x=np.asarray(ev["x"], np.float32), y=np.asarray(ev["y"], np.int64))
 
 
+def chip_accuracy(runtime, x: np.ndarray, y: np.ndarray, age_s: float, gdc: bool, seed: int = 0) -> float:
+    """Top-1 accuracy of one chip (a ``chipsim.runtime.ChipRuntime``) at ``age_s`` seconds:
+    read-out seed 0, per-MVM noise ``seed``."""
+    logits = runtime.run(x, age_s, read_seed=0, gdc=gdc, seed=seed)[0]
+    return float((logits.argmax(1) == y).mean())
+
+
 # --------------------------------------------------------------------------- Markdown
 def md_row(cells: Iterable[str]) -> str:
     """One Markdown table row."""

@@ -104,7 +104,7 @@ def test_report_is_generated_from_the_committed_zoo():
 
 
 def test_logistic_midpoint_fit_recovers_known_parameters():
-    from studies.accuracy import fit_midpoint, logistic
+    from studies.robustness import fit_midpoint, logistic
 
     sigmas = np.logspace(-2, 1, 16)
     acc = logistic(sigmas, 0.97, math.log(0.8), 3.0, 0.1)
