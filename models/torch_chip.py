@@ -274,49 +274,9 @@ def _adc_active(profile: ChipProfile) -> bool:
     return profile.out_levels > 0 or profile.out_bound > 0
 
 
-def _dac(x: torch.Tensor, r: float | torch.Tensor, profile: ChipProfile, gradient: GradientMode) -> torch.Tensor:
-    """DAC output (normalised, quantised) with the gradient of ``gradient``."""
-    clip = getattr(profile, "in_clip", True)
-    if gradient == GradientMode.THROUGH_CHIP:
-        if not clip and profile.in_levels <= 0:
-            return x / r  # what dac() computes for an ideal DAC
-        with torch.no_grad():
-            value = dac(x, r, profile.in_levels, clip)
-        inside = (x.detach().abs() <= r) if clip else None
-        return _ValueWithGate.apply(x / r, value, inside)
-    x_dac = dac(x, r, profile.in_levels, clip)
-    if gradient == GradientMode.THROUGH_NOISE:
-        rr = torch.as_tensor(r, dtype=x.dtype)
-        smooth = (torch.minimum(torch.maximum(x, -rr), rr) if clip else x) / rr
-        x_dac = smooth + (x_dac - smooth).detach()
-    return x_dac
-
-
-def _noise_and_adc(
-    yk: torch.Tensor, xk: torch.Tensor, w: torch.Tensor, profile: ChipProfile, xi: torch.Tensor,
-    gradient: GradientMode, adc_gates: list[torch.Tensor] | None,
-) -> torch.Tensor:
-    """One tile's output noise (σ from ``output_noise_std``, draws ``xi``) and ADC, with the
-    gradient of ``gradient``; in ``THROUGH_CHIP`` the ADC's expected derivative is appended to
-    ``adc_gates``."""
-    needs_noise = profile.w_noise > 0 or profile.out_noise > 0
-    if gradient != GradientMode.THROUGH_CHIP:
-        if needs_noise:
-            yk = yk + output_noise_std(xk, w, profile.w_noise, profile.out_noise).detach() * xi
-        quantised = adc(yk, profile.out_bound, profile.out_levels)
-        return yk + (quantised - yk).detach() if gradient == GradientMode.THROUGH_NOISE else quantised
-    std = None
-    if needs_noise:
-        with torch.no_grad():
-            std = output_noise_std(xk, w, profile.w_noise, profile.out_noise)
-    if not _adc_active(profile):
-        return yk + std * xi if std is not None else yk
-    with torch.no_grad():
-        value = adc(yk + std * xi if std is not None else yk, profile.out_bound, profile.out_levels)
-        gate = adc_expected_derivative(yk, std if std is not None else 0.0, profile.out_bound, profile.out_levels)
-    if adc_gates is not None:
-        adc_gates.append(gate)
-    return _ValueWithGate.apply(yk, value, gate)
+def _ste(exact: torch.Tensor, smooth: torch.Tensor, straight_through: bool) -> torch.Tensor:
+    """``exact`` in value; with ``straight_through`` the gradient of ``smooth`` (identity STE)."""
+    return smooth + (exact - smooth).detach() if straight_through else exact
 
 
 def analog_matmul(
@@ -336,10 +296,18 @@ def analog_matmul(
     chipsim's. ``THROUGH_CHIP`` holds ``input_range`` constant and appends each tile's expected
     ADC derivative to ``adc_gates`` when given.
     """
+    if gradient == GradientMode.THROUGH_CHIP:
+        y = _through_chip_matmul(x, aged, input_range, profile, draws, adc_gates)
+        return y + bias if bias is not None else y
+    straight_through = gradient == GradientMode.THROUGH_NOISE
     r = input_range
-    if gradient == GradientMode.THROUGH_CHIP and isinstance(r, torch.Tensor):
-        r = r.detach()
-    x_dac = _dac(x, r, profile, gradient)
+    clip = getattr(profile, "in_clip", True)
+    x_dac = dac(x, r, profile.in_levels, clip)
+    needs_noise = profile.w_noise > 0 or profile.out_noise > 0
+    if straight_through:
+        rr = torch.as_tensor(r, dtype=x.dtype)
+        smooth = (torch.minimum(torch.maximum(x, -rr), rr) if clip else x) / rr
+        x_dac = _ste(x_dac, smooth, True)
     y = None
     for k, (a, b) in enumerate(aged.tiles):
         w = aged.w_t[a:b]
@@ -347,10 +315,58 @@ def analog_matmul(
         yk = xk @ w
         if profile.ir_drop > 0:
             yk = yk + ir_drop_delta(xk, w, profile.ir_drop)
-        yk = _noise_and_adc(yk, xk, w, profile, draws.draws[k], gradient, adc_gates)
+        if needs_noise:
+            yk = yk + output_noise_std(xk, w, profile.w_noise, profile.out_noise).detach() * draws.draws[k]
+        yk = _ste(adc(yk, profile.out_bound, profile.out_levels), yk, straight_through)
         yk = aged.alpha[k] * yk
         y = yk if y is None else y + yk
     y = y * (r * aged.col_scale)
     if bias is not None:
         y = y + bias
     return y
+
+
+def _through_chip_matmul(
+    x: torch.Tensor, aged: AgedWeights, input_range: float | torch.Tensor, profile: ChipProfile, draws: MvmDraws,
+    adc_gates: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """``analog_matmul`` without bias in ``THROUGH_CHIP`` (same value, same order of operations):
+    the DAC passes the gradient inside ±r (0 where it clips, quantisation as identity), IR drop is
+    differentiated, the noise amplitude is constant, and the ADC passes its expected derivative
+    over the Gaussian noise in front of it (per-MVM weight read noise and output noise, σ per
+    output from ``chipsim.periphery.output_noise_std``), appended to ``adc_gates``."""
+    r = input_range.detach() if isinstance(input_range, torch.Tensor) else input_range
+    clip = getattr(profile, "in_clip", True)
+    if clip or profile.in_levels > 0:
+        with torch.no_grad():
+            x_val = dac(x, r, profile.in_levels, clip)
+        inside = (x.detach().abs() <= r) if clip else None
+        x_dac = _ValueWithGate.apply(x / r, x_val, inside)
+    else:
+        x_dac = x / r  # what dac() computes for an ideal DAC
+    needs_noise = profile.w_noise > 0 or profile.out_noise > 0
+    y = None
+    for k, (a, b) in enumerate(aged.tiles):
+        w = aged.w_t[a:b]
+        xk = x_dac[:, a:b]
+        yk = xk @ w
+        if profile.ir_drop > 0:
+            yk = yk + ir_drop_delta(xk, w, profile.ir_drop)
+        std = None
+        if needs_noise:
+            with torch.no_grad():
+                std = output_noise_std(xk, w, profile.w_noise, profile.out_noise)
+        if _adc_active(profile):
+            with torch.no_grad():
+                noisy = yk + std * draws.draws[k] if std is not None else yk
+                value = adc(noisy, profile.out_bound, profile.out_levels)
+                gate = adc_expected_derivative(yk, std if std is not None else 0.0, profile.out_bound,
+                                               profile.out_levels)
+            if adc_gates is not None:
+                adc_gates.append(gate)
+            yk = _ValueWithGate.apply(yk, value, gate)
+        elif std is not None:
+            yk = yk + std * draws.draws[k]
+        yk = aged.alpha[k] * yk
+        y = yk if y is None else y + yk
+    return y * (r * aged.col_scale)
