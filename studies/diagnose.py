@@ -58,7 +58,7 @@ from models.data import load_split
 from models.hwa import ChipSchedule, HwaConfig, HwaContext, analog_layers, attach
 from models.torch_chip import GradientMode
 from models.train import RECIPES, accuracy, emulated_accuracy, train
-from studies import gradient_diagnostics as metrics
+from studies import gradient_diagnostics
 from studies.diagnose_report import write_report
 from studies.perturbations import CLASSES, CONTROL, PerturbationClass
 
@@ -116,8 +116,8 @@ def _gradient(model: nn.Module, ctx: HwaContext, mode: GradientMode, x: torch.Te
 
 def diagnose_setting(
     model: nn.Module, pc: PerturbationClass, strength: float, x: torch.Tensor, y: torch.Tensor,
-    g_clean: list[torch.Tensor], draws: int, seed: int, tau: float = metrics.TAU_W,
-    gate_pass: float = metrics.GATE_PASS, bar=None,
+    g_clean: list[torch.Tensor], draws: int, seed: int, tau: float = gradient_diagnostics.TAU_W,
+    gate_pass: float = gradient_diagnostics.GATE_PASS, bar=None,
 ) -> Diagnostics:
     """K chip instances of ``pc`` at ``strength``: per instance the STE gradient (the trainer's
     forward) and the through gradient of the same instance (the generators are rewound)."""
@@ -143,23 +143,23 @@ def diagnose_setting(
             for layer, gs in ctx.adc_gates.items():
                 if gs:
                     out_pass.setdefault(names[layer], []).append(
-                        float(sum(metrics.pass_fraction(g, gate_pass) * g.numel() for g in gs) / sum(g.numel() for g in gs)))
+                        float(sum(gradient_diagnostics.pass_fraction(g, gate_pass) * g.numel() for g in gs) / sum(g.numel() for g in gs)))
             ctx.adc_gates = None
             if bar is not None:
                 bar.update(1)
     finally:
         attach(model, None)
         model.eval()
-    ste_flat = torch.stack([metrics.flatten(g) for g in ste])
-    thr_flat = torch.stack([metrics.flatten(g) for g in through])
-    clean_flat = metrics.flatten(g_clean)
-    sens_w, sens_w_layers = metrics.weight_sensitivity(through, g_clean, tau)
+    ste_flat = torch.stack([gradient_diagnostics.flatten(g) for g in ste])
+    thr_flat = torch.stack([gradient_diagnostics.flatten(g) for g in through])
+    clean_flat = gradient_diagnostics.flatten(g_clean)
+    sens_w, sens_w_layers = gradient_diagnostics.weight_sensitivity(through, g_clean, tau)
     out_layers = [float(np.mean(out_pass[n])) if n in out_pass else 1.0 for n in names.values()]
     return Diagnostics(
-        cos_ste=metrics.consistency(ste_flat, clean_flat),
-        relvar_ste=metrics.relative_variance(ste_flat),
-        cos_through=metrics.consistency(thr_flat, clean_flat),
-        relvar_through=metrics.relative_variance(thr_flat),
+        cos_ste=gradient_diagnostics.consistency(ste_flat, clean_flat),
+        relvar_ste=gradient_diagnostics.relative_variance(ste_flat),
+        cos_through=gradient_diagnostics.consistency(thr_flat, clean_flat),
+        relvar_through=gradient_diagnostics.relative_variance(thr_flat),
         sens_weights=sens_w,
         sens_outputs=float(np.mean(out_layers)),
         sens_weights_layers=sens_w_layers,
@@ -172,9 +172,9 @@ def minibatch_relative_variance(model: nn.Module, x: torch.Tensor, y: torch.Tens
     """Reference scale for the relative variance: the clean gradient's relative variance across
     disjoint minibatches of the training batch size (the noise plain SGD already lives with)."""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    grads = [metrics.flatten(clean_gradient(model, x[perm[i:i + batch]], y[perm[i:i + batch]]))
+    grads = [gradient_diagnostics.flatten(clean_gradient(model, x[perm[i:i + batch]], y[perm[i:i + batch]]))
              for i in range(0, len(x) - batch + 1, batch)]
-    return metrics.relative_variance(torch.stack(grads))
+    return gradient_diagnostics.relative_variance(torch.stack(grads))
 
 
 def accuracy_under(model: nn.Module, pc: PerturbationClass, strength: float, x: torch.Tensor, y: torch.Tensor,
@@ -207,9 +207,9 @@ class StudyConfig:
     classes: tuple[str, ...] = tuple(CLASSES)
     #: Per-class sweep overrides (tests, --quick).
     strengths: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    rules: metrics.Rules = field(default_factory=metrics.Rules)
-    tau: float = metrics.TAU_W
-    gate_pass: float = metrics.GATE_PASS
+    rules: gradient_diagnostics.Rules = field(default_factory=gradient_diagnostics.Rules)
+    tau: float = gradient_diagnostics.TAU_W
+    gate_pass: float = gradient_diagnostics.GATE_PASS
     max_steps: int | None = None
     progress: bool = True
     control: bool = True
@@ -318,13 +318,13 @@ def _verdict_rows(cfg: StudyConfig, diag: dict[str, list[dict]], plain_acc: dict
         s = train_strength[k]
         i = list(cfg.sweep(k)).index(s)
         d = diag[k][i]
-        ok, why = metrics.diagnostic_verdict(d["cos_ste"], d["relvar_ste"], d["sens_weights"], d["sens_outputs"],
+        ok, why = gradient_diagnostics.diagnostic_verdict(d["cos_ste"], d["relvar_ste"], d["sens_weights"], d["sens_outputs"],
                                              cfg.rules)
         a_plain = plain_acc[k][i]["test"]
         a_hwa = hwa_acc[k][k][i]
-        frac, outcome = metrics.gap_recovered(acc_clean_te, a_plain, a_hwa, cfg.rules)
+        frac, outcome = gradient_diagnostics.gap_recovered(acc_clean_te, a_plain, a_hwa, cfg.rules)
         a_ctrl = hwa_acc["none"][k][i] if cfg.control else float("nan")
-        frac_ctrl = metrics.gap_recovered(acc_clean_te, a_plain, a_ctrl, cfg.rules)[0] if cfg.control else float("nan")
+        frac_ctrl = gradient_diagnostics.gap_recovered(acc_clean_te, a_plain, a_ctrl, cfg.rules)[0] if cfg.control else float("nan")
         trained = outcome == "closes" if outcome != "no gap" else None
         rows.append({
             "class": k, "label": pc.label, "strength": s, "strength_label": pc.fmt(s),

@@ -19,7 +19,7 @@ from models import hwa  # noqa: E402
 from models.data import load_split  # noqa: E402
 from models.torch_chip import adc_expected_derivative  # noqa: E402
 from studies import diagnose  # noqa: E402
-from studies import gradient_diagnostics as metrics  # noqa: E402
+from studies import gradient_diagnostics  # noqa: E402
 from studies.perturbations import CLASSES, PerturbationClass  # noqa: E402
 
 
@@ -42,35 +42,35 @@ def test_zero_mean_additive_noise_on_gradients():
     g = torch.randn(P, generator=gen, dtype=torch.float64)
     sigma = math.sqrt(v) * float(g.norm()) / math.sqrt(P)
     draws = g + sigma * torch.randn(K, P, generator=gen, dtype=torch.float64)
-    cos = metrics.consistency(draws, g)
+    cos = gradient_diagnostics.consistency(draws, g)
     assert cos == pytest.approx(1 / math.sqrt(1 + v / K), abs=0.01)
     assert cos > 0.99
-    rv = metrics.relative_variance(draws)
+    rv = gradient_diagnostics.relative_variance(draws)
     assert math.isfinite(rv)
     assert rv == pytest.approx(v / (1 + v / K), rel=0.05)
 
 
 def test_metric_edge_cases():
     z = torch.zeros(4, 10)
-    assert metrics.consistency(z, torch.ones(10)) == 0.0
-    assert math.isnan(metrics.relative_variance(z))
+    assert gradient_diagnostics.consistency(z, torch.ones(10)) == 0.0
+    assert math.isnan(gradient_diagnostics.relative_variance(z))
     same = torch.ones(3, 5)
-    assert metrics.relative_variance(same) == 0.0
-    assert metrics.consistency(same, torch.ones(5)) == pytest.approx(1.0)
+    assert gradient_diagnostics.relative_variance(same) == 0.0
+    assert gradient_diagnostics.consistency(same, torch.ones(5)) == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        metrics.relative_variance(torch.ones(1, 5))
+        gradient_diagnostics.relative_variance(torch.ones(1, 5))
 
 
 def test_weight_sensitivity_counts_zeroed_weights():
     clean = [torch.ones(10, 10)]
     half = torch.ones(10, 10)
     half[:5] = 0
-    assert metrics.weight_sensitivity([[half]], clean)[0] == pytest.approx(0.5)
-    assert metrics.weight_sensitivity([[torch.zeros(10, 10)]], clean)[0] == 0.0
+    assert gradient_diagnostics.weight_sensitivity([[half]], clean)[0] == pytest.approx(0.5)
+    assert gradient_diagnostics.weight_sensitivity([[torch.zeros(10, 10)]], clean)[0] == 0.0
     # a uniform rescaling loses nothing; the average over draws counts a weight dead on one of
     # two chips as half
-    assert metrics.weight_sensitivity([[1e-4 * torch.ones(10, 10)]], clean)[0] == 1.0
-    assert metrics.weight_sensitivity([[half], [torch.ones(10, 10)]], clean)[0] == pytest.approx(0.75)
+    assert gradient_diagnostics.weight_sensitivity([[1e-4 * torch.ones(10, 10)]], clean)[0] == 1.0
+    assert gradient_diagnostics.weight_sensitivity([[half], [torch.ones(10, 10)]], clean)[0] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("levels", [1, 2, 6, 14, 254])
@@ -103,7 +103,7 @@ def test_adc_derivative_regimes():
     assert float((fine - 1).abs().max()) < 0.05
     dead = adc_expected_derivative(y, 0.04, 10.0, 1)  # one step: nothing crosses inside ±5
     assert float(dead.max()) < 1e-12
-    assert metrics.pass_fraction(fine) == 1.0 and metrics.pass_fraction(dead) == 0.0
+    assert gradient_diagnostics.pass_fraction(fine) == 1.0 and gradient_diagnostics.pass_fraction(dead) == 0.0
     sat = adc_expected_derivative(torch.tensor([20.0, -20.0]), 0.04, 10.0, 0)  # clip only
     assert float(sat.abs().max()) < 1e-12
     ideal = adc_expected_derivative(y, 0.04, 0.0, 0)
@@ -111,14 +111,14 @@ def test_adc_derivative_regimes():
 
 
 def test_verdict_rules():
-    ok, why = metrics.diagnostic_verdict(0.95, 0.2, 0.9, 1.0)
+    ok, why = gradient_diagnostics.diagnostic_verdict(0.95, 0.2, 0.9, 1.0)
     assert ok and not why
-    ok, why = metrics.diagnostic_verdict(0.95, 0.2, 0.0, 1.0)
+    ok, why = gradient_diagnostics.diagnostic_verdict(0.95, 0.2, 0.0, 1.0)
     assert not ok and "weight sens." in why[0]
-    assert metrics.gap_recovered(0.98, 0.60, 0.90)[1] == "closes"
-    assert metrics.gap_recovered(0.98, 0.60, 0.70)[1] == "open"
-    assert metrics.gap_recovered(0.98, 0.975, 0.90)[1] == "no gap"
-    assert metrics.gap_recovered(0.98, 0.58, 0.78)[0] == pytest.approx(0.5)
+    assert gradient_diagnostics.gap_recovered(0.98, 0.60, 0.90)[1] == "closes"
+    assert gradient_diagnostics.gap_recovered(0.98, 0.60, 0.70)[1] == "open"
+    assert gradient_diagnostics.gap_recovered(0.98, 0.975, 0.90)[1] == "no gap"
+    assert gradient_diagnostics.gap_recovered(0.98, 0.58, 0.78)[0] == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- on a tiny model
