@@ -46,7 +46,7 @@ lint-imports: $(VENV)/.dev-stamp
 	$(VENV)/bin/lint-imports
 
 # Everything but the tests marked slow (system tests: subprocess services, Prometheus, a fresh
-# serving venv, SIGKILL crash tests); no Prometheus or linter installs.
+# serving venv, SIGKILL crash tests, whole studies); no Prometheus or linter installs.
 test-fast: $(VENV)/.dev-stamp
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
