@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (Python 3.11, nothing installed):
 #   make run   - set up the serving environment and start the main job
-#   make test  - set up the full environment and run the test suite
+#   make test  - set up the full environment, check the import contracts and run the test suite
+#   (make test-fast: the contracts and every test not marked slow, for the edit-test loop)
 # Each creates .venv on first use and is a no-op install afterwards (stamp files).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -9,7 +10,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --disable-pip-version-check -q
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run demo test bench report clean
+.PHONY: run demo test test-fast lint-imports bench report clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +39,18 @@ test: $(VENV)/.dev-stamp
 	bash docker/ci/install-prometheus.sh
 	bash docker/ci/install-fmnist.sh
 	PYTHON=$(PYTHON) bash docker/ci/install-lint-tools.sh
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# The import graph's contracts ([tool.importlinter] in pyproject.toml): layers and no cycles.
+lint-imports: $(VENV)/.dev-stamp
+	$(VENV)/bin/lint-imports
+
+# Everything but the tests marked slow (system tests: subprocess services, Prometheus, a fresh
+# serving venv, SIGKILL crash tests, whole studies); no Prometheus or linter installs.
+test-fast: $(VENV)/.dev-stamp
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(VENV)/.dev-stamp
 	$(PY) -m bench.chip_state

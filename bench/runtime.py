@@ -49,7 +49,7 @@ def _models() -> list[tuple[str, bytes, np.ndarray]]:
     if not out:  # no zoo yet: a digits-sized CNN with random weights
         import torch
 
-        from tests.onnx_models import export
+        from models.export import export_onnx
 
         torch.manual_seed(0)
         net = torch.nn.Sequential(
@@ -57,7 +57,7 @@ def _models() -> list[tuple[str, bytes, np.ndarray]]:
             torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32 * 16, 64),
             torch.nn.ReLU(), torch.nn.Linear(64, 10))
         x = np.random.default_rng(0).uniform(0, 1, (256, 1, 8, 8)).astype(np.float32)
-        out.append(("random-cnn", export(net, torch.from_numpy(x[:2])), x))
+        out.append(("random-cnn", export_onnx(net, torch.from_numpy(x[:2])).SerializeToString(), x))
     return out
 
 

@@ -1,56 +1,31 @@
-"""Hardware-aware training (HWA): the chip's noise model on torch tensors, and analog layers.
+"""Hardware-aware training (HWA): the noisy forward's configuration, its per-batch chip, and the
+analog layers.
 
-DESIGN §7. Every physical formula is imported from :mod:`chipsim` and run on torch tensors
-(the device model's ``prog_noise_std_us``, ``drift_nu_stats``, ``drift_factor``,
-``read_noise_rel_std``; the periphery's ``dac``, ``adc``, ``output_noise_std``, ``ir_drop_delta``;
-GDC's ``references``/``ratio``), so training sees the same chip the runtime emulates. What this
-module adds is only the *orchestration* that chipsim does in numpy at programming and read-out
-time: draw one chip instance per batch, age it, and run one analog matrix product through it.
-
-Pipeline of one analog layer in the noisy forward (same order as ``chipsim.programming``,
-``chipsim.readout`` and ``chipsim.reference.analog_matmul``):
-
-1. channelwise remapping: ``s_col = max|W[:, col]|``, ``w = W/s_col`` ∈ [−1, 1]
-2. differential pair targets ``G± = g_max·max(±w, 0)`` (µS)
-3. programming noise ``G_prog = max(0, G + σ_prog(G)·ξ)``, drift exponent ``ν = |μ_ν + σ_ν·ξ|``
-   from the target, stuck-at faults as drop-connect (RESET → 0 µS, SET → g_max, no drift)
-4. age ``t``: ``G_drift = G_prog·((t+t0)/t0)^−ν``, 1/f noise ``max(0, G_drift + |G_drift|·σ_read·ξ)``
-5. GDC: α per tile from chipsim's identity read at programming and at ``t`` (numpy, no gradient)
-6. DAC (clip to ±r, ÷r, quantise), per tile ``x'@w(t)`` + IR drop + per-MVM read noise and
-   output noise (one Gaussian with their combined σ), ADC, ``× α_k``, summed over tiles,
-   ``× r·s_col`` + bias.
-
-Gradients (Rasch et al., Nat. Commun. 14:5282 (2023), "hardware-aware training"): in the
-*extended straight-through estimator* (``mode="ste"``) the noisy forward runs under
-``torch.no_grad()`` and its difference from the clean forward is added as a detached delta,
-``y = y_clean + (y_noisy − y_clean).detach()``: the value is the chip's, the gradient is the
-clean layer's, and autograd stores nothing of the noise model. ``mode="through"`` keeps the
-noise model in the autograd graph (quantisers as straight-through identities), for comparison.
-In both modes the noise *amplitudes* (σ_prog, σ_read, the per-MVM σ) are constants for autograd:
-their formulas have infinite slope where a conductance or input is 0 (``g^0.65``, ``sqrt``), which
-would turn the gradient into NaN; the noise still scales with the weights in the forward pass.
+DESIGN §7. During HWA training every analog layer runs its forward through a fresh chip
+instance per batch (:mod:`models.torch_chip`: chipsim's device and periphery formulas on torch
+tensors), read at an age drawn per batch. :class:`HwaConfig` says which chip (a chipsim preset
+with training scales) and which gradient (:class:`~models.torch_chip.GradientMode`; the extended
+straight-through estimator by default, Rasch et al., Nat. Commun. 14:5282 (2023));
+:class:`HwaContext` holds the chip of the current batch; a :class:`ChipSchedule` replaces the
+preset by any profile (studies). Without a context an analog layer is exactly its torch base class.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from chipsim import gdc as chip_gdc
-from chipsim.faults import stuck_masks
-from chipsim.mapping import column_scales, pair_targets_us, tile_bounds
-from chipsim.periphery import adc, dac, ir_drop_delta, output_noise_std
+from chipsim.modes import GdcMode
 from chipsim.profiles import ChipProfile, get_profile
+from models.torch_chip import GradientMode, MvmDraws, age_weights, analog_matmul
 
 YEAR_S = 365 * 86400.0
-Mode = Literal["ste", "through"]
 
 
 # --------------------------------------------------------------------------- configuration
@@ -73,7 +48,11 @@ class HwaConfig:
     age_max_s: float = 10 * YEAR_S
     #: Emulate the profile's global drift compensation in the noisy forward (chip default: on).
     gdc: bool = True
-    mode: Mode = "ste"
+    #: The gradient of the noisy forward (a name is accepted: ``"ste"``, ``"through"``, …).
+    mode: GradientMode = GradientMode.STE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", GradientMode(self.mode))
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -96,7 +75,7 @@ def training_profile(config: HwaConfig, strength: float = 1.0) -> ChipProfile:
         drift_scale=base.drift_scale * strength,
         p_stuck_reset=min(1.0, base.p_stuck_reset * f),
         p_stuck_set=min(1.0, base.p_stuck_set * f),
-        gdc=(base.gdc if base.gdc != "off" else "global") if config.gdc else "off",
+        gdc=GdcMode.resolve(config.gdc, base.gdc),
     ))
 
 
@@ -107,197 +86,29 @@ def sample_age(generator: torch.Generator, age_min_s: float, age_max_s: float) -
     return math.exp(math.log(age_min_s) + u * (math.log(age_max_s) - math.log(age_min_s)))
 
 
-# --------------------------------------------------------------------------- device level
-@dataclass
-class DeviceDraws:
-    """The random numbers of one chip instance of one layer, each (2, rows, cols): standard
-    normals for programming noise, device-to-device gain, drift exponent and 1/f read noise,
-    and a uniform [0, 1) number for the stuck-at fault."""
-
-    prog: torch.Tensor
-    d2d: torch.Tensor
-    nu: torch.Tensor
-    fault_u: torch.Tensor
-    read: torch.Tensor
-
-    @classmethod
-    def draw(cls, shape: tuple[int, ...], generator: torch.Generator, dtype=torch.float32) -> DeviceDraws:
-        def n() -> torch.Tensor:
-            return torch.randn(shape, generator=generator, dtype=dtype)
-
-        return cls(prog=n(), d2d=n(), nu=n(), fault_u=torch.rand(shape, generator=generator, dtype=torch.float32), read=n())
-
-
-def program_devices(
-    g_target_us: torch.Tensor, profile: ChipProfile, draws: DeviceDraws
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(G_prog µS, ν, stuck mask) as ``chipsim.programming.sample_devices`` computes them.
-
-    ``G_prog = max(0, G + prog_noise_scale·σ_prog(G)·ξ)`` (then × (1 + σ_d2d·ξ)), ``ν = |μ_ν +
-    σ_ν·ξ|·drift_scale`` from the *target*, then stuck-at faults as drop-connect: RESET devices
-    read 0 µS, SET devices g_max, and neither drifts (ν = 0).
-    """
-    device = profile.device_model
-    g_prog = g_target_us
-    if profile.prog_noise_scale > 0:
-        sigma = (profile.prog_noise_scale * device.prog_noise_std_us(g_target_us)).detach()
-        g_prog = (g_target_us + sigma * draws.prog).clamp(min=0)
-    if profile.d2d_sigma > 0:
-        g_prog = (g_prog * (1 + profile.d2d_sigma * draws.d2d)).clamp(min=0)
-    if profile.drift_scale > 0:
-        mu, sd = device.drift_nu_stats(g_target_us)
-        nu = torch.abs(mu + sd * draws.nu) * profile.drift_scale
-    else:
-        nu = torch.zeros_like(g_target_us)
-    reset, stuck_set = stuck_masks(draws.fault_u, profile.p_stuck_reset, profile.p_stuck_set)
-    stuck = reset | stuck_set
-    if bool(stuck.any()):
-        g_prog = torch.where(reset, torch.zeros_like(g_prog), g_prog)
-        g_prog = torch.where(stuck_set, torch.full_like(g_prog, device.g_max_us), g_prog)
-        nu = torch.where(stuck, torch.zeros_like(nu), nu)
-    return g_prog, nu, stuck
-
-
-def conductances_at(
-    g_prog_us: torch.Tensor, nu: torch.Tensor, profile: ChipProfile, age_s: float, read_xi: torch.Tensor | None
-) -> torch.Tensor:
-    """G(t) µS as ``chipsim.readout.conductances_at``: drift ``G_prog·((t+t0)/t0)^−ν`` then
-    accumulated 1/f noise ``max(0, G_drift + |G_drift|·σ_read(G_prog, t)·ξ)``."""
-    device = profile.device_model
-    g = g_prog_us
-    if profile.drift_scale > 0 and age_s > 0:
-        g = g_prog_us * device.drift_factor(nu, age_s)
-    if read_xi is not None and profile.read_noise_scale > 0:
-        sigma = (device.read_noise_rel_std(g_prog_us, age_s) * profile.read_noise_scale).detach()
-        g = (g + torch.abs(g) * sigma * read_xi).clamp(min=0)
-    return g
-
-
-def gdc_alpha(
-    w_prog: torch.Tensor, w_t: torch.Tensor, tiles: list[tuple[int, int]], profile: ChipProfile, rng: np.random.Generator
-) -> torch.Tensor:
-    """GDC factors (tiles, cols) for the profile's mode, from chipsim's own identity read
-    (``chipsim.gdc.references``) of the programmed (age 0, baseline) and aged weights.
-    Always without gradient: on the chip α is a measured constant."""
-    mode = profile.gdc
-    cols = w_t.shape[1]
-    if mode == "off":
-        return torch.ones(len(tiles), cols, dtype=w_t.dtype)
-    wp = w_prog.detach().to(torch.float32).cpu().numpy()
-    wt = w_t.detach().to(torch.float32).cpu().numpy()
-    alpha = np.ones((len(tiles), cols), np.float32)
-    for k, (a, b) in enumerate(tiles):
-        if mode == "exact":
-            alpha[k] = chip_gdc.ratio(np.abs(wp[a:b]).mean(dtype=np.float64), np.abs(wt[a:b]).mean(dtype=np.float64))
-            continue
-        base, base_col = chip_gdc.references(wp[a:b], profile, rng)
-        cur, cur_col = chip_gdc.references(wt[a:b], profile, rng)
-        alpha[k] = chip_gdc.ratio(base_col, cur_col) if mode == "column" else chip_gdc.ratio(base, cur)
-    return torch.from_numpy(alpha).to(w_t.dtype)
-
-
-@dataclass
-class AgedWeights:
-    """One chip instance of one layer read at an age: normalised weights at programming
-    (``w_prog``) and at the age (``w_t``), column scales, tiles and GDC factors."""
-
-    w_t: torch.Tensor
-    w_prog: torch.Tensor
-    col_scale: torch.Tensor
-    tiles: list[tuple[int, int]]
-    alpha: torch.Tensor
-
-
-def age_weights(
-    weight: torch.Tensor,
-    profile: ChipProfile,
-    age_s: float,
-    generator: torch.Generator,
-    np_rng: np.random.Generator,
-    draws: DeviceDraws | None = None,
-) -> AgedWeights:
-    """Program ``weight`` (rows = inputs, cols = outputs) onto a fresh chip instance and read it
-    at ``age_s``. Differentiable in ``weight`` except for the GDC factors."""
-    g_max = profile.device_model.g_max_us
-    s = column_scales(weight)
-    w_norm = weight / s
-    g_target = pair_targets_us(w_norm, g_max)
-    if draws is None:
-        draws = DeviceDraws.draw(tuple(g_target.shape), generator, weight.dtype)
-    g_prog, nu, _ = program_devices(g_target, profile, draws)
-    g_t = conductances_at(g_prog, nu, profile, age_s, draws.read)
-    w_prog = (g_prog[0] - g_prog[1]) / g_max
-    w_t = (g_t[0] - g_t[1]) / g_max
-    tiles = tile_bounds(weight.shape[0], profile.tile_rows)
-    alpha = gdc_alpha(w_prog, w_t, tiles, profile, np_rng)
-    return AgedWeights(w_t=w_t, w_prog=w_prog, col_scale=s, tiles=tiles, alpha=alpha)
-
-
-# --------------------------------------------------------------------------- periphery
-@dataclass
-class MvmDraws:
-    """Standard normals of one analog MVM, one (batch, cols) array per tile, scaled by the
-    combined σ of per-MVM weight read noise and ADC output noise (the draws of
-    ``chipsim.reference.draw_mvm_noise``)."""
-
-    draws: list[torch.Tensor]
-
-    @classmethod
-    def draw(cls, batch: int, cols: int, n_tiles: int, generator: torch.Generator, dtype=torch.float32) -> MvmDraws:
-        return cls([torch.randn(batch, cols, generator=generator, dtype=dtype) for _ in range(n_tiles)])
-
-
-def _ste(exact: torch.Tensor, smooth: torch.Tensor, straight_through: bool) -> torch.Tensor:
-    """``exact`` in value; with ``straight_through`` the gradient of ``smooth`` (identity STE)."""
-    return smooth + (exact - smooth).detach() if straight_through else exact
-
-
-def analog_matmul(
-    x: torch.Tensor,
-    aged: AgedWeights,
-    input_range: float | torch.Tensor,
-    profile: ChipProfile,
-    draws: MvmDraws,
-    bias: torch.Tensor | None = None,
-    straight_through: bool = False,
-) -> torch.Tensor:
-    """``y ≈ x @ W + b`` through the aged tile, the torch twin of ``chipsim.reference.analog_matmul``.
-
-    ``x`` (batch, rows) in input units, returns (batch, cols). With ``straight_through`` the DAC
-    and ADC quantisers pass gradients as identities (used by ``mode="through"``); the formulas
-    themselves are chipsim's.
-    """
-    r = input_range
-    clip = getattr(profile, "in_clip", True)
-    x_dac = dac(x, r, profile.in_levels, clip)
-    needs_noise = profile.w_noise > 0 or profile.out_noise > 0
-    if straight_through:
-        rr = torch.as_tensor(r, dtype=x.dtype)
-        smooth = (torch.minimum(torch.maximum(x, -rr), rr) if clip else x) / rr
-        x_dac = _ste(x_dac, smooth, True)
-    y = None
-    for k, (a, b) in enumerate(aged.tiles):
-        w = aged.w_t[a:b]
-        xk = x_dac[:, a:b]
-        yk = xk @ w
-        if profile.ir_drop > 0:
-            yk = yk + ir_drop_delta(xk, w, profile.ir_drop)
-        if needs_noise:
-            yk = yk + output_noise_std(xk, w, profile.w_noise, profile.out_noise).detach() * draws.draws[k]
-        yk = _ste(adc(yk, profile.out_bound, profile.out_levels), yk, straight_through)
-        yk = aged.alpha[k] * yk
-        y = yk if y is None else y + yk
-    y = y * (r * aged.col_scale)
-    if bias is not None:
-        y = y + bias
-    return y
-
-
 # --------------------------------------------------------------------------- context & layers
+@dataclass(frozen=True)
+class ChipSchedule:
+    """Which chip each batch runs on, instead of ``HwaConfig``'s preset and age range.
+
+    ``profile_at(ρ)`` is the chip profile at noise-ramp strength ρ ∈ [0, 1]; ``age_s`` a fixed
+    age in seconds (None: log-uniform per batch from the config). The studies use it to train and
+    evaluate under one perturbation class at a time.
+    """
+
+    profile_at: Callable[[float], ChipProfile]
+    age_s: float | None = None
+
+
 @dataclass
 class HwaContext:
     """Shared by all analog layers of a model during HWA training: the config, the generator
-    (explicit; no global RNG), and the chip drawn for the current batch (age, ramp strength)."""
+    (explicit; no global RNG), and the chip drawn for the current batch (age, ramp strength).
+
+    ``schedule`` (optional) picks the chip per batch instead of the config's preset. When
+    ``adc_gates`` is a dict, layers running ``GradientMode.THROUGH_CHIP`` append each tile's
+    expected ADC derivative to ``adc_gates[layer]`` (diagnostics of what the ADC lets through).
+    """
 
     config: HwaConfig
     generator: torch.Generator
@@ -305,15 +116,23 @@ class HwaContext:
     strength: float = 1.0
     profile: ChipProfile = field(default=None)  # type: ignore[assignment]
     np_rng: np.random.Generator = field(default=None)  # type: ignore[assignment]
+    schedule: ChipSchedule | None = None
+    adc_gates: dict[AnalogLayer, list[torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         self.new_batch(self.strength, self.age_s)
 
     def new_batch(self, strength: float, age_s: float | None = None) -> None:
-        """Start a batch: a new chip instance at a new age (log-uniform unless given)."""
+        """Start a batch: a new chip instance at ramp ``strength``, at ``age_s`` if given, else
+        the schedule's fixed age, else a log-uniform age from the config."""
         self.strength = float(strength)
+        if age_s is None and self.schedule is not None:
+            age_s = self.schedule.age_s
         self.age_s = sample_age(self.generator, self.config.age_min_s, self.config.age_max_s) if age_s is None else age_s
-        self.profile = training_profile(self.config, self.strength)
+        if self.schedule is not None:
+            self.profile = self.schedule.profile_at(self.strength)
+        else:
+            self.profile = training_profile(self.config, self.strength)
         # GDC's identity read is chipsim numpy code; its generator is seeded from ours.
         self.np_rng = np.random.default_rng(int(torch.randint(0, 2**62, (), generator=self.generator)))
 
@@ -350,24 +169,26 @@ class AnalogLayer:
         r = self.input_range
         return torch.minimum(torch.maximum(x, -r), r)
 
-    def _noisy(self, x: torch.Tensor, ctx: HwaContext, straight_through: bool) -> torch.Tensor:
+    def _noisy(self, x: torch.Tensor, ctx: HwaContext, gradient: GradientMode) -> torch.Tensor:
+        """The layer through the chip of ``ctx``: device draws, then MVM draws from ``ctx.generator``."""
         rows = self._to_rows(x)
         w = self.chip_weight()
-        aged = age_weights(w, ctx.profile, ctx.age_s, ctx.generator, ctx.np_rng)
+        aged = age_weights(w, ctx.profile, ctx.age_s, ctx.generator, ctx.np_rng, gradient=gradient)
         draws = MvmDraws.draw(rows.shape[0], w.shape[1], len(aged.tiles), ctx.generator, rows.dtype)
-        r = self.input_range if straight_through else self.input_range.detach()
-        y = analog_matmul(rows, aged, r, ctx.profile, draws, None, straight_through)
+        r = self.input_range if gradient == GradientMode.THROUGH_NOISE else self.input_range.detach()
+        gates = ctx.adc_gates.setdefault(self, []) if ctx.adc_gates is not None else None
+        y = analog_matmul(rows, aged, r, ctx.profile, draws, None, gradient, gates)
         return self._from_rows(y, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx: HwaContext | None = self.hwa  # type: ignore[attr-defined]
         if ctx is None or not self.training:
             return self._clean(x)
-        if ctx.config.mode == "through":
-            return self._noisy(x, ctx, straight_through=True)
+        if ctx.config.mode != GradientMode.STE:
+            return self._noisy(x, ctx, ctx.config.mode)
         clean = self._clean(self._clip_input(x))
         with torch.no_grad():
-            noisy = self._noisy(x.detach(), ctx, straight_through=False)
+            noisy = self._noisy(x.detach(), ctx, GradientMode.STE)
         return clean + (noisy - clean).detach()
 
 

@@ -26,7 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import hwa as H
+from models.hwa import (
+    YEAR_S,
+    ChipSchedule,
+    HwaConfig,
+    HwaContext,
+    analog_layers,
+    attach,
+    calibrate_input_ranges,
+    clip_weights,
+    input_ranges,
+    range_decay_loss,
+    set_learn_ranges,
+)
+from models.torch_chip import GradientMode
 from models.data import load_split, random_shift
 from models.zoo_models import build
 
@@ -38,13 +51,14 @@ class Recipe:
     arch: str
     hwa: bool = False
     epochs: int = 60
+    #: AdamW learning rate (the peak of the cosine schedule); recorded as "lr" in the recipe JSON.
     lr: float = 3e-3
     batch_size: int = 64
     weight_decay: float = 1e-4
     seed: int = 0
     augment: bool = True
     # HWA only ------------------------------------------------------------------------------
-    noise: H.HwaConfig = field(default_factory=H.HwaConfig)
+    noise: HwaConfig = field(default_factory=HwaConfig)
     #: Start from the plain recipe's trained weights (and use them as the distillation teacher).
     init_from_plain: bool = True
     #: Weight of the distillation term: loss = (1−a)·CE + a·T²·KL(teacher_T ‖ student_T).
@@ -72,12 +86,12 @@ class Recipe:
 #: better; the chip itself is always evaluated at scale 1.
 RECIPES: dict[str, Recipe] = {
     "mlp-plain": Recipe("mlp", epochs=80, lr=3e-3),
-    "mlp-hwa": Recipe("mlp", hwa=True, epochs=80, lr=1e-3, noise=H.HwaConfig(noise_scale=1.5, fault_scale=10.0)),
+    "mlp-hwa": Recipe("mlp", hwa=True, epochs=80, lr=1e-3, noise=HwaConfig(noise_scale=1.5, fault_scale=10.0)),
     "cnn-plain": Recipe("cnn", epochs=60, lr=3e-3),
-    "cnn-hwa": Recipe("cnn", hwa=True, epochs=120, lr=1e-3, noise=H.HwaConfig(noise_scale=1.5, fault_scale=10.0)),
+    "cnn-hwa": Recipe("cnn", hwa=True, epochs=120, lr=1e-3, noise=HwaConfig(noise_scale=1.5, fault_scale=10.0)),
     "transformer-plain": Recipe("transformer", epochs=150, lr=3e-3),
     "transformer-hwa": Recipe("transformer", hwa=True, epochs=120, lr=1e-3,
-                              noise=H.HwaConfig(noise_scale=1.5, fault_scale=10.0)),
+                              noise=HwaConfig(noise_scale=1.5, fault_scale=10.0)),
 }
 
 
@@ -105,15 +119,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 51
 
 
 def emulated_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, age_s: float, n_chips: int = 3, seed: int = 0, gdc: bool = True
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: HwaContext, n_chips: int, age_s: float | None = None
 ) -> tuple[float, float]:
-    """(mean, std) accuracy over ``n_chips`` chip instances of the ``pcm`` profile at ``age_s``,
-    emulated in torch by the HWA noise model (a training-time monitor; the report uses the
-    chipsim runtime on the exported ONNX)."""
-    ctx = H.HwaContext(H.HwaConfig(gdc=gdc), torch.Generator().manual_seed(seed))
+    """(mean, std) accuracy over ``n_chips`` chip instances drawn by ``ctx`` (at ``age_s`` if given,
+    else at the context's own age), emulated in torch by the HWA noise model: a training-time
+    monitor and the studies' torch evaluation (the accuracy study uses the chipsim runtime on the
+    exported ONNX)."""
     accs = []
     was = model.training
-    H.attach(model, ctx)
+    attach(model, ctx)
     model.train()  # analog layers run their noisy path in training mode (no dropout/BN in the zoo)
     try:
         with torch.no_grad():
@@ -121,7 +135,7 @@ def emulated_accuracy(
                 ctx.new_batch(1.0, age_s)
                 accs.append(float((model(x).argmax(1) == y).float().mean()))
     finally:
-        H.attach(model, None)
+        attach(model, None)
         model.train(was)
     return float(np.mean(accs)), float(np.std(accs))
 
@@ -133,6 +147,78 @@ def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
                     reduction="batchmean") * t * t
 
 
+def _prepare(
+    recipe: Recipe, x_tr: torch.Tensor, init: dict | None, teacher: nn.Module | None, chip: ChipSchedule | None
+) -> tuple[nn.Module, HwaContext | None]:
+    """The model to train (from ``init`` if given) and, for HWA, its context with the DAC ranges
+    calibrated on ``x_tr`` and the weights clipped; freezes the teacher."""
+    model = build(recipe.arch, recipe.seed)
+    if init is not None:
+        model.load_state_dict(init)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    ctx = None
+    if recipe.hwa:
+        calibrate_input_ranges(model, x_tr)  # start the learned ranges from the data
+        set_learn_ranges(model, recipe.learn_ranges)
+        ctx = HwaContext(recipe.noise, torch.Generator().manual_seed(recipe.seed + 1), schedule=chip)
+        attach(model, ctx)
+        if recipe.clip_sigma > 0:
+            clip_weights(model, recipe.clip_sigma)
+    return model, ctx
+
+
+def _optimizer(model: nn.Module, recipe: Recipe, total: int):
+    """(AdamW, cosine schedule over ``total`` steps, the learnable DAC ranges: no weight decay)."""
+    ranges = [p for n, p in model.named_parameters() if n.endswith("input_range") and p.requires_grad]
+    others = [p for n, p in model.named_parameters() if not n.endswith("input_range")]
+    groups = [{"params": others, "weight_decay": recipe.weight_decay}]
+    if ranges:
+        groups.append({"params": ranges, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=recipe.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return opt, sched, ranges
+
+
+def _step(model: nn.Module, teacher: nn.Module | None, recipe: Recipe, ctx: HwaContext | None, opt, sched,
+          ranges: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimiser step on the batch (x, y) (the HWA chip already drawn); returns the loss."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    if teacher is not None and recipe.distill > 0:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        loss = (1 - recipe.distill) * loss + recipe.distill * _kd_loss(logits, t_logits, recipe.distill_temperature)
+    if ctx is not None:
+        loss = loss + range_decay_loss(model, recipe.range_decay)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if ctx is not None:
+        if recipe.clip_sigma > 0:
+            clip_weights(model, recipe.clip_sigma)
+        with torch.no_grad():  # a DAC range must stay positive
+            for p in ranges:
+                p.clamp_(min=1e-3)
+    return float(loss.detach())
+
+
+def _finish(model: nn.Module, recipe: Recipe, x_tr: torch.Tensor) -> None:
+    """Detach HWA, unfreeze the weights, freeze the ranges; plain models get their DAC ranges
+    calibrated from training data (they have no learned ones)."""
+    attach(model, None)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for _, m in analog_layers(model):
+        m.input_range.requires_grad_(False)
+    if not recipe.hwa:
+        calibrate_input_ranges(model, x_tr)
+    model.eval()
+
+
 def train(
     recipe: Recipe,
     *,
@@ -142,9 +228,11 @@ def train(
     max_steps: int | None = None,
     desc: str | None = None,
     train_split: str = "train",
+    chip: ChipSchedule | None = None,
 ) -> TrainResult:
     """Train one model by ``recipe``. ``init`` is a state dict to start from, ``teacher`` the
-    floating-point model to distil from (HWA). ``max_steps`` cuts training short (tests)."""
+    floating-point model to distil from (HWA). ``max_steps`` cuts training short (tests).
+    ``chip`` replaces the HWA chip of ``recipe.noise`` (its preset and age range) by a schedule."""
     from tqdm.auto import tqdm
 
     data = load_split(train_split)
@@ -152,32 +240,10 @@ def train(
     x_tr, y_tr = torch.from_numpy(data.x), torch.from_numpy(data.y)
     x_va, y_va = torch.from_numpy(val.x), torch.from_numpy(val.y)
     gen = torch.Generator().manual_seed(recipe.seed)
-    model = build(recipe.arch, recipe.seed)
-    if init is not None:
-        model.load_state_dict(init)
-    if teacher is not None:
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-
-    ctx = None
-    if recipe.hwa:
-        H.calibrate_input_ranges(model, x_tr)  # start the learned ranges from the data
-        H.set_learn_ranges(model, recipe.learn_ranges)
-        ctx = H.HwaContext(recipe.noise, torch.Generator().manual_seed(recipe.seed + 1))
-        H.attach(model, ctx)
-        if recipe.clip_sigma > 0:
-            H.clip_weights(model, recipe.clip_sigma)
-
-    ranges = [p for n, p in model.named_parameters() if n.endswith("input_range") and p.requires_grad]
-    others = [p for n, p in model.named_parameters() if not n.endswith("input_range")]
-    groups = [{"params": others, "weight_decay": recipe.weight_decay}]
-    if ranges:
-        groups.append({"params": ranges, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=recipe.lr)
+    model, ctx = _prepare(recipe, x_tr, init, teacher, chip)
     steps_per_epoch = math.ceil(len(x_tr) / recipe.batch_size)
     total = recipe.epochs * steps_per_epoch if max_steps is None else min(max_steps, recipe.epochs * steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    opt, sched, ranges = _optimizer(model, recipe, total)
 
     result = TrainResult(model, recipe)
     step = 0
@@ -196,36 +262,17 @@ def train(
             if recipe.augment:
                 x = random_shift(x, gen)
             if ctx is not None:
-                ramp = min(1.0, (step + 1) / max(1, recipe.ramp_epochs * steps_per_epoch))
-                ctx.new_batch(ramp)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if teacher is not None and recipe.distill > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = (1 - recipe.distill) * loss + recipe.distill * _kd_loss(logits, t_logits, recipe.distill_temperature)
-            if ctx is not None:
-                loss = loss + H.range_decay_loss(model, recipe.range_decay)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ctx is not None:
-                if recipe.clip_sigma > 0:
-                    H.clip_weights(model, recipe.clip_sigma)
-                with torch.no_grad():  # a DAC range must stay positive
-                    for p in ranges:
-                        p.clamp_(min=1e-3)
-            losses.append(float(loss.detach()))
+                ctx.new_batch(min(1.0, (step + 1) / max(1, recipe.ramp_epochs * steps_per_epoch)))  # noise ramp
+            losses.append(_step(model, teacher, recipe, ctx, opt, sched, ranges, x, y))
             step += 1
             bar.update(1)
         if not losses:
             break
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
         if (epoch + 1) % 10 == 0 or epoch + 1 == recipe.epochs or step >= total:
-            H.attach(model, None)
+            attach(model, None)
             rec["val_fp"] = accuracy(model, x_va, y_va)
-            H.attach(model, ctx)
+            attach(model, ctx)
         result.history.append(rec)
         bar.set_postfix({k: round(v, 4) for k, v in rec.items() if k != "epoch"})
         if step >= total:
@@ -233,15 +280,7 @@ def train(
     bar.close()
     result.seconds = time.perf_counter() - t_start
     result.steps = step
-    H.attach(model, None)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    for _, m in H.analog_layers(model):
-        m.input_range.requires_grad_(False)
-    if not recipe.hwa:
-        # Plain models have no learned ranges: calibrate the chip's DAC from training data.
-        H.calibrate_input_ranges(model, x_tr)
-    model.eval()
+    _finish(model, recipe, x_tr)
     return result
 
 
@@ -269,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hwa", action="store_true", help="hardware-aware training (NAME-hwa recipe)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--mode", choices=["ste", "through"], default=None,
+    ap.add_argument("--mode", choices=[GradientMode.STE.value, GradientMode.THROUGH_NOISE.value], default=None,
                     help="HWA gradient: extended STE or through the noise model")
     ap.add_argument("--noise-scale", type=float, default=None)
     ap.add_argument("--out", default=None, help="export ONNX + eval set into this folder (e.g. models/zoo)")
@@ -298,11 +337,12 @@ def main(argv: list[str] | None = None) -> None:
     test = load_split("test")
     xt, yt = torch.from_numpy(test.x), torch.from_numpy(test.y)
     out = {"model": name, "seconds": round(res.seconds, 1), "steps": res.steps, "test_fp": accuracy(res.model, xt, yt),
-           "input_ranges": {k: round(v, 4) for k, v in H.input_ranges(res.model).items()}}
+           "input_ranges": {k: round(v, 4) for k, v in input_ranges(res.model).items()}}
     if args.eval_ages:
-        for label, age in (("1h", 3600.0), ("1y", H.YEAR_S), ("10y", 10 * H.YEAR_S)):
+        for label, age in (("1h", 3600.0), ("1y", YEAR_S), ("10y", 10 * YEAR_S)):
             for g in (True, False):
-                m, s = emulated_accuracy(res.model, xt, yt, age, n_chips=5, gdc=g)
+                ctx = HwaContext(HwaConfig(gdc=g), torch.Generator().manual_seed(0))
+                m, s = emulated_accuracy(res.model, xt, yt, ctx, n_chips=5, age_s=age)
                 out[f"emu_{label}_{'gdc' if g else 'nogdc'}"] = f"{m:.4f}±{s:.4f}"
     if args.out:
         from models.export import write_zoo_entry

@@ -1,4 +1,6 @@
-"""The Dockerfile and .dockerignore, parsed for the container tests (no Docker engine needed)."""
+"""What the Dockerfile and .dockerignore say: a small Dockerfile parser (stages, ENV, COPY) and
+Docker's .dockerignore matching. Test support code, not a test module (shared by
+test_docker_static and test_serving_env)."""
 
 from __future__ import annotations
 

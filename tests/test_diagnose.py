@@ -1,4 +1,5 @@
-"""Gradient diagnostics (models.diagnostics) and the study's core (models.diagnose) on cases with
+"""Gradient diagnostics (studies.gradient_diagnostics), the ADC's expected derivative
+(models.torch_chip) and the study's core (studies.diagnose) on cases with
 known answers: zero-mean additive noise keeps the mean gradient aligned with finite variance, a
 100 % stuck-at rate passes no gradient, a 1-step ADC passes none, an 8-bit ADC nearly all of it,
 and the gradient "through the chip" is computed on exactly the chip the trainer's forward uses.
@@ -12,12 +13,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from chipsim import get_profile  # noqa: E402
-from models import diagnose as G  # noqa: E402
-from models import diagnostics as D  # noqa: E402
-from models import hwa as H  # noqa: E402
-from models.data import load_split  # noqa: E402
 from torch import nn  # noqa: E402
+
+from models import hwa  # noqa: E402
+from models.data import load_split  # noqa: E402
+from models.torch_chip import adc_expected_derivative  # noqa: E402
+from studies import diagnose  # noqa: E402
+from studies import gradient_diagnostics  # noqa: E402
+from studies.perturbations import CLASSES, PerturbationClass  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,42 +42,42 @@ def test_zero_mean_additive_noise_on_gradients():
     g = torch.randn(P, generator=gen, dtype=torch.float64)
     sigma = math.sqrt(v) * float(g.norm()) / math.sqrt(P)
     draws = g + sigma * torch.randn(K, P, generator=gen, dtype=torch.float64)
-    cos = D.consistency(draws, g)
+    cos = gradient_diagnostics.consistency(draws, g)
     assert cos == pytest.approx(1 / math.sqrt(1 + v / K), abs=0.01)
     assert cos > 0.99
-    rv = D.relative_variance(draws)
+    rv = gradient_diagnostics.relative_variance(draws)
     assert math.isfinite(rv)
     assert rv == pytest.approx(v / (1 + v / K), rel=0.05)
 
 
 def test_metric_edge_cases():
     z = torch.zeros(4, 10)
-    assert D.consistency(z, torch.ones(10)) == 0.0
-    assert math.isnan(D.relative_variance(z))
+    assert gradient_diagnostics.consistency(z, torch.ones(10)) == 0.0
+    assert math.isnan(gradient_diagnostics.relative_variance(z))
     same = torch.ones(3, 5)
-    assert D.relative_variance(same) == 0.0
-    assert D.consistency(same, torch.ones(5)) == pytest.approx(1.0)
+    assert gradient_diagnostics.relative_variance(same) == 0.0
+    assert gradient_diagnostics.consistency(same, torch.ones(5)) == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        D.relative_variance(torch.ones(1, 5))
+        gradient_diagnostics.relative_variance(torch.ones(1, 5))
 
 
 def test_weight_sensitivity_counts_zeroed_weights():
     clean = [torch.ones(10, 10)]
     half = torch.ones(10, 10)
     half[:5] = 0
-    assert D.weight_sensitivity([[half]], clean)[0] == pytest.approx(0.5)
-    assert D.weight_sensitivity([[torch.zeros(10, 10)]], clean)[0] == 0.0
+    assert gradient_diagnostics.weight_sensitivity([[half]], clean)[0] == pytest.approx(0.5)
+    assert gradient_diagnostics.weight_sensitivity([[torch.zeros(10, 10)]], clean)[0] == 0.0
     # a uniform rescaling loses nothing; the average over draws counts a weight dead on one of
     # two chips as half
-    assert D.weight_sensitivity([[1e-4 * torch.ones(10, 10)]], clean)[0] == 1.0
-    assert D.weight_sensitivity([[half], [torch.ones(10, 10)]], clean)[0] == pytest.approx(0.75)
+    assert gradient_diagnostics.weight_sensitivity([[1e-4 * torch.ones(10, 10)]], clean)[0] == 1.0
+    assert gradient_diagnostics.weight_sensitivity([[half], [torch.ones(10, 10)]], clean)[0] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("levels", [1, 2, 6, 14, 254])
 def test_adc_expected_derivative_integrates_to_the_range(levels):
     """∫ d/dy E[ADC(y + σξ)] dy over a span beyond the clip = E[ADC(+L)] − E[ADC(−L)] = 2·bound."""
     y = torch.linspace(-14, 14, 280_001, dtype=torch.float64)
-    gate = D.adc_expected_derivative(y, 0.04, 10.0, levels)
+    gate = adc_expected_derivative(y, 0.04, 10.0, levels)
     integral = float(torch.trapezoid(gate, y))
     assert integral == pytest.approx(20.0, rel=1e-3)
 
@@ -90,32 +93,32 @@ def test_adc_expected_derivative_matches_monte_carlo():
         up = adc(y0 + h + sigma * xi, bound, levels).mean()
         dn = adc(y0 - h + sigma * xi, bound, levels).mean()
         mc = float(up - dn) / (2 * h)
-        exact = float(D.adc_expected_derivative(torch.tensor([y0], dtype=torch.float64), sigma, bound, levels)[0])
+        exact = float(adc_expected_derivative(torch.tensor([y0], dtype=torch.float64), sigma, bound, levels)[0])
         assert exact == pytest.approx(mc, abs=0.03)
 
 
 def test_adc_derivative_regimes():
     y = torch.linspace(-5, 5, 10_001, dtype=torch.float64)
-    fine = D.adc_expected_derivative(y, 0.04, 10.0, 254)  # Δ ≈ 2σ: flat ≈ 1
+    fine = adc_expected_derivative(y, 0.04, 10.0, 254)  # Δ ≈ 2σ: flat ≈ 1
     assert float((fine - 1).abs().max()) < 0.05
-    dead = D.adc_expected_derivative(y, 0.04, 10.0, 1)  # one step: nothing crosses inside ±5
+    dead = adc_expected_derivative(y, 0.04, 10.0, 1)  # one step: nothing crosses inside ±5
     assert float(dead.max()) < 1e-12
-    assert D.pass_fraction(fine) == 1.0 and D.pass_fraction(dead) == 0.0
-    sat = D.adc_expected_derivative(torch.tensor([20.0, -20.0]), 0.04, 10.0, 0)  # clip only
+    assert gradient_diagnostics.pass_fraction(fine) == 1.0 and gradient_diagnostics.pass_fraction(dead) == 0.0
+    sat = adc_expected_derivative(torch.tensor([20.0, -20.0]), 0.04, 10.0, 0)  # clip only
     assert float(sat.abs().max()) < 1e-12
-    ideal = D.adc_expected_derivative(y, 0.04, 0.0, 0)
+    ideal = adc_expected_derivative(y, 0.04, 0.0, 0)
     assert bool((ideal == 1).all())
 
 
 def test_verdict_rules():
-    ok, why = D.diagnostic_verdict(0.95, 0.2, 0.9, 1.0)
+    ok, why = gradient_diagnostics.diagnostic_verdict(0.95, 0.2, 0.9, 1.0)
     assert ok and not why
-    ok, why = D.diagnostic_verdict(0.95, 0.2, 0.0, 1.0)
+    ok, why = gradient_diagnostics.diagnostic_verdict(0.95, 0.2, 0.0, 1.0)
     assert not ok and "weight sens." in why[0]
-    assert D.gap_recovered(0.98, 0.60, 0.90)[1] == "closes"
-    assert D.gap_recovered(0.98, 0.60, 0.70)[1] == "open"
-    assert D.gap_recovered(0.98, 0.975, 0.90)[1] == "no gap"
-    assert D.gap_recovered(0.98, 0.58, 0.78)[0] == pytest.approx(0.5)
+    assert gradient_diagnostics.gap_recovered(0.98, 0.60, 0.90)[1] == "closes"
+    assert gradient_diagnostics.gap_recovered(0.98, 0.60, 0.70)[1] == "open"
+    assert gradient_diagnostics.gap_recovered(0.98, 0.975, 0.90)[1] == "no gap"
+    assert gradient_diagnostics.gap_recovered(0.98, 0.58, 0.78)[0] == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------- on a tiny model
@@ -126,7 +129,7 @@ class Tiny(nn.Module):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            self.fc = H.AnalogLinear(64, 10)
+            self.fc = hwa.AnalogLinear(64, 10)
 
     def forward(self, x):
         return self.fc(x.flatten(1))
@@ -145,13 +148,13 @@ def tiny():
     return model, x, y
 
 
-def pclass(fields: dict, ramp: bool = True) -> G.PerturbationClass:
-    return G.PerturbationClass("test", "test", "test", (1.0,), lambda s: fields, lambda s: f"{s:g}", ramp=ramp)
+def pclass(fields: dict, ramp: bool = True) -> PerturbationClass:
+    return PerturbationClass("test", "test", "test", (1.0,), lambda s: fields, lambda s: f"{s:g}", ramp=ramp)
 
 
 def diag(model, x, y, fields: dict, draws: int = 8):
-    g_clean = G.clean_gradient(model, x, y)
-    return G.diagnose_setting(model, pclass(fields), 1.0, x, y, g_clean, draws, seed=0)
+    g_clean = diagnose.clean_gradient(model, x, y)
+    return diagnose.diagnose_setting(model, pclass(fields), 1.0, x, y, g_clean, draws, seed=0)
 
 
 def test_zero_mean_additive_output_noise_keeps_the_gradient(tiny):
@@ -185,48 +188,25 @@ def test_one_step_adc_collapses_sensitivity(tiny):
     assert fine.forward_mismatch < 1e-5 and coarse.forward_mismatch < 1e-5
 
 
-def test_through_forward_is_the_trainers_chip():
-    """Same generator state → the same chip instance, value for value, with every class on."""
-    profile = get_profile("pcm-faulty", gdc="off", ir_drop=5.0, d2d_sigma=0.05, out_levels=30)
-    gen = torch.Generator().manual_seed(3)
-    w = torch.randn(40, 7, generator=gen) * 0.3
-    x = torch.rand(16, 40, generator=gen)
-    r = torch.tensor(0.8)
-    import numpy as np
-
-    outs = []
-    for through in (False, True):
-        g = torch.Generator().manual_seed(11)
-        rng = np.random.default_rng(0)
-        if through:
-            aged = G.through_age_weights(w, profile, 3600.0, g, rng)
-            draws = H.MvmDraws.draw(16, 7, len(aged.tiles), g)
-            outs.append(G.through_matmul(x, aged, r, profile, draws))
-        else:
-            aged = H.age_weights(w, profile, 3600.0, g, rng)
-            draws = H.MvmDraws.draw(16, 7, len(aged.tiles), g)
-            outs.append(H.analog_matmul(x, aged, r, profile, draws))
-    assert torch.equal(outs[0], outs[1])
-
-
 def test_context_follows_the_trainer_ramp():
-    pc = G.CLASSES["stuck"]
-    ctx = G.make_context(pc, 0.1, seed=0)
+    pc = CLASSES["stuck"]
+    ctx = diagnose.make_context(pc, 0.1, seed=0)
     ctx.new_batch(0.5)
     assert ctx.profile.p_stuck_reset == pytest.approx(0.04) and ctx.profile.gdc == "off"
     assert ctx.age_s == pc.age_s
-    adc_ctx = G.make_context(G.CLASSES["adc"], 6, seed=0)
+    adc_ctx = diagnose.make_context(CLASSES["adc"], 6, seed=0)
     adc_ctx.new_batch(0.0)  # quantisation is not ramped
     assert adc_ctx.profile.out_levels == 6
 
 
 # --------------------------------------------------------------------------- the CLI's core
+@pytest.mark.slow  # the whole study end to end: trains and evaluates a dozen tiny models
 def test_study_smoke(tmp_path):
-    cfg = G.StudyConfig(
+    cfg = diagnose.StudyConfig(
         arch="mlp", plain_epochs=1, diag_epochs=1, hwa_epochs=1, max_steps=3, draws=2, batch=32, n_chips=1,
         classes=("stuck", "adc"), strengths={"stuck": (0.01, 1.0), "adc": (254, 1)}, progress=False,
     )
-    results = G.run_study(cfg)
+    results = diagnose.run_study(cfg)
     assert [r["class"] for r in results["table"]] == ["stuck", "adc"]
     assert results["diagnostics"]["stuck"][1]["sens_weights"] == 0.0
     assert results["diagnostics"]["adc"][1]["sens_outputs"] < 0.05
@@ -234,7 +214,7 @@ def test_study_smoke(tmp_path):
         assert r["outcome"] in ("closes", "open", "no gap")
         assert r["strength"] in cfg.sweep(r["class"])
     assert set(results["hwa_accuracy"]) == {"stuck", "adc", "none"}
-    G.write_report(results, tmp_path, "python -m models.diagnose mlp (test)")
+    diagnose.write_report(results, tmp_path, "python -m studies.diagnose mlp (test)")
     text = (tmp_path / "README.md").read_text()
     assert "| stuck-at faults |" in text and "ADC discretisation" in text
     assert (tmp_path / "diagnose.png").stat().st_size > 10_000

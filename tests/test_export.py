@@ -13,7 +13,7 @@ import torch
 from chipsim import get_profile
 from chipsim.compiler import program_onnx
 from chipsim.runtime import ChipRuntime
-from models import hwa as H
+from models import hwa
 from models.data import load_split
 from models.export import ANALOG_OPS, PREFIX, build_onnx, metadata, onnx_logits, write_zoo_entry
 from models.train import RECIPES
@@ -27,7 +27,7 @@ TOL = 1e-5
 
 def _model(arch: str) -> torch.nn.Module:
     m = build(arch, seed=0)
-    H.calibrate_input_ranges(m, torch.from_numpy(load_split("train").x[:128]))
+    hwa.calibrate_input_ranges(m, torch.from_numpy(load_split("train").x[:128]))
     return m.eval()
 
 
@@ -54,7 +54,7 @@ def test_every_analog_layer_is_an_initializer_with_a_range(arch):
     om = onnx.load_from_string(model_bytes)
     inits = {t.name for t in om.graph.initializer}
     analog = [n for n in om.graph.node if n.op_type in ANALOG_OPS and len(n.input) > 1 and n.input[1] in inits]
-    layers = dict(H.analog_layers(m))
+    layers = dict(hwa.analog_layers(m))
     assert len(analog) == len(layers)  # one analog node per torch layer, none left as a Constant
     assert not any(n.op_type == "Constant" and n.output[0] in {a.input[1] for a in analog} for n in om.graph.node)
     ranges = json.loads(metadata(om)[PREFIX + "input_ranges"])

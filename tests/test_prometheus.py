@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.live_service import free_port, http, run_service, sample_batch, stop, wait_until
+from tests.service_process import REPO, free_port, http, run_service, sample_batch, stop, wait_until, zoo_dir
 
-REPO = Path(__file__).resolve().parent.parent
 PROM_CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
 ALERTS = REPO / "docker" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "agedchip.json"
@@ -45,10 +41,6 @@ GRAFANA_VARS = {"chip": ".*", "__rate_interval": "1m", "__interval": "15s", "__r
 
 
 # ------------------------------------------------------------------------------ helpers
-def zoo_dir() -> Path:
-    return Path(os.environ.get("AGEDCHIP_ZOO_DIR") or REPO / "models" / "zoo")
-
-
 def loud_skip(reason: str) -> None:
     print(f"\n*** SKIPPED: {reason}\n", file=sys.stderr)
     pytest.skip(reason)

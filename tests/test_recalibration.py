@@ -19,9 +19,7 @@ TEN_YEARS = 10 * 365 * 86400.0
 
 @pytest.fixture(scope="module")
 def aged():
-    from tests.test_runtime import _digits_mlp
-
-    model, x, y, x_train = _digits_mlp()
+    model, x, y, x_train = om.digits_mlp()
     # drift ×3 makes 10 years clearly harmful even with GDC (seen: 0.98 → 0.77), so there is
     # something to recover on 300 samples.
     chip = program_onnx(model, get_profile("pcm", drift_scale=3.0), seed=1, calibration=x_train, chip_id="parent")

@@ -121,27 +121,8 @@ def test_pcm_layer_equals_numpy_reference(op, rows, cols, kw, binding):
     assert np.mean(~rel_ok) <= 0.01, f"{np.sum(~rel_ok)} of {diff.size} elements differ by more than rounding"
 
 
-def _digits_mlp():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    rng = np.random.default_rng(0)
-    idx = rng.permutation(len(x))
-    tr, te = idx[:1400], idx[1400:]
-    net = om.mlp(seed=0, sizes=(64, 64, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    xt, yt = torch.from_numpy(x[tr]), torch.from_numpy(y[tr])
-    for _ in range(150):  # full-batch: ~1 s, reaches ~97 % test accuracy
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(net(xt), yt).backward()
-        opt.step()
-    return om.export(net, torch.from_numpy(x[:2])), x[te], y[te], x[tr]
-
-
 def test_accuracy_kept_on_ideal_and_falls_with_age_on_pcm():
-    model, x, y, x_train = _digits_mlp()
+    model, x, y, x_train = om.digits_mlp()
     acc = lambda out: float(np.mean(out.argmax(1) == y))  # noqa: E731
     fp = acc(_digital(model, x))
     assert fp > 0.9

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from tests.onnx_models import single_layer
-from tests.live_service import free_port
+from tests.service_process import free_port
 from tests.service_helpers import ZOO_MODEL, eval_npz, tiny_model, x_batch
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # real servers in subprocesses, SIGKILL and restarts
 
 
 class Server:

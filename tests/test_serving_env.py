@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.dockerfile import DOCKERFILE, REPO, copy_sources, dockerignored, env_of, parse_dockerfile, runtime_stage
-from tests.live_service import http, run_service, sample_batch
+from tests.service_process import http, run_service, sample_batch
 
 pytestmark = pytest.mark.slow
 

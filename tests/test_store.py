@@ -384,6 +384,7 @@ def _expected_chip(chip_id: str):
     return program([LayerSpec("fc", base + np.float32(k * 1e-4))], get_profile("pcm"), seed=k, chip_id=chip_id)
 
 
+@pytest.mark.slow  # SIGKILLs writer subprocesses at random moments
 def test_sigkill_during_save_never_leaves_a_partial_chip(tmp_path):
     root = tmp_path / "state"
     ChipStore(root)

@@ -95,7 +95,7 @@ def test_default_model_works_on_an_aged_pcm_chip():
 def test_report_is_generated_from_the_committed_zoo():
     results = json.loads((REPORT / "results.json").read_text())
     by_name = {m["name"]: m["sha256"] for m in results["models"]}
-    assert by_name == {e["name"]: e["sha256"] for e in ENTRIES}, "rerun `python -m models.report`"
+    assert by_name == {e["name"]: e["sha256"] for e in ENTRIES}, "rerun `python -m studies.accuracy`"
     assert results["n_chips"] >= 10
     for png in ("accuracy_vs_age.png", "accuracy_vs_age_gdc.png", "robustness.png"):
         assert (REPORT / png).stat().st_size > 10_000
@@ -104,7 +104,7 @@ def test_report_is_generated_from_the_committed_zoo():
 
 
 def test_logistic_midpoint_fit_recovers_known_parameters():
-    from models.report import fit_midpoint, logistic
+    from studies.robustness import fit_midpoint, logistic
 
     sigmas = np.logspace(-2, 1, 16)
     acc = logistic(sigmas, 0.97, math.log(0.8), 3.0, 0.1)

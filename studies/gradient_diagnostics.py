@@ -1,6 +1,6 @@
 """Gradient diagnostics of a perturbed forward pass (DESIGN §8): small, pure metric functions.
 
-The study in :mod:`models.diagnose` asks, per perturbation class of the chip, whether
+The study in :mod:`studies.diagnose` asks, per perturbation class of the chip, whether
 hardware-aware training (HWA) can absorb it. Three properties of the gradient decide that,
 each a function here, on torch tensors, with no model or chip inside:
 
@@ -12,9 +12,9 @@ each a function here, on torch tensors, with no model or chip inside:
   mean dominates a single draw (a single draw's expected cosine to the mean is ≳ 1/√2).
 * **Non-degenerate sensitivity** — :func:`weight_sensitivity`: the fraction of weights with an
   informative clean gradient that still receive an informative gradient through the hardware
-  in one chip instance (averaged over draws); :func:`pass_fraction` of
-  :func:`adc_expected_derivative`: the fraction of analog output units through which the ADC
-  lets gradient pass at all.
+  in one chip instance (averaged over draws); :func:`pass_fraction` of the ADC's expected
+  derivative (``models.torch_chip.adc_expected_derivative``): the fraction of analog output
+  units through which the ADC lets gradient pass at all.
 
 Plus the two decision rules of the study (:func:`diagnostic_verdict`, :func:`gap_recovered`),
 so the thresholds are written once and tested.
@@ -115,53 +115,6 @@ def weight_sensitivity(
         num += frac * n
         den += n
     return (num / den if den else float("nan")), per_layer
-
-
-def _phi(z: torch.Tensor) -> torch.Tensor:
-    return torch.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
-
-
-def _Phi(z: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(z * (1.0 / math.sqrt(2.0))))
-
-
-def adc_expected_derivative(y: torch.Tensor, sigma: float | torch.Tensor, bound: float, levels: int) -> torch.Tensor:
-    """``d/dy E_ξ[ADC(y + σ·ξ)]``, ξ ~ N(0, 1): the gradient of the ADC *in expectation over the
-    Gaussian noise in front of it* (the chip's output noise and per-MVM read noise; ``sigma`` a
-    number or a tensor broadcastable to ``y``), elementwise, for the chipsim ADC
-    (``chipsim.periphery.adc``: round to steps of ``Δ = 2·bound/levels``, then clip to ±bound).
-
-    The rounded, clipped staircase jumps by ``J_k = clip((k+1)Δ) − clip(kΔ)`` at ``t_k = (k+½)Δ``;
-    smoothing by the Gaussian noise turns each jump into ``J_k·φ((y − t_k)/σ)/σ``. On a fine grid
-    (Δ ≲ 2σ) the sum is ≈ 1 inside the range; on a coarse grid it is concentrated near the
-    thresholds, ≈ 0 in the zero bin (|y| < Δ/2) and beyond the bound. Without quantisation it is
-    ``P(|y + σξ| < bound)``. Where σ = 0 and the ADC quantises, the true derivative is zero almost
-    everywhere; there this function returns the clipped straight-through estimate (1 inside ±bound).
-    """
-    y = y.detach().to(torch.float64)
-    if levels <= 0 and bound <= 0:
-        return torch.ones_like(y)
-    sig = torch.as_tensor(sigma, dtype=torch.float64).detach().expand_as(y)
-    noiseless = sig <= 0
-    sig = torch.where(noiseless, torch.ones_like(sig), sig)  # placeholder, replaced below
-    inside = (y.abs() < bound) if bound > 0 else torch.ones_like(y, dtype=torch.bool)
-    step = 2.0 * bound / levels if levels > 0 else 0.0
-    noisy = sig[~noiseless]
-    s_min, s_max = (float(noisy.min()), float(noisy.max())) if noisy.numel() else (0.0, 0.0)
-    if levels <= 0 or step < s_min / 4:
-        # no staircase, or a ripple ≤ 2·exp(−2π²σ²/Δ²) < 1e-13: a clipped straight line
-        gate = _Phi((bound - y) / sig) - _Phi((-bound - y) / sig) if bound > 0 else torch.ones_like(y)
-    else:
-        m = int(math.ceil(7.0 * s_max / step)) + 1
-        k0 = torch.floor(y / step - 0.5)
-        gate = torch.zeros_like(y)
-        for j in range(-m, m + 1):  # the thresholds within ±7σ of y
-            k = k0 + j
-            lo, hi = k * step, (k + 1) * step
-            if bound > 0:
-                lo, hi = lo.clamp(-bound, bound), hi.clamp(-bound, bound)
-            gate = gate + (hi - lo) * _phi((y - (k + 0.5) * step) / sig) / sig
-    return torch.where(noiseless, inside.to(torch.float64), gate)
 
 
 def pass_fraction(gate: torch.Tensor, threshold: float = GATE_PASS) -> float:

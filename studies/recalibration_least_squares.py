@@ -2,7 +2,7 @@
 
 Regenerates ``reports/recalibration/least_squares.md`` and ``least_squares.png``::
 
-    python -m models.recalibration_study [--seed 0] [--steps 20000] [--out reports/recalibration]
+    python -m studies.recalibration_least_squares [--seed 0] [--steps 20000] [--out reports/recalibration]
 
 Problem: ``Y = X·W*ᵀ + noise`` with fixed seed, ``W*`` inside the device range; minibatch SGD on
 ``loss = ||W·x − y||² / 2`` (per-sample mean). The label noise makes minibatch gradients noisy at
@@ -23,17 +23,13 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")  # headless: the study runs in CI and on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from chipsim.analog_training import (  # noqa: E402
+from chipsim.analog_training import (
     AnalogOptimizer,
     AnalogSGD,
     DigitalSGD,
@@ -41,7 +37,8 @@ from chipsim.analog_training import (  # noqa: E402
     ResidualLearning,
     ResidualLearningV2,
 )
-from chipsim.pulsed import LinearStep, PulsedDevice, SoftBounds  # noqa: E402
+from chipsim.pulsed import LinearStep, PulsedDevice, SoftBounds
+from studies.common import pyplot
 
 DEFAULT_OUT = Path("reports/recalibration")
 
@@ -91,19 +88,32 @@ def make_problem(seed: int) -> LeastSquares:
     return LeastSquares(x, y, w_opt)
 
 
+class Algorithm(StrEnum):
+    """The optimisers compared (``chipsim.analog_training``)."""
+
+    DIGITAL = "digital"
+    ANALOG_SGD = "analog_sgd"
+    RESIDUAL_V1 = "rl_v1"
+    RESIDUAL_V2 = "rl_v2"
+
+    @property
+    def label(self) -> str:
+        return {"digital": "digital SGD", "analog_sgd": "analog SGD", "rl_v1": "residual v1",
+                "rl_v2": "residual v2"}[self.value]
+
+
 @dataclass(frozen=True)
 class RunSpec:
-    algo: str  # digital | analog_sgd | rl_v1 | rl_v2
+    algo: Algorithm
     asymmetry: float = STRONG
-    lr: float = LR
+    lr: float = LR  # learning rate of the gradient step
     read_noise: float = 0.0
     zero_shift: bool = True
     up_down: float = 0.0
 
     @property
     def label(self) -> str:
-        names = {"digital": "digital SGD", "analog_sgd": "analog SGD", "rl_v1": "residual v1", "rl_v2": "residual v2"}
-        parts = [names[self.algo]]
+        parts = [self.algo.label]
         if self.read_noise:
             parts.append(f"read σ={self.read_noise:g}")
         if self.up_down:
@@ -122,10 +132,10 @@ def device_for(spec: RunSpec) -> PulsedDevice:
 
 
 def build_optimizer(spec: RunSpec, w0: np.ndarray) -> AnalogOptimizer:
-    if spec.algo == "digital":
+    if spec.algo == Algorithm.DIGITAL:
         return DigitalSGD(w0, spec.lr)
     device = device_for(spec)
-    if spec.algo == "analog_sgd":
+    if spec.algo == Algorithm.ANALOG_SGD:
         return AnalogSGD(device, w0, spec.lr)
     config = ResidualConfig(
         lr=spec.lr,
@@ -136,7 +146,7 @@ def build_optimizer(spec: RunSpec, w0: np.ndarray) -> AnalogOptimizer:
         read_noise_std=spec.read_noise,
         zero_shift=spec.zero_shift,
     )
-    cls = ResidualLearning if spec.algo == "rl_v1" else ResidualLearningV2
+    cls = ResidualLearning if spec.algo == Algorithm.RESIDUAL_V1 else ResidualLearningV2
     return cls(device, device, w0, config)
 
 
@@ -187,19 +197,19 @@ def run_one(spec: RunSpec, problem: LeastSquares, steps: int, seed: int, index: 
 
 
 def run_specs() -> list[RunSpec]:
-    specs = [RunSpec("digital", 0.0)]
+    specs = [RunSpec(Algorithm.DIGITAL, 0.0)]
     for a in ASYMMETRIES:
-        specs += [RunSpec("analog_sgd", a), RunSpec("rl_v1", a)]
+        specs += [RunSpec(Algorithm.ANALOG_SGD, a), RunSpec(Algorithm.RESIDUAL_V1, a)]
     for sigma in READ_NOISES:
-        specs += [RunSpec("rl_v1", read_noise=sigma), RunSpec("rl_v2", read_noise=sigma)]
+        specs += [RunSpec(Algorithm.RESIDUAL_V1, read_noise=sigma), RunSpec(Algorithm.RESIDUAL_V2, read_noise=sigma)]
     specs += [
-        RunSpec("analog_sgd", up_down=SHIFTED_UP_DOWN),
-        RunSpec("rl_v1", up_down=SHIFTED_UP_DOWN),
-        RunSpec("rl_v1", up_down=SHIFTED_UP_DOWN, zero_shift=False),
+        RunSpec(Algorithm.ANALOG_SGD, up_down=SHIFTED_UP_DOWN),
+        RunSpec(Algorithm.RESIDUAL_V1, up_down=SHIFTED_UP_DOWN),
+        RunSpec(Algorithm.RESIDUAL_V1, up_down=SHIFTED_UP_DOWN, zero_shift=False),
     ]
     for lr in LR_SWEEP:
         if lr != LR:
-            specs += [RunSpec("digital", 0.0, lr=lr), RunSpec("analog_sgd", lr=lr), RunSpec("rl_v1", lr=lr)]
+            specs += [RunSpec(Algorithm.DIGITAL, 0.0, lr=lr), RunSpec(Algorithm.ANALOG_SGD, lr=lr), RunSpec(Algorithm.RESIDUAL_V1, lr=lr)]
     return specs
 
 
@@ -207,35 +217,38 @@ def run_specs() -> list[RunSpec]:
 
 
 def _find(results: list[RunResult], **fields: object) -> RunResult:
-    base = RunSpec(str(fields.pop("algo")))
+    base = RunSpec(Algorithm(fields.pop("algo")))
     want = replace(base, **fields)
     return next(r for r in results if r.spec == want)
 
 
 def plot(results: list[RunResult], path: Path) -> None:
+    plt = pyplot()
+    import matplotlib.ticker
+
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(ASYMMETRIES)))
 
-    def curve(ax: plt.Axes, r: RunResult, **kw: object) -> None:
+    def curve(ax, r: RunResult, **kw: object) -> None:
         # Log x from the first record: the plateau over decades of steps is the point.
         ax.plot(r.steps[1:], r.distance[1:], lw=1, **kw)
 
     ax = axes[0]
-    curve(ax, _find(results, algo="digital", asymmetry=0.0), color="black", label="digital SGD")
+    curve(ax, _find(results, algo=Algorithm.DIGITAL, asymmetry=0.0), color="black", label="digital SGD")
     for a, c in zip(ASYMMETRIES, colors):
-        curve(ax, _find(results, algo="analog_sgd", asymmetry=a), color=c, label=f"analog SGD, a={a:g}")
-        curve(ax, _find(results, algo="rl_v1", asymmetry=a), color=c, ls="--", label=f"residual v1, a={a:g}")
+        curve(ax, _find(results, algo=Algorithm.ANALOG_SGD, asymmetry=a), color=c, label=f"analog SGD, a={a:g}")
+        curve(ax, _find(results, algo=Algorithm.RESIDUAL_V1, asymmetry=a), color=c, ls="--", label=f"residual v1, a={a:g}")
     ax.set_title(f"(a) asymmetry sweep, lr={LR:g}")
 
     ax = axes[1]
-    curve(ax, _find(results, algo="digital", asymmetry=0.0), color="black", label="digital SGD")
-    curve(ax, _find(results, algo="analog_sgd"), color="tab:red", label="analog SGD")
-    curve(ax, _find(results, algo="rl_v1"), color="tab:blue", label="residual v1")
+    curve(ax, _find(results, algo=Algorithm.DIGITAL, asymmetry=0.0), color="black", label="digital SGD")
+    curve(ax, _find(results, algo=Algorithm.ANALOG_SGD), color="tab:red", label="analog SGD")
+    curve(ax, _find(results, algo=Algorithm.RESIDUAL_V1), color="tab:blue", label="residual v1")
     for sigma, ls in zip(READ_NOISES, ("--", ":")):
-        for algo, c in (("rl_v1", "tab:blue"), ("rl_v2", "tab:green")):
+        for algo, c in ((Algorithm.RESIDUAL_V1, "tab:blue"), (Algorithm.RESIDUAL_V2, "tab:green")):
             r = _find(results, algo=algo, read_noise=sigma)
             curve(ax, r, color=c, ls=ls, label=r.spec.label)
-    r = _find(results, algo="rl_v1", up_down=SHIFTED_UP_DOWN, zero_shift=False)
+    r = _find(results, algo=Algorithm.RESIDUAL_V1, up_down=SHIFTED_UP_DOWN, zero_shift=False)
     curve(ax, r, color="tab:orange", label=r.spec.label)
     ax.set_title(f"(b) soft bounds a={STRONG:g}: read noise, zero shift")
 
@@ -249,12 +262,12 @@ def plot(results: list[RunResult], path: Path) -> None:
 
     ax = axes[2]
     lrs = np.array(sorted(LR_SWEEP))
-    for algo, c in (("digital", "black"), ("analog_sgd", "tab:red"), ("rl_v1", "tab:blue")):
-        asym = 0.0 if algo == "digital" else STRONG
+    for algo, c in ((Algorithm.DIGITAL, "black"), (Algorithm.ANALOG_SGD, "tab:red"), (Algorithm.RESIDUAL_V1, "tab:blue")):
+        asym = 0.0 if algo == Algorithm.DIGITAL else STRONG
         finals = [_find(results, algo=algo, asymmetry=asym, lr=float(lr)).final() for lr in lrs]
-        label = RunSpec(algo).label + ("" if algo == "digital" else f", a={STRONG:g}")
+        label = RunSpec(algo).label + ("" if algo == Algorithm.DIGITAL else f", a={STRONG:g}")
         ax.plot(lrs, finals, "o-", color=c, label=label)
-    ref = _find(results, algo="digital", asymmetry=0.0).final()
+    ref = _find(results, algo=Algorithm.DIGITAL, asymmetry=0.0).final()
     ax.plot(lrs, ref * np.sqrt(lrs / LR), color="gray", ls=":", label="∝ √lr (SGD noise floor)")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -277,13 +290,13 @@ def _cmp(x: float, y: float) -> str:
 
 def reading(results: list[RunResult]) -> list[str]:
     """The conclusions, phrased from the measured numbers (so a regression shows up in the text)."""
-    asgd = {a: _find(results, algo="analog_sgd", asymmetry=a) for a in ASYMMETRIES}
-    rl = {a: _find(results, algo="rl_v1", asymmetry=a).final() for a in ASYMMETRIES}
-    dig = _find(results, algo="digital", asymmetry=0.0).final()
+    asgd = {a: _find(results, algo=Algorithm.ANALOG_SGD, asymmetry=a) for a in ASYMMETRIES}
+    rl = {a: _find(results, algo=Algorithm.RESIDUAL_V1, asymmetry=a).final() for a in ASYMMETRIES}
+    dig = _find(results, algo=Algorithm.DIGITAL, asymmetry=0.0).final()
     lrs = sorted(LR_SWEEP)
     sweep = {
-        algo: [_find(results, algo=algo, asymmetry=0.0 if algo == "digital" else STRONG, lr=lr).final() for lr in lrs]
-        for algo in ("digital", "analog_sgd", "rl_v1")
+        algo: [_find(results, algo=algo, asymmetry=0.0 if algo == Algorithm.DIGITAL else STRONG, lr=lr).final() for lr in lrs]
+        for algo in (Algorithm.DIGITAL, Algorithm.ANALOG_SGD, Algorithm.RESIDUAL_V1)
     }
     finals = [asgd[a].final() for a in ASYMMETRIES]
     grows = all(x < y for x, y in zip(finals, finals[1:]))
@@ -295,30 +308,30 @@ def reading(results: list[RunResult]) -> list[str]:
         f"and {strong.final():.3f} at the end, and over lr = "
         + ", ".join(f"{lr:g}" for lr in lrs)
         + " it is "
-        + ", ".join(f"{x:.3f}" for x in sweep["analog_sgd"])
+        + ", ".join(f"{x:.3f}" for x in sweep[Algorithm.ANALOG_SGD])
         + ": more steps and a smaller learning rate do not remove it (the drift E|Δ|·G(w) scales with the "
         "update itself, so its balance point does not depend on lr).",
         "- Residual learning v1 stays near the digital-SGD noise floor at every asymmetry: "
         + ", ".join(f"a={a:g}: {rl[a]:.3f}" for a in ASYMMETRIES)
         + ". Over the same learning rates it reaches "
-        + ", ".join(f"{x:.3f}" for x in sweep["rl_v1"])
+        + ", ".join(f"{x:.3f}" for x in sweep[Algorithm.RESIDUAL_V1])
         + " (digital SGD: "
-        + ", ".join(f"{x:.3f}" for x in sweep["digital"])
+        + ", ".join(f"{x:.3f}" for x in sweep[Algorithm.DIGITAL])
         + "): the remaining distance is SGD noise, which shrinks like √lr, so it goes to zero with the learning "
         "rate. (W̄ = W + γ·P moves by γ·lr·grad on the fast path, which is why v1 can sit below digital SGD at "
         "the same lr.)",
     ]
     for sigma in READ_NOISES:
-        v1 = _find(results, algo="rl_v1", read_noise=sigma).final()
-        v2 = _find(results, algo="rl_v2", read_noise=sigma).final()
+        v1 = _find(results, algo=Algorithm.RESIDUAL_V1, read_noise=sigma).final()
+        v2 = _find(results, algo=Algorithm.RESIDUAL_V2, read_noise=sigma).final()
         out.append(
             f"- Read noise σ={sigma:g} on P: v1 {v1:.3f}, v2 {v2:.3f} — v2 (filtered, thresholded transfer) "
             f"is {_cmp(v2, v1)} v1."
         )
-    shifted = _find(results, algo="rl_v1", up_down=SHIFTED_UP_DOWN).final()
-    unshifted = _find(results, algo="rl_v1", up_down=SHIFTED_UP_DOWN, zero_shift=False).final()
-    asgd_shifted = _find(results, algo="analog_sgd", up_down=SHIFTED_UP_DOWN).final()
-    wsym = device_for(RunSpec("rl_v1", up_down=SHIFTED_UP_DOWN)).response.symmetric_point()
+    shifted = _find(results, algo=Algorithm.RESIDUAL_V1, up_down=SHIFTED_UP_DOWN).final()
+    unshifted = _find(results, algo=Algorithm.RESIDUAL_V1, up_down=SHIFTED_UP_DOWN, zero_shift=False).final()
+    asgd_shifted = _find(results, algo=Algorithm.ANALOG_SGD, up_down=SHIFTED_UP_DOWN).final()
+    wsym = device_for(RunSpec(Algorithm.RESIDUAL_V1, up_down=SHIFTED_UP_DOWN)).response.symmetric_point()
     out.append(
         f"- Device with w◇ = {wsym:.2g}: residual v1 with zero shift {shifted:.3f}, without {unshifted:.3f} "
         f"(analog SGD {asgd_shifted:.3f}) — zero shifting P is what lets residual learning remove the bias."
@@ -329,11 +342,11 @@ def reading(results: list[RunResult]) -> list[str]:
 def markdown(
     results: list[RunResult], args: argparse.Namespace, command: str, seconds: float, w_opt_norm: float
 ) -> str:
-    device = device_for(RunSpec("analog_sgd"))
+    device = device_for(RunSpec(Algorithm.ANALOG_SGD))
     lines = [
         "# Recalibration study: least squares on pulsed devices",
         "",
-        "Generated by `models/recalibration_study.py`; do not edit by hand.",
+        "Generated by `studies/recalibration_least_squares.py`; do not edit by hand.",
         "",
         f"- Command: `{command}`",
         f"- Seed: {args.seed} (data: `default_rng([seed, 0])`; minibatches: `[seed, 1]`, the same sequence in "
@@ -359,7 +372,7 @@ def markdown(
     n_weights = D_IN * D_OUT
     for r in results:
         s = r.spec
-        pulses = f"{r.pulses / (r.n_steps * n_weights):.2f}" if s.algo != "digital" else "–"
+        pulses = f"{r.pulses / (r.n_steps * n_weights):.2f}" if s.algo != Algorithm.DIGITAL else "–"
         lines.append(
             f"| {s.label} | {s.asymmetry:g} | {s.lr:g} | {r.n_steps} | {r.at_quarter():.4f} | {r.final():.4f} | "
             f"{r.final() / w_opt_norm:.3f} | {pulses} |"
@@ -377,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 4 * RECORD_EVERY:
         parser.error(f"--steps must be at least {4 * RECORD_EVERY}")
-    command = " ".join(["python -m models.recalibration_study", *map(shlex.quote, argv)])
+    command = " ".join(["python -m studies.recalibration_least_squares", *map(shlex.quote, argv)])
 
     t0 = time.perf_counter()
     problem = make_problem(args.seed)

@@ -1,5 +1,6 @@
-"""A real service process for the tests: ``python -m service`` on a free loopback port, plain
-HTTP calls to it, and waiting with the process's log in the failure message."""
+"""The service as a subprocess, for the system tests: start ``python -m service`` on a free
+loopback port, wait for it, talk to it over plain HTTP, stop it. Test support code, not a test
+module (shared by test_prometheus and test_serving_env)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -33,7 +36,7 @@ def http(method: str, url: str, body: object | None = None, timeout: float = 30.
         return err.code, err.read()
 
 
-def tail(path: Path, n: int = 4000) -> str:
+def _tail(path: Path, n: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
     except OSError:
@@ -46,7 +49,7 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
     last: object = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode}\n{tail(log) if log else ''}")
+            raise AssertionError(f"{what}: process exited with {proc.returncode}\n{_tail(log) if log else ''}")
         try:
             last = check()
             if last:
@@ -55,7 +58,7 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
             last = err
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})\n"
-                         f"{tail(log) if log else ''}")
+                         f"{_tail(log) if log else ''}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -88,6 +91,10 @@ def run_service(python: str, cwd: Path, state_dir: Path, log: Path, env_extra: d
         yield base, proc
     finally:
         stop(proc)
+
+
+def zoo_dir() -> Path:
+    return Path(os.environ.get("AGEDCHIP_ZOO_DIR") or REPO / "models" / "zoo")
 
 
 def sample_batch(base: str, chip: str, n: int, zoo: Path) -> tuple[object, list[int] | None]:

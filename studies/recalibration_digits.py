@@ -2,7 +2,7 @@
 
 Regenerates ``reports/recalibration/digits.md`` and ``digits.png``::
 
-    python -m models.recalibration_digits [--seeds 3] [--n-recal 300] [--steps 300] [--readouts 2]
+    python -m studies.recalibration_digits [--seeds 3] [--n-recal 300] [--steps 300] [--readouts 2]
 
 For each zoo model (``mlp-hwa``, ``mlp-plain`` and ``cnn-hwa``, whose last layer is a Gemm feeding
 the output; checked with chipsim), each profile row (``pcm``, and a clearly labelled harsher
@@ -32,24 +32,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")  # headless
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+from chipsim import get_profile
+from chipsim.compiler import program_onnx
+from chipsim.recalibration import ALGORITHMS, RecalibrationConfig, RecalibrationError, recalibrate
+from chipsim.runtime import ChipRuntime
+from studies.common import DAY_S, YEAR_S, ZooModel, md_row, mean_std, pyplot, read_zoo
 
-from chipsim import get_profile  # noqa: E402
-from chipsim.compiler import program_onnx  # noqa: E402
-from chipsim.recalibration import ALGORITHMS, RecalibrationConfig, RecalibrationError, recalibrate  # noqa: E402
-from chipsim.runtime import ChipRuntime  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-ZOO = REPO / "models" / "zoo"
 DEFAULT_OUT = Path("reports/recalibration")
 
-DAY = 86400.0
-YEAR = 365 * DAY
 MODELS = ("mlp-hwa", "mlp-plain", "cnn-hwa")
 #: (label, preset, overrides). The first is the contract's profile; the second is harsher on purpose
 #: (the plain pcm profile barely hurts these models with GDC on, see the report).
@@ -57,8 +50,9 @@ SCENARIOS: tuple[tuple[str, str, dict[str, float]], ...] = (
     ("pcm", "pcm", {}),
     ("pcm, drift ×3", "pcm", {"drift_scale": 3.0}),
 )
-AGES: tuple[tuple[str, float], ...] = (("1 y", YEAR), ("10 y", 10 * YEAR))
-FURTHER: tuple[tuple[str, float], ...] = (("+0", 0.0), ("+1 d", DAY), ("+30 d", 30 * DAY), ("+1 y", YEAR))
+#: Ages at which the parent chip is recalibrated, and times after recalibration at which both are read.
+AGES: tuple[tuple[str, float], ...] = (("1 y", YEAR_S), ("10 y", 10 * YEAR_S))
+FURTHER: tuple[tuple[str, float], ...] = (("+0", 0.0), ("+1 d", DAY_S), ("+30 d", 30 * DAY_S), ("+1 y", YEAR_S))
 SPLIT_SEED = 0
 GDC_ONLY = "GDC alone"
 
@@ -74,11 +68,11 @@ class Cell:
     holdout: list[tuple[float, float]] = field(default_factory=list)  # recalibrate()'s own before/after
 
 
-def load_split(name: str, n_recal: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    data = np.load(ZOO / f"{name}.eval.npz")
-    x, y = data["x"].astype(np.float32), data["y"].astype(np.int64)
+def split_eval_set(model: ZooModel, n_recal: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y) for recalibration and (x, y) for evaluation: a fixed permutation of the eval set."""
+    x, y = model.x, model.y
     if not 8 <= n_recal < len(y):
-        raise SystemExit(f"--n-recal: must be in [8, {len(y) - 1}] for {name} ({len(y)} samples)")
+        raise SystemExit(f"--n-recal: must be in [8, {len(y) - 1}] for {model.name} ({len(y)} samples)")
     order = np.random.default_rng(SPLIT_SEED).permutation(len(y))
     rec, ev = order[:n_recal], order[n_recal:]
     return x[rec], y[rec], x[ev], y[ev]
@@ -108,18 +102,18 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str, str, str], Cell]
     fresh: dict[tuple[str, str], list[float]] = {}
     notes: list[str] = []
     models = []
-    for name in args.models:
-        mb = (ZOO / f"{name}.onnx").read_bytes()
-        note = last_layer_note(mb, name)
+    for model in read_zoo(names=args.models):
+        note = last_layer_note(model.onnx, model.name)
         notes.append(note)
         if "skipped" not in note:
-            models.append((name, mb))
+            models.append(model)
     total = len(SCENARIOS) * len(models) * len(args.seeds) * len(AGES) * len(args.algorithms)
     bar = tqdm(total=total, desc="recalibrations", mininterval=0.5)
     for label, preset, overrides in SCENARIOS:
         profile = get_profile(preset, **overrides)
-        for name, mb in models:
-            xr, yr, xe, ye = load_split(name, args.n_recal)
+        for model in models:
+            name, mb = model.name, model.onnx
+            xr, yr, xe, ye = split_eval_set(model, args.n_recal)
             args.n_eval = len(ye)
             for seed in args.seeds:
                 chip = program_onnx(mb, profile, seed=seed, calibration=None, chip_id=f"{name}-{seed}")
@@ -147,14 +141,6 @@ def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str, str, str], Cell]
 
 
 # ----------------------------------------------------------------------------------- report
-def ms(vals: list[float], pct: bool = True) -> str:
-    if not vals:
-        return "–"
-    k = 100.0 if pct else 1.0
-    m, s = float(np.mean(vals)) * k, float(np.std(vals)) * k
-    return f"{m:.1f} ± {s:.1f}" if pct else f"{m:.2f} ± {s:.2f}"
-
-
 def kilo(vals: list[int]) -> str:
     if not vals:
         return "–"
@@ -237,7 +223,7 @@ def markdown(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str
     lines = [
         "# Recalibration on digits: retraining an aged chip's last layer on-chip",
         "",
-        "Generated by `models/recalibration_digits.py`; do not edit by hand.",
+        "Generated by `studies/recalibration_digits.py`; do not edit by hand.",
         "",
         f"- Command: `{command}`",
         f"- Runtime: {seconds:.0f} s on {platform.machine()} (Python {platform.python_version()}, "
@@ -266,7 +252,7 @@ def markdown(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str
         "Models: " + "; ".join(notes) + ".",
         "",
         "Fresh chips (1 s, GDC on), accuracy %: "
-        + "; ".join(f"{name} on `{label}` {ms(fresh[(label, name)])}" for label, _, _ in SCENARIOS
+        + "; ".join(f"{name} on `{label}` {mean_std(fresh[(label, name)], 1)}" for label, _, _ in SCENARIOS
                     for name in models if (label, name) in fresh) + ".",
         "",
         "Accuracy in % (mean ± std over chip instances):",
@@ -283,14 +269,15 @@ def markdown(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str
                         continue
                     row = [label if m == GDC_ONLY else "", name if m == GDC_ONLY else "",
                            age_label if m == GDC_ONLY else "", f"**{m}**" if m == GDC_ONLY else m,
-                           ms(c.gdc_off), *(ms(c.further.get(f, [])) for f, _ in FURTHER), kilo(c.pulses),
-                           ms(c.seconds, pct=False) if c.seconds else "–"]
-                    lines.append("| " + " | ".join(row) + " |")
+                           mean_std(c.gdc_off, 1), *(mean_std(c.further.get(f, []), 1) for f, _ in FURTHER), kilo(c.pulses),
+                           mean_std(c.seconds, 2, scale=1.0) if c.seconds else "–"]
+                    lines.append(md_row(row))
     lines += ["", "## Reading", "", *reading(cells, fresh, args), "", "![accuracy vs further age](digits.png)", ""]
     return "\n".join(lines)
 
 
 def plot(cells: dict[tuple[str, str, str, str], Cell], args: argparse.Namespace, path: Path) -> None:
+    plt = pyplot()
     models = [m for m in MODELS if any(k[1] == m for k in cells)]
     rows = [(label, age_label) for label, _, _ in SCENARIOS for age_label, _ in AGES]
     fig, axes = plt.subplots(len(rows), len(models), figsize=(4.2 * len(models), 3.0 * len(rows)), squeeze=False,
@@ -343,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     for a in args.algorithms:
         if a not in ALGORITHMS:
             parser.error(f"--algorithms: unknown {a!r}; known {ALGORITHMS}")
-    command = " ".join(["python -m models.recalibration_digits", *map(shlex.quote, argv)])
+    command = " ".join(["python -m studies.recalibration_digits", *map(shlex.quote, argv)])
     t0 = time.perf_counter()
     cells, fresh, notes = run(args)
     seconds = time.perf_counter() - t0

@@ -1,0 +1,17 @@
+"""studies: the reports and studies built on chipsim and the models (DESIGN §8).
+
+Each module is a command that regenerates a folder of ``reports/``:
+
+- :mod:`studies.accuracy` — the zoo on aged chips (serving path), robustness midpoint, extended
+  STE vs gradients through the noise model → ``reports/accuracy/``
+- :mod:`studies.diagnose` — which non-idealities hardware-aware training can compensate →
+  ``reports/diagnose/``
+- :mod:`studies.recalibration_least_squares` — analog SGD vs residual learning on pulsed
+  devices, least squares → ``reports/recalibration/least_squares.md``
+- :mod:`studies.recalibration_digits` — on-chip recalibration of the zoo's aged chips →
+  ``reports/recalibration/digits.md``
+
+:mod:`studies.common` holds what they share (time constants and age schedules, the zoo reader,
+Markdown cells, headless plots). The torch library they use is :mod:`models`; nothing in
+``models``, ``chipsim`` or ``service`` imports this package.
+"""
