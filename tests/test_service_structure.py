@@ -23,7 +23,7 @@ from tests.service_helpers import ZOO_MODEL, err, eval_npz, make_settings, tiny_
 
 SERVICE = Path(__file__).resolve().parent.parent / "service"
 #: The HTTP edge: the only modules that may use FastAPI or Starlette (directly or through imports).
-EDGE = {"service.app", "service.errors", "service.middleware"}
+EDGE = {"service.app", "service.errors", "service.middleware", "service.openapi_doc"}
 HTTP_PACKAGES = {"fastapi", "starlette"}
 
 
