@@ -58,7 +58,8 @@ class RecalibrateForm(BaseModel):
                                                         "age (wall clock × time scale).")
     new_chip_id: str | None = Field(None, description="Id of the new chip; default '<parent>-recal-<n>'.")
     batch_size: int = Field(32, ge=1, le=4096, description="Samples per training step.")
-    lr: float = Field(0.05, gt=0, le=1, description="Learning rate (dimensionless: normalised weight per unit of loss gradient).")
+    lr: float = Field(0.05, gt=0, le=1,
+                      description="Learning rate (dimensionless: normalised weight per unit of loss gradient).")
 
 
 FORM = FormFields(text=frozenset(RecalibrateForm.model_fields), files=frozenset({"data"}),

@@ -248,7 +248,8 @@ def _bad_requests() -> list[tuple[str, str, str, dict[str, Any]]]:
     ]
 
 
-@pytest.mark.parametrize("method, template, url, kwargs", _bad_requests(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("method, template, url, kwargs", _bad_requests(),
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_real_errors_match_their_declared_schema(shared, doc, method, template, url, kwargs):
     r = shared.request(method.upper(), url, **kwargs)
     status, _ = err(r)  # checks the shape the service promises, too
