@@ -13,7 +13,8 @@ measures, on this machine:
 - load: ``ChipStore.load`` with checksum verification, s (the files are in the page cache
   after saving: this is the restart-from-warm-disk time, not a cold-disk read).
 
-Results go to ``bench/results/chip_state.json`` and ``bench/results/chip_state.md``.
+Results go to ``chip_state.json`` and ``chip_state.md`` in a new folder ``runs/chip_state/<time>/``;
+``--replace`` writes the committed ``bench/results/`` instead (see :mod:`models.outputs`).
 Targets (from the issue): program ≤ 200 ns/weight, read-out ≤ 100 ns/weight, load ≤ 0.5 s,
 ≤ 8 bytes per weight for the two devices on disk.
 """
@@ -37,8 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from chipsim import ChipStore, LayerSpec, get_profile, program, read
+from models import outputs
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FILES = ("chip_state.json", "chip_state.md")
 TARGETS = {"program_ns_per_weight": 200.0, "read_ns_per_weight": 100.0, "load_s": 0.5,
            "device_bytes_per_weight": 8.0}
 AGES_S = [3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0, 365 * 86400.0]
@@ -82,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=5, help="programming and load repetitions (median)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of program and read")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args(argv)
+    args.out = outputs.output_dir("chip_state", RESULTS, args.out, args.replace, FILES)
 
     rows, cols = args.rows, args.cols
     n = rows * cols
@@ -172,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "chip_state.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "chip_state.md").write_text(markdown(result))
     print(markdown(result))
+    print(f"wrote {args.out / 'chip_state.json'} and chip_state.md")
     if args.profile:
         print("== program\n" + _profile(program, spec, profile, 99))
         print("== read\n" + _profile(read, chip, 12345.0, 99))

@@ -1,4 +1,8 @@
-"""Helpers shared by the benchmarks: machine description and result writing."""
+"""Helpers shared by the benchmarks: machine description and result writing.
+
+A benchmark writes ``<name>.json`` and ``<name>.md`` into a new folder ``runs/<name>/<time>/`` unless
+run with ``--replace`` (the committed ``bench/results/``) or ``--out`` (:mod:`models.outputs`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import os
 import platform
 import sys
 from pathlib import Path
+
+from models import outputs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -26,9 +32,17 @@ def machine() -> dict:
     }
 
 
-def write(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+def result_files(name: str) -> tuple[str, str]:
+    return f"{name}.json", f"{name}.md"
+
+
+def output_dir(name: str, args) -> Path:
+    """The folder of this run (``args`` parsed with :func:`models.outputs.add_arguments`)."""
+    return outputs.output_dir(name, RESULTS, args.out, args.replace, result_files(name))
+
+
+def write(name: str, data: dict, markdown: str, out: Path) -> tuple[Path, Path]:
+    jpath, mpath = (out / f for f in result_files(name))
     jpath.write_text(json.dumps(data, indent=2) + "\n")
     mpath.write_text(markdown)
     return jpath, mpath

@@ -19,7 +19,8 @@ it competes with the server for the CPUs) and the results say so.
 
 The default chip is the zoo's ``cnn-hwa`` when ``models/zoo`` has it; otherwise a stand-in with
 the same architecture (untrained; exported with torch, which the benchmark, not the server,
-imports) is built under bench/results/tmp/zoo. Results: bench/results/load_test.{json,md}.
+imports) is built under bench/results/tmp/zoo. Results: load_test.{json,md} in a new folder runs/load_test/<time>/
+(``--replace``: the committed bench/results/; models.outputs).
 Targets (2 cores): batch 1 ≥ 400 requests/s with p99 ≤ 25 ms and no errors.
 """
 
@@ -40,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, machine, write
+from bench.common import RESULTS, machine, output_dir, write
+from models import outputs
 
 REPO = Path(__file__).resolve().parent.parent
 TMP = RESULTS / "tmp"
@@ -371,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="*", help="run only these scenarios (names as in the table)")
     ap.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto")
     ap.add_argument("--note", default="", help="free text added to the Markdown report")
-    ap.add_argument("--no-write", action="store_true", help="print, do not write bench/results")
+    ap.add_argument("--no-write", action="store_true", help="print, do not write any file")
+    outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args(argv)
 
     generator = args.generator
@@ -448,7 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     md = markdown(data)
     print(md)
     if not args.no_write:
-        for p in write("load_test", data, md):
+        for p in write("load_test", data, md, output_dir("load_test", args)):
             print("wrote", p)
 
 

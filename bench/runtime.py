@@ -6,7 +6,8 @@ For each zoo model (or a digits-sized CNN exported on the fly when the zoo is ab
 at batch 1 and 64 for the digital model and for the chip at a fixed, cached age, with the full
 ``pcm`` periphery and with weight effects only (drift, programming and read noise, faults; ideal
 DAC/ADC, no IR drop, no per-MVM noise). Also the cost of the first request at a new age
-(read-out + binding). Same onnxruntime thread settings for both. Results: bench/results/runtime.{json,md}.
+(read-out + binding). Same onnxruntime thread settings for both. Results: runtime.{json,md} in a new folder
+runs/runtime/<time>/ (``--replace``: the committed bench/results/; models.outputs).
 
 The "4-product ceiling" column runs the original model with every analog layer doing the four
 matrix products the DESIGN §3.3 periphery needs per tile and nothing else (a free periphery): no
@@ -25,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from bench.common import machine, write
+from bench.common import RESULTS, machine, output_dir, write
 from chipsim import get_profile
 from chipsim.compiler import program_onnx
 from chipsim.runtime import ChipRuntime
+from models import outputs
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
 TARGETS = {"pcm": 0.5, "weights-only": 0.8}  # analog/digital at batch 64 (issue 8)
@@ -201,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (best rate kept)")
     ap.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, JSON rows on stdout
+    outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args(argv)
     if args.job:
         print(json.dumps(_job(json.loads(args.job))))
@@ -256,7 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         tgt = f"≥ {TARGETS[r['profile']]}" + (" ✅" if r["ratio"] >= TARGETS[r["profile"]] else " ❌") if r["batch"] == 64 else ""
         lines.append(f"| {r['model']} | {r['weights']} | {r['profile']} | {r['binding']} | {r['batch']} | {r['digital_sps']:.0f} | "
                      f"{r['analog_sps']:.0f} | {r['ratio']:.2f} | {tgt} | {r['ceiling']:.2f} | {r['first_request_ms']:.1f} |")
-    write("runtime", {"machine": info, "threads": args.threads, "rows": rows}, "\n".join(lines) + "\n")
+    for p in write("runtime", {"machine": info, "threads": args.threads, "rows": rows}, "\n".join(lines) + "\n",
+                   output_dir("runtime", args)):
+        print("wrote", p)
     print("\n".join(lines))
 
 

@@ -1,7 +1,10 @@
 """Regenerate the whole model zoo: train every recipe, export ONNX + eval set, write index.json.
 
-    python -m models.build_zoo                 # all models into models/zoo/
+    python -m models.build_zoo                 # all models into a new folder runs/build_zoo/<time>/
     python -m models.build_zoo --only cnn-plain cnn-hwa --out /tmp/zoo
+    python -m models.build_zoo --replace       # regenerate the committed zoo, models/zoo/
+
+Without ``--replace`` the committed zoo is never touched (:mod:`models.outputs`).
 
 Plain models are trained first; each HWA model starts from (and distils from) its plain
 model, as in :func:`models.train.train_zoo_model`. Training is seeded, single-threaded by
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from models import outputs
 from models.export import write_zoo_entry
 from models.train import RECIPES, TrainResult, plain_name, train
 from models.zoo_models import n_weights
@@ -88,14 +92,16 @@ def write_index(entries: list[dict], out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", default=None, choices=ZOO, help="rebuild only these models")
-    ap.add_argument("--out", default=str(ZOO_DIR))
+    outputs.add_arguments(ap, ZOO_DIR)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    names = args.only or ZOO
+    files = [f"{n}{ext}" for n in names for ext in (".onnx", ".eval.npz")] + ["index.json"]
+    out = outputs.output_dir("build_zoo", ZOO_DIR, args.out, args.replace, files)
     t0 = time.perf_counter()
-    entries = build(args.only or ZOO, out, progress=not args.no_progress)
+    entries = build(names, out, progress=not args.no_progress)
     write_index(entries, out)
     print(f"zoo written to {out} in {time.perf_counter() - t0:.0f} s")
 

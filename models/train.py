@@ -2,7 +2,11 @@
 
     python -m models.train cnn              # plain training (floating point)
     python -m models.train cnn --hwa        # HWA: fine-tune the plain model on the emulated chip
-    python -m models.train cnn-hwa --out /tmp/zoo   # a zoo recipe by name, exported as ONNX
+    python -m models.train cnn-hwa --out /tmp/zoo   # a zoo recipe by name, exported into /tmp/zoo
+    python -m models.train cnn-hwa --replace        # ... over the committed models/zoo/cnn-hwa.*
+
+The trained model is always exported (ONNX + eval set): into a new folder runs/train/<time>/ unless
+``--out`` or ``--replace`` says otherwise (:mod:`models.outputs`).
 
 Plain recipes train from scratch with Adam, cosine learning rate and ±1 px shifts. HWA recipes
 (Rasch et al., Nat. Commun. 14:5282 (2023), "Methods: hardware-aware training") start from the
@@ -40,8 +44,11 @@ from models.hwa import (
     set_learn_ranges,
 )
 from models.torch_chip import GradientMode
+from models import outputs
 from models.data import load_split, random_shift
 from models.zoo_models import build
+
+ZOO_DIR = outputs.REPO / "models" / "zoo"
 
 
 @dataclass(frozen=True)
@@ -311,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mode", choices=[GradientMode.STE.value, GradientMode.THROUGH_NOISE.value], default=None,
                     help="HWA gradient: extended STE or through the noise model")
     ap.add_argument("--noise-scale", type=float, default=None)
-    ap.add_argument("--out", default=None, help="export ONNX + eval set into this folder (e.g. models/zoo)")
+    outputs.add_arguments(ap, ZOO_DIR)  # the ONNX model and its eval set are always exported
     ap.add_argument("--eval-ages", action="store_true", help="print emulated pcm accuracy at 1 h, 1 y, 10 y")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -333,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.noise_scale is not None:
             noise = replace(noise, noise_scale=args.noise_scale)
         overrides["noise"] = noise
+    out_dir = outputs.output_dir("train", ZOO_DIR, args.out, args.replace, (f"{name}.onnx", f"{name}.eval.npz"))
     res, _ = train_zoo_model(name, **overrides)
     test = load_split("test")
     xt, yt = torch.from_numpy(test.x), torch.from_numpy(test.y)
@@ -344,11 +352,10 @@ def main(argv: list[str] | None = None) -> None:
                 ctx = HwaContext(HwaConfig(gdc=g), torch.Generator().manual_seed(0))
                 m, s = emulated_accuracy(res.model, xt, yt, ctx, n_chips=5, age_s=age)
                 out[f"emu_{label}_{'gdc' if g else 'nogdc'}"] = f"{m:.4f}±{s:.4f}"
-    if args.out:
-        from models.export import write_zoo_entry
+    from models.export import write_zoo_entry
 
-        entry = write_zoo_entry(res.model, name, res.recipe, args.out, description=f"{name} (python -m models.train)")
-        out["onnx"] = entry["file"]
+    entry = write_zoo_entry(res.model, name, res.recipe, out_dir, description=f"{name} (python -m models.train)")
+    out["onnx"] = str(out_dir / entry["file"])
     print(json.dumps(out, indent=1))
 
 

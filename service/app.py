@@ -14,27 +14,30 @@ import contextlib
 import gc
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from service import __version__, errors
+from service import __version__, errors, openapi_doc
 from service.background import Refresher
 from service.jobs import JobTable
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
 from service.registry import Registry, program_default_chip
-from service.routes import chips, infer, oip, ops, recalibration
+from service.routes import chips, docs, infer, oip, ops, recalibration
 from service.routes.deps import Limiters
 from service.settings import Settings
 
 #: In the order they are matched (and listed in the OpenAPI document).
-ROUTERS: tuple[APIRouter, ...] = (recalibration.router, chips.router, infer.router, ops.router, oip.router)
+ROUTERS: tuple[APIRouter, ...] = (recalibration.router, chips.router, infer.router, ops.router, oip.router,
+                                  docs.router)
 #: Routes whose bodies are uploads (``max_upload_bytes`` instead of ``max_request_bytes``).
 UPLOAD_PATHS = frozenset({"/program"})
 DESCRIPTION = ("Deploy neural networks on an emulated, ageing analog in-memory-computing (PCM) chip. Ages are "
                "seconds after programming or durations ('1h', '30d', '1y' = 365 d, ISO-8601 'P1Y'). "
-               "Errors: `{\"error\": {\"status\", \"field\", \"message\"}}`.")
+               "Errors: `{\"error\": {\"status\", \"field\", \"message\"}}`; under /v2 the Open Inference Protocol's "
+               "`{\"error\": \"<message>\", \"status\", \"field\"}`. Offline docs: /docs, /redoc.")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -44,7 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limiters = Limiters(infer=anyio.CapacityLimiter(settings.infer_concurrency or os.cpu_count() or 2),
                         program=anyio.CapacityLimiter(settings.program_concurrency),
                         eval=anyio.CapacityLimiter(settings.eval_concurrency))
-    app = FastAPI(title="agedchip", version=__version__, description=DESCRIPTION, lifespan=_lifespan)
+    app = FastAPI(title="agedchip", version=__version__, description=DESCRIPTION, lifespan=_lifespan,
+                  docs_url=None, redoc_url=None)  # service.routes.docs serves both offline
     app.state.settings = settings
     app.state.registry = registry
     app.state.metrics = Metrics(registry)
@@ -55,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_routers(app)
     add_error_handlers(app)
     add_middleware(app)
+    add_openapi(app)
     return app
 
 
@@ -64,6 +69,18 @@ def add_routers(app: FastAPI) -> None:
     before routing by the template of an app-level route."""
     for router in ROUTERS:
         app.router.routes.extend(router.routes)
+
+
+def add_openapi(app: FastAPI) -> None:
+    """The OpenAPI document FastAPI builds, completed once by :func:`service.openapi_doc.complete`."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            openapi_doc.complete(build())  # build() caches the document in app.openapi_schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def add_error_handlers(app: FastAPI) -> None:

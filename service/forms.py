@@ -1,4 +1,4 @@
-"""Multipart (and url-encoded) forms, read once for every route that takes one.
+"""Multipart forms, read once for every route that takes one, and the media types routes accept.
 
 A route declares its fields (:class:`FormFields`); :func:`read_form` walks the parsed form and
 returns the text fields and the uploaded files, refusing unknown or repeated fields with an
@@ -15,7 +15,10 @@ from typing import Any
 
 from service.problems import InvalidField, UnsupportedMediaType
 
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+#: The form encodings routes read: multipart only (a url-encoded form cannot carry the uploads; refused with 415).
+FORM_TYPES = ("multipart/form-data",)
+#: What JSON routes read; a request without a Content-Type is read as JSON too.
+JSON_TYPES = ("application/json", "")
 
 
 def media_type(content_type: str) -> str:
@@ -29,6 +32,13 @@ def require_form(content_type: str, what: str) -> None:
     if ctype not in FORM_TYPES:
         raise UnsupportedMediaType("content-type",
                                    f"content-type: expected multipart/form-data ({what}), got {ctype!r}")
+
+
+def require_json(content_type: str) -> None:
+    """Refuse a body declared as anything but JSON (a missing Content-Type is taken as JSON)."""
+    ctype = media_type(content_type)
+    if ctype not in JSON_TYPES:
+        raise UnsupportedMediaType("content-type", f"content-type: expected application/json, got {ctype!r}")
 
 
 @dataclass(frozen=True)

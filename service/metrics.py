@@ -40,8 +40,13 @@ class ChipCollector(Collector):
         inferences = CounterMetricFamily(PREFIX + "inferences", "Inference requests served per chip.", labels=["chip"])
         samples = CounterMetricFamily(PREFIX + "inference_samples",
                                       "Samples (batch items) inferred per chip.", labels=["chip"])
-        labelled = CounterMetricFamily(PREFIX + "chip_live_labelled_samples",
-                                       "Labelled inference samples received per chip.", labels=["chip"])
+        # Live accuracy is a PromQL ratio of two counters over a window (docs/metrics.md), so it follows a drop
+        # within minutes; a gauge of the running ratio since start would react ever more slowly.
+        labelled = CounterMetricFamily(PREFIX + "labelled_samples",
+                                       "Inference samples that came with a label, per chip.", labels=["chip"])
+        correct = CounterMetricFamily(PREFIX + "correct_samples",
+                                      "Labelled inference samples the chip classified correctly, per chip.",
+                                      labels=["chip"])
         hits = CounterMetricFamily(PREFIX + "readout_cache_hits", "Read-out cache hits per chip (serving runtime).",
                                    labels=["chip"])
         misses = CounterMetricFamily(PREFIX + "readout_cache_misses",
@@ -56,9 +61,6 @@ class ChipCollector(Collector):
         cur_acc = GaugeMetricFamily(PREFIX + "chip_current_accuracy",
                                     "Accuracy (ratio) on the chip's eval set at its current age.",
                                     labels=["chip", "gdc"])
-        live_acc = GaugeMetricFamily(PREFIX + "chip_live_accuracy",
-                                     "Accuracy (ratio) of labelled inference requests since the server started.",
-                                     labels=["chip"])
         alpha = GaugeMetricFamily(PREFIX + "chip_gdc_alpha", "GDC factor alpha (mean over tiles) at the current age.",
                                   labels=["chip", "layer"])
         werr = GaugeMetricFamily(PREFIX + "chip_weight_error",
@@ -79,8 +81,7 @@ class ChipCollector(Collector):
             inferences.add_metric([cid], n_inf)
             samples.add_metric([cid], n_samples)
             labelled.add_metric([cid], n_lab)
-            if n_lab:
-                live_acc.add_metric([cid], n_correct / n_lab)
+            correct.add_metric([cid], n_correct)
             stats = c.runtime.stats
             hits.add_metric([cid], stats.hits)
             misses.add_metric([cid], stats.misses)
@@ -108,7 +109,7 @@ class ChipCollector(Collector):
                 gratio.add_metric([cid], g.g_ratio)
         for state in ("ready", "corrupt"):
             by_state.add_metric([state], counts.get(state, 0))
-        yield from (inferences, samples, age, eval_acc, cur_acc, live_acc, labelled, alpha, werr, gratio, stuck,
+        yield from (inferences, samples, age, eval_acc, cur_acc, labelled, correct, alpha, werr, gratio, stuck,
                     hits, misses, by_state, info)
 
 

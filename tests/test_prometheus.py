@@ -188,7 +188,7 @@ def metrics_text(service) -> str:
     base = service["base"]
     traffic(base, service["zoo"])
     needed = ["agedchip_chip_eval_accuracy{", "agedchip_chip_current_accuracy{", "agedchip_chip_gdc_alpha{",
-              "agedchip_chip_weight_error{", "agedchip_chip_live_accuracy{"]
+              "agedchip_chip_weight_error{", "agedchip_correct_samples_total{"]
 
     def ready():
         status, body = http("GET", base + "/metrics")
@@ -341,8 +341,8 @@ def _rule_unit_tests(rules_file: Path) -> dict:
         s("agedchip_chips", 'state="corrupt"', "0 0 1x30"),
         s("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.95 0.95 0.6x30"),
         s("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x32"),
-        s("agedchip_chip_live_accuracy", 'chip="c1"', "0.5x32"),
-        s("agedchip_chip_live_labelled_samples_total", 'chip="c1"', "200+10x32"),
+        s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x32"),  # 100 labelled samples a minute,
+        s("agedchip_correct_samples_total", 'chip="c1"', "0+50x32"),  # half of them right
         s("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.7x32"),
     ]
     fires = {
@@ -364,8 +364,8 @@ def _rule_unit_tests(rules_file: Path) -> dict:
         s("agedchip_chips", 'state="corrupt"', "0x30"),
         s("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.94x30"),
         s("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x30"),
-        s("agedchip_chip_live_accuracy", 'chip="c1"', "0.93x30"),
-        s("agedchip_chip_live_labelled_samples_total", 'chip="c1"', "200+10x30"),
+        s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x30"),
+        s("agedchip_correct_samples_total", 'chip="c1"', "0+93x30"),
         s("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.1x30"),
     ]
     names = [r["alert"] for r in alert_rules()]
@@ -380,6 +380,18 @@ def _rule_unit_tests(rules_file: Path) -> dict:
              "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": []} for n in names]},
             {"name": "not before `for`", "interval": "1m", "input_series": bad,
              "alert_rule_test": [{"eval_time": "2m", "alertname": n, "exp_alerts": []} for n in names]},
+            {"name": "live accuracy: a trickle of labels is not enough", "interval": "1m", "input_series": [
+                s("agedchip_labelled_samples_total", 'chip="c1"', "0+10x30"),  # 50 in 5 min, fewer than 100
+                s("agedchip_correct_samples_total", 'chip="c1"', "0+1x30")],
+             "alert_rule_test": [{"eval_time": "25m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []}]},
+            {"name": "live accuracy: a drop after a long healthy run fires within 10 minutes", "interval": "1m",
+             "input_series": [  # 10 h at 95 %, then 50 %: a ratio since start would still read 94 %
+                s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x610"),
+                s("agedchip_correct_samples_total", 'chip="c1"', "0+95x600 57050+50x9")],
+             "alert_rule_test": [
+                {"eval_time": "600m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []},
+                {"eval_time": "610m", "alertname": "AgedchipLiveAccuracyLow",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "chip": "c1"}}]}]},
         ],
     }
 

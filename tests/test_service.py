@@ -55,17 +55,18 @@ def test_infer_outputs_argmax_age_and_alpha(shared):
     assert [a["layer"] for a in b["alpha"]] == ["fc1", "fc2"] and all(a["alpha_mean"] > 1 for a in b["alpha"])
     # the same request with the same seed is bit-identical; the age as seconds or ISO-8601 is the same age
     for age in ("1d", 86400, "P1D", "24h"):
-        again = shared.post("/infer", json={"inputs": x_batch(3), "age": age, "seed": 5}).json()
+        again = shared.post("/infer", json={"chip_id": "default", "inputs": x_batch(3), "age": age, "seed": 5}).json()
         assert again["outputs"] == b["outputs"]
-    other = shared.post("/infer", json={"inputs": x_batch(3), "age": "1d", "seed": 6}).json()
+    other = shared.post("/infer", json={"chip_id": "default", "inputs": x_batch(3), "age": "1d", "seed": 6}).json()
     assert other["outputs"] != b["outputs"]
     # inputs as an object name → array; GDC off applies no α
-    off = shared.post("/infer", json={"inputs": {"x": x_batch(3)}, "age": "1y", "seed": 5, "gdc": False}).json()
+    off = shared.post("/infer", json={"chip_id": "default", "inputs": {"x": x_batch(3)}, "age": "1y", "seed": 5,
+                                      "gdc": False}).json()
     assert off["gdc"] == "off" and off["gdc_applied"] is False
 
 
 def test_infer_without_age_uses_wall_clock_times_scale(shared):
-    b = shared.post("/infer", json={"inputs": x_batch(1)}).json()
+    b = shared.post("/infer", json={"chip_id": "default", "inputs": x_batch(1)}).json()
     assert b["age_source"] == "wall_clock" and b["age_s"] >= 0
     chip = shared.get("/chips/default").json()
     assert chip["age_s"] >= b["age_s"]
@@ -123,29 +124,36 @@ NAN = float("nan")
     ({"age": "1h"}, 422, "inputs"),
 ])
 def test_bad_inference_input_is_4xx_naming_the_field(shared, body, status, field):
+    body = {"chip_id": "default", **body}
     r = shared.post("/infer", content=json.dumps(body), headers={"content-type": "application/json"})
     assert err(r) == (status, field), r.text
+
+
+def test_infer_names_its_chip(shared):
+    """A request without `chip_id` is refused rather than sent to whichever chip is called "default"."""
+    r = shared.post("/infer", json={"inputs": x_batch(1), "labels": [0]})
+    assert err(r) == (422, "chip_id") and "field required" in r.json()["error"]["message"]
 
 
 def test_malformed_json_and_batch_limit(tmp_path, zoo):
     with TestClient(create_app(make_settings(tmp_path, zoo, max_batch=4))) as c:
         r = c.post("/infer", content=b'{"inputs": [[1,', headers={"content-type": "application/json"})
         assert err(r) == (422, "body")
-        r = c.post("/infer", json={"inputs": x_batch(5)})
+        r = c.post("/infer", json={"chip_id": "default", "inputs": x_batch(5)})
         assert err(r) == (422, "inputs.x") and "AGEDCHIP_MAX_BATCH" in r.json()["error"]["message"]
-        assert c.post("/infer", json={"inputs": x_batch(4)}).status_code == 200
+        assert c.post("/infer", json={"chip_id": "default", "inputs": x_batch(4)}).status_code == 200
 
 
 def test_request_size_limits_413_before_parsing(tmp_path, zoo):
     s = make_settings(tmp_path, zoo, max_request_bytes=4096, max_upload_bytes=8192)
     with TestClient(create_app(s)) as c:
-        r = c.post("/infer", json={"inputs": x_batch(8)})
+        r = c.post("/infer", json={"chip_id": "default", "inputs": x_batch(8)})
         assert err(r) == (413, "body")
         # a chunked body (no Content-Length) is counted as it streams
         big = json.dumps({"inputs": x_batch(8)}).encode()
         r = c.post("/infer", content=iter([big[:3000], big[3000:]]), headers={"content-type": "application/json"})
         assert err(r) == (413, "body")
-        small = json.dumps({"inputs": x_batch(1)}).encode()
+        small = json.dumps({"chip_id": "default", "inputs": x_batch(1)}).encode()
         r = c.post("/infer", content=iter([small[:100], small[100:]]), headers={"content-type": "application/json"})
         assert r.status_code == 200, r.text
         r = c.post("/program", files={"model": ("m.onnx", tiny_model(hidden=64), "application/octet-stream")})
@@ -165,7 +173,7 @@ def test_unknown_route_and_unexpected_error(tmp_path, zoo, monkeypatch):
             raise RuntimeError("secret internals /etc/passwd")
 
         monkeypatch.setattr(app.state.registry, "get", boom)
-        r = c.post("/infer", json={"inputs": x_batch(1)})
+        r = c.post("/infer", json={"chip_id": "default", "inputs": x_batch(1)})
         assert r.status_code == 500 and "secret" not in r.text and "Traceback" not in r.text
         assert r.json()["error"]["message"].startswith("internal server error")
         text = c.get("/metrics").text
@@ -206,8 +214,12 @@ def test_program_json_zoo_model_with_generated_id(client):
     ids = [c["chip_id"] for c in client.get("/chips").json()["chips"]]
     assert s["chip_id"] in ids
     # multipart with a zoo name as a text field
-    r = client.post("/program", data={"model": ZOO_MODEL, "chip_id": "zoo2", "seed": "1"})
+    text = {"model": (None, ZOO_MODEL), "chip_id": (None, "zoo2"), "seed": (None, "1")}
+    r = client.post("/program", files=text)
     assert r.status_code == 201, r.text
+    # a url-encoded form cannot carry an upload: refused as a content type
+    r = client.post("/program", data={"model": ZOO_MODEL, "chip_id": "zoo3"})
+    assert err(r) == (415, "content-type") and "multipart/form-data" in r.json()["error"]["message"]
 
 
 def _convtranspose_model() -> bytes:
@@ -253,7 +265,8 @@ def _external_data_model() -> bytes:
     ({"calibration": ("c.npz", b"garbage", "application/octet-stream")}, {"model": ZOO_MODEL}, 422, "calibration"),
 ])
 def test_bad_program_requests(client, files, data, status, field):
-    r = client.post("/program", files=files or None, data=data)
+    parts = {**files, **{k: (None, v) for k, v in data.items()}}  # text fields as multipart parts too
+    r = client.post("/program", files=parts or None)
     assert err(r) == (status, field), r.text
 
 
@@ -316,7 +329,7 @@ def test_api_keys(tmp_path, zoo):
 
 def test_inference_open_when_only_admin_key(tmp_path, zoo):
     with TestClient(create_app(make_settings(tmp_path, zoo, api_key="k"))) as c:
-        assert c.post("/infer", json={"inputs": x_batch(1)}).status_code == 200
+        assert c.post("/infer", json={"chip_id": "default", "inputs": x_batch(1)}).status_code == 200
         assert c.post("/program", json={"model": ZOO_MODEL}).status_code == 401
 
 
@@ -360,9 +373,10 @@ def _contract_names() -> list[str]:
 
 def test_metrics_contract_after_refresh(client):
     x = x_batch(4)
-    pred = client.post("/infer", json={"inputs": x, "age": "1h", "seed": 1}).json()["argmax"]
+    pred = client.post("/infer", json={"chip_id": "default", "inputs": x, "age": "1h", "seed": 1}).json()["argmax"]
     labels = [pred[0], pred[1], (pred[2] + 1) % 10, (pred[3] + 1) % 10]
-    r = client.post("/infer", json={"inputs": x, "age": "1h", "seed": 1, "labels": labels}).json()
+    r = client.post("/infer", json={"chip_id": "default", "inputs": x, "age": "1h", "seed": 1,
+                                    "labels": labels}).json()
     assert r["accuracy"] == 0.5
     client.app.state.refresher.refresh_once()
     text = client.get("/metrics").text
@@ -382,8 +396,9 @@ def test_metrics_contract_after_refresh(client):
 
     assert value("agedchip_inferences_total", chip="default") == 2
     assert value("agedchip_inference_samples_total", chip="default") == 8
-    assert value("agedchip_chip_live_accuracy", chip="default") == 0.5
-    assert value("agedchip_chip_live_labelled_samples_total", chip="default") == 4
+    assert value("agedchip_labelled_samples_total", chip="default") == 4
+    assert value("agedchip_correct_samples_total", chip="default") == 2  # two of the four labels were wrong
+    assert "agedchip_chip_live_accuracy" not in families  # live accuracy is computed in PromQL over a window
     assert value("agedchip_readout_cache_misses_total", chip="default") == 1
     assert value("agedchip_readout_cache_hits_total", chip="default") == 1
     assert value("agedchip_chips", state="ready") == 1 and value("agedchip_chips", state="corrupt") == 0
@@ -472,7 +487,8 @@ def test_oip_metadata_and_health(shared):
 
 def test_oip_json_and_binary_agree_with_native(shared):
     x = np.asarray(x_batch(3), np.float32)
-    native = shared.post("/infer", json={"inputs": x.tolist(), "age": "1w", "seed": 2}).json()["outputs"]["y"]
+    native = shared.post("/infer", json={"chip_id": "default", "inputs": x.tolist(), "age": "1w",
+                                         "seed": 2}).json()["outputs"]["y"]
     req = {"id": "r1", "inputs": [{"name": "x", "shape": [3, 1, 8, 8], "datatype": "FP32", "data": x.ravel().tolist()}],
            "parameters": {"age": "1w", "seed": 2}}
     r = shared.post("/v2/models/default/infer", json=req)
@@ -595,7 +611,8 @@ def test_embedded_default_with_the_real_zoo(tmp_path):
         assert s["time_scale"] == 86400.0 and s["classifier"]
         with np.load(REAL_ZOO / "cnn-hwa.eval.npz") as npz:
             x, y = npz["x"][:64], npz["y"][:64]
-        r = c.post("/infer", json={"inputs": x.tolist(), "labels": y.tolist(), "age": "1y", "seed": 0}).json()
+        r = c.post("/infer", json={"chip_id": "default", "inputs": x.tolist(), "labels": y.tolist(), "age": "1y",
+                                   "seed": 0}).json()
         assert r["accuracy"] >= 0.9 and list(r["outputs"]) == [s["outputs"][0]["name"]]
         names = {m["name"] for m in c.get("/zoo").json()["models"]}
         assert {"cnn-hwa", "mlp-hwa"} <= names

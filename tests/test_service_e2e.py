@@ -140,7 +140,7 @@ def test_programming_does_not_block_inference_and_publishes_whole_chips(tmp_path
         t = threading.Thread(target=program)
         t.start()
         latencies, seen = [], []
-        req = {"inputs": x_batch(1), "age": "1d"}
+        req = {"chip_id": "default", "inputs": x_batch(1), "age": "1d"}
         while t.is_alive():
             t0 = time.perf_counter()
             r = c.post("/infer", json=req)

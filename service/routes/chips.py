@@ -9,11 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import program_request
-from service.forms import FORM_TYPES, media_type, read_form
+from service.forms import FORM_TYPES, JSON_TYPES, media_type, read_form
 from service.problems import InvalidField
-from service.routes.deps import limiters_of, registry_of, require_admin, require_infer
+from service.routes.deps import limiters_of, registry_of, require_admin, require_infer, require_json_body
 from service.schemas import (
-    ERROR_RESPONSES, GDC_ON_MODES, ChipList, ChipSummary, DriftResponse, EvaluateRequest, EvaluateResponse,
+    ERROR_RESPONSES, GDC_ON_MODES, ChipList, ChipSummary, DriftResponse, EvaluateRequest, EvaluateResponse, ZooList,
 )
 
 router = APIRouter(tags=["chips"])
@@ -25,7 +25,7 @@ async def _program_spec(request: Request) -> program_request.ProgramSpec:
         form = await request.form(max_files=program_request.MAX_FILES, max_fields=program_request.MAX_FIELDS)
         parsed = await read_form(form, program_request.FORM)
         return program_request.program_spec(parsed.fields, parsed.files)
-    if ctype in ("application/json", ""):
+    if ctype in JSON_TYPES:
         return program_request.json_program_spec(await request.body())
     raise program_request.unsupported(ctype)
 
@@ -63,7 +63,8 @@ async def delete_chip(chip_id: str, request: Request) -> Response:
 
 
 @router.post("/chips/{chip_id}/evaluate", response_model=EvaluateResponse, responses=ERROR_RESPONSES,
-             dependencies=[Depends(require_infer)], summary="Accuracy vs age on the chip's eval set, GDC on and off")
+             dependencies=[Depends(require_infer), Depends(require_json_body)],
+             summary="Accuracy vs age on the chip's eval set, GDC on and off")
 async def evaluate(chip_id: str, req: EvaluateRequest, request: Request) -> JSONResponse:
     """For each age: accuracy mean ± std over `readouts` read-outs (read seeds 0…n−1, per-MVM noise
     seeded alike, so results are reproducible), with and without GDC."""
@@ -95,6 +96,6 @@ async def drift(
     return JSONResponse(await anyio.to_thread.run_sync(work, limiter=limiters_of(request).eval))
 
 
-@router.get("/zoo", summary="Models of the zoo (programmable by name)")
+@router.get("/zoo", response_model=ZooList, summary="Models of the zoo (programmable by name)")
 async def zoo(request: Request) -> JSONResponse:
     return JSONResponse({"models": await anyio.to_thread.run_sync(registry_of(request).zoo.listing)})

@@ -9,6 +9,7 @@ import anyio
 from fastapi import Request
 
 from service.auth import check_admin, check_infer
+from service.forms import require_json
 from service.jobs import JobTable
 from service.registry import Registry
 from service.settings import Settings
@@ -48,3 +49,8 @@ def require_admin(request: Request) -> None:
 def require_infer(request: Request) -> None:
     """Dependency of inference, evaluation and job routes."""
     check_infer(settings_of(request), request.headers)
+
+
+def require_json_body(request: Request) -> None:
+    """Dependency of JSON routes: another declared content type is a 415 (before the body is read)."""
+    require_json(request.headers.get("content-type", ""))

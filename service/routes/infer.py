@@ -14,7 +14,7 @@ from chipsim.modes import GdcMode
 from service.jsonio import dumps, finite_list
 from service.problems import InvalidField, invalid_request
 from service.registry import Registry
-from service.routes.deps import limiters_of, registry_of, require_infer
+from service.routes.deps import limiters_of, registry_of, require_infer, require_json_body
 from service.schemas import ERROR_RESPONSES, InferRequest, InferResponse, inline_schema
 
 router = APIRouter(tags=["inference"])
@@ -53,7 +53,8 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
     return dumps(content)
 
 
-@router.post("/infer", response_model=InferResponse, responses=ERROR_RESPONSES, dependencies=[Depends(require_infer)],
+@router.post("/infer", response_model=InferResponse, responses=ERROR_RESPONSES,
+             dependencies=[Depends(require_infer), Depends(require_json_body)],
              summary="Run a chip at an age",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/json": {"schema": inline_schema(InferRequest)}}}})

@@ -21,7 +21,8 @@ from service.problems import NotFound
 from service.registry import Registry
 from service.routes.deps import limiters_of, registry_of, require_infer
 from service.schemas import (
-    ERROR_RESPONSES, OipInferRequest, OipInferResponse, OipModelMetadata, OipServerMetadata, inline_schema,
+    OIP_ERROR_RESPONSES, OipInferRequest, OipInferResponse, OipLive, OipModelMetadata, OipModelReady, OipReady,
+    OipServerMetadata, inline_schema,
 )
 from service.served_chip import ServedChip
 
@@ -69,44 +70,46 @@ async def server_metadata() -> JSONResponse:
                          "extensions": ["binary_tensor_data", "agedchip_age"]})
 
 
-@router.get("/health/live", summary="Server liveness")
+@router.get("/health/live", response_model=OipLive, summary="Server liveness")
 async def live() -> JSONResponse:
     return JSONResponse({"live": True})
 
 
-@router.get("/health/ready", summary="Server readiness", responses={503: {}})
+@router.get("/health/ready", response_model=OipReady, summary="Server readiness",
+            responses={503: {"model": OipReady, "description": "Chips still loading."}})
 async def ready(request: Request) -> JSONResponse:
     ok = registry_of(request).loaded
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/models/{model_name}", response_model=OipModelMetadata, responses=ERROR_RESPONSES,
+@router.get("/models/{model_name}", response_model=OipModelMetadata, responses=OIP_ERROR_RESPONSES,
             summary="Model (chip) metadata")
 async def model_metadata(model_name: str, request: Request) -> JSONResponse:
     return JSONResponse(_metadata(registry_of(request), model_name, None))
 
 
 @router.get("/models/{model_name}/versions/{model_version}", response_model=OipModelMetadata,
-            responses=ERROR_RESPONSES, summary="Model (chip) metadata, versioned")
+            responses=OIP_ERROR_RESPONSES, summary="Model (chip) metadata, versioned")
 async def model_metadata_v(model_name: str, model_version: str, request: Request) -> JSONResponse:
     return JSONResponse(_metadata(registry_of(request), model_name, model_version))
 
 
-@router.get("/models/{model_name}/ready", responses=ERROR_RESPONSES, summary="Model (chip) readiness")
+@router.get("/models/{model_name}/ready", response_model=OipModelReady, responses=OIP_ERROR_RESPONSES,
+            summary="Model (chip) readiness")
 async def model_ready(model_name: str, request: Request) -> JSONResponse:
     chip = chip_of(registry_of(request), model_name)
     return JSONResponse({"name": chip.chip_id, "ready": True})
 
 
-@router.get("/models/{model_name}/versions/{model_version}/ready", responses=ERROR_RESPONSES,
-            summary="Model (chip) readiness, versioned")
+@router.get("/models/{model_name}/versions/{model_version}/ready", response_model=OipModelReady,
+            responses=OIP_ERROR_RESPONSES, summary="Model (chip) readiness, versioned")
 async def model_ready_v(model_name: str, model_version: str, request: Request) -> JSONResponse:
     chip = chip_of(registry_of(request), model_name, model_version)
     return JSONResponse({"name": chip.chip_id, "ready": True})
 
 
 INFER_DOC: dict[str, Any] = dict(
-    response_model=OipInferResponse, responses=ERROR_RESPONSES, dependencies=[Depends(require_infer)],
+    response_model=OipInferResponse, responses=OIP_ERROR_RESPONSES, dependencies=[Depends(require_infer)],
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": inline_schema(OipInferRequest)}},
         "description": "JSON, or with the binary extension: JSON header of "
