@@ -13,11 +13,14 @@ from chipsim.programming import check_chip_id, program
 from chipsim.readout import ChipReadout, LayerReadout, check_age, read
 from chipsim.reference import MvmNoise, analog_matmul, draw_mvm_noise
 from chipsim.state import ChipState, LayerSpec, LayerState
-from chipsim.store import ChipCorruptError, ChipExistsError, ChipNotFoundError, ChipStore, ChipVersionError
+from chipsim.store import (
+    ChipCorruptError, ChipExistsError, ChipNotFoundError, ChipStore, ChipStoreError, ChipVersionError, StoreLockedError,
+    StoreReadOnlyError, StoreWriteError,
+)
 
 __all__ = [
     "PRESETS", "ChipCorruptError", "ChipExistsError", "ChipNotFoundError", "ChipProfile", "ChipReadout",
-    "ChipState", "ChipStore", "ChipVersionError", "LayerReadout", "LayerSpec", "LayerState", "MvmNoise",
+    "ChipState", "ChipStore", "ChipStoreError", "ChipVersionError", "LayerReadout", "LayerSpec", "LayerState", "MvmNoise",
     "ProfileError", "analog_matmul", "check_age", "check_chip_id", "draw_mvm_noise", "drift_metrics",
-    "get_profile", "program", "read",
+    "get_profile", "program", "read", "StoreLockedError", "StoreReadOnlyError", "StoreWriteError",
 ]
