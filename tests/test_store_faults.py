@@ -377,3 +377,20 @@ def test_manifest_with_wrong_inner_types_is_corrupt(store):
     mpath.write_text(json.dumps(manifest))
     with pytest.raises(ChipCorruptError):
         store.load("bad")
+
+
+def test_chip_deleted_while_a_replica_loads_it_is_not_found(store, monkeypatch):
+    """A replica reading a chip the writer deletes meanwhile reports it gone, not corrupt."""
+    store.save(make_chip("going"))
+    replica = ChipStore(store.root, read_only=True)
+    real = store_mod.read_regular_file
+
+    def read_then_delete(path, *a, **k):
+        data = real(path, *a, **k)
+        if Path(path).name == "manifest.json" and store.exists("going"):
+            store.delete("going")  # the writer, between the replica's manifest and array reads
+        return data
+
+    monkeypatch.setattr(store_mod, "read_regular_file", read_then_delete)
+    with pytest.raises(ChipNotFoundError):
+        replica.load("going")
