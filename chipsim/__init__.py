@@ -28,7 +28,8 @@ from chipsim.reference import MvmNoise, analog_matmul, draw_mvm_noise
 from chipsim.runtime import ChipRuntime
 from chipsim.state import ChipState, LayerSpec, LayerState, check_chip_id
 from chipsim.store import (
-    ChipCorruptError, ChipExistsError, ChipNotFoundError, ChipStore, ChipStoreError, ChipVersionError,
+    ChipCorruptError, ChipExistsError, ChipNotFoundError, ChipStore, ChipStoreError, ChipVersionError, StoreLockedError,
+    StoreReadOnlyError, StoreWriteError,
 )
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
     "ChipState", "ChipStore", "ChipStoreError", "ChipVersionError", "CompileError", "GdcMode", "InputError",
     "LayerKind", "LayerReadout", "LayerSpec", "LayerState", "MvmNoise", "MvmNoiseSource", "ProfileError",
     "RecalibrationAlgorithm", "RecalibrationCancelled", "RecalibrationConfig", "RecalibrationError",
-    "RecalibrationResult", "WeightBinding",
+    "RecalibrationResult", "StoreLockedError", "StoreReadOnlyError", "StoreWriteError", "WeightBinding",
     "analog_matmul", "check_age", "check_chip_id", "compile_model", "draw_mvm_noise", "drift_metrics", "get_profile",
     "profile_from_dict", "program", "program_onnx", "read", "recalibrate",
 ]

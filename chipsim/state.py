@@ -20,12 +20,12 @@ import numpy as np
 from chipsim.mapping import column_scales, normalise, pair_targets_us
 from chipsim.profiles import ChipProfile
 
-CHIP_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+CHIP_ID_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # used with fullmatch: "$" would accept a final newline
 
 
 def check_chip_id(chip_id: str) -> str:
     """Chip ids are short lowercase slugs, so they are safe as folder names (no path tricks)."""
-    if not isinstance(chip_id, str) or not CHIP_ID_RE.match(chip_id):
+    if not isinstance(chip_id, str) or CHIP_ID_RE.fullmatch(chip_id) is None:
         raise ValueError(
             f"chip_id: {chip_id!r} is not a valid chip id (1-63 characters: lowercase letters, digits, '-', '_'; "
             "starting with a letter or digit)"

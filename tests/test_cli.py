@@ -19,7 +19,7 @@ from onnx import numpy_helper
 
 from service import cli
 from service.app import create_app
-from tests.live_service import free_port
+from tests.service_process import free_port
 from tests.service_helpers import eval_npz, make_settings, tiny_model, x_batch
 
 REPO = Path(__file__).resolve().parent.parent
