@@ -282,7 +282,7 @@ class DriftResponse(BaseModel):
 
 # ----------------------------------------------------------------------------------- health
 class Health(BaseModel):
-    status: str = Field(description="'ok', or 'starting' while chips load.")
+    status: str = Field(description="'ok', 'starting' while chips load, 'stopping' once shutdown began.")
     chips: dict[str, int] = Field(description="Chips by state (ready, corrupt).")
 
 
