@@ -65,6 +65,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "Conflict: chip id taken, chip corrupt, store full.",
         413: "Request body larger than the configured limit.",
         422: "Invalid field value (the body names the field).",
+        429: "Too many requests of this kind in line; retry after `Retry-After` seconds.",
+        503: "Shutting down, memory budget reached, or a storage error; retry after `Retry-After` seconds.",
+        507: "The store is full, over quota or read-only; nothing was changed.",
     }.items()
 }
 

@@ -634,11 +634,21 @@ def test_memory_gauges(client):
     assert metric(client, "agedchip_readout_cache_bytes", chip="default", runtime="serving") > 4 * 2368
 
 
-def test_memory_budget_default_is_a_share_of_the_memory_limit(tmp_path):
-    from service.memory import memory_limit
+def test_memory_budget_default_is_a_share_of_the_memory_limit(tmp_path, monkeypatch):
+    from service import memory
 
-    s = Settings(state_dir=tmp_path)
-    assert s.memory_budget == int(0.75 * memory_limit())
+    v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
+    monkeypatch.setattr(memory, "_CGROUP_LIMITS", (v2, v1))
+    if Path("/proc/meminfo").is_file():  # no cgroup limit: the physical memory, as the kernel reports it
+        kib = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal:")).split()[1])
+        assert abs(memory.memory_limit() - kib * 1024) <= 0.01 * kib * 1024
+    v2.write_text("max\n")  # cgroup v2 without a limit
+    v1.write_text(f"{1 << 30}\n")  # cgroup v1 with one
+    assert memory.memory_limit() == 1 << 30
+    v2.write_text(f"{3 << 29}\n")
+    assert memory.memory_limit() == 3 << 29
+    assert Settings(state_dir=tmp_path).memory_budget == int(0.75 * (3 << 29))
     assert Settings(state_dir=tmp_path, memory_budget=123 << 20).memory_budget == 123 << 20
 
 
