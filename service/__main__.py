@@ -9,6 +9,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
+
+
+def make_server(app: Any, settings: Any) -> Any:
+    """The uvicorn server of ``app``; its signal handler marks the app stopping first, so that
+    requests arriving during the graceful shutdown get a JSON 503 and long evaluations end early."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            app.state.stopping.set()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=settings.access_log, timeout_graceful_shutdown=10, server_header=False)
+    return Server(config)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,7 +40,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"unknown arguments {argv}; configure with AGEDCHIP_* environment variables (--help)", file=sys.stderr)
         raise SystemExit(2)
 
-    import uvicorn
     from pydantic import ValidationError
 
     from service.settings import Settings
@@ -40,9 +55,13 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.app import create_app
 
-    app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=settings.access_log, timeout_graceful_shutdown=10, server_header=False)
+    server = make_server(create_app(settings), settings)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:  # the startup failed (port taken, lifespan error): as uvicorn.run does
+        raise SystemExit(3)
 
 
 if __name__ == "__main__":

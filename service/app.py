@@ -3,8 +3,11 @@
 ``create_app(settings)`` builds the app in three steps: routers, error handlers, middleware;
 ``python -m service`` serves it with uvicorn. Blocking work (inference, programming, evaluation,
 drift metrics, the gauge refresh, recalibration) runs in worker threads, never on the event
-loop; programming and evaluation have their own capacity limiters so a slow one never holds the
-threads inference needs.
+loop. Inference, evaluation/drift and programming each have a bounded line
+(:mod:`service.admission`: 429 + Retry-After when full), so a slow workload never holds the
+threads another needs and nothing waits without bound; the refresher has its own thread.
+``app.state.stopping`` is set when shutdown begins (by the server's signal handler, see
+``service.__main__``, or at the latest by the lifespan's end).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,13 +24,13 @@ import anyio
 from fastapi import APIRouter, FastAPI
 
 from service import __version__, errors, openapi_doc
+from service.admission import lanes_for
 from service.background import Refresher
 from service.jobs import JobTable
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
 from service.registry import Registry, program_default_chip
 from service.routes import chips, docs, infer, oip, ops, recalibration
-from service.routes.deps import Limiters
 from service.settings import Settings
 
 #: In the order they are matched (and listed in the OpenAPI document).
@@ -34,6 +38,9 @@ ROUTERS: tuple[APIRouter, ...] = (recalibration.router, chips.router, infer.rout
                                   docs.router)
 #: Routes whose bodies are uploads (``max_upload_bytes`` instead of ``max_request_bytes``).
 UPLOAD_PATHS = frozenset({"/program"})
+#: Routes without a key and served while the service stops: probes and the scrape target (the
+#: documentation and the constant OIP server metadata need no key either).
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 DESCRIPTION = ("Deploy neural networks on an emulated, ageing analog in-memory-computing (PCM) chip. Ages are "
                "seconds after programming or durations ('1h', '30d', '1y' = 365 d, ISO-8601 'P1Y'). "
                "Errors: `{\"error\": {\"status\", \"field\", \"message\"}}`; under /v2 the Open Inference Protocol's "
@@ -44,18 +51,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app. Chips are loaded (and the default chip programmed) at startup."""
     settings = settings or Settings()
     registry = Registry(settings)
-    limiters = Limiters(infer=anyio.CapacityLimiter(settings.infer_concurrency or os.cpu_count() or 2),
-                        program=anyio.CapacityLimiter(settings.program_concurrency),
-                        eval=anyio.CapacityLimiter(settings.eval_concurrency))
+    lanes = lanes_for(settings.infer_concurrency or os.cpu_count() or 2, settings.eval_concurrency,
+                      settings.program_concurrency, settings.max_queue_infer, settings.max_queue_eval,
+                      settings.max_queue_program, settings.queue_timeout_s)
     app = FastAPI(title="agedchip", version=__version__, description=DESCRIPTION, lifespan=_lifespan,
                   docs_url=None, redoc_url=None)  # service.routes.docs serves both offline
     app.state.settings = settings
     app.state.registry = registry
-    app.state.metrics = Metrics(registry)
-    app.state.limiters = limiters
-    app.state.refresher = Refresher(registry, settings, limiter=limiters.eval)
+    app.state.metrics = Metrics(registry, lanes)
+    app.state.lanes = lanes
+    app.state.refresher = Refresher(registry, settings, lanes=lanes)
     app.state.recalibration_jobs = JobTable(concurrency=settings.program_concurrency)
     app.state.started = False
+    app.state.stopping = threading.Event()
     add_routers(app)
     add_error_handlers(app)
     add_middleware(app)
@@ -89,7 +97,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
 def add_middleware(app: FastAPI) -> None:
     app.add_middleware(ServiceMiddleware, settings=app.state.settings, metrics=app.state.metrics,
-                       upload_paths=UPLOAD_PATHS)
+                       upload_paths=UPLOAD_PATHS, stopping=app.state.stopping, open_paths=PROBE_PATHS)
 
 
 @contextlib.asynccontextmanager
@@ -108,6 +116,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        state.stopping.set()
         state.refresher.stop()
         await anyio.to_thread.run_sync(state.recalibration_jobs.shutdown)  # cancels jobs: no half chip
         task.cancel()

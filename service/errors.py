@@ -7,24 +7,30 @@ the protocol's ``{"error": "<message>"}`` with ``status`` and ``field`` beside i
 KServe clients can read the message, and invalid input is the protocol's 400 rather than 422.
 ``field`` names the request field at fault in dotted form (``inputs.x``, ``profile.drift_scale``,
 ``age``, ``chip_id``) or is null. An unexpected failure is a 500 with a generic message; its
-traceback goes to the log only.
+traceback goes to the log only. Problems that may pass (a full queue, the memory budget, a storage
+error, shutdown) carry ``Retry-After``. A client that disconnected gets nothing, but the request is
+recorded as 499 (nginx's "client closed request"): a 4xx, never an error of the service.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from chipsim import ChipCorruptError, ChipExistsError, ChipNotFoundError, ProfileError
 from chipsim.compiler import CompileError
+from service.metrics import CLIENT_CLOSED
 from service.problems import (
-    Conflict, InvalidField, NotFound, Problem, Unauthorized, Unavailable, UnsupportedMediaType, invalid_value,
-    loc_to_field, validation_message,
+    STORAGE_FULL_ERRNOS, Cancelled, Conflict, InvalidField, NotFound, Overloaded, Problem, StorageFull, Unauthorized,
+    Unavailable, UnsupportedMediaType, invalid_value, loc_to_field, storage_problem, validation_message,
 )
 
 log = logging.getLogger("agedchip.service")
@@ -32,7 +38,9 @@ log = logging.getLogger("agedchip.service")
 #: Status code of each problem on the native API, by class (the first match along the MRO).
 STATUS: dict[type[Problem], int] = {
     InvalidField: 422, NotFound: 404, Conflict: 409, Unauthorized: 401, UnsupportedMediaType: 415, Unavailable: 503,
+    Overloaded: 429, StorageFull: 507, Cancelled: CLIENT_CLOSED,
 }
+
 #: The Open Inference Protocol reports invalid input as 400.
 OIP_STATUS: dict[type[Problem], int] = {**STATUS, InvalidField: 400}
 
@@ -57,9 +65,18 @@ def error_response(status: int, message: str, field: str | None = None, headers:
     return JSONResponse(error_body(status, message, field, oip, **extra), status_code=status, headers=headers)
 
 
-def problem_response(problem: Problem, oip: bool) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(problem, Unauthorized) else None
-    return error_response(status_of(problem, oip), problem.message, problem.field, headers=headers, oip=oip)
+def retry_after(seconds: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def problem_response(problem: Problem, oip: bool) -> Response:
+    if isinstance(problem, Cancelled):  # nobody reads it; the status is for the metrics
+        return Response(status_code=CLIENT_CLOSED)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(problem, Unauthorized) else {}
+    if problem.retry_after_s is not None:
+        headers["Retry-After"] = retry_after(problem.retry_after_s)
+    return error_response(status_of(problem, oip), problem.message, problem.field, headers=headers or None, oip=oip)
 
 
 def chipsim_problem(exc: Exception) -> Problem:
@@ -115,6 +132,19 @@ def install(app: FastAPI) -> None:
         @app.exception_handler(chipsim_error)
         async def _chipsim(request: Request, exc: Exception) -> JSONResponse:
             return problem_response(chipsim_problem(exc), is_oip(request.url.path))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        log.info("client left during %s %s", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> Response:
+        # The domain translates store failures; this catches one that slipped through.
+        if exc.errno in STORAGE_FULL_ERRNOS:
+            log.warning("storage full on %s %s: %s", request.method, request.url.path, exc)
+            return problem_response(storage_problem(exc, "cannot write"), is_oip(request.url.path))
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,6 @@ restart.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import threading
 import time
@@ -23,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.problems import Conflict, InvalidField, NotFound, Problem, Unavailable
+from service.ids import check_job_id
+from service.problems import Conflict, NotFound, Problem, Unavailable
 
 log = logging.getLogger("agedchip.service")
 
 #: Jobs kept in memory (finished ones are evicted first, oldest first).
 MAX_JOBS = 100
-JOB_ID_RE = re.compile(r"^job-[0-9a-f]{16}$")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -117,9 +116,7 @@ class JobTable:
             del self._jobs[job_id]
 
     def _get(self, job_id: str) -> Job:
-        if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-            raise InvalidField("job_id", f"job_id: {job_id!r} is not a job id (job-<16 hex digits>)")
-        job = self._jobs.get(job_id)
+        job = self._jobs.get(check_job_id(job_id))
         if job is None:
             raise NotFound("job_id", f"job_id: no job {job_id!r} (jobs are kept in memory: the latest "
                            f"{self.max_jobs}, until the service restarts)")

@@ -3,8 +3,9 @@
 HTTP metrics are ordinary prometheus-client instruments updated by the ASGI middleware in
 :mod:`service.middleware`. Everything per chip is produced at scrape time by :class:`ChipCollector`
 from the registry (counters kept on each loaded chip, gauges from the background refresher,
-read-out cache statistics from the runtime), so a deleted chip's series disappear with it and
-label sets stay bounded by the chips in the store.
+read-out cache statistics from the runtimes), so a deleted chip's series disappear with it and
+label sets stay bounded by the chips in the store. :class:`ServiceCollector` reports memory
+(resident size, budget) and admission (lines per workload, refusals) at scrape time too.
 """
 
 from __future__ import annotations
@@ -15,11 +16,20 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from service.admission import Lanes
 from service.durations import SCHEDULE
+from service.memory import rss_bytes
 from service.registry import Registry
 from service.served_chip import GAUGE_GDC
 
+#: Reasons of admission refusals (label values): the line is full, a request waited its longest,
+#: the memory budget has no room for a new read-out.
+REJECTION_REASONS = ("queue_full", "queue_timeout", "memory")
+
 PREFIX = "agedchip_"
+#: The status recorded for a request whose client left before the answer (nginx's "client closed
+#: request"): a 4xx, so that it never feeds the 5xx error-rate alert.
+CLIENT_CLOSED = 499
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -74,6 +84,13 @@ class ChipCollector(Collector):
         info = GaugeMetricFamily(PREFIX + "chip_info", "Chip description (value 1).",
                                  labels=["chip", "model", "profile"])
         by_state = GaugeMetricFamily(PREFIX + "chips", "Chips in the store by state.", labels=["state"])
+        cache_bytes = GaugeMetricFamily(PREFIX + "readout_cache_bytes",
+                                        "Bytes of cached read-outs per chip and runtime, as the runtime accounts "
+                                        "them (weights only: sessions and arenas are not counted).",
+                                        labels=["chip", "runtime"])
+        cache_entries = GaugeMetricFamily(PREFIX + "readout_cache_entries",
+                                          "Cached read-outs (ages x read seeds) per chip and runtime.",
+                                          labels=["chip", "runtime"])
 
         for c in chips:
             cid = c.chip_id
@@ -85,6 +102,9 @@ class ChipCollector(Collector):
             stats = c.runtime.stats
             hits.add_metric([cid], stats.hits)
             misses.add_metric([cid], stats.misses)
+            for runtime, (n_bytes, n_entries) in c.cache_stats().items():
+                cache_bytes.add_metric([cid, runtime], n_bytes)
+                cache_entries.add_metric([cid, runtime], n_entries)
             stuck.add_metric([cid, "reset"], c.stuck_reset)
             stuck.add_metric([cid, "set"], c.stuck_set)
             info.add_metric([cid, c.model_name, c.preset], 1)
@@ -110,20 +130,55 @@ class ChipCollector(Collector):
         for state in ("ready", "corrupt"):
             by_state.add_metric([state], counts.get(state, 0))
         yield from (inferences, samples, age, eval_acc, cur_acc, labelled, correct, alpha, werr, gratio, stuck,
-                    hits, misses, by_state, info)
+                    hits, misses, cache_bytes, cache_entries, by_state, info)
+
+
+class ServiceCollector(Collector):
+    """Memory and admission, read at each scrape."""
+
+    def __init__(self, registry: Registry, lanes: Lanes):
+        self.registry = registry
+        self.lanes = lanes
+
+    def collect(self) -> Iterator[Metric]:
+        memory = self.registry.memory
+        rss = GaugeMetricFamily(PREFIX + "process_resident_memory_bytes", "Resident memory of the service process.")
+        rss.add_metric([], rss_bytes())
+        budget = GaugeMetricFamily(PREFIX + "memory_budget_bytes",
+                                   "Memory budget new read-outs must fit (AGEDCHIP_MEMORY_BUDGET).")
+        budget.add_metric([], memory.budget_bytes)
+        inflight = GaugeMetricFamily(PREFIX + "workload_inflight", "Requests computing now, per workload.",
+                                     labels=["workload"])
+        queued = GaugeMetricFamily(PREFIX + "workload_queued", "Requests waiting in line, per workload.",
+                                   labels=["workload"])
+        rejected = CounterMetricFamily(PREFIX + "admission_rejections", "Requests refused by admission control "
+                                       "(429 full line or wait too long, 503 memory budget).",
+                                       labels=["workload", "reason"])
+        for lane in self.lanes.all():
+            inflight.add_metric([lane.workload], lane.running)
+            queued.add_metric([lane.workload], lane.waiting)
+            for reason in REJECTION_REASONS:
+                n = memory.rejected.get(lane.workload, 0) if reason == "memory" else lane.rejected.get(reason, 0)
+                rejected.add_metric([lane.workload, reason], n)
+        yield from (rss, budget, inflight, queued, rejected)
 
 
 class Metrics:
     """The app's Prometheus registry (one per app, so tests can build several apps)."""
 
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, lanes: Lanes):
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(PREFIX + "http_requests_total", "HTTP requests served.",
                                 ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram(PREFIX + "http_request_duration_seconds", "HTTP request latency in seconds.",
                                  ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.disconnects = Counter(PREFIX + "client_disconnects_total", "Requests whose client left before the "
+                                   "answer (recorded with status 499, a 4xx).", ["route"], registry=self.registry)
         self.registry.register(ChipCollector(registry))
+        self.registry.register(ServiceCollector(registry, lanes))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, status_class(status)).inc()
         self.latency.labels(route, method).observe(seconds)
+        if status == CLIENT_CLOSED:
+            self.disconnects.labels(route).inc()

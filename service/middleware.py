@@ -1,19 +1,30 @@
-"""Pure ASGI middleware: request size limits (413 before parsing) and the HTTP metrics.
+"""Pure ASGI middleware: shutdown (503), request size limits (413 before parsing) and the HTTP
+metrics.
 
-It reads the app's route table duck-typed (``routes``, ``matches(scope)``, ``path``) to label
-requests rejected before routing with their route template.
+While the service is stopping (``stopping`` set by the server's signal handler), requests other
+than the probes and the scrape get a JSON 503 with ``Retry-After`` and ``Connection: close``; a
+request whose task the server cancels at the end of its graceful shutdown answers the same JSON
+503 instead of the server's text/plain 500. A client that leaves before its answer is recorded
+as 499 (a 4xx), never as a server error. The app's route table is read duck-typed (``routes``,
+``matches(scope)``, ``path``) to label requests rejected before routing with their template.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.errors import error_body, is_oip
+from service.errors import error_body, is_oip, retry_after
 from service.jsonio import dumps
-from service.metrics import Metrics
+from service.metrics import CLIENT_CLOSED, Metrics
+from service.problems import SHUTDOWN_RETRY_S, SHUTTING_DOWN
 from service.settings import Settings
+
+log = logging.getLogger("agedchip.service")
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 Receive = Callable[[], Awaitable[dict]]
@@ -26,13 +37,17 @@ class _ClientGone(Exception):
 
 class ServiceMiddleware:
     """Bodies over the limit are refused with 413 before any route reads them (``upload_paths``
-    get ``max_upload_bytes``, others ``max_request_bytes``); every request is counted and timed."""
+    get ``max_upload_bytes``, others ``max_request_bytes``); every request is counted and timed.
+    ``open_paths`` (probes, metrics) are served while the service stops."""
 
-    def __init__(self, app: Any, settings: Settings, metrics: Metrics, upload_paths: frozenset[str]):
+    def __init__(self, app: Any, settings: Settings, metrics: Metrics, upload_paths: frozenset[str],
+                 stopping: threading.Event, open_paths: frozenset[str] = frozenset()):
         self.app = app
         self.settings = settings
         self.metrics = metrics
         self.upload_paths = upload_paths
+        self.stopping = stopping
+        self.open_paths = open_paths
 
     def _template(self, scope: dict[str, Any]) -> str:
         route = scope.get("route")
@@ -56,30 +71,46 @@ class ServiceMiddleware:
             return
         start = time.perf_counter()
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-        status = [500]
+        status, started = [500], [False]
 
         async def send_wrapper(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], started[0] = message["status"], True
             await send(message)
 
+        async def refuse(code: int, message_text: str, field: str | None, extra: list[tuple[bytes, bytes]]) -> None:
+            payload = dumps(error_body(code, message_text, field, oip=is_oip(scope["path"])))
+            await send_wrapper({"type": "http.response.start", "status": code,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(payload)).encode()),
+                                            (b"connection", b"close"), *extra]})
+            await send({"type": "http.response.body", "body": payload})
+
+        shutdown_headers = [(b"retry-after", retry_after(SHUTDOWN_RETRY_S).encode())]
         try:
+            if self.stopping.is_set() and scope["path"] not in self.open_paths:
+                await refuse(503, SHUTTING_DOWN, None, shutdown_headers)
+                return
             limit = (self.settings.max_upload_bytes if scope["path"] in self.upload_paths
                      else self.settings.max_request_bytes)
             try:
                 rejected, receive = await self._limit(scope, receive, limit)
             except _ClientGone:
+                status[0] = CLIENT_CLOSED
                 return
             if rejected is not None:
-                code, message_text, field = rejected
-                payload = dumps(error_body(code, message_text, field, oip=is_oip(scope["path"])))
-                await send_wrapper({"type": "http.response.start", "status": code,
-                                    "headers": [(b"content-type", b"application/json"),
-                                                (b"content-length", str(len(payload)).encode()),
-                                                (b"connection", b"close")]})
-                await send({"type": "http.response.body", "body": payload})
+                await refuse(*rejected, [])
                 return
-            await self.app(scope, receive, send_wrapper)
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except asyncio.CancelledError:
+                # The server cancels the requests still running when its graceful shutdown times
+                # out (after its signal handler set `stopping`): answer them in JSON and end the
+                # task normally, instead of letting the server log an error and send a text 500.
+                if not self.stopping.is_set() or started[0]:
+                    raise
+                log.warning("%s %s cancelled by the shutdown", method, scope["path"])
+                await refuse(503, SHUTTING_DOWN, None, shutdown_headers)
         finally:
             self.metrics.observe(self._template(scope), method, status[0], time.perf_counter() - start)
 

@@ -10,6 +10,7 @@ ride in the request's ``parameters``. Bad input is an :class:`~service.problems.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,8 @@ OIP_PARAMETERS = {"age", "seed", "read_seed", "gdc", "binary_data_output"}
 #: Request parameters standard clients (Triton, KServe) may send; accepted and ignored.
 CLIENT_PARAMETERS = {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "headers",
                      "triton_enable_empty_final_response"}
+#: Largest dimension of a tensor: numpy's shapes are int64, and no body the service accepts holds more.
+MAX_DIM = 2**31 - 1
 
 
 def oip_datatype(dtype: str) -> str:
@@ -85,7 +88,9 @@ def parse_request(header: bytes, binary: bytes, inputs_meta: list[dict[str, Any]
             raise _bad(f"{where}.datatype", f"input {t.name!r} is {expected}, got {t.datatype}")
         if any(d < 0 for d in t.shape):
             raise _bad(f"{where}.shape", f"dimensions must be ≥ 0, got {t.shape}")
-        count = int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1
+        if any(d > MAX_DIM for d in t.shape):
+            raise _bad(f"{where}.shape", f"dimensions must be ≤ {MAX_DIM}, got {t.shape}")
+        count = math.prod(t.shape)  # Python ints: an int64 product could wrap around to 0
         size = (t.parameters or {}).get("binary_data_size")
         if size is not None:
             field = f"{where}.parameters.binary_data_size"
@@ -97,7 +102,7 @@ def parse_request(header: bytes, binary: bytes, inputs_meta: list[dict[str, Any]
                 raise _bad(field, f"{size} bytes announced, {len(binary) - offset} left in the body")
             if size != count * dt.itemsize:
                 raise _bad(field, f"shape {t.shape} of {t.datatype} needs {count * dt.itemsize} bytes, got {size}")
-            arr = np.frombuffer(binary, dtype=dt, count=count, offset=offset).reshape(t.shape)
+            arr = np.frombuffer(binary, dtype=dt, count=count, offset=offset)
             offset += size
         else:
             if t.data is None:
@@ -108,8 +113,10 @@ def parse_request(header: bytes, binary: bytes, inputs_meta: list[dict[str, Any]
                 raise _bad(f"{where}.data", f"not an array of {t.datatype} numbers") from None
             if arr.size != count:
                 raise _bad(f"{where}.data", f"{arr.size} values for shape {t.shape} ({count} values)")
-            arr = arr.reshape(t.shape)
-        feeds[t.name] = arr
+        try:
+            feeds[t.name] = arr.reshape(t.shape)
+        except ValueError:  # an empty tensor whose dimensions numpy cannot index
+            raise _bad(f"{where}.shape", f"shape {t.shape} is too large") from None
     if offset != len(binary):
         raise _bad("body", f"{len(binary) - offset} bytes of binary data not claimed by any input")
     return req, feeds

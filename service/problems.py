@@ -9,16 +9,19 @@ message starts with that field.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from typing import Any
 
 
 class Problem(Exception):
-    """A request the service cannot serve; ``field`` names the culprit."""
+    """A request the service cannot serve; ``field`` names the culprit. ``retry_after_s``: when
+    the same request may succeed later, after about how many seconds (a ``Retry-After``)."""
 
-    def __init__(self, field: str | None, message: str):
+    def __init__(self, field: str | None, message: str, retry_after_s: float | None = None):
         super().__init__(message)
-        self.field, self.message = field, message
+        self.field, self.message, self.retry_after_s = field, message, retry_after_s
 
 
 class InvalidField(Problem):
@@ -42,7 +45,48 @@ class UnsupportedMediaType(Problem):
 
 
 class Unavailable(Problem):
-    """The service cannot take the work now (it is shutting down)."""
+    """The service cannot take the work now (it is shutting down, or short of memory or storage)."""
+
+
+class Overloaded(Problem):
+    """A workload's queue is full, or a request waited its longest in it: retry later."""
+
+
+class StorageFull(Problem):
+    """The store cannot be written: disk full, quota exceeded or read-only file system."""
+
+
+class Cancelled(Problem):
+    """The work was stopped before it finished: its client disconnected (or the service is
+    stopping, which the HTTP edge reports as :class:`Unavailable`)."""
+
+
+#: What a stopping service answers, and after how many seconds to retry: a replacement instance
+#: (or the restarted one) is usually a second or two away.
+SHUTTING_DOWN = "the service is shutting down; retry on another instance or after the restart"
+SHUTDOWN_RETRY_S = 1.0
+#: Errors of the store's file system that more retries will not cure: the operator must act.
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+_ERRNO_WORDS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+
+
+def storage_problem(err: BaseException, action: str) -> Problem:
+    """A failed store operation → StorageFull (disk full, quota, read-only) or Unavailable.
+
+    ``err`` is an ``OSError`` or a store error carrying ``errno`` (its cause's, if it chains one);
+    ``action`` says what failed ("cannot write the chip"). The message names the cause."""
+    code = getattr(err, "errno", None)
+    cause = err.__cause__ or err.__context__
+    if code is None and cause is not None:
+        code = getattr(cause, "errno", None)
+    reason = os.strerror(code) if isinstance(code, int) else str(err) or type(err).__name__
+    name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
+    if code in STORAGE_FULL_ERRNOS:
+        return StorageFull(None, f"store: {action}: {_ERRNO_WORDS[code]} ({name}: {reason}); nothing was changed. "
+                                 "Free space or make AGEDCHIP_STATE_DIR writable, then retry")
+    detail = f"{name}: {reason}" if name else reason
+    return Unavailable(None, f"store: {action}: storage error ({detail}); nothing was changed, retry later",
+                       retry_after_s=5.0)
 
 
 def invalid_value(err: Exception, default_field: str | None = None) -> InvalidField:

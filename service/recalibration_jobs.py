@@ -18,7 +18,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chipsim import check_chip_id
 from chipsim.model_inputs import InputError
 from chipsim.modes import RecalibrationAlgorithm
 from chipsim.recalibration import (
@@ -27,6 +26,7 @@ from chipsim.recalibration import (
 )
 from service.datasets import parse_eval_set
 from service.forms import FormFields
+from service.ids import check_chip_id
 from service.jobs import Job, JobCancelled, JobTable
 from service.problems import Conflict, InvalidField, invalid_request, invalid_value
 from service.registry import Registry
@@ -205,10 +205,7 @@ def prepare(registry: Registry, settings: Settings, chip_id: str, fields: dict[s
     if form.new_chip_id is None:
         new_id = _default_id(registry, parent.chip_id)
     else:
-        try:
-            check_chip_id(form.new_chip_id)
-        except ValueError as err:
-            raise InvalidField("new_chip_id", "new_" + str(err)) from None
+        check_chip_id(form.new_chip_id, "new_chip_id")
         new_id = registry.reserve(form.new_chip_id, "new_chip_id")
     return RecalSpec(parent=parent, x=x, y=y, age_s=age_s, config=config, new_chip_id=new_id, layer=layer.name)
 

@@ -4,18 +4,24 @@ The registry is the only owner of mutable service state. Its dictionaries are gu
 lock held only for dictionary operations, never during programming, loading or inference, so
 programming a chip (seconds) never blocks inference on the others. A chip enters the registry
 only after the store has published it atomically and its runtime is built: a half-programmed
-chip is never visible. Chips themselves are immutable (ages are read-outs), so requests that
-hold a chip keep working even if it is deleted meanwhile. Errors are :mod:`service.problems`.
+chip is never visible. A chip leaves it only after the store deleted it: when storage fails the
+chip stays, intact and served. Deletes of one chip id are serialized. Chips themselves are
+immutable (ages are read-outs), so requests that hold a chip keep working even if it is deleted
+meanwhile. The cost of programming (tiles, devices) is bounded before any work. Errors are
+:mod:`service.problems`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import re
 import secrets
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +32,17 @@ from chipsim import (
     ChipState,
     ChipStore,
     ProfileError,
-    check_chip_id,
     get_profile,
 )
 from chipsim.compiler import model_inputs, program_onnx
 from chipsim.model_inputs import ModelInputs
+from chipsim.profiles import ChipProfile
+from chipsim.store import ChipStoreError
+from service import program_cost
 from service.datasets import EvalSet, calibration_feeds, check_eval_set, load_npz, parse_eval_set
-from service.problems import Conflict, InvalidField, NotFound, Problem, invalid_value
+from service.ids import check_chip_id as _chip_id
+from service.memory import MemoryGuard
+from service.problems import Conflict, InvalidField, NotFound, Problem, invalid_value, storage_problem
 from service.program_request import ProgramSpec
 from service.served_chip import EVAL_ATTACHMENT, ServedChip
 from service.settings import Settings
@@ -41,11 +51,26 @@ from service.zoo import Zoo
 log = logging.getLogger("agedchip.service")
 
 
-def _chip_id(chip_id: str, field_name: str = "chip_id") -> str:
-    try:
-        return check_chip_id(chip_id)
-    except ValueError as err:
-        raise InvalidField(field_name, str(err)) from None
+class KeyedLocks:
+    """One lock per key, alive while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._lock:
+            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._locks[key]
 
 
 class Registry:
@@ -59,7 +84,19 @@ class Registry:
         self._chips: dict[str, ServedChip] = {}
         self._corrupt: dict[str, str] = {}
         self._pending: set[str] = set()
+        self._deleting = KeyedLocks()
+        self.memory = MemoryGuard(settings.memory_budget, relieve=self.relieve_memory)
         self.loaded = False
+
+    def _served(self, chip: ChipState, eval_set: EvalSet | None = None) -> ServedChip:
+        return ServedChip(chip, self.settings, *self._sizes(chip.chip_id), eval_set=eval_set, memory=self.memory)
+
+    def relieve_memory(self) -> None:
+        """Drop what can be rebuilt when memory is short: every chip's evaluation runtime (its
+        read-out cache and session; rebuilt on the next evaluation), then collect garbage."""
+        dropped = sum(chip.drop_eval_runtime() for chip in self.ready())
+        gc.collect()
+        log.info("memory budget reached: dropped %d evaluation runtime(s)", dropped)
 
     # ------------------------------------------------------------------ queries
     def get(self, chip_id: str) -> ServedChip:
@@ -128,7 +165,7 @@ class Registry:
                 continue
             try:
                 chip = self.store.load(chip_id)
-                served = ServedChip(chip, self.settings, *self._sizes(chip_id))
+                served = self._served(chip)
             except ChipCorruptError as err:
                 self._mark_corrupt(chip_id, str(err))
                 continue
@@ -177,7 +214,7 @@ class Registry:
         """Compile, program, publish and load a chip. Blocking: call from a worker thread.
 
         Everything the request carries is validated before the chip is programmed, the eval set
-        against the inputs the model declares."""
+        against the inputs the model declares, and the chip's size against the limits."""
         if spec.zoo_model is not None:
             self.zoo.check_name(spec.zoo_model)
         elif not spec.model_bytes:
@@ -187,16 +224,17 @@ class Registry:
             profile = get_profile(spec.preset, **spec.overrides)
         except ProfileError as err:
             raise InvalidField(f"profile.{err.field}" if err.field else "profile", str(err)) from None
+        model_bytes, eval_bytes = spec.model_bytes, spec.eval_data
+        if spec.zoo_model is not None:
+            model_bytes = self.zoo.model_bytes(spec.zoo_model)
+            if eval_bytes is None:
+                eval_bytes = self.zoo.eval_bytes(spec.zoo_model)
+        assert model_bytes is not None
+        self._check_cost(model_bytes, profile, tile_rows_given="tile_rows" in spec.overrides)
         seed = spec.seed if spec.seed is not None else secrets.randbits(31)
         hint = spec.zoo_model or Path(spec.model_filename or "chip").stem
         chip_id = self._reserve(spec.chip_id, hint)
         try:
-            model_bytes, eval_bytes = spec.model_bytes, spec.eval_data
-            if spec.zoo_model is not None:
-                model_bytes = self.zoo.model_bytes(spec.zoo_model)
-                if eval_bytes is None:
-                    eval_bytes = self.zoo.eval_bytes(spec.zoo_model)
-            assert model_bytes is not None
             calib = None
             if spec.calibration is not None:
                 calib = calibration_feeds(load_npz(spec.calibration, "calibration"))
@@ -216,11 +254,8 @@ class Registry:
                 raise invalid_value(err, default_field="model") from None
             if eval_bytes is not None:
                 chip = dataclasses.replace(chip, attachments={**chip.attachments, EVAL_ATTACHMENT: eval_bytes})
-            try:
-                self.store.save(chip)
-            except ChipExistsError as err:
-                raise Conflict("chip_id", str(err)) from None
-            served = ServedChip(chip, self.settings, *self._sizes(chip_id), eval_set=eval_set)
+            self._save(chip)
+            served = self._served(chip, eval_set=eval_set)
             log.info("programmed chip %s (%s, %s, seed %d) in %.2f s", chip_id, meta["model_name"], spec.preset,
                      seed, time.perf_counter() - t0)
             with self._lock:
@@ -229,6 +264,32 @@ class Registry:
         finally:
             with self._lock:
                 self._pending.discard(chip_id)
+
+    def _check_cost(self, model_bytes: bytes, profile: ChipProfile, tile_rows_given: bool) -> None:
+        """Refuse a chip over AGEDCHIP_MAX_TILES or AGEDCHIP_MAX_DEVICES before any work. Tiles
+        are blamed on ``profile.tile_rows`` when the request set it, else on the model."""
+        cost = program_cost.estimate(model_bytes, profile.tile_rows)
+        if cost is None:
+            return
+        limit = self.settings.max_tiles
+        if cost.tiles > limit:
+            field = "profile.tile_rows" if tile_rows_given else "model"
+            raise InvalidField(field, f"{field}: the model maps onto {cost.tiles} tiles with tile_rows="
+                               f"{profile.tile_rows}, more than the limit of {limit} (AGEDCHIP_MAX_TILES); raise "
+                               "tile_rows or use a smaller model")
+        if cost.devices > self.settings.max_devices:
+            raise InvalidField("model", f"model: its analog weights need {cost.devices} devices, more than the limit "
+                               f"of {self.settings.max_devices} (AGEDCHIP_MAX_DEVICES)")
+
+    def _save(self, chip: ChipState) -> None:
+        """Publish a chip in the store; storage failures are problems naming their cause."""
+        try:
+            self.store.save(chip)
+        except ChipExistsError as err:
+            raise Conflict("chip_id", str(err)) from None
+        except (OSError, ChipStoreError) as err:
+            log.warning("could not write chip %s: %s", chip.chip_id, err)
+            raise storage_problem(err, f"cannot write chip {chip.chip_id!r}") from None
 
     def _eval_set(self, model_bytes: bytes, eval_bytes: bytes) -> EvalSet:
         """The eval set of a chip to program, checked against the inputs its model declares."""
@@ -262,11 +323,8 @@ class Registry:
 
         Nothing is visible before the store's atomic rename; the reservation ends either way."""
         try:
-            try:
-                self.store.save(chip)
-            except ChipExistsError as err:
-                raise Conflict("chip_id", str(err)) from None
-            served = ServedChip(chip, self.settings, *self._sizes(chip.chip_id))
+            self._save(chip)
+            served = self._served(chip)
             with self._lock:
                 self._chips[chip.chip_id] = served
             return served
@@ -275,18 +333,27 @@ class Registry:
 
     # ------------------------------------------------------------------ deleting
     def delete(self, chip_id: str) -> None:
+        """Delete a chip: from the store first, then from memory, so that a storage failure
+        leaves it intact and served (StorageFull or Unavailable). Deletes of one id run one at a
+        time: the first succeeds, the others find no chip."""
         _chip_id(chip_id)
-        with self._lock:
-            if chip_id in self._pending:
-                raise Conflict("chip_id", f"chip_id: chip {chip_id!r} is being programmed")
-            known = chip_id in self._chips or chip_id in self._corrupt
-            self._chips.pop(chip_id, None)
-            self._corrupt.pop(chip_id, None)
-        try:
-            self.store.delete(chip_id)
-        except ChipNotFoundError:
-            if not known:
-                raise NotFound("chip_id", f"chip_id: no chip {chip_id!r}") from None
+        with self._deleting.hold(chip_id):
+            with self._lock:
+                if chip_id in self._pending:
+                    raise Conflict("chip_id", f"chip_id: chip {chip_id!r} is being programmed")
+                known = chip_id in self._chips or chip_id in self._corrupt
+            try:
+                self.store.delete(chip_id)
+            except ChipNotFoundError:
+                if not known:
+                    raise NotFound("chip_id", f"chip_id: no chip {chip_id!r}") from None
+                # gone from disk behind the service's back: forget it as well
+            except (OSError, ChipStoreError) as err:
+                log.warning("could not delete chip %s: %s", chip_id, err)
+                raise storage_problem(err, f"cannot delete chip {chip_id!r}") from None
+            with self._lock:
+                self._chips.pop(chip_id, None)
+                self._corrupt.pop(chip_id, None)
 
 
 def program_default_chip(registry: Registry, settings: Settings) -> None:

@@ -85,6 +85,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         409: "Conflict: chip id taken, chip corrupt, store full, chip without eval set.",
         413: "Request body larger than the configured limit.",
         422: "Invalid field value (the body names the field).",
+        429: "Too many requests of this kind in line; retry after `Retry-After` seconds.",
+        503: "Shutting down, memory budget reached, or a storage error; retry after `Retry-After` seconds.",
+        507: "The store is full, over quota or read-only; nothing was changed.",
     }.items()
 }
 #: Error responses under /v2 (Open Inference Protocol): invalid input is 400, the body's ``error`` a string.
@@ -319,7 +322,7 @@ class DriftResponse(BaseModel):
 
 # ----------------------------------------------------------------------------------- health, zoo
 class Health(BaseModel):
-    status: str = Field(description="'ok', or 'starting' while chips load.")
+    status: str = Field(description="'ok', 'starting' while chips load, 'stopping' once shutdown began.")
     chips: dict[str, int] = Field(description="Chips by state (ready, corrupt): counts.")
 
 

@@ -2,7 +2,9 @@
 
 Every method is blocking (onnxruntime, numpy): call it from a worker thread. Bad requests raise
 :mod:`service.problems`; the chip itself never changes (ages are read-outs), so a request holding
-a chip keeps working even if the chip is deleted meanwhile.
+a chip keeps working even if the chip is deleted meanwhile. A read-out at an age not yet cached
+is computed only if the memory budget admits it (:class:`~service.memory.MemoryGuard`); long
+evaluations poll a ``cancelled`` callable between read-outs and chunks.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +27,8 @@ from chipsim.readout import ChipReadout, LayerReadout
 from chipsim.runtime import ChipRuntime, InputError
 from service.datasets import EvalSet, parse_eval_set
 from service.durations import DurationError, parse_age, quantise_age
-from service.problems import Conflict, InvalidField, Problem
+from service.memory import MemoryGuard, readout_cost
+from service.problems import Cancelled, Conflict, InvalidField, Problem
 from service.settings import Settings
 
 log = logging.getLogger("agedchip.service")
@@ -32,6 +37,13 @@ log = logging.getLogger("agedchip.service")
 EVAL_ATTACHMENT = "eval.npz"
 #: Samples per onnxruntime call when evaluating (bounds memory for large eval sets).
 EVAL_CHUNK = 512
+#: Read-out cache of a chip's evaluation runtime: bytes and entries (ages × read seeds).
+EVAL_CACHE_BYTES, EVAL_CACHE_ENTRIES = 64 << 20, 4
+Cancel = Callable[[], bool]
+
+
+def _cancelled() -> Cancelled:
+    return Cancelled(None, "cancelled: nobody waits for the result any more")
 
 
 def reported_alpha(layer: LayerReadout, mode: GdcMode) -> np.ndarray:
@@ -92,8 +104,9 @@ class ServedChip:
     it is parsed from the chip's attachment on first use."""
 
     def __init__(self, chip: ChipState, settings: Settings, disk_bytes: int = 0, shared_bytes: int = 0,
-                 eval_set: EvalSet | None = None):
+                 eval_set: EvalSet | None = None, memory: MemoryGuard | None = None):
         self.chip = chip
+        self.memory = memory
         self.chip_id = chip.chip_id
         self.settings = settings
         self.runtime = _runtime(chip, settings, settings.binding, settings.cache_bytes, settings.cache_entries)
@@ -223,25 +236,58 @@ class ServedChip:
         the ages that serve traffic, and weights are fed per run (many one-off ages)."""
         with self._lock:
             if self._eval_runtime is None:
-                self._eval_runtime = _runtime(self.chip, self.settings, "inputs", 64 << 20, 4)
+                self._eval_runtime = _runtime(self.chip, self.settings, "inputs", EVAL_CACHE_BYTES,
+                                              EVAL_CACHE_ENTRIES)
             return self._eval_runtime
 
-    def accuracy(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str) -> float:
+    def drop_eval_runtime(self) -> bool:
+        """Forget the evaluation runtime (its read-outs and session); evaluations in progress keep
+        theirs, the next one builds a new one. True if there was one."""
+        with self._lock:
+            dropped, self._eval_runtime = self._eval_runtime is not None, None
+        return dropped
+
+    def cache_stats(self) -> dict[str, tuple[int, int]]:
+        """(bytes, entries) of the read-out caches, as the runtimes account them: 'serving', and
+        'eval' while the evaluation runtime exists."""
+        out = {"serving": (self.runtime.stats.bytes, self.runtime.stats.entries)}
+        with self._lock:
+            ev = self._eval_runtime
+        if ev is not None:
+            out["eval"] = (ev.stats.bytes, ev.stats.entries)
+        return out
+
+    def new_readout(self, rt: ChipRuntime, age_s: float, read_seed: int, field_name: str,
+                    workload: str) -> AbstractContextManager[None]:
+        """Admission of the read-out ``rt`` needs at an age: nothing when it is cached (or there is
+        no budget), else a reservation of its estimated memory, or Unavailable naming ``field_name``."""
+        if self.memory is None or rt.peek(age_s, read_seed) is not None:
+            return nullcontext()
+        return self.memory.reserve(readout_cost(self.chip.n_weights, rt.binding), field_name, workload)
+
+    def accuracy(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str,
+                 cancelled: Cancel | None = None, age_field: str = "age", workload: str = "eval") -> float:
         """Accuracy of the chip on ``eval_set`` at an age, read-out ``read_seed``; the per-MVM
-        noise is seeded with the read seed too, so the number is reproducible."""
+        noise is seeded with the read seed too, so the number is reproducible. ``cancelled`` is
+        polled between chunks (Cancelled)."""
         rt = self.eval_runtime
         correct = 0
         n = len(eval_set)
-        for start in range(0, n, EVAL_CHUNK):
-            feeds = {k: v[start:start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
-            out = rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed)[0]
-            pred = np.asarray(out).reshape(out.shape[0], -1).argmax(axis=1)
-            correct += int(np.count_nonzero(pred == eval_set.labels[start:start + EVAL_CHUNK]))
+        with self.new_readout(rt, age_s, read_seed, age_field, workload):
+            for start in range(0, n, EVAL_CHUNK):
+                if cancelled is not None and cancelled():
+                    raise _cancelled()
+                feeds = {k: v[start:start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
+                out = rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed)[0]
+                pred = np.asarray(out).reshape(out.shape[0], -1).argmax(axis=1)
+                correct += int(np.count_nonzero(pred == eval_set.labels[start:start + EVAL_CHUNK]))
         return correct / n
 
-    def evaluate(self, ages: list[Any], readouts: int, samples: int | None, gdc: str | None) -> dict[str, Any]:
+    def evaluate(self, ages: list[Any], readouts: int, samples: int | None, gdc: str | None,
+                 cancelled: Cancel | None = None) -> dict[str, Any]:
         """Accuracy on the eval set at each age, mean ± std over ``readouts`` read-outs (read seeds
-        0…n−1), with GDC (``gdc``, default the profile's mode) and without."""
+        0…n−1), with GDC (``gdc``, default the profile's mode) and without. ``cancelled`` is
+        polled before every read-out and chunk: a True stops the work (Cancelled)."""
         t0 = time.perf_counter()
         parsed = [(str(a), self.age_of(a, f"ages.{i}")[0]) for i, a in enumerate(ages)]
         limit = self.settings.max_eval_readouts
@@ -257,19 +303,25 @@ class ServedChip:
             eval_set = eval_set.subset(samples)
         on_mode = self.gdc_mode(gdc)
         results = []
-        for label, age_s in parsed:
+        for i, (label, age_s) in enumerate(parsed):
             stats = {}
             for key, mode in (("gdc_on", on_mode), ("gdc_off", GdcMode.OFF)):
-                vals = [self.accuracy(eval_set, age_s, r, mode) for r in range(readouts)]
+                vals = []
+                for r in range(readouts):
+                    if cancelled is not None and cancelled():
+                        raise _cancelled()
+                    vals.append(self.accuracy(eval_set, age_s, r, mode, cancelled=cancelled, age_field=f"ages.{i}"))
                 stats[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
                               "max": float(max(vals)), "values": vals}
             results.append({"age": label, "age_s": age_s, **stats})
         return {"chip_id": self.chip_id, "samples": len(eval_set), "readouts": readouts, "gdc_mode": on_mode,
                 "results": results, "seconds": time.perf_counter() - t0}
 
-    def drift(self, age_s: float, read_seed: int = 0, gdc: str | None = None) -> dict[str, Any]:
+    def drift(self, age_s: float, read_seed: int = 0, gdc: str | None = None, workload: str = "eval") -> dict[str, Any]:
         mode = self.gdc_mode(gdc)
-        readout = self.eval_runtime.readout(age_s, read_seed)
+        rt = self.eval_runtime
+        with self.new_readout(rt, age_s, read_seed, "age", workload):
+            readout = rt.readout(age_s, read_seed)
         return drift_metrics(self.chip, age_s, read_seed=read_seed, gdc=mode, readout=readout)
 
     # ------------------------------------------------------------------ inference
@@ -283,13 +335,18 @@ class ServedChip:
             feeds = rt.check_inputs(inputs)
         except InputError as err:
             raise InvalidField(err.field, str(err)) from None
+        except OverflowError:  # an integer beyond any float or int the model takes (chipsim lets it through)
+            names = [i["name"] for i in rt.inputs]
+            where = f"inputs.{names[0]}" if len(names) == 1 else "inputs"
+            raise InvalidField(where, f"{where}: a number is too large for the input's dtype") from None
         mode = self.gdc_mode(gdc, gdc_field)
         batch = int(next(iter(feeds.values())).shape[0])
         if batch > self.settings.max_batch:
             name = f"inputs.{next(iter(feeds))}"
             raise InvalidField(name, f"{name}: batch {batch} exceeds the limit of {self.settings.max_batch} "
                                "(AGEDCHIP_MAX_BATCH)")
-        outputs, readout = rt.run_with_readout(feeds, age_s, read_seed=read_seed, gdc=mode, seed=seed)
+        with self.new_readout(rt, age_s, read_seed, age_field, "infer"):
+            outputs, readout = rt.run_with_readout(feeds, age_s, read_seed=read_seed, gdc=mode, seed=seed)
         return InferResult(outputs=outputs, age_s=age_s, age_source=source, gdc=mode, read_seed=read_seed,
                            seed=seed, batch=batch, alpha=self._alpha(readout, mode))
 

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chipsim import PRESETS
 from chipsim.modes import MvmNoiseSource
 from service.durations import DAY
+from service.ids import CHIP_ID_RULE, is_chip_id
+from service.memory import DEFAULT_BUDGET_SHARE, memory_limit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +51,9 @@ class Settings(BaseSettings):
     # --- security
     api_key: SecretStr | None = Field(None, description="Key for POST /program and DELETE /chips/{id} "
                                                         "(X-API-Key or Authorization: Bearer). Unset = open.")
-    infer_api_key: SecretStr | None = Field(None, description="Key for inference and evaluation routes. Unset = "
+    infer_api_key: SecretStr | None = Field(None, description="Key for every other route that computes or shows chips "
+                                                              "(inference, evaluation, drift, chip listing and "
+                                                              "summaries, the zoo, OIP model metadata, jobs). Unset = "
                                                               "open. The management key is accepted there too.")
 
     # --- limits
@@ -59,6 +63,12 @@ class Settings(BaseSettings):
     max_chips: int = Field(64, ge=1, description="Most chips in the store (ready + corrupt + being programmed).")
     max_eval_samples: int = Field(10000, ge=1, description="Largest labelled eval set accepted at programming.")
     max_eval_readouts: int = Field(50, ge=1, le=1000, description="Largest `readouts` of POST /chips/{id}/evaluate.")
+    max_tiles: int = Field(512, ge=1, description="Most crossbar tiles of a chip to program, estimated from the model "
+                                                  "and profile before any work (a session build took 2.0 s at 256 "
+                                                  "tiles, 7.7 s at 512, 62 s at 2048).")
+    max_devices: int = Field(32 << 20, ge=1, description="Most devices (2 per analog weight) of a chip to program, "
+                                                         "checked before any work (default: what a 64 MiB upload of "
+                                                         "float32 weights holds).")
 
     # --- runtime
     ort_threads: int = Field(1, ge=0, le=64, description="onnxruntime intra-op threads per inference "
@@ -75,10 +85,23 @@ class Settings(BaseSettings):
     infer_concurrency: int = Field(0, ge=0, le=256, description="Inference requests computed at the same time; "
                                                                 "more wait in line (0 = number of CPU cores).")
     program_concurrency: int = Field(1, ge=1, le=16, description="Chips programmed at the same time.")
-    eval_concurrency: int = Field(1, ge=1, le=16, description="Evaluations (POST /evaluate) run at the same time.")
+    eval_concurrency: int = Field(1, ge=1, le=16, description="Evaluations and drift requests run at the same time.")
+    max_queue_infer: int = Field(64, ge=0, le=100_000, description="Inference requests waiting in line (beyond "
+                                                                   "those computing); more get 429 + Retry-After.")
+    max_queue_eval: int = Field(4, ge=0, le=10_000, description="Evaluation and drift requests waiting in line; "
+                                                                "more get 429 + Retry-After.")
+    max_queue_program: int = Field(2, ge=0, le=10_000, description="POST /program requests waiting in line; more "
+                                                                   "get 429 + Retry-After.")
+    queue_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest wait in a line, seconds; then 429 + "
+                                                                    "Retry-After.")
+    memory_budget: int = Field(0, ge=0, description="Process memory (RSS) budget, bytes: a read-out at a new age "
+                                                    "is refused (503 + Retry-After) when its estimated cost does not "
+                                                    "fit. 0 = 75 % of the memory limit (cgroup, else physical).")
 
     # --- background refresh of the chip gauges
     refresh_seconds: float = Field(15.0, ge=0, description="Period of the drift/accuracy gauge refresh (0 = off).")
+    refresh_max_chips: int = Field(4, ge=1, le=10_000, description="Chips refreshed per period (round robin): "
+                                                                   "bounds the refresher's CPU with many chips.")
     refresh_eval_samples: int = Field(256, ge=1, description="Eval samples used for the refreshed accuracy gauges.")
     schedule_readouts: int = Field(3, ge=1, le=50, description="Read-outs averaged per age of the fixed "
                                                                "evaluation schedule (1s … 10y).")
@@ -89,6 +112,18 @@ class Settings(BaseSettings):
         if v not in PRESETS:
             raise ValueError(f"unknown preset {v!r}; known: {sorted(PRESETS)}")
         return v
+
+    @field_validator("default_chip_id")
+    @classmethod
+    def _chip_id(cls, v: str) -> str:
+        if not is_chip_id(v):
+            raise ValueError(f"default_chip_id: {v!r} is not a valid chip id ({CHIP_ID_RULE})")
+        return v
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget(cls, v: int) -> int:
+        return v or int(DEFAULT_BUDGET_SHARE * memory_limit())
 
     @field_validator("binding")
     @classmethod

@@ -119,7 +119,7 @@ NAN = float("nan")
     ({"inputs": [[[[0.5] * 8] * 8]], "seed": -1}, 422, "seed"),
     ({"inputs": [[[[0.5] * 8] * 8]], "read_seed": 2**64}, 422, "read_seed"),
     ({"inputs": [[[[0.5] * 8] * 8]], "labels": [1, 2]}, 422, "labels"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "labels": [10]}, 422, "labels"),
+    ({"inputs": [[[[0.5] * 8] * 8]], "labels": [10]}, 422, "labels.0"),
     ({"inputs": [[[[0.5] * 8] * 8]], "colour": "red"}, 422, "colour"),
     ({"age": "1h"}, 422, "inputs"),
 ])
@@ -324,7 +324,9 @@ def test_api_keys(tmp_path, zoo):
         assert c.post("/v2/models/keyed/infer", json=oip, headers={"X-API-Key": "infer-secret"}).status_code == 200
         assert c.delete("/chips/keyed").status_code == 401
         assert c.delete("/chips/keyed", headers={"Authorization": "Bearer admin-secret"}).status_code == 204
-        assert c.get("/chips").status_code == 200 and c.get("/metrics").status_code == 200
+        assert err(c.get("/chips")) == (401, "api_key")  # chips show seeds and profiles: keyed too
+        assert c.get("/chips", headers={"X-API-Key": "infer-secret"}).status_code == 200
+        assert c.get("/metrics").status_code == 200 and c.get("/healthz").status_code == 200
 
 
 def test_inference_open_when_only_admin_key(tmp_path, zoo):
@@ -383,7 +385,7 @@ def test_metrics_contract_after_refresh(client):
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {s.name: s for f in families.values() for s in f.samples}
     names = _contract_names()
-    assert len(names) == 17
+    assert len(names) == 25
     for name in names:
         assert name in samples or name.removesuffix("_total") in families, f"{name} missing from /metrics"
 

@@ -29,18 +29,7 @@ from chipsim.store import _manifest_digest, FORMAT_VERSION
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86400.0
 
-
-def clipped_normal(shape, seed):
-    return np.clip(np.random.default_rng(seed).standard_normal(shape), -2.5, 2.5).astype(np.float32)
-
-
-def make_chip(chip_id="chip-a", seed=9, profile="pcm-faulty"):
-    layers = [
-        LayerSpec("conv", clipped_normal((600, 40), 1), input_range=2.5, meta={"kind": "conv", "k": [3, 3]}),
-        LayerSpec("fc", clipped_normal((40, 10), 2), bias=np.arange(10, dtype=np.float32)),
-    ]
-    return program(layers, get_profile(profile), seed=seed, chip_id=chip_id,
-                   meta={"model_digest": "abc", "time_scale": 1.0}, attachments={"model.onnx": b"\x08\x07onnx"})
+from tests.store_chips import clipped_normal, make_chip
 
 
 @pytest.fixture

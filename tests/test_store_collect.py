@@ -20,8 +20,7 @@ import pytest
 
 import chipsim.store as store_mod
 from chipsim import ChipStore
-from tests.test_store import make_chip
-from tests.test_store_faults import fresh_chip
+from tests.store_chips import fresh_chip, make_chip
 
 
 def referenced(root: Path) -> dict[str, set[str]]:

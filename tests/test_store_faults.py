@@ -25,7 +25,7 @@ import pytest
 import chipsim.store as store_mod
 from chipsim import ChipCorruptError, ChipNotFoundError, ChipStore, LayerSpec, check_chip_id, get_profile, program
 from chipsim.store import StoreWriteError
-from tests.test_store import clipped_normal, make_chip
+from tests.store_chips import clipped_normal, fresh_chip, make_chip
 
 
 @pytest.fixture
@@ -155,13 +155,6 @@ def test_delete_whose_cleanup_fails_still_deletes(store, monkeypatch):
 
 
 # ---------------------------------------------------------------- disk full / read-only during save (finding 9)
-def fresh_chip(chip_id: str, k: int):
-    """A chip from a model of its own: every shared blob of it is new to the store."""
-    layers = [LayerSpec("conv", clipped_normal((60, 40), 100 + k), input_range=2.5),
-              LayerSpec("fc", clipped_normal((40, 10), 200 + k), bias=np.full(10, k, np.float32))]
-    return program(layers, get_profile("pcm"), seed=k, chip_id=chip_id, attachments={"model.onnx": b"model %d" % k})
-
-
 def _count_writes(store, monkeypatch) -> int:
     n = [0]
     real = store_mod._write_file

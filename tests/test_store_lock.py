@@ -18,7 +18,7 @@ import pytest
 
 from chipsim import ChipNotFoundError, ChipStore
 from chipsim.store import ChipStoreError, StoreLockedError, StoreReadOnlyError
-from tests.test_store import make_chip
+from tests.store_chips import make_chip
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

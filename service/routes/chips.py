@@ -1,4 +1,7 @@
-"""Chips: program, list, describe, delete, evaluate, drift metrics; the zoo."""
+"""Chips: program, list, describe, delete, evaluate, drift metrics; the zoo.
+
+Programming runs in the program lane, evaluation and drift in the eval lane (bounded lines,
+:mod:`service.admission`); an evaluation stops when its client leaves or the service stops."""
 
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from service import program_request
 from service.forms import FORM_TYPES, JSON_TYPES, media_type, read_form
 from service.problems import InvalidField
-from service.routes.deps import limiters_of, registry_of, require_admin, require_infer, require_json_body
+from service.routes.deps import (
+    cancel_when_abandoned, lanes_of, registry_of, require_admin, require_infer, require_json_body,
+)
 from service.schemas import (
     ERROR_RESPONSES, GDC_ON_MODES, ChipList, ChipSummary, DriftResponse, EvaluateRequest, EvaluateResponse, ZooList,
 )
@@ -37,19 +42,21 @@ async def program(request: Request) -> JSONResponse:
     """Compile the model, program its analog layers onto a new chip (sampling programming noise,
     drift exponents and faults once), publish it atomically and return its summary. The ONNX file
     is stored once by its sha256 digest and shared by chips."""
-    spec = await _program_spec(request)
     registry = registry_of(request)
-    summary = await anyio.to_thread.run_sync(lambda: registry.program(spec).summary(),
-                                             limiter=limiters_of(request).program)
+    async with lanes_of(request).program.ticket() as ticket:  # a place in line before the upload is read
+        spec = await _program_spec(request)
+        summary = await ticket.run(lambda: registry.program(spec).summary())
     return JSONResponse(summary, status_code=201, headers={"Location": f"/chips/{summary['chip_id']}"})
 
 
-@router.get("/chips", response_model=ChipList, summary="List chips (ready and corrupt)")
+@router.get("/chips", response_model=ChipList, dependencies=[Depends(require_infer)],
+            summary="List chips (ready and corrupt)")
 async def list_chips(request: Request) -> JSONResponse:
     return JSONResponse({"chips": registry_of(request).listing()})
 
 
-@router.get("/chips/{chip_id}", response_model=ChipSummary, responses=ERROR_RESPONSES, summary="A chip's summary")
+@router.get("/chips/{chip_id}", response_model=ChipSummary, responses=ERROR_RESPONSES,
+            dependencies=[Depends(require_infer)], summary="A chip's summary")
 async def get_chip(chip_id: str, request: Request) -> JSONResponse:
     chip = registry_of(request).get(chip_id)
     return JSONResponse(await anyio.to_thread.run_sync(chip.summary))
@@ -69,13 +76,13 @@ async def evaluate(chip_id: str, req: EvaluateRequest, request: Request) -> JSON
     """For each age: accuracy mean ± std over `readouts` read-outs (read seeds 0…n−1, per-MVM noise
     seeded alike, so results are reproducible), with and without GDC."""
     chip = registry_of(request).get(chip_id)
-    result = await anyio.to_thread.run_sync(chip.evaluate, req.ages, req.readouts, req.samples, req.gdc_mode,
-                                            limiter=limiters_of(request).eval)
+    async with lanes_of(request).eval.ticket() as ticket, cancel_when_abandoned(request) as cancel:
+        result = await ticket.run(chip.evaluate, req.ages, req.readouts, req.samples, req.gdc_mode, cancel.is_set)
     return JSONResponse(result)
 
 
 @router.get("/chips/{chip_id}/drift", response_model=DriftResponse, responses=ERROR_RESPONSES,
-            summary="Drift metrics per layer at an age")
+            dependencies=[Depends(require_infer)], summary="Drift metrics per layer at an age")
 async def drift(
     chip_id: str,
     request: Request,
@@ -93,9 +100,11 @@ async def drift(
     def work() -> dict[str, Any]:
         return {"chip_id": chip.chip_id, **chip.drift(age_s, read_seed, gdc)}
 
-    return JSONResponse(await anyio.to_thread.run_sync(work, limiter=limiters_of(request).eval))
+    async with lanes_of(request).eval.ticket() as ticket:
+        return JSONResponse(await ticket.run(work))
 
 
-@router.get("/zoo", response_model=ZooList, summary="Models of the zoo (programmable by name)")
+@router.get("/zoo", response_model=ZooList, dependencies=[Depends(require_infer)],
+             summary="Models of the zoo (programmable by name)")
 async def zoo(request: Request) -> JSONResponse:
     return JSONResponse({"models": await anyio.to_thread.run_sync(registry_of(request).zoo.listing)})

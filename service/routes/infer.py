@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
@@ -14,7 +13,7 @@ from chipsim.modes import GdcMode
 from service.jsonio import dumps, finite_list
 from service.problems import InvalidField, invalid_request
 from service.registry import Registry
-from service.routes.deps import limiters_of, registry_of, require_infer, require_json_body
+from service.routes.deps import lanes_of, registry_of, require_infer, require_json_body
 from service.schemas import ERROR_RESPONSES, InferRequest, InferResponse, inline_schema
 
 router = APIRouter(tags=["inference"])
@@ -42,9 +41,13 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
         if req.labels is not None:
             if len(req.labels) != res.batch:
                 raise InvalidField("labels", f"labels: {len(req.labels)} labels for a batch of {res.batch}")
+            classes = logits.shape[1]
+            # checked as Python ints: a label beyond int64 (2^63, 10^30) must not reach numpy
+            bad = next((i for i, v in enumerate(req.labels) if not 0 <= v < classes), None)
+            if bad is not None:
+                raise InvalidField(f"labels.{bad}", f"labels.{bad}: class indices must be in [0, {classes - 1}], "
+                                   f"got {req.labels[bad]}")
             y = np.asarray(req.labels, dtype=np.int64)
-            if np.any(y < 0) or np.any(y >= logits.shape[1]):
-                raise InvalidField("labels", f"labels: class indices must be in [0, {logits.shape[1] - 1}]")
             labelled, correct = res.batch, int(np.count_nonzero(pred == y))
             content["accuracy"] = correct / labelled
     elif req.labels is not None:
@@ -61,7 +64,7 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
 async def infer(request: Request) -> Response:
     """Inference on a chip at an age (default: its wall-clock age × time scale). The same request
     with the same `seed` returns identical outputs. `labels` update the chip's live accuracy.
-    The JSON body is parsed off the event loop."""
-    body = await anyio.to_thread.run_sync(infer_json, registry_of(request), await request.body(),
-                                          limiter=limiters_of(request).infer)
+    The JSON body is parsed off the event loop. A full line answers 429 with Retry-After."""
+    async with lanes_of(request).infer.ticket() as ticket:  # a place in line before the body is read
+        body = await ticket.run(infer_json, registry_of(request), await request.body())
     return Response(body, media_type="application/json")

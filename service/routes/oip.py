@@ -2,24 +2,25 @@
 
 The protocol's messages are in :mod:`service.oip_protocol`; invalid input is answered with the
 protocol's 400 by :mod:`service.errors`, and a name that cannot be a chip id names no model (404).
+Server metadata and health stay open (probes; nothing about chips); model metadata, model
+readiness and inference take the inference key.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from chipsim import check_chip_id
 from service import __version__
+from service.ids import is_chip_id
 from service.oip_protocol import (
     HEADER_LENGTH, encode_response, oip_datatype, parse_request, run_parameters, split_body, wanted_outputs,
 )
 from service.problems import NotFound
 from service.registry import Registry
-from service.routes.deps import limiters_of, registry_of, require_infer
+from service.routes.deps import lanes_of, registry_of, require_infer, stopping
 from service.schemas import (
     OIP_ERROR_RESPONSES, OipInferRequest, OipInferResponse, OipLive, OipModelMetadata, OipModelReady, OipReady,
     OipServerMetadata, inline_schema,
@@ -27,15 +28,15 @@ from service.schemas import (
 from service.served_chip import ServedChip
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+#: Model routes show chips: the inference key guards them.
+KEYED = [Depends(require_infer)]
 
 
 def chip_of(registry: Registry, name: str, version: str | None = None) -> ServedChip:
     if version is not None and version != "1":
         raise NotFound("model_version", f"model_version: chip {name!r} has only version '1'")
-    try:
-        check_chip_id(name)
-    except ValueError as err:  # for OIP clients, a name that cannot be a chip id is no such model
-        raise NotFound("chip_id", str(err)) from None
+    if not is_chip_id(name):  # for OIP clients, a name that cannot be a chip id is no such model
+        raise NotFound("chip_id", f"chip_id: {name!r} is not a valid chip id, so no model of this server")
     return registry.get(name)
 
 
@@ -78,23 +79,24 @@ async def live() -> JSONResponse:
 @router.get("/health/ready", response_model=OipReady, summary="Server readiness",
             responses={503: {"model": OipReady, "description": "Chips still loading."}})
 async def ready(request: Request) -> JSONResponse:
-    ok = registry_of(request).loaded
+    ok = registry_of(request).loaded and not stopping(request).is_set()
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
-@router.get("/models/{model_name}", response_model=OipModelMetadata, responses=OIP_ERROR_RESPONSES,
+@router.get("/models/{model_name}", response_model=OipModelMetadata, responses=OIP_ERROR_RESPONSES, dependencies=KEYED,
             summary="Model (chip) metadata")
 async def model_metadata(model_name: str, request: Request) -> JSONResponse:
     return JSONResponse(_metadata(registry_of(request), model_name, None))
 
 
 @router.get("/models/{model_name}/versions/{model_version}", response_model=OipModelMetadata,
-            responses=OIP_ERROR_RESPONSES, summary="Model (chip) metadata, versioned")
+            responses=OIP_ERROR_RESPONSES, dependencies=KEYED, summary="Model (chip) metadata, versioned")
 async def model_metadata_v(model_name: str, model_version: str, request: Request) -> JSONResponse:
     return JSONResponse(_metadata(registry_of(request), model_name, model_version))
 
 
 @router.get("/models/{model_name}/ready", response_model=OipModelReady, responses=OIP_ERROR_RESPONSES,
+            dependencies=KEYED,
             summary="Model (chip) readiness")
 async def model_ready(model_name: str, request: Request) -> JSONResponse:
     chip = chip_of(registry_of(request), model_name)
@@ -102,14 +104,14 @@ async def model_ready(model_name: str, request: Request) -> JSONResponse:
 
 
 @router.get("/models/{model_name}/versions/{model_version}/ready", response_model=OipModelReady,
-            responses=OIP_ERROR_RESPONSES, summary="Model (chip) readiness, versioned")
+            responses=OIP_ERROR_RESPONSES, dependencies=KEYED, summary="Model (chip) readiness, versioned")
 async def model_ready_v(model_name: str, model_version: str, request: Request) -> JSONResponse:
     chip = chip_of(registry_of(request), model_name, model_version)
     return JSONResponse({"name": chip.chip_id, "ready": True})
 
 
 INFER_DOC: dict[str, Any] = dict(
-    response_model=OipInferResponse, responses=OIP_ERROR_RESPONSES, dependencies=[Depends(require_infer)],
+    response_model=OipInferResponse, responses=OIP_ERROR_RESPONSES, dependencies=KEYED,
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": inline_schema(OipInferRequest)}},
         "description": "JSON, or with the binary extension: JSON header of "
@@ -117,9 +119,9 @@ INFER_DOC: dict[str, Any] = dict(
 
 
 async def _infer(request: Request, model_name: str, model_version: str | None) -> Response:
-    content, headers = await anyio.to_thread.run_sync(
-        infer_sync, registry_of(request), model_name, model_version, await request.body(),
-        request.headers.get(HEADER_LENGTH), limiter=limiters_of(request).infer)
+    async with lanes_of(request).infer.ticket() as ticket:  # a place in line before the body is read
+        content, headers = await ticket.run(infer_sync, registry_of(request), model_name, model_version,
+                                            await request.body(), request.headers.get(HEADER_LENGTH))
     media = headers.pop("content-type")
     return Response(content, media_type=media, headers=headers)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.routes.deps import registry_of
+from service.routes.deps import registry_of, stopping
 from service.schemas import Health
 
 router = APIRouter(tags=["operations"])
@@ -26,6 +26,8 @@ async def healthz(request: Request) -> JSONResponse:
 @router.get("/readyz", response_model=Health, summary="Readiness (chips loaded)", responses={503: {"model": Health}})
 async def readyz(request: Request) -> JSONResponse:
     registry = registry_of(request)
+    if stopping(request).is_set():  # out of the load balancer before the listener closes
+        return JSONResponse({"status": "stopping", "chips": registry.counts()}, status_code=503)
     ready = request.app.state.started and registry.loaded
     return JSONResponse({"status": "ok" if ready else "starting", "chips": registry.counts()},
                         status_code=200 if ready else 503)

@@ -1,0 +1,118 @@
+"""The process's memory: its resident size, its limit, and the budget new read-outs must fit.
+
+A read-out at a new age costs far more than the weights the runtime's cache counts: onnxruntime
+builds a session per cached age (``initializers`` binding) whose prepacked weights and arena stay
+resident. :class:`MemoryGuard` admits the computation of a new read-out only while the process's
+resident size, plus the read-outs being computed, plus this one's estimated cost fits the budget
+(``AGEDCHIP_MEMORY_BUDGET``); otherwise it first asks the registry to drop what can be rebuilt
+(the evaluation runtimes), then refuses with :class:`~service.problems.Unavailable` and a
+``Retry-After``. Read-outs already cached are always served: they cost nothing new.
+
+The estimate is per analog weight, measured (``BYTES_PER_WEIGHT``); the runtime's own cache
+accounting (chipsim) does not yet charge sessions and arenas, so its per-chip bounds
+(``AGEDCHIP_CACHE_BYTES``) undercount the 'initializers' binding by 1.6-2.1x (measured).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from service.problems import Unavailable
+
+#: The default budget's share of the memory limit: the rest is headroom for what the check does
+#: not see (parsed request bodies, a batch's activations, a chip being compiled and programmed).
+DEFAULT_BUDGET_SHARE = 0.75
+#: Resident bytes added per analog weight by one read-out at a new age, by weight binding: the
+#: largest measured, rounded up. ``python -m bench.serving_costs`` (bench/results/serving_costs.md;
+#: a 2000×2000 MatMul on 'pcm', 1-4 new ages, batch 1 and 1024): initializers 57.6-77.4 B,
+#: inputs 17.2-35.4 B (the runtime's cache accounts for 49-62 % of the former).
+BYTES_PER_WEIGHT = {"initializers": 80, "inputs": 36}
+#: Suggested wait when refused: memory frees when requests in flight finish and evaluation
+#: runtimes are dropped, which is a matter of seconds.
+RETRY_AFTER_S = 5.0
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+def rss_bytes() -> int:
+    """The process's resident set size, bytes (``/proc/self/statm``; elsewhere the peak RSS)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return resident_pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if os.uname().sysname == "Darwin" else peak * 1024  # macOS: bytes, Linux: KiB
+
+
+def physical_memory() -> int:
+    """Physical memory of the machine, bytes (8 GiB when the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 8 << 30
+
+
+def memory_limit() -> int:
+    """The memory this process may use, bytes: its cgroup's limit (v2, then v1) when one is set
+    below the physical memory, else the physical memory."""
+    physical = physical_memory()
+    for path in _CGROUP_LIMITS:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < physical:
+            return int(text)
+    return physical
+
+
+def readout_cost(n_weights: int, binding: str) -> int:
+    """Estimated resident bytes of one read-out at a new age of a chip of ``n_weights`` analog
+    weights, in a runtime with weight ``binding`` ('initializers' or 'inputs')."""
+    return int(n_weights) * BYTES_PER_WEIGHT.get(binding, max(BYTES_PER_WEIGHT.values()))
+
+
+class MemoryGuard:
+    """Admission of new read-outs against the budget; thread-safe.
+
+    ``relieve``: called once before refusing, to drop what can be rebuilt (it may take a while);
+    ``rss``: the resident-size probe (a parameter so tests can feed one)."""
+
+    def __init__(self, budget_bytes: int, relieve: Callable[[], None] | None = None,
+                 rss: Callable[[], int] = rss_bytes):
+        self.budget_bytes = budget_bytes
+        self.relieve = relieve
+        self.rss = rss
+        self.pending_bytes = 0  # estimated cost of the read-outs being computed
+        self.rejected: dict[str, int] = {}  # workload → refusals
+        self._lock = threading.Lock()
+
+    def _fits(self, cost: int) -> bool:
+        return self.rss() + self.pending_bytes + cost <= self.budget_bytes
+
+    @contextmanager
+    def reserve(self, cost: int, field: str, workload: str) -> Iterator[None]:
+        """Hold ``cost`` bytes of the budget while a new read-out is computed, or refuse with
+        :class:`Unavailable` naming ``field`` (the age that needs the read-out)."""
+        with self._lock:
+            fits = self._fits(cost)
+        if not fits and self.relieve is not None:
+            self.relieve()
+        with self._lock:
+            if not self._fits(cost):
+                self.rejected[workload] = self.rejected.get(workload, 0) + 1
+                used, pending = self.rss(), self.pending_bytes
+                raise Unavailable(field, f"{field}: a read-out at a new age needs about {cost / 2**20:.0f} MiB; the "
+                                  f"process uses {used / 2**20:.0f} MiB (+{pending / 2**20:.0f} MiB being computed) "
+                                  f"of its {self.budget_bytes / 2**20:.0f} MiB budget (AGEDCHIP_MEMORY_BUDGET). Ages "
+                                  "already read out are still served; retry later", retry_after_s=RETRY_AFTER_S)
+            self.pending_bytes += cost
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.pending_bytes -= cost
