@@ -41,3 +41,12 @@ class MvmNoiseSource(StrEnum):
 
     TABLE = "table"
     FRESH = "fresh"
+
+
+class SloMetric(StrEnum):
+    """What a fleet's accuracy SLO is measured on (chipsim/fleet)."""
+
+    ACCURACY = "accuracy"  # the chip's accuracy on the eval set (ratio)
+    # chip accuracy ÷ the model's floating-point (digital) accuracy on the same eval set
+    # (Rasch et al. 2023, Nature Communications 14:5282, "normalised accuracy")
+    NORMALISED_ACCURACY = "normalised_accuracy"
