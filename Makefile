@@ -20,7 +20,7 @@ $(VENV)/.serve-stamp: requirements/serve.txt | $(PY)
 	touch $@
 
 # Everything: training (torch==2.13.0, CPU), reports and tests.
-$(VENV)/.dev-stamp: requirements/serve.txt requirements/dev.txt | $(PY)
+$(VENV)/.dev-stamp: requirements/serve.txt requirements/dev.txt requirements/ray.txt | $(PY)
 	$(PIP) -r requirements/serve.txt -r requirements/dev.txt
 	touch $(VENV)/.serve-stamp $@
 
