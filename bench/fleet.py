@@ -107,11 +107,8 @@ def main() -> None:
             print(f"repeat {rep + 1}/{args.repeat} {name:9s} wall {wall:6.1f} s  busy {busy:6.1f} s  "
                   f"overhead/task {runs[name][-1]['overhead_per_task_ms']:7.1f} ms")
     load1 = os.getloadavg()
-    for ex in executors.values():
+    for ex in executors.values():  # ray(2) started the local cluster, so its close() stops it
         ex.close()
-    if "ray(2)" in executors:
-        executors["ray(2)"]._owns_cluster = True  # noqa: SLF001 - ray1 closed first and did not own it
-        executors["ray(2)"].close()
     tmp.cleanup()
 
     summary = {}
@@ -130,7 +127,7 @@ def main() -> None:
         "rows_identical_across_executors": True,
     }
     md = [f"# Fleet evaluation: {args.chips} × {args.model}, {len(spec.ages_s)} ages, {args.readouts} read-out(s)\n",
-          f"`python -m bench.fleet {' '.join(os.sys.argv[1:])}`".rstrip() + f" — {data['machine']['date']}, "
+          f"`{' '.join(['python -m bench.fleet', *os.sys.argv[1:]])}` — {data['machine']['date']}, "
           f"{data['machine']['cpus']} CPUs shared with other processes (1-min load average "
           f"{load0[0]:.1f} before, {load1[0]:.1f} after). {len(tasks)} tasks (one per chip, "
           f"{2 * len(spec.ages_s) * args.readouts} inferences of {fleet.eval_samples} samples each). Median "
