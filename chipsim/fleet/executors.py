@@ -6,7 +6,9 @@ and returns the rows in task order, whatever order the tasks finished in. Implem
 - :class:`SerialExecutor`: in this process, one task after another (the reference).
 - :class:`LocalProcessExecutor` (default): ``concurrent.futures.ProcessPoolExecutor``, no new
   dependency. Workers are *spawned*, not forked: the service process runs onnxruntime thread
-  pools, which a fork would copy mid-state.
+  pools, which a fork would copy mid-state. As with any spawned pool, each worker re-imports the
+  calling program's main module, so a script must guard its top level with
+  ``if __name__ == "__main__":`` (and cannot come from stdin).
 - :class:`chipsim.fleet.ray_executor.RayExecutor`: a Ray cluster (``AGEDCHIP_RAY_ADDRESS``).
 
 Tasks carry no chip data, only the store root, chip id and digest: every worker reads the chip
@@ -138,6 +140,12 @@ class LocalProcessExecutor(Executor):
                     f.result()  # raise a task's error now, not after the others ran
                 if done and progress:
                     progress(len(futures) - len(pending), len(futures))
+        except cf.process.BrokenProcessPool as err:
+            self.close()  # a broken pool cannot be reused; the next map starts a new one
+            raise RuntimeError(
+                "a fleet worker process died: killed (e.g. out of memory), or it could not re-import the "
+                "calling program's main module, which spawned workers do: run from a file whose top level is "
+                "guarded by `if __name__ == '__main__':` (not from stdin), or use SerialExecutor") from err
         except BaseException:
             for f in futures:
                 f.cancel()
