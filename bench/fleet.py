@@ -5,7 +5,7 @@
 
 A fleet of ``--chips`` chips of the largest zoo CNN (``cnn-hwa``; the issue asks for the
 Fashion-MNIST ResNet, which the zoo does not have yet) is programmed into a temporary store, then
-evaluated at 7 ages (1 s … 10 y), GDC on and off, one task per chip, by four executors that are
+evaluated at the 7 standard ages (chipsim.ages: 1 s, 1 h, 1 d, 1 w, 30 d, 1 y, 10 y), GDC on and off, one task per chip, by four executors that are
 started and warmed (a few untimed tasks each) before timing: local(1), local(2), ray(1), ray(2) (one local Ray cluster with
 2 CPUs; "1 worker" = one task in flight). Repeats are interleaved (A, B, C, D, A, B, …) so that
 load from other processes on this shared machine hits every configuration alike; the report
@@ -32,11 +32,12 @@ from pathlib import Path
 
 from bench.common import machine, write
 from chipsim import ChipStore
+from chipsim.ages import STANDARD_AGES_S
 from chipsim.fleet import FleetEvalSpec, FleetSpec, FleetStore, LocalProcessExecutor, make_tasks, program_fleet
 from chipsim.fleet.ray_executor import RayExecutor, ray_available
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
-AGES_S = [1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0, 3 * 365 * 86400.0, 10 * 365 * 86400.0]
+AGES_S = list(STANDARD_AGES_S.values())  # 1 s, 1 h, 1 d, 1 w, 30 d, 1 y, 10 y
 
 
 def med_range(xs: list[float]) -> dict[str, float]:
@@ -47,7 +48,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="cnn-hwa")
     ap.add_argument("--chips", type=int, default=32)
-    ap.add_argument("--ages", type=int, default=7, help="the first n of 1 s, 1 h, 1 d, 30 d, 1 y, 3 y, 10 y")
+    ap.add_argument("--ages", type=int, default=7, help="the first n of the standard ages 1 s … 10 y")
     ap.add_argument("--readouts", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-ray", action="store_true")

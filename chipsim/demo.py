@@ -10,9 +10,10 @@ import argparse
 import numpy as np
 
 from chipsim import LayerSpec, drift_metrics, get_profile, program
+from chipsim.ages import DAY_S, HOUR_S, YEAR_S
 from chipsim.profiles import PRESETS
 
-AGES = {"1 s": 1.0, "1 h": 3600.0, "1 d": 86400.0, "1 y": 365 * 86400.0}
+AGES = {"1 s": 1.0, "1 h": HOUR_S, "1 d": DAY_S, "1 y": YEAR_S}
 
 
 def main(argv: list[str] | None = None) -> None:

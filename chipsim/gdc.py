@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from chipsim.periphery import IR_DROP_G_RATIO, adc, ir_drop_c, ir_drop_ramp
 from chipsim.modes import GdcMode
+from chipsim.periphery import IR_DROP_G_RATIO, adc, ir_drop_c, ir_drop_ramp
 from chipsim.profiles import ChipProfile
 
 GDC_MODES: tuple[GdcMode, ...] = tuple(GdcMode)

@@ -43,6 +43,29 @@ class MvmNoiseSource(StrEnum):
     FRESH = "fresh"
 
 
+class WeightBinding(StrEnum):
+    """How a runtime hands the read-out weights of an age to onnxruntime (DESIGN §3.7)."""
+
+    INPUTS = "inputs"  # one session per chip, the weights fed with every run
+    INITIALIZERS = "initializers"  # one session per cached age, the weights embedded as constants
+
+
+class LayerKind(StrEnum):
+    """The ONNX op an analog layer was compiled from (``LayerPlan.kind``, stored in a chip's plans)."""
+
+    MATMUL = "matmul"
+    GEMM = "gemm"
+    CONV = "conv"
+
+
+class RecalibrationAlgorithm(StrEnum):
+    """How recalibration writes its updates to the devices (chipsim.analog_training)."""
+
+    ANALOG_SGD = "analog-sgd"  # plain analog SGD by pulses
+    RESIDUAL = "residual"  # residual learning v1 (Tiki-Taka-like transfer)
+    RESIDUAL_V2 = "residual-v2"  # residual learning v2: filtered, thresholded transfer
+
+
 class SloMetric(StrEnum):
     """What a fleet's accuracy SLO is measured on (chipsim/fleet)."""
 

@@ -60,7 +60,7 @@ class ChipProfile(BaseModel):
     out_bound: float = Field(10.0, ge=0, le=1e6, description="ADC clipping bound, normalised units (0 = no clipping).")
     out_noise: float = Field(0.04, ge=0, le=10, description="Additive ADC output noise σ, normalised units.")
     # drift compensation
-    gdc: GdcMode = Field("global", description="Global drift compensation: per tile, per column, exact reference, or off.")
+    gdc: GdcMode = Field(GdcMode.GLOBAL.value, description="Global drift compensation: per tile, per column, exact reference, or off.")
 
     @field_validator("device")
     @classmethod

@@ -7,32 +7,18 @@ read through the periphery from the state as stored, so later read-outs compare 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from chipsim import faults as fl
+from chipsim import faults
 from chipsim import gdc
 from chipsim.mapping import column_scales, normalise, pair_targets_us, pair_weight, tile_bounds
 from chipsim.profiles import ChipProfile
 from chipsim.rng import Stream, check_seed, stream
-from chipsim.state import ChipState, LayerSpec, LayerState
-
-CHIP_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-
-
-def check_chip_id(chip_id: str) -> str:
-    """Chip ids are short lowercase slugs, so they are safe as folder names (no path tricks)."""
-    if not isinstance(chip_id, str) or not CHIP_ID_RE.match(chip_id):
-        raise ValueError(
-            f"chip_id: {chip_id!r} is not a valid chip id (1-63 characters: lowercase letters, digits, '-', '_'; "
-            "starting with a letter or digit)"
-        )
-    return chip_id
-
+from chipsim.state import ChipState, LayerSpec, LayerState, check_chip_id
 
 def sample_nu(g_target_us: np.ndarray, profile: ChipProfile, seed: int, layer_index: int) -> np.ndarray:
     """Drift exponents ``ν = |μ_ν(G) + σ_ν(G)·ξ|·drift_scale`` for devices with conductance ``G``."""
@@ -71,10 +57,10 @@ def sample_devices(
         g_prog *= 1 + profile.d2d_sigma * xi
         np.maximum(g_prog, 0, out=g_prog)
     nu = sample_nu(g_target_us, profile, seed, layer_index)
-    codes = fl.sample_faults(shape, profile.p_stuck_reset, profile.p_stuck_set, stream(seed, Stream.FAULTS, layer_index))
-    g_prog[codes == fl.STUCK_RESET] = 0.0
-    g_prog[codes == fl.STUCK_SET] = device.g_max_us
-    return g_prog.astype(np.float32), fl.encode_nu(nu.astype(np.float32), codes)
+    codes = faults.sample_faults(shape, profile.p_stuck_reset, profile.p_stuck_set, stream(seed, Stream.FAULTS, layer_index))
+    g_prog[codes == faults.STUCK_RESET] = 0.0
+    g_prog[codes == faults.STUCK_SET] = device.g_max_us
+    return g_prog.astype(np.float32), faults.encode_nu(nu.astype(np.float32), codes)
 
 
 def _check_tiles(name: str, tiles: list[tuple[int, int]], n_rows: int, tile_rows: int) -> None:

@@ -8,35 +8,18 @@ in the random draws of that read-out (the 1/f noise and the GDC read's periphery
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from chipsim import gdc
+from chipsim.ages import MAX_AGE_S as MAX_AGE_S  # re-exported: older imports read it from here
+from chipsim.ages import check_age
 from chipsim.mapping import pair_weight
-from chipsim.profiles import ChipProfile, GdcMode
+from chipsim.modes import GdcMode
+from chipsim.profiles import ChipProfile
 from chipsim.rng import Stream, check_seed, stream
 from chipsim.state import ChipState, LayerState, decode_devices
-
-#: The oldest age a chip can be read at: 1000 years. Beyond that the drift law is an
-#: extrapolation over 10 decades past the data it was fitted to (Joshi 2020 measured to ~1e6 s).
-MAX_AGE_S = 1000 * 365 * 86400.0
-
-
-def check_age(age_s: float, field: str = "age") -> float:
-    """A valid age in seconds: finite, ≥ 0 and ≤ MAX_AGE_S, else ``ValueError`` naming ``field``."""
-    try:
-        age = float(age_s)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field}: must be a number of seconds, got {age_s!r}") from None
-    if not math.isfinite(age):
-        raise ValueError(f"{field}: must be finite, got {age_s!r}")
-    if age < 0:
-        raise ValueError(f"{field}: must be ≥ 0 s (seconds since programming), got {age}")
-    if age > MAX_AGE_S:
-        raise ValueError(f"{field}: {age:g} s is beyond the supported maximum of {MAX_AGE_S:g} s (1000 years)")
-    return age
 
 
 def layer_age(layer: LayerState, chip_age_s: float) -> float:
@@ -44,6 +27,13 @@ def layer_age(layer: LayerState, chip_age_s: float) -> float:
     unchanged into a derived chip (e.g. by recalibration) were already ``age_offset_s`` old
     when that chip was made; re-written layers restart their drift (offset 0)."""
     return chip_age_s + float(layer.meta.get("age_offset_s", 0.0))
+
+
+def _gdc_mode(mode: GdcMode | str) -> GdcMode:
+    try:
+        return GdcMode(mode)
+    except ValueError:
+        raise ValueError(f"gdc: unknown mode {mode!r}; known: {gdc.GDC_MODES}") from None
 
 
 @dataclass
@@ -55,18 +45,28 @@ class LayerReadout:
     alpha_column: np.ndarray  # float32 (tiles, cols)
     alpha_exact: np.ndarray  # float32 (tiles,)
 
-    def alpha(self, mode: GdcMode) -> np.ndarray:
-        """GDC factors (tiles, cols) for a mode (``off``: ones)."""
+    def alpha(self, mode: GdcMode | str) -> np.ndarray:
+        """GDC factors (tiles, cols) a mode applies to the tiles' outputs (``off``: ones)."""
+        mode = _gdc_mode(mode)
         n_tiles, cols = self.alpha_column.shape
-        if mode == "global":
-            return np.repeat(self.alpha_global[:, None], cols, axis=1)
-        if mode == "column":
-            return self.alpha_column.copy()
-        if mode == "exact":
-            return np.repeat(self.alpha_exact[:, None], cols, axis=1)
-        if mode == "off":
+        if mode is GdcMode.OFF:
             return np.ones((n_tiles, cols), np.float32)
-        raise ValueError(f"gdc: unknown mode {mode!r}; known: {gdc.GDC_MODES}")
+        if mode is GdcMode.COLUMN:
+            return self.alpha_column.copy()
+        return np.repeat(self.measured_alpha(mode)[:, None], cols, axis=1)
+
+    def measured_alpha(self, mode: GdcMode | str) -> np.ndarray:
+        """The factors a mode measures, in their own shape: ``column`` (tiles, cols), ``exact``
+        (tiles,), ``global`` (tiles,); ``off`` reports the global factor it would apply."""
+        mode = _gdc_mode(mode)
+        if mode is GdcMode.COLUMN:
+            return self.alpha_column
+        return self.alpha_exact if mode is GdcMode.EXACT else self.alpha_global
+
+    def tile_alpha(self, mode: GdcMode | str) -> np.ndarray:
+        """One factor per tile (tiles,): the exact reference's for ``exact``, else the global one
+        (a ``column`` chip's per-tile summary is its tile-level global factor)."""
+        return self.alpha_exact if _gdc_mode(mode) is GdcMode.EXACT else self.alpha_global
 
     @property
     def nbytes(self) -> int:

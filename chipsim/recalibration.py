@@ -27,24 +27,30 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from chipsim import faults as fl
+from chipsim import faults
 from chipsim.analog_training import AnalogSGD, ResidualConfig, ResidualLearning, ResidualLearningV2
+from chipsim.compiler.plan import load_plans
 from chipsim.mapping import column_scales, normalise, pair_targets_us, pair_weight
+from chipsim.modes import GdcMode, LayerKind, RecalibrationAlgorithm, WeightBinding
 from chipsim.periphery import dac
-from chipsim.programming import check_chip_id, gdc_baselines, sample_nu
+from chipsim.programming import gdc_baselines, sample_nu
 from chipsim.pulsed import ExpStep, LinearStep, PulsedDevice, SoftBounds
 from chipsim.readout import LayerReadout, read_layer
 from chipsim.reference import analog_matmul
 from chipsim.rng import Stream, check_seed, stream
-from chipsim.runtime import ChipRuntime, load_plans
-from chipsim.state import ChipState, LayerState
+from chipsim.runtime import ChipRuntime
+from chipsim.state import ChipState, LayerState, check_chip_id
 
-Algorithm = Literal["analog-sgd", "residual", "residual-v2"]
-ALGORITHMS: tuple[str, ...] = ("analog-sgd", "residual", "residual-v2")
+ALGORITHMS: tuple[str, ...] = tuple(a.value for a in RecalibrationAlgorithm)
+#: Bounds of a configuration, checked by RecalibrationConfig (one place for every front end).
+MIN_STEPS, MAX_STEPS = 1, 100_000
+MIN_BATCH_SIZE, MAX_BATCH_SIZE = 1, 4096
+#: lr and dw_min lie in (0, MAX_STEP_SIZE], normalised-weight units.
+MAX_STEP_SIZE = 1.0
 #: Response-function presets by name (chipsim.pulsed); parameters documented there.
 RESPONSES: dict[str, Callable[[], Any]] = {
     "linear": lambda: LinearStep(),
@@ -73,7 +79,7 @@ class RecalibrationCancelled(Exception):
 class RecalibrationConfig:
     """What to train and how. Units: weights normalised to [−1, 1] per column (as on the tile)."""
 
-    algorithm: Algorithm = "residual-v2"
+    algorithm: RecalibrationAlgorithm | str = RecalibrationAlgorithm.RESIDUAL_V2.value
     #: Layer to retrain (a MatMul/Gemm whose output is the model output); None = the last one.
     layer: str | None = None
     steps: int = 300
@@ -98,13 +104,13 @@ class RecalibrationConfig:
             raise RecalibrationError(f"algorithm: expected one of {ALGORITHMS}, got {self.algorithm!r}", "algorithm")
         if self.response not in RESPONSES:
             raise RecalibrationError(f"response: expected one of {sorted(RESPONSES)}, got {self.response!r}", "response")
-        if not 1 <= self.steps <= 100_000:
-            raise RecalibrationError("steps: must be in [1, 100000]", "steps")
-        if not 1 <= self.batch_size <= 4096:
-            raise RecalibrationError("batch_size: must be in [1, 4096]", "batch_size")
+        if not MIN_STEPS <= self.steps <= MAX_STEPS:
+            raise RecalibrationError(f"steps: must be in [{MIN_STEPS}, {MAX_STEPS}]", "steps")
+        if not MIN_BATCH_SIZE <= self.batch_size <= MAX_BATCH_SIZE:
+            raise RecalibrationError(f"batch_size: must be in [{MIN_BATCH_SIZE}, {MAX_BATCH_SIZE}]", "batch_size")
         for name in ("lr", "dw_min"):
-            if not (np.isfinite(getattr(self, name)) and 0 < getattr(self, name) <= 1):
-                raise RecalibrationError(f"{name}: must be in (0, 1]", name)
+            if not (np.isfinite(getattr(self, name)) and 0 < getattr(self, name) <= MAX_STEP_SIZE):
+                raise RecalibrationError(f"{name}: must be in (0, {MAX_STEP_SIZE:g}]", name)
         check_seed(self.seed)
 
 
@@ -135,7 +141,7 @@ def find_layer(chip: ChipState, name: str | None) -> tuple[int, str]:
             raise RecalibrationError(f"layer: chip has no layer {name!r}; layers: {[p.name for p in plans]}", "layer")
         idx = matches[0]
     plan = plans[idx]
-    if plan.kind not in ("matmul", "gemm"):
+    if plan.kind not in (LayerKind.MATMUL, LayerKind.GEMM):
         raise RecalibrationError(f"layer: {plan.name!r} is a {plan.kind}; only a final MatMul/Gemm layer can be "
                                  "recalibrated", "layer")
     model = onnx.load_from_string(chip.attachments["model.onnx"])
@@ -167,20 +173,22 @@ def _device(cfg: RecalibrationConfig) -> PulsedDevice:
 
 
 def _optimizer(cfg: RecalibrationConfig, w0: np.ndarray):
-    if cfg.algorithm == "analog-sgd":
+    algorithm = RecalibrationAlgorithm(cfg.algorithm)
+    if algorithm is RecalibrationAlgorithm.ANALOG_SGD:
         return AnalogSGD(_device(cfg), w0, cfg.lr)
     rc = ResidualConfig(lr=cfg.lr, gamma=cfg.gamma, transfer_every=cfg.transfer_every,
                         transfer_lr=cfg.transfer_lr, beta=cfg.beta, read_noise_std=cfg.read_noise_std)
-    cls = ResidualLearning if cfg.algorithm == "residual" else ResidualLearningV2
+    cls = ResidualLearning if algorithm is RecalibrationAlgorithm.RESIDUAL else ResidualLearningV2
     return cls(_device(cfg), _device(cfg), w0, rc)
 
 
 def _logits(feats: np.ndarray, layer: LayerState, w: np.ndarray, n_tiles: int, chip: ChipState,
             rng: np.random.Generator) -> np.ndarray:
     """The analog layer with device weights ``w`` (no GDC: training compensates in place)."""
-    ro = LayerReadout(w_norm=w.astype(np.float32), alpha_global=np.ones(n_tiles, np.float32),
-                      alpha_column=np.ones((n_tiles, w.shape[1]), np.float32), alpha_exact=np.ones(n_tiles, np.float32))
-    return analog_matmul(feats, layer, ro, chip.profile, gdc="off", rng=rng)
+    layer_readout = LayerReadout(w_norm=w.astype(np.float32), alpha_global=np.ones(n_tiles, np.float32),
+                                 alpha_column=np.ones((n_tiles, w.shape[1]), np.float32),
+                                 alpha_exact=np.ones(n_tiles, np.float32))
+    return analog_matmul(feats, layer, layer_readout, chip.profile, gdc=GdcMode.OFF, rng=rng)
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -217,19 +225,19 @@ def recalibrate(
     n_classes = layer.shape[1]
     if y.min() < 0 or y.max() >= n_classes or not np.issubdtype(y.dtype, np.integer):
         raise RecalibrationError(f"labels: must be integers in [0, {n_classes - 1}]", "labels")
-    rt = ChipRuntime(chip, binding="inputs", threads=threads)
+    rt = ChipRuntime(chip, binding=WeightBinding.INPUTS, threads=threads)
     feats = np.asarray(rt.run_tensor(x, tensor, age_s, read_seed=read_seed, seed=config.seed), dtype=np.float64)
     feats = feats.reshape(len(x), -1)
     rng = stream(config.seed, Stream.MVM, 7919)  # training noise, independent of inference streams
     order = rng.permutation(len(x))
     n_hold = max(1, int(round(holdout * len(x))))
     hold, train = order[:n_hold], order[n_hold:]
-    parent_ro = read_layer(layer, chip.profile, chip.seed, idx, age_s, read_seed)
+    parent_readout = read_layer(layer, chip.profile, chip.seed, idx, age_s, read_seed)
     n_tiles = len(layer.tiles)
     # End-to-end accuracies on the held-out samples, through the whole chip.
     before = _accuracy(rt.run(x[hold], age_s, read_seed=read_seed, seed=config.seed)[0], y[hold])
     before_off = _accuracy(rt.run(x[hold], age_s, read_seed=read_seed, gdc=False, seed=config.seed)[0], y[hold])
-    w0 = np.clip(parent_ro.w_norm.astype(np.float64), -1.0, 1.0)
+    w0 = np.clip(parent_readout.w_norm.astype(np.float64), -1.0, 1.0)
     opt = _optimizer(config, w0)
     r = layer.input_range
     out_scale = r * layer.col_scale.astype(np.float64)
@@ -253,7 +261,7 @@ def recalibrate(
             history.append({"step": step + 1, "holdout_accuracy": acc, "pulses": int(opt.pulses_used)})
     w_bar = np.clip(opt.weights(), -1.0, 1.0).astype(np.float32)
     new = _derive_chip(chip, idx, w_bar, age_s, config, new_chip_id, int(opt.pulses_used))
-    after = _accuracy(ChipRuntime(new, binding="inputs", threads=threads)
+    after = _accuracy(ChipRuntime(new, binding=WeightBinding.INPUTS, threads=threads)
                       .run(x[hold], 0.0, read_seed=read_seed, seed=config.seed)[0], y[hold])
     new.meta["recalibration"].update(accuracy_before=before, accuracy_before_no_gdc=before_off,
                                      accuracy_after=after, holdout_samples=int(n_hold))
@@ -270,11 +278,11 @@ def _derive_chip(parent: ChipState, idx: int, w_bar: np.ndarray, age_s: float, c
     old = parent.layers[idx]
     weight = (w_bar * old.col_scale).astype(np.float32)  # digital equivalent of the device state
     actual = pair_targets_us(w_bar, g_max)  # what the pulses left on the devices, µS
-    codes = fl.decode_faults(old.nu)
-    actual[codes == fl.STUCK_RESET] = 0.0
-    actual[codes == fl.STUCK_SET] = g_max
+    codes = faults.decode_faults(old.nu)
+    actual[codes == faults.STUCK_RESET] = 0.0
+    actual[codes == faults.STUCK_SET] = g_max
     target = pair_targets_us(normalise(weight, column_scales(weight)), g_max)
-    nu = fl.encode_nu(sample_nu(actual, profile, cfg.seed, idx), codes)
+    nu = faults.encode_nu(sample_nu(actual, profile, cfg.seed, idx), codes)
     layer = LayerState(
         name=old.name, weight=weight, input_range=old.input_range, tiles=list(old.tiles),
         dg_us=(actual - target).astype(np.float16), nu=nu.astype(np.float16),

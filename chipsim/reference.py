@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from chipsim.modes import GdcMode
 from chipsim.periphery import adc, dac, ir_drop_delta, output_noise_std
-from chipsim.profiles import ChipProfile, GdcMode
+from chipsim.profiles import ChipProfile
 from chipsim.readout import LayerReadout
 from chipsim.state import LayerState
 

@@ -10,6 +10,7 @@ weights themselves belong to the model and are stored once, shared by every chip
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -18,6 +19,18 @@ import numpy as np
 
 from chipsim.mapping import column_scales, normalise, pair_targets_us
 from chipsim.profiles import ChipProfile
+
+CHIP_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def check_chip_id(chip_id: str) -> str:
+    """Chip ids are short lowercase slugs, so they are safe as folder names (no path tricks)."""
+    if not isinstance(chip_id, str) or not CHIP_ID_RE.match(chip_id):
+        raise ValueError(
+            f"chip_id: {chip_id!r} is not a valid chip id (1-63 characters: lowercase letters, digits, '-', '_'; "
+            "starting with a letter or digit)"
+        )
+    return chip_id
 
 
 @dataclass(frozen=True)

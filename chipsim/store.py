@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from chipsim.profiles import ProfileError, profile_from_dict
-from chipsim.programming import check_chip_id
-from chipsim.state import ChipState, LayerState
+from chipsim.state import ChipState, LayerState, check_chip_id
 
 FORMAT = "agedchip-chip"
 FORMAT_VERSION = 1

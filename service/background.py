@@ -24,7 +24,8 @@ import anyio
 import numpy as np
 
 from service.durations import SCHEDULE
-from service.registry import LoadedChip, Registry
+from service.registry import Registry
+from service.served_chip import GAUGE_GDC, ServedChip
 from service.settings import Settings
 
 log = logging.getLogger("agedchip.service")
@@ -40,7 +41,7 @@ class Refresher:
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ one chip
-    def refresh_chip(self, chip: LoadedChip) -> None:
+    def refresh_chip(self, chip: ServedChip) -> None:
         s = self.settings
         age = chip.wall_age()
         g = chip.gauges
@@ -51,14 +52,13 @@ class Refresher:
         eval_set = chip.eval_set()
         if eval_set is not None and chip.classifier:
             subset = eval_set.subset(s.refresh_eval_samples)
-            g.current_accuracy = {"on": chip.accuracy(subset, age, 0, True),
-                                  "off": chip.accuracy(subset, age, 0, False)}
+            g.current_accuracy = {label: chip.accuracy(subset, age, 0, gdc) for label, gdc in GAUGE_GDC.items()}
             if not g.eval_accuracy:
                 acc: dict[tuple[str, str], float] = {}
                 for label, age_s in SCHEDULE.items():
                     if self._stop.is_set():
                         return
-                    for mode, gdc in (("on", True), ("off", False)):
+                    for mode, gdc in GAUGE_GDC.items():
                         acc[(label, mode)] = float(np.mean(
                             [chip.accuracy(subset, age_s, r, gdc) for r in range(s.schedule_readouts)]))
                 g.eval_accuracy = acc

@@ -12,6 +12,8 @@ Accepted forms (whitespace is ignored, units are case-insensitive except ISO-860
 
 Every result is checked with :func:`chipsim.check_age`: finite, ≥ 0 and at most 1000 years.
 Errors are :class:`DurationError` (a ``ValueError``) whose message starts with the field name.
+Ages from the wall clock are rounded by :func:`quantise_age`. The time constants and the fixed
+evaluation schedule of the service are defined here, once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 import re
 
 from chipsim import check_age
+from chipsim.readout import MAX_AGE_S
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -45,6 +48,10 @@ SCHEDULE: dict[str, float] = {
 }
 
 MAX_DURATION_CHARS = 64
+#: Wall-clock ages are rounded to this many steps per decade (≤ 2.3 % apart, so the drift factor
+#: ((t+t0)/t0)^−ν with ν ≤ 0.1 moves by < 0.23 % between steps) so that consecutive requests
+#: share a cached read-out instead of computing one per request.
+AGE_STEPS_PER_DECADE = 100
 
 _NUM = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _TERM = re.compile(rf"({_NUM})([a-zA-Z]+)")
@@ -146,3 +153,13 @@ def format_age(seconds: float) -> str:
         if seconds >= s:
             return f"{seconds / s:.3g}{unit}"
     return f"{seconds:.3g}s"
+
+
+def quantise_age(age_s: float) -> float:
+    """A wall-clock-derived age rounded onto a log grid (see AGE_STEPS_PER_DECADE), in [0, MAX_AGE_S]."""
+    if not math.isfinite(age_s) or age_s <= 0:
+        return 0.0
+    if age_s < 1.0:
+        return round(age_s, 2)
+    q = 10 ** (round(math.log10(age_s) * AGE_STEPS_PER_DECADE) / AGE_STEPS_PER_DECADE)
+    return float(min(float(f"{q:.6g}"), MAX_AGE_S))

@@ -1,7 +1,7 @@
 """Prometheus metrics of the service; names and labels follow ``docs/metrics.md`` exactly.
 
 HTTP metrics are ordinary prometheus-client instruments updated by the ASGI middleware in
-:mod:`service.app`. Everything per chip is produced at scrape time by :class:`ChipCollector`
+:mod:`service.middleware`. Everything per chip is produced at scrape time by :class:`ChipCollector`
 from the registry (counters kept on each loaded chip, gauges from the background refresher,
 read-out cache statistics from the runtime), so a deleted chip's series disappear with it and
 label sets stay bounded by the chips in the store.
@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from service.durations import SCHEDULE
 from service.registry import Registry
+from service.served_chip import GAUGE_GDC
 
 PREFIX = "agedchip_"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -74,8 +75,7 @@ class ChipCollector(Collector):
 
         for c in chips:
             cid = c.chip_id
-            with c._lock:
-                n_inf, n_samples, n_lab, n_correct = c.inferences, c.samples, c.labelled, c.correct
+            n_inf, n_samples, n_lab, n_correct = c.counters()
             inferences.add_metric([cid], n_inf)
             samples.add_metric([cid], n_samples)
             labelled.add_metric([cid], n_lab)
@@ -90,11 +90,11 @@ class ChipCollector(Collector):
             g = c.gauges
             age.add_metric([cid], c.wall_age())
             for label in SCHEDULE:
-                for mode in ("on", "off"):
+                for mode in GAUGE_GDC:
                     v = g.eval_accuracy.get((label, mode))
                     if v is not None:
                         eval_acc.add_metric([cid, label, mode], v)
-            for mode in ("on", "off"):
+            for mode in GAUGE_GDC:
                 v = g.current_accuracy.get(mode)
                 if v is not None:
                     cur_acc.add_metric([cid, mode], v)

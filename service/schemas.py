@@ -10,7 +10,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-GdcOption = bool | Literal["global", "column", "exact", "off"]
+from chipsim.modes import GdcMode
+
+#: GDC modes a request may name, and those that compensate (the "with GDC" numbers).
+GDC_MODES: tuple[str, ...] = tuple(m.value for m in GdcMode)
+GDC_ON_MODES: tuple[str, ...] = tuple(m.value for m in GdcMode if m is not GdcMode.OFF)
+GdcOption = bool | Literal[GDC_MODES]  # type: ignore[valid-type]
 #: Seconds (a JSON number) or a duration string; strict, so ``true`` is not 1 s.
 AgeValue = StrictInt | StrictFloat | StrictStr
 
@@ -215,7 +220,7 @@ class EvaluateRequest(BaseModel):
     readouts: int = Field(5, ge=1, description="Read-outs (read seeds 0…n−1) per age; mean ± std over them. "
                                                 "At most AGEDCHIP_MAX_EVAL_READOUTS (default 50).")
     samples: int | None = Field(None, ge=1, description="Use only the first n eval samples (default: all).")
-    gdc_mode: Literal["global", "column", "exact"] | None = Field(
+    gdc_mode: Literal[GDC_ON_MODES] | None = Field(  # type: ignore[valid-type]
         None, description="GDC mode for the 'GDC on' numbers (default: the profile's, or global).")
 
 

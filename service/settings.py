@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chipsim import PRESETS
+from chipsim.modes import MvmNoiseSource
+from service.durations import DAY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +41,7 @@ class Settings(BaseSettings):
     default_profile: str = Field("pcm", description=f"Preset of the default chip, one of {sorted(PRESETS)}.")
     default_seed: int = Field(0, ge=0, description="Programming seed of the default chip.")
     default_time_scale: float = Field(
-        86400.0, ge=0, le=1e9,
+        DAY, ge=0, le=1e9,
         description="Chip seconds per wall-clock second of the default chip (86400: one day of ageing per "
                     "second, a year in about 6 minutes, 10 years in about an hour).",
     )
@@ -64,9 +66,10 @@ class Settings(BaseSettings):
     binding: str = Field("initializers", description="How read-out weights reach onnxruntime: 'initializers' "
                                                      "(a session per cached age: faster for repeated ages, 4-50 ms "
                                                      "per new age) or 'inputs' (weights fed per run: cheap new ages).")
-    mvm_noise: str = Field("table", description="Per-MVM noise: 'table' (a window of a shared 32 MiB table of "
-                                                "Gaussian samples at a random offset per request: no per-output "
-                                                "draws) or 'fresh' (one new Gaussian per output, ~9 ns each).")
+    mvm_noise: str = Field(MvmNoiseSource.TABLE.value,
+                           description="Per-MVM noise: 'table' (a window of a shared 32 MiB table of Gaussian "
+                                       "samples at a random offset per request: no per-output draws) or 'fresh' "
+                                       "(one new Gaussian per output, ~9 ns each).")
     cache_bytes: int = Field(256 << 20, ge=0, description="Read-out cache per chip, bytes.")
     cache_entries: int = Field(32, ge=1, description="Read-out cache per chip, entries (ages × read seeds).")
     infer_concurrency: int = Field(0, ge=0, le=256, description="Inference requests computed at the same time; "
@@ -97,8 +100,8 @@ class Settings(BaseSettings):
     @field_validator("mvm_noise")
     @classmethod
     def _mvm_noise(cls, v: str) -> str:
-        if v not in ("table", "fresh"):
-            raise ValueError("mvm_noise must be 'table' or 'fresh'")
+        if v not in tuple(MvmNoiseSource):
+            raise ValueError(f"mvm_noise must be one of {[s.value for s in MvmNoiseSource]}")
         return v
 
     @field_validator("log_level")

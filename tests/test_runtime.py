@@ -345,3 +345,31 @@ def test_benchmark_product_ceiling_keeps_the_models_outputs(form):
         np.testing.assert_allclose(got, _digital(model, x), rtol=1e-5, atol=1e-5)
         if form == "separate":  # the extra products exist as nodes (attention MatMuls stay single)
             assert n_products > n_orig
+
+
+def test_run_with_readout_returns_the_readout_it_ran_with():
+    model = om.export(om.mlp(), torch.zeros(2, 64))
+    chip = program_onnx(model, get_profile("pcm"), seed=3)
+    rt = ChipRuntime(chip)
+    x = np.random.default_rng(0).random((3, 64)).astype(np.float32)
+    outputs, readout = rt.run_with_readout(x, age_s=86400.0, read_seed=2, seed=1)
+    assert rt.stats.misses == 1 and rt.stats.hits == 0  # one cache access, no look-up afterwards
+    assert readout.age_s == 86400.0 and readout.read_seed == 2
+    fresh = read(chip, 86400.0, read_seed=2)  # the read-out computed again, outside the runtime
+    for got, want in zip(readout.layers, fresh.layers):
+        assert np.array_equal(got.w_norm, want.w_norm) and np.array_equal(got.alpha_column, want.alpha_column)
+    assert np.array_equal(outputs[0], rt.run(x, age_s=86400.0, read_seed=2, seed=1)[0])
+
+
+def test_inputs_are_checked_against_a_model_before_it_is_programmed():
+    from chipsim.compiler import model_inputs
+    from chipsim.model_inputs import ModelInputs
+
+    model = om.export(om.mlp(), torch.zeros(2, 64))
+    declared = model_inputs(model)
+    assert declared == program_onnx(model, get_profile("ideal"), seed=0).meta["inputs"]
+    check = ModelInputs(declared).check
+    assert check(np.zeros((2, 64)))["x"].dtype == np.float32
+    with pytest.raises(InputError) as err:
+        check(np.zeros((2, 63)))
+    assert err.value.field == "inputs.x" and "dimension 1 must be 64" in str(err.value)

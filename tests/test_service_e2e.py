@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,15 +18,10 @@ import numpy as np
 import pytest
 
 from tests.onnx_models import single_layer
-from tests.test_service import ZOO_MODEL, eval_npz, make_zoo, tiny_model
+from tests.live_service import free_port
+from tests.service_helpers import ZOO_MODEL, eval_npz, tiny_model, x_batch
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -73,15 +67,6 @@ class Server:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=20)
         self.log.close()
-
-
-@pytest.fixture
-def zoo(tmp_path) -> Path:
-    return make_zoo(tmp_path / "zoo")
-
-
-def x_batch(n: int, seed: int = 0) -> list:
-    return np.random.default_rng(seed).random((n, 1, 8, 8)).astype(np.float32).tolist()
 
 
 def test_program_infer_metrics_restart_same_outputs(tmp_path, zoo):

@@ -1,4 +1,5 @@
-"""POST /chips/{id}/recalibrate and the /jobs routes (in-process TestClient, the tiny zoo of test_service).
+"""POST /chips/{id}/recalibrate and the /jobs routes (in-process TestClient on the tiny zoo of
+tests/conftest.py; the module's tests share one app, ``shared``).
 
 A job retrains the chip's last layer in a worker thread (chipsim.recalibration) and publishes a new
 chip atomically; the parent stays unchanged. Cancelled, failed and shut-down jobs leave no chip.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,29 +16,16 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 
 from service.app import create_app
-from service.recalibration import JobTable
-from tests.test_service import ZOO_MODEL, err, eval_npz, make_settings, make_zoo, tiny_model, x_batch
+from service.jobs import JobTable
+from tests.service_helpers import ZOO_MODEL, err, eval_npz, make_settings, tiny_model, x_batch
 
 TEN_YEARS = 10 * 365 * 86400.0
-
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> Path:
-    return make_zoo(tmp_path_factory.mktemp("zoo"))
 
 
 @pytest.fixture(scope="module")
 def data() -> bytes:
     """200 labelled samples for the tiny model (labels = the float model's argmax)."""
     return eval_npz(tiny_model(), n=200, seed=5)
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory, zoo):
-    state = tmp_path_factory.mktemp("recal")
-    with TestClient(create_app(make_settings(state / "state", zoo))) as c:
-        c.state_dir = state / "state"
-        yield c
 
 
 def npz(**arrays: np.ndarray) -> bytes:
@@ -86,8 +73,8 @@ def no_reservations(c: TestClient) -> bool:
 
 
 # ----------------------------------------------------------------------------------- the happy path
-def test_job_succeeds_new_chip_serves_and_parent_is_unchanged(client, data):
-    c = client
+def test_job_succeeds_new_chip_serves_and_parent_is_unchanged(shared, data):
+    c = shared
     inf = {"chip_id": "default", "inputs": x_batch(4, seed=3), "age": "10y", "seed": 1}
     before = c.post("/infer", json=inf).json()
     parent = c.get("/chips/default").json()
@@ -141,9 +128,9 @@ def test_job_succeeds_new_chip_serves_and_parent_is_unchanged(client, data):
                                                                "age": "1d"}).json()["outputs"]
 
 
-def test_recalibration_recovers_a_harshly_aged_chip(client, data):
+def test_recalibration_recovers_a_harshly_aged_chip(shared, data):
     """Drift ×3 at 10 years hurts even with GDC; retraining the last layer on-chip recovers it."""
-    c = client
+    c = shared
     r = c.post("/program", json={"model": ZOO_MODEL, "chip_id": "harsh", "seed": 2,
                                  "profile": {"preset": "pcm", "drift_scale": 3.0}})
     assert r.status_code == 201, r.text
@@ -157,8 +144,8 @@ def test_recalibration_recovers_a_harshly_aged_chip(client, data):
 
 
 # ----------------------------------------------------------------------------------- cancel & failures
-def test_cancel_stops_the_job_and_leaves_no_chip(client, data):
-    c = client
+def test_cancel_stops_the_job_and_leaves_no_chip(shared, data):
+    c = shared
     r = post(c, data=data, steps=100_000, seed=1, new_chip_id="never")
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
@@ -177,8 +164,8 @@ def test_cancel_stops_the_job_and_leaves_no_chip(client, data):
     assert c.delete("/chips/never").status_code == 204
 
 
-def test_cancel_a_queued_job(client, data):
-    c = client  # program_concurrency = 1: the second job waits for the first
+def test_cancel_a_queued_job(shared, data):
+    c = shared  # program_concurrency = 1: the second job waits for the first
     first = post(c, data=data, steps=100_000, seed=1, new_chip_id="busy").json()["job_id"]
     assert wait_running(c, first)["status"] == "running"
     second = post(c, data=data, steps=5, seed=1, new_chip_id="queued").json()["job_id"]
@@ -191,10 +178,10 @@ def test_cancel_a_queued_job(client, data):
     assert "busy" not in chip_ids(c) and "queued" not in chip_ids(c) and no_reservations(c)
 
 
-def test_failures_leave_no_chip(client, data, monkeypatch):
-    import service.recalibration as mod
+def test_failures_leave_no_chip(shared, data, monkeypatch):
+    import service.recalibration_jobs as mod
 
-    c = client
+    c = shared
 
     def boom(*a, **k):
         raise RuntimeError("secret internals")
@@ -285,12 +272,12 @@ BAD = [  # (description, chip, data arrays or raw bytes or None, fields, status,
 
 
 @pytest.fixture(scope="module")
-def with_conv_chip(client):
+def with_conv_chip(shared):
     files = {"model": ("conv.onnx", _conv_model(), "application/octet-stream")}
-    r = client.post("/program", files=files, data={"chip_id": "convchip", "seed": "0"})
+    r = shared.post("/program", files=files, data={"chip_id": "convchip", "seed": "0"})
     assert r.status_code == 201, r.text
     assert [layer["kind"] for layer in r.json()["layers"]] == ["conv", "gemm"]
-    return client
+    return shared
 
 
 @pytest.mark.parametrize("what,chip,arrays,fields,status,field", BAD, ids=[b[0] for b in BAD])
@@ -308,8 +295,8 @@ def test_bad_input_is_4xx_naming_the_field(with_conv_chip, data, what, chip, arr
     assert chip_ids(c) == before and no_reservations(c)  # nothing created, no id left reserved
 
 
-def test_request_shape_errors(client, data):
-    c = client
+def test_request_shape_errors(shared, data):
+    c = shared
     r = c.post("/chips/default/recalibrate", json={"algorithm": "residual"})
     assert err(r) == (415, "content-type")
     r = c.post("/chips/default/recalibrate", files={"data": (None, "text, not a file")})
@@ -358,8 +345,8 @@ def test_api_keys_enforced(tmp_path, zoo, data):
         assert wait(c, job_id, headers=admin)["status"] == "cancelled"
 
 
-def test_openapi_documents_the_routes(client):
-    paths = client.get("/openapi.json").json()["paths"]
+def test_openapi_documents_the_routes(shared):
+    paths = shared.get("/openapi.json").json()["paths"]
     op = paths["/chips/{chip_id}/recalibrate"]["post"]
     props = op["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     assert {"data", "algorithm", "layer", "steps", "seed", "age", "new_chip_id", "batch_size", "lr"} <= set(props)

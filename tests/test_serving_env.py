@@ -26,10 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_docker_static import (
-    DOCKERFILE, REPO, copy_sources, dockerignored, env_of, parse_dockerfile, runtime_stage,
-)
-from tests.test_prometheus import http, run_service, sample_batch
+from tests.dockerfile import DOCKERFILE, REPO, copy_sources, dockerignored, env_of, parse_dockerfile, runtime_stage
+from tests.live_service import http, run_service, sample_batch
 
 pytestmark = pytest.mark.slow
 

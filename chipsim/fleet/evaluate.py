@@ -34,7 +34,7 @@ from chipsim.fleet.evalset import EVAL_ATTACHMENT, EvalSet, correct_count, load_
 from chipsim.fleet.manifest import Fleet, FleetStore, chip_digest, open_chip_store
 from chipsim.fleet.spec import FleetEvalSpec
 from chipsim.fleet.stats import PERCENTILES, distribution, yield_summary
-from chipsim.modes import GdcMode, SloMetric
+from chipsim.modes import GdcMode, MvmNoiseSource, SloMetric, WeightBinding
 from chipsim.rng import Stream, stream
 from chipsim.runtime import ChipRuntime
 from chipsim.store import ChipStoreError
@@ -111,7 +111,8 @@ def _load(task: EvalTask) -> tuple[ChipRuntime, EvalSet]:
         raise FleetError(f"fleet: chip {task.chip_id!r} has no eval set", "fleet_id")
     # One intra-op thread: the executor's processes are the parallelism, and the serial reference
     # must run the very same kernels. "inputs" binding: ages are one-off, no session per age.
-    rt = ChipRuntime(chip, threads=1, binding="inputs", cache_entries=2, cache_bytes=256 << 20, noise="table")
+    rt = ChipRuntime(chip, threads=1, binding=WeightBinding.INPUTS, cache_entries=2, cache_bytes=256 << 20,
+                     noise=MvmNoiseSource.TABLE)
     ev = load_eval_set(chip.attachments[EVAL_ATTACHMENT], [i["name"] for i in rt.inputs]).subset(task.samples)
     return rt, ev
 

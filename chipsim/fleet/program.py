@@ -21,7 +21,9 @@ from chipsim.fleet.errors import FleetCancelled, FleetError, FleetExistsError
 from chipsim.fleet.evalset import EVAL_ATTACHMENT, digital_accuracy, load_eval_set
 from chipsim.fleet.manifest import Fleet, FleetChip, FleetStore, chip_digest
 from chipsim.fleet.spec import FleetSpec
-from chipsim.runtime import ChipRuntime, InputError
+from chipsim.model_inputs import InputError
+from chipsim.modes import WeightBinding
+from chipsim.runtime import ChipRuntime
 from chipsim.store import ChipExistsError, ChipStore
 
 #: progress(done, total): called after each chip is published (and once with 0 at the start).
@@ -117,7 +119,7 @@ def program_fleet(
 
 def _check_eval_set(chip, model_bytes: bytes, eval_bytes: bytes) -> tuple[float, int]:
     """Validate the eval set against the compiled model; returns (FP accuracy, samples)."""
-    rt = ChipRuntime(chip, threads=1, binding="inputs", cache_entries=1)
+    rt = ChipRuntime(chip, threads=1, binding=WeightBinding.INPUTS, cache_entries=1)
     ev = load_eval_set(eval_bytes, [i["name"] for i in rt.inputs])
     try:
         rt.check_inputs({k: v[:2] for k, v in ev.feeds.items()})

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from chipsim.fleet.errors import FleetError
 from chipsim.modes import GdcMode, SloMetric
 from chipsim.profiles import ChipProfile, ProfileError, get_profile
-from chipsim.programming import check_chip_id
-from chipsim.readout import MAX_AGE_S
+from chipsim.ages import MAX_AGE_S
 from chipsim.rng import MAX_SEED
+from chipsim.state import check_chip_id
 
 #: At most this many chips per fleet: chip ids keep three digits (``<fleet>-000`` … ``-999``).
 MAX_FLEET_CHIPS = 1000

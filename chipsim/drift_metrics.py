@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from chipsim import faults as fl
-from chipsim.profiles import GdcMode
+from chipsim import faults
+from chipsim.modes import GdcMode
 from chipsim.readout import ChipReadout, conductances_at, layer_age, read
 from chipsim.rng import Stream, stream
 from chipsim.state import ChipState
@@ -35,32 +35,33 @@ def drift_metrics(
     g_max = chip.profile.device_model.g_max_us
     layers = []
     tot = dict(sq_err_raw=0.0, sq_err_gdc=0.0, sq_w=0.0, g_t=0.0, g_prog=0.0, reset=0, set=0, nu_sum=0.0, nu_n=0)
-    for i, (layer, lr) in enumerate(zip(chip.layers, readout.layers)):
+    for i, (layer, layer_readout) in enumerate(zip(chip.layers, readout.layers)):
         w = layer.weight.astype(np.float64)
         s = layer.col_scale.astype(np.float64)
-        w_raw = lr.w_norm * s
-        alpha = lr.alpha(mode)
+        w_raw = layer_readout.w_norm * s
+        alpha = layer_readout.alpha(mode)
+        tile_alpha = layer_readout.tile_alpha(mode)
         w_gdc = np.empty_like(w_raw)
         for k, (a, b) in enumerate(layer.tiles):
             w_gdc[a:b] = w_raw[a:b] * alpha[k]
         g_prog = layer.g_prog_us(g_max)
         rng = stream(chip.seed, Stream.READ, readout.read_seed, i)  # same draws as the read-out
         g_t = conductances_at(layer, chip.profile, layer_age(layer, readout.age_s), rng)
-        codes = fl.decode_faults(layer.nu)
-        nu = layer.nu.astype(np.float64)[codes == fl.HEALTHY]
+        codes = faults.decode_faults(layer.nu)
+        nu = layer.nu.astype(np.float64)[codes == faults.HEALTHY]
         entry = {
             "name": layer.name,
             "rows": layer.shape[0],
             "cols": layer.shape[1],
             "tiles": len(layer.tiles),
             "devices": int(layer.nu.size),
-            "alpha_mean": float(np.mean(lr.alpha_global if mode != "exact" else lr.alpha_exact)),
-            "alpha_per_tile": [float(a) for a in (lr.alpha_global if mode != "exact" else lr.alpha_exact)],
+            "alpha_mean": float(np.mean(tile_alpha)),
+            "alpha_per_tile": [float(a) for a in tile_alpha],
             "g_ratio": float(g_t.sum(dtype=np.float64) / max(g_prog.sum(dtype=np.float64), 1e-30)),
             "weight_error": _rel_error(w_raw, w),
             "weight_error_gdc": _rel_error(w_gdc, w),
-            "stuck_reset": int(np.sum(codes == fl.STUCK_RESET)),
-            "stuck_set": int(np.sum(codes == fl.STUCK_SET)),
+            "stuck_reset": int(np.sum(codes == faults.STUCK_RESET)),
+            "stuck_set": int(np.sum(codes == faults.STUCK_SET)),
             "mean_nu": float(nu.mean()) if nu.size else 0.0,
         }
         layers.append(entry)

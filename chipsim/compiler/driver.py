@@ -1,0 +1,165 @@
+"""The compiler's entry points: ONNX model → compiled graph + layer specs → programmed chip.
+
+``compile_model`` runs the passes in order: load and check the model (:mod:`.loader`), refuse
+what the chip cannot map, resolve the DAC input ranges (:mod:`.calibration`), hand each
+weight-bearing node to its rewriter (:mod:`.rewriters`), which lowers it to the periphery's ONNX
+ops (:mod:`.lowering`), and assemble and check the new graph. Every other node is kept as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import onnx
+from onnx import helper
+
+from chipsim.compiler.calibration import Calibration, resolve_ranges
+from chipsim.compiler.graph_builder import GraphBuilder
+from chipsim.compiler.loader import constants, io_specs, load_model, static_shapes
+from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
+from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext
+from chipsim.profiles import ChipProfile
+from chipsim.programming import program
+from chipsim.state import ChipState
+
+#: Control-flow ops: a weight-bearing op inside their bodies is refused.
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
+
+
+def refuse_unmappable(model: onnx.ModelProto, consts: dict[str, Any]) -> None:
+    """Raise CompileError for a weight-bearing op no rewriter maps, or one inside a control-flow body."""
+    for node in model.graph.node:
+        if node.op_type in UNMAPPABLE and any(i in consts for i in node.input[1:] if i):
+            raise CompileError(
+                f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot map; "
+                f"{UNMAPPABLE[node.op_type]}"
+            )
+        if node.op_type in CONTROL_FLOW_OPS:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH and any(n.op_type in REWRITERS for n in attr.g.node):
+                    raise CompileError(f"model: weight-bearing ops inside a {node.op_type} body are not supported")
+
+
+def check_weight_operands(ctx: RewriteContext, node: onnx.NodeProto) -> None:
+    """A weight computed at run time purely from constants is a folded-away weight, not an activation."""
+    rewriter = REWRITERS.get(node.op_type)
+    if rewriter is None:
+        return
+    for weight in rewriter.weight_inputs(node):
+        if weight in ctx.consts:
+            continue
+        seen, stack = set(), [weight]
+        while stack:
+            t = stack.pop()
+            if t in ctx.consts or t in seen:
+                continue
+            seen.add(t)
+            prod = ctx.producers.get(t)
+            if prod is None:  # a graph input: a genuine activation
+                break
+            stack.extend(i for i in prod.input if i)
+        else:
+            raise CompileError(
+                f"model: the weight of {node.op_type} {node.name!r} is computed at run time from constants "
+                f"(by {ctx.producers[weight].op_type}); export with constant folding "
+                "(torch.onnx.export(..., do_constant_folding=True)) so the chip sees constant weights"
+            )
+
+
+def analog_weight_inputs(model: onnx.ModelProto, consts: dict[str, Any]) -> dict[str, str]:
+    """Every weight the rewriters will map → the tensor it multiplies, in node order."""
+    out: dict[str, str] = {}
+    for node in model.graph.node:
+        rewriter = REWRITERS.get(node.op_type)
+        if rewriter is not None:
+            out.update(rewriter.analog_weights(node, consts))
+    return out
+
+
+def rewrite_nodes(ctx: RewriteContext) -> tuple[list[onnx.NodeProto], int]:
+    """The new node list (each mapped node replaced by its lowering) and the count of digital nodes."""
+    new_nodes: list[onnx.NodeProto] = []
+    digital = 0
+    for node in ctx.model.graph.node:
+        check_weight_operands(ctx, node)
+        rewriter = REWRITERS.get(node.op_type)
+        if rewriter and rewriter.rewrite(ctx, node):
+            new_nodes.extend(ctx.builder.take_nodes())
+        else:
+            digital += node.op_type != "Constant"
+            new_nodes.append(node)
+    return new_nodes, digital
+
+
+def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
+    """The compiled model: the new nodes, the original inputs plus the chip's graph inputs, the
+    original initializers the mapped layers no longer use dropped; checked by the ONNX checker."""
+    model = ctx.model
+    init_names = {t.name for t in model.graph.initializer}
+    mapped = {p.weight_name for p in ctx.plans}
+    used = {i for n in new_nodes for i in n.input}
+    graph = helper.make_graph(
+        new_nodes,
+        model.graph.name or "agedchip",
+        [i for i in model.graph.input if i.name not in init_names] + ctx.builder.inputs,
+        list(model.graph.output),
+        initializer=[t for t in model.graph.initializer if t.name not in mapped or t.name in used] + ctx.builder.inits,
+    )
+    out = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="agedchip")
+    out.ir_version = model.ir_version
+    try:
+        onnx.checker.check_model(out)
+    except Exception as err:  # a compiler bug, not user input
+        raise RuntimeError(f"compiled graph failed the ONNX checker: {err}") from err
+    return out.SerializeToString()
+
+
+def compile_model(
+    model_bytes: bytes, profile: ChipProfile, calibration: Calibration | None = None,
+    ranges: dict[str, float] | None = None,
+) -> CompiledModel:
+    """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
+    (weight initializer name → r) override metadata and calibration (recompiling a chip)."""
+    model = load_model(model_bytes)
+    consts = constants(model)
+    init_names = {t.name for t in model.graph.initializer}
+    refuse_unmappable(model, consts)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    ranges = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges)
+    ctx = RewriteContext(model=model, consts=consts, producers={o: n for n in model.graph.node for o in n.output},
+                         shapes=static_shapes(model), profile=profile, ranges=ranges, builder=GraphBuilder())
+    new_nodes, digital = rewrite_nodes(ctx)
+    if not ctx.plans:
+        raise CompileError("model: no weight-bearing MatMul, Gemm or Conv with constant weights; nothing to map")
+    return CompiledModel(
+        specs=ctx.specs, plans=ctx.plans, graph=assemble(ctx, new_nodes),
+        inputs=io_specs(model.graph.input, init_names), outputs=io_specs(model.graph.output, set()),
+        metadata=metadata, digital_nodes=digital,
+    )
+
+
+def program_onnx(
+    model_bytes: bytes,
+    profile: ChipProfile,
+    seed: int,
+    chip_id: str = "chip",
+    calibration: Calibration | None = None,
+    meta: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> ChipState:
+    """Compile an ONNX model and program its analog layers onto a new chip."""
+    compiled = compile_model(model_bytes, profile, calibration)
+    digest = hashlib.sha256(model_bytes).hexdigest()
+    chip_meta = {
+        "model_digest": digest,
+        "plans": compiled.plan_json(),
+        "inputs": compiled.inputs,
+        "outputs": compiled.outputs,
+        "model_metadata": compiled.metadata,
+        "digital_nodes": compiled.digital_nodes,
+        "graph_format": GRAPH_FORMAT,
+        **(meta or {}),
+    }
+    return program(compiled.specs, profile, seed, chip_id=chip_id, meta=chip_meta,
+                   attachments={"model.onnx": bytes(model_bytes), "compiled.onnx": compiled.graph}, progress=progress)

@@ -1,0 +1,127 @@
+"""Loading an ONNX model held in memory, its checks, and what the rewriters read from it.
+
+Never reads a path a model names (external data is refused), so an upload cannot make the
+chip read a file. New loader features (symbolic dims, other float types, other op domains)
+belong here: everything after this module sees a checked ``onnx.ModelProto``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from chipsim.compiler.plan import CompileError
+
+MIN_OPSET = 13
+MAX_MODEL_BYTES = 1 << 30
+#: Operator domains a model may use: the default ONNX domain, by either of its names.
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def load_model(model_bytes: bytes) -> onnx.ModelProto:
+    """Parse and validate an ONNX model held in memory. Never reads paths named by the model."""
+    if not isinstance(model_bytes, (bytes, bytearray)) or not model_bytes:
+        raise CompileError("model: empty upload; expected an ONNX file")
+    if len(model_bytes) > MAX_MODEL_BYTES:
+        raise CompileError("model: larger than 1 GiB")
+    try:
+        model = onnx.load_from_string(bytes(model_bytes))
+    except Exception as err:  # protobuf raises several types
+        raise CompileError(f"model: not a valid ONNX protobuf ({type(err).__name__})") from None
+    for tensor in all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            raise CompileError(
+                f"model: tensor {tensor.name!r} is stored in an external data file; the chip never reads files "
+                "named by a model. Save the model with its weights inside (onnx.save(model, path, "
+                "save_as_external_data=False))."
+            )
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:
+        raise CompileError(f"model: malformed ONNX ({str(err).splitlines()[0][:300]})") from None
+    opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), 0)
+    if opset < MIN_OPSET:
+        raise CompileError(f"model: opset {opset} is too old; export with opset ≥ {MIN_OPSET} (e.g. opset_version=17)")
+    for node in model.graph.node:
+        if node.domain not in ONNX_DOMAINS:
+            raise CompileError(f"model: node {node.name or node.op_type!r} uses custom domain {node.domain!r}")
+    return model
+
+
+def model_inputs(model_bytes: bytes) -> list[dict[str, Any]]:
+    """The inputs (name, dtype, shape) a chip programmed from this model takes, as in its
+    meta, read without compiling: data can be checked against them before programming."""
+    model = load_model(model_bytes)
+    return io_specs(model.graph.input, {t.name for t in model.graph.initializer})
+
+
+def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in the model: initializers, tensor attributes, subgraph initializers."""
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+    for sub in subgraphs(model.graph):
+        yield from sub.initializer
+
+
+def subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """The bodies of control-flow nodes (If, Loop, Scan), recursively."""
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+                yield from subgraphs(attr.g)
+
+
+def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and outputs of ``Constant`` nodes (torch sometimes exports weights so)."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return consts
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Shapes of every tensor with symbolic input dims set to 1 (per-sample shapes)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    init_names = {t.name for t in m.graph.initializer}
+    for inp in m.graph.input:
+        if inp.name in init_names:
+            continue
+        for d in inp.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.Clear()
+                d.dim_value = 1
+    try:
+        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    except Exception as err:
+        raise CompileError(f"model: shape inference failed ({str(err).splitlines()[0][:200]})") from None
+    shapes: dict[str, list[int | None]] = {}
+    for vi in [*m.graph.value_info, *m.graph.output, *m.graph.input]:
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def io_specs(values, init_names: set[str]) -> list[dict[str, Any]]:
+    """Name, numpy dtype name and shape (symbolic dims by name) of graph inputs or outputs,
+    leaving out initializers listed as inputs."""
+    out = []
+    for vi in values:
+        if vi.name in init_names:
+            continue
+        tt = vi.type.tensor_type
+        out.append({
+            "name": vi.name,
+            "dtype": helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32",
+            "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim],
+        })
+    return out

@@ -1,0 +1,328 @@
+"""A chip the service serves: its immutable state, runtimes, eval set, counters and gauges.
+
+Every method is blocking (onnxruntime, numpy): call it from a worker thread. Bad requests raise
+:mod:`service.problems`; the chip itself never changes (ages are read-outs), so a request holding
+a chip keeps working even if the chip is deleted meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from chipsim import ChipState, drift_metrics
+from chipsim import faults as fl
+from chipsim.modes import GdcMode
+from chipsim.readout import ChipReadout, LayerReadout
+from chipsim.runtime import ChipRuntime, InputError
+from service.datasets import EvalSet, parse_eval_set
+from service.durations import DurationError, parse_age, quantise_age
+from service.problems import Conflict, InvalidField, Problem
+from service.settings import Settings
+
+log = logging.getLogger("agedchip.service")
+
+#: The chip attachment holding its labelled eval set (the uploaded ``.npz`` as is).
+EVAL_ATTACHMENT = "eval.npz"
+#: Samples per onnxruntime call when evaluating (bounds memory for large eval sets).
+EVAL_CHUNK = 512
+
+
+def reported_alpha(layer: LayerReadout, mode: GdcMode) -> np.ndarray:
+    """The GDC factors reported for a layer in a mode: those applied, or with GDC off the global
+    factors measured (not applied), so that a client sees how far the chip drifted."""
+    if mode is GdcMode.COLUMN:
+        return layer.alpha_column
+    if mode is GdcMode.EXACT:
+        return layer.alpha_exact
+    return layer.alpha_global
+
+
+def io_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A model input or output for clients: dynamic dimensions are null."""
+    return {"name": meta["name"], "dtype": str(meta["dtype"]),
+            "shape": [d if isinstance(d, int) and d > 0 else None for d in meta["shape"]]}
+
+
+#: The gauges' ``gdc`` label → the GDC request it stands for (the profile's mode, or off).
+GAUGE_GDC: dict[str, bool] = {"on": True, "off": False}
+
+
+@dataclass
+class ChipGauges:
+    """The background refresher's latest numbers for one chip (read by /metrics)."""
+
+    age_s: float | None = None
+    alpha: dict[str, float] = field(default_factory=dict)
+    weight_error: float | None = None
+    weight_error_gdc: float | None = None
+    g_ratio: float | None = None
+    current_accuracy: dict[str, float] = field(default_factory=dict)  # GAUGE_GDC label → accuracy
+    eval_accuracy: dict[tuple[str, str], float] = field(default_factory=dict)  # (age label, gdc) → accuracy
+    refreshed_at: float | None = None
+
+
+@dataclass
+class InferResult:
+    outputs: list[np.ndarray]
+    age_s: float
+    age_source: str
+    gdc: GdcMode
+    read_seed: int
+    seed: int | None
+    batch: int
+    alpha: list[dict[str, Any]]
+
+
+def _runtime(chip: ChipState, settings: Settings, binding: str, cache_bytes: int, cache_entries: int) -> ChipRuntime:
+    return ChipRuntime(chip, threads=settings.ort_threads or None, cache_bytes=cache_bytes,
+                       cache_entries=cache_entries, binding=binding, noise=settings.mvm_noise)
+
+
+class ServedChip:
+    """A ready chip: its state, serving runtime, counters and refreshed gauges.
+
+    ``eval_set`` is the chip's parsed eval set when the caller has it (just programmed); otherwise
+    it is parsed from the chip's attachment on first use."""
+
+    def __init__(self, chip: ChipState, settings: Settings, disk_bytes: int = 0, shared_bytes: int = 0,
+                 eval_set: EvalSet | None = None):
+        self.chip = chip
+        self.chip_id = chip.chip_id
+        self.settings = settings
+        self.runtime = _runtime(chip, settings, settings.binding, settings.cache_bytes, settings.cache_entries)
+        self._eval_runtime: ChipRuntime | None = None
+        self._eval_set = eval_set
+        self._lock = threading.Lock()
+        meta = chip.meta
+        try:
+            self.time_scale = float(meta.get("time_scale", 1.0))
+        except (TypeError, ValueError):
+            self.time_scale = 1.0
+        if not math.isfinite(self.time_scale) or self.time_scale < 0:
+            self.time_scale = 1.0
+        self.model_name = str(meta.get("model_name") or meta.get("model_digest", "")[:12] or "model")
+        self.preset = str(meta.get("profile_preset") or chip.profile.name)
+        self.disk_bytes = disk_bytes
+        self.shared_bytes = shared_bytes
+        # counters (monotonic while the process lives)
+        self.inferences = 0
+        self.samples = 0
+        self.labelled = 0
+        self.correct = 0
+        self.gauges = ChipGauges()
+        self._alpha_cache: dict[tuple[float, int, str], list[dict[str, Any]]] = {}
+        self.layers = self._layer_summary()
+        self.stuck_reset = sum(layer["stuck_reset"] for layer in self.layers)
+        self.stuck_set = sum(layer["stuck_set"] for layer in self.layers)
+        out = self.runtime.outputs
+        self.classifier = bool(out) and len(out[0]["shape"]) == 2 and str(out[0]["dtype"]).startswith("float")
+
+    # ------------------------------------------------------------------ description
+    def _layer_summary(self) -> list[dict[str, Any]]:
+        out = []
+        for layer in self.chip.layers:
+            codes = fl.decode_faults(layer.nu)
+            rows, cols = layer.shape
+            out.append({
+                "name": layer.name,
+                "kind": str(layer.meta.get("kind", "matmul")),
+                "rows": int(rows),
+                "cols": int(cols),
+                "tiles": len(layer.tiles),
+                "devices": int(layer.nu.size),
+                "input_range": float(layer.input_range),
+                "stuck_reset": int(np.count_nonzero(codes == fl.STUCK_RESET)),
+                "stuck_set": int(np.count_nonzero(codes == fl.STUCK_SET)),
+            })
+        return out
+
+    def wall_age(self, now: float | None = None) -> float:
+        """The chip's age from the wall clock: (now − programmed_at) × time scale, quantised."""
+        now = time.time() if now is None else now
+        return quantise_age(max(0.0, now - self.chip.programmed_at) * self.time_scale)
+
+    def age_of(self, value: Any, field_name: str = "age") -> tuple[float, str]:
+        """(age in seconds, its source) of a request's age; ``None`` is the wall-clock age."""
+        if value is None:
+            return self.wall_age(), "wall_clock"
+        try:
+            return parse_age(value, field_name), "request"
+        except DurationError as err:
+            raise InvalidField(field_name, str(err)) from None
+
+    def gdc_mode(self, gdc: bool | str | None, field_name: str = "gdc") -> GdcMode:
+        """The GDC mode a request gets (chipsim's rule: true/None → the profile's, false → off)."""
+        try:
+            return GdcMode.resolve(gdc, self.chip.profile.gdc)
+        except ValueError as err:
+            raise InvalidField(field_name, str(err)) from None
+
+    def summary(self) -> dict[str, Any]:
+        chip, meta = self.chip, self.chip.meta
+        devices = chip.n_devices
+        stuck = self.stuck_reset + self.stuck_set
+        eval_set = self.eval_set()
+        return {
+            "chip_id": self.chip_id,
+            "state": "ready",
+            "model": {
+                "name": self.model_name,
+                "source": meta.get("model_source", "upload"),
+                "digest": meta.get("model_digest"),
+                "bytes": len(chip.attachments.get("model.onnx", b"")),
+            },
+            "profile": {
+                "preset": self.preset,
+                "overrides": meta.get("profile_overrides", {}),
+                "values": chip.profile.model_dump(mode="json"),
+            },
+            "seed": chip.seed,
+            "time_scale": self.time_scale,
+            "programmed_at": chip.programmed_at,
+            "age_s": self.wall_age(),
+            "analog_layers": len(chip.layers),
+            "digital_nodes": int(meta.get("digital_nodes", 0)),
+            "tiles": sum(layer["tiles"] for layer in self.layers),
+            "weights": chip.n_weights,
+            "devices": devices,
+            "stuck_reset": self.stuck_reset,
+            "stuck_set": self.stuck_set,
+            "stuck_fraction": stuck / devices if devices else 0.0,
+            "layers": self.layers,
+            "inputs": [io_meta(i) for i in self.runtime.inputs],
+            "outputs": [io_meta(o) for o in self.runtime.outputs],
+            "classifier": self.classifier,
+            "eval_samples": len(eval_set) if eval_set is not None else 0,
+            "disk_bytes": self.disk_bytes,
+            "shared_bytes": self.shared_bytes,
+            "parent": meta.get("parent"),  # set on chips derived by recalibration
+            "recalibration": meta.get("recalibration"),
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_set(self) -> EvalSet | None:
+        if self._eval_set is None and EVAL_ATTACHMENT in self.chip.attachments:
+            try:
+                self._eval_set = parse_eval_set(self.chip.attachments[EVAL_ATTACHMENT],
+                                                [i["name"] for i in self.runtime.inputs], 1 << 62)
+            except Problem as err:
+                log.warning("chip %s: unusable eval set: %s", self.chip_id, err.message)
+                return None
+        return self._eval_set
+
+    @property
+    def eval_runtime(self) -> ChipRuntime:
+        """A second runtime for evaluations and the refresher: its read-out cache does not evict
+        the ages that serve traffic, and weights are fed per run (many one-off ages)."""
+        with self._lock:
+            if self._eval_runtime is None:
+                self._eval_runtime = _runtime(self.chip, self.settings, "inputs", 64 << 20, 4)
+            return self._eval_runtime
+
+    def accuracy(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str) -> float:
+        """Accuracy of the chip on ``eval_set`` at an age, read-out ``read_seed``; the per-MVM
+        noise is seeded with the read seed too, so the number is reproducible."""
+        rt = self.eval_runtime
+        correct = 0
+        n = len(eval_set)
+        for start in range(0, n, EVAL_CHUNK):
+            feeds = {k: v[start:start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
+            out = rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed)[0]
+            pred = np.asarray(out).reshape(out.shape[0], -1).argmax(axis=1)
+            correct += int(np.count_nonzero(pred == eval_set.labels[start:start + EVAL_CHUNK]))
+        return correct / n
+
+    def evaluate(self, ages: list[Any], readouts: int, samples: int | None, gdc: str | None) -> dict[str, Any]:
+        """Accuracy on the eval set at each age, mean ± std over ``readouts`` read-outs (read seeds
+        0…n−1), with GDC (``gdc``, default the profile's mode) and without."""
+        t0 = time.perf_counter()
+        parsed = [(str(a), self.age_of(a, f"ages.{i}")[0]) for i, a in enumerate(ages)]
+        limit = self.settings.max_eval_readouts
+        if readouts > limit:
+            raise InvalidField("readouts", f"readouts: at most {limit} (AGEDCHIP_MAX_EVAL_READOUTS)")
+        eval_set = self.eval_set()
+        if eval_set is None or not self.classifier:
+            why = "has no labelled eval set" if eval_set is None else "is not a classifier"
+            raise Conflict("chip_id", f"chip_id: chip {self.chip_id!r} {why}; program it with labelled eval data "
+                           "(multipart field 'eval': .npz with 'x' and integer labels 'y') or from a zoo model "
+                           "that ships one")
+        if samples is not None:
+            eval_set = eval_set.subset(samples)
+        on_mode = self.gdc_mode(gdc)
+        results = []
+        for label, age_s in parsed:
+            stats = {}
+            for key, mode in (("gdc_on", on_mode), ("gdc_off", GdcMode.OFF)):
+                vals = [self.accuracy(eval_set, age_s, r, mode) for r in range(readouts)]
+                stats[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
+                              "max": float(max(vals)), "values": vals}
+            results.append({"age": label, "age_s": age_s, **stats})
+        return {"chip_id": self.chip_id, "samples": len(eval_set), "readouts": readouts, "gdc_mode": on_mode,
+                "results": results, "seconds": time.perf_counter() - t0}
+
+    def drift(self, age_s: float, read_seed: int = 0, gdc: str | None = None) -> dict[str, Any]:
+        mode = self.gdc_mode(gdc)
+        readout = self.eval_runtime.readout(age_s, read_seed)
+        return drift_metrics(self.chip, age_s, read_seed=read_seed, gdc=mode, readout=readout)
+
+    # ------------------------------------------------------------------ inference
+    def infer(self, inputs: Any, age: Any = None, read_seed: int = 0, gdc: bool | str = True,
+              seed: int | None = None, age_field: str = "age", gdc_field: str = "gdc") -> InferResult:
+        """Validate and run one inference request; ``*_field`` name the request fields (OIP puts
+        age and gdc under ``parameters``)."""
+        age_s, source = self.age_of(age, age_field)
+        rt = self.runtime
+        try:
+            feeds = rt.check_inputs(inputs)
+        except InputError as err:
+            raise InvalidField(err.field, str(err)) from None
+        mode = self.gdc_mode(gdc, gdc_field)
+        batch = int(next(iter(feeds.values())).shape[0])
+        if batch > self.settings.max_batch:
+            name = f"inputs.{next(iter(feeds))}"
+            raise InvalidField(name, f"{name}: batch {batch} exceeds the limit of {self.settings.max_batch} "
+                               "(AGEDCHIP_MAX_BATCH)")
+        outputs, readout = rt.run_with_readout(feeds, age_s, read_seed=read_seed, gdc=mode, seed=seed)
+        return InferResult(outputs=outputs, age_s=age_s, age_source=source, gdc=mode, read_seed=read_seed,
+                           seed=seed, batch=batch, alpha=self._alpha(readout, mode))
+
+    def _alpha(self, readout: ChipReadout, mode: GdcMode) -> list[dict[str, Any]]:
+        """GDC α per layer of a read-out (cached: a chip is immutable, so α of an age never changes)."""
+        key = (readout.age_s, readout.read_seed, mode)
+        cached = self._alpha_cache.get(key)
+        if cached is not None:
+            return cached
+        out = []
+        for layer, lr in zip(self.chip.layers, readout.layers):
+            a = reported_alpha(lr, mode)
+            out.append({"layer": layer.name, "alpha_mean": float(np.mean(a)), "alpha_min": float(np.min(a)),
+                        "alpha_max": float(np.max(a)), "tiles": len(layer.tiles)})
+        with self._lock:
+            if len(self._alpha_cache) >= 256:
+                self._alpha_cache.pop(next(iter(self._alpha_cache)))
+            self._alpha_cache[key] = out
+        return out
+
+    # ------------------------------------------------------------------ counters
+    def count(self, samples: int, labelled: int = 0, correct: int = 0) -> None:
+        with self._lock:
+            self.inferences += 1
+            self.samples += samples
+            self.labelled += labelled
+            self.correct += correct
+
+    def counters(self) -> tuple[int, int, int, int]:
+        """(inferences, samples, labelled samples, correct labelled samples), read together."""
+        with self._lock:
+            return self.inferences, self.samples, self.labelled, self.correct
+
+    def live_accuracy(self) -> float | None:
+        with self._lock:
+            return self.correct / self.labelled if self.labelled else None
