@@ -4,10 +4,11 @@
     python -m bench.fleet --chips 4 --repeat 1  # a quick look
 
 A fleet of ``--chips`` chips of the largest zoo CNN (``cnn-hwa``; the issue asks for the
-Fashion-MNIST ResNet, which the zoo does not have yet) is programmed into a temporary store, then
-evaluated at the 7 standard ages (chipsim.ages: 1 s, 1 h, 1 d, 1 w, 30 d, 1 y, 10 y), GDC on and off, one task per chip, by four executors that are
-started and warmed (a few untimed tasks each) before timing: local(1), local(2), ray(1), ray(2) (one local Ray cluster with
-2 CPUs; "1 worker" = one task in flight). Repeats are interleaved (A, B, C, D, A, B, …) so that
+Fashion-MNIST ResNet, which the zoo does not have yet) is programmed into a temporary store,
+then evaluated at the 7 standard ages (chipsim.ages: 1 s, 1 h, 1 d, 1 w, 30 d, 1 y, 10 y), GDC
+on and off, one task per chip, by four executors that are started and warmed (a few untimed
+tasks each) before timing: local(1), local(2), ray(1), ray(2) (one local Ray cluster with 2
+CPUs; "1 worker" = one task in flight). Repeats are interleaved (A, B, C, D, A, B, …) so that
 load from other processes on this shared machine hits every configuration alike; the report
 gives the median and range over repeats. Per configuration:
 
@@ -119,7 +120,8 @@ def main() -> None:
     speedup = {}
     for kind in ("local", "ray"):
         if f"{kind}(1)" in runs:
-            speedup[kind] = med_range([a["wall_s"] / b["wall_s"] for a, b in zip(runs[f"{kind}(1)"], runs[f"{kind}(2)"])])
+            pairs = zip(runs[f"{kind}(1)"], runs[f"{kind}(2)"])
+            speedup[kind] = med_range([a["wall_s"] / b["wall_s"] for a, b in pairs])
     data = {
         "machine": machine(), "model": args.model, "chips": args.chips, "ages_s": spec.ages_s,
         "readouts": args.readouts, "samples": fleet.eval_samples, "tasks": len(tasks), "repeat": args.repeat,

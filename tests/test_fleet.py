@@ -341,3 +341,16 @@ def test_gdc_mode_of_the_on_rows(fleet_store):
                                     "slo": {"threshold": 0.5}})
     rows = SerialExecutor().map(make_tasks(fleet, store.root, spec_col)[:1])
     assert [(r.gdc, r.gdc_mode) for r in rows] == [("on", GdcMode.COLUMN), ("off", GdcMode.OFF)]
+
+
+def test_executor_from_env(monkeypatch):
+    from chipsim.fleet import executor_from_env
+
+    monkeypatch.delenv("AGEDCHIP_RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("AGEDCHIP_FLEET_WORKERS", "3")
+    ex = executor_from_env()
+    assert isinstance(ex, LocalProcessExecutor) and ex.describe() == "local(3)"
+    monkeypatch.setenv("AGEDCHIP_FLEET_WORKERS", "0")
+    with pytest.raises(FleetError) as err:
+        executor_from_env()
+    assert err.value.field == "AGEDCHIP_FLEET_WORKERS"

@@ -11,7 +11,7 @@ import pytest
 from chipsim import ChipStore
 from chipsim.fleet import (
     FleetCancelled, FleetCorruptError, FleetEvalSpec, FleetSpec, FleetStore, SerialExecutor, evaluate_fleet,
-    make_tasks, program_fleet,
+    executor_from_env, make_tasks, program_fleet,
 )
 from chipsim.fleet.evaluate import EvalTask
 
@@ -35,6 +35,7 @@ def test_ray_cluster_rows_equal_serial_rows(tmp_path, monkeypatch):
     assert not ray.is_initialized()
     monkeypatch.setenv("AGEDCHIP_RAY_ADDRESS", "local")  # the one variable that selects Ray
     monkeypatch.setenv("AGEDCHIP_FLEET_WORKERS", "2")
+    assert isinstance(executor_from_env(), RayExecutor)
     done = []
     with RayExecutor() as ex:
         assert ex.describe() == "ray(local, 2)"

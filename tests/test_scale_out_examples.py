@@ -117,7 +117,8 @@ def test_kserve_example_wires_one_writer_and_read_only_replicas():
         (vol,) = [v for v in pod["volumes"] if v["persistentVolumeClaim"]["claimName"] == claim]
         (c,) = pod["containers"]
         (mount,) = [m for m in c["volumeMounts"] if m["name"] == vol["name"]]
-        assert bool(mount.get("readOnly")) is read_only and bool(vol["persistentVolumeClaim"].get("readOnly")) is read_only
+        assert bool(mount.get("readOnly")) is read_only
+        assert bool(vol["persistentVolumeClaim"].get("readOnly")) is read_only
         e = env(c)
         assert e["AGEDCHIP_STATE_DIR"] == mount["mountPath"]
         # the port the server listens on is the one declared and probed

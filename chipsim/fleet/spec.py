@@ -140,7 +140,8 @@ class FleetEvalSpec(_Spec):
 
     ages_s: list[float] = Field(min_length=1, max_length=MAX_EVAL_AGES,
                                 description="Ages in seconds after programming, > 0 (log-age interpolation).")
-    readouts: int = Field(5, ge=1, le=MAX_EVAL_READOUTS, description="Read-outs per chip and age (read seeds 0…n−1).")
+    readouts: int = Field(5, ge=1, le=MAX_EVAL_READOUTS,
+                          description="Read-outs per chip and age (read seeds 0…n−1).")
     slo: SloSpec
     gdc_mode: GdcMode | None = Field(None, description="Mode of the 'GDC on' numbers (default: the profile's).")
     samples: int | None = Field(None, ge=1, description="Use only the first n eval samples (default: all).")
