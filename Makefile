@@ -39,7 +39,7 @@ $(VENV)/.serve-stamp: requirements/serve.txt pyproject.toml | $(PY)
 	touch $@
 
 # Everything: training (torch==2.13.0), reports and tests. With TORCH_INDEX, torch comes from there.
-$(VENV)/.dev-stamp: requirements/serve.txt requirements/dev.txt pyproject.toml | $(PY)
+$(VENV)/.dev-stamp: requirements/serve.txt requirements/dev.txt requirements/ray.txt pyproject.toml | $(PY)
 	$(if $(TORCH_INDEX),$(PIP) --index-url $(TORCH_INDEX) "$$(grep -E '^torch==' requirements/dev.txt)")
 	$(PIP) -r requirements/serve.txt -r requirements/dev.txt
 	$(PIP) --no-deps -e .

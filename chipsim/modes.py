@@ -64,3 +64,12 @@ class RecalibrationAlgorithm(StrEnum):
     ANALOG_SGD = "analog-sgd"  # plain analog SGD by pulses
     RESIDUAL = "residual"  # residual learning v1 (Tiki-Taka-like transfer)
     RESIDUAL_V2 = "residual-v2"  # residual learning v2: filtered, thresholded transfer
+
+
+class SloMetric(StrEnum):
+    """What a fleet's accuracy SLO is measured on (chipsim/fleet)."""
+
+    ACCURACY = "accuracy"  # the chip's accuracy on the eval set (ratio)
+    # chip accuracy ÷ the model's floating-point (digital) accuracy on the same eval set
+    # (Rasch et al. 2023, Nature Communications 14:5282, "normalised accuracy")
+    NORMALISED_ACCURACY = "normalised_accuracy"

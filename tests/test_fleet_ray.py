@@ -1,0 +1,60 @@
+"""The Ray executor on a real local Ray cluster (2 CPUs, no dashboard) gives the very rows of
+the serial and local-process executors. Ray takes ~10 s to start here: marked slow (CI runs it)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from chipsim import ChipStore
+from chipsim.fleet import (
+    FleetCancelled, FleetCorruptError, FleetEvalSpec, FleetSpec, FleetStore, SerialExecutor, evaluate_fleet,
+    executor_from_env, make_tasks, program_fleet,
+)
+from chipsim.fleet.evaluate import EvalTask
+
+ray = pytest.importorskip("ray", reason="Ray is optional (requirements/ray.txt); the Ray executor test needs it")
+from chipsim.fleet.ray_executor import RayExecutor  # noqa: E402
+
+ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
+EVAL = FleetEvalSpec.parse({"ages_s": [1.0, 86400.0, 3.15e8], "readouts": 2,
+                            "slo": {"metric": "accuracy", "threshold": 0.9}})
+
+
+@pytest.mark.slow
+def test_ray_cluster_rows_equal_serial_rows(tmp_path, monkeypatch):
+    store = ChipStore(tmp_path / "state")
+    fleets = FleetStore(store)
+    fleet = program_fleet(store, FleetSpec(fleet_id="r", model_name="mlp-hwa", n_chips=3, seed=5),
+                          (ZOO / "mlp-hwa.onnx").read_bytes(), (ZOO / "mlp-hwa.eval.npz").read_bytes(),
+                          fleets=fleets)
+    tasks = make_tasks(fleet, store.root, EVAL, ages_per_task=2)
+    serial = SerialExecutor().map(tasks)
+    assert not ray.is_initialized()
+    monkeypatch.setenv("AGEDCHIP_RAY_ADDRESS", "local")  # the one variable that selects Ray
+    monkeypatch.setenv("AGEDCHIP_FLEET_WORKERS", "2")
+    assert isinstance(executor_from_env(), RayExecutor)
+    done = []
+    with RayExecutor() as ex:
+        assert ex.describe() == "ray(local, 2)"
+        rows = ex.map(tasks, progress=lambda d, n: done.append(d))
+        assert ray.is_initialized() and ray.cluster_resources()["CPU"] == 2
+        # tasks ran in Ray worker processes, not in this one
+        assert all(r.worker.rsplit(":", 1)[1] != str(__import__("os").getpid()) for r in ex.last_results)
+        # a task's domain error comes back as itself
+        bad = EvalTask(**{**tasks[0].__dict__, "digest": "f" * 64})
+        with pytest.raises(FleetCorruptError):
+            ex.map([bad])
+        stop = threading.Event()
+        stop.set()
+        with pytest.raises(FleetCancelled):
+            ex.map(tasks, cancel=stop)
+        report = evaluate_fleet(fleets, fleet, EVAL, ex)
+    assert not ray.is_initialized()  # the executor started the cluster, so it stops it
+    assert rows == serial
+    assert sorted(done) == list(range(1, len(tasks) + 1))
+    assert report["executor"] == "ray(local, 2)" and report["tasks"] == 3
+    with SerialExecutor() as ex:
+        assert evaluate_fleet(fleets, fleet, EVAL, ex)["results"] == report["results"]
