@@ -134,7 +134,7 @@ def read_layer(
     cur_exact = np.zeros(n_tiles)
     for k, (a, b) in enumerate(layer.tiles):
         cur[k], cur_col[k] = gdc.references(w[a:b], profile, rng)
-        cur_exact[k] = np.abs(w[a:b]).mean(dtype=np.float64)
+        cur_exact[k] = gdc.exact_reference(w[a:b])
     return LayerReadout(
         w_norm=w,
         alpha_global=gdc.ratio(layer.gdc_baseline, cur),

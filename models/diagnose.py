@@ -219,7 +219,7 @@ def through_age_weights(
     w_prog = (g_prog[0] - g_prog[1]) / g_max
     w_t = (g_t[0] - g_t[1]) / g_max
     tiles = tile_bounds(weight.shape[0], profile.tile_rows)
-    alpha = H.gdc_alpha(w_prog, w_t, tiles, profile, np_rng)
+    alpha = H.gdc_alpha(w_prog, w_t, tiles, profile, np_rng, w_target=w_norm)
     return H.AgedWeights(w_t=w_t, w_prog=w_prog, col_scale=s, tiles=tiles, alpha=alpha)
 
 
