@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,18 +227,23 @@ class ServedChip:
                 self._eval_runtime = _runtime(self.chip, self.settings, "inputs", 64 << 20, 4)
             return self._eval_runtime
 
-    def accuracy(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str) -> float:
-        """Accuracy of the chip on ``eval_set`` at an age, read-out ``read_seed``; the per-MVM
-        noise is seeded with the read seed too, so the number is reproducible."""
+    def eval_outputs(self, eval_set: EvalSet, age_s: float, read_seed: int,
+                     gdc: bool | str) -> Iterator[tuple[int, np.ndarray]]:
+        """(first sample, first output) of each chunk of ``eval_set`` run at an age, read-out
+        ``read_seed``. The per-MVM noise is seeded with the read seed and keyed by the chunk's
+        index, so it is reproducible and chunks do not repeat each other's noise."""
         rt = self.eval_runtime
-        correct = 0
-        n = len(eval_set)
-        for start in range(0, n, EVAL_CHUNK):
+        for chunk, start in enumerate(range(0, len(eval_set), EVAL_CHUNK)):
             feeds = {k: v[start:start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
-            out = rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed)[0]
+            yield start, rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed, chunk=chunk)[0]
+
+    def accuracy(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str) -> float:
+        """Accuracy of the chip on ``eval_set`` at an age, read-out ``read_seed`` (reproducible)."""
+        correct = 0
+        for start, out in self.eval_outputs(eval_set, age_s, read_seed, gdc):
             pred = np.asarray(out).reshape(out.shape[0], -1).argmax(axis=1)
-            correct += int(np.count_nonzero(pred == eval_set.labels[start:start + EVAL_CHUNK]))
-        return correct / n
+            correct += int(np.count_nonzero(pred == eval_set.labels[start:start + len(pred)]))
+        return correct / len(eval_set)
 
     def evaluate(self, ages: list[Any], readouts: int, samples: int | None, gdc: str | None) -> dict[str, Any]:
         """Accuracy on the eval set at each age, mean ± std over ``readouts`` read-outs (read seeds
