@@ -44,8 +44,9 @@ def drift_metrics(
         for k, (a, b) in enumerate(layer.tiles):
             w_gdc[a:b] = w_raw[a:b] * alpha[k]
         g_prog = layer.g_prog_us(g_max)
-        rng = read_stream(chip.seed, readout.read_seed, i, readout.age_s)  # same draws as the read-out
-        g_t = conductances_at(layer, chip.profile, layer_age(layer, readout.age_s), rng)
+        device_age = layer_age(layer, readout.age_s)
+        rng = read_stream(chip.seed, readout.read_seed, i, device_age)  # same draws as the read-out
+        g_t = conductances_at(layer, chip.profile, device_age, rng)
         codes = faults.decode_faults(layer.nu)
         nu = layer.nu.astype(np.float64)[codes == faults.HEALTHY]
         entry = {
