@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         lines.append(f"| {r['model']} | {r['draws']} | {r['candidate']} | {_fmt(r['cpu_ms'])} | {_fmt(r['wall_ms'])} | "
                      f"{_fmt(r['cpu_vs_table'])} | {_fmt(r['cpu_vs_sfc64_thread'])} |")
-    lines += ["", f"Draws alone ({1 << 18} standard normals per call, float32) and keyed-generator creation, CPU time:", "",
-              "| source | cost |", "|---|---:|"]
+    lines += ["", f"Draws alone ({1 << 18} standard normals per call, float32) and keyed-generator creation, "
+              "CPU time:", "", "| source | cost |", "|---|---:|"]
     for c in costs:
         lines.append(f"| {c['source']} | {_fmt(c['cpu'])} {c['unit']} |")
     lines += ["", "onnxruntime's RandomNormalLike: two sessions of one graph in one process draw identical noise: "

@@ -14,9 +14,9 @@ Read-outs per (age, read seed) live in a bounded LRU with a memory limit
 (:mod:`chipsim.readout_cache`), together with their session in ``initializers`` mode; the
 weights and scales fed to the graph are packed by :mod:`chipsim.compiler.weight_packing`.
 Per-MVM noise (:mod:`chipsim.mvm_noise`): one fresh standard normal per analog output, shaped
-like each request's actual outputs; a request with a seed draws from a counter-based generator
-keyed by (chip seed, seed, chunk) — bit-identical outputs, chunks of one evaluation independent —
-and one without from its thread's generator.
+like each request's actual outputs; a request with a seed draws from a generator keyed by
+(chip seed, seed, chunk) — bit-identical outputs, chunks of one evaluation independent — and one
+without from its thread's generator.
 """
 
 from __future__ import annotations
