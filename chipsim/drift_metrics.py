@@ -11,8 +11,7 @@ import numpy as np
 
 from chipsim import faults
 from chipsim.modes import GdcMode
-from chipsim.readout import ChipReadout, conductances_at, layer_age, read
-from chipsim.rng import Stream, stream
+from chipsim.readout import ChipReadout, conductances_at, layer_age, read, read_stream
 from chipsim.state import ChipState
 
 
@@ -45,8 +44,9 @@ def drift_metrics(
         for k, (a, b) in enumerate(layer.tiles):
             w_gdc[a:b] = w_raw[a:b] * alpha[k]
         g_prog = layer.g_prog_us(g_max)
-        rng = stream(chip.seed, Stream.READ, readout.read_seed, i)  # same draws as the read-out
-        g_t = conductances_at(layer, chip.profile, layer_age(layer, readout.age_s), rng)
+        device_age = layer_age(layer, readout.age_s)
+        rng = read_stream(chip.seed, readout.read_seed, i, device_age)  # same draws as the read-out
+        g_t = conductances_at(layer, chip.profile, device_age, rng)
         codes = faults.decode_faults(layer.nu)
         nu = layer.nu.astype(np.float64)[codes == faults.HEALTHY]
         entry = {

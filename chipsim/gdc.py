@@ -48,6 +48,14 @@ def references(w_tile: np.ndarray, profile: ChipProfile, rng: np.random.Generato
     return float(y.mean(dtype=np.float64)), y.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
+def exact_reference(w_tile: np.ndarray) -> float:
+    """The ``exact`` variant's reference of one tile: mean|w| (float64) of its normalised weights,
+    no periphery. At programming it is taken of the *target* weights (the baseline), at an age of
+    the read-out weights; α = baseline/current. The one definition of the chip (programming,
+    read-out) and of HWA training (``models.hwa.gdc_alpha``)."""
+    return float(np.abs(np.asarray(w_tile)).mean(dtype=np.float64))
+
+
 def ratio(baseline: np.ndarray | float, current: np.ndarray | float) -> np.ndarray:
     """α = baseline/current, 1 where the current read is 0 (an all-zero or fully stuck tile)."""
     # Both sides are rounded to float32 first (baselines are stored as float32), so an unchanged

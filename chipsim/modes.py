@@ -37,10 +37,23 @@ class GdcMode(StrEnum):
 
 
 class MvmNoiseSource(StrEnum):
-    """Where unseeded per-MVM noise comes from (``AGEDCHIP_MVM_NOISE``)."""
+    """Where per-MVM noise comes from (``AGEDCHIP_MVM_NOISE``, ``ChipRuntime(noise=...)``).
 
-    TABLE = "table"
+    Only ``fresh`` remains: one new standard normal per analog output and request, from a
+    counter-based generator (chipsim.mvm_noise). ``table`` is deprecated and served as ``fresh``
+    (:data:`MVM_NOISE_TABLE_DEPRECATION` says why).
+    """
+
     FRESH = "fresh"
+    TABLE = "table"  # deprecated: accepted for old configurations, served as FRESH
+
+
+#: Why ``table`` noise is gone (the warning a runtime or the service gives when asked for it).
+MVM_NOISE_TABLE_DEPRECATION = (
+    "mvm_noise='table' is deprecated and served as 'fresh': windows of the shared noise table "
+    "overlapped between requests (6-91 % for realistic loads, issue 14), so per-MVM noise was not "
+    "independent across requests; every request now draws fresh noise (bench/results/mvm_noise.md)"
+)
 
 
 class WeightBinding(StrEnum):

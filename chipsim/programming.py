@@ -34,7 +34,7 @@ def gdc_baselines(layer: LayerState, w_prog: np.ndarray, profile: ChipProfile, s
     rng = stream(seed, Stream.GDC_BASELINE, layer_index)
     for k, (a, b) in enumerate(layer.tiles):
         layer.gdc_baseline[k], layer.gdc_baseline_col[k] = gdc.references(w_prog[a:b], profile, rng)
-        layer.gdc_baseline_exact[k] = np.abs(layer.w_norm[a:b]).mean(dtype=np.float64)
+        layer.gdc_baseline_exact[k] = gdc.exact_reference(layer.w_norm[a:b])  # of the targets
 
 
 def sample_devices(

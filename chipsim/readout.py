@@ -4,6 +4,15 @@
 power-law drift with each device's ν, adds the accumulated 1/f read noise drawn from the read
 stream, and re-reads each tile with the identity for GDC. Two read seeds at one age differ only
 in the random draws of that read-out (the 1/f noise and the GDC read's periphery noise).
+
+The read stream of a layer is keyed by (chip seed, read seed, layer, age) (:func:`read_stream`):
+every age is a read-out of its own, with a 1/f draw ξ independent of every other age's — as
+aihwkit draws new read noise at each read-out — rather than one pattern rescaled with age, and
+an age's read-out stays reproducible: the same chip, age and read seed give the same weights.
+The age in the key is the layer's device age (:func:`layer_age`: the chip's age plus the layer's
+age offset), so a layer carried over unchanged into a derived chip reads as its parent's did at
+the same device age. It enters the key as the bit pattern of its float64 seconds: two ages are
+the same read-out exactly when they are the same number (the service quantises requested ages).
 """
 
 from __future__ import annotations
@@ -106,19 +115,30 @@ def conductances_at(
     return g.astype(np.float32, copy=False)
 
 
+def read_stream(chip_seed: int, read_seed: int, layer_index: int, age_s: float) -> np.random.Generator:
+    """The generator of one layer's read-out when its devices are ``age_s`` seconds old (its
+    :func:`layer_age`): its 1/f noise ξ, then the GDC identity read's periphery noise. Keyed by
+    (chip seed, read seed, layer, age): the age as the two 32-bit halves of its float64 bit
+    pattern (−0.0 read as 0.0), a fixed-width key."""
+    bits = int(np.float64(float(age_s) + 0.0).view(np.uint64))
+    return stream(chip_seed, Stream.READ, read_seed, layer_index, bits >> 32, bits & 0xFFFFFFFF)
+
+
 def read_layer(
     layer: LayerState, profile: ChipProfile, chip_seed: int, layer_index: int, age_s: float, read_seed: int
 ) -> LayerReadout:
-    rng = stream(chip_seed, Stream.READ, read_seed, layer_index)
+    """One layer read out at chip age ``age_s`` (seconds) with read seed ``read_seed``."""
+    device_age = layer_age(layer, age_s)
+    rng = read_stream(chip_seed, read_seed, layer_index, device_age)
     g_max = profile.device_model.g_max_us
-    w = pair_weight(conductances_at(layer, profile, layer_age(layer, age_s), rng), g_max)
+    w = pair_weight(conductances_at(layer, profile, device_age, rng), g_max)
     n_tiles = len(layer.tiles)
     cur = np.zeros(n_tiles)
     cur_col = np.zeros((n_tiles, w.shape[1]), np.float32)
     cur_exact = np.zeros(n_tiles)
     for k, (a, b) in enumerate(layer.tiles):
         cur[k], cur_col[k] = gdc.references(w[a:b], profile, rng)
-        cur_exact[k] = np.abs(w[a:b]).mean(dtype=np.float64)
+        cur_exact[k] = gdc.exact_reference(w[a:b])
     return LayerReadout(
         w_norm=w,
         alpha_global=gdc.ratio(layer.gdc_baseline, cur),

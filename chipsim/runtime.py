@@ -13,15 +13,16 @@ chosen per runtime (never mixed, so a seeded request is bit-identical however of
 Read-outs per (age, read seed) live in a bounded LRU with a memory limit
 (:mod:`chipsim.readout_cache`), together with their session in ``initializers`` mode; the
 weights and scales fed to the graph are packed by :mod:`chipsim.compiler.weight_packing`.
-Per-MVM noise comes from the chip's MVM stream when the request has a seed (bit-identical
-outputs), else from fresh entropy: by default as a window of the shared noise table at a random
-offset (``noise="table"``, see chipsim/noise_table.py), or as fresh Gaussian draws per output
-(``noise="fresh"``, ~9 ns per output).
+Per-MVM noise (:mod:`chipsim.mvm_noise`): one fresh standard normal per analog output, shaped
+like each request's actual outputs; a request with a seed draws from a generator keyed by
+(chip seed, seed, chunk) — bit-identical outputs, chunks of one evaluation independent — and one
+without from its thread's generator.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,12 +35,12 @@ from chipsim.compiler import GRAPH_FORMAT, WEIGHT_INPUTS, compile_model, is_line
 from chipsim.compiler.plan import load_plans
 from chipsim.compiler.weight_packing import scale_inputs, weight_inputs
 from chipsim.model_inputs import InputError, ModelInputs
-from chipsim.modes import GdcMode, MvmNoiseSource, WeightBinding
-from chipsim.noise_table import NoiseTable, shared_table
+from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, GdcMode, MvmNoiseSource, WeightBinding
+from chipsim.mvm_noise import NoiseShapes, draw, seeded_generator, thread_generator
 from chipsim.ort_session import cpu_session
 from chipsim.readout import ChipReadout, check_age, read_layer
 from chipsim.readout_cache import CacheStats, ReadoutCache
-from chipsim.rng import Stream, check_seed, stream
+from chipsim.rng import check_seed
 from chipsim.state import ChipState
 
 __all__ = ["CacheStats", "ChipRuntime", "InputError", "load_plans"]
@@ -69,14 +70,14 @@ class ChipRuntime:
     NOISE_SOURCES = tuple(s.value for s in MvmNoiseSource)
 
     def __init__(self, chip: ChipState, *, threads: int | None = None, cache_bytes: int = 256 << 20,
-                 cache_entries: int = 32, binding: str = WeightBinding.INITIALIZERS, noise: str = MvmNoiseSource.TABLE,
-                 noise_table: NoiseTable | None = None):
+                 cache_entries: int = 32, binding: str = WeightBinding.INITIALIZERS, noise: str = MvmNoiseSource.FRESH):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
         if noise not in self.NOISE_SOURCES:
             raise ValueError(f"noise: expected one of {self.NOISE_SOURCES}, got {noise!r}")
-        self.noise_source = MvmNoiseSource(noise).value
-        self._noise_table = (noise_table or shared_table()) if noise == MvmNoiseSource.TABLE else None
+        if noise == MvmNoiseSource.TABLE:
+            warnings.warn(MVM_NOISE_TABLE_DEPRECATION, DeprecationWarning, stacklevel=2)
+        self.noise_source = MvmNoiseSource.FRESH.value
         if "compiled.onnx" not in chip.attachments:
             raise ValueError(f"chip {chip.chip_id!r} was not programmed from an ONNX model")
         self.chip = chip
@@ -92,14 +93,14 @@ class ChipRuntime:
         self.session = cpu_session(graph, threads)
         self._graph_inputs = {i.name for i in self.session.get_inputs()}
         self._linear = is_linear(self.profile)
-        self._has_noise = any(n.rsplit("/", 1)[-1] == "noise" for n in self._graph_inputs)
+        self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
+        self._has_noise = len(self._noise_shapes) > 0
         self._init_graph = self._initializer_graph(graph) if binding == WeightBinding.INITIALIZERS else None
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
         self._cache: ReadoutCache[tuple[float, int, str], _Entry] = ReadoutCache(cache_bytes, cache_entries)
         self._lock = threading.Lock()
         self._side_sessions: dict[str, ort.InferenceSession] = {}
-        self._thread_rng = threading.local()
 
     @property
     def stats(self) -> CacheStats:
@@ -185,34 +186,27 @@ class ChipRuntime:
         return feeds
 
     # ------------------------------------------------------------------ noise
-    def _mvm_rng(self, seed: int | None) -> np.random.Generator:
-        """The chip's MVM stream of a seeded request; else this thread's generator, seeded once
-        from OS entropy (creating a fresh one per request costs ~17 µs, measured)."""
-        if seed is not None:
-            return stream(self.chip.seed, Stream.MVM, check_seed(seed))
-        rng = getattr(self._thread_rng, "rng", None)
-        if rng is None:
-            rng = self._thread_rng.rng = np.random.default_rng()
-        return rng
+    def _mvm_rng(self, seed: int | None, chunk: int = 0) -> np.random.Generator:
+        """The generator of a request's per-MVM noise: keyed by (chip seed, seed, chunk) when it
+        has a seed, else this thread's (see :mod:`chipsim.mvm_noise`)."""
+        if seed is None:
+            return thread_generator()
+        try:
+            return seeded_generator(self.chip.seed, check_seed(seed), chunk)
+        except ValueError as e:
+            raise InputError(str(e), field="chunk" if str(e).startswith("chunk") else "seed") from None
 
-    def noise_shapes(self, batch: int) -> list[tuple[str, tuple[int, ...]]]:
-        """Names and shapes of the per-MVM noise inputs (one per tile), in draw order."""
-        out = []
-        for plan in self.plans:
-            for k in range(len(plan.tiles)):
-                name = plan.input_names(k)["noise"]
-                if name in self._graph_inputs:
-                    out.append((name, (batch, *plan.out_shape[1:])))
-        return out
+    def noise_shapes(self, inputs: np.ndarray | dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+        """Names and shapes of the per-MVM noise inputs (one per tile, in draw order) for these
+        inputs: the shapes of the tiles' outputs in a run on them."""
+        return self._noise_shapes.shapes(self.check_inputs(inputs))
 
-    def draw_noise(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Standard normal per-MVM noise of every tile (read-only views in ``table`` mode)."""
-        shapes = self.noise_shapes(batch)
-        if self._noise_table is not None:
-            arrays = self._noise_table.windows([s for _, s in shapes], rng)
-        else:
-            arrays = [rng.standard_normal(s, dtype=np.float32) for _, s in shapes]
-        return {name: a for (name, _), a in zip(shapes, arrays)}
+    def draw_noise(self, inputs: np.ndarray | dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Standard normal per-MVM noise of every tile for a run on ``inputs``, each shaped like
+        the tile's output (what :meth:`run` takes as ``noise``)."""
+        shapes = self.noise_shapes(inputs)
+        flat = draw(shapes, rng)
+        return {name: flat[name].reshape(shape) for name, shape in shapes}
 
     # ------------------------------------------------------------------ inference
     def check_inputs(self, inputs: np.ndarray | dict[str, Any]) -> dict[str, np.ndarray]:
@@ -227,7 +221,7 @@ class ChipRuntime:
 
     def run_tensor(
         self, inputs: np.ndarray | dict[str, Any], tensor: str, age_s: float, read_seed: int = 0,
-        gdc: bool | str = True, seed: int | None = None,
+        gdc: bool | str = True, seed: int | None = None, chunk: int = 0,
     ) -> np.ndarray:
         """The value of an intermediate tensor of the compiled graph (e.g. the input of an analog
         layer as the aged chip computes it). Uses a side session with weights fed as inputs."""
@@ -239,9 +233,8 @@ class ChipRuntime:
         entry = self._entry(check_age(age_s), check_seed(read_seed, "read_seed"), mode)
         feeds.update(entry.weights)
         feeds.update(self._scales(entry, mode))
-        batch = next(iter(feeds.values())).shape[0]
-        rng = self._mvm_rng(seed)
-        feeds.update(self.draw_noise(batch, rng))
+        if self._has_noise:
+            feeds.update(draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk)))
         return sess.run([tensor], feeds)[0]
 
     def _side_session(self, tensor: str) -> ort.InferenceSession:
@@ -266,13 +259,17 @@ class ChipRuntime:
         gdc: bool | str = True,
         seed: int | None = None,
         noise: dict[str, np.ndarray] | None = None,
+        chunk: int = 0,
     ) -> list[np.ndarray]:
         """Outputs of the model on the chip at ``age_s`` seconds after programming.
 
         ``read_seed`` selects the read-out (1/f noise); ``seed`` makes the per-MVM noise
-        reproducible (``None``: fresh noise); ``noise`` feeds explicit draws (tests).
+        reproducible (``None``: fresh noise); ``chunk`` is the index of these inputs in a longer
+        seeded run split into calls (chunk k of an evaluation): seeded noise is keyed by
+        (chip, seed, chunk), so chunks get independent noise; ``noise`` feeds explicit draws
+        (tests; one array per tile with its output's number of elements).
         """
-        return self.run_with_readout(inputs, age_s, read_seed, gdc, seed, noise)[0]
+        return self.run_with_readout(inputs, age_s, read_seed, gdc, seed, noise, chunk)[0]
 
     def run_with_readout(
         self,
@@ -282,6 +279,7 @@ class ChipRuntime:
         gdc: bool | str = True,
         seed: int | None = None,
         noise: dict[str, np.ndarray] | None = None,
+        chunk: int = 0,
     ) -> tuple[list[np.ndarray], ChipReadout]:
         """:meth:`run`, and the read-out the outputs were computed with (its GDC factors, for
         example), without a second cache look-up."""
@@ -290,11 +288,9 @@ class ChipRuntime:
         read_seed = check_seed(read_seed, "read_seed")
         mode = self.gdc_mode(gdc)
         entry = self._entry(age_s, read_seed, mode)
-        batch = next(iter(feeds.values())).shape[0]
-        feeds.update(self._static_feeds(entry, mode))
         if noise is None and self._has_noise:
-            rng = self._mvm_rng(seed)
-            noise = self.draw_noise(batch, rng)
+            noise = draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk))
+        feeds.update(self._static_feeds(entry, mode))
         if noise:
-            feeds.update(noise)
+            feeds.update({k: np.ravel(v) for k, v in noise.items()})
         return (entry.session or self.session).run(self.output_names, feeds), entry.readout

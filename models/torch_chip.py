@@ -131,10 +131,13 @@ def conductances_at(
 
 
 def gdc_alpha(
-    w_prog: torch.Tensor, w_t: torch.Tensor, tiles: list[tuple[int, int]], profile: ChipProfile, rng: np.random.Generator
+    w_prog: torch.Tensor, w_t: torch.Tensor, tiles: list[tuple[int, int]], profile: ChipProfile, rng: np.random.Generator,
+    w_target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GDC factors (tiles, cols) for the profile's mode, from chipsim's own identity read
-    (``chipsim.gdc.references``) of the programmed (age 0, baseline) and aged weights.
+    (``chipsim.gdc.references``) of the programmed (age 0, baseline) and aged weights; in
+    ``exact`` mode chipsim's ``gdc.exact_reference`` of the normalised target weights ``w_target``
+    (required there) over that of the aged weights, as the chip computes it.
     Always without gradient: on the chip α is a measured constant."""
     mode = profile.gdc
     cols = w_t.shape[1]
@@ -143,9 +146,12 @@ def gdc_alpha(
     wp = w_prog.detach().to(torch.float32).cpu().numpy()
     wt = w_t.detach().to(torch.float32).cpu().numpy()
     alpha = np.ones((len(tiles), cols), np.float32)
+    if mode == GdcMode.EXACT and w_target is None:
+        raise ValueError("w_target: the exact GDC reference is taken of the target weights; pass them")
     for k, (a, b) in enumerate(tiles):
         if mode == GdcMode.EXACT:
-            alpha[k] = chip_gdc.ratio(np.abs(wp[a:b]).mean(dtype=np.float64), np.abs(wt[a:b]).mean(dtype=np.float64))
+            w_ref = w_target[a:b].detach().to(torch.float32).cpu().numpy()  # type: ignore[index]
+            alpha[k] = chip_gdc.ratio(chip_gdc.exact_reference(w_ref), chip_gdc.exact_reference(wt[a:b]))
             continue
         base, base_col = chip_gdc.references(wp[a:b], profile, rng)
         cur, cur_col = chip_gdc.references(wt[a:b], profile, rng)
@@ -190,7 +196,7 @@ def age_weights(
     w_prog = (g_prog[0] - g_prog[1]) / g_max
     w_t = (g_t[0] - g_t[1]) / g_max
     tiles = tile_bounds(weight.shape[0], profile.tile_rows)
-    alpha = gdc_alpha(w_prog, w_t, tiles, profile, np_rng)
+    alpha = gdc_alpha(w_prog, w_t, tiles, profile, np_rng, w_target=w_norm)
     return AgedWeights(w_t=w_t, w_prog=w_prog, col_scale=s, tiles=tiles, alpha=alpha)
 
 

@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,23 +265,31 @@ class ServedChip:
             return nullcontext()
         return self.memory.reserve(readout_cost(self.chip.n_weights, rt.binding), field_name, workload)
 
+    def eval_outputs(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str,
+                     cancelled: Cancel | None = None,
+                     rt: ChipRuntime | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first sample, first output) of each chunk of ``eval_set`` run at an age, read-out
+        ``read_seed``. The per-MVM noise is seeded with the read seed and keyed by the chunk's
+        index, so it is reproducible and chunks do not repeat each other's noise. ``cancelled``
+        is polled between chunks (Cancelled)."""
+        rt = rt or self.eval_runtime
+        for chunk, start in enumerate(range(0, len(eval_set), EVAL_CHUNK)):
+            if cancelled is not None and cancelled():
+                raise _cancelled()
+            feeds = {k: v[start:start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
+            yield start, rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed, chunk=chunk)[0]
+
     def accuracy(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str,
                  cancelled: Cancel | None = None, age_field: str = "age", workload: str = "eval") -> float:
-        """Accuracy of the chip on ``eval_set`` at an age, read-out ``read_seed``; the per-MVM
-        noise is seeded with the read seed too, so the number is reproducible. ``cancelled`` is
-        polled between chunks (Cancelled)."""
+        """Accuracy of the chip on ``eval_set`` at an age, read-out ``read_seed`` (reproducible);
+        the read-out is admitted against the memory budget first."""
         rt = self.eval_runtime
         correct = 0
-        n = len(eval_set)
         with self.new_readout(rt, age_s, read_seed, age_field, workload):
-            for start in range(0, n, EVAL_CHUNK):
-                if cancelled is not None and cancelled():
-                    raise _cancelled()
-                feeds = {k: v[start:start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
-                out = rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed)[0]
+            for start, out in self.eval_outputs(eval_set, age_s, read_seed, gdc, cancelled, rt):
                 pred = np.asarray(out).reshape(out.shape[0], -1).argmax(axis=1)
-                correct += int(np.count_nonzero(pred == eval_set.labels[start:start + EVAL_CHUNK]))
-        return correct / n
+                correct += int(np.count_nonzero(pred == eval_set.labels[start:start + len(pred)]))
+        return correct / len(eval_set)
 
     def evaluate(self, ages: list[Any], readouts: int, samples: int | None, gdc: str | None,
                  cancelled: Cancel | None = None) -> dict[str, Any]:

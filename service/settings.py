@@ -6,13 +6,14 @@ bytes, durations seconds. ``python -m service --help`` prints the table.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chipsim import PRESETS
-from chipsim.modes import MvmNoiseSource
+from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, MvmNoiseSource
 from service.durations import DAY
 from service.ids import CHIP_ID_RULE, is_chip_id
 from service.memory import DEFAULT_BUDGET_SHARE, memory_limit
@@ -76,10 +77,10 @@ class Settings(BaseSettings):
     binding: str = Field("initializers", description="How read-out weights reach onnxruntime: 'initializers' "
                                                      "(a session per cached age: faster for repeated ages, 4-50 ms "
                                                      "per new age) or 'inputs' (weights fed per run: cheap new ages).")
-    mvm_noise: str = Field(MvmNoiseSource.TABLE.value,
-                           description="Per-MVM noise: 'table' (a window of a shared 32 MiB table of Gaussian "
-                                       "samples at a random offset per request: no per-output draws) or 'fresh' "
-                                       "(one new Gaussian per output, ~9 ns each).")
+    mvm_noise: str = Field(MvmNoiseSource.FRESH.value,
+                           description="Deprecated: per-MVM noise is always 'fresh' (one new Gaussian per analog "
+                                       "output and request, ~8 ns each). 'table' is accepted, logged as deprecated "
+                                       "and served as 'fresh' (its windows overlapped between requests).")
     cache_bytes: int = Field(256 << 20, ge=0, description="Read-out cache per chip, bytes.")
     cache_entries: int = Field(32, ge=1, description="Read-out cache per chip, entries (ages × read seeds).")
     infer_concurrency: int = Field(0, ge=0, le=256, description="Inference requests computed at the same time; "
@@ -137,6 +138,9 @@ class Settings(BaseSettings):
     def _mvm_noise(cls, v: str) -> str:
         if v not in tuple(MvmNoiseSource):
             raise ValueError(f"mvm_noise must be one of {[s.value for s in MvmNoiseSource]}")
+        if v == MvmNoiseSource.TABLE:
+            logging.getLogger("agedchip.service").warning("AGEDCHIP_MVM_NOISE: %s", MVM_NOISE_TABLE_DEPRECATION)
+            return MvmNoiseSource.FRESH.value
         return v
 
     @field_validator("log_level")

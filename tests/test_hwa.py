@@ -108,6 +108,25 @@ def test_gdc_alpha_matches_chipsim_on_a_noise_free_drifting_chip():
     np.testing.assert_allclose(alpha[:, 0].numpy(), ro.alpha_global, rtol=1e-5)
 
 
+def test_exact_gdc_reference_is_the_chips_mean_target_weight():
+    # DESIGN §3.4 / GdcMode.EXACT: α = mean|w_target| / mean|w(t)| per tile, w_target the normalised
+    # target weights (not the programmed ones). Programming noise makes mean|w_prog| differ from
+    # mean|w_target| by ~1 %, far above the float rounding allowed here.
+    profile = get_profile("pcm", gdc="exact", tile_rows=16)
+    weight = torch.from_numpy(_weights(40, 12, seed=3))
+    aged = torch_chip.age_weights(weight, profile, YEAR, torch.Generator().manual_seed(0), np.random.default_rng(0))
+    w_target = (weight / column_scales(weight)).numpy().astype(np.float64)
+    w_t = aged.w_t.numpy().astype(np.float64)
+    want = [np.abs(w_target[a:b]).mean() / np.abs(w_t[a:b]).mean() for a, b in aged.tiles]
+    assert len(aged.tiles) == 3
+    np.testing.assert_allclose(aged.alpha[:, 0].numpy(), want, rtol=1e-6)
+    # The chip computes the same definition: its exact baseline is mean|w_target| of each tile.
+    chip = program([LayerSpec("fc", weight.numpy())], profile, seed=2)
+    layer = chip.layers[0]
+    np.testing.assert_allclose(layer.gdc_baseline_exact, [np.abs(layer.w_norm[a:b].astype(np.float64)).mean()
+                                                          for a, b in layer.tiles], rtol=1e-6)
+
+
 def test_analog_matmul_matches_chipsim_reference():
     # Full pcm periphery (DAC clip + quantisation, per-MVM noise, IR drop, output noise, ADC, GDC)
     # on two tiles, same read-out and same per-MVM draws: the torch twin must equal chipsim's

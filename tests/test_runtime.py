@@ -89,7 +89,7 @@ def test_pcm_layer_equals_numpy_reference(op, rows, cols, kw, binding):
     rt = ChipRuntime(chip, binding=binding)
     age = 86400.0
     batch = x.shape[0]
-    noise = rt.draw_noise(batch, np.random.default_rng(9))
+    noise = rt.draw_noise(x, np.random.default_rng(9))
     got = rt.run(x, age_s=age, read_seed=2, noise=noise)[0]
     readout = read(chip, age, read_seed=2).layers[0]
     plan = rt.plans[0]

@@ -130,6 +130,18 @@ def emit_tile_products(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profil
     return out
 
 
+def emit_noise_like(b: GraphBuilder, like: str, name: str, prefix: str) -> str:
+    """The per-MVM noise graph input ``name`` reshaped to ``Shape(like)``: one standard normal per
+    element of the tile's output ``like``, as that output is shaped in each run.
+
+    The input is flat (1-D, symbolic size): the runtime feeds one draw per element of ``like``
+    (:class:`chipsim.mvm_noise.NoiseShapes` finds ``like`` through this Reshape and infers its shape
+    per request), and the Reshape refuses any other count, so noise can never be broadcast over
+    pixels, tokens or samples whose dimensions were symbolic (size 1) at compile time."""
+    b.graph_input(name, [name.replace("/", "_") + "_size"])
+    return b.op("Reshape", [name, b.op("Shape", [like], prefix)], prefix)
+
+
 def emit_tile_periphery(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profile: ChipProfile, prefix: str,
                         conv_attrs: dict | None) -> str:
     """One tile: products, IR drop, noise, ADC and scale, in ADC steps (DESIGN §3.3).
@@ -154,12 +166,12 @@ def emit_tile_periphery(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profi
         t = b.op("Mul", [b.op("Mul", [t, a], prefix), p["r"]], prefix)
         y = b.op("Sub", [y, t], prefix)
     if profile.w_noise > 0 or profile.out_noise > 0:
-        b.graph_input(names["noise"], ["n", *plan.out_shape[1:]])
+        xi = emit_noise_like(b, y, names["noise"], prefix)
         if "v" in p:
             std = b.op("Sqrt", [p["v"]], prefix)
         else:
             std = b.const(prefix, profile.out_noise / adc_scale_step(profile))
-        y = b.op("Add", [y, b.op("Mul", [std, names["noise"]], prefix)], prefix)
+        y = b.op("Add", [y, b.op("Mul", [std, xi], prefix)], prefix)
     if profile.out_levels > 0:
         y = b.op("Round", [y], prefix)
         if profile.out_bound > 0:

@@ -14,10 +14,11 @@ from typing import Any
 from chipsim.modes import LayerKind
 from chipsim.state import ChipState, LayerSpec
 
-#: Layout of the compiled graph (one product per tile part, integer DAC/ADC units). A chip stores
+#: Layout of the compiled graph (one product per tile part, integer DAC/ADC units; 3: flat per-MVM
+#: noise inputs, reshaped in the graph to each tile's output as it is shaped in a run). A chip stores
 #: the graph it was programmed with; a runtime recompiles chips of another layout from their
 #: stored model (their physical state does not depend on it).
-GRAPH_FORMAT = 2
+GRAPH_FORMAT = 3
 
 #: Per-tile weight inputs of the compiled graph, one per product (see lowering.tile_parts).
 WEIGHT_INPUTS = ("w", "r", "a", "v")

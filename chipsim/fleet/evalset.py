@@ -19,7 +19,7 @@ from chipsim.fleet.errors import FleetError
 #: The attachment name under which a chip carries its eval set (as the service stores it).
 EVAL_ATTACHMENT = "eval.npz"
 #: Samples per onnxruntime call (bounds memory for large eval sets). Part of the result's
-#: definition: each chunk draws its per-MVM noise next from the read-out's stream.
+#: definition: each chunk's per-MVM noise is keyed by (chip seed, read seed, chunk index).
 EVAL_CHUNK = 512
 
 

@@ -7,12 +7,10 @@ checks the digest and returns one :class:`EvalRow` per (age, read-out, GDC on/of
 
 **Seeds.** Every random draw is a function of (fleet seed, chip index, age, read-out index) and
 nothing else: the chip's programming seed is ``chip_seed(fleet seed, index)``; read-out ``r``
-uses read seed ``r`` (chipsim's 1/f and GDC-read stream, keyed by chip seed and read seed) and
-per-MVM noise from the chip's MVM stream keyed by ``r`` — the seeds ``POST /chips/{id}/evaluate``
-uses, so a fleet chip's rows equal that route's numbers. The same draws serve every age (common
-random numbers: chipsim's read stream has no age key), so a chip's accuracy-vs-age curve moves
-with drift rather than with fresh noise at each age, which steadies the breach interpolation.
-GDC on and off share their draws too (a paired comparison). Each worker runs onnxruntime with
+uses read seed ``r`` (chipsim's 1/f read-out, keyed by chip seed, read seed, layer and age: each
+age is an independent read-out, DESIGN §3.3) and per-MVM noise keyed by (chip seed, ``r``, chunk)
+— the seeds ``POST /chips/{id}/evaluate`` uses, so a fleet chip's rows equal that route's
+numbers. The per-MVM draws are common to every age and to GDC on and off (a paired comparison). Each worker runs onnxruntime with
 one thread, so rows are bit-identical whichever executor, worker or order ran them.
 """
 
@@ -35,7 +33,6 @@ from chipsim.fleet.manifest import Fleet, FleetStore, chip_digest, open_chip_sto
 from chipsim.fleet.spec import FleetEvalSpec
 from chipsim.fleet.stats import PERCENTILES, distribution, yield_summary
 from chipsim.modes import GdcMode, MvmNoiseSource, SloMetric, WeightBinding
-from chipsim.rng import Stream, stream
 from chipsim.runtime import ChipRuntime
 from chipsim.store import ChipStoreError
 
@@ -137,11 +134,11 @@ def chip_rows(rt: ChipRuntime, ev: EvalSet, chip_index: int, ages_s: Sequence[fl
     for age in ages_s:
         for r in range(readouts):
             for label, mode in zip(GDC_LABELS, modes):
-                rng = stream(rt.chip.seed, Stream.MVM, r)  # = ChipRuntime.run(seed=r) for the first chunk
                 correct = 0
-                for feeds, labels in ev.chunks():
-                    noise = rt.draw_noise(int(labels.shape[0]), rng)
-                    out = rt.run(feeds, age, read_seed=r, gdc=mode, noise=noise)[0]
+                # Per-MVM noise seeded with the read seed and keyed by the chunk: the draws of
+                # POST /chips/{id}/evaluate (service.served_chip.ServedChip.eval_outputs).
+                for chunk, (feeds, labels) in enumerate(ev.chunks()):
+                    out = rt.run(feeds, age, read_seed=r, gdc=mode, seed=r, chunk=chunk)[0]
                     correct += correct_count(out, labels)
                 rows.append(EvalRow(chip_index, rt.chip.chip_id, float(age), r, label, str(mode), correct, len(ev)))
     return rows

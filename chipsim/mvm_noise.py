@@ -1,0 +1,171 @@
+"""Per-MVM noise: one independent standard normal ξ per analog output of every request (DESIGN §3.3).
+
+**Shapes.** The compiled graph takes one flat noise input per tile, reshaped in the graph to
+the tile's output (``compiler.lowering.emit_noise_like``).
+:class:`NoiseShapes` finds that output through the Reshape and infers its shape for the actual
+input shapes of a request (ONNX shape inference, cached per input signature), so every pixel,
+token and sample gets its own draw whatever dimensions were symbolic when the model was
+exported, and wherever the batch sits (sequence-first layers, ``Gemm(transA=1)``).
+
+**Generators.** Every ξ is a fresh draw of numpy's standard normal sampler (ziggurat, float32)
+from an SFC64 generator (Doty-Humphrey's Small Fast Chaotic generator, 256-bit state with a
+64-bit counter), chosen by measurement over Philox, PCG64, the former shared table and
+onnxruntime's in-graph ``RandomNormalLike`` (``python -m bench.mvm_noise``,
+``bench/results/mvm_noise.md``): the fastest of the exact sources (7.8 ns per draw here; Philox
+10.5, PCG64 8.9). ``RandomNormalLike`` was rejected for its generator: ``std::default_random_engine``
+(minstd, period 2^31 − 1) seeded with the process-wide seed plus the node index, so every
+session built from one graph draws the same sequence.
+
+- A seeded request draws from a generator keyed by (chip seed, request seed, chunk): the key's
+  seven 32-bit words (a stream tag, then each 64-bit value as two words, fixed width) seed a
+  ``SeedSequence``. Its noise is a pure function of the chip, the seed and the chunk index —
+  bit-identical on every run and restart (within one numpy version) — and chunk ``k`` of an
+  evaluation has its own key, so chunks never repeat each other's noise.
+- An unseeded request reads the next stretch of its thread's generator, seeded once per thread
+  (and again after a fork) from 128 bits of OS entropy: consecutive requests on a thread read
+  disjoint stretches of one stream.
+
+Independence, and its bound: SFC64's step is a bijection of its state and every seeding sets the
+counter word alike (numpy: 1, then 12 steps), so two generators with different initial states
+never pass through a common state within 2^64 draws — no stretch of noise is ever shared. Two
+generators start alike only if their ``SeedSequence`` keys hash to the same 128-bit pool:
+probability 2^-128 per pair of keys (threads, processes, seeded keys) — the documented,
+negligible bound. Per-MVM noise is thus independent across outputs, samples, chunks and
+requests, and has no size-dependent path: ``n`` outputs cost ``n`` draws.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+
+from chipsim.model_inputs import InputError
+from chipsim.rng import Stream, check_seed
+
+#: Input signatures whose noise shapes a :class:`NoiseShapes` keeps (one per distinct batch size
+#: and, for dynamic models, per distinct spatial or sequence size); inference costs 2–3 ms for a zoo model.
+SHAPE_CACHE_ENTRIES = 64
+#: Chunks of one seeded evaluation: a 64-bit part of the key.
+MAX_CHUNK = 2**64 - 1
+
+#: Stream tag of per-MVM noise keys (chipsim.rng.Stream.MVM), the first word of a seeded key.
+_TAG = int(Stream.MVM)
+
+_thread = threading.local()
+_fork_epoch = 0
+
+
+def _after_fork_in_child() -> None:
+    global _fork_epoch
+    _fork_epoch += 1  # a forked child must not replay its parent's thread streams
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _words(value: int) -> tuple[int, int]:
+    return value & 0xFFFFFFFF, value >> 32
+
+
+def seeded_generator(chip_seed: int, seed: int, chunk: int = 0) -> np.random.Generator:
+    """The generator of a seeded request: SFC64 seeded from the fixed-width key (tag, chip seed,
+    seed, chunk); ~10 µs to create (one SeedSequence)."""
+    chunk = int(chunk)
+    if not 0 <= chunk <= MAX_CHUNK:
+        raise ValueError(f"chunk: must be an integer in [0, 2^64-1], got {chunk}")
+    key = np.array([_TAG, *_words(check_seed(chip_seed)), *_words(check_seed(seed)), *_words(chunk)], np.uint32)
+    return np.random.Generator(np.random.SFC64(np.random.SeedSequence(key)))
+
+
+def thread_generator() -> np.random.Generator:
+    """This thread's generator for unseeded requests: SFC64 seeded from 128 bits of OS entropy,
+    once per thread and process (a generator per request would cost ~10 µs)."""
+    held = getattr(_thread, "held", None)
+    if held is None or held[0] != _fork_epoch:
+        held = _thread.held = (_fork_epoch, np.random.Generator(np.random.SFC64(np.random.SeedSequence())))
+    return held[1]
+
+
+def draw(shapes: list[tuple[str, tuple[int, ...]]], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Flat standard normal float32 noise feeds, one per (name, tile output shape), as the
+    compiled graph takes them (C order, reshaped in the graph): one draw from ``rng`` split in
+    order (one call instead of one per tile)."""
+    sizes = [int(np.prod(s)) for _, s in shapes]
+    flat = rng.standard_normal(sum(sizes), dtype=np.float32)
+    out, start = {}, 0
+    for (name, _), n in zip(shapes, sizes):
+        out[name] = flat[start:start + n]
+        start += n
+    return out
+
+
+class NoiseShapes:
+    """The shape of every per-MVM noise input of a compiled graph, per request input shapes."""
+
+    def __init__(self, graph: bytes | onnx.ModelProto, input_names: list[str]):
+        model = graph if isinstance(graph, onnx.ModelProto) else onnx.load_from_string(graph)
+        self.input_names = list(input_names)
+        declared = {i.name for i in model.graph.input}
+        producers = {o: n for n in model.graph.node for o in n.output}
+        #: (noise input, the tile output it is reshaped to), in graph order
+        self.noise_of: list[tuple[str, str]] = []
+        for node in model.graph.node:
+            if node.op_type == "Reshape" and node.input[0] in declared and node.input[0].endswith("/noise"):
+                shape_node = producers.get(node.input[1])
+                if shape_node is None or shape_node.op_type != "Shape":
+                    raise ValueError(f"noise input {node.input[0]!r} is not reshaped to Shape(tile output)")
+                self.noise_of.append((node.input[0], shape_node.input[0]))
+        self._model = model
+        self._cache: OrderedDict[tuple, list[tuple[str, tuple[int, ...]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.noise_of)
+
+    def shapes(self, feeds: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...]]]:
+        """(noise input, shape) of every tile for inputs shaped like ``feeds``' arrays (checked
+        inputs of the model); raises :class:`InputError` if the shapes cannot be inferred."""
+        if not self.noise_of:
+            return []
+        key = tuple(tuple(feeds[n].shape) for n in self.input_names)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        shapes = self._infer(dict(zip(self.input_names, key)))
+        with self._lock:
+            self._cache[key] = shapes
+            while len(self._cache) > SHAPE_CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return shapes
+
+    def _infer(self, dims: dict[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
+        m = onnx.ModelProto()
+        m.CopyFrom(self._model)
+        for inp in m.graph.input:
+            if inp.name in dims:
+                shape = inp.type.tensor_type.shape
+                del shape.dim[:]
+                for size in dims[inp.name]:
+                    shape.dim.add().dim_value = int(size)
+        try:
+            m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+        except Exception as err:  # onnx raises several types; the inputs did not fit the model
+            raise InputError(f"inputs: the model cannot run on inputs of shapes {dims} "
+                             f"({str(err).splitlines()[0][:200]})") from None
+        known = {}
+        for vi in [*m.graph.value_info, *m.graph.output]:
+            d = vi.type.tensor_type.shape.dim
+            if vi.type.tensor_type.HasField("shape") and all(x.HasField("dim_value") for x in d):
+                known[vi.name] = tuple(int(x.dim_value) for x in d)
+        missing = [like for _, like in self.noise_of if like not in known]
+        if missing:
+            raise InputError(f"inputs: cannot infer the output shape of the analog layer(s) computing {missing[:3]} "
+                             f"for inputs of shapes {dims}")
+        return [(name, known[like]) for name, like in self.noise_of]
