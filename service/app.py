@@ -26,16 +26,17 @@ from fastapi import APIRouter, FastAPI
 from service import __version__, errors, openapi_doc
 from service.admission import lanes_for
 from service.background import Refresher
+from service.fleets import EVAL_LANE, FleetService
 from service.jobs import JobTable
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
 from service.registry import Registry, program_default_chip
-from service.routes import chips, docs, infer, oip, ops, recalibration
+from service.routes import chips, docs, fleets, infer, oip, ops, recalibration
 from service.settings import Settings
 
 #: In the order they are matched (and listed in the OpenAPI document).
-ROUTERS: tuple[APIRouter, ...] = (recalibration.router, chips.router, infer.router, ops.router, oip.router,
-                                  docs.router)
+ROUTERS: tuple[APIRouter, ...] = (recalibration.router, chips.router, fleets.router, infer.router, ops.router,
+                                  oip.router, docs.router)
 #: Routes whose bodies are uploads (``max_upload_bytes`` instead of ``max_request_bytes``).
 UPLOAD_PATHS = frozenset({"/program"})
 #: Routes without a key and served while the service stops: probes and the scrape target (the
@@ -58,10 +59,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None)  # service.routes.docs serves both offline
     app.state.settings = settings
     app.state.registry = registry
-    app.state.metrics = Metrics(registry, lanes)
     app.state.lanes = lanes
     app.state.refresher = Refresher(registry, settings, lanes=lanes)
-    app.state.recalibration_jobs = JobTable(concurrency=settings.program_concurrency)
+    # One job table (GET /jobs): programming jobs (recalibration, fleets) and fleet evaluations, each
+    # lane with the concurrency of its request lane.
+    app.state.recalibration_jobs = JobTable(concurrency=settings.program_concurrency,
+                                            lanes={EVAL_LANE: settings.eval_concurrency})
+    app.state.fleets = FleetService(registry, settings, app.state.recalibration_jobs)
+    app.state.metrics = Metrics(registry, lanes, app.state.fleets)
     app.state.started = False
     app.state.stopping = threading.Event()
     add_routers(app)
@@ -105,6 +110,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state = app.state
 
     def startup() -> None:
+        state.fleets.open()  # rolls back half-programmed fleets first: their chips are never served
         state.registry.load_all()
         program_default_chip(state.registry, state.settings)
 

@@ -27,10 +27,12 @@ from starlette.responses import Response
 
 from chipsim import ChipCorruptError, ChipExistsError, ChipNotFoundError, ProfileError
 from chipsim.compiler import CompileError
+from chipsim.fleet.errors import FleetError
 from service.metrics import CLIENT_CLOSED
 from service.problems import (
     STORAGE_FULL_ERRNOS, Cancelled, Conflict, InvalidField, NotFound, Overloaded, Problem, StorageFull, Unauthorized,
-    Unavailable, UnsupportedMediaType, invalid_value, loc_to_field, storage_problem, validation_message,
+    Unavailable, UnsupportedMediaType, fleet_problem, invalid_value, loc_to_field, storage_problem,
+    validation_message,
 )
 
 log = logging.getLogger("agedchip.service")
@@ -85,6 +87,8 @@ def chipsim_problem(exc: Exception) -> Problem:
         return NotFound("chip_id", str(exc))
     if isinstance(exc, (ChipExistsError, ChipCorruptError)):
         return Conflict("chip_id", str(exc))
+    if isinstance(exc, FleetError):
+        return fleet_problem(exc)
     if isinstance(exc, ProfileError):
         return InvalidField(f"profile.{exc.field}" if exc.field else "profile", str(exc))
     return invalid_value(exc, default_field="model")  # CompileError
@@ -128,7 +132,7 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, message, None, headers=getattr(exc, "headers", None),
                               oip=is_oip(request.url.path))
 
-    for chipsim_error in (ChipNotFoundError, ChipExistsError, ChipCorruptError, ProfileError, CompileError):
+    for chipsim_error in (ChipNotFoundError, ChipExistsError, ChipCorruptError, ProfileError, CompileError, FleetError):
         @app.exception_handler(chipsim_error)
         async def _chipsim(request: Request, exc: Exception) -> JSONResponse:
             return problem_response(chipsim_problem(exc), is_oip(request.url.path))

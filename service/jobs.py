@@ -1,8 +1,11 @@
 """Background jobs: a bounded in-memory table and one worker thread per job.
 
 A job is a piece of blocking work (``work(job)`` → its result) that reports progress through
-:meth:`Job.progress` and polls :attr:`Job.cancel`. At most ``concurrency`` jobs run at once; the
-others wait, cancellable, for a slot. A job ends ``succeeded``, ``cancelled`` (the work raised
+:meth:`Job.progress` and polls :attr:`Job.cancel`. Jobs run in lanes: at most ``concurrency``
+jobs of the default lane (programming: recalibration, fleets) run at once, and ``lanes`` names
+others with their own limit (``eval``: fleet evaluations); the others wait, cancellable, for a
+slot. ``submit(max_unfinished=n)`` refuses a job (Overloaded: 429) when its lane already holds n
+unfinished jobs, so a lane's line is bounded like a request lane's. A job ends ``succeeded``, ``cancelled`` (the work raised
 :class:`JobCancelled`, or it was cancelled before it started) or ``failed`` (a
 :class:`~service.problems.Problem` names the field; anything else is logged and reported as an
 internal error). ``on_end`` runs once whatever the outcome (releasing what the job held).
@@ -23,12 +26,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.ids import check_job_id
-from service.problems import Conflict, NotFound, Problem, Unavailable
+from service.problems import Conflict, NotFound, Overloaded, Problem, Unavailable
 
 log = logging.getLogger("agedchip.service")
 
 #: Jobs kept in memory (finished ones are evicted first, oldest first).
 MAX_JOBS = 100
+#: Retry-After of a job refused because its lane is full, seconds.
+FULL_LANE_RETRY_S = 10.0
+DEFAULT_LANE = "default"
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -45,6 +51,7 @@ class Job:
     work: Callable[[Job], dict[str, Any]]
     on_end: Callable[[], None]
     failure_note: str = ""  # appended to the message of an internal error
+    lane: str = DEFAULT_LANE
     created_at: float = field(default_factory=time.time)
     status: str = "queued"
     step: int = 0
@@ -74,9 +81,10 @@ class Job:
 class JobTable:
     """The jobs of a service: at most ``concurrency`` running at once, ``max_jobs`` remembered."""
 
-    def __init__(self, concurrency: int, max_jobs: int = MAX_JOBS):
+    def __init__(self, concurrency: int, max_jobs: int = MAX_JOBS, lanes: dict[str, int] | None = None):
         self.max_jobs = max_jobs
-        self._slots = threading.Semaphore(concurrency)
+        self._slots = {DEFAULT_LANE: threading.Semaphore(concurrency),
+                       **{name: threading.Semaphore(n) for name, n in (lanes or {}).items()}}
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._threads: dict[str, threading.Thread] = {}
@@ -84,15 +92,23 @@ class JobTable:
 
     # ------------------------------------------------------------------ table
     def submit(self, kind: str, steps: int, params: dict[str, Any], work: Callable[[Job], dict[str, Any]],
-               on_end: Callable[[], None], failure_note: str = "") -> dict[str, Any]:
-        """Start a job (queued until a slot is free); its view. ``on_end`` runs even if it cannot start."""
+               on_end: Callable[[], None], failure_note: str = "", lane: str = DEFAULT_LANE,
+               max_unfinished: int | None = None, limit_setting: str = "") -> dict[str, Any]:
+        """Start a job (queued until a slot of its lane is free); its view. ``on_end`` runs even if it
+        cannot start. Overloaded when ``lane`` already holds ``max_unfinished`` unfinished jobs."""
         job = Job(job_id=f"job-{secrets.token_hex(8)}", kind=kind, steps=steps, params=params, work=work,
-                  on_end=on_end, failure_note=failure_note)
+                  on_end=on_end, failure_note=failure_note, lane=lane)
         thread = threading.Thread(target=self._run, args=(job,), name=f"{kind}-{job.job_id}", daemon=True)
         with self._lock:
             if self._closed:
                 on_end()
                 raise Unavailable(None, "the service is shutting down")
+            unfinished = sum(1 for j in self._jobs.values() if j.lane == lane and not j.finished)
+            if max_unfinished is not None and unfinished >= max_unfinished:
+                on_end()
+                raise Overloaded(None, f"too many {lane} jobs: {unfinished} queued or running (at most "
+                                       f"{max_unfinished}, {limit_setting}); retry later",
+                                 retry_after_s=FULL_LANE_RETRY_S)
             self._jobs[job.job_id] = job
             self._evict()
             self._threads[job.job_id] = thread
@@ -163,7 +179,8 @@ class JobTable:
     def _run(self, job: Job) -> None:
         acquired = False
         try:
-            while not (acquired := self._slots.acquire(timeout=0.2)):
+            slots = self._slots[job.lane]
+            while not (acquired := slots.acquire(timeout=0.2)):
                 if job.cancel.is_set():
                     break
             if job.cancel.is_set():
@@ -184,6 +201,6 @@ class JobTable:
         finally:
             job.on_end()
             if acquired:
-                self._slots.release()
+                self._slots[job.lane].release()
             with self._lock:
                 self._threads.pop(job.job_id, None)

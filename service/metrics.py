@@ -10,6 +10,7 @@ label sets stay bounded by the chips in the store. :class:`ServiceCollector` rep
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -18,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from service.admission import Lanes
 from service.durations import SCHEDULE
+from service.fleets import FleetService
 from service.memory import rss_bytes
 from service.registry import Registry
 from service.served_chip import GAUGE_GDC
@@ -91,6 +93,14 @@ class ChipCollector(Collector):
         cache_entries = GaugeMetricFamily(PREFIX + "readout_cache_entries",
                                           "Cached read-outs (ages x read seeds) per chip and runtime.",
                                           labels=["chip", "runtime"])
+        energy = CounterMetricFamily(PREFIX + "estimated_energy_joules",
+                                     "Estimated energy of the inferences served per chip, joules (chipsim.cost: "
+                                     "an estimate, not a measurement).", labels=["chip"])
+        breach_in = GaugeMetricFamily(PREFIX + "chip_slo_breach_in_seconds",
+                                      "Wall-clock seconds until the chip's predicted accuracy SLO breach (GDC on), "
+                                      "from its last evaluation with an SLO; 0 once breached; absent when none is "
+                                      "predicted.", labels=["chip"])
+        now = time.time()
 
         for c in chips:
             cid = c.chip_id
@@ -127,10 +137,35 @@ class ChipCollector(Collector):
                 werr.add_metric([cid, "on"], g.weight_error_gdc)
             if g.g_ratio is not None:
                 gratio.add_metric([cid], g.g_ratio)
+            energy.add_metric([cid], c.energy_j)
+            if g.slo_breach_at is not None:
+                breach_in.add_metric([cid], max(0.0, g.slo_breach_at - now))
         for state in ("ready", "corrupt"):
             by_state.add_metric([state], counts.get(state, 0))
         yield from (inferences, samples, age, eval_acc, cur_acc, labelled, correct, alpha, werr, gratio, stuck,
-                    hits, misses, cache_bytes, cache_entries, by_state, info)
+                    hits, misses, cache_bytes, cache_entries, by_state, info, energy, breach_in)
+
+
+class FleetCollector(Collector):
+    """Per-fleet series from each fleet's last successful evaluation, read at each scrape."""
+
+    def __init__(self, fleets: FleetService):
+        self.fleets = fleets
+
+    def collect(self) -> Iterator[Metric]:
+        yields = GaugeMetricFamily(PREFIX + "fleet_yield_ratio",
+                                   "Share of the fleet's chips meeting its accuracy SLO at an age of its last "
+                                   "evaluation (ratio).", labels=["fleet", "age", "gdc"])
+        breach = GaugeMetricFamily(PREFIX + "fleet_slo_breach_age_seconds",
+                                   "Chip age by which a quantile of the fleet's chips breached its SLO (GDC on), "
+                                   "seconds; absent when not breached by the last evaluated age.",
+                                   labels=["fleet", "quantile"])
+        for fleet_id, g in sorted(dict(self.fleets.gauges).items()):
+            for (age, gdc), share in g.yield_ratio.items():
+                yields.add_metric([fleet_id, age, gdc], share)
+            for q, age_s in g.breach_age_s.items():
+                breach.add_metric([fleet_id, q], age_s)
+        yield from (yields, breach)
 
 
 class ServiceCollector(Collector):
@@ -166,7 +201,7 @@ class ServiceCollector(Collector):
 class Metrics:
     """The app's Prometheus registry (one per app, so tests can build several apps)."""
 
-    def __init__(self, registry: Registry, lanes: Lanes):
+    def __init__(self, registry: Registry, lanes: Lanes, fleets: FleetService | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(PREFIX + "http_requests_total", "HTTP requests served.",
                                 ["route", "method", "status"], registry=self.registry)
@@ -176,6 +211,8 @@ class Metrics:
                                    "answer (recorded with status 499, a 4xx).", ["route"], registry=self.registry)
         self.registry.register(ChipCollector(registry))
         self.registry.register(ServiceCollector(registry, lanes))
+        if fleets is not None:
+            self.registry.register(FleetCollector(fleets))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, status_class(status)).inc()

@@ -169,7 +169,10 @@ def encode_response(chip: ServedChip, req: OipInferRequest, res: InferResult,
         outputs.append(entry)
     content = {"model_name": chip.chip_id, "model_version": "1", "id": req.id,
                "parameters": {"age_s": res.age_s, "age_source": res.age_source, "gdc": res.gdc,
-                              "read_seed": res.read_seed, "seed": res.seed},
+                              "read_seed": res.read_seed, "seed": res.seed,
+                              # estimates (chipsim.cost), labelled by the cost model that made them
+                              "energy_j": res.energy_j, "latency_s": res.latency_s,
+                              "cost_model": chip.cost.cost_model.name},
                "outputs": outputs}
     if req.id is None:
         del content["id"]

@@ -28,7 +28,9 @@ EXAMPLES: dict[str, Any] = json.loads(EXAMPLES_FILE.read_text())
 
 PATH_PARAMETERS = {
     "chip_id": "Id of the chip (GET /chips lists them): 1-63 characters of a-z, 0-9, '-', '_'.",
-    "job_id": "Id of the job (returned by POST /chips/{chip_id}/recalibrate, listed by GET /jobs).",
+    "job_id": "Id of the job (returned by POST /chips/{chip_id}/recalibrate, POST /fleets and POST "
+              "/fleets/{fleet_id}/evaluate; listed by GET /jobs).",
+    "fleet_id": "Id of the fleet (GET /fleets lists them): 1-59 characters of a-z, 0-9, '-', '_'.",
     "model_name": "The chip id: in the Open Inference Protocol each chip is a model.",
     "model_version": "Always '1' (a chip is immutable); any other version is 404.",
 }

@@ -14,6 +14,8 @@ import os
 import re
 from typing import Any
 
+from chipsim.fleet.errors import FleetCorruptError, FleetError, FleetExistsError, FleetNotFoundError
+
 
 class Problem(Exception):
     """A request the service cannot serve; ``field`` names the culprit. ``retry_after_s``: when
@@ -87,6 +89,20 @@ def storage_problem(err: BaseException, action: str) -> Problem:
     detail = f"{name}: {reason}" if name else reason
     return Unavailable(None, f"store: {action}: storage error ({detail}); nothing was changed, retry later",
                        retry_after_s=5.0)
+
+
+def fleet_problem(err: FleetError) -> Problem:
+    """chipsim.fleet's errors in the service's terms: unknown fleet → NotFound, an id taken or being
+    programmed and a corrupt fleet → Conflict, anything else the request got wrong → InvalidField."""
+    field = err.field
+    if field is not None and field.startswith("ages_s"):  # the service's request names them `ages`
+        field = "ages" + field.removeprefix("ages_s")
+    message = str(err).replace("ages_s", "ages") if field is not None and field.startswith("ages") else str(err)
+    if isinstance(err, FleetNotFoundError):
+        return NotFound(field or "fleet_id", message)
+    if isinstance(err, (FleetExistsError, FleetCorruptError)):
+        return Conflict(field or "fleet_id", message)
+    return InvalidField(field, message)
 
 
 def invalid_value(err: Exception, default_field: str | None = None) -> InvalidField:

@@ -20,7 +20,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,8 @@ class Registry:
         self._deleting = KeyedLocks()
         self.memory = MemoryGuard(settings.memory_budget, relieve=self.relieve_memory)
         self.loaded = False
+        #: The fleet a chip belongs to, if any (set by service.fleets): such a chip is deleted with its fleet.
+        self.owner_of: Callable[[str], str | None] = lambda chip_id: None
 
     def _served(self, chip: ChipState, eval_set: EvalSet | None = None) -> ServedChip:
         return ServedChip(chip, self.settings, *self._sizes(chip.chip_id), eval_set=eval_set, memory=self.memory)
@@ -159,25 +161,28 @@ class Registry:
     def load_all(self) -> None:
         """(Re)load every chip of the store; unreadable ones are listed as corrupt."""
         for listing in self.store.list(verify=False):
-            chip_id = listing.chip_id
             if listing.status != "ready":
-                self._mark_corrupt(chip_id, listing.error or "unreadable")
+                self._mark_corrupt(listing.chip_id, listing.error or "unreadable")
                 continue
-            try:
-                chip = self.store.load(chip_id)
-                served = self._served(chip)
-            except ChipCorruptError as err:
-                self._mark_corrupt(chip_id, str(err))
-                continue
-            except Exception as err:  # a chip this build cannot run is listed, not fatal
-                log.exception("chip %s could not be loaded", chip_id)
-                self._mark_corrupt(chip_id, f"cannot be loaded: {type(err).__name__}: {str(err)[:300]}")
-                continue
-            with self._lock:
-                self._chips[chip_id] = served
-                self._corrupt.pop(chip_id, None)
+            self.load(listing.chip_id)
         self.loaded = True
         log.info("loaded %d chip(s), %d corrupt", *self.counts().values())
+
+    def load(self, chip_id: str) -> None:
+        """Load (or reload) one published chip of the store and serve it; unreadable: corrupt."""
+        try:
+            chip = self.store.load(chip_id)
+            served = self._served(chip)
+        except ChipCorruptError as err:
+            self._mark_corrupt(chip_id, str(err))
+            return
+        except Exception as err:  # a chip this build cannot run is listed, not fatal
+            log.exception("chip %s could not be loaded", chip_id)
+            self._mark_corrupt(chip_id, f"cannot be loaded: {type(err).__name__}: {str(err)[:300]}")
+            return
+        with self._lock:
+            self._chips[chip_id] = served
+            self._corrupt.pop(chip_id, None)
 
     def _mark_corrupt(self, chip_id: str, error: str) -> None:
         log.warning("chip %s is corrupt: %s", chip_id, error)
@@ -342,6 +347,10 @@ class Registry:
                 if chip_id in self._pending:
                     raise Conflict("chip_id", f"chip_id: chip {chip_id!r} is being programmed")
                 known = chip_id in self._chips or chip_id in self._corrupt
+            fleet = self.owner_of(chip_id)
+            if fleet is not None:  # a fleet is whole or absent: its chips go with it
+                raise Conflict("chip_id", f"chip_id: chip {chip_id!r} belongs to fleet {fleet!r}; DELETE "
+                               f"/fleets/{fleet} deletes the fleet with its chips")
             try:
                 self.store.delete(chip_id)
             except ChipNotFoundError:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
+from chipsim.fleet import SloSpec
 from chipsim.modes import GdcMode
 
 #: GDC modes a request may name, and those that compensate (the "with GDC" numbers).
@@ -160,6 +161,31 @@ class TensorInfo(BaseModel):
     shape: list[int | None] = Field(description="Dimensions; null = dynamic (the batch).")
 
 
+ESTIMATE_DOC = "An estimate from operation counts priced by a published-chip cost model (docs/energy.md). "
+
+
+class ChipCost(BaseModel):
+    """chipsim.cost's estimate of one sample (``CostEstimate.to_dict()``), cached per chip."""
+
+    estimate: bool = Field(description="Always true: these figures are estimates, not measurements.")
+    note: str = Field(description="How the figures were obtained.")
+    cost_model: str = Field(description="Name of the cost model that priced the counts, e.g. 'hermes-1phase'.")
+    batch: int = Field(description="Samples the totals are for (1: per sample).")
+    energy_j: float = Field(description=ESTIMATE_DOC + "Energy of `batch` samples, joules.")
+    latency_s: float = Field(description=ESTIMATE_DOC + "Latency of `batch` samples, seconds (no pipelining).")
+    per_sample: dict[str, Any] = Field(description="Per sample: energy_j (joules), latency_s (seconds), tile_mvms, "
+                                                   "analog_macs, dac_conversions, adc_conversions, digital_ops "
+                                                   "(counts), tops_per_w, energy_breakdown_j (joules by component).")
+    layers: list[dict[str, Any]] = Field(description="Per analog layer, per sample: counts (tiles, MVMs, MACs, "
+                                                     "conversions, digital ops), energy_j (joules), latency_s "
+                                                     "(seconds) and energy_breakdown_j (joules).")
+    digital: dict[str, Any] = Field(description="The model's digital nodes per sample: nodes, ops (counts), "
+                                                "energy_j (joules), latency_s (seconds).")
+    warnings: list[str] = Field(description="Where the cost model does not fit the chip's profile.")
+    constants: dict[str, Any] | None = Field(None, description="The cost model's constants (joules, seconds) and "
+                                                               "their sources.")
+
+
 class ChipSummary(BaseModel):
     chip_id: str = Field(description="Id of the chip.")
     state: Literal["ready"] = Field(description="Only ready chips have a summary.")
@@ -186,6 +212,9 @@ class ChipSummary(BaseModel):
     disk_bytes: int = Field(description="Bytes of the chip's own files on disk.")
     shared_bytes: int = Field(description="Bytes of the shared, content-addressed files the chip uses (model, "
                                           "weights, compiled graph, eval set); stored once for all chips.")
+    cost: ChipCost | None = Field(None, description="Estimated energy and latency of one sample on this chip, by "
+                                                    "layer (an estimate, not a measurement; null if the model's "
+                                                    "shapes do not allow one).")
     parent: str | None = Field(None, description="Chip this one was derived from (recalibration), if any.")
     recalibration: dict[str, Any] | None = Field(
         None, description="How it was derived: algorithm, parameters, recalibration age (s), layer, pulses used, "
@@ -250,6 +279,11 @@ class InferResponse(BaseModel):
     argmax: list[int] | None = Field(None, description="Predicted class per sample (classifiers only).")
     accuracy: float | None = Field(None, description="Accuracy of this batch against `labels` (ratio).")
     alpha: list[LayerAlpha] = Field(description="GDC α per analog layer at this age and read-out.")
+    energy_j: float = Field(description=ESTIMATE_DOC + "Energy of this request (all `batch` samples), joules: "
+                                        "GET /chips/{chip_id} `cost.per_sample.energy_j` × batch.")
+    latency_s: float = Field(description=ESTIMATE_DOC + "Latency of this request on the chip, seconds (samples one "
+                                         "after the other), not the service's response time.")
+    cost_model: str = Field(description="The cost model behind `energy_j` and `latency_s` (an estimate).")
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -262,6 +296,8 @@ class EvaluateRequest(BaseModel):
     samples: int | None = Field(None, ge=1, description="Use only the first n eval samples (default: all).")
     gdc_mode: Literal[GDC_ON_MODES] | None = Field(  # type: ignore[valid-type]
         None, description="GDC mode for the 'GDC on' numbers (default: the profile's, or global).")
+    slo: SloSpec | None = Field(None, description="Accuracy SLO {metric: accuracy | normalised_accuracy, threshold "
+                                                  "(ratio)}: the response adds the time to SLO breach.")
 
 
 class AccuracyStats(BaseModel):
@@ -279,12 +315,32 @@ class AgeAccuracy(BaseModel):
     gdc_off: AccuracyStats = Field(description="Accuracy without drift compensation.")
 
 
+class SloBreach(BaseModel):
+    status: Literal["breached", "breached_at_first", "not_breached"] = Field(
+        description="'breached': crossed between two evaluated ages (interpolated on log-age); 'breached_at_first': "
+                    "already below at the first age > 0; 'not_breached': still meets it at the last age.")
+    age_s: float | None = Field(description="Interpolated chip age of the breach, seconds; null when censored.")
+    bracket_s: list[float | None] = Field(description="[low, high] chip ages in seconds between which the breach "
+                                                      "lies (the evaluated ages around it); high null = never "
+                                                      "within the evaluated ages.")
+    seconds_until: float | None = Field(description="Wall-clock seconds from now until the breach at the chip's "
+                                                    "time scale (0: already breached; null: not predicted, or "
+                                                    "the chip does not age).")
+
+
 class EvaluateResponse(BaseModel):
     chip_id: str = Field(description="Chip evaluated.")
     samples: int = Field(description="Eval samples used.")
     readouts: int = Field(description="Read-outs per age (read seeds 0…n−1).")
     gdc_mode: str = Field(description="GDC mode of the 'on' numbers.")
     results: list[AgeAccuracy] = Field(description="One entry per requested age, in request order.")
+    slo: SloSpec | None = Field(None, description="The SLO of the request (only with one).")
+    fp_accuracy: float | None = Field(None, description="Floating-point model's accuracy on the samples used "
+                                                        "(ratio); set for the normalised_accuracy SLO.")
+    breach: dict[str, SloBreach] | None = Field(None, description="Time to SLO breach, 'gdc_on' and 'gdc_off' "
+                                                                  "(only with an SLO).")
+    chip_age_s: float | None = Field(None, description="The chip's wall-clock age when evaluated, seconds "
+                                                       "(the origin of `seconds_until`; only with an SLO).")
     seconds: float = Field(description="Wall time of the evaluation, seconds.")
 
 
@@ -387,7 +443,9 @@ class OipInferResponse(BaseModel):
     model_name: str = Field(description="The chip id.")
     model_version: str | None = Field(None, description="Always '1'.")
     id: str | None = Field(None, description="The request's id, if it had one.")
-    parameters: dict[str, Any] | None = Field(None, description="'age_s' (seconds), 'gdc', 'read_seed', 'seed'.")
+    parameters: dict[str, Any] | None = Field(None, description="'age_s' (seconds), 'gdc', 'read_seed', 'seed'; "
+                                                                "estimates (docs/energy.md): 'energy_j' (joules) and "
+                                                                "'latency_s' (seconds) of the request, 'cost_model'.")
     outputs: list[OipOutputTensor] = Field(description="The requested outputs.")
 
 

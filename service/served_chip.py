@@ -22,6 +22,11 @@ import numpy as np
 
 from chipsim import ChipState, drift_metrics
 from chipsim import faults as fl
+from chipsim.cost import CostError, CostEstimator
+from chipsim.fleet import BreachTime, breach_from_evaluation, seconds_until_breach
+from chipsim.fleet.evalset import EvalSet as FleetEvalSet
+from chipsim.fleet.evalset import digital_accuracy
+from chipsim.modes import SloMetric
 from chipsim.modes import GdcMode
 from chipsim.readout import ChipReadout, LayerReadout
 from chipsim.runtime import ChipRuntime, InputError
@@ -78,6 +83,9 @@ class ChipGauges:
     current_accuracy: dict[str, float] = field(default_factory=dict)  # GAUGE_GDC label → accuracy
     eval_accuracy: dict[tuple[str, str], float] = field(default_factory=dict)  # (age label, gdc) → accuracy
     refreshed_at: float | None = None
+    # Unix time of the predicted SLO breach (GDC on) from the last evaluation with an SLO; None when
+    # that evaluation predicted none up to its last age (or there was none).
+    slo_breach_at: float | None = None
 
 
 @dataclass
@@ -90,6 +98,8 @@ class InferResult:
     seed: int | None
     batch: int
     alpha: list[dict[str, Any]]
+    energy_j: float  # estimated energy of the request (chipsim.cost), J
+    latency_s: float  # estimated latency of the request on the chip, s
 
 
 def _runtime(chip: ChipState, settings: Settings, binding: str, cache_bytes: int, cache_entries: int) -> ChipRuntime:
@@ -129,7 +139,11 @@ class ServedChip:
         self.samples = 0
         self.labelled = 0
         self.correct = 0
+        self.energy_j = 0.0  # estimated energy of every inference served, J
         self.gauges = ChipGauges()
+        self._cost: CostEstimator | None = None
+        self._cost_summary: dict[str, Any] | None = None
+        self._fp_accuracy: dict[int, float] = {}  # eval samples used → the FP model's accuracy on them
         self._alpha_cache: dict[tuple[float, int, str], list[dict[str, Any]]] = {}
         self.layers = self._layer_summary()
         self.stuck_reset = sum(layer["stuck_reset"] for layer in self.layers)
@@ -217,7 +231,35 @@ class ServedChip:
             "shared_bytes": self.shared_bytes,
             "parent": meta.get("parent"),  # set on chips derived by recalibration
             "recalibration": meta.get("recalibration"),
+            "cost": self.cost_summary(),
         }
+
+    # ------------------------------------------------------------------ energy and latency (estimates)
+    @property
+    def cost(self) -> CostEstimator:
+        """The chip's cost estimator (chipsim.cost), built on first use: parses the model once."""
+        with self._lock:
+            if self._cost is None:
+                self._cost = CostEstimator(self.chip)
+            return self._cost
+
+    def cost_summary(self) -> dict[str, Any] | None:
+        """The estimate of one sample by layer (``CostEstimate.to_dict``), cached: a chip is immutable."""
+        if self._cost_summary is None:
+            try:
+                self._cost_summary = self.cost.estimate(batch=1).to_dict()
+            except CostError as err:  # e.g. symbolic non-batch dimensions: a summary must not fail for it
+                log.warning("chip %s: no per-sample cost estimate: %s", self.chip_id, err)
+                return None
+        return self._cost_summary
+
+    def request_cost(self, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+        """(energy J, latency s) estimated for one request of these (checked) inputs."""
+        batch = int(next(iter(feeds.values())).shape[0])
+        try:
+            return self.cost.request(batch, {k: list(v.shape) for k, v in feeds.items()})
+        except CostError as err:
+            raise InvalidField(err.field, str(err)) from None
 
     # ------------------------------------------------------------------ evaluation
     def eval_set(self) -> EvalSet | None:
@@ -292,10 +334,11 @@ class ServedChip:
         return correct / len(eval_set)
 
     def evaluate(self, ages: list[Any], readouts: int, samples: int | None, gdc: str | None,
-                 cancelled: Cancel | None = None) -> dict[str, Any]:
+                 cancelled: Cancel | None = None, slo: tuple[SloMetric, float] | None = None) -> dict[str, Any]:
         """Accuracy on the eval set at each age, mean ± std over ``readouts`` read-outs (read seeds
         0…n−1), with GDC (``gdc``, default the profile's mode) and without. ``cancelled`` is
-        polled before every read-out and chunk: a True stops the work (Cancelled)."""
+        polled before every read-out and chunk: a True stops the work (Cancelled). With ``slo``
+        (metric, threshold) the result adds the time to SLO breach (:meth:`slo_breach`)."""
         t0 = time.perf_counter()
         parsed = [(str(a), self.age_of(a, f"ages.{i}")[0]) for i, a in enumerate(ages)]
         limit = self.settings.max_eval_readouts
@@ -322,8 +365,44 @@ class ServedChip:
                 stats[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
                               "max": float(max(vals)), "values": vals}
             results.append({"age": label, "age_s": age_s, **stats})
-        return {"chip_id": self.chip_id, "samples": len(eval_set), "readouts": readouts, "gdc_mode": on_mode,
-                "results": results, "seconds": time.perf_counter() - t0}
+        out = {"chip_id": self.chip_id, "samples": len(eval_set), "readouts": readouts, "gdc_mode": on_mode,
+               "results": results}
+        if slo is not None:
+            out.update(self.slo_breach(results, eval_set, *slo))
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def fp_accuracy(self, eval_set: EvalSet) -> float:
+        """Accuracy of the chip's floating-point model (no chip) on the first ``len(eval_set)``
+        samples: the reference of normalised accuracy. Cached per sample count."""
+        n = len(eval_set)
+        if n not in self._fp_accuracy:
+            model = self.chip.attachments["model.onnx"]
+            self._fp_accuracy[n] = digital_accuracy(model, FleetEvalSet(eval_set.feeds, eval_set.labels))
+        return self._fp_accuracy[n]
+
+    def slo_breach(self, results: list[dict[str, Any]], eval_set: EvalSet, metric: SloMetric,
+                   threshold: float) -> dict[str, Any]:
+        """Time to SLO breach from evaluation ``results`` (chipsim.fleet.breach: log-age
+        interpolation, bracketed), GDC on and off, and the wall-clock seconds until the GDC-on
+        breach at the chip's time scale; records the latter for /metrics."""
+        if not any(r["age_s"] > 0 for r in results):
+            raise InvalidField("ages", "ages: the time to SLO breach interpolates on log-age: evaluate at least "
+                               "one age > 0 s")
+        fp = self.fp_accuracy(eval_set) if metric == SloMetric.NORMALISED_ACCURACY else None
+        if fp == 0:
+            raise InvalidField("slo.metric", "slo.metric: the floating-point model scores 0 on the eval set; "
+                               "normalised accuracy is undefined")
+        now, age_now = time.time(), self.wall_age()
+        breach: dict[str, Any] = {}
+        for key in ("gdc_on", "gdc_off"):
+            b: BreachTime = breach_from_evaluation(results, threshold, key=key, fp_accuracy=fp)
+            until = seconds_until_breach(b, age_now, self.time_scale)
+            breach[key] = {**b.as_dict(), "seconds_until": until}
+            if key == "gdc_on":
+                self.gauges.slo_breach_at = None if until is None else now + until
+        return {"slo": {"metric": str(metric), "threshold": threshold}, "fp_accuracy": fp, "breach": breach,
+                "chip_age_s": age_now}
 
     def drift(self, age_s: float, read_seed: int = 0, gdc: str | None = None, workload: str = "eval") -> dict[str, Any]:
         mode = self.gdc_mode(gdc)
@@ -353,10 +432,12 @@ class ServedChip:
             name = f"inputs.{next(iter(feeds))}"
             raise InvalidField(name, f"{name}: batch {batch} exceeds the limit of {self.settings.max_batch} "
                                "(AGEDCHIP_MAX_BATCH)")
+        energy_j, latency_s = self.request_cost(feeds)
         with self.new_readout(rt, age_s, read_seed, age_field, "infer"):
             outputs, readout = rt.run_with_readout(feeds, age_s, read_seed=read_seed, gdc=mode, seed=seed)
         return InferResult(outputs=outputs, age_s=age_s, age_source=source, gdc=mode, read_seed=read_seed,
-                           seed=seed, batch=batch, alpha=self._alpha(readout, mode))
+                           seed=seed, batch=batch, alpha=self._alpha(readout, mode), energy_j=energy_j,
+                           latency_s=latency_s)
 
     def _alpha(self, readout: ChipReadout, mode: GdcMode) -> list[dict[str, Any]]:
         """GDC α per layer of a read-out (cached: a chip is immutable, so α of an age never changes)."""
@@ -376,8 +457,9 @@ class ServedChip:
         return out
 
     # ------------------------------------------------------------------ counters
-    def count(self, samples: int, labelled: int = 0, correct: int = 0) -> None:
+    def count(self, samples: int, labelled: int = 0, correct: int = 0, energy_j: float = 0.0) -> None:
         with self._lock:
+            self.energy_j += energy_j
             self.inferences += 1
             self.samples += samples
             self.labelled += labelled

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
                                                     "is refused (503 + Retry-After) when its estimated cost does not "
                                                     "fit. 0 = 75 % of the memory limit (cgroup, else physical).")
 
+    # --- fleets (chipsim.fleet)
+    fleet_workers: int = Field(0, ge=0, le=1024, description="Worker processes of a fleet evaluation (local), or "
+                                                            "tasks in flight (Ray); 0 = the number of CPU cores.")
+    ray_address: str = Field("", description="Ray cluster that runs fleet evaluations ('auto', "
+                                             "'ray://host:10001'); '' = local worker processes. Needs the `ray` "
+                                             "extra (requirements/ray.txt).")
+
     # --- background refresh of the chip gauges
     refresh_seconds: float = Field(15.0, ge=0, description="Period of the drift/accuracy gauge refresh (0 = off).")
     refresh_max_chips: int = Field(4, ge=1, le=10_000, description="Chips refreshed per period (round robin): "

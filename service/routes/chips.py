@@ -74,10 +74,14 @@ async def delete_chip(chip_id: str, request: Request) -> Response:
              summary="Accuracy vs age on the chip's eval set, GDC on and off")
 async def evaluate(chip_id: str, req: EvaluateRequest, request: Request) -> JSONResponse:
     """For each age: accuracy mean ± std over `readouts` read-outs (read seeds 0…n−1, per-MVM noise
-    seeded alike, so results are reproducible), with and without GDC."""
+    seeded alike, so results are reproducible), with and without GDC. With an `slo`, the time to SLO
+    breach too (log-age interpolation between the evaluated ages, bracketed; docs/fleets.md), whose
+    GDC-on wall-clock countdown feeds `agedchip_chip_slo_breach_in_seconds`."""
     chip = registry_of(request).get(chip_id)
+    slo = None if req.slo is None else (req.slo.metric, req.slo.threshold)
     async with lanes_of(request).eval.ticket() as ticket, cancel_when_abandoned(request) as cancel:
-        result = await ticket.run(chip.evaluate, req.ages, req.readouts, req.samples, req.gdc_mode, cancel.is_set)
+        result = await ticket.run(chip.evaluate, req.ages, req.readouts, req.samples, req.gdc_mode, cancel.is_set,
+                                  slo)
     return JSONResponse(result)
 
 

@@ -14,6 +14,7 @@ from fastapi import Request
 
 from service.admission import Lanes
 from service.auth import check_admin, check_infer
+from service.fleets import FleetService
 from service.forms import require_json
 from service.jobs import JobTable
 from service.problems import SHUTDOWN_RETRY_S, SHUTTING_DOWN, Cancelled, Unavailable
@@ -38,6 +39,10 @@ def lanes_of(request: Request) -> Lanes:
 
 def jobs_of(request: Request) -> JobTable:
     return request.app.state.recalibration_jobs
+
+
+def fleets_of(request: Request) -> FleetService:
+    return request.app.state.fleets
 
 
 def stopping(request: Request) -> threading.Event:

@@ -32,6 +32,7 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
         "gdc_applied": res.gdc is not GdcMode.OFF, "read_seed": res.read_seed, "seed": res.seed, "batch": res.batch,
         "outputs": {o["name"]: finite_list(np.asarray(v)) for o, v in zip(chip.runtime.outputs, res.outputs)},
         "argmax": None, "accuracy": None, "alpha": res.alpha,
+        "energy_j": res.energy_j, "latency_s": res.latency_s, "cost_model": chip.cost.cost_model.name,
     }
     labelled = correct = 0
     if chip.classifier:
@@ -52,7 +53,7 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
             content["accuracy"] = correct / labelled
     elif req.labels is not None:
         raise InvalidField("labels", "labels: the model is not a classifier ((batch, classes) output); omit labels")
-    chip.count(res.batch, labelled, correct)
+    chip.count(res.batch, labelled, correct, res.energy_j)
     return dumps(content)
 
 

@@ -60,7 +60,7 @@ def infer_sync(registry: Registry, name: str, version: str | None, body: bytes,
     req, feeds = parse_request(*split_body(body, header_len), chip.runtime.inputs)
     kwargs, binary_all = run_parameters(dict(req.parameters or {}))
     res = chip.infer(feeds, **kwargs)
-    chip.count(res.batch)
+    chip.count(res.batch, energy_j=res.energy_j)
     wanted = wanted_outputs(req, [o["name"] for o in chip.runtime.outputs], binary_all)
     return encode_response(chip, req, res, wanted)
 

@@ -3,16 +3,26 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from service import recalibration_jobs as recal
+from service.fleets import FleetJobStatus
 from service.forms import read_form, require_form
 from service.routes.deps import jobs_of, registry_of, require_admin, require_infer, settings_of
 from service.schemas import ERROR_RESPONSES
 
 router = APIRouter(tags=["recalibration"])
+#: Any job of the table: a recalibration, or a fleet's programming or evaluation.
+AnyJob = Annotated[recal.JobStatus | FleetJobStatus, Field(discriminator="kind")]
+
+
+class AnyJobList(BaseModel):
+    jobs: list[AnyJob] = Field(description="Recent jobs (recalibrations and fleet jobs), newest first.")
 
 
 @router.post("/chips/{chip_id}/recalibrate", status_code=202, response_model=recal.JobStatus,
@@ -33,22 +43,22 @@ async def recalibrate_chip(chip_id: str, request: Request) -> JSONResponse:
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['job_id']}"})
 
 
-@router.get("/jobs", response_model=recal.JobList, dependencies=[Depends(require_infer)],
+@router.get("/jobs", response_model=AnyJobList, dependencies=[Depends(require_infer)],
             summary="Recent jobs, newest first")
 async def list_jobs(request: Request) -> JSONResponse:
     return JSONResponse({"jobs": jobs_of(request).listing()})
 
 
-@router.get("/jobs/{job_id}", response_model=recal.JobStatus, responses=ERROR_RESPONSES,
+@router.get("/jobs/{job_id}", response_model=AnyJob, responses=ERROR_RESPONSES,
             dependencies=[Depends(require_infer)], summary="A job's status, progress and result")
 async def get_job(job_id: str, request: Request) -> JSONResponse:
     return JSONResponse(jobs_of(request).get(job_id))
 
 
-@router.delete("/jobs/{job_id}", status_code=202, response_model=recal.JobStatus, responses=ERROR_RESPONSES,
+@router.delete("/jobs/{job_id}", status_code=202, response_model=AnyJob, responses=ERROR_RESPONSES,
                dependencies=[Depends(require_admin)], summary="Cancel a job")
 async def cancel_job(job_id: str, request: Request) -> JSONResponse:
-    """The job stops at its next training step and writes no chip (202; poll until `cancelled`).
-    409 if it already finished. A cancel that arrives while the new chip is being published is too
-    late: the job then succeeds."""
+    """The job stops at its next training step (fleets: its next chip or task) and writes no chip
+    (202; poll until `cancelled`). 409 if it already finished. A cancel that arrives while the new
+    chip (or fleet) is being published is too late: the job then succeeds."""
     return JSONResponse(jobs_of(request).cancel(job_id), status_code=202)
