@@ -6,7 +6,7 @@ stale and ``tests/test_openapi.py::test_examples_replayed_against_the_zoo_chip``
 
     python -m tests.record_openapi_examples
 
-which replays every example request (infer, OIP infer, evaluate, drift) and writes the responses
+which replays every example request (infer, OIP infer, evaluate, drift, program) and writes the responses
 back, keeping the requests and the error examples as they are. Test support code, not a test.
 """
 
@@ -46,9 +46,10 @@ def record() -> dict:
                 "oip_infer": client.post("/v2/models/default/infer", json=examples["oip_infer"]["request"]),
                 "evaluate": client.post("/chips/default/evaluate", json=examples["evaluate"]["request"]),
                 "drift": client.get("/chips/default/drift", params=examples["drift"]["query"]),
+                "program": client.post("/program", json=examples["program"]["request"]),
             }
     for name, r in answers.items():
-        if r.status_code != 200:
+        if r.status_code not in (200, 201):
             raise SystemExit(f"{name}: HTTP {r.status_code}: {r.text[:300]}")
         examples[name]["response"] = _round(r.json())
     return examples

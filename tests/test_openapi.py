@@ -21,7 +21,7 @@ from tests.service_helpers import err, make_settings, x_batch
 
 REPO = Path(__file__).resolve().parent.parent
 #: A number in a response or request is described with one of these (its unit, or that it has none).
-UNIT_WORDS = ("second", "ratio", "dimensionless", "bytes", "µS", "input units", "[0, 1]")
+UNIT_WORDS = ("second", "ratio", "dimensionless", "bytes", "µS", "input units", "[0, 1]", "joule")
 
 
 @pytest.fixture(scope="module")

@@ -180,6 +180,11 @@ def traffic(base: str, zoo: Path) -> None:
     assert 400 <= status < 500, f"a bad request must be a 4xx, got {status}"
     for path in ("/chips", "/chips/default", "/chips/default/drift?age=1h", "/healthz"):
         assert http("GET", base + path)[0] == 200, path
+    # an evaluation with an SLO no chip meets (twice the FP model's accuracy): a breach is predicted (at
+    # the first age), so the breach gauge, its panel and its alert have an input series
+    status, resp = http("POST", f"{base}/chips/default/evaluate", {
+        "ages": ["1h", "1d"], "readouts": 1, "samples": 64, "slo": {"metric": "normalised_accuracy", "threshold": 2.0}})
+    assert status == 200, resp
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +193,7 @@ def metrics_text(service) -> str:
     base = service["base"]
     traffic(base, service["zoo"])
     needed = ["agedchip_chip_eval_accuracy{", "agedchip_chip_current_accuracy{", "agedchip_chip_gdc_alpha{",
-              "agedchip_chip_weight_error{", "agedchip_correct_samples_total{"]
+              "agedchip_chip_weight_error{", "agedchip_correct_samples_total{", "agedchip_chip_slo_breach_in_seconds{"]
 
     def ready():
         status, body = http("GET", base + "/metrics")
@@ -344,6 +349,7 @@ def _rule_unit_tests(rules_file: Path) -> dict:
         s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x32"),  # 100 labelled samples a minute,
         s("agedchip_correct_samples_total", 'chip="c1"', "0+50x32"),  # half of them right
         s("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.7x32"),
+        s("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "500000-60x32"),  # 5.8 days, counting down
     ]
     fires = {
         "AgedchipDown": [{"exp_labels": {"severity": "critical", "job": "agedchip", "instance": "svc"}}],
@@ -354,6 +360,7 @@ def _rule_unit_tests(rules_file: Path) -> dict:
         "AgedchipChipAccuracyDropped": [{"exp_labels": {"severity": "warning", "chip": "c1", "gdc": "on"}}],
         "AgedchipLiveAccuracyLow": [{"exp_labels": {"severity": "warning", "chip": "c1"}}],
         "AgedchipWeightErrorHigh": [{"exp_labels": {"severity": "info", "chip": "c1", "gdc": "on"}}],
+        "AgedchipSloBreachSoon": [{"exp_labels": {"severity": "warning", "chip": "c1"}}],
     }
     healthy = [
         s("up", 'job="agedchip", instance="svc"', "1x30"),
@@ -367,6 +374,7 @@ def _rule_unit_tests(rules_file: Path) -> dict:
         s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x30"),
         s("agedchip_correct_samples_total", 'chip="c1"', "0+93x30"),
         s("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.1x30"),
+        s("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "2592000-60x30"),  # 30 days away
     ]
     names = [r["alert"] for r in alert_rules()]
     assert set(fires) == set(names), "add a promtool unit test for each alert"
