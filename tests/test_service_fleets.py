@@ -228,3 +228,18 @@ def test_shutdown_cancels_a_running_evaluation_and_publishes_nothing(tmp_path, z
     assert jobs.get(job_id)["status"] == "cancelled"
     assert "sd" not in fleets.gauges
     assert os.path.exists(tmp_path / "state" / "fleets" / "sd.json")  # the fleet itself is untouched
+
+
+def test_the_default_executor_is_local_processes_and_agrees_with_serial(tmp_path, zoo):
+    """AGEDCHIP_FLEET_WORKERS=1: a spawned worker process evaluates; the report equals the serial one."""
+    settings = make_settings(tmp_path / "state", zoo, fleet_workers=1)
+    with TestClient(create_app(settings)) as c:
+        assert c.app.state.fleets.executor().describe() == "local(1)"
+        _serial(c)
+        assert _program(c, "lp", n=2)["status"] == "succeeded"
+        body = {"ages": ["1h", "1y"], "readouts": 1, "slo": {"threshold": 0.5}}
+        serial = _wait(c, c.post("/fleets/lp/evaluate", json=body).json()["job_id"])["result"]
+        del c.app.state.fleets.executor  # back to the service's own: local processes
+        local = _wait(c, c.post("/fleets/lp/evaluate", json=body).json()["job_id"], timeout=300)["result"]
+    assert local["executor"] == "local(1)" and serial["executor"] == "serial"
+    assert local["results"] == serial["results"] and local["chips"] == serial["chips"]

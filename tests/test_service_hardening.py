@@ -122,7 +122,8 @@ async def asgi_request(app, method: str, path: str, parts: list[bytes], *, compl
 OPEN = {"/metrics", "/healthz", "/readyz", "/v2", "/v2/health/live", "/v2/health/ready",
         "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 #: Path parameters of the sweep: a chip that does not exist, so that a DELETE that gets through deletes nothing.
-PATH_VALUES = {"chip_id": "nochip", "model_name": "nochip", "model_version": "1", "job_id": "job-0123456789abcdef"}
+PATH_VALUES = {"chip_id": "nochip", "model_name": "nochip", "model_version": "1", "job_id": "job-0123456789abcdef",
+               "fleet_id": "nofleet"}
 
 
 def test_every_route_but_probes_metrics_and_docs_needs_a_key(tmp_path, zoo):
@@ -148,7 +149,8 @@ def test_every_route_but_probes_metrics_and_docs_needs_a_key(tmp_path, zoo):
                     if ok.status_code == 401:  # management routes take only the management key
                         assert (method, route.path) in {("POST", "/program"), ("DELETE", "/chips/{chip_id}"),
                                                         ("POST", "/chips/{chip_id}/recalibrate"),
-                                                        ("DELETE", "/jobs/{job_id}")}, (method, route.path)
+                                                        ("DELETE", "/jobs/{job_id}"), ("POST", "/fleets"),
+                                                        ("DELETE", "/fleets/{fleet_id}")}, (method, route.path)
         # chips (list, summary, drift, evaluate), the zoo, OIP model metadata and readiness, inference, jobs
         assert checked >= 17
         for path in ("/chips", "/chips/default", "/chips/default/drift?age=1h", "/zoo", "/v2/models/default",
