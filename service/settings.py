@@ -34,6 +34,15 @@ class Settings(BaseSettings):
 
     # --- storage
     state_dir: Path = Field(Path("state"), description="Folder of the chip store (chips/, blobs/, tmp/).")
+    read_only: bool = Field(False, description="Serve as a read-only replica of a state folder another process "
+                                               "writes: no lock taken, nothing written, no default chip; POST "
+                                               "/program, DELETE /chips/{id} and recalibration answer 405. Chips "
+                                               "the writer programs or deletes appear or go within "
+                                               "`read_only_relist_seconds`.")
+    read_only_relist_seconds: float = Field(10.0, gt=0, le=86400,
+                                            description="How often a read-only replica re-lists the store, "
+                                                        "seconds (each pass reads every chip's manifest; new or "
+                                                        "changed chips are loaded and verified).")
     zoo_dir: Path = Field(REPO_ROOT / "models" / "zoo",
                           description="Model zoo folder: <name>.onnx and <name>.eval.npz (+ index.json).")
 
