@@ -36,6 +36,7 @@ from chipsim import (
     get_profile,
 )
 from chipsim.compiler import model_inputs, program_onnx
+from chipsim.compiler.bounds import AllocationError, AllocationLimits
 from chipsim.model_inputs import ModelInputs
 from chipsim.profiles import ChipProfile
 from chipsim.store import ChipListing, ChipStoreError
@@ -305,7 +306,11 @@ class Registry:
             }
             t0 = time.perf_counter()
             try:
-                chip = program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calib, meta=meta)
+                chip = program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calib, meta=meta,
+                                    limits=self.allocation_limits())
+            except AllocationError as err:
+                setting = {"tensor": "AGEDCHIP_MAX_TENSOR_ELEMENTS", "total": "AGEDCHIP_MAX_GRAPH_ELEMENTS"}[err.limit]
+                raise InvalidField("model", f"{err} ({setting}, at batch AGEDCHIP_MAX_BATCH)") from None
             except ValueError as err:  # CompileError, or layer validation in chipsim.program
                 raise invalid_value(err, default_field="model") from None
             if eval_bytes is not None:
@@ -320,6 +325,12 @@ class Registry:
         finally:
             with self._lock:
                 self._pending.discard(chip_id)
+
+    def allocation_limits(self) -> AllocationLimits:
+        """What a model may allocate (issue #15): its tensors at the largest batch served."""
+        s = self.settings
+        return AllocationLimits(batch=s.max_batch, max_tensor_elements=s.max_tensor_elements,
+                                max_total_elements=s.max_graph_elements)
 
     def _check_cost(self, model_bytes: bytes, profile: ChipProfile, tile_rows_given: bool) -> None:
         """Refuse a chip over AGEDCHIP_MAX_TILES or AGEDCHIP_MAX_DEVICES before any work. Tiles
