@@ -109,10 +109,15 @@ class Registry:
 
     def relieve_memory(self) -> None:
         """Drop what can be rebuilt when memory is short: every chip's evaluation runtime (its
-        read-out cache and session; rebuilt on the next evaluation), then collect garbage."""
-        dropped = sum(chip.drop_eval_runtime() for chip in self.ready())
+        read-out cache and session; rebuilt on the next evaluation) and every chip's cached
+        serving read-outs but its newest (rebuilt on the next request at that age), then
+        collect garbage."""
+        chips = self.ready()
+        dropped = sum(chip.drop_eval_runtime() for chip in chips)
+        freed = sum(chip.evict_readouts(keep=1) for chip in chips)
         gc.collect()
-        log.info("memory budget reached: dropped %d evaluation runtime(s)", dropped)
+        log.info("memory budget reached: dropped %d evaluation runtime(s) and %d MiB of cached read-outs", dropped,
+                 freed >> 20)
 
     # ------------------------------------------------------------------ queries
     def get(self, chip_id: str) -> ServedChip:
