@@ -67,7 +67,7 @@ class _Entry:
         # (initializers binding, 2000x2000 MatMul on 'pcm', batch 1 and 1024, 1-4 ages, arena on)
         # was 56-82 B per analog weight against 36 B for readout + weights + one more copy of
         # the weights, so an entry with a session is charged SESSION_CHARGE times that
-        # (bench.serving_costs.memory_child with enable_cpu_mem_arena on and off, interleaved: off
+        # (python -m bench.arena_rss: enable_cpu_mem_arena on and off, interleaved: off
         # saved nothing at batch 1 and was worse after the first age at batch 1024, so it stays on).
         n = self.readout.nbytes + sum(a.nbytes for a in self.weights.values())
         if self.session is None:
