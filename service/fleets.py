@@ -202,7 +202,8 @@ class FleetService:
     def open(self) -> None:
         """Open the fleet store, which rolls back (deletes the chips of) every fleet whose writer died
         before publishing it; then the registry may load chips."""
-        self._store = FleetStore(self.registry.store)
+        # a read-only replica lists published fleets and never writes (no roll-back: the writer's job)
+        self._store = FleetStore(self.registry.store, read_only=self.registry.read_only)
         self.registry.owner_of = self.owner_of
 
     @property
@@ -289,6 +290,7 @@ class FleetService:
 
     def submit_program(self, req: FleetProgramRequest) -> dict[str, Any]:
         """Validate a POST /fleets request, reserve its chip ids and start the job (blocking: a worker thread)."""
+        self.registry.require_writer("program fleets", allow=("GET",))
         zoo = self.registry.zoo
         zoo.check_name(req.model)
         try:
@@ -391,6 +393,7 @@ class FleetService:
     # ------------------------------------------------------------------ delete
     def delete(self, fleet_id: str) -> None:
         """Unpublish the fleet (atomic), then delete its chips (blocking). Conflict while a job runs on it."""
+        self.registry.require_writer("delete fleets", allow=("GET",))
         self._claim(fleet_id, "deleting it")
         try:
             if self._pending(fleet_id):

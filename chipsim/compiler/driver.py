@@ -14,6 +14,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from chipsim.compiler.bounds import AllocationLimits, check_allocations
 from chipsim.compiler.calibration import Calibration, resolve_ranges
 from chipsim.compiler.graph_builder import GraphBuilder
 from chipsim.compiler.loader import constants, io_specs, load_model, static_shapes
@@ -117,11 +118,13 @@ def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
 
 def compile_model(
     model_bytes: bytes, profile: ChipProfile, calibration: Calibration | None = None,
-    ranges: dict[str, float] | None = None,
+    ranges: dict[str, float] | None = None, limits: AllocationLimits | None = None,
 ) -> CompiledModel:
     """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
-    (weight initializer name → r) override metadata and calibration (recompiling a chip)."""
+    (weight initializer name → r) override metadata and calibration (recompiling a chip);
+    ``limits`` bound what the model may allocate (:mod:`.bounds`)."""
     model = load_model(model_bytes)
+    check_allocations(model, limits)
     consts = constants(model)
     init_names = {t.name for t in model.graph.initializer}
     refuse_unmappable(model, consts)
@@ -147,9 +150,10 @@ def program_onnx(
     calibration: Calibration | None = None,
     meta: dict[str, Any] | None = None,
     progress: bool = False,
+    limits: AllocationLimits | None = None,
 ) -> ChipState:
     """Compile an ONNX model and program its analog layers onto a new chip."""
-    compiled = compile_model(model_bytes, profile, calibration)
+    compiled = compile_model(model_bytes, profile, calibration, limits=limits)
     digest = hashlib.sha256(model_bytes).hexdigest()
     chip_meta = {
         "model_digest": digest,

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.fleets import FleetEvaluateRequest, FleetJobStatus, FleetList, FleetProgramRequest, FleetSummary
-from service.routes.deps import fleets_of, lanes_of, require_admin, require_infer, require_json_body
+from service.routes.deps import (
+    fleets_of, lanes_of, require_admin, require_infer, require_json_body, require_writer,
+)
 from service.schemas import ERROR_RESPONSES
 
 router = APIRouter(tags=["fleets"])
@@ -20,7 +22,8 @@ def _accepted(view: dict) -> JSONResponse:
 
 
 @router.post("/fleets", status_code=202, response_model=FleetJobStatus, responses=ERROR_RESPONSES,
-             dependencies=[Depends(require_admin), Depends(require_json_body)],
+             dependencies=[Depends(require_admin), Depends(require_writer("program fleets", allow=("GET",))),
+                           Depends(require_json_body)],
              summary="Program a fleet: N chips of a zoo model, each with its own seed (a job)")
 async def create_fleet(req: FleetProgramRequest, request: Request) -> JSONResponse:
     """Programs `n_chips` chips `<fleet_id>-000` … of the zoo model and publishes the fleet atomically:
@@ -46,7 +49,8 @@ async def get_fleet(fleet_id: str, request: Request) -> JSONResponse:
 
 
 @router.delete("/fleets/{fleet_id}", status_code=204, responses=ERROR_RESPONSES,
-               dependencies=[Depends(require_admin)], summary="Delete a fleet and its chips")
+               dependencies=[Depends(require_admin), Depends(require_writer("delete fleets", allow=("GET",)))],
+               summary="Delete a fleet and its chips")
 async def delete_fleet(fleet_id: str, request: Request) -> Response:
     """Unpublishes the fleet atomically, then deletes its chips (a crash in between is finished at the
     next start). 409 while a job programs or evaluates it. Its chips cannot be deleted one by one."""
