@@ -196,13 +196,12 @@ class ChipRuntime:
         return rng
 
     def noise_shapes(self, batch: int) -> list[tuple[str, tuple[int, ...]]]:
-        """Names and shapes of the per-MVM noise inputs (one per tile), in draw order."""
+        """Names and shapes of the per-MVM noise inputs (one per read and tile), in draw order."""
         out = []
         for plan in self.plans:
-            for k in range(len(plan.tiles)):
-                name = plan.input_names(k)["noise"]
+            for name, shape in plan.noise_inputs():
                 if name in self._graph_inputs:
-                    out.append((name, (batch, *plan.out_shape[1:])))
+                    out.append((name, (batch, *shape[1:])))
         return out
 
     def draw_noise(self, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
