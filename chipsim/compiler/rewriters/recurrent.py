@@ -17,13 +17,14 @@ the steps on a 28-step LSTM at batch 64 (bench/compiler_ops.py), the unrolled gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from chipsim.compiler.graph_builder import GraphBuilder
-from chipsim.compiler.lowering import emit_analog_layer, emit_dac
+from chipsim.compiler.lowering import emit_analog_layer, emit_dac, is_linear
 from chipsim.compiler.plan import CompileError, LayerPlan
 from chipsim.compiler.rewriters.registry import OpRewriter, RewriteContext, node_attrs, register
 from chipsim.modes import LayerKind
@@ -38,6 +39,9 @@ ACTIVATION_ARGS: dict[str, tuple[bool, bool]] = {
 }
 ACTIVATION_DEFAULTS: dict[str, tuple[float, float]] = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5),
                                                        "elu": (1.0, 0.0)}
+#: Longest static sequence unrolled; longer and dynamic ones run as a Scan (bench/compiler_ops.py
+#: measured the unrolled graph faster at 28 steps; see the README for the numbers).
+UNROLL_MAX_STEPS = 256
 DIRECTIONS = {"forward": ["forward"], "reverse": ["reverse"], "bidirectional": ["forward", "reverse"]}
 
 
@@ -136,9 +140,30 @@ class Direction:
     reverse: bool
     acts: list[Activation]
     xw: str  # [N, T, G·H]: the W read plus the biases that add to it
-    w_plan: LayerPlan
+    suffix: str  # "" or "/forward", "/reverse" (layer names)
     r_bias_h: str | None = None  # GRU: R's h-gate bias (inside the reset gate with linear_before_reset)
     peep: list[str] | None = None  # LSTM: P_i, P_o, P_f as [H]
+
+
+@dataclass
+class Job:
+    """One recurrent node being lowered."""
+
+    ctx: RewriteContext
+    node: onnx.NodeProto
+    o: Ops
+    r_all: np.ndarray
+    hidden: int
+    steps: int | str  # static length, or the symbolic name of a dynamic one
+    layout: int
+    clip: float | None
+    attrs: dict
+    base: str
+    scan: bool  # lowered as a Scan over the steps (else unrolled)
+
+
+def uses_mvm_noise(profile) -> bool:
+    return not is_linear(profile) and (profile.w_noise > 0 or profile.out_noise > 0)
 
 
 class RecurrentRewriter(OpRewriter):
@@ -179,13 +204,18 @@ class RecurrentRewriter(OpRewriter):
             return None
         return o("Gather", name, o.const(d, np.int64), axis=1 if layout else 0)
 
-    def r_read(self, ctx: RewriteContext, node: onnx.NodeProto, h: str, matrix: np.ndarray, name: str,
-               layout_key: str) -> str:
-        """One read of a recurrent weight on the state ``h`` [N, H] → [N, cols] (a new read of the
-        same layer after the first step)."""
-        plan = ctx.new_plan(node, self.kind, node.input[2], name, matrix, [1, matrix.shape[1]], layout=layout_key)
+    def r_read(self, job: Job, h: str, matrix: np.ndarray, name: str, layout_key: str) -> str:
+        """One read of a recurrent weight on the state ``h`` [N, H] → [N, cols]: a new read of the
+        same layer at every unrolled step; in a Scan body, the layer's one read, whose noise input
+        holds every step ([N, T, cols], scanned)."""
+        ctx = job.ctx
+        cols = matrix.shape[1]
+        out_shape = [1, job.steps if isinstance(job.steps, int) else 1, cols] if job.scan else [1, cols]
+        plan = ctx.new_plan(job.node, self.kind, job.node.input[2], name, matrix, out_shape, layout=layout_key)
+        if job.scan:
+            plan = replace(plan, out_shape=[1, cols])  # the body's view: one step
         prefix = f"chip/l{plan.index}"
-        hq = emit_dac(ctx.builder, h, ctx.range_for(node.input[2]), ctx.profile, prefix)
+        hq = emit_dac(ctx.builder, h, ctx.range_for(job.node.input[2]), ctx.profile, prefix)
         return emit_analog_layer(ctx.builder, hq, plan, ctx.profile, None)
 
     # ------------------------------------------------------------------ lowering
@@ -202,42 +232,57 @@ class RecurrentRewriter(OpRewriter):
             raise CompileError(f"model: {node.op_type} {node.name!r} has direction {direction!r}")
         hidden = int(attrs.get("hidden_size", r_all.shape[-1]))
         layout = int(attrs.get("layout", 0))
-        clip = float(attrs["clip"]) if "clip" in attrs else None
-        acts = parse_activations(node, attrs, self.default_acts, len(dirs))
         x_shape = ctx.shapes.get(node.input[0])
-        steps = x_shape[layout] if x_shape and len(x_shape) == 3 else None
-        if steps is None or not static_dim(ctx, node.input[0], layout):
-            raise CompileError(
-                f"model: {node.op_type} {node.name!r} has a sequence length that is not static; the chip unrolls "
-                "the recurrence over a static length: export with a fixed sequence length")
-        steps = int(steps)
-        inputs = list(node.input) + [""] * (8 - len(node.input))
-        b_name, seq_name, h0_name = inputs[3], inputs[4], inputs[5]
+        if not x_shape or len(x_shape) != 3 or x_shape[2] is None:
+            raise CompileError(f"model: cannot infer the input shape of {node.op_type} {node.name!r}")
         base = node.name or f"{node.op_type.lower()}_{len(ctx.specs)}"
+        steps: int | str = int(x_shape[layout]) if static_dim(ctx, node.input[0], layout) else f"{base}/T"
+        scan = not isinstance(steps, int) or steps > UNROLL_MAX_STEPS
+        if not isinstance(steps, int) and uses_mvm_noise(ctx.profile):
+            raise CompileError(
+                f"model: {node.op_type} {node.name!r} has a dynamic sequence length; on a profile with per-MVM noise "
+                "the noise of every step must be drawn at the request's length, which the runtime does not do yet: "
+                "export with a fixed sequence length (or use a profile without per-MVM noise)")
+        inputs = list(node.input) + [""] * (8 - len(node.input))
         o = Ops(ctx.builder, f"chip/{base}")
+        job = Job(ctx, node, o, r_all, hidden, steps, layout, float(attrs["clip"]) if "clip" in attrs else None,
+                  attrs, base, scan)
+        acts = parse_activations(node, attrs, self.default_acts, len(dirs))
         x = node.input[0] if layout else o("Transpose", node.input[0], perm=[1, 0, 2])  # → [N, T, I]
-        masks = None
-        if seq_name:
-            lens = o("Unsqueeze", seq_name, o.const([1], np.int64))  # [N, 1]
-            masks = [o("Less", o.const(np.int32(t), np.int32), lens) for t in range(steps)]
-        outputs: list[list[str]] = []  # per direction: Y_t (in time order), final h[, final c]
+        masks = self.masks(job, x, inputs[4]) if inputs[4] else None
+        outputs = []  # per direction: (Y [T, 1, N, H] or [N, T, 1, H], final h, final c)
         xq = None
         for d, dname in enumerate(dirs):
             suffix = "" if len(dirs) == 1 else f"/{dname}"
             w_matrix = np.ascontiguousarray(np.asarray(w_all[d], np.float32).T)
             w_plan = ctx.new_plan(node, self.kind, node.input[1], f"{base}/W{suffix}", w_matrix,
-                                  [1, steps, w_matrix.shape[1]], layout=f"{self.kind}/W/{d}")
+                                  [1, steps if isinstance(steps, int) else 1, w_matrix.shape[1]],
+                                  layout=f"{self.kind}/W/{d}")
             if xq is None:  # one DAC conversion of X for both directions (the same range)
                 xq = emit_dac(ctx.builder, x, ctx.range_for(node.input[1]), ctx.profile, f"chip/l{w_plan.index}")
             xw = emit_analog_layer(ctx.builder, xq, w_plan, ctx.profile, None)
-            direction_ = Direction(d, dname == "reverse", acts[d], xw, w_plan)
-            self.add_biases(ctx, o, direction_, b_name, hidden)
-            if self.kind == LayerKind.LSTM and len(inputs) > 7 and inputs[7]:
-                direction_.peep = self.vector(ctx, o, inputs[7], d, [hidden] * 3)
-            outputs.append(self.run_direction(ctx, node, o, direction_, r_all, hidden, steps, masks, clip, attrs,
-                                              h0_name, inputs, layout, suffix, base))
+            dr = Direction(d, dname == "reverse", acts[d], xw, suffix)
+            self.add_biases(ctx, o, dr, inputs[3], hidden)
+            if self.kind == LayerKind.LSTM and inputs[7]:
+                dr.peep = self.vector(ctx, o, inputs[7], d, [hidden] * 3)
+            h0 = self.state(o, inputs[5], d, layout)
+            c0 = self.state(o, inputs[6], d, layout) if self.kind == LayerKind.LSTM else None
+            run = self.scan_direction if scan else self.unroll_direction
+            outputs.append(run(job, dr, x, h0, c0, masks))
         self.write_outputs(o, node, outputs, layout)
         return True
+
+    def masks(self, job: Job, x: str, seq_name: str):
+        """Which batch entries step t updates (t < sequence_lens): per step [N, 1] (unrolled) or
+        stacked [T, N, 1] (Scan)."""
+        o = job.o
+        if not job.scan:
+            lens = o("Unsqueeze", seq_name, o.const([1], np.int64))  # [N, 1]
+            return [o("Less", o.const(np.int32(t), np.int32), lens) for t in range(int(job.steps))]
+        t_len = o("Squeeze", o("Shape", x, start=1, end=2), o.const([0], np.int64))
+        t_idx = o("Cast", o("Range", o.const(0, np.int64), t_len, o.const(1, np.int64)), to=onnx.TensorProto.INT32)
+        return o("Less", o("Unsqueeze", t_idx, o.const([1, 2], np.int64)),
+                 o("Unsqueeze", seq_name, o.const([0, 2], np.int64)))  # [T, N, 1]
 
     def add_biases(self, ctx: RewriteContext, o: Ops, dr: Direction, b_name: str, hidden: int) -> None:
         """xw += Wb + Rb (the GRU's h-gate Rb stays apart: it sits inside the reset gate)."""
@@ -252,42 +297,99 @@ class RecurrentRewriter(OpRewriter):
         bias = o("Concat", *[o("Add", a, c) for a, c in zip(wb, rb)], axis=0)
         dr.xw = o("Add", dr.xw, bias)
 
-    def run_direction(self, ctx, node, o: Ops, dr: Direction, r_all, hidden, steps, masks, clip, attrs, h0_name,
-                      inputs, layout, suffix, base) -> list[str]:
-        h = self.state(o, h0_name, dr.index, layout)
-        c = self.state(o, inputs[6], dr.index, layout) if self.kind == LayerKind.LSTM else None
+    def unroll_direction(self, job: Job, dr: Direction, x: str, h: str | None, c: str | None, masks):
+        o = job.o
         ys: dict[int, str] = {}
-        order = range(steps - 1, -1, -1) if dr.reverse else range(steps)
-        for t in order:
+        steps = int(job.steps)
+        for t in (range(steps - 1, -1, -1) if dr.reverse else range(steps)):
             xt = o("Gather", dr.xw, o.const(t, np.int64), axis=1)  # [N, G·H]
-            h_new, c_new = self.cell(ctx, node, o, dr, xt, h, c, r_all, hidden, clip, attrs, suffix, base)
+            h_new, c_new = self.cell(job, dr, xt, h, c)
             if masks is None:
                 h, c, ys[t] = h_new, c_new, h_new
                 continue
-            m = masks[t]
-            zero = o.const(0.0)
+            m, zero = masks[t], o.const(0.0)
             ys[t] = o("Where", m, h_new, zero)
             h = o("Where", m, h_new, h if h is not None else zero)
             if c_new is not None:
                 c = o("Where", m, c_new, c if c is not None else zero)
-        return [*[ys[t] for t in range(steps)], h, *( [c] if self.kind == LayerKind.LSTM else [])]
+        axes = [1, 2] if job.layout else [0, 1]
+        y = o("Concat", *[o("Unsqueeze", ys[t], o.const(axes, np.int64)) for t in range(steps)], axis=axes[0])
+        return y, h, c
 
-    def cell(self, ctx, node, o, dr, xt, h, c, r_all, hidden, clip, attrs, suffix, base) -> tuple[str, str | None]:
+    def scan_direction(self, job: Job, dr: Direction, x: str, h0: str | None, c0: str | None, masks):
+        """The steps as one Scan: state (h[, c]) carried, xw, the masks and R's noise scanned
+        (in reverse for the reverse direction); R's weights are read from the outer graph."""
+        o, b = job.o, job.ctx.builder
+        lstm = self.kind == LayerKind.LSTM
+        cols = self.gates * job.hidden
+        if h0 is None or (lstm and c0 is None):
+            n = o("Shape", x, start=0, end=1)
+            zeros = o("ConstantOfShape", o("Concat", n, o.const([job.hidden], np.int64), axis=0),
+                      value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]))
+            h0 = h0 or zeros
+            c0 = (c0 or zeros) if lstm else None
+        saved, n_inputs = b.take_nodes(), len(b.inputs)
+        f = onnx.TensorProto.FLOAT
+        h_in, x_t = b.name(o.p + "/h_in"), b.name(o.p + "/x_t")
+        c_in = b.name(o.p + "/c_in") if lstm else None
+        m_t = b.name(o.p + "/m_t") if masks is not None else None
+        h_new, c_new = self.cell(job, dr, x_t, h_in, c_in)
+        if m_t is not None:
+            zero = o.const(0.0)
+            y_t = o("Where", m_t, h_new, zero)
+            h_out = o("Where", m_t, h_new, h_in)
+            c_out = o("Where", m_t, c_new, c_in) if lstm else None
+        else:
+            y_t, h_out = o("Identity", h_new), o("Identity", h_new)
+            c_out = o("Identity", c_new) if lstm else None
+        body_nodes = b.take_nodes()
+        b.nodes = saved
+        noise_outer, noise_body = [], []
+        t_dim = job.steps if isinstance(job.steps, int) else job.steps
+        for i in range(n_inputs, len(b.inputs)):
+            vi = b.inputs[i]
+            if not vi.name.endswith("/noise"):
+                continue  # weights and scales: outer-scope inputs of the body
+            step = vi.name + "/step"
+            for nd in body_nodes:
+                nd.input[:] = [step if name == vi.name else name for name in nd.input]
+            dims = [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+            noise_body.append(helper.make_tensor_value_info(step, f, dims))
+            b.inputs[i] = helper.make_tensor_value_info(vi.name, f, [dims[0], t_dim, *dims[1:]])
+            noise_outer.append(vi.name)
+        state_in = [helper.make_tensor_value_info(h_in, f, ["n", job.hidden])]
+        state_out = [helper.make_tensor_value_info(h_out, f, ["n", job.hidden])]
+        if lstm:
+            state_in.append(helper.make_tensor_value_info(c_in, f, ["n", job.hidden]))
+            state_out.append(helper.make_tensor_value_info(c_out, f, ["n", job.hidden]))
+        scan_in = [helper.make_tensor_value_info(x_t, f, ["n", cols])]
+        if m_t is not None:
+            scan_in.append(helper.make_tensor_value_info(m_t, onnx.TensorProto.BOOL, ["n", 1]))
+        body = helper.make_graph(body_nodes, b.name(o.p + "/body"), state_in + scan_in + noise_body,
+                                 state_out + [helper.make_tensor_value_info(y_t, f, ["n", job.hidden])])
+        outer_scan = [dr.xw] + ([masks] if masks is not None else []) + noise_outer
+        axes = [1] + ([0] if masks is not None else []) + [1] * len(noise_outer)
+        outs = [b.name(o.p + "/h_T")] + ([b.name(o.p + "/c_T")] if lstm else []) + [b.name(o.p + "/Y")]
+        rev = int(dr.reverse)
+        b.nodes.append(helper.make_node(
+            "Scan", [h0] + ([c0] if lstm else []) + outer_scan, outs, name=b.name(o.p + "/n"), body=body,
+            num_scan_inputs=len(outer_scan), scan_input_axes=axes, scan_input_directions=[rev] * len(outer_scan),
+            scan_output_axes=[1 if job.layout else 0], scan_output_directions=[rev]))
+        y = o("Unsqueeze", outs[-1], o.const([2 if job.layout else 1], np.int64))
+        return y, outs[0], outs[1] if lstm else None
+
+    def cell(self, job: Job, dr: Direction, xt: str, h: str | None, c: str | None) -> tuple[str, str | None]:
         raise NotImplementedError
 
-    def write_outputs(self, o: Ops, node: onnx.NodeProto, outputs: list[list[str]], layout: int) -> None:
+    def write_outputs(self, o: Ops, node: onnx.NodeProto, outputs: list[tuple], layout: int) -> None:
         """Y [T, D, N, H] (layout 1: [N, T, D, H]), Y_h and Y_c [D, N, H] (layout 1: [N, D, H])."""
         outs = list(node.output) + [""] * 3
-        steps = len(outputs[0]) - (2 if self.kind == LayerKind.LSTM else 1)
         if outs[0]:
-            axes = [1, 2] if layout else [0, 1]
-            per_dir = [o("Concat", *[o("Unsqueeze", y, o.const(axes, np.int64)) for y in ys[:steps]], axis=axes[0])
-                       for ys in outputs]
-            self.concat(o, per_dir, axes[1], outs[0])
-        for k, name in ((steps, outs[1]), (steps + 1, outs[2])):
-            if name and k < len(outputs[0]):
-                axis = 1 if layout else 0
-                self.concat(o, [o("Unsqueeze", ys[k], o.const([axis], np.int64)) for ys in outputs], axis, name)
+            self.concat(o, [y for y, _, _ in outputs], 2 if layout else 1, outs[0])
+        axis = 1 if layout else 0
+        for k, name in ((1, outs[1]), (2, outs[2])):
+            if name and outputs[0][k] is not None:
+                self.concat(o, [o("Unsqueeze", out[k], o.const([axis], np.int64)) for out in outputs], axis, name)
 
     @staticmethod
     def concat(o: Ops, xs: list[str], axis: int, output: str) -> None:
@@ -306,19 +408,20 @@ class LSTMRewriter(RecurrentRewriter):
     gates = 4
     default_acts = ["Sigmoid", "Tanh", "Tanh"]
 
-    def cell(self, ctx, node, o, dr, xt, h, c, r_all, hidden, clip, attrs, suffix, base):
+    def cell(self, job, dr, xt, h, c):
+        o, hidden, clip, suffix = job.o, job.hidden, job.clip, dr.suffix
         f_act, g_act, h_act = dr.acts
         pre = xt
         if h is not None:
-            r_matrix = np.ascontiguousarray(np.asarray(r_all[dr.index], np.float32).T)
-            pre = o("Add", xt, self.r_read(ctx, node, h, r_matrix, f"{base}/R{suffix}", f"lstm/R/{dr.index}"))
+            r_matrix = np.ascontiguousarray(np.asarray(job.r_all[dr.index], np.float32).T)
+            pre = o("Add", xt, self.r_read(job, h, r_matrix, f"{job.base}/R{suffix}", f"lstm/R/{dr.index}"))
         gi, go, gf, gc = o.split(pre, 4, hidden)
         pi, po, pf = dr.peep or (None, None, None)
         if pi is not None and c is not None:
             gi = o("Add", gi, o.mul(pi, c))
             gf = o("Add", gf, o.mul(pf, c))
         i = o.act(f_act, o.clip(gi, clip))
-        if attrs.get("input_forget", 0):
+        if job.attrs.get("input_forget", 0):
             f = o("Sub", o.const(1.0), i)
         else:
             f = o.act(f_act, o.clip(gf, clip))
@@ -339,11 +442,12 @@ class GRURewriter(RecurrentRewriter):
     gates = 3
     default_acts = ["Sigmoid", "Tanh"]
 
-    def cell(self, ctx, node, o, dr, xt, h, c, r_all, hidden, clip, attrs, suffix, base):
+    def cell(self, job, dr, xt, h, c):
+        o, hidden, clip, suffix, base = job.o, job.hidden, job.clip, dr.suffix, job.base
         f_act, g_act = dr.acts
         xz, xr, xh = o.split(xt, 3, hidden)
-        r_d = np.asarray(r_all[dr.index], np.float32)
-        lbr = int(attrs.get("linear_before_reset", 0))
+        r_d = np.asarray(job.r_all[dr.index], np.float32)
+        lbr = int(job.attrs.get("linear_before_reset", 0))
         if h is None:
             z = o.act(f_act, o.clip(xz, clip))
             r = o.act(f_act, o.clip(xr, clip))
@@ -351,7 +455,7 @@ class GRURewriter(RecurrentRewriter):
             hh = o.act(g_act, o.clip(o.add(xh, rh), clip))
             return o.mul(o("Sub", o.const(1.0), z), hh), None
         if lbr:
-            hr = self.r_read(ctx, node, h, np.ascontiguousarray(r_d.T), f"{base}/R{suffix}", f"gru/R/{dr.index}")
+            hr = self.r_read(job, h, np.ascontiguousarray(r_d.T), f"{base}/R{suffix}", f"gru/R/{dr.index}")
             hz, hrr, hh_lin = o.split(hr, 3, hidden)
             if dr.r_bias_h is not None:
                 hh_lin = o("Add", hh_lin, dr.r_bias_h)
@@ -359,12 +463,12 @@ class GRURewriter(RecurrentRewriter):
             r = o.act(f_act, o.clip(o("Add", xr, hrr), clip))
             hh = o.act(g_act, o.clip(o("Add", xh, o.mul(r, hh_lin)), clip))
         else:
-            hzr = self.r_read(ctx, node, h, np.ascontiguousarray(r_d[:2 * hidden].T), f"{base}/R_zr{suffix}",
+            hzr = self.r_read(job, h, np.ascontiguousarray(r_d[:2 * hidden].T), f"{base}/R_zr{suffix}",
                               f"gru/R_zr/{dr.index}")
             hz, hrr = o.split(hzr, 2, hidden)
             z = o.act(f_act, o.clip(o("Add", xz, hz), clip))
             r = o.act(f_act, o.clip(o("Add", xr, hrr), clip))
-            hh_r = self.r_read(ctx, node, o.mul(r, h), np.ascontiguousarray(r_d[2 * hidden:].T), f"{base}/R_h{suffix}",
+            hh_r = self.r_read(job, o.mul(r, h), np.ascontiguousarray(r_d[2 * hidden:].T), f"{base}/R_h{suffix}",
                                f"gru/R_h/{dr.index}")
             hh = o.act(g_act, o.clip(o.add(xh, hh_r, dr.r_bias_h), clip))
         # H = (1 − z)·h̃ + z·H_prev
@@ -378,9 +482,9 @@ class RNNRewriter(RecurrentRewriter):
     gates = 1
     default_acts = ["Tanh"]
 
-    def cell(self, ctx, node, o, dr, xt, h, c, r_all, hidden, clip, attrs, suffix, base):
-        pre = xt
+    def cell(self, job, dr, xt, h, c):
+        o, pre = job.o, xt
         if h is not None:
-            r_matrix = np.ascontiguousarray(np.asarray(r_all[dr.index], np.float32).T)
-            pre = o("Add", xt, self.r_read(ctx, node, h, r_matrix, f"{base}/R{suffix}", f"rnn/R/{dr.index}"))
-        return o.act(dr.acts[0], o.clip(pre, clip)), None
+            r_matrix = np.ascontiguousarray(np.asarray(job.r_all[dr.index], np.float32).T)
+            pre = o("Add", xt, self.r_read(job, h, r_matrix, f"{job.base}/R{dr.suffix}", f"rnn/R/{dr.index}"))
+        return o.act(dr.acts[0], o.clip(pre, job.clip)), None
