@@ -268,6 +268,7 @@ RECURRENT_CASES = {
     "GRU-activations": ("GRU", dict(activations=["Sigmoid", "Elu", "Sigmoid", "Relu"], direction="bidirectional",
                                     activation_alpha=[0.7], h0=True)),
     "RNN-relu": ("RNN", dict(activations=["Relu"], h0=True)),
+    "LSTM-lens-zero-state": ("LSTM", dict(seq=True, direction="bidirectional")),
 }
 
 
@@ -280,23 +281,26 @@ def _recurrent_equals_onnxruntime(op, kw):
 
 
 @pytest.mark.parametrize("op, kw", RECURRENT_CASES.values(), ids=RECURRENT_CASES.keys())
-def test_recurrent_op_unrolled_on_the_ideal_chip_equals_onnxruntime(op, kw):
+def test_recurrent_op_on_the_ideal_chip_equals_onnxruntime(op, kw):
     chip = _recurrent_equals_onnxruntime(op, kw)
     dirs = 2 if kw.get("direction") == "bidirectional" else 1
     split_r = op == "GRU" and not kw.get("linear_before_reset")  # R's z,r rows and h rows: two layers
     assert len(chip.layers) == dirs * (3 if split_r else 2)
     # One set of devices per weight: W and R of every direction, nothing twice.
     assert chip.n_devices == 2 * GATES[op] * 6 * (4 + 6) * dirs
+    onnx_ops = {n.op_type for n in onnx.load_from_string(chip.attachments["compiled.onnx"]).graph.node}
+    assert "Scan" in onnx_ops and op not in onnx_ops
 
 
 @pytest.mark.parametrize("case", ["LSTM-bidirectional-layout0-lens-h0-c0", "GRU-reverse-layout1-plain",
-                                  "RNN-forward-layout0-lens-h0-c0", "LSTM-peepholes"])
-def test_recurrent_op_as_a_scan_on_the_ideal_chip_equals_onnxruntime(case, monkeypatch):
-    monkeypatch.setattr(recurrent, "UNROLL_MAX_STEPS", 0)
+                                  "RNN-forward-layout0-lens-h0-c0", "LSTM-peepholes", "LSTM-lens-zero-state",
+                                  "GRU-forward-layout0-plain", "GRU-linear-before-reset", "LSTM-input-forget"])
+def test_recurrent_op_unrolled_on_the_ideal_chip_equals_onnxruntime(case, monkeypatch):
+    monkeypatch.setattr(recurrent, "UNROLL_MAX_STEPS", 10**6)
     op, kw = RECURRENT_CASES[case]
     chip = _recurrent_equals_onnxruntime(op, kw)
     onnx_ops = {n.op_type for n in onnx.load_from_string(chip.attachments["compiled.onnx"]).graph.node}
-    assert "Scan" in onnx_ops and op not in onnx_ops
+    assert "Scan" not in onnx_ops and op not in onnx_ops
 
 
 class Seq(torch.nn.Module):
@@ -347,18 +351,21 @@ def test_torch_recurrent_export_on_ideal_and_pcm(cell, bidirectional):
     assert not np.array_equal(outs[0], outs[2])  # drift changes the answer
 
 
-def test_lstm_on_pcm_equals_numpy_lstm_over_reference_mvms():
+@pytest.mark.parametrize("unroll", [False, True], ids=["scan", "unrolled"])
+def test_lstm_on_pcm_equals_numpy_lstm_over_reference_mvms(unroll, monkeypatch):
     """An LSTM recomputed in numpy: W read once on every step's input, R read once per step on
     the previous hidden state (its own noise each time), gates in float64."""
+    monkeypatch.setattr(recurrent, "UNROLL_MAX_STEPS", 10**6 if unroll else 1)
     model, feeds = recurrent_model("LSTM", T=4, N=3, I=4, H=6, h0=True, c0=True, layout=1)
     profile = get_profile("pcm")
     chip = program_onnx(model, profile, seed=3)
     w_layer, r_layer = chip.layers
     plan_w, plan_r = ChipRuntime(chip).plans
-    assert (plan_w.n_reads, plan_r.n_reads) == (1, 4)  # R: one read per step (h0 given)
+    # R: one read per step (h0 given): unrolled, 4 reads of [N, 4H]; a Scan, one of [N, 4, 4H].
+    assert (plan_w.n_reads, plan_r.n_reads, plan_r.out_shape) == ((1, 4, [1, 24]) if unroll else (1, 1, [1, 4, 24]))
     rt = ChipRuntime(chip)
     noise = rt.draw_noise(3, np.random.default_rng(8))
-    assert len(noise) == 5 and len({id(v) for v in noise.values()}) == 5
+    assert len(noise) == (5 if unroll else 2)
     got_y, got_h, got_c = rt.run(feeds, age_s=86400.0, noise=noise)
     ro = read(chip, 86400.0)
     o = onnx.load_from_string(model)
@@ -370,7 +377,7 @@ def test_lstm_on_pcm_equals_numpy_lstm_over_reference_mvms():
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     ys = []
     for t in range(4):
-        n_r = noise[plan_r.read_view(t).input_names(0)["noise"]]
+        n_r = noise[plan_r.read_view(t).input_names(0)["noise"]] if unroll else noise[plan_r.input_names(0)["noise"]][:, t]
         g = xw[:, t] + b[:24] + b[24:] + analog_matmul(h, r_layer, ro.layers[1], profile, bias=False, noise=MvmNoise([n_r]))
         i, o_, f, cc = np.split(g, 4, axis=1)
         c = sig(f) * c + sig(i) * np.tanh(cc)
@@ -388,7 +395,8 @@ def test_dynamic_sequence_length_runs_as_a_scan_without_per_mvm_noise():
     import io
     import warnings
 
-    module = torch.nn.LSTM(5, 7, batch_first=True)
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(5, 7, batch_first=True, bidirectional=True)
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -396,7 +404,7 @@ def test_dynamic_sequence_length_runs_as_a_scan_without_per_mvm_noise():
                           dynamic_axes={"x": {0: "N", 1: "T"}, "y": {0: "N", 1: "T"}}, opset_version=17, dynamo=False)
     model = buf.getvalue()
     rt = ChipRuntime(program_onnx(model, get_profile("ideal"), seed=0))
-    for steps in (3, 11):
+    for steps in (1, 3, 11):  # 1: the Scan after the first step runs zero times
         x = np.random.default_rng(steps).standard_normal((2, steps, 5)).astype(np.float32)
         assert _rel_err(rt.run(x, age_s=0.0)[:1], _ort(model, {"x": x})[:1]) <= 1e-5
     with pytest.raises(CompileError, match="dynamic sequence length.*per-MVM noise"):

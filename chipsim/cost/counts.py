@@ -386,7 +386,7 @@ def _layer_counts(node: onnx.NodeProto, group: Sequence[Mapping[str, Any]], shap
 
 def _recurrent_counts(node: onnx.NodeProto, p: Mapping[str, Any], shapes, batch: int) -> AnalogLayerCounts:
     """One W or R layer of a recurrent node: W reads every step's input (T·N MVMs); R reads the
-    hidden state at every step with one (``reads``: T, or T − 1 when the initial state is 0)."""
+    hidden state at every step but a first one whose state is 0 (T or T − 1 reads per sample)."""
     tile_rows = _tile_rows(p)
     c = int(p["cols"])
     is_w = p.get("weight_name") == node.input[1]
@@ -396,9 +396,11 @@ def _recurrent_counts(node: onnx.NodeProto, p: Mapping[str, Any], shapes, batch:
     steps = (p["out_shape"][1] if len(p["out_shape"]) > 2 else 1) if x is None else x[layout]
     if is_w:
         mvms = n * steps
-    else:  # reads per sequence as compiled (a dynamic-length loop reads once per step)
-        reads = 1 + len(p.get("reads", []))
-        mvms = n * (steps if reads == 1 and len(p["out_shape"]) > 2 else reads)
+    elif len(p["out_shape"]) > 2:  # a Scan: one read per step, but none at a first step whose state is 0
+        no_state = len(node.input) <= 5 or not node.input[5]
+        mvms = n * (p["out_shape"][1] if x is None else steps - no_state)
+    else:  # unrolled: one read per step as compiled
+        mvms = n * (1 + len(p.get("reads", [])))
     return AnalogLayerCounts(name=p["name"], kind=p["kind"], chip_layers=(p["name"],), tiles=len(tile_rows),
                              rows=sum(tile_rows), cols=c, weights=sum(tile_rows) * c, adc_per_mvm=len(tile_rows) * c,
                              digital_per_mvm=(len(tile_rows) - 1) * c, mvms=mvms)

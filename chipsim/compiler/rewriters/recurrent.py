@@ -10,9 +10,12 @@ own per-MVM noise inputs (one layer, several reads: :meth:`RewriteContext.new_pl
 a state that is 0 (the first step without ``initial_h``) is skipped, as a chip would. Biases,
 peepholes, gates, activations, masking by ``sequence_lens`` and the state updates are digital.
 
-The recurrence is unrolled over the static sequence length: measured against a ``Scan`` over
-the steps on a 28-step LSTM at batch 64 (bench/compiler_ops.py), the unrolled graph is faster
-(numbers in the README). A sequence length that is not static is refused with a message.
+The steps run as one ``Scan`` (the state carried, the W read's output, the masks and R's
+per-step noise scanned; R's weights read from the outer graph); a first step whose state is 0
+runs before it, without an R read. Unrolling (one set of nodes per step) measured no faster per
+inference and much slower to build a session (:data:`UNROLL_MAX_STEPS`). A dynamic sequence
+length compiles on profiles without per-MVM noise; with noise it is refused, since the runtime
+draws noise for the compiled per-sample shapes, not for a request's length.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ ACTIVATION_ARGS: dict[str, tuple[bool, bool]] = {
 }
 ACTIVATION_DEFAULTS: dict[str, tuple[float, float]] = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5),
                                                        "elu": (1.0, 0.0)}
-#: Longest static sequence unrolled; longer and dynamic ones run as a Scan (bench/compiler_ops.py
-#: measured the unrolled graph faster at 28 steps; see the README for the numbers).
-UNROLL_MAX_STEPS = 256
+#: Longest sequence unrolled; longer and dynamic ones run as a Scan. Measured on a 28-step LSTM
+#: at batch 64 (bench/compiler_ops.py, README): the two forms take the same time per inference
+#: (Scan/unrolled 0.96 on pcm, 0.98 on ideal, medians of 41 interleaved runs), while the unrolled
+#: graph has 14× the nodes and makes the first request at a new age (a session build) 3.9× slower.
+UNROLL_MAX_STEPS = 1
 DIRECTIONS = {"forward": ["forward"], "reverse": ["reverse"], "bidirectional": ["forward", "reverse"]}
 
 
@@ -160,6 +165,7 @@ class Job:
     attrs: dict
     base: str
     scan: bool  # lowered as a Scan over the steps (else unrolled)
+    scan_len: int | str = 0  # steps inside the Scan (one fewer when the first runs before it)
 
 
 def uses_mvm_noise(profile) -> bool:
@@ -210,7 +216,7 @@ class RecurrentRewriter(OpRewriter):
         holds every step ([N, T, cols], scanned)."""
         ctx = job.ctx
         cols = matrix.shape[1]
-        out_shape = [1, job.steps if isinstance(job.steps, int) else 1, cols] if job.scan else [1, cols]
+        out_shape = [1, job.scan_len if isinstance(job.scan_len, int) else 1, cols] if job.scan else [1, cols]
         plan = ctx.new_plan(job.node, self.kind, job.node.input[2], name, matrix, out_shape, layout=layout_key)
         if job.scan:
             plan = replace(plan, out_shape=[1, cols])  # the body's view: one step
@@ -237,7 +243,7 @@ class RecurrentRewriter(OpRewriter):
             raise CompileError(f"model: cannot infer the input shape of {node.op_type} {node.name!r}")
         base = node.name or f"{node.op_type.lower()}_{len(ctx.specs)}"
         steps: int | str = int(x_shape[layout]) if static_dim(ctx, node.input[0], layout) else f"{base}/T"
-        scan = not isinstance(steps, int) or steps > UNROLL_MAX_STEPS
+        scan = not isinstance(steps, int) or (steps > UNROLL_MAX_STEPS and steps > 1)
         if not isinstance(steps, int) and uses_mvm_noise(ctx.profile):
             raise CompileError(
                 f"model: {node.op_type} {node.name!r} has a dynamic sequence length; on a profile with per-MVM noise "
@@ -297,37 +303,48 @@ class RecurrentRewriter(OpRewriter):
         bias = o("Concat", *[o("Add", a, c) for a, c in zip(wb, rb)], axis=0)
         dr.xw = o("Add", dr.xw, bias)
 
+    def step(self, job: Job, dr: Direction, xt: str, h: str | None, c: str | None, m: str | None):
+        """One time step: (y_t, h, c) after the cell and the ``sequence_lens`` mask ``m``."""
+        o = job.o
+        h_new, c_new = self.cell(job, dr, xt, h, c)
+        if m is None:
+            return h_new, h_new, c_new
+        zero = o.const(0.0)
+        c_out = o("Where", m, c_new, c if c is not None else zero) if c_new is not None else None
+        return o("Where", m, h_new, zero), o("Where", m, h_new, h if h is not None else zero), c_out
+
     def unroll_direction(self, job: Job, dr: Direction, x: str, h: str | None, c: str | None, masks):
         o = job.o
         ys: dict[int, str] = {}
         steps = int(job.steps)
         for t in (range(steps - 1, -1, -1) if dr.reverse else range(steps)):
             xt = o("Gather", dr.xw, o.const(t, np.int64), axis=1)  # [N, G·H]
-            h_new, c_new = self.cell(job, dr, xt, h, c)
-            if masks is None:
-                h, c, ys[t] = h_new, c_new, h_new
-                continue
-            m, zero = masks[t], o.const(0.0)
-            ys[t] = o("Where", m, h_new, zero)
-            h = o("Where", m, h_new, h if h is not None else zero)
-            if c_new is not None:
-                c = o("Where", m, c_new, c if c is not None else zero)
+            ys[t], h, c = self.step(job, dr, xt, h, c, None if masks is None else masks[t])
         axes = [1, 2] if job.layout else [0, 1]
         y = o("Concat", *[o("Unsqueeze", ys[t], o.const(axes, np.int64)) for t in range(steps)], axis=axes[0])
         return y, h, c
 
     def scan_direction(self, job: Job, dr: Direction, x: str, h0: str | None, c0: str | None, masks):
         """The steps as one Scan: state (h[, c]) carried, xw, the masks and R's noise scanned
-        (in reverse for the reverse direction); R's weights are read from the outer graph."""
+        (in reverse for the reverse direction); R's weights are read from the outer graph. A first
+        step with a zero state (no R read) runs before the Scan, as unrolled."""
         o, b = job.o, job.ctx.builder
         lstm = self.kind == LayerKind.LSTM
         cols = self.gates * job.hidden
-        if h0 is None or (lstm and c0 is None):
+        xw, first_y = dr.xw, None
+        job.scan_len = job.steps
+        if h0 is None:
+            first = o.const(-1 if dr.reverse else 0, np.int64)
+            m0 = None if masks is None else o("Gather", masks, first, axis=0)
+            first_y, h0, c0 = self.step(job, dr, o("Gather", xw, first, axis=1), None, c0, m0)
+            rest = ([0], [-1]) if dr.reverse else ([1], [np.iinfo(np.int64).max])
+            xw = b.slice(xw, *rest, [1], o.p)
+            masks = None if masks is None else b.slice(masks, *rest, [0], o.p)
+            job.scan_len = job.steps - 1 if isinstance(job.steps, int) else f"{job.steps}-1"
+        if lstm and c0 is None:
             n = o("Shape", x, start=0, end=1)
-            zeros = o("ConstantOfShape", o("Concat", n, o.const([job.hidden], np.int64), axis=0),
-                      value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]))
-            h0 = h0 or zeros
-            c0 = (c0 or zeros) if lstm else None
+            c0 = o("ConstantOfShape", o("Concat", n, o.const([job.hidden], np.int64), axis=0),
+                   value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]))
         saved, n_inputs = b.take_nodes(), len(b.inputs)
         f = onnx.TensorProto.FLOAT
         h_in, x_t = b.name(o.p + "/h_in"), b.name(o.p + "/x_t")
@@ -345,7 +362,7 @@ class RecurrentRewriter(OpRewriter):
         body_nodes = b.take_nodes()
         b.nodes = saved
         noise_outer, noise_body = [], []
-        t_dim = job.steps if isinstance(job.steps, int) else job.steps
+        t_dim = job.scan_len
         for i in range(n_inputs, len(b.inputs)):
             vi = b.inputs[i]
             if not vi.name.endswith("/noise"):
@@ -367,7 +384,7 @@ class RecurrentRewriter(OpRewriter):
             scan_in.append(helper.make_tensor_value_info(m_t, onnx.TensorProto.BOOL, ["n", 1]))
         body = helper.make_graph(body_nodes, b.name(o.p + "/body"), state_in + scan_in + noise_body,
                                  state_out + [helper.make_tensor_value_info(y_t, f, ["n", job.hidden])])
-        outer_scan = [dr.xw] + ([masks] if masks is not None else []) + noise_outer
+        outer_scan = [xw] + ([masks] if masks is not None else []) + noise_outer
         axes = [1] + ([0] if masks is not None else []) + [1] * len(noise_outer)
         outs = [b.name(o.p + "/h_T")] + ([b.name(o.p + "/c_T")] if lstm else []) + [b.name(o.p + "/Y")]
         rev = int(dr.reverse)
@@ -376,6 +393,10 @@ class RecurrentRewriter(OpRewriter):
             num_scan_inputs=len(outer_scan), scan_input_axes=axes, scan_input_directions=[rev] * len(outer_scan),
             scan_output_axes=[1 if job.layout else 0], scan_output_directions=[rev]))
         y = o("Unsqueeze", outs[-1], o.const([2 if job.layout else 1], np.int64))
+        if first_y is not None:
+            axes = [1, 2] if job.layout else [0, 1]
+            y0 = o("Unsqueeze", first_y, o.const(axes, np.int64))
+            y = o("Concat", *([y, y0] if dr.reverse else [y0, y]), axis=axes[0])
         return y, outs[0], outs[1] if lstm else None
 
     def cell(self, job: Job, dr: Direction, xt: str, h: str | None, c: str | None) -> tuple[str, str | None]:
