@@ -119,7 +119,7 @@ def emit_tile_products(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profil
             bias = np.zeros(len(parts) * plan.cols, np.float32)
             bias[parts.index("v") * plan.cols:] = (profile.out_noise / s) ** 2
             inputs.append(b.const(prefix, bias))
-        groups = len(parts) * int(conv_attrs.get("group", 1))  # type: ignore[union-attr]  # P parts × the layer's groups
+        groups = len(parts) * int(conv_attrs.get("group", 1))  # type: ignore[union-attr]  # P parts × groups
         out = b.op("Conv", inputs, prefix, **{**conv_attrs, "group": groups})  # type: ignore[dict-item]
         return dict(zip(parts, b.split(out, 1, [plan.cols] * len(parts), prefix)))
     out = {}

@@ -118,7 +118,8 @@ def transpose_conv_weights(w: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(wg.reshape(groups * cout_g, cin_g, *w.shape[2:]), dtype=np.float32)
 
 
-def transpose_pads(node: onnx.NodeProto, attrs: dict, in_sizes: list[int], kernel: list[int]) -> tuple[list[int], list[int]]:
+def transpose_pads(node: onnx.NodeProto, attrs: dict, in_sizes: list[int],
+                   kernel: list[int]) -> tuple[list[int], list[int]]:
     """ConvTranspose's (begin, end) padding per spatial axis, from ``pads`` or ``output_shape``
     and ``auto_pad`` (ONNX ConvTranspose, opset 11+)."""
     n = len(kernel)
@@ -129,7 +130,10 @@ def transpose_pads(node: onnx.NodeProto, attrs: dict, in_sizes: list[int], kerne
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     full = [strides[i] * (in_sizes[i] - 1) + out_pad[i] + (kernel[i] - 1) * dil[i] + 1 for i in range(n)]
     if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        target = list(attrs["output_shape"])[-n:] if "output_shape" in attrs else [in_sizes[i] * strides[i] for i in range(n)]
+        if "output_shape" in attrs:
+            target = list(attrs["output_shape"])[-n:]
+        else:
+            target = [in_sizes[i] * strides[i] for i in range(n)]
         total = [full[i] - target[i] for i in range(n)]
         if any(t < 0 for t in total):
             raise CompileError(f"model: ConvTranspose {node.name!r}: output_shape {target} is larger than the "

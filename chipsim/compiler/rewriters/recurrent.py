@@ -82,15 +82,7 @@ def parse_activations(node: onnx.NodeProto, attrs: dict, defaults: list[str], n_
 def static_dim(ctx: RewriteContext, tensor: str, axis: int) -> bool:
     """Whether ``tensor``'s ``axis`` has a fixed size in the model as exported (the context's
     shapes take every symbolic input dimension as 1, which would hide a dynamic length)."""
-    cache = ctx.__dict__.setdefault("_symbolic_shapes", {})
-    if not cache:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(ctx.model, data_prop=True)
-        except Exception:  # the context's own inference succeeded; treat the dim as unknown
-            return False
-        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-            cache[vi.name] = [d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim]
-    dims = cache.get(tensor)
+    dims = ctx.fixed_dims().get(tensor)
     return bool(dims) and axis < len(dims) and dims[axis]
 
 
@@ -469,10 +461,11 @@ class GRURewriter(RecurrentRewriter):
         xz, xr, xh = o.split(xt, 3, hidden)
         r_d = np.asarray(job.r_all[dr.index], np.float32)
         lbr = int(job.attrs.get("linear_before_reset", 0))
-        if h is None:
+        if h is None:  # the state is 0: no R read; the reset gate only scales R's h bias (linear_before_reset)
             z = o.act(f_act, o.clip(xz, clip))
-            r = o.act(f_act, o.clip(xr, clip))
-            rh = dr.r_bias_h if not lbr or dr.r_bias_h is None else o.mul(r, dr.r_bias_h)
+            rh = dr.r_bias_h
+            if lbr and rh is not None:
+                rh = o.mul(o.act(f_act, o.clip(xr, clip)), rh)
             hh = o.act(g_act, o.clip(o.add(xh, rh), clip))
             return o.mul(o("Sub", o.const(1.0), z), hh), None
         if lbr:

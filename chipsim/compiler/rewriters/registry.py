@@ -51,6 +51,20 @@ class RewriteContext:
     plans: list[LayerPlan] = field(default_factory=list)
     #: (weight name, layout) → index of the layer holding it: a weight read again is not programmed again.
     shared: dict[tuple[str, str], int] = field(default_factory=dict)
+    _fixed: dict[str, list[bool]] | None = None
+
+    def fixed_dims(self) -> dict[str, list[bool]]:
+        """Per tensor, which dimensions have a fixed size in the model as exported (shape
+        inference without setting symbolic inputs to 1; computed once, on first use)."""
+        if self._fixed is None:
+            self._fixed = {}
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+            except Exception:  # the per-sample inference succeeded: leave every dimension unknown
+                return self._fixed
+            for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+                self._fixed[vi.name] = [d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim]
+        return self._fixed
 
     def out_shape(self, node: onnx.NodeProto, channels: int | None = None) -> list[int]:
         """Per-sample output shape of ``node`` (``channels`` replaces dim 1: one Conv group)."""
