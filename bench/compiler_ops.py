@@ -2,7 +2,7 @@
 recurrences.
 
     python -m bench.compiler_ops mobilenet [--model m.onnx] [--threads 1] [--no-write]
-    python -m bench.compiler_ops lstm [--threads 1] [--repeats 15] [--no-write]
+    python -m bench.compiler_ops lstm [--steps 28] [--threads 1] [--repeats 15] [--no-write]
 
 ``mobilenet``: torchvision's MobileNetV2 architecture (plain torch, random weights, 224×224,
 ``tests/onnx_models.mobilenet_v2``; or ``--model``) programmed on ``pcm``: analog layers, tiles,
@@ -81,9 +81,9 @@ def lstm(args) -> dict:
         def forward(self, x):
             return self.head(self.rnn(x)[0][:, -1])
 
-    x = np.random.default_rng(0).standard_normal((64, 28, 28)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((64, args.steps, 28)).astype(np.float32)
     model = om.export(RowLSTM(), torch.from_numpy(x))
-    out: dict = {"model": "LSTM(28→128) + Linear(128→10), 28 steps, batch 64", "threads": args.threads}
+    out: dict = {"model": f"LSTM(28→128) + Linear(128→10), {args.steps} steps, batch 64", "threads": args.threads}
     for profile in ("pcm", "ideal"):
         runtimes = {}
         saved = recurrent.UNROLL_MAX_STEPS
@@ -110,7 +110,11 @@ def lstm(args) -> dict:
         out[profile] = {form: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v),
                                "new_age_median_s": statistics.median(first[form]), "graph_nodes": nodes[form]}
                         for form, v in times.items()}
-        out[profile]["scan_over_unrolled"] = out[profile]["scan"]["median_s"] / out[profile]["unrolled"]["median_s"]
+        # Paired ratios of the interleaved runs; 95 % CI of their median by bootstrap (fixed seed).
+        ratios = np.array(times["scan"]) / np.array(times["unrolled"])
+        boot = np.median(np.random.default_rng(0).choice(ratios, (2000, ratios.size)), axis=1)
+        out[profile]["scan_over_unrolled"] = float(np.median(ratios))
+        out[profile]["scan_over_unrolled_ci95"] = [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
     return out
 
 
@@ -122,15 +126,18 @@ def markdown(results: dict) -> str:
                   "| first inference at 1 d (s) |", "|---|---|---|---|---|---|",
                   f"| {m['analog_layers']} | {m['tiles']} | {m['devices']} | {m['program_s']:.2f} | "
                   f"{m['runtime_build_s']:.2f} | {m['first_inference_1d_s']:.2f} |", ""]
-    if "lstm" in results:
-        r = results["lstm"]
+    for key in [k for k in results if k.startswith("lstm")]:
+        r = results[key]
         lines += [f"## {r['model']}: time per inference, median [min, max] of {r['pcm']['scan']['n']} interleaved runs",
-                  "", "| profile | unrolled | Scan | Scan / unrolled | first request at a new age: unrolled, Scan "
+                  "", "| profile | unrolled | Scan | Scan / unrolled, median of paired runs [95 % CI] "
+                  "| first request at a new age: unrolled, Scan "
                   "| graph nodes: unrolled, Scan |", "|---|---|---|---|---|---|"]
         for profile in ("pcm", "ideal"):
             p = r[profile]
             cell = lambda f: f"{p[f]['median_s'] * 1e3:.1f} ms [{p[f]['min_s'] * 1e3:.1f}, {p[f]['max_s'] * 1e3:.1f}]"  # noqa: E731
-            lines.append(f"| {profile} | {cell('unrolled')} | {cell('scan')} | {p['scan_over_unrolled']:.2f} | "
+            ci = p["scan_over_unrolled_ci95"]
+            lines.append(f"| {profile} | {cell('unrolled')} | {cell('scan')} | {p['scan_over_unrolled']:.3f} "
+                         f"[{ci[0]:.3f}, {ci[1]:.3f}] | "
                          f"{p['unrolled']['new_age_median_s'] * 1e3:.0f} ms, {p['scan']['new_age_median_s'] * 1e3:.0f} ms "
                          f"| {p['unrolled']['graph_nodes']}, {p['scan']['graph_nodes']} |")
         lines.append("")
@@ -143,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="an ONNX file to program instead of the exported MobileNetV2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=28, help="lstm: sequence length")
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args(argv)
     result = mobilenet(args) if args.what == "mobilenet" else lstm(args)
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     path = RESULTS / "compiler_ops.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results[args.what] = result
+    results[args.what if args.what == "mobilenet" or args.steps == 28 else f"lstm-{args.steps}"] = result
     results["machine"] = machine()
     write("compiler_ops", results, markdown(results))
 

@@ -102,6 +102,10 @@ def test_grouped_and_depthwise_conv_are_one_layer_equal_to_onnxruntime(tile_rows
     rt = ChipRuntime(chip)
     for age in AGES:
         assert _rel_err(rt.run(x, age_s=age, seed=0), _ort(model, {"x": x})) <= 1e-5
+    rt = ChipRuntime(program_onnx(model, get_profile("pcm", tile_rows=tile_rows), seed=0))
+    outs = [rt.run(x, age_s=age, seed=0)[0] for age in AGES]
+    assert all(o.shape == (3, 32, 4, 4) and np.all(np.isfinite(o)) for o in outs)
+    assert not np.array_equal(outs[0], outs[2])
 
 
 @pytest.mark.parametrize("tile_rows", [512, 20], ids=["one-tile", "two-tiles"])
@@ -206,6 +210,8 @@ def test_conv_transpose_on_pcm_is_one_mvm_per_output_pixel():
     want = want.reshape(2, 9, 11, 6).transpose(0, 3, 1, 2)
     assert got.shape == want.shape == _ort(model, {"x": x})[0].shape
     _check_adc_level_agreement(got, want, layer, readout, profile)
+    outs = [rt.run(x, age_s=age, seed=0)[0] for age in AGES]
+    assert all(o.shape == got.shape and np.all(np.isfinite(o)) for o in outs) and not np.array_equal(outs[0], outs[2])
 
 
 # ----------------------------------------------------------------------------- recurrent ops
@@ -289,18 +295,19 @@ def test_recurrent_op_on_the_ideal_chip_equals_onnxruntime(op, kw):
     # One set of devices per weight: W and R of every direction, nothing twice.
     assert chip.n_devices == 2 * GATES[op] * 6 * (4 + 6) * dirs
     onnx_ops = {n.op_type for n in onnx.load_from_string(chip.attachments["compiled.onnx"]).graph.node}
-    assert "Scan" in onnx_ops and op not in onnx_ops
+    assert "Scan" not in onnx_ops and op not in onnx_ops  # 5 steps: unrolled
 
 
 @pytest.mark.parametrize("case", ["LSTM-bidirectional-layout0-lens-h0-c0", "GRU-reverse-layout1-plain",
                                   "RNN-forward-layout0-lens-h0-c0", "LSTM-peepholes", "LSTM-lens-zero-state",
-                                  "GRU-forward-layout0-plain", "GRU-linear-before-reset", "LSTM-input-forget"])
-def test_recurrent_op_unrolled_on_the_ideal_chip_equals_onnxruntime(case, monkeypatch):
-    monkeypatch.setattr(recurrent, "UNROLL_MAX_STEPS", 10**6)
+                                  "GRU-forward-layout0-plain", "GRU-linear-before-reset", "LSTM-input-forget",
+                                  "LSTM-activations", "RNN-clip"])
+def test_recurrent_op_as_a_scan_on_the_ideal_chip_equals_onnxruntime(case, monkeypatch):
+    monkeypatch.setattr(recurrent, "UNROLL_MAX_STEPS", 1)
     op, kw = RECURRENT_CASES[case]
     chip = _recurrent_equals_onnxruntime(op, kw)
     onnx_ops = {n.op_type for n in onnx.load_from_string(chip.attachments["compiled.onnx"]).graph.node}
-    assert "Scan" not in onnx_ops and op not in onnx_ops
+    assert "Scan" in onnx_ops and op not in onnx_ops
 
 
 class Seq(torch.nn.Module):
@@ -431,7 +438,9 @@ def test_a_weight_used_twice_is_one_set_of_devices_read_with_independent_noise()
     a, b, _ = ChipRuntime(program_onnx(model, weights_only, seed=0)).run(x, age_s=86400.0)
     np.testing.assert_array_equal(a, b)
     # Full pcm: the same devices, but every read its own per-MVM noise.
-    a, b, _ = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=0)).run(x, age_s=86400.0, seed=3)
+    rt = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=0))
+    assert all(np.all(np.isfinite(y)) for age in AGES for y in rt.run(x, age_s=age, seed=0))
+    a, b, _ = rt.run(x, age_s=86400.0, seed=3)
     assert not np.array_equal(a, b)
     diff = (a - b).ravel()
     # Two independent draws of the same σ: their difference has σ√2 and mean 0 (512 samples:

@@ -10,12 +10,12 @@ own per-MVM noise inputs (one layer, several reads: :meth:`RewriteContext.new_pl
 a state that is 0 (the first step without ``initial_h``) is skipped, as a chip would. Biases,
 peepholes, gates, activations, masking by ``sequence_lens`` and the state updates are digital.
 
-The steps run as one ``Scan`` (the state carried, the W read's output, the masks and R's
-per-step noise scanned; R's weights read from the outer graph); a first step whose state is 0
-runs before it, without an R read. Unrolling (one set of nodes per step) measured no faster per
-inference and much slower to build a session (:data:`UNROLL_MAX_STEPS`). A dynamic sequence
-length compiles on profiles without per-MVM noise; with noise it is refused, since the runtime
-draws noise for the compiled per-sample shapes, not for a request's length.
+A static sequence of at most :data:`UNROLL_MAX_STEPS` steps is unrolled (one set of nodes per
+step); a longer or dynamic one runs as one ``Scan`` (the state carried, the W read's output, the
+masks and R's per-step noise scanned; R's weights read from the outer graph), a first step whose
+state is 0 running before it, without an R read. A dynamic sequence length compiles on profiles
+without per-MVM noise; with noise it is refused, since the runtime draws noise for the compiled
+per-sample shapes, not for a request's length.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ ACTIVATION_ARGS: dict[str, tuple[bool, bool]] = {
 }
 ACTIVATION_DEFAULTS: dict[str, tuple[float, float]] = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5),
                                                        "elu": (1.0, 0.0)}
-#: Longest sequence unrolled; longer and dynamic ones run as a Scan. Measured on a 28-step LSTM
-#: at batch 64 (bench/compiler_ops.py, README): the two forms take the same time per inference
-#: (Scan/unrolled 0.96 on pcm, 0.98 on ideal, medians of 41 interleaved runs), while the unrolled
-#: graph has 14× the nodes and makes the first request at a new age (a session build) 3.9× slower.
-UNROLL_MAX_STEPS = 1
+#: Longest static sequence unrolled; longer and dynamic ones run as a Scan. Measured with
+#: bench/compiler_ops.py (LSTM 28→128, batch 64, pcm, medians of interleaved runs, README): at 28
+#: steps the unrolled graph is 3.0 % [2.8, 3.4] faster per inference; at 112 steps it is not
+#: (Scan/unrolled 0.99 [0.94, 1.05]), while its node count and the session build of every new age
+#: grow with the length (584 ms against 222 ms at 112 steps).
+UNROLL_MAX_STEPS = 32
 DIRECTIONS = {"forward": ["forward"], "reverse": ["reverse"], "bidirectional": ["forward", "reverse"]}
 
 
