@@ -65,8 +65,6 @@ class LayerKind(StrEnum):
 
 #: Layer kinds whose tiles run as a Conv in the compiled graph.
 CONV_KINDS = frozenset({LayerKind.CONV, LayerKind.CONV_TRANSPOSE})
-#: Layer kinds of the recurrent ops.
-RECURRENT_KINDS = frozenset({LayerKind.LSTM, LayerKind.GRU, LayerKind.RNN})
 
 
 class RecalibrationAlgorithm(StrEnum):
