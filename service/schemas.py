@@ -145,7 +145,8 @@ class ProfileInfo(BaseModel):
 class LayerInfo(BaseModel):
     name: str = Field(description="Analog layer (ONNX node) name.")
     kind: str = Field(description="matmul, gemm or conv.")
-    rows: int = Field(description="Inputs of the crossbar matrix (Conv: C_in·k_h·k_w).")
+    rows: int = Field(description="Inputs of the crossbar matrix (Conv: C_in/groups·k_h·k_w; a grouped Conv's "
+                                  "columns each read their own group's rows).")
     cols: int = Field(description="Outputs (columns).")
     tiles: int = Field(description="Crossbar tiles the rows are split into.")
     devices: int = Field(description="Physical devices (2 per weight: differential pair).")
@@ -171,6 +172,8 @@ class ChipSummary(BaseModel):
     age_s: float = Field(description="Current wall-clock age × time scale, seconds.")
     analog_layers: int = Field(description="Layers mapped onto crossbars.")
     digital_nodes: int = Field(description="ONNX nodes that stay digital.")
+    digital_parameters: int = Field(0, description="Float constants of the model not on the chip (biases, norms, "
+                                                   "embeddings, weights of ops left digital), elements.")
     tiles: int = Field(description="Crossbar tiles in total.")
     weights: int = Field(description="Analog weights in total.")
     devices: int = Field(description="Physical devices in total (2 per weight).")

@@ -202,6 +202,7 @@ class ServedChip:
             "age_s": self.wall_age(),
             "analog_layers": len(chip.layers),
             "digital_nodes": int(meta.get("digital_nodes", 0)),
+            "digital_parameters": int(meta.get("digital_parameters", 0)),
             "tiles": sum(layer["tiles"] for layer in self.layers),
             "weights": chip.n_weights,
             "devices": devices,

@@ -29,19 +29,23 @@ META_INPUT_RANGES = "agedchip.input_ranges"
 Calibration = dict[str, np.ndarray] | np.ndarray
 
 
-def calibrate_ranges(model: onnx.ModelProto, inputs: dict[str, np.ndarray], weight_to_input: dict[str, str]) -> dict[str, float]:
-    """Per analog layer, the CALIBRATION_QUANTILE of |input| on user data, by weight name."""
+def calibrate_ranges(model: onnx.ModelProto, inputs: dict[str, np.ndarray],
+                     weight_to_input: dict[str, str | list[str]]) -> dict[str, float]:
+    """Per analog layer, the CALIBRATION_QUANTILE of |input| on user data, by weight name. A
+    weight read by several nodes (or a recurrence's hidden states) is calibrated on all the
+    tensors it multiplies together."""
+    tensors = {w: [t] if isinstance(t, str) else list(t) for w, t in weight_to_input.items()}
     m = onnx.ModelProto()
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
-    for t in set(weight_to_input.values()) - existing:
+    for t in {t for ts in tensors.values() for t in ts} - existing:
         m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     sess = cpu_session(m.SerializeToString())
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, inputs)))
     out = {}
-    for w, t in weight_to_input.items():
-        v = np.abs(np.asarray(values[t], dtype=np.float64)).ravel()
+    for w, ts in tensors.items():
+        v = np.concatenate([np.abs(np.asarray(values[t], dtype=np.float64)).ravel() for t in ts])
         r = float(np.quantile(v, CALIBRATION_QUANTILE)) if v.size else 0.0
         out[w] = r if r > 0 else DEFAULT_INPUT_RANGE
     return out
@@ -62,10 +66,10 @@ def metadata_ranges(metadata: dict[str, str]) -> dict[str, float]:
     return ranges
 
 
-def resolve_ranges(model: onnx.ModelProto, metadata: dict[str, str], weight_to_input: dict[str, str],
+def resolve_ranges(model: onnx.ModelProto, metadata: dict[str, str], weight_to_input: dict[str, list[str]],
                    calibration: Calibration | None, given: dict[str, float] | None) -> dict[str, float]:
     """Input range by weight name for the weights that have one; the rest get DEFAULT_INPUT_RANGE
-    when their layer is built. ``weight_to_input``: every analog weight → the tensor it multiplies;
+    when their layer is built. ``weight_to_input``: every analog weight → the tensors it multiplies;
     ``calibration``: one array for a single-input model or {input name: array}."""
     ranges = metadata_ranges(metadata)
     ranges.update(given or {})

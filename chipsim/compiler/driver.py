@@ -67,29 +67,57 @@ def check_weight_operands(ctx: RewriteContext, node: onnx.NodeProto) -> None:
             )
 
 
-def analog_weight_inputs(model: onnx.ModelProto, consts: dict[str, Any]) -> dict[str, str]:
-    """Every weight the rewriters will map → the tensor it multiplies, in node order."""
-    out: dict[str, str] = {}
+def analog_weight_inputs(model: onnx.ModelProto, consts: dict[str, Any]) -> dict[str, list[str]]:
+    """Every weight the rewriters will map → the tensors it multiplies (one per node reading
+    it), in node order."""
+    out: dict[str, list[str]] = {}
     for node in model.graph.node:
         rewriter = REWRITERS.get(node.op_type)
         if rewriter is not None:
-            out.update(rewriter.analog_weights(node, consts))
+            for w, t in rewriter.analog_weights(node, consts).items():
+                if t not in out.setdefault(w, []):
+                    out[w].append(t)
     return out
 
 
-def rewrite_nodes(ctx: RewriteContext) -> tuple[list[onnx.NodeProto], int]:
-    """The new node list (each mapped node replaced by its lowering) and the count of digital nodes."""
+#: Ops whose constant operand is a weight matrix or table; left digital, they are reported.
+WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Einsum", "LSTM", "GRU", "RNN")
+
+
+def digital_parameters(model: onnx.ModelProto, consts: dict[str, Any], ctx: RewriteContext,
+                       mapped_nodes: set[int]) -> tuple[int, list[dict[str, Any]]]:
+    """(float constants of the model not held by the chip — biases, norms, embeddings, weights of
+    ops left digital — in elements; the weight-bearing nodes left digital, with their weights)."""
+    on_chip = {p.weight_name for p in ctx.plans}
+    floats = {n: v for n, v in consts.items() if getattr(v, "dtype", None) is not None and v.dtype.kind == "f"}
+    count = sum(int(v.size) for n, v in floats.items() if n not in on_chip)
+    nodes = []
+    for i, node in enumerate(model.graph.node):
+        if i in mapped_nodes or node.op_type not in WEIGHT_OPS:
+            continue
+        weights = [n for n in node.input if n in floats and floats[n].ndim >= 2 and n not in on_chip]
+        if weights:
+            nodes.append({"node": node.name or node.op_type, "op": node.op_type,
+                          "parameters": sum(int(floats[n].size) for n in weights)})
+    return count, nodes
+
+
+def rewrite_nodes(ctx: RewriteContext) -> tuple[list[onnx.NodeProto], int, set[int]]:
+    """The new node list (each mapped node replaced by its lowering), the count of digital
+    nodes and the positions of the mapped ones."""
     new_nodes: list[onnx.NodeProto] = []
     digital = 0
-    for node in ctx.model.graph.node:
+    mapped: set[int] = set()
+    for i, node in enumerate(ctx.model.graph.node):
         check_weight_operands(ctx, node)
         rewriter = REWRITERS.get(node.op_type)
         if rewriter and rewriter.rewrite(ctx, node):
             new_nodes.extend(ctx.builder.take_nodes())
+            mapped.add(i)
         else:
             digital += node.op_type != "Constant"
             new_nodes.append(node)
-    return new_nodes, digital
+    return new_nodes, digital, mapped
 
 
 def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
@@ -129,13 +157,15 @@ def compile_model(
     ranges = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges)
     ctx = RewriteContext(model=model, consts=consts, producers={o: n for n in model.graph.node for o in n.output},
                          shapes=static_shapes(model), profile=profile, ranges=ranges, builder=GraphBuilder())
-    new_nodes, digital = rewrite_nodes(ctx)
+    new_nodes, digital, mapped = rewrite_nodes(ctx)
     if not ctx.plans:
-        raise CompileError("model: no weight-bearing MatMul, Gemm or Conv with constant weights; nothing to map")
+        raise CompileError("model: no weight-bearing MatMul, Gemm, Conv, ConvTranspose or recurrent node with "
+                           "constant weights; nothing to map")
+    n_params, weight_nodes = digital_parameters(model, consts, ctx, mapped)
     return CompiledModel(
         specs=ctx.specs, plans=ctx.plans, graph=assemble(ctx, new_nodes),
         inputs=io_specs(model.graph.input, init_names), outputs=io_specs(model.graph.output, set()),
-        metadata=metadata, digital_nodes=digital,
+        metadata=metadata, digital_nodes=digital, digital_parameters=n_params, digital_weight_nodes=weight_nodes,
     )
 
 
@@ -158,6 +188,8 @@ def program_onnx(
         "outputs": compiled.outputs,
         "model_metadata": compiled.metadata,
         "digital_nodes": compiled.digital_nodes,
+        "digital_parameters": compiled.digital_parameters,
+        "digital_weight_nodes": compiled.digital_weight_nodes,
         "graph_format": GRAPH_FORMAT,
         **(meta or {}),
     }
