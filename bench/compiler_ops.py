@@ -5,7 +5,7 @@ recurrences.
     python -m bench.compiler_ops lstm [--steps 28] [--threads 1] [--repeats 15] [--no-write]
 
 ``mobilenet``: torchvision's MobileNetV2 architecture (plain torch, random weights, 224×224,
-``tests/onnx_models.mobilenet_v2``; or ``--model``) programmed on ``pcm``: analog layers, tiles,
+``bench/onnx_exports.mobilenet_v2``; or ``--model``) programmed on ``pcm``: analog layers, tiles,
 devices, ``program_onnx`` time, runtime build and the first inference at 1 d. Runs on any
 checkout with ``--model`` (for a before/after comparison: ``PYTHONPATH=<old checkout> python
 bench/compiler_ops.py mobilenet --model m.onnx --no-write``).
@@ -41,7 +41,7 @@ def mobilenet(args) -> dict:
     else:
         import torch
 
-        from tests import onnx_models as om
+        from bench import onnx_exports as om
 
         torch.set_num_threads(args.threads)
         model = om.export(om.mobilenet_v2(), torch.zeros(1, 3, 224, 224))
@@ -67,7 +67,7 @@ def lstm(args) -> dict:
     from chipsim.compiler import program_onnx
     from chipsim.compiler.rewriters import recurrent
     from chipsim.runtime import ChipRuntime
-    from tests import onnx_models as om
+    from bench import onnx_exports as om
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
