@@ -55,14 +55,23 @@ class RewriteContext:
     plans: list[LayerPlan] = field(default_factory=list)
 
     def out_shape(self, node: onnx.NodeProto, channels: int | None = None) -> list[int]:
-        """Per-sample output shape of ``node`` (``channels`` replaces dim 1: one Conv group)."""
+        """Per-sample output shape of ``node`` (``channels`` replaces dim 1: one Conv group).
+
+        A crossbar needs only its weight's own axes (K, N): dimensions that are symbolic, or
+        that shape inference cannot resolve (a sequence length sliced from ``Shape``, as Hugging
+        Face exports do), are recorded as 1, like the batch. Only the rank must be known; when
+        inference lost it, it is the rank of the node's data input (MatMul, Conv) or 2 (Gemm)."""
         shape = self.shapes.get(node.output[0])
-        if not shape or any(d is None for d in shape):
-            raise CompileError(
-                f"model: cannot infer the output shape of node {node.name or node.op_type!r}; export with static "
-                "non-batch dimensions (only the leading batch dimension may be dynamic)"
-            )
-        shape = [int(d) for d in shape]
+        if not shape:
+            x = self.shapes.get(node.input[0]) if node.input else None
+            rank = 2 if node.op_type == "Gemm" else (max(len(x), 2) if x else 0)
+            if not rank:
+                raise CompileError(
+                    f"model: cannot infer the rank of the output of node {node.name or node.op_type!r} (its input's "
+                    "rank is unknown too); export with shape information (torch.onnx.export keeps it)"
+                )
+            shape = [None] * rank
+        shape = [1 if d is None else int(d) for d in shape]
         if channels is not None:
             shape[1] = channels
         return shape
