@@ -77,3 +77,50 @@ def test_dynamic_sequence_length_compiles_and_runs_at_any_length():
     pcm = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=0))
     out = pcm.run(rng.standard_normal((2, 7, 8)).astype(np.float32), age_s=86400.0, seed=1)[0]
     assert out.shape == (2, 7, 5) and np.all(np.isfinite(out))
+
+
+def _scaler_model(rng) -> bytes:
+    """skl2onnx's shape of a pipeline: an ``ai.onnx.ml`` Scaler, then a Linear layer."""
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    nodes = [helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", name="scaler",
+                              offset=rng.standard_normal(6).astype(np.float32).tolist(),
+                              scale=rng.uniform(0.5, 2.0, 6).astype(np.float32).tolist()),
+             helper.make_node("MatMul", ["xs", "w"], ["y"], name="linear")]
+    return _model(nodes, [numpy_helper.from_array(w, "w")], [_vi("x", ["N", 6])], [_vi("y", ["N", 3])],
+                  opsets=(("", 17), ("ai.onnx.ml", 3)))
+
+
+def test_ops_of_other_domains_onnxruntime_runs_stay_digital():
+    """#13: an ``ai.onnx.ml`` Scaler (skl2onnx) and a ``com.microsoft`` op pass through digitally."""
+    rng = np.random.default_rng(2)
+    model = _scaler_model(rng)
+    compiled = compile_model(model, IDEAL)
+    assert [p.node for p in compiled.plans] == ["linear"] and compiled.digital_nodes == 1
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    got = ChipRuntime(program_onnx(model, IDEAL, seed=0)).run(x, age_s=0.0)[0]
+    assert _rel_err(got, _original(model, {"x": x})[0]) <= 1e-5
+
+    w1, w2 = (rng.standard_normal((4, 4)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Gelu", ["h"], ["g"], domain="com.microsoft", name="gelu"),
+             helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2")]
+    model = _model(nodes, [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+                   [_vi("x", ["N", 4])], [_vi("y", ["N", 4])], opsets=(("", 17), ("com.microsoft", 1)))
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    got = ChipRuntime(program_onnx(model, IDEAL, seed=0)).run(x, age_s=0.0)[0]
+    assert _rel_err(got, _original(model, {"x": x})[0]) <= 1e-5
+
+
+def test_an_op_onnxruntime_cannot_run_is_refused_by_name():
+    rng = np.random.default_rng(3)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+             helper.make_node("Frobnicate", ["h"], ["y"], domain="example.custom", name="mystery")]
+    model = _model(nodes, [w], [_vi("x", ["N", 4])], [_vi("y", ["N", 4])], opsets=(("", 17), ("example.custom", 1)))
+    with pytest.raises(CompileError, match=r"node 'mystery'.*example\.custom.*Frobnicate.*onnxruntime"):
+        compile_model(model, IDEAL)
+    # A node of another domain named like an ONNX op is not taken for one.
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], domain="example.custom", name="lookalike")]
+    model = _model(nodes, [w], [_vi("x", ["N", 4])], [_vi("y", ["N", 4])], opsets=(("", 17), ("example.custom", 1)))
+    with pytest.raises(CompileError, match="lookalike"):
+        compile_model(model, IDEAL)

@@ -16,9 +16,10 @@ from onnx import helper
 
 from chipsim.compiler.calibration import Calibration, resolve_ranges
 from chipsim.compiler.graph_builder import GraphBuilder
-from chipsim.compiler.loader import constants, io_specs, load_model, static_shapes
+from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_model, static_shapes
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
-from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext
+from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext, rewriter_of
+from chipsim.compiler.runnable import check_runnable
 from chipsim.profiles import ChipProfile
 from chipsim.programming import program
 from chipsim.state import ChipState
@@ -30,7 +31,7 @@ CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 def refuse_unmappable(model: onnx.ModelProto, consts: dict[str, Any]) -> None:
     """Raise CompileError for a weight-bearing op no rewriter maps, or one inside a control-flow body."""
     for node in model.graph.node:
-        if node.op_type in UNMAPPABLE and any(i in consts for i in node.input[1:] if i):
+        if node.domain in ONNX_DOMAINS and node.op_type in UNMAPPABLE and any(i in consts for i in node.input[1:] if i):
             raise CompileError(
                 f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot map; "
                 f"{UNMAPPABLE[node.op_type]}"
@@ -43,7 +44,7 @@ def refuse_unmappable(model: onnx.ModelProto, consts: dict[str, Any]) -> None:
 
 def check_weight_operands(ctx: RewriteContext, node: onnx.NodeProto) -> None:
     """A weight computed at run time purely from constants is a folded-away weight, not an activation."""
-    rewriter = REWRITERS.get(node.op_type)
+    rewriter = rewriter_of(node)
     if rewriter is None:
         return
     for weight in rewriter.weight_inputs(node):
@@ -71,7 +72,7 @@ def analog_weight_inputs(model: onnx.ModelProto, consts: dict[str, Any]) -> dict
     """Every weight the rewriters will map → the tensor it multiplies, in node order."""
     out: dict[str, str] = {}
     for node in model.graph.node:
-        rewriter = REWRITERS.get(node.op_type)
+        rewriter = rewriter_of(node)
         if rewriter is not None:
             out.update(rewriter.analog_weights(node, consts))
     return out
@@ -83,7 +84,7 @@ def rewrite_nodes(ctx: RewriteContext) -> tuple[list[onnx.NodeProto], int]:
     digital = 0
     for node in ctx.model.graph.node:
         check_weight_operands(ctx, node)
-        rewriter = REWRITERS.get(node.op_type)
+        rewriter = rewriter_of(node)
         if rewriter and rewriter.rewrite(ctx, node):
             new_nodes.extend(ctx.builder.take_nodes())
         else:
@@ -125,6 +126,7 @@ def compile_model(
     consts = constants(model)
     init_names = {t.name for t in model.graph.initializer}
     refuse_unmappable(model, consts)
+    check_runnable(model)
     metadata = {p.key: p.value for p in model.metadata_props}
     ranges = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges)
     ctx = RewriteContext(model=model, consts=consts, producers={o: n for n in model.graph.node for o in n.output},

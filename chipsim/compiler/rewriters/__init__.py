@@ -3,7 +3,7 @@ its rewriters)."""
 
 from chipsim.compiler.rewriters import conv, matmul  # noqa: F401  (registers MatMul, Gemm, Conv)
 from chipsim.compiler.rewriters.registry import (
-    REWRITERS, UNMAPPABLE, OpRewriter, RewriteContext, node_attrs, register,
+    REWRITERS, UNMAPPABLE, OpRewriter, RewriteContext, node_attrs, register, rewriter_of,
 )
 
-__all__ = ["REWRITERS", "UNMAPPABLE", "OpRewriter", "RewriteContext", "node_attrs", "register"]
+__all__ = ["REWRITERS", "UNMAPPABLE", "OpRewriter", "RewriteContext", "node_attrs", "register", "rewriter_of"]

@@ -127,6 +127,12 @@ class OpRewriter:
 REWRITERS: dict[str, OpRewriter] = {}
 
 
+def rewriter_of(node: onnx.NodeProto) -> OpRewriter | None:
+    """The rewriter of a node of the default ONNX domain (a node of another domain that shares an
+    op type name, e.g. ``com.microsoft.nchwc.Conv``, is another op and stays digital)."""
+    return REWRITERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+
+
 def register(cls: type[OpRewriter]) -> type[OpRewriter]:
     """Class decorator: make ``cls`` the rewriter of its ``op_type``."""
     if not cls.op_type or cls.op_type in REWRITERS:
