@@ -124,3 +124,105 @@ def test_an_op_onnxruntime_cannot_run_is_refused_by_name():
     model = _model(nodes, [w], [_vi("x", ["N", 4])], [_vi("y", ["N", 4])], opsets=(("", 17), ("example.custom", 1)))
     with pytest.raises(CompileError, match="lookalike"):
         compile_model(model, IDEAL)
+
+
+def _fp16_mlp(rng, variant: str) -> bytes:
+    """Three ways fp16 models are exported: ``half`` (``model.half()``: fp16 inputs, weights and
+    outputs), ``keep_io`` (fp32 inputs and outputs cast to and from an fp16 body, as
+    onnxconverter-common's ``keep_io_types`` writes), ``weights`` (fp16-stored weights widened by
+    a ``Cast`` and used in fp32). Layers: MatMul + bias, Relu, Gemm(transB), Conv-free."""
+    w1 = (rng.standard_normal((6, 8)) * 0.5).astype(np.float16)
+    b1 = rng.standard_normal(8).astype(np.float16)
+    w2 = (rng.standard_normal((3, 8)) * 0.5).astype(np.float16)
+    b2 = rng.standard_normal(3).astype(np.float16)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    body = [helper.make_node("MatMul", ["x16", "w1"], ["h"], name="fc1"),
+            helper.make_node("Add", ["h", "b1"], ["hb"]),
+            helper.make_node("Relu", ["hb"], ["r"]),
+            helper.make_node("Gemm", ["r", "w2", "b2"], ["y16"], name="fc2", transB=1)]
+    f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
+    if variant == "half":
+        body[0].input[0], body[-1].output[0] = "x", "y"
+        return _model(body, inits, [_vi("x", ["N", 6], f16)], [_vi("y", ["N", 3], f16)])
+    if variant == "keep_io":
+        nodes = [helper.make_node("Cast", ["x"], ["x16"], to=f16), *body,
+                 helper.make_node("Cast", ["y16"], ["y"], to=f32)]
+        return _model(nodes, inits, [_vi("x", ["N", 6], f32)], [_vi("y", ["N", 3], f32)])
+    nodes = [helper.make_node("Cast", [n], [f"{n}_f32"], to=f32) for n in ("w1", "b1", "w2", "b2")]
+    nodes += [helper.make_node("MatMul", ["x", "w1_f32"], ["h"], name="fc1"),
+              helper.make_node("Add", ["h", "b1_f32"], ["hb"]),
+              helper.make_node("Relu", ["hb"], ["r"]),
+              helper.make_node("Gemm", ["r", "w2_f32", "b2_f32"], ["y"], name="fc2", transB=1)]
+    return _model(nodes, inits, [_vi("x", ["N", 6], f32)], [_vi("y", ["N", 3], f32)])
+
+
+@pytest.mark.parametrize("variant, out_dtype", [("half", np.float16), ("keep_io", np.float32),
+                                                ("weights", np.float32)])
+def test_fp16_models_compute_in_fp32_on_the_chip_and_keep_their_types(variant, out_dtype):
+    """#20.6: fp16 exports program (they gave HTTP 500) and run; the outputs keep the model's type."""
+    rng = np.random.default_rng(4)
+    model = _fp16_mlp(rng, variant)
+    in_dtype = np.float16 if variant == "half" else np.float32
+    x = rng.standard_normal((9, 6)).astype(in_dtype)
+    want = _original(model, {"x": x})[0]
+    chip = program_onnx(model, IDEAL, seed=0)
+    assert [layer.name for layer in chip.layers] == ["fc1", "fc2"]
+    got = ChipRuntime(chip).run(x, age_s=3600.0)[0]
+    assert got.dtype == out_dtype and want.dtype == out_dtype
+    # The chip computes the layers in fp32 where onnxruntime's fp16 kernels round (to fp16's
+    # 11-bit significand): they agree within two fp16 steps of the largest output, 2^-10.
+    tol = 2.0**-10 if variant != "weights" else 1e-5
+    assert _rel_err(got, want) <= tol
+    pcm = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=0))
+    for age in (1.0, 86400.0, 365 * 86400.0):
+        out = pcm.run(x, age_s=age, seed=0)[0]
+        assert out.dtype == out_dtype and np.all(np.isfinite(out))
+
+
+def test_fp16_conv_and_a_weight_also_read_by_a_digital_node():
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float16)
+    f16 = TensorProto.FLOAT16
+    # "w" is the Conv's weight and also an operand of a digital ReduceSum: it reaches that node
+    # in fp16 through a Cast back.
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
+             helper.make_node("Add", ["c", "s"], ["y"])]
+    model = _model(nodes, [numpy_helper.from_array(w, "w")], [_vi("x", ["N", 3, 5, 5], f16)],
+                   [_vi("y", ["N", 4, 5, 5], f16)])
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float16)
+    got = ChipRuntime(program_onnx(model, IDEAL, seed=0)).run(x, age_s=0.0)[0]
+    assert got.dtype == np.float16
+    assert _rel_err(got, _original(model, {"x": x})[0]) <= 2.0**-10  # two fp16 steps, as above
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    import ml_dtypes  # onnx's own dependency
+
+    return np.asarray(a, np.float32).astype(ml_dtypes.bfloat16)
+
+
+def test_bf16_model_runs_in_fp32_between_casts():
+    """onnxruntime's CPU provider runs almost no op in bf16 (not even Relu), so every bf16 node
+    computes in fp32 between casts; the reference is numpy with the same bf16 rounding per op."""
+    rng = np.random.default_rng(6)
+    w1, w2 = _bf16(rng.standard_normal((6, 8)) * 0.5), _bf16(rng.standard_normal((8, 3)) * 0.5)
+    bf = TensorProto.BFLOAT16
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
+    model = _model(nodes, inits, [_vi("x", ["N", 6], bf)], [_vi("y", ["N", 3], bf)])
+    with pytest.raises(Exception, match="(?i)implementation"):  # the premise: the original cannot run
+        _original(model, {"x": _bf16(np.zeros((1, 6)))})
+    x = _bf16(rng.standard_normal((7, 6)))
+    f32 = np.float32
+    want = _bf16(np.maximum(_bf16(x.astype(f32) @ w1.astype(f32)).astype(f32), 0) @ w2.astype(f32)).astype(f32)
+    chip = program_onnx(model, IDEAL, seed=0)
+    # onnxruntime's Python API binds no bf16 array: the chip takes and returns float32 holding bf16 values.
+    assert [(i["dtype"], o["dtype"]) for i, o in zip(chip.meta["inputs"], chip.meta["outputs"])] == [("float32", "float32")]
+    got = ChipRuntime(chip).run(x.astype(f32) + f32(1e-4), age_s=0.0)[0]  # rounded to bf16 at the input
+    assert np.array_equal(_bf16(got).astype(f32), got)
+    # bf16 keeps 8 significand bits: an fp32 difference of ~1e-7 can round to the neighbouring
+    # bf16 value, one step of 2^-7 relative at most.
+    assert _rel_err(got, want) <= 2.0**-7

@@ -15,6 +15,7 @@ import onnx
 from onnx import helper
 
 from chipsim.compiler.calibration import Calibration, resolve_ranges
+from chipsim.compiler.float_types import compute_in_fp32
 from chipsim.compiler.graph_builder import GraphBuilder
 from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_model, static_shapes
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
@@ -66,6 +67,12 @@ def check_weight_operands(ctx: RewriteContext, node: onnx.NodeProto) -> None:
                 f"(by {ctx.producers[weight].op_type}); export with constant folding "
                 "(torch.onnx.export(..., do_constant_folding=True)) so the chip sees constant weights"
             )
+
+
+def maps_node(node: onnx.NodeProto, consts: dict[str, Any]) -> bool:
+    """True if a rewriter will put (some of) the node's weights on the chip."""
+    rewriter = rewriter_of(node)
+    return rewriter is not None and bool(rewriter.analog_weights(node, consts))
 
 
 def analog_weight_inputs(model: onnx.ModelProto, consts: dict[str, Any]) -> dict[str, str]:
@@ -122,7 +129,7 @@ def compile_model(
 ) -> CompiledModel:
     """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
     (weight initializer name → r) override metadata and calibration (recompiling a chip)."""
-    model = load_model(model_bytes)
+    model = compute_in_fp32(load_model(model_bytes), maps_node)
     consts = constants(model)
     init_names = {t.name for t in model.graph.initializer}
     refuse_unmappable(model, consts)
