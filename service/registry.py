@@ -211,7 +211,8 @@ class Registry:
             }
             t0 = time.perf_counter()
             try:
-                chip = program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calib, meta=meta)
+                chip = program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calib, meta=meta,
+                                    eval_inputs=eval_set.feeds if eval_set is not None else None)
             except ValueError as err:  # CompileError, or layer validation in chipsim.program
                 raise invalid_value(err, default_field="model") from None
             if eval_bytes is not None:

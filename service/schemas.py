@@ -112,6 +112,10 @@ class LayerInfo(BaseModel):
     tiles: int = Field(description="Crossbar tiles the rows are split into.")
     devices: int = Field(description="Physical devices (2 per weight: differential pair).")
     input_range: float = Field(description="DAC input range r (inputs clipped to ±r), input units.")
+    input_range_source: str = Field(description="Where r came from: given, metadata (learned by HWA training), "
+                                                "calibration (uploaded data), eval (the eval set, when no calibration "
+                                                "data was given), default (uncalibrated: r = 1.0), or unknown (chips "
+                                                "programmed before this was recorded).")
     stuck_reset: int = Field(description="Devices stuck at 0 µS.")
     stuck_set: int = Field(description="Devices stuck at g_max.")
 
@@ -140,6 +144,9 @@ class ChipSummary(BaseModel):
     stuck_set: int = Field(description="Devices stuck at g_max.")
     stuck_fraction: float = Field(description="Stuck devices / devices (ratio).")
     layers: list[LayerInfo]
+    uncalibrated_layers: list[str] = Field(
+        description="Layers whose DAC input range is the default 1.0 (no learned range, no calibration data, no eval "
+                    "set): their inputs are clipped to ±1. Upload calibration data or an eval set to calibrate them.")
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     classifier: bool = Field(description="True when the first output is (batch, classes): responses carry argmax "

@@ -226,3 +226,63 @@ def test_bf16_model_runs_in_fp32_between_casts():
     # bf16 keeps 8 significand bits: an fp32 difference of ~1e-7 can round to the neighbouring
     # bf16 value, one step of 2^-7 relative at most.
     assert _rel_err(got, want) <= 2.0**-7
+
+
+def _token_model(rng) -> bytes:
+    """Token ids (int64) → embedding Gather → Linear: a model whose input is not a float."""
+    table = rng.standard_normal((50, 8)).astype(np.float32) * 3
+    w = rng.standard_normal((8, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+             helper.make_node("MatMul", ["e", "w"], ["y"], name="head")]
+    return _model(nodes, [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+                  [_vi("ids", ["N", "T"], TensorProto.INT64)], [_vi("y", ["N", "T", 4])])
+
+
+def test_calibration_with_integer_inputs_feeds_them_as_integers():
+    """#20.3: token ids were cast to float32 and the calibration run failed."""
+    rng = np.random.default_rng(7)
+    model = _token_model(rng)
+    ids = rng.integers(0, 50, (40, 6))
+    table = numpy_helper.to_array(onnx.load_from_string(model).graph.initializer[0])
+    want = float(np.quantile(np.abs(table[ids]).astype(np.float64), 0.9999))  # the head's input is table[ids]
+    for data in (ids, ids.astype(np.int32), {"ids": ids}, ids.astype(np.float32)):  # whole floats are ids too
+        spec = compile_model(model, get_profile("pcm"), calibration=data).specs[0]
+        assert spec.input_range == pytest.approx(want, rel=1e-6) and spec.meta["input_range_source"] == "calibration"
+    with pytest.raises(CompileError, match=r"calibration\.ids: .*int64.*not whole numbers") as err:
+        compile_model(model, IDEAL, calibration=ids + 0.5)
+    assert err.value.field == "calibration.ids"
+    with pytest.raises(CompileError, match=r"calibration\.tokens: not an input") as err:
+        compile_model(model, IDEAL, calibration={"tokens": ids})
+    assert err.value.field == "calibration.tokens"
+
+
+def test_layers_say_where_their_range_came_from_and_eval_data_calibrates():
+    """#20.3: uncalibrated layers are listed; without calibration data the eval set calibrates."""
+    rng = np.random.default_rng(8)
+    w1, w2 = (rng.standard_normal((5, 5)).astype(np.float32) for _ in range(2))
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]
+    m = onnx.load_from_string(_model(nodes, [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+                                     [_vi("x", ["N", 5])], [_vi("y", ["N", 5])]))
+    m.metadata_props.add(key="agedchip.input_ranges", value='{"w2": 2.5}')
+    model = m.SerializeToString()
+    pcm = get_profile("pcm")
+
+    def sources(**kw):
+        c = compile_model(model, pcm, **kw)
+        return {s.name: (s.meta["input_range_source"], s.input_range) for s in c.specs}, c.uncalibrated_layers()
+
+    assert sources() == ({"fc1": ("default", 1.0), "fc2": ("metadata", 2.5)}, ["fc1"])
+    x_eval = rng.uniform(-4, 4, (300, 5)).astype(np.float32)
+    got, uncal = sources(eval_inputs=x_eval)
+    # The eval set's first 128 samples: the 0.9999 quantile of 640 values of |U(-4, 4)| lies
+    # within their largest two, all above 3.9 with probability 1 − (3.9/4)^640 > 0.99999.
+    assert got["fc1"][0] == "eval" and 3.9 < got["fc1"][1] <= float(np.abs(x_eval[:128]).max()) and uncal == []
+    x_cal = rng.uniform(-0.5, 0.5, (300, 5)).astype(np.float32)
+    got, _ = sources(calibration=x_cal, eval_inputs=x_eval)  # calibration data wins over the eval set
+    assert got["fc1"][0] == "calibration" and got["fc1"][1] <= 0.5 and got["fc2"] == ("metadata", 2.5)
+    got, _ = sources(ranges={"w1": 0.7, "w2": 0.8})
+    assert got == {"fc1": ("given", 0.7), "fc2": ("given", 0.8)}
+    chip = program_onnx(model, pcm, seed=0)
+    assert chip.meta["uncalibrated_layers"] == ["fc1"]
+    assert [layer.meta["input_range_source"] for layer in chip.layers] == ["default", "metadata"]

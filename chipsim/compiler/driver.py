@@ -21,6 +21,7 @@ from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_mode
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
 from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext, rewriter_of
 from chipsim.compiler.runnable import check_runnable
+from chipsim.modes import RangeSource
 from chipsim.profiles import ChipProfile
 from chipsim.programming import program
 from chipsim.state import ChipState
@@ -125,22 +126,27 @@ def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
 
 def compile_model(
     model_bytes: bytes, profile: ChipProfile, calibration: Calibration | None = None,
-    ranges: dict[str, float] | None = None,
+    ranges: dict[str, float] | None = None, eval_inputs: Calibration | None = None,
 ) -> CompiledModel:
     """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
-    (weight initializer name → r) override metadata and calibration (recompiling a chip)."""
+    (weight initializer name → r) override metadata and calibration (recompiling a chip);
+    ``eval_inputs`` (the model's eval set) calibrate when ``calibration`` is None. Each layer's
+    spec records where its range came from (``meta["input_range_source"]``)."""
     model = compute_in_fp32(load_model(model_bytes), maps_node)
     consts = constants(model)
     init_names = {t.name for t in model.graph.initializer}
     refuse_unmappable(model, consts)
     check_runnable(model)
     metadata = {p.key: p.value for p in model.metadata_props}
-    ranges = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges)
+    ranges, sources = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges,
+                                     eval_inputs)
     ctx = RewriteContext(model=model, consts=consts, producers={o: n for n in model.graph.node for o in n.output},
                          shapes=static_shapes(model), profile=profile, ranges=ranges, builder=GraphBuilder())
     new_nodes, digital = rewrite_nodes(ctx)
     if not ctx.plans:
         raise CompileError("model: no weight-bearing MatMul, Gemm or Conv with constant weights; nothing to map")
+    for spec in ctx.specs:
+        spec.meta["input_range_source"] = str(sources.get(spec.meta["weight"], RangeSource.DEFAULT))
     return CompiledModel(
         specs=ctx.specs, plans=ctx.plans, graph=assemble(ctx, new_nodes),
         inputs=io_specs(model.graph.input, init_names), outputs=io_specs(model.graph.output, set()),
@@ -156,9 +162,11 @@ def program_onnx(
     calibration: Calibration | None = None,
     meta: dict[str, Any] | None = None,
     progress: bool = False,
+    eval_inputs: Calibration | None = None,
 ) -> ChipState:
-    """Compile an ONNX model and program its analog layers onto a new chip."""
-    compiled = compile_model(model_bytes, profile, calibration)
+    """Compile an ONNX model and program its analog layers onto a new chip (``calibration`` and
+    ``eval_inputs``: see :func:`compile_model`)."""
+    compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs)
     digest = hashlib.sha256(model_bytes).hexdigest()
     chip_meta = {
         "model_digest": digest,
@@ -167,6 +175,7 @@ def program_onnx(
         "outputs": compiled.outputs,
         "model_metadata": compiled.metadata,
         "digital_nodes": compiled.digital_nodes,
+        "uncalibrated_layers": compiled.uncalibrated_layers(),
         "graph_format": GRAPH_FORMAT,
         **(meta or {}),
     }

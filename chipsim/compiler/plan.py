@@ -71,6 +71,10 @@ class CompiledModel:
     def plan_json(self) -> list[dict[str, Any]]:
         return [asdict(p) for p in self.plans]
 
+    def uncalibrated_layers(self) -> list[str]:
+        """Layers whose DAC input range is the default (no metadata, calibration or eval data)."""
+        return [s.name for s in self.specs if s.meta.get("input_range_source") == "default"]
+
 
 def load_plans(chip: ChipState) -> list[LayerPlan]:
     """The layer plans a chip was programmed with (from its JSON ``meta["plans"]``)."""
