@@ -9,6 +9,7 @@ ops (:mod:`.lowering`), and assemble and check the new graph. Every other node i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import onnx
@@ -17,7 +18,7 @@ from onnx import helper
 from chipsim.compiler.calibration import Calibration, resolve_ranges
 from chipsim.compiler.float_types import compute_in_fp32
 from chipsim.compiler.graph_builder import GraphBuilder
-from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_model, static_shapes
+from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_model, probe_shapes, static_shapes
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
 from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext, rewriter_of
 from chipsim.compiler.runnable import check_runnable
@@ -30,18 +31,23 @@ from chipsim.state import ChipState
 CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 
 
-def refuse_unmappable(model: onnx.ModelProto, consts: dict[str, Any]) -> None:
-    """Raise CompileError for a weight-bearing op no rewriter maps, or one inside a control-flow body."""
+def unmappable_nodes(model: onnx.ModelProto, consts: dict[str, Any]) -> Iterator[tuple[onnx.NodeProto, str]]:
+    """Each weight-bearing op no rewriter maps, or control-flow node with one in its body, and why."""
     for node in model.graph.node:
         if node.domain in ONNX_DOMAINS and node.op_type in UNMAPPABLE and any(i in consts for i in node.input[1:] if i):
-            raise CompileError(
-                f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot map; "
-                f"{UNMAPPABLE[node.op_type]}"
-            )
+            yield node, (f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot "
+                         f"map; {UNMAPPABLE[node.op_type]}")
         if node.op_type in CONTROL_FLOW_OPS:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH and any(n.op_type in REWRITERS for n in attr.g.node):
-                    raise CompileError(f"model: weight-bearing ops inside a {node.op_type} body are not supported")
+                    yield node, (f"model: node {node.name or node.op_type!r}: weight-bearing ops inside a "
+                                 f"{node.op_type} body are not supported")
+
+
+def refuse_unmappable(model: onnx.ModelProto, consts: dict[str, Any]) -> None:
+    """Raise CompileError for a weight-bearing op no rewriter maps, or one inside a control-flow body."""
+    for _, message in unmappable_nodes(model, consts):
+        raise CompileError(message)
 
 
 def check_weight_operands(ctx: RewriteContext, node: onnx.NodeProto) -> None:
@@ -140,8 +146,12 @@ def compile_model(
     metadata = {p.key: p.value for p in model.metadata_props}
     ranges, sources = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges,
                                      eval_inputs)
+    shapes = static_shapes(model)
+    rankless = [n.output[0] for n in model.graph.node if maps_node(n, consts) and not shapes.get(n.output[0])]
+    if rankless:
+        shapes.update(probe_shapes(model, rankless))
     ctx = RewriteContext(model=model, consts=consts, producers={o: n for n in model.graph.node for o in n.output},
-                         shapes=static_shapes(model), profile=profile, ranges=ranges, builder=GraphBuilder())
+                         shapes=shapes, profile=profile, ranges=ranges, builder=GraphBuilder())
     new_nodes, digital = rewrite_nodes(ctx)
     if not ctx.plans:
         raise CompileError("model: no weight-bearing MatMul, Gemm or Conv with constant weights; nothing to map")

@@ -1,7 +1,7 @@
 """Loading an ONNX model held in memory, its checks, and what the rewriters read from it.
 
-Never reads a path a model names (external data is refused), so an upload cannot make the
-chip read a file. New loader features (symbolic dims, other float types, other op domains)
+Never reads a path a model names (external data is refused here; :mod:`.archive` resolves it
+inside an uploaded archive's private folder), so an upload cannot make the chip read a file. New loader features (symbolic dims, other float types, other op domains)
 belong here: everything after this module sees a checked ``onnx.ModelProto``.
 """
 
@@ -38,8 +38,8 @@ def load_model(model_bytes: bytes) -> onnx.ModelProto:
         if tensor.data_location == TensorProto.EXTERNAL:
             raise CompileError(
                 f"model: tensor {tensor.name!r} is stored in an external data file; the chip never reads files "
-                "named by a model. Save the model with its weights inside (onnx.save(model, path, "
-                "save_as_external_data=False))."
+                "named by a model. Upload a .zip or .tar holding the model and its data files, or save the model "
+                "with its weights inside (onnx.save(model, path, save_as_external_data=False))."
             )
     try:
         onnx.checker.check_model(model)
@@ -108,6 +108,33 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     return shapes
+
+
+def probe_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
+    """Shapes of ``names`` from one onnxruntime run on zeros, symbolic input dims set to 1 (as
+    :func:`static_shapes` sets them). For tensors ONNX shape inference leaves without a rank
+    (after an op it has no inference for, e.g. ``ai.onnx.ml.Scaler``); empty if the model has an
+    input of unknown rank or the run fails on zeros."""
+    from chipsim.ort_session import cpu_session  # onnxruntime only on this fallback path
+
+    init_names = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for spec in io_specs(model.graph.input, init_names):
+        vi = next(v for v in model.graph.input if v.name == spec["name"])
+        if not vi.type.tensor_type.HasField("shape"):
+            return {}
+        feeds[spec["name"]] = np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]],
+                                       np.dtype(spec["dtype"]))
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
+    try:
+        sess = cpu_session(m.SerializeToString(), 1)
+        values = sess.run(names, feeds)
+    except Exception:  # a model that cannot run on zeros keeps its unknown ranks
+        return {}
+    return {n: list(v.shape) for n, v in zip(names, values)}
 
 
 def io_specs(values, init_names: set[str]) -> list[dict[str, Any]]:
