@@ -89,6 +89,9 @@ class ProgramJson(BaseModel):
                                                                     "returned in the summary.")
     time_scale: float = Field(1.0, ge=0, le=1e9, description="Chip seconds per wall-clock second when a request "
                                                             "omits the age (86400: a day of ageing per second).")
+    dry_run: bool = Field(False, description="Only report what programming would do (analog nodes with their layers, "
+                                             "tiles and devices; digital nodes and why; refusals): 200, nothing "
+                                             "programmed.")
 
 
 class ModelInfo(BaseModel):

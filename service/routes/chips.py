@@ -36,9 +36,13 @@ async def _program_spec(request: Request) -> program_request.ProgramSpec:
 async def program(request: Request) -> JSONResponse:
     """Compile the model, program its analog layers onto a new chip (sampling programming noise,
     drift exponents and faults once), publish it atomically and return its summary. The ONNX file
-    is stored once by its sha256 digest and shared by chips."""
+    is stored once by its sha256 digest and shared by chips. With ``dry_run=true``: 200 with what
+    programming would do (analog nodes, digital nodes and why, refusals); nothing programmed."""
     spec = await _program_spec(request)
     registry = registry_of(request)
+    if spec.dry_run:  # a report, not a chip: 200, nothing programmed
+        report = await anyio.to_thread.run_sync(lambda: registry.dry_run(spec), limiter=limiters_of(request).program)
+        return JSONResponse(report, status_code=200)
     summary = await anyio.to_thread.run_sync(lambda: registry.program(spec).summary(),
                                              limiter=limiters_of(request).program)
     return JSONResponse(summary, status_code=201, headers={"Location": f"/chips/{summary['chip_id']}"})
