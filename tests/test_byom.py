@@ -286,3 +286,22 @@ def test_layers_say_where_their_range_came_from_and_eval_data_calibrates():
     chip = program_onnx(model, pcm, seed=0)
     assert chip.meta["uncalibrated_layers"] == ["fc1"]
     assert [layer.meta["input_range_source"] for layer in chip.layers] == ["default", "metadata"]
+
+
+def test_weights_read_through_identity_nodes_are_constants():
+    """torch writes ``Identity(initializer)`` for duplicate initializers (cloned layers): the
+    weight behind it is a constant, not a weight "computed at run time"."""
+    rng = np.random.default_rng(9)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
+    nodes = [helper.make_node("Identity", ["w"], ["w_dup"]),
+             helper.make_node("Identity", ["w_dup"], ["w_dup2"]),
+             helper.make_node("MatMul", ["x", "w"], ["h"], name="fc1"),
+             helper.make_node("MatMul", ["h", "w_dup2"], ["y"], name="fc2")]
+    model = _model(nodes, [w], [_vi("x", ["N", 4])], [_vi("y", ["N", 4])])
+    compiled = compile_model(model, IDEAL)
+    # Both MatMuls are analog and read the initializer "w" itself (whether as one layer read twice
+    # or two layers is the shared-weights rule's business, not this test's).
+    assert {p.weight_name for p in compiled.plans} == {"w"} and compiled.digital_nodes == 0
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    got = ChipRuntime(program_onnx(model, IDEAL, seed=0)).run(x, age_s=0.0)[0]
+    assert _rel_err(got, _original(model, {"x": x})[0]) <= 1e-5

@@ -48,7 +48,32 @@ def load_model(model_bytes: bytes) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), 0)
     if opset < MIN_OPSET:
         raise CompileError(f"model: opset {opset} is too old; export with opset ≥ {MIN_OPSET} (e.g. opset_version=17)")
+    alias_constant_identities(model)
     return model
+
+
+def alias_constant_identities(model: onnx.ModelProto) -> None:
+    """Read initializers directly where the model reads them through ``Identity`` nodes (torch's
+    exporter writes one per duplicate of an identical initializer, e.g. the cloned layers of an
+    ``nn.TransformerEncoder``), so those weights are constants, not run-time values. In place;
+    an Identity whose output is a graph output stays."""
+    inits = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.domain in ONNX_DOMAINS and node.output[0] not in outputs:
+            src = alias.get(node.input[0], node.input[0])
+            if src in inits:
+                alias[node.output[0]] = src
+    if not alias:
+        return
+    keep = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
 
 
 def model_inputs(model_bytes: bytes) -> list[dict[str, Any]]:
