@@ -173,6 +173,9 @@ def test_fp16_models_compute_in_fp32_on_the_chip_and_keep_their_types(variant, o
     # 11-bit significand): they agree within two fp16 steps of the largest output, 2^-10.
     tol = 2.0**-10 if variant != "weights" else 1e-5
     assert _rel_err(got, want) <= tol
+    calibrated = compile_model(model, get_profile("pcm"), calibration=x).specs  # fed in the input's own type
+    assert [s.meta["input_range_source"] for s in calibrated] == ["calibration", "calibration"]
+    assert calibrated[0].input_range == pytest.approx(float(np.quantile(np.abs(x.astype(np.float64)), 0.9999)), rel=1e-3)
     pcm = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=0))
     for age in (1.0, 86400.0, 365 * 86400.0):
         out = pcm.run(x, age_s=age, seed=0)[0]

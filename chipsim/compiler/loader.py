@@ -164,15 +164,17 @@ def probe_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int
 
 def io_specs(values, init_names: set[str]) -> list[dict[str, Any]]:
     """Name, numpy dtype name and shape (symbolic dims by name) of graph inputs or outputs,
-    leaving out initializers listed as inputs."""
+    leaving out initializers listed as inputs. bf16 values are float32 (see float_types)."""
     out = []
     for vi in values:
         if vi.name in init_names:
             continue
         tt = vi.type.tensor_type
+        # bf16 graph inputs/outputs are float32 holding bf16 values on the chip (float_types.py)
+        as_float = not tt.elem_type or tt.elem_type == TensorProto.BFLOAT16
         out.append({
             "name": vi.name,
-            "dtype": helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32",
+            "dtype": "float32" if as_float else helper.tensor_dtype_to_np_dtype(tt.elem_type).name,
             "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim],
         })
     return out
