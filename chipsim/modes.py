@@ -80,6 +80,17 @@ class LayerKind(StrEnum):
 CONV_KINDS = frozenset({LayerKind.CONV, LayerKind.CONV_TRANSPOSE})
 
 
+class RangeSource(StrEnum):
+    """Where an analog layer's DAC input range came from (``input_range_source`` in its meta),
+    in order of precedence (chipsim.compiler.calibration)."""
+
+    GIVEN = "given"  # set by the caller (a chip recompiled with its programmed ranges)
+    METADATA = "metadata"  # learned by HWA training, in the model's agedchip.input_ranges
+    CALIBRATION = "calibration"  # measured on the calibration data uploaded with the model
+    EVAL = "eval"  # measured on the model's eval set (no calibration data given)
+    DEFAULT = "default"  # uncalibrated: DEFAULT_INPUT_RANGE
+
+
 class RecalibrationAlgorithm(StrEnum):
     """How recalibration writes its updates to the devices (chipsim.analog_training)."""
 

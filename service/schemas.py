@@ -127,6 +127,9 @@ class ProgramJson(BaseModel):
                                                                     "returned in the summary.")
     time_scale: float = Field(1.0, ge=0, le=1e9, description="Chip seconds per wall-clock second when a request "
                                                             "omits the age (86400: a day of ageing per second).")
+    dry_run: bool = Field(False, description="Only report what programming would do (analog nodes with their layers, "
+                                             "tiles and devices; digital nodes and why; refusals): 200, nothing "
+                                             "programmed.")
 
 
 class ModelInfo(BaseModel):
@@ -144,13 +147,18 @@ class ProfileInfo(BaseModel):
 
 class LayerInfo(BaseModel):
     name: str = Field(description="Analog layer (ONNX node) name.")
-    kind: str = Field(description="matmul, gemm or conv.")
+    kind: str = Field(description="The op it was compiled from (chipsim LayerKind): matmul, matmul_left, gemm, conv, "
+                                  "conv_transpose, lstm, gru or rnn.")
     rows: int = Field(description="Inputs of the crossbar matrix (Conv: C_in/groups·k_h·k_w; a grouped Conv's "
                                   "columns each read their own group's rows).")
     cols: int = Field(description="Outputs (columns).")
     tiles: int = Field(description="Crossbar tiles the rows are split into.")
     devices: int = Field(description="Physical devices (2 per weight: differential pair).")
     input_range: float = Field(description="DAC input range r (inputs clipped to ±r), input units.")
+    input_range_source: str = Field(description="Where r came from: given, metadata (learned by HWA training), "
+                                                "calibration (uploaded data), eval (the eval set, when no calibration "
+                                                "data was given), default (uncalibrated: r = 1.0), or unknown (chips "
+                                                "programmed before this was recorded).")
     stuck_reset: int = Field(description="Devices stuck at 0 µS.")
     stuck_set: int = Field(description="Devices stuck at g_max.")
 
@@ -181,6 +189,9 @@ class ChipSummary(BaseModel):
     stuck_set: int = Field(description="Devices stuck at g_max.")
     stuck_fraction: float = Field(description="Stuck devices / devices (ratio).")
     layers: list[LayerInfo] = Field(description="The analog layers, in graph order.")
+    uncalibrated_layers: list[str] = Field(
+        description="Layers whose DAC input range is the default 1.0 (no learned range, no calibration data, no eval "
+                    "set): their inputs are clipped to ±1. Upload calibration data or an eval set to calibrate them.")
     inputs: list[TensorInfo] = Field(description="The model's inputs (what /infer takes).")
     outputs: list[TensorInfo] = Field(description="The model's outputs (what /infer returns).")
     classifier: bool = Field(description="True when the first output is (batch, classes): responses carry argmax "

@@ -151,6 +151,7 @@ class ServedChip:
                 "tiles": len(layer.tiles),
                 "devices": int(layer.nu.size),
                 "input_range": float(layer.input_range),
+                "input_range_source": str(layer.meta.get("input_range_source", "unknown")),
                 "stuck_reset": int(np.count_nonzero(codes == fl.STUCK_RESET)),
                 "stuck_set": int(np.count_nonzero(codes == fl.STUCK_SET)),
             })
@@ -210,6 +211,7 @@ class ServedChip:
             "stuck_set": self.stuck_set,
             "stuck_fraction": stuck / devices if devices else 0.0,
             "layers": self.layers,
+            "uncalibrated_layers": [layer["name"] for layer in self.layers if layer["input_range_source"] == "default"],
             "inputs": [io_meta(i) for i in self.runtime.inputs],
             "outputs": [io_meta(o) for o in self.runtime.outputs],
             "classifier": self.classifier,

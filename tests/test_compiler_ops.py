@@ -153,7 +153,9 @@ def test_mobilenet_v2_programs_as_53_layers_and_runs():
 
 
 # ----------------------------------------------------------------------------- ConvTranspose
-def convtranspose_model(cin=4, cout=6, k=(3, 3), hw=(5, 6), group=1, bias=True, **attrs):
+def convtranspose_model(cin=4, cout=6, k=(3, 3), hw=(5, 6), group=1, bias=True, dynamic_hw=False, **attrs):
+    """One ConvTranspose; ``dynamic_hw``: spatial input sizes symbolic in the graph (the example
+    input has ``hw``). Returns (model, x, w)."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal((cin, cout // group, *k)).astype(np.float32) * 0.4
     inits, ins = [numpy_helper.from_array(w, "w")], ["x", "w"]
@@ -162,7 +164,7 @@ def convtranspose_model(cin=4, cout=6, k=(3, 3), hw=(5, 6), group=1, bias=True, 
         ins.append("b")
     out = _vi("y", ["N", cout] + [f"s{i}" for i in range(len(hw))])
     model = _model([helper.make_node("ConvTranspose", ins, ["y"], name="up", group=group, **attrs)],
-                   [_vi("x", ["N", cin, *hw])], [out], inits)
+                   [_vi("x", ["N", cin, *([f"h{i}" for i in range(len(hw))] if dynamic_hw else hw)])], [out], inits)
     return model, rng.standard_normal((2, cin, *hw)).astype(np.float32), w
 
 
@@ -188,6 +190,35 @@ def test_conv_transpose_on_the_ideal_chip_equals_onnxruntime(attrs):
     assert layer.weight.size == w.size and layer.meta["kind"] == "conv_transpose"
     got = ChipRuntime(chip).run(x, age_s=0.0, seed=0)
     assert _rel_err(got, _ort(model, {"x": x})) <= 1e-5
+
+
+SIZE_FREE_PADS = [c for c in CONV_TRANSPOSE_CASES if c not in ("output-shape", "same-upper", "same-lower")]
+
+
+@pytest.mark.parametrize("case", SIZE_FREE_PADS)
+def test_conv_transpose_with_symbolic_spatial_sizes_runs_at_any_size(case):
+    """Spatial sizes symbolic in the export: the zero-upsampling reads them at run time, so the
+    ideal chip equals onnxruntime at several sizes and pcm draws noise for each request's pixels."""
+    attrs = CONV_TRANSPOSE_CASES[case]
+    model, _, _ = convtranspose_model(**attrs, dynamic_hw=True)
+    rt = ChipRuntime(program_onnx(model, get_profile("ideal"), seed=0))
+    cin = attrs.get("cin", 4)
+    spatial = len(attrs.get("hw", (5, 6)))
+    for size in (4, 7):
+        x = np.random.default_rng(size).standard_normal((2, cin, *[size + i for i in range(spatial)]))
+        x = x.astype(np.float32)
+        assert _rel_err(rt.run(x, age_s=0.0), _ort(model, {"x": x})) <= 1e-5
+    pcm = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=0))
+    (want,) = _ort(model, {"x": x})
+    assert [s for _, s in pcm.noise_shapes(x)] == [want.shape] * len(pcm.plans[0].tiles)
+    assert pcm.run(x, age_s=86400.0, seed=0)[0].shape == want.shape
+
+
+def test_conv_transpose_with_symbolic_sizes_and_size_dependent_pads_is_refused():
+    for attrs in (dict(strides=[2, 2], output_shape=[11, 12]), dict(strides=[2, 2], auto_pad="SAME_UPPER")):
+        model, _, _ = convtranspose_model(**attrs, dynamic_hw=True)
+        with pytest.raises(CompileError, match="symbolic spatial input sizes"):
+            compile_model(model, get_profile("ideal"))
 
 
 def test_conv_transpose_on_pcm_is_one_mvm_per_output_pixel():

@@ -106,6 +106,9 @@ class CompiledModel:
     digital_nodes: int = 0
     digital_parameters: int = 0  # float constants not on the chip (biases, norms, weights of digital ops)
     digital_weight_nodes: list[dict[str, Any]] = field(default_factory=list)  # weight-bearing nodes left digital
+    #: Per layer, the nodes reading it (``node.name or op_type``; the first holds it): a weight
+    #: shared by several nodes is one layer with several readers. Not stored in the chip.
+    layer_readers: list[list[str]] = field(default_factory=list)
 
     def plan_json(self) -> list[dict[str, Any]]:
         return [asdict(p) for p in self.plans]
@@ -126,6 +129,10 @@ class CompiledModel:
             "digital_parameters": self.digital_parameters,
             "digital_weight_nodes": list(self.digital_weight_nodes),
         }
+
+    def uncalibrated_layers(self) -> list[str]:
+        """Layers whose DAC input range is the default (no metadata, calibration or eval data)."""
+        return [s.name for s in self.specs if s.meta.get("input_range_source") == "default"]
 
 
 def load_plans(chip: ChipState) -> list[LayerPlan]:

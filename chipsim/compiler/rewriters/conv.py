@@ -169,6 +169,16 @@ class ConvTransposeRewriter(OpRewriter):
         in_sizes = [int(d) for d in x_shape[2:]]
         strides = list(attrs.get("strides", [1] * n))
         dil = list(attrs.get("dilations", [1] * n))
+        # Spatial sizes symbolic in the export (recorded as 1 in ctx.shapes): the lowering then
+        # reads them at run time; only pads given per side do not depend on them.
+        fixed = ctx.fixed_dims().get(node.input[0]) or []
+        dynamic = not all(fixed[2:2 + n]) or len(fixed) < 2 + n
+        auto_pad = attrs.get("auto_pad", b"NOTSET")
+        if dynamic and ("output_shape" in attrs or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad)
+                        in ("SAME_UPPER", "SAME_LOWER")):
+            raise CompileError(f"model: ConvTranspose {node.name!r} has symbolic spatial input sizes and pads that "
+                               "depend on them (output_shape or auto_pad SAME); export with static spatial sizes or "
+                               "explicit pads")
         begin, end = transpose_pads(node, attrs, in_sizes, kernel)
         # Conv of the zero-upsampled input (length s·(in−1)+1) with pads (k−1)·d − p (+ output_padding
         # at the end, via `end`): a negative pad crops the upsampled input instead.
@@ -179,17 +189,24 @@ class ConvTransposeRewriter(OpRewriter):
         crop = ([max(0, -p) for p in conv_begin], [up[i] - max(0, -conv_end[i]) for i in range(n)])
         out_shape = [1, w.shape[1] * groups] + [up[i] + conv_begin[i] + conv_end[i] - (kernel[i] - 1) * dil[i]
                                                for i in range(n)]
-        if any(d <= 0 for d in out_shape[2:]):
+        if dynamic:  # per-sample sizes unknown until run time: recorded as 1, like a symbolic batch
+            out_shape[2:] = [1] * n
+        elif any(d <= 0 for d in out_shape[2:]):
             raise CompileError(f"model: ConvTranspose {node.name!r} has an empty output {out_shape[2:]}")
         inferred = ctx.shapes.get(node.output[0])
-        if inferred and all(d is not None for d in inferred[1:]) and list(inferred[1:]) != out_shape[1:]:
+        if not dynamic and inferred and all(d is not None for d in inferred[1:]) and list(inferred[1:]) != out_shape[1:]:
             raise RuntimeError(f"ConvTranspose {node.name!r}: computed output {out_shape} ≠ inferred {inferred}")
         plan = conv_layer(ctx, node, LayerKind.CONV_TRANSPOSE, transpose_conv_weights(w, groups), groups, out_shape,
                           layout=f"conv_transpose/g{groups}")
         b = ctx.builder
         prefix = f"chip/l{plan.index}"
         xq = emit_dac(b, node.input[0], ctx.range_for(node.input[1]), ctx.profile, prefix)
-        xu = upsample_zeros(b, xq, int(x_shape[1]), in_sizes, strides, crop, prefix)
+        if dynamic:
+            # Crop ends counted from the end of the upsampled length s·n − (s − 1): size-free.
+            tail = [(s - 1) + max(0, -conv_end[i]) for i, s in enumerate(strides)]
+            xu = upsample_zeros_dynamic(b, xq, strides, crop[0], tail, prefix)
+        else:
+            xu = upsample_zeros(b, xq, int(x_shape[1]), in_sizes, strides, crop, prefix)
         conv_attrs = {"kernel_shape": kernel, "dilations": dil, "strides": [1] * n,
                       "pads": [max(0, p) for p in conv_begin] + [max(0, p) for p in conv_end]}
         y = emit_conv_layer(b, xu, plan, ctx.profile, conv_attrs)
@@ -215,4 +232,25 @@ def upsample_zeros(b: GraphBuilder, x: str, channels: int, sizes: list[int], str
     starts, ends = crop
     if any(s > 1 for s in strides) or starts != [0] * n or ends != up:
         x = b.slice(x, starts, ends, list(range(2, 2 + n)), prefix)
+    return x
+
+
+def upsample_zeros_dynamic(b: GraphBuilder, x: str, strides: list[int], crop_begin: list[int], crop_tail: list[int],
+                           prefix: str) -> str:
+    """:func:`upsample_zeros` for spatial sizes known only at run time: unsqueeze a unit axis after
+    each spatial axis, pad it to ``s``, merge (sizes read with ``Shape``), then drop ``crop_begin``
+    elements at the start and ``crop_tail`` at the end of each axis (the trailing ``s − 1`` zeros
+    included)."""
+    n = len(strides)
+    if any(s > 1 for s in strides):
+        merged = b.op("Concat", [b.const(prefix, [0, 0], np.int64),
+                                 b.op("Mul", [b.op("Shape", [x], prefix, start=2),
+                                              b.const(prefix, strides, np.int64)], prefix)], prefix, axis=0)
+        x = b.op("Unsqueeze", [x, b.const(prefix, [3 + 2 * i for i in range(n)], np.int64)], prefix)
+        pads = [0] * (2 + 2 * n) + [0, 0] + [p for s in strides for p in (0, s - 1)]
+        x = b.op("Pad", [x, b.const(prefix, pads, np.int64)], prefix)
+        x = b.op("Reshape", [x, merged], prefix)
+    if any(crop_begin) or any(crop_tail):
+        end = np.iinfo(np.int64).max
+        x = b.slice(x, crop_begin, [-t if t else end for t in crop_tail], list(range(2, 2 + n)), prefix)
     return x

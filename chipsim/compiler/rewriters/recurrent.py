@@ -163,6 +163,19 @@ class Job:
     scan_len: int | str = 0  # steps inside the Scan (one fewer when the first runs before it)
 
 
+def drop_noise_reshape(nodes: list[onnx.NodeProto], noise: str, step: str) -> list[onnx.NodeProto]:
+    """``nodes`` with ``Reshape(noise, Shape(y))`` removed (its readers read ``step``) and the
+    ``Shape`` it used too when nothing else reads it."""
+    reshape = next(n for n in nodes if n.op_type == "Reshape" and n.input[0] == noise)
+    shape_of = reshape.input[1]
+    rest = [n for n in nodes if n is not reshape]
+    for nd in rest:
+        nd.input[:] = [step if name == reshape.output[0] else name for name in nd.input]
+    if not any(shape_of in nd.input for nd in rest):
+        rest = [n for n in rest if shape_of not in n.output]
+    return rest
+
+
 def layer_index(input_name: str) -> int:
     """The layer of a tile input ``chip/l{i}/…``."""
     return int(input_name.split("/")[1][1:])
@@ -336,7 +349,7 @@ class RecurrentRewriter(OpRewriter):
             n = o("Shape", x, start=0, end=1)
             c0 = o("ConstantOfShape", o("Concat", n, o.const([job.hidden], np.int64), axis=0),
                    value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]))
-        saved, n_inputs = b.take_nodes(), len(b.inputs)
+        saved, n_inputs, n_inits = b.take_nodes(), len(b.inputs), len(b.inits)
         f = onnx.TensorProto.FLOAT
         h_in, x_t = b.name(o.p + "/h_in"), b.name(o.p + "/x_t")
         c_in = b.name(o.p + "/c_in") if lstm else None
@@ -350,7 +363,12 @@ class RecurrentRewriter(OpRewriter):
         else:
             y_t, h_out = o("Identity", h_new), o("Identity", h_new)
             c_out = o("Identity", c_new) if lstm else None
-        body_nodes = b.take_nodes()
+        # The body's own constants (split sizes, slice bounds, periphery factors) as Constant
+        # nodes inside it: ONNX shape inference reads no outer-scope initializer's values, and
+        # without the split sizes every gate's shape would be unknown.
+        body_nodes = [helper.make_node("Constant", [], [t.name], value=t) for t in b.inits[n_inits:]]
+        body_nodes += b.take_nodes()
+        del b.inits[n_inits:]
         b.nodes = saved
         noise_outer, noise_body = [], []
         likes: dict[int, str] = {}  # R's columns → an outer tensor shaped [N, T', cols]
@@ -359,25 +377,26 @@ class RecurrentRewriter(OpRewriter):
                 continue  # weights and scales: outer-scope inputs of the body
             # The graph input stays flat (one draw per element, see lowering.emit_noise_like); the
             # outer graph reshapes it to [N, T', cols] like the steps' W outputs, where NoiseShapes
-            # finds it, and the Scan hands each step its [N, cols] slice.
+            # finds it, and the Scan hands each step its [N, cols] slice, which the body uses as
+            # is: its own Reshape(noise, Shape(y)) goes (ONNX shape inference does not propagate
+            # Shape values inside a subgraph, so it would leave every later dimension unknown).
             step = vi.name + "/step"
-            for nd in body_nodes:
-                nd.input[:] = [step if name == vi.name else name for name in nd.input]
+            body_nodes = drop_noise_reshape(body_nodes, vi.name, step)
             cols = job.ctx.plans[layer_index(vi.name)].cols
             if cols not in likes:
                 likes[cols] = xw if cols == self.gates * job.hidden else b.slice(xw, [0], [cols], [2], o.p)
-            noise_body.append(helper.make_tensor_value_info(step, f, ["n", cols]))
+            noise_body.append(helper.make_tensor_value_info(step, f, [None, cols]))
             noise_outer.append(b.op("Reshape", [vi.name, b.op("Shape", [likes[cols]], o.p)], o.p))
-        state_in = [helper.make_tensor_value_info(h_in, f, ["n", job.hidden])]
-        state_out = [helper.make_tensor_value_info(h_out, f, ["n", job.hidden])]
+        state_in = [helper.make_tensor_value_info(h_in, f, [None, job.hidden])]
+        state_out = [helper.make_tensor_value_info(h_out, f, [None, job.hidden])]
         if lstm:
-            state_in.append(helper.make_tensor_value_info(c_in, f, ["n", job.hidden]))
-            state_out.append(helper.make_tensor_value_info(c_out, f, ["n", job.hidden]))
-        scan_in = [helper.make_tensor_value_info(x_t, f, ["n", cols])]
+            state_in.append(helper.make_tensor_value_info(c_in, f, [None, job.hidden]))
+            state_out.append(helper.make_tensor_value_info(c_out, f, [None, job.hidden]))
+        scan_in = [helper.make_tensor_value_info(x_t, f, [None, cols])]
         if m_t is not None:
-            scan_in.append(helper.make_tensor_value_info(m_t, onnx.TensorProto.BOOL, ["n", 1]))
+            scan_in.append(helper.make_tensor_value_info(m_t, onnx.TensorProto.BOOL, [None, 1]))
         body = helper.make_graph(body_nodes, b.name(o.p + "/body"), state_in + scan_in + noise_body,
-                                 state_out + [helper.make_tensor_value_info(y_t, f, ["n", job.hidden])])
+                                 state_out + [helper.make_tensor_value_info(y_t, f, [None, job.hidden])])
         outer_scan = [xw] + ([masks] if masks is not None else []) + noise_outer
         axes = [1] + ([0] if masks is not None else []) + [1] * len(noise_outer)
         outs = [b.name(o.p + "/h_T")] + ([b.name(o.p + "/c_T")] if lstm else []) + [b.name(o.p + "/Y")]

@@ -51,6 +51,8 @@ class RewriteContext:
     plans: list[LayerPlan] = field(default_factory=list)
     #: (weight name, layout) → index of the layer holding it: a weight read again is not programmed again.
     shared: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: layer index → the nodes reading it (``node.name or op_type``), the one holding it first.
+    readers: dict[int, list[str]] = field(default_factory=dict)
     _fixed: dict[str, list[bool]] | None = None
 
     def fixed_dims(self) -> dict[str, list[bool]]:
@@ -67,14 +69,23 @@ class RewriteContext:
         return self._fixed
 
     def out_shape(self, node: onnx.NodeProto, channels: int | None = None) -> list[int]:
-        """Per-sample output shape of ``node`` (``channels`` replaces dim 1: one Conv group)."""
+        """Per-sample output shape of ``node`` (``channels`` replaces dim 1: one Conv group).
+
+        A crossbar needs only its weight's own axes (K, N): dimensions that are symbolic, or
+        that shape inference cannot resolve (a sequence length sliced from ``Shape``, as Hugging
+        Face exports do), are recorded as 1, like the batch. Only the rank must be known; when
+        inference lost it, it is the rank of the node's data input (MatMul, Conv) or 2 (Gemm)."""
         shape = self.shapes.get(node.output[0])
-        if not shape or any(d is None for d in shape):
-            raise CompileError(
-                f"model: cannot infer the output shape of node {node.name or node.op_type!r}; export with static "
-                "non-batch dimensions (only the leading batch dimension may be dynamic)"
-            )
-        shape = [int(d) for d in shape]
+        if not shape:
+            x = self.shapes.get(node.input[0]) if node.input else None
+            rank = 2 if node.op_type == "Gemm" else (max(len(x), 2) if x else 0)
+            if not rank:
+                raise CompileError(
+                    f"model: cannot infer the rank of the output of node {node.name or node.op_type!r} (its input's "
+                    "rank is unknown too); export with shape information (torch.onnx.export keeps it)"
+                )
+            shape = [None] * rank
+        shape = [1 if d is None else int(d) for d in shape]
         if channels is not None:
             shape[1] = channels
         return shape
@@ -94,6 +105,7 @@ class RewriteContext:
         """
         key = (weight_name, layout) if layout is not None else None
         if key is not None and key in self.shared:
+            self.note_reader(self.shared[key], node)
             return self.add_read(self.plans[self.shared[key]], out_shape, spec_weight)
         tiles = tiles or tile_bounds(spec_weight.shape[0], self.profile.tile_rows)
         plan = LayerPlan(index=len(self.specs), name=self.unique_name(name), node=node.name or node.op_type, kind=kind,
@@ -102,9 +114,17 @@ class RewriteContext:
         self.specs.append(LayerSpec(name=plan.name, weight=spec_weight, input_range=self.range_for(weight_name),
                                     tiles=tiles, meta={"node": plan.node, "kind": plan.kind, "weight": weight_name}))
         self.plans.append(plan)
+        self.note_reader(plan.index, node)
         if key is not None:
             self.shared[key] = plan.index
         return plan
+
+    def note_reader(self, index: int, node: onnx.NodeProto) -> None:
+        """Record that ``node`` reads layer ``index`` (once per node, however many reads)."""
+        readers = self.readers.setdefault(index, [])
+        label = node.name or node.op_type
+        if label not in readers:
+            readers.append(label)
 
     def add_read(self, plan: LayerPlan, out_shape: list[int], spec_weight: np.ndarray | None = None) -> LayerPlan:
         """A further read of ``plan``'s layer with per-sample output shape ``out_shape``."""
@@ -157,6 +177,12 @@ class OpRewriter:
 
 #: The rewriter of each mapped op type.
 REWRITERS: dict[str, OpRewriter] = {}
+
+
+def rewriter_of(node: onnx.NodeProto) -> OpRewriter | None:
+    """The rewriter of a node of the default ONNX domain (a node of another domain that shares an
+    op type name, e.g. ``com.microsoft.nchwc.Conv``, is another op and stays digital)."""
+    return REWRITERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
 
 
 def register(cls: type[OpRewriter]) -> type[OpRewriter]:
