@@ -86,6 +86,20 @@ class ReadoutCache(Generic[K, V]):
             self.stats.evictions += 1
         self.stats.entries, self.stats.bytes = len(self._entries), total
 
+    def evict(self, keep: int = 0) -> int:
+        """Drop the oldest entries until at most ``keep`` remain (a process-wide memory budget
+        evicting across caches); returns the bytes dropped, as the entries charge them.
+        Threads that hold a dropped value keep using it."""
+        with self._lock:
+            dropped = 0
+            while len(self._entries) > max(0, keep):
+                _, old = self._entries.popitem(last=False)
+                dropped += old.nbytes
+                self.stats.evictions += 1
+            self.stats.entries = len(self._entries)
+            self.stats.bytes = sum(v.nbytes for v in self._entries.values())
+        return dropped
+
     def find(self, match: Callable[[K], bool]) -> V | None:
         """The first cached value whose key matches, without counting a hit or changing LRU order."""
         with self._lock:

@@ -46,6 +46,11 @@ from chipsim.state import ChipState
 __all__ = ["CacheStats", "ChipRuntime", "InputError", "load_plans"]
 
 
+#: Measured RSS of a cached age with its session over the bytes of its arrays (82 / 36, the
+#: largest ratio measured; see ``_Entry.nbytes``).
+SESSION_CHARGE = 2.3
+
+
 @dataclass
 class _Entry:
     """A cached read-out with what the graph needs of it."""
@@ -58,9 +63,16 @@ class _Entry:
 
     @property
     def nbytes(self) -> int:
-        # A session's prepacked weights are about one more copy of the weights.
+        # A session's prepacked weights, graph copy and arena: measured RSS growth per new age
+        # (initializers binding, 2000x2000 MatMul on 'pcm', batch 1 and 1024, 1-4 ages, arena on)
+        # was 56-82 B per analog weight against 36 B for readout + weights + one more copy of
+        # the weights, so an entry with a session is charged SESSION_CHARGE times that
+        # (python -m bench.arena_rss: enable_cpu_mem_arena on and off, interleaved: off
+        # saved nothing at batch 1 and was worse after the first age at batch 1024, so it stays on).
         n = self.readout.nbytes + sum(a.nbytes for a in self.weights.values())
-        return n + (sum(a.nbytes for a in self.weights.values()) if self.session is not None else 0)
+        if self.session is None:
+            return n
+        return int(SESSION_CHARGE * (n + sum(a.nbytes for a in self.weights.values())))
 
 
 class ChipRuntime:
@@ -101,6 +113,11 @@ class ChipRuntime:
         self._cache: ReadoutCache[tuple[float, int, str], _Entry] = ReadoutCache(cache_bytes, cache_entries)
         self._lock = threading.Lock()
         self._side_sessions: dict[str, ort.InferenceSession] = {}
+
+    def evict_readouts(self, keep: int = 0) -> int:
+        """Drop cached read-outs (and their sessions), oldest first, until ``keep`` remain;
+        returns the bytes the cache charged them. For a memory budget across chips."""
+        return self._cache.evict(keep)
 
     @property
     def stats(self) -> CacheStats:

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chipsim.ages import YEAR_S
 from chipsim.modes import GdcMode
 from chipsim.profiles import ChipProfile, get_profile
 from models.torch_chip import GradientMode, MvmDraws, age_weights, analog_matmul
 
-YEAR_S = 365 * 86400.0
 
 
 # --------------------------------------------------------------------------- configuration

@@ -53,9 +53,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from chipsim.store import ChipStoreError, StoreLockedError
     from service.app import create_app
 
-    server = make_server(create_app(settings), settings)
+    try:
+        app = create_app(settings)
+    except ChipStoreError as err:  # another writer, or a folder that cannot be used: say so, no traceback
+        hint = (" To serve beside that writer, start this process with AGEDCHIP_READ_ONLY=true."
+                if isinstance(err, StoreLockedError) else "")
+        print(f"agedchip: cannot open the state folder (AGEDCHIP_STATE_DIR): {err}{hint}", file=sys.stderr)
+        raise SystemExit(3) from None
+    server = make_server(app, settings)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ from service.jobs import JobTable
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
 from service.registry import Registry, program_default_chip
+from service.replica import follow_writer
 from service.routes import chips, docs, infer, oip, ops, recalibration
 from service.settings import Settings
 
@@ -48,7 +49,9 @@ DESCRIPTION = ("Deploy neural networks on an emulated, ageing analog in-memory-c
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI app. Chips are loaded (and the default chip programmed) at startup."""
+    """The ASGI app. Chips are loaded (and the default chip programmed) at startup. Raises
+    :class:`chipsim.store.StoreLockedError` when another process writes the state folder (set
+    ``read_only`` to serve beside it) and other ``ChipStoreError`` when the folder is unusable."""
     settings = settings or Settings()
     registry = Registry(settings)
     lanes = lanes_for(settings.infer_concurrency or os.cpu_count() or 2, settings.eval_concurrency,
@@ -112,6 +115,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.collect()
     gc.freeze()  # long-lived startup objects leave the GC's generations: shorter pauses under load
     task = asyncio.create_task(state.refresher.run())
+    tasks = [task]
+    if state.settings.read_only:
+        tasks.append(asyncio.create_task(follow_writer(state.registry, state.settings.read_only_relist_seconds,
+                                                       state.stopping)))
     state.started = True
     try:
         yield
@@ -119,9 +126,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.stopping.set()
         state.refresher.stop()
         await anyio.to_thread.run_sync(state.recalibration_jobs.shutdown)  # cancels jobs: no half chip
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        state.registry.close()  # the writer's lock goes with the store, not only with the process
 
 
 __all__ = ["create_app"]

@@ -22,14 +22,14 @@ import math
 import re
 
 from chipsim import check_age
-from chipsim.readout import MAX_AGE_S
-
-MINUTE = 60.0
-HOUR = 3600.0
-DAY = 86400.0
-WEEK = 7 * DAY
-MONTH = 30 * DAY  #: a month is 30 days (ISO-8601 ``M`` before ``T``, and ``mo``)
-YEAR = 365 * DAY  #: a year is 365 days (ISO-8601 ``Y`` and ``y``)
+from chipsim.ages import DAY_S as DAY
+from chipsim.ages import HOUR_S as HOUR
+from chipsim.ages import MAX_AGE_S
+from chipsim.ages import MINUTE_S as MINUTE
+from chipsim.ages import MONTH_S as MONTH  # a month is 30 days (ISO-8601 ``M`` before ``T``, and ``mo``)
+from chipsim.ages import STANDARD_AGES_S
+from chipsim.ages import WEEK_S as WEEK
+from chipsim.ages import YEAR_S as YEAR  # a year is 365 days (ISO-8601 ``Y`` and ``y``)
 
 UNITS: dict[str, float] = {
     "ms": 1e-3, "msec": 1e-3,
@@ -43,9 +43,7 @@ UNITS: dict[str, float] = {
 }
 
 #: The fixed evaluation schedule of the metrics contract (label → seconds), in order.
-SCHEDULE: dict[str, float] = {
-    "1s": 1.0, "1h": HOUR, "1d": DAY, "1w": WEEK, "30d": 30 * DAY, "1y": YEAR, "10y": 10 * YEAR,
-}
+SCHEDULE: dict[str, float] = STANDARD_AGES_S
 
 MAX_DURATION_CHARS = 64
 #: Wall-clock ages are rounded to this many steps per decade (≤ 2.3 % apart, so the drift factor

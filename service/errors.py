@@ -29,8 +29,8 @@ from chipsim import ChipCorruptError, ChipExistsError, ChipNotFoundError, Profil
 from chipsim.compiler import CompileError
 from service.metrics import CLIENT_CLOSED
 from service.problems import (
-    STORAGE_FULL_ERRNOS, Cancelled, Conflict, InvalidField, NotFound, Overloaded, Problem, StorageFull, Unauthorized,
-    Unavailable, UnsupportedMediaType, invalid_value, loc_to_field, storage_problem, validation_message,
+    STORAGE_FULL_ERRNOS, Cancelled, Conflict, InvalidField, NotFound, Overloaded, Problem, ReadOnly, StorageFull,
+    Unauthorized, Unavailable, UnsupportedMediaType, invalid_value, loc_to_field, storage_problem, validation_message,
 )
 
 log = logging.getLogger("agedchip.service")
@@ -38,7 +38,7 @@ log = logging.getLogger("agedchip.service")
 #: Status code of each problem on the native API, by class (the first match along the MRO).
 STATUS: dict[type[Problem], int] = {
     InvalidField: 422, NotFound: 404, Conflict: 409, Unauthorized: 401, UnsupportedMediaType: 415, Unavailable: 503,
-    Overloaded: 429, StorageFull: 507, Cancelled: CLIENT_CLOSED,
+    Overloaded: 429, StorageFull: 507, Cancelled: CLIENT_CLOSED, ReadOnly: 405,
 }
 
 #: The Open Inference Protocol reports invalid input as 400.
@@ -74,6 +74,8 @@ def problem_response(problem: Problem, oip: bool) -> Response:
     if isinstance(problem, Cancelled):  # nobody reads it; the status is for the metrics
         return Response(status_code=CLIENT_CLOSED)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(problem, Unauthorized) else {}
+    if isinstance(problem, ReadOnly):  # RFC 9110 §15.5.6: a 405 lists what the resource allows
+        headers["Allow"] = ", ".join(problem.allow)
     if problem.retry_after_s is not None:
         headers["Retry-After"] = retry_after(problem.retry_after_s)
     return error_response(status_of(problem, oip), problem.message, problem.field, headers=headers or None, oip=oip)

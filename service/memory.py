@@ -8,9 +8,10 @@ resident size, plus the read-outs being computed, plus this one's estimated cost
 (the evaluation runtimes), then refuses with :class:`~service.problems.Unavailable` and a
 ``Retry-After``. Read-outs already cached are always served: they cost nothing new.
 
-The estimate is per analog weight, measured (``BYTES_PER_WEIGHT``); the runtime's own cache
-accounting (chipsim) does not yet charge sessions and arenas, so its per-chip bounds
-(``AGEDCHIP_CACHE_BYTES``) undercount the 'initializers' binding by 1.6-2.1x (measured).
+The estimate is per analog weight, measured (``BYTES_PER_WEIGHT``). The runtime's cache charges
+an entry with a session 2.3x its arrays (``chipsim.runtime.SESSION_CHARGE``, calibrated on the
+same measurement), so its per-chip bounds (``AGEDCHIP_CACHE_BYTES``) cover sessions too; when the
+budget is short the registry evicts every chip's cached read-outs but its newest.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ DEFAULT_BUDGET_SHARE = 0.75
 #: Resident bytes added per analog weight by one read-out at a new age, by weight binding: the
 #: largest measured, rounded up. ``python -m bench.serving_costs`` (bench/results/serving_costs.md;
 #: a 2000×2000 MatMul on 'pcm', 1-4 new ages, batch 1 and 1024): initializers 57.6-77.4 B,
-#: inputs 17.2-35.4 B (the runtime's cache accounts for 49-62 % of the former).
+#: inputs 17.2-35.4 B (the runtime's cache charged 49-62 % of the former before SESSION_CHARGE).
 BYTES_PER_WEIGHT = {"initializers": 80, "inputs": 36}
 #: Suggested wait when refused: memory frees when requests in flight finish and evaluation
 #: runtimes are dropped, which is a matter of seconds.

@@ -44,6 +44,16 @@ class UnsupportedMediaType(Problem):
     """The body is in a format the route does not read."""
 
 
+class ReadOnly(Problem):
+    """A mutation sent to a read-only replica (AGEDCHIP_READ_ONLY=true). ``allow``: the methods
+    the route's resource still serves on this replica (the HTTP edge's ``Allow`` header)."""
+
+    def __init__(self, action: str, allow: tuple[str, ...] = ()):
+        super().__init__(None, f"this service is a read-only replica (AGEDCHIP_READ_ONLY=true): it cannot {action}; "
+                               "send the request to the writer of the state folder")
+        self.allow = allow
+
+
 class Unavailable(Problem):
     """The service cannot take the work now (it is shutting down, or short of memory or storage)."""
 

@@ -7,7 +7,8 @@ only after the store has published it atomically and its runtime is built: a hal
 chip is never visible. A chip leaves it only after the store deleted it: when storage fails the
 chip stays, intact and served. Deletes of one chip id are serialized. Chips themselves are
 immutable (ages are read-outs), so requests that hold a chip keep working even if it is deleted
-meanwhile. The cost of programming (tiles, devices) is bounded before any work. Errors are
+meanwhile. A read-only replica (``AGEDCHIP_READ_ONLY``) opens the store read-only, refuses every
+mutation with :class:`~service.problems.ReadOnly` and follows the writer by :meth:`Registry.relist`. The cost of programming (tiles, devices) is bounded before any work. Errors are
 :mod:`service.problems`.
 """
 
@@ -36,15 +37,16 @@ from chipsim import (
 )
 from chipsim.compiler import model_inputs, program_onnx
 from chipsim.compiler.archive import ArchiveLimits, is_archive, model_from_archive
+from chipsim.compiler.bounds import AllocationError, AllocationLimits
 from chipsim.compiler.inspection import inspect_model
 from chipsim.model_inputs import ModelInputs
 from chipsim.profiles import ChipProfile
-from chipsim.store import ChipStoreError
+from chipsim.store import ChipListing, ChipStoreError
 from service import program_cost
 from service.datasets import EvalSet, calibration_feeds, check_eval_set, load_npz, parse_eval_set
 from service.ids import check_chip_id as _chip_id
 from service.memory import MemoryGuard
-from service.problems import Conflict, InvalidField, NotFound, Problem, invalid_value, storage_problem
+from service.problems import Conflict, InvalidField, NotFound, Problem, ReadOnly, invalid_value, storage_problem
 from service.program_request import ProgramSpec
 from service.served_chip import EVAL_ATTACHMENT, ServedChip
 from service.settings import Settings
@@ -80,25 +82,44 @@ class Registry:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.store = ChipStore(settings.state_dir)
+        self.read_only = settings.read_only
+        # Raises StoreLockedError when another process writes the folder (service.__main__ says so).
+        self.store = ChipStore(settings.state_dir, read_only=settings.read_only)
         self.zoo = Zoo(settings.zoo_dir)
         self._lock = threading.Lock()
         self._chips: dict[str, ServedChip] = {}
         self._corrupt: dict[str, str] = {}
         self._pending: set[str] = set()
         self._deleting = KeyedLocks()
+        # What each chip was loaded from (its manifest's checksum, or the listing's error for a
+        # corrupt one): a replica's relist reloads a chip only when this changed.
+        self._signatures: dict[str, str] = {}
         self.memory = MemoryGuard(settings.memory_budget, relieve=self.relieve_memory)
         self.loaded = False
 
     def _served(self, chip: ChipState, eval_set: EvalSet | None = None) -> ServedChip:
         return ServedChip(chip, self.settings, *self._sizes(chip.chip_id), eval_set=eval_set, memory=self.memory)
 
+    def close(self) -> None:
+        """Release the store (the writer's lock) at shutdown; the chips in memory still serve."""
+        self.store.close()
+
+    def require_writer(self, action: str, allow: tuple[str, ...] = ()) -> None:
+        """ReadOnly when this service is a read-only replica."""
+        if self.read_only:
+            raise ReadOnly(action, allow)
+
     def relieve_memory(self) -> None:
         """Drop what can be rebuilt when memory is short: every chip's evaluation runtime (its
-        read-out cache and session; rebuilt on the next evaluation), then collect garbage."""
-        dropped = sum(chip.drop_eval_runtime() for chip in self.ready())
+        read-out cache and session; rebuilt on the next evaluation) and every chip's cached
+        serving read-outs but its newest (rebuilt on the next request at that age), then
+        collect garbage."""
+        chips = self.ready()
+        dropped = sum(chip.drop_eval_runtime() for chip in chips)
+        freed = sum(chip.evict_readouts(keep=1) for chip in chips)
         gc.collect()
-        log.info("memory budget reached: dropped %d evaluation runtime(s)", dropped)
+        log.info("memory budget reached: dropped %d evaluation runtime(s) and %d MiB of cached read-outs", dropped,
+                 freed >> 20)
 
     # ------------------------------------------------------------------ queries
     def get(self, chip_id: str) -> ServedChip:
@@ -161,31 +182,71 @@ class Registry:
     def load_all(self) -> None:
         """(Re)load every chip of the store; unreadable ones are listed as corrupt."""
         for listing in self.store.list(verify=False):
-            chip_id = listing.chip_id
-            if listing.status != "ready":
-                self._mark_corrupt(chip_id, listing.error or "unreadable")
-                continue
-            try:
-                chip = self.store.load(chip_id)
-                served = self._served(chip)
-            except ChipCorruptError as err:
-                self._mark_corrupt(chip_id, str(err))
-                continue
-            except Exception as err:  # a chip this build cannot run is listed, not fatal
-                log.exception("chip %s could not be loaded", chip_id)
-                self._mark_corrupt(chip_id, f"cannot be loaded: {type(err).__name__}: {str(err)[:300]}")
-                continue
-            with self._lock:
-                self._chips[chip_id] = served
-                self._corrupt.pop(chip_id, None)
+            self._load_listed(listing)
         self.loaded = True
         log.info("loaded %d chip(s), %d corrupt", *self.counts().values())
 
-    def _mark_corrupt(self, chip_id: str, error: str) -> None:
+    @staticmethod
+    def _signature(listing: ChipListing) -> str:
+        if listing.status == "ready" and listing.manifest is not None:
+            return "sha256:" + str(listing.manifest.get("manifest_sha256"))
+        return "corrupt:" + str(listing.error)
+
+    def _load_listed(self, listing: ChipListing) -> None:
+        """Load (or mark corrupt) one chip of a store listing."""
+        chip_id = listing.chip_id
+        signature = self._signature(listing)
+        if listing.status != "ready":
+            self._mark_corrupt(chip_id, listing.error or "unreadable", signature)
+            return
+        try:
+            chip = self.store.load(chip_id)
+            served = self._served(chip)
+        except ChipNotFoundError:  # deleted (by the writer of a replica's folder) since the listing
+            self._forget(chip_id)
+            return
+        except ChipCorruptError as err:
+            self._mark_corrupt(chip_id, str(err), signature)
+            return
+        except Exception as err:  # a chip this build cannot run is listed, not fatal
+            log.exception("chip %s could not be loaded", chip_id)
+            self._mark_corrupt(chip_id, f"cannot be loaded: {type(err).__name__}: {str(err)[:300]}", signature)
+            return
+        with self._lock:
+            self._chips[chip_id] = served
+            self._corrupt.pop(chip_id, None)
+            self._signatures[chip_id] = signature
+
+    def _forget(self, chip_id: str) -> None:
+        with self._lock:
+            self._chips.pop(chip_id, None)
+            self._corrupt.pop(chip_id, None)
+            self._signatures.pop(chip_id, None)
+
+    def relist(self) -> tuple[int, int]:
+        """Follow the store's writer (a read-only replica): load chips that appeared or changed
+        (deleted and programmed again under the same id), forget the ones deleted. Requests that
+        hold a forgotten chip finish on it. Returns (chips loaded, chips forgotten). Blocking."""
+        listings = {listing.chip_id: listing for listing in self.store.list(verify=False)}
+        with self._lock:
+            known = dict(self._signatures)
+        gone = [chip_id for chip_id in known if chip_id not in listings]
+        for chip_id in gone:
+            self._forget(chip_id)
+        changed = [listing for chip_id, listing in listings.items()
+                   if known.get(chip_id) != self._signature(listing)]
+        for listing in changed:
+            self._load_listed(listing)
+        if gone or changed:
+            log.info("relisted the store: %d chip(s) loaded or reloaded, %d forgotten", len(changed), len(gone))
+        return len(changed), len(gone)
+
+    def _mark_corrupt(self, chip_id: str, error: str, signature: str | None = None) -> None:
         log.warning("chip %s is corrupt: %s", chip_id, error)
         with self._lock:
             self._chips.pop(chip_id, None)
             self._corrupt[chip_id] = error
+            self._signatures[chip_id] = signature or "corrupt:" + error
 
     # ------------------------------------------------------------------ programming
     def _reserve(self, chip_id: str | None, hint: str, field_name: str = "chip_id") -> str:
@@ -252,7 +313,8 @@ class Registry:
         eval_set = self._eval_set(model_bytes, eval_bytes) if eval_bytes is not None else None
         try:
             report = inspect_model(model_bytes, profile, spec.preset, calibration=calib,
-                                   eval_inputs=eval_set.feeds if eval_set is not None else None)
+                                   eval_inputs=eval_set.feeds if eval_set is not None else None,
+                                   limits=self.allocation_limits())
         except ValueError as err:  # calibration data that does not fit the model
             raise invalid_value(err, default_field="model") from None
         return {"dry_run": True, **report.to_json()}
@@ -262,6 +324,7 @@ class Registry:
 
         Everything the request carries is validated before the chip is programmed, the eval set
         against the inputs the model declares, and the chip's size against the limits."""
+        self.require_writer("program chips")
         self._check_source(spec)
         profile = self._profile(spec)
         model_bytes, eval_bytes = self._model_bytes(spec)
@@ -285,7 +348,11 @@ class Registry:
             t0 = time.perf_counter()
             try:
                 chip = program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calib, meta=meta,
-                                    eval_inputs=eval_set.feeds if eval_set is not None else None)
+                                    eval_inputs=eval_set.feeds if eval_set is not None else None,
+                                    limits=self.allocation_limits())
+            except AllocationError as err:
+                setting = {"tensor": "AGEDCHIP_MAX_TENSOR_ELEMENTS", "total": "AGEDCHIP_MAX_GRAPH_ELEMENTS"}[err.limit]
+                raise InvalidField("model", f"{err} ({setting}, at batch AGEDCHIP_MAX_BATCH)") from None
             except ValueError as err:  # CompileError, or layer validation in chipsim.program
                 raise invalid_value(err, default_field="model") from None
             if eval_bytes is not None:
@@ -300,6 +367,12 @@ class Registry:
         finally:
             with self._lock:
                 self._pending.discard(chip_id)
+
+    def allocation_limits(self) -> AllocationLimits:
+        """What a model may allocate (issue #15): its tensors at the largest batch served."""
+        s = self.settings
+        return AllocationLimits(batch=s.max_batch, max_tensor_elements=s.max_tensor_elements,
+                                max_total_elements=s.max_graph_elements)
 
     def _check_cost(self, model_bytes: bytes, profile: ChipProfile, tile_rows_given: bool) -> None:
         """Refuse a chip over AGEDCHIP_MAX_TILES or AGEDCHIP_MAX_DEVICES before any work. Tiles
@@ -348,6 +421,7 @@ class Registry:
     def reserve(self, chip_id: str, field_name: str = "chip_id") -> str:
         """Reserve an id for a chip made outside :meth:`program` (Conflict if taken or the store is
         full; errors name ``field_name``); :meth:`publish` or :meth:`release` ends the reservation."""
+        self.require_writer("create chips")
         return self._reserve(chip_id, chip_id, field_name)
 
     def release(self, chip_id: str) -> None:
@@ -372,6 +446,7 @@ class Registry:
         """Delete a chip: from the store first, then from memory, so that a storage failure
         leaves it intact and served (StorageFull or Unavailable). Deletes of one id run one at a
         time: the first succeeds, the others find no chip."""
+        self.require_writer("delete chips", allow=("GET",))
         _chip_id(chip_id)
         with self._deleting.hold(chip_id):
             with self._lock:
@@ -387,14 +462,12 @@ class Registry:
             except (OSError, ChipStoreError) as err:
                 log.warning("could not delete chip %s: %s", chip_id, err)
                 raise storage_problem(err, f"cannot delete chip {chip_id!r}") from None
-            with self._lock:
-                self._chips.pop(chip_id, None)
-                self._corrupt.pop(chip_id, None)
+            self._forget(chip_id)
 
 
 def program_default_chip(registry: Registry, settings: Settings) -> None:
     """Program the zoo's default model as chip `default_chip_id` when the store has no such chip."""
-    if not settings.default_model:
+    if not settings.default_model or registry.read_only:  # a replica only serves what the writer made
         return
     chip_id = settings.default_chip_id
     if chip_id in registry.corrupt():

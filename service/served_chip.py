@@ -250,6 +250,10 @@ class ServedChip:
             dropped, self._eval_runtime = self._eval_runtime is not None, None
         return dropped
 
+    def evict_readouts(self, keep: int = 1) -> int:
+        """Drop the serving runtime's cached read-outs but the ``keep`` newest; bytes charged."""
+        return self.runtime.evict_readouts(keep)
+
     def cache_stats(self) -> dict[str, tuple[int, int]]:
         """(bytes, entries) of the read-out caches, as the runtimes account them: 'serving', and
         'eval' while the evaluation runtime exists."""

@@ -34,6 +34,15 @@ class Settings(BaseSettings):
 
     # --- storage
     state_dir: Path = Field(Path("state"), description="Folder of the chip store (chips/, blobs/, tmp/).")
+    read_only: bool = Field(False, description="Serve as a read-only replica of a state folder another process "
+                                               "writes: no lock taken, nothing written, no default chip; POST "
+                                               "/program, DELETE /chips/{id} and recalibration answer 405. Chips "
+                                               "the writer programs or deletes appear or go within "
+                                               "`read_only_relist_seconds`.")
+    read_only_relist_seconds: float = Field(10.0, gt=0, le=86400,
+                                            description="How often a read-only replica re-lists the store, "
+                                                        "seconds (each pass reads every chip's manifest; new or "
+                                                        "changed chips are loaded and verified).")
     zoo_dir: Path = Field(REPO_ROOT / "models" / "zoo",
                           description="Model zoo folder: <name>.onnx and <name>.eval.npz (+ index.json).")
 
@@ -73,6 +82,14 @@ class Settings(BaseSettings):
     max_devices: int = Field(32 << 20, ge=1, description="Most devices (2 per analog weight) of a chip to program, "
                                                          "checked before any work (default: what a 64 MiB upload of "
                                                          "float32 weights holds).")
+    max_tensor_elements: int = Field(1 << 28, ge=1, description="Most elements of any tensor a model computes, "
+                                                                "at batch `max_batch` (shape inference, else a "
+                                                                "trial run), checked when programming (default "
+                                                                "2^28 = 1 GiB of float32: 32x the zoo's largest).")
+    max_graph_elements: int = Field(1 << 30, ge=1, description="Most elements of all tensors a model computes "
+                                                               "together, at batch `max_batch`, checked when "
+                                                               "programming (default 2^30 = 4 GiB of float32: 7x "
+                                                               "the zoo's largest).")
 
     # --- runtime
     ort_threads: int = Field(1, ge=0, le=64, description="onnxruntime intra-op threads per inference "

@@ -12,22 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from chipsim.ages import STANDARD_AGES_S
+
 REPO = Path(__file__).resolve().parent.parent
 ZOO_DIR = REPO / "models" / "zoo"
 REPORTS_DIR = REPO / "reports"
 
 # --------------------------------------------------------------------------- time
-HOUR_S = 3600.0
-DAY_S = 86400.0
-WEEK_S = 7 * DAY_S
-#: A year is 365 days, as in the service's durations (``"1y"``) and chipsim's maximum age.
-YEAR_S = 365 * DAY_S
-
-#: Ages (s since programming) at which the accuracy study reads every chip: 1 s … 10 y, the same
-#: points as the service's evaluation schedule.
-AGE_SCHEDULE: dict[str, float] = {
-    "1 s": 1.0, "1 h": HOUR_S, "1 d": DAY_S, "1 w": WEEK_S, "30 d": 30 * DAY_S, "1 y": YEAR_S, "10 y": 10 * YEAR_S,
-}
+#: Ages (s since programming) at which the accuracy study reads every chip: chipsim's standard
+#: schedule 1 s … 10 y (the service's evaluation schedule), labelled "1 s", "1 h" … for tables.
+AGE_SCHEDULE: dict[str, float] = {f"{label[:-1]} {label[-1]}": age for label, age in STANDARD_AGES_S.items()}
 
 
 # --------------------------------------------------------------------------- the zoo

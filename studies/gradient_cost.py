@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from chipsim import get_profile
-from studies.common import YEAR_S, chip_accuracy
+from chipsim.ages import YEAR_S
+from studies.common import chip_accuracy
 
 
 class RssSampler:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from chipsim import get_profile
 from chipsim.profiles import ChipProfile
-from studies.common import YEAR_S
+from chipsim.ages import YEAR_S
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ from chipsim import get_profile
 from chipsim.compiler import program_onnx
 from chipsim.recalibration import ALGORITHMS, RecalibrationConfig, RecalibrationError, recalibrate
 from chipsim.runtime import ChipRuntime
-from studies.common import DAY_S, YEAR_S, ZooModel, md_row, mean_std, pyplot, read_zoo
+from chipsim.ages import DAY_S, YEAR_S
+from studies.common import ZooModel, md_row, mean_std, pyplot, read_zoo
 
 DEFAULT_OUT = Path("reports/recalibration")
 

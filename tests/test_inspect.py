@@ -122,3 +122,19 @@ def test_cli_prints_the_report_and_exits_by_verdict(tmp_path, capsys):
                           "runpy.run_module('chipsim.inspect', run_name='__main__')", str(path)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "analog:" in run.stdout
+
+
+def test_dry_run_bounds_allocations_before_calibration_runs_the_model():
+    """A graph bomb is a refusal in the report, found before calibration data would run it; a
+    sparse initializer is named as such."""
+    from chipsim.compiler.bounds import AllocationLimits
+    from tests import graph_bombs as gb
+
+    limits = AllocationLimits(batch=64, max_tensor_elements=10**7, max_total_elements=10**8)
+    # Calibration data of a wrong shape: were calibration to run first, the report would name it
+    # (and never allocate the bomb's 16 GB, as well-shaped data would).
+    report = inspect_model(gb.constant_of_shape(), get_profile("pcm"), limits=limits,
+                           calibration=np.zeros((2, 4), np.float32))
+    assert not report.programmable and "ConstantOfShape" in report.refused[0].reason
+    report = inspect_model(gb.sparse_initializer(), get_profile("pcm"))
+    assert not report.programmable and "sparse_initializer 'big'" in report.refused[0].reason

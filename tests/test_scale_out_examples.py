@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "docs" / "examples"
 KSERVE = EXAMPLES / "kserve-inferenceservice.yaml"
 #: Settings the examples may name although the service does not have them yet (intended interface).
-INTENDED_SETTINGS = {"AGEDCHIP_READ_ONLY"}
+INTENDED_SETTINGS: set[str] = set()
 
 DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 CONTAINER = {

@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from chipsim.compiler.bounds import AllocationLimits, check_allocations, refuse_sparse
 from chipsim.compiler.calibration import Calibration, resolve_ranges
 from chipsim.compiler.float_types import compute_in_fp32
 from chipsim.compiler.graph_builder import GraphBuilder
@@ -161,16 +162,24 @@ def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
 def compile_model(
     model_bytes: bytes, profile: ChipProfile, calibration: Calibration | None = None,
     ranges: dict[str, float] | None = None, eval_inputs: Calibration | None = None,
+    limits: AllocationLimits | None = None,
 ) -> CompiledModel:
     """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
     (weight initializer name → r) override metadata and calibration (recompiling a chip);
     ``eval_inputs`` (the model's eval set) calibrate when ``calibration`` is None. Each layer's
-    spec records where its range came from (``meta["input_range_source"]``)."""
-    model = compute_in_fp32(load_model(model_bytes), maps_node)
+    spec records where its range came from (``meta["input_range_source"]``). ``limits`` bound
+    what the model may allocate (:mod:`.bounds`), checked before anything runs it (calibration
+    included), on the model as the chip path runs it (fp16/bf16 widened to fp32)."""
+    model = load_model(model_bytes)
+    refuse_sparse(model)  # before anything reads its initializers
+    model = compute_in_fp32(model, maps_node)
     consts = constants(model)
     init_names = {t.name for t in model.graph.initializer}
     refuse_unmappable(model, consts)
+    # A session build without optimisations allocates no intermediate: safe before the bounds,
+    # whose trial run needs a model onnxruntime runs (and would blame no node).
     check_runnable(model, lambda node: maps_node(node, consts))
+    check_allocations(model, limits)
     metadata = {p.key: p.value for p in model.metadata_props}
     ranges, sources = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges,
                                      eval_inputs)
@@ -205,10 +214,11 @@ def program_onnx(
     meta: dict[str, Any] | None = None,
     progress: bool = False,
     eval_inputs: Calibration | None = None,
+    limits: AllocationLimits | None = None,
 ) -> ChipState:
-    """Compile an ONNX model and program its analog layers onto a new chip (``calibration`` and
-    ``eval_inputs``: see :func:`compile_model`)."""
-    compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs)
+    """Compile an ONNX model and program its analog layers onto a new chip (``calibration``,
+    ``eval_inputs`` and ``limits``: see :func:`compile_model`)."""
+    compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs, limits=limits)
     digest = hashlib.sha256(model_bytes).hexdigest()
     chip_meta = {
         "model_digest": digest,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from chipsim.compiler.bounds import AllocationLimits, refuse_sparse
 from chipsim.compiler.calibration import Calibration
 from chipsim.compiler.driver import check_weight_operands, compile_model, maps_node, unmappable_nodes
 from chipsim.compiler.float_types import compute_in_fp32
@@ -175,11 +176,15 @@ def _collect_refusals(model: onnx.ModelProto, report: InspectReport) -> None:
 
 
 def inspect_model(model_bytes: bytes, profile: ChipProfile, profile_name: str = "custom",
-                  calibration: Calibration | None = None, eval_inputs: Calibration | None = None) -> InspectReport:
-    """The dry-run report of programming ``model_bytes`` on ``profile`` (see the module docstring)."""
+                  calibration: Calibration | None = None, eval_inputs: Calibration | None = None,
+                  limits: AllocationLimits | None = None) -> InspectReport:
+    """The dry-run report of programming ``model_bytes`` on ``profile`` (see the module docstring);
+    ``limits``: what the model may allocate, checked before calibration runs it (a model over
+    them is refused in the report)."""
     report = InspectReport(profile=profile_name)
     try:
         model = load_model(model_bytes)
+        refuse_sparse(model)
     except CompileError as err:
         report.refused.append(Refusal(None, None, str(err)))
         return report
@@ -192,7 +197,7 @@ def inspect_model(model_bytes: bytes, profile: ChipProfile, profile_name: str = 
     readers: list[list[str]] = []
     if not report.refused:
         try:
-            compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs)
+            compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs, limits=limits)
         except CompileError as err:
             report.refused.append(Refusal(None, None, str(err)))
         else:

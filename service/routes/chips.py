@@ -15,7 +15,7 @@ from service import program_request
 from service.forms import FORM_TYPES, JSON_TYPES, media_type, read_form
 from service.problems import InvalidField
 from service.routes.deps import (
-    cancel_when_abandoned, lanes_of, registry_of, require_admin, require_infer, require_json_body,
+    cancel_when_abandoned, lanes_of, registry_of, require_admin, require_infer, require_json_body, require_writer,
 )
 from service.schemas import (
     ERROR_RESPONSES, GDC_ON_MODES, ChipList, ChipSummary, DriftResponse, EvaluateRequest, EvaluateResponse, ZooList,
@@ -36,7 +36,8 @@ async def _program_spec(request: Request) -> program_request.ProgramSpec:
 
 
 @router.post("/program", status_code=201, response_model=ChipSummary, responses=ERROR_RESPONSES,
-             openapi_extra=program_request.OPENAPI, dependencies=[Depends(require_admin)],
+             openapi_extra=program_request.OPENAPI,
+             dependencies=[Depends(require_admin), Depends(require_writer("program chips"))],
              summary="Program a new chip from an ONNX upload or a zoo model")
 async def program(request: Request) -> JSONResponse:
     """Compile the model, program its analog layers onto a new chip (sampling programming noise,
@@ -65,7 +66,8 @@ async def get_chip(chip_id: str, request: Request) -> JSONResponse:
     return JSONResponse(await anyio.to_thread.run_sync(chip.summary))
 
 
-@router.delete("/chips/{chip_id}", status_code=204, responses=ERROR_RESPONSES, dependencies=[Depends(require_admin)],
+@router.delete("/chips/{chip_id}", status_code=204, responses=ERROR_RESPONSES,
+               dependencies=[Depends(require_admin), Depends(require_writer("delete chips", allow=("GET",)))],
                summary="Delete a chip")
 async def delete_chip(chip_id: str, request: Request) -> Response:
     await anyio.to_thread.run_sync(registry_of(request).delete, chip_id)

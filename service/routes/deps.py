@@ -49,6 +49,16 @@ def require_admin(request: Request) -> None:
     check_admin(settings_of(request), request.headers)
 
 
+def require_writer(action: str, allow: tuple[str, ...] = ()):
+    """Dependency of the routes that change the store: a read-only replica refuses them (405)
+    before their body is read."""
+
+    def check(request: Request) -> None:
+        registry_of(request).require_writer(action, allow)
+
+    return check
+
+
 def require_infer(request: Request) -> None:
     """Dependency of every other route that computes or shows chips: inference, evaluation,
     drift, chip listing and summaries, the zoo, OIP model metadata, jobs."""

@@ -9,14 +9,15 @@ from fastapi.responses import JSONResponse
 
 from service import recalibration_jobs as recal
 from service.forms import read_form, require_form
-from service.routes.deps import jobs_of, registry_of, require_admin, require_infer, settings_of
+from service.routes.deps import jobs_of, registry_of, require_admin, require_infer, require_writer, settings_of
 from service.schemas import ERROR_RESPONSES
 
 router = APIRouter(tags=["recalibration"])
 
 
 @router.post("/chips/{chip_id}/recalibrate", status_code=202, response_model=recal.JobStatus,
-             responses=ERROR_RESPONSES, openapi_extra=recal.OPENAPI, dependencies=[Depends(require_admin)],
+             responses=ERROR_RESPONSES, openapi_extra=recal.OPENAPI,
+             dependencies=[Depends(require_admin), Depends(require_writer("recalibrate chips"))],
              summary="Recalibrate a chip's last layer on-chip into a new chip (a job)")
 async def recalibrate_chip(chip_id: str, request: Request) -> JSONResponse:
     """Retrain the chip's last analog layer at an age from labelled samples, through pulsed device updates
