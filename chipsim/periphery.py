@@ -68,7 +68,14 @@ def output_noise_std(x_dac: Any, w: Any, w_noise: float, out_noise: float) -> An
     same distribution (this halves the random numbers the runtime draws per inference).
     """
     xp = namespace(x_dac, w)
-    return xp.sqrt((w_noise * w_noise) * ((x_dac * x_dac) @ xp.abs(w)) + out_noise * out_noise)
+    return output_noise_std_from((x_dac * x_dac) @ xp.abs(w), w_noise, out_noise)
+
+
+def output_noise_std_from(sq_abs: Any, w_noise: float, out_noise: float) -> Any:
+    """:func:`output_noise_std` from its one matrix product ``sq_abs = x_dac² @ |w|`` (batch, cols),
+    for callers that compute the product another way (a convolution over the unfolded patches)."""
+    xp = namespace(sq_abs)
+    return xp.sqrt((w_noise * w_noise) * sq_abs + out_noise * out_noise)
 
 
 def ir_drop_ramp(n_rows: int, like: Any) -> Any:
@@ -95,7 +102,13 @@ def ir_drop_delta(x_dac: Any, w: Any, scale: float) -> Any:
     """
     xp = namespace(x_dac, w)
     n = w.shape[0]
-    a = (n / IR_DROP_G_RATIO) * (xp.abs(x_dac) @ xp.abs(w))
-    c = ir_drop_c(a)
     x_tilde = x_dac * ir_drop_ramp(n, x_dac)
-    return -scale * c * (x_tilde @ w)
+    return ir_drop_delta_from(xp.abs(x_dac) @ xp.abs(w), x_tilde @ w, n, scale)
+
+
+def ir_drop_delta_from(abs_abs: Any, ramped: Any, n_rows: int, scale: float) -> Any:
+    """:func:`ir_drop_delta` from its two matrix products over the tile's ``n_rows`` rows:
+    ``abs_abs = |x_dac| @ |w|`` and ``ramped = x̃ @ w`` (``x̃_j = x_j·(1 − (1 − j/n)²)``), each
+    (batch, cols), for callers that compute the products another way (convolutions)."""
+    c = ir_drop_c((n_rows / IR_DROP_G_RATIO) * abs_abs)
+    return -scale * c * ramped

@@ -24,7 +24,7 @@ from torch import nn
 from chipsim.ages import YEAR_S
 from chipsim.modes import GdcMode
 from chipsim.profiles import ChipProfile, get_profile
-from models.torch_chip import GradientMode, MvmDraws, age_weights, analog_matmul
+from models.torch_chip import AgedWeights, GradientMode, MvmDraws, age_weights, analog_conv2d, analog_matmul
 
 
 
@@ -169,16 +169,24 @@ class AnalogLayer:
         r = self.input_range
         return torch.minimum(torch.maximum(x, -r), r)
 
+    def _n_mvms(self, x: torch.Tensor) -> int:
+        """How many analog MVMs the layer runs for input ``x`` (rows of ``_to_rows(x)``)."""
+        raise NotImplementedError
+
+    def _through_chip(self, x: torch.Tensor, aged: AgedWeights, r: torch.Tensor, ctx: HwaContext, draws: MvmDraws,
+                      gradient: GradientMode, gates: list[torch.Tensor] | None) -> torch.Tensor:
+        """The layer's output for ``x`` through the aged tile (what ``_from_rows(analog_matmul(
+        _to_rows(x)))`` computes, with the bias)."""
+        return self._from_rows(analog_matmul(self._to_rows(x), aged, r, ctx.profile, draws, None, gradient, gates), x)
+
     def _noisy(self, x: torch.Tensor, ctx: HwaContext, gradient: GradientMode) -> torch.Tensor:
         """The layer through the chip of ``ctx``: device draws, then MVM draws from ``ctx.generator``."""
-        rows = self._to_rows(x)
         w = self.chip_weight()
         aged = age_weights(w, ctx.profile, ctx.age_s, ctx.generator, ctx.np_rng, gradient=gradient)
-        draws = MvmDraws.draw(rows.shape[0], w.shape[1], len(aged.tiles), ctx.generator, rows.dtype)
+        draws = MvmDraws.draw(self._n_mvms(x), w.shape[1], len(aged.tiles), ctx.generator, x.dtype)
         r = self.input_range if gradient == GradientMode.THROUGH_NOISE else self.input_range.detach()
         gates = ctx.adc_gates.setdefault(self, []) if ctx.adc_gates is not None else None
-        y = analog_matmul(rows, aged, r, ctx.profile, draws, None, gradient, gates)
-        return self._from_rows(y, x)
+        return self._through_chip(x, aged, r, ctx, draws, gradient, gates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx: HwaContext | None = self.hwa  # type: ignore[attr-defined]
@@ -204,6 +212,9 @@ class AnalogLinear(AnalogLayer, nn.Linear):
 
     def _to_rows(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, self.in_features)
+
+    def _n_mvms(self, x: torch.Tensor) -> int:
+        return x.numel() // self.in_features
 
     def _from_rows(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:
@@ -232,11 +243,27 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
     def _from_rows(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:
             y = y + self.bias
-        h, w = (
+        h, w = self._out_hw(x)
+        return y.reshape(x.shape[0], h * w, self.out_channels).transpose(1, 2).reshape(x.shape[0], self.out_channels, h, w)
+
+    def _out_hw(self, x: torch.Tensor) -> tuple[int, int]:
+        return tuple(  # type: ignore[return-value]
             (x.shape[d] + 2 * self.padding[i] - self.dilation[i] * (self.kernel_size[i] - 1) - 1) // self.stride[i] + 1
             for i, d in ((0, 2), (1, 3))
         )
-        return y.reshape(x.shape[0], h * w, self.out_channels).transpose(1, 2).reshape(x.shape[0], self.out_channels, h, w)
+
+    def _n_mvms(self, x: torch.Tensor) -> int:
+        h, w = self._out_hw(x)
+        return x.shape[0] * h * w
+
+    def _through_chip(self, x: torch.Tensor, aged: AgedWeights, r: torch.Tensor, ctx: HwaContext, draws: MvmDraws,
+                      gradient: GradientMode, gates: list[torch.Tensor] | None) -> torch.Tensor:
+        # The unfolded product computed as convolutions (models.torch_chip.analog_conv2d): same
+        # chip, same draws, ~k_h·k_w× less periphery work than unfolding (DAC, IR drop, noise).
+        if not isinstance(self.padding, tuple):
+            raise ValueError(f"padding: the chip maps explicit zero padding, not {self.padding!r}")
+        return analog_conv2d(x, aged, r, ctx.profile, draws, self.kernel_size, self.stride, self.padding,
+                             self.dilation, self.bias, gradient, gates)
 
     def _clean(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight, self.bias)

@@ -2,7 +2,8 @@
 
 DESIGN §7. Every physical formula is imported from :mod:`chipsim` and run on torch tensors
 (the device model's ``prog_noise_std_us``, ``drift_nu_stats``, ``drift_factor``,
-``read_noise_rel_std``; the periphery's ``dac``, ``adc``, ``output_noise_std``, ``ir_drop_delta``;
+``read_noise_rel_std``; the periphery's ``dac``, ``adc``, ``output_noise_std_from``,
+``ir_drop_delta_from`` on the tile's matrix products, computed for convolutions as convolutions;
 GDC's ``references``/``ratio``), so training sees the same chip the runtime emulates. What this
 module adds is only the *orchestration* that chipsim does in numpy at programming and read-out
 time, in the same order as ``chipsim.programming``, ``chipsim.readout`` and
@@ -32,12 +33,13 @@ from enum import StrEnum
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from chipsim import gdc as chip_gdc
 from chipsim.faults import stuck_masks
 from chipsim.mapping import column_scales, pair_targets_us, tile_bounds
 from chipsim.modes import GdcMode
-from chipsim.periphery import adc, dac, ir_drop_delta, output_noise_std
+from chipsim.periphery import adc, dac, ir_drop_delta_from, ir_drop_ramp, output_noise_std_from
 from chipsim.profiles import ChipProfile
 
 
@@ -285,6 +287,159 @@ def _ste(exact: torch.Tensor, smooth: torch.Tensor, straight_through: bool) -> t
     return smooth + (exact - smooth).detach() if straight_through else exact
 
 
+class TileProducts:
+    """The matrix products of one tile's MVM that the periphery needs, from the DAC-unit inputs
+    ``x`` of the tile's rows and its normalised weights ``w`` at the age (``n_rows`` rows):
+    ``x@w``, ``|x|@|w|`` and ``x̃@w`` (IR drop), ``x²@|w|`` (per-MVM read noise). This class
+    computes them as matrix products of rows (batch, rows) → (batch, cols);
+    :class:`ConvTileProducts` as convolutions, without unfolding."""
+
+    def __init__(self, x: torch.Tensor, w: torch.Tensor):
+        self.x, self.w, self.n_rows = x, w, w.shape[0]
+
+    def xw(self) -> torch.Tensor:
+        return self.x @ self.w
+
+    def abs_abs(self) -> torch.Tensor:
+        return self.x.abs() @ self.w.abs()
+
+    def ramped(self) -> torch.Tensor:
+        return (self.x * ir_drop_ramp(self.n_rows, self.x)) @ self.w
+
+    def sq_abs(self) -> torch.Tensor:
+        return (self.x * self.x) @ self.w.abs()
+
+    def per_col(self, v: torch.Tensor) -> torch.Tensor:
+        """A per-output-column vector (cols,), shaped to broadcast over the outputs."""
+        return v
+
+    def noise(self, draw: torch.Tensor) -> torch.Tensor:
+        """An :class:`MvmDraws` array (one row per MVM, batch·positions × cols) in output layout."""
+        return draw
+
+
+class ConvTileProducts(TileProducts):
+    """One tile of a convolution's crossbar, its products computed as convolutions of the whole
+    DAC-unit input ``x_dac`` (batch, C, H, W) instead of matrix products of unfolded patches.
+
+    The crossbar's rows are the patch elements in ``F.unfold`` order (channel, kernel row, kernel
+    column), so tile rows ``a:b`` are input channels ``a//kk … ⌈b/kk⌉`` (kk = k_h·k_w). Where a
+    tile boundary cuts a channel's kernel, the other tile's weights are zeroed: a zero weight adds
+    exactly 0. Per-row factors (the IR-drop ramp) go onto the weights. Every product is the
+    unfolded one summed in another order, i.e. equal up to float rounding; each input element is
+    touched once instead of k_h·k_w times.
+    """
+
+    def __init__(self, x_dac: torch.Tensor, w_t: torch.Tensor, a: int, b: int, kernel_size: tuple[int, int],
+                 stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]):
+        kk = kernel_size[0] * kernel_size[1]
+        c0, c1 = a // kk, -(-b // kk)
+        w = w_t[c0 * kk: c1 * kk].t()  # (cols, channels·kk): conv weight order
+        self.lead, self.n_rows = a - c0 * kk, b - a
+        if self.lead or c1 * kk != b:
+            mask = torch.zeros(w.shape[1], dtype=w.dtype, device=w.device)
+            mask[self.lead: self.lead + self.n_rows] = 1
+            w = w * mask
+        self.x, self.w = x_dac[:, c0:c1], w
+        self.shape = (w.shape[0], c1 - c0, *kernel_size)
+        self.geometry = dict(stride=stride, padding=padding, dilation=dilation)
+
+    def _conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, w.reshape(self.shape), **self.geometry)
+
+    def xw(self) -> torch.Tensor:
+        return self._conv(self.x, self.w)
+
+    def abs_abs(self) -> torch.Tensor:
+        return self._conv(self.x.abs(), self.w.abs())
+
+    def ramped(self) -> torch.Tensor:
+        ramp = torch.zeros(self.w.shape[1], dtype=self.w.dtype, device=self.w.device)
+        ramp[self.lead: self.lead + self.n_rows] = ir_drop_ramp(self.n_rows, self.w)
+        return self._conv(self.x, self.w * ramp)
+
+    def sq_abs(self) -> torch.Tensor:
+        return self._conv(self.x * self.x, self.w.abs())
+
+    def per_col(self, v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(-1, 1, 1) if v.ndim == 1 else v
+
+    def noise(self, draw: torch.Tensor) -> torch.Tensor:
+        # MvmDraws rows are (image, output position) in unfold order; outputs are (image, col, h, w)
+        g = self.geometry
+        h, w = (
+            (self.x.shape[2 + i] + 2 * g["padding"][i] - g["dilation"][i] * (self.shape[2 + i] - 1) - 1)
+            // g["stride"][i] + 1
+            for i in range(2)
+        )
+        return draw.reshape(self.x.shape[0], h, w, draw.shape[1]).permute(0, 3, 1, 2)
+
+
+def _dac_input(x: torch.Tensor, input_range: float | torch.Tensor, profile: ChipProfile, gradient: GradientMode):
+    """(x in DAC units, the range r the outputs are scaled back by). Elementwise, so it commutes
+    with unfolding (and DAC(0) = 0, so with zero padding too). What autograd sees per mode:
+    ``STE`` anything (run under no_grad), ``THROUGH_NOISE`` the clip and ÷r with the rounding as
+    identity, ``THROUGH_CHIP`` the clip mask with r constant."""
+    clip = getattr(profile, "in_clip", True)
+    if gradient == GradientMode.THROUGH_CHIP:
+        r = input_range.detach() if isinstance(input_range, torch.Tensor) else input_range
+        if not (clip or profile.in_levels > 0):
+            return x / r, r  # what dac() computes for an ideal DAC
+        with torch.no_grad():
+            x_val = dac(x, r, profile.in_levels, clip)
+        inside = (x.detach().abs() <= r) if clip else None
+        return _ValueWithGate.apply(x / r, x_val, inside), r
+    r = input_range
+    x_dac = dac(x, r, profile.in_levels, clip)
+    if gradient == GradientMode.THROUGH_NOISE:
+        rr = torch.as_tensor(r, dtype=x.dtype)
+        smooth = (torch.minimum(torch.maximum(x, -rr), rr) if clip else x) / rr
+        x_dac = _ste(x_dac, smooth, True)
+    return x_dac, r
+
+
+def _tiles_through_periphery(
+    tiles: list[TileProducts], aged: AgedWeights, r: float | torch.Tensor, profile: ChipProfile, draws: MvmDraws,
+    gradient: GradientMode, adc_gates: list[torch.Tensor] | None,
+) -> torch.Tensor:
+    """Per tile: ``x@w`` + IR drop + per-MVM read noise and output noise, ADC, ``× α_k``; summed
+    over tiles, ``× r·s_col`` (no bias). The formulas are chipsim's (``ir_drop_delta_from``,
+    ``output_noise_std_from``, ``adc``) on the products ``tiles`` compute.
+
+    ``THROUGH_NOISE`` passes the ADC rounding straight through; ``THROUGH_CHIP`` differentiates
+    IR drop and gates the ADC by its expected derivative over the Gaussian noise in front of it
+    (σ per output from ``chipsim.periphery.output_noise_std``), appended to ``adc_gates``."""
+    through_chip = gradient == GradientMode.THROUGH_CHIP
+    straight_through = gradient == GradientMode.THROUGH_NOISE
+    needs_noise = profile.w_noise > 0 or profile.out_noise > 0
+    y = None
+    for k, t in enumerate(tiles):
+        yk = t.xw()
+        if profile.ir_drop > 0:
+            yk = yk + ir_drop_delta_from(t.abs_abs(), t.ramped(), t.n_rows, profile.ir_drop)
+        std = None
+        if needs_noise:
+            with torch.no_grad():  # a constant for autograd in every mode (module docstring)
+                std = output_noise_std_from(t.sq_abs(), profile.w_noise, profile.out_noise)
+        if through_chip and _adc_active(profile):
+            with torch.no_grad():
+                noisy = yk + std * t.noise(draws.draws[k]) if std is not None else yk
+                value = adc(noisy, profile.out_bound, profile.out_levels)
+                gate = adc_expected_derivative(yk, std if std is not None else 0.0, profile.out_bound,
+                                               profile.out_levels)
+            if adc_gates is not None:
+                adc_gates.append(gate)
+            yk = _ValueWithGate.apply(yk, value, gate)
+        else:
+            if std is not None:
+                yk = yk + std * t.noise(draws.draws[k])
+            if not through_chip:
+                yk = _ste(adc(yk, profile.out_bound, profile.out_levels), yk, straight_through)
+        yk = t.per_col(aged.alpha[k]) * yk
+        y = yk if y is None else y + yk
+    return y * tiles[0].per_col(r * aged.col_scale)
+
+
 def analog_matmul(
     x: torch.Tensor,
     aged: AgedWeights,
@@ -302,77 +457,37 @@ def analog_matmul(
     chipsim's. ``THROUGH_CHIP`` holds ``input_range`` constant and appends each tile's expected
     ADC derivative to ``adc_gates`` when given.
     """
-    if gradient == GradientMode.THROUGH_CHIP:
-        y = _through_chip_matmul(x, aged, input_range, profile, draws, adc_gates)
-        return y + bias if bias is not None else y
-    straight_through = gradient == GradientMode.THROUGH_NOISE
-    r = input_range
-    clip = getattr(profile, "in_clip", True)
-    x_dac = dac(x, r, profile.in_levels, clip)
-    needs_noise = profile.w_noise > 0 or profile.out_noise > 0
-    if straight_through:
-        rr = torch.as_tensor(r, dtype=x.dtype)
-        smooth = (torch.minimum(torch.maximum(x, -rr), rr) if clip else x) / rr
-        x_dac = _ste(x_dac, smooth, True)
-    y = None
-    for k, (a, b) in enumerate(aged.tiles):
-        w = aged.w_t[a:b]
-        xk = x_dac[:, a:b]
-        yk = xk @ w
-        if profile.ir_drop > 0:
-            yk = yk + ir_drop_delta(xk, w, profile.ir_drop)
-        if needs_noise:
-            yk = yk + output_noise_std(xk, w, profile.w_noise, profile.out_noise).detach() * draws.draws[k]
-        yk = _ste(adc(yk, profile.out_bound, profile.out_levels), yk, straight_through)
-        yk = aged.alpha[k] * yk
-        y = yk if y is None else y + yk
-    y = y * (r * aged.col_scale)
-    if bias is not None:
-        y = y + bias
-    return y
+    x_dac, r = _dac_input(x, input_range, profile, gradient)
+    tiles = [TileProducts(x_dac[:, a:b], aged.w_t[a:b]) for a, b in aged.tiles]
+    y = _tiles_through_periphery(tiles, aged, r, profile, draws, gradient, adc_gates)
+    return y + bias if bias is not None else y
 
 
-def _through_chip_matmul(
-    x: torch.Tensor, aged: AgedWeights, input_range: float | torch.Tensor, profile: ChipProfile, draws: MvmDraws,
-    adc_gates: list[torch.Tensor] | None,
+def analog_conv2d(
+    x: torch.Tensor,
+    aged: AgedWeights,
+    input_range: float | torch.Tensor,
+    profile: ChipProfile,
+    draws: MvmDraws,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    bias: torch.Tensor | None = None,
+    gradient: GradientMode = GradientMode.STE,
+    adc_gates: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``analog_matmul`` without bias in ``THROUGH_CHIP`` (same value, same order of operations):
-    the DAC passes the gradient inside ±r (0 where it clips, quantisation as identity), IR drop is
-    differentiated, the noise amplitude is constant, and the ADC passes its expected derivative
-    over the Gaussian noise in front of it (per-MVM weight read noise and output noise, σ per
-    output from ``chipsim.periphery.output_noise_std``), appended to ``adc_gates``."""
-    r = input_range.detach() if isinstance(input_range, torch.Tensor) else input_range
-    clip = getattr(profile, "in_clip", True)
-    if clip or profile.in_levels > 0:
-        with torch.no_grad():
-            x_val = dac(x, r, profile.in_levels, clip)
-        inside = (x.detach().abs() <= r) if clip else None
-        x_dac = _ValueWithGate.apply(x / r, x_val, inside)
-    else:
-        x_dac = x / r  # what dac() computes for an ideal DAC
-    needs_noise = profile.w_noise > 0 or profile.out_noise > 0
-    y = None
-    for k, (a, b) in enumerate(aged.tiles):
-        w = aged.w_t[a:b]
-        xk = x_dac[:, a:b]
-        yk = xk @ w
-        if profile.ir_drop > 0:
-            yk = yk + ir_drop_delta(xk, w, profile.ir_drop)
-        std = None
-        if needs_noise:
-            with torch.no_grad():
-                std = output_noise_std(xk, w, profile.w_noise, profile.out_noise)
-        if _adc_active(profile):
-            with torch.no_grad():
-                noisy = yk + std * draws.draws[k] if std is not None else yk
-                value = adc(noisy, profile.out_bound, profile.out_levels)
-                gate = adc_expected_derivative(yk, std if std is not None else 0.0, profile.out_bound,
-                                               profile.out_levels)
-            if adc_gates is not None:
-                adc_gates.append(gate)
-            yk = _ValueWithGate.apply(yk, value, gate)
-        elif std is not None:
-            yk = yk + std * draws.draws[k]
-        yk = aged.alpha[k] * yk
-        y = yk if y is None else y + yk
-    return y * (r * aged.col_scale)
+    """A convolution through the aged tile: :func:`analog_matmul` of the unfolded patches of ``x``
+    (rows in ``F.unfold`` order, one MVM per image and output position), folded back, computed
+    without unfolding (:class:`ConvTileProducts`): the DAC runs once per input element, the
+    products as convolutions, noise is drawn per output. ``x`` (batch, C, H, W) in input units,
+    ``aged.w_t`` (C·k_h·k_w, cols); returns (batch, cols, H_out, W_out). ``draws`` as for the
+    unfolded product: (batch·H_out·W_out, cols) per tile, so one generator state gives the same
+    chip either way. Gradient modes as :func:`analog_matmul`; ADC gates come in output layout.
+    """
+    x_dac, r = _dac_input(x, input_range, profile, gradient)
+    tiles: list[TileProducts] = [
+        ConvTileProducts(x_dac, aged.w_t, a, b, kernel_size, stride, padding, dilation) for a, b in aged.tiles
+    ]
+    y = _tiles_through_periphery(tiles, aged, r, profile, draws, gradient, adc_gates)
+    return y + bias.reshape(-1, 1, 1) if bias is not None else y

@@ -1,6 +1,7 @@
 """The accuracy report: what the aged chip does to the zoo models (DESIGN §8).
 
-    python -m studies.accuracy                      # regenerate reports/accuracy/ (README.md, PNGs, results.json)
+    python -m studies.accuracy                      # into a new folder runs/accuracy/<time>/
+    python -m studies.accuracy --replace            # regenerate the committed reports/accuracy/
     python -m studies.accuracy --chips 3 --skip-ste --out /tmp/report   # a quick look
 
 Every accuracy here comes from the *serving path*: the exported ONNX file is compiled and
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from chipsim import get_profile
+from models import outputs
 from studies.accuracy_report import plot_ages, plot_robustness, write_markdown
 from studies.common import AGE_SCHEDULE, REPORTS_DIR, ZOO_DIR, ZooModel, chip_accuracy, read_zoo
 from studies.gradient_cost import ste_study
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m studies.accuracy", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--zoo", default=str(ZOO_DIR))
-    ap.add_argument("--out", default=str(OUT_DIR))
+    outputs.add_arguments(ap, OUT_DIR)
     ap.add_argument("--chips", type=int, default=10, help="chip instances per model (default 10)")
     ap.add_argument("--repeats", type=int, default=5, help="per-MVM noise seeds per σ in the robustness study")
     ap.add_argument("--ste-steps", type=int, default=None, help="cut the STE comparison's training short")
@@ -107,16 +109,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--render-only", action="store_true", help="re-render README.md and PNGs from results.json")
     args = ap.parse_args(argv)
+    files = ("README.md", "results.json", "accuracy_vs_age.png", "accuracy_vs_age_gdc.png", "robustness.png")
     if args.render_only:
-        out = Path(args.out)
+        out = args.out or OUT_DIR
+        if out == OUT_DIR and not args.replace:
+            raise SystemExit(f"--render-only rewrites the committed report in {OUT_DIR}: pass --replace (or --out)")
         res = json.loads((out / "results.json").read_text())
         plot_ages(res["models"], res["ages"], out / "accuracy_vs_age.png")
         plot_robustness(res["models"], res["robustness"], 0.1, out / "robustness.png")
         write_markdown(res, out / "README.md")
         print(f"re-rendered {out} from results.json")
         return
-    res = run(Path(args.zoo), Path(args.out), args.chips, args.repeats, args.ste_steps, args.skip_ste, args.threads)
-    print(f"report written to {args.out} in {res['seconds']:.0f} s")
+    out = outputs.output_dir("accuracy", OUT_DIR, args.out, args.replace, files)
+    res = run(Path(args.zoo), out, args.chips, args.repeats, args.ste_steps, args.skip_ste, args.threads)
+    print(f"report written to {out} in {res['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

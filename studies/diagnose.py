@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import outputs
 from models.data import load_split
 from models.hwa import ChipSchedule, HwaConfig, HwaContext, analog_layers, attach
 from models.torch_chip import GradientMode
@@ -62,7 +63,7 @@ from studies import gradient_diagnostics
 from studies.diagnose_report import write_report
 from studies.perturbations import CLASSES, CONTROL, PerturbationClass
 
-DEFAULT_OUT = Path("reports/diagnose")
+DEFAULT_OUT = outputs.REPO / "reports" / "diagnose"
 
 
 # --------------------------------------------------------------------------- the chip of a class
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=sorted(a for a in ("mlp", "cnn", "transformer")), help="zoo architecture")
     ap.add_argument("--quick", action="store_true", help=f"coarse, fast smoke run ({QUICK}); too short for meaningful verdicts")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    outputs.add_arguments(ap, DEFAULT_OUT)
     ap.add_argument("--draws", type=int, default=None, help="chip instances K per diagnostic point (default 16)")
     ap.add_argument("--hwa-epochs", type=int, default=None)
     ap.add_argument("--hwa-seeds", type=int, default=None)
@@ -443,10 +444,15 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, name) is not None:
             cfg = replace(cfg, **{name: getattr(args, name)})
     if args.render:
-        results = json.loads((args.out / "results.json").read_text())
-        write_report(results, args.out, results["command"])
-        print(f"re-rendered {args.out}/README.md and diagnose.png from results.json")
+        out = args.out or DEFAULT_OUT
+        if out == DEFAULT_OUT and not args.replace:
+            raise SystemExit(f"--render rewrites the committed report in {DEFAULT_OUT}: pass --replace (or --out)")
+        results = json.loads((out / "results.json").read_text())
+        write_report(results, out, results["command"])
+        print(f"re-rendered {out}/README.md and diagnose.png from results.json")
         return
+    args.out = outputs.output_dir("diagnose", DEFAULT_OUT, args.out, args.replace,
+                                  ("README.md", "diagnose.png", "results.json"))
     results = run_study(cfg)
     results["command"] = "python -m studies.diagnose " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

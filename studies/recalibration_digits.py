@@ -40,9 +40,10 @@ from chipsim.compiler import program_onnx
 from chipsim.recalibration import ALGORITHMS, RecalibrationConfig, RecalibrationError, recalibrate
 from chipsim.runtime import ChipRuntime
 from chipsim.ages import DAY_S, YEAR_S
+from models import outputs
 from studies.common import ZooModel, md_row, mean_std, pyplot, read_zoo
 
-DEFAULT_OUT = Path("reports/recalibration")
+DEFAULT_OUT = outputs.REPO / "reports" / "recalibration"
 
 MODELS = ("mlp-hwa", "mlp-plain", "cnn-hwa")
 #: (label, preset, overrides). The first is the contract's profile; the second is harsher on purpose
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readouts", type=int, default=2, help="read-outs averaged per accuracy")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo models")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated algorithms")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    outputs.add_arguments(parser, DEFAULT_OUT)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     args.seeds = list(range(args.seeds))
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cells, fresh, notes = run(args)
     seconds = time.perf_counter() - t0
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out = outputs.output_dir("recalibration_digits", DEFAULT_OUT, args.out, args.replace, ("digits.md", "digits.png"))
     plot(cells, args, args.out / "digits.png")
     (args.out / "digits.md").write_text(markdown(cells, fresh, notes, args, command, seconds))
     print(f"wrote {args.out / 'digits.md'} and {args.out / 'digits.png'} in {seconds:.0f} s")

@@ -2,7 +2,7 @@
 
 Regenerates ``reports/recalibration/least_squares.md`` and ``least_squares.png``::
 
-    python -m studies.recalibration_least_squares [--seed 0] [--steps 20000] [--out reports/recalibration]
+    python -m studies.recalibration_least_squares [--seed 0] [--steps 20000] [--out DIR | --replace]
 
 Problem: ``Y = X·W*ᵀ + noise`` with fixed seed, ``W*`` inside the device range; minibatch SGD on
 ``loss = ||W·x − y||² / 2`` (per-sample mean). The label noise makes minibatch gradients noisy at
@@ -38,9 +38,10 @@ from chipsim.analog_training import (
     ResidualLearningV2,
 )
 from chipsim.pulsed import LinearStep, PulsedDevice, SoftBounds
+from models import outputs
 from studies.common import pyplot
 
-DEFAULT_OUT = Path("reports/recalibration")
+DEFAULT_OUT = outputs.REPO / "reports" / "recalibration"
 
 # Problem size and noise: small enough for minutes on two cores, large enough (64 weights) that
 # the distance is not dominated by a single weight.
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    outputs.add_arguments(parser, DEFAULT_OUT)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.steps < 4 * RECORD_EVERY:
@@ -401,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     seconds = time.perf_counter() - t0
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out = outputs.output_dir("recalibration_least_squares", DEFAULT_OUT, args.out, args.replace,
+                                  ("least_squares.md", "least_squares.png"))
     plot(results, args.out / "least_squares.png")
     md = markdown(results, args, command, seconds, float(np.linalg.norm(problem.w_opt)))
     (args.out / "least_squares.md").write_text(md, encoding="utf-8")
