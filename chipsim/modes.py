@@ -67,8 +67,28 @@ class LayerKind(StrEnum):
     """The ONNX op an analog layer was compiled from (``LayerPlan.kind``, stored in a chip's plans)."""
 
     MATMUL = "matmul"
+    MATMUL_LEFT = "matmul_left"  # MatMul(W, x) with the constant first: the layer holds Wᵀ
     GEMM = "gemm"
-    CONV = "conv"
+    CONV = "conv"  # any groups: one layer per node (see LayerPlan.groups)
+    CONV_TRANSPOSE = "conv_transpose"  # a Conv on the zero-upsampled input with the flipped kernel
+    LSTM = "lstm"  # W or R of one direction of an LSTM node (R: one read per time step)
+    GRU = "gru"
+    RNN = "rnn"
+
+
+#: Layer kinds whose tiles run as a Conv in the compiled graph.
+CONV_KINDS = frozenset({LayerKind.CONV, LayerKind.CONV_TRANSPOSE})
+
+
+class RangeSource(StrEnum):
+    """Where an analog layer's DAC input range came from (``input_range_source`` in its meta),
+    in order of precedence (chipsim.compiler.calibration)."""
+
+    GIVEN = "given"  # set by the caller (a chip recompiled with its programmed ranges)
+    METADATA = "metadata"  # learned by HWA training, in the model's agedchip.input_ranges
+    CALIBRATION = "calibration"  # measured on the calibration data uploaded with the model
+    EVAL = "eval"  # measured on the model's eval set (no calibration data given)
+    DEFAULT = "default"  # uncalibrated: DEFAULT_INPUT_RANGE
 
 
 class RecalibrationAlgorithm(StrEnum):

@@ -1,11 +1,15 @@
 """Per-MVM noise: one independent standard normal ξ per analog output of every request (DESIGN §3.3).
 
 **Shapes.** The compiled graph takes one flat noise input per tile, reshaped in the graph to
-the tile's output (``compiler.lowering.emit_noise_like``).
+the tile's output (``compiler.lowering.emit_noise_like``; a recurrence run as a ``Scan``: to its
+steps' outputs, ``[N, T, cols]``, scanned).
 :class:`NoiseShapes` finds that output through the Reshape and infers its shape for the actual
 input shapes of a request (ONNX shape inference, cached per input signature), so every pixel,
 token and sample gets its own draw whatever dimensions were symbolic when the model was
-exported, and wherever the batch sits (sequence-first layers, ``Gemm(transA=1)``).
+exported, and wherever the batch sits (sequence-first layers, ``Gemm(transA=1)``). Where ONNX
+shape inference loses a shape (after an op it has no inference for, e.g. ``ai.onnx.ml.Scaler``),
+one onnxruntime run of the graph on zeros, its noise replaced by zeros, measures the missing ones
+(:meth:`NoiseShapes.probe`, once per input signature too).
 
 **Generators.** Every ξ is a fresh draw of numpy's standard normal sampler (ziggurat, float32)
 from an SFC64 generator (Doty-Humphrey's Small Fast Chaotic generator, 256-bit state with a
@@ -40,6 +44,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx
@@ -50,6 +55,10 @@ from chipsim.rng import Stream, check_seed
 #: Input signatures whose noise shapes a :class:`NoiseShapes` keeps (one per distinct batch size
 #: and, for dynamic models, per distinct spatial or sequence size); inference costs 2–3 ms for a zoo model.
 SHAPE_CACHE_ENTRIES = 64
+#: onnxruntime input types → numpy dtypes (the probe's zero feeds).
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+                "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 #: Chunks of one seeded evaluation: a 64-bit part of the key.
 MAX_CHUNK = 2**64 - 1
 
@@ -123,6 +132,7 @@ class NoiseShapes:
         self._model = model
         self._cache: OrderedDict[tuple, list[tuple[str, tuple[int, ...]]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._probe_session: Any = None
 
     def __len__(self) -> int:
         return len(self.noise_of)
@@ -166,6 +176,48 @@ class NoiseShapes:
                 known[vi.name] = tuple(int(x.dim_value) for x in d)
         missing = [like for _, like in self.noise_of if like not in known]
         if missing:
-            raise InputError(f"inputs: cannot infer the output shape of the analog layer(s) computing {missing[:3]} "
-                             f"for inputs of shapes {dims}")
+            known.update(self.probe(dims, missing))
         return [(name, known[like]) for name, like in self.noise_of]
+
+    def probe(self, dims: dict[str, tuple[int, ...]], tensors: list[str]) -> dict[str, tuple[int, ...]]:
+        """Shapes of ``tensors`` measured by one onnxruntime run of the graph on zero inputs of
+        shapes ``dims`` (weights and scales zero too) with every noise Reshape replaced by zeros
+        of its shape: for what ONNX shape inference cannot resolve. Raises :class:`InputError`
+        if the run fails."""
+        from chipsim.ort_session import cpu_session  # onnxruntime only on this fallback path
+
+        with self._lock:
+            if self._probe_session is None:
+                self._probe_session = cpu_session(self._probe_graph(), 1)
+            sess = self._probe_session
+        feeds = {}
+        for vi in sess.get_inputs():
+            shape = dims.get(vi.name) or [d if isinstance(d, int) else 1 for d in vi.shape]
+            feeds[vi.name] = np.zeros(shape, _NUMPY_TYPES.get(vi.type, np.float32))
+        wanted = list(dict.fromkeys(tensors))
+        try:
+            values = sess.run(wanted, feeds)
+        except Exception as err:  # onnxruntime raises its own types; the inputs did not fit the model
+            raise InputError(f"inputs: cannot infer the output shape of the analog layer(s) computing {wanted[:3]} "
+                             f"for inputs of shapes {dims} ({str(err).splitlines()[0][:200]})") from None
+        return {t: tuple(int(d) for d in v.shape) for t, v in zip(wanted, values)}
+
+    def _probe_graph(self) -> bytes:
+        """The graph without noise inputs (each noise Reshape a ConstantOfShape of zeros) that
+        also outputs every tile output a noise input is shaped like."""
+        m = onnx.ModelProto()
+        m.CopyFrom(self._model)
+        noise = {name for name, _ in self.noise_of}
+        for node in m.graph.node:
+            if node.op_type == "Reshape" and node.input[0] in noise:
+                shape = node.input[1]
+                node.op_type = "ConstantOfShape"
+                del node.input[:]
+                node.input.append(shape)
+        keep = [vi for vi in m.graph.input if vi.name not in noise]
+        del m.graph.input[:]
+        m.graph.input.extend(keep)
+        outputs = {o.name for o in m.graph.output}
+        m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(like)
+                              for like in dict.fromkeys(like for _, like in self.noise_of) if like not in outputs)
+        return m.SerializeToString()

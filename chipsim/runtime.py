@@ -214,7 +214,7 @@ class ChipRuntime:
             raise InputError(str(e), field="chunk" if str(e).startswith("chunk") else "seed") from None
 
     def noise_shapes(self, inputs: np.ndarray | dict[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
-        """Names and shapes of the per-MVM noise inputs (one per tile, in draw order) for these
+        """Names and shapes of the per-MVM noise inputs (one per read and tile, in draw order) for these
         inputs: the shapes of the tiles' outputs in a run on them."""
         return self._noise_shapes.shapes(self.check_inputs(inputs))
 

@@ -92,13 +92,11 @@ def check_eval_set(eval_set: EvalSet, inputs: ModelInputs, field_name: str = "ev
 
 
 def calibration_feeds(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | np.ndarray:
-    """Calibration inputs (``x``, or one array per input name) as float32; finite numbers only."""
-    if "x" in arrays and len(arrays) == 1:
-        x = arrays["x"]
-        if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
-            raise InvalidField("calibration.x", "calibration.x: must be a finite numeric array")
-        return x.astype(np.float32)
+    """Calibration inputs (``x``, or one array per input name) in their own dtypes: the compiler
+    casts each to the dtype its input declares (token ids stay integers); numbers only, finite."""
     for k, v in arrays.items():
-        if not np.issubdtype(v.dtype, np.number) or not np.all(np.isfinite(v)):
+        if v.dtype.kind not in "biuf" or (v.dtype.kind == "f" and not np.all(np.isfinite(v))):
             raise InvalidField(f"calibration.{k}", f"calibration.{k}: must be a finite numeric array")
-    return {k: v.astype(np.float32) for k, v in arrays.items()}
+    if "x" in arrays and len(arrays) == 1:
+        return arrays["x"]
+    return dict(arrays)

@@ -29,6 +29,7 @@ class ProgramSpec:
     time_scale: float = 1.0
     calibration: bytes | None = None
     eval_data: bytes | None = None
+    dry_run: bool = False
 
 
 def _json_object(key: str, value: str) -> Any:
@@ -44,7 +45,7 @@ def _json_object(key: str, value: str) -> Any:
 
 
 FORM = FormFields(
-    text=frozenset({"model", "zoo_model", "chip_id", "profile", "overrides", "seed", "time_scale"}),
+    text=frozenset({"model", "zoo_model", "chip_id", "profile", "overrides", "seed", "time_scale", "dry_run"}),
     files=frozenset({"model", "calibration", "eval", "eval_data"}),
     decode=_json_object,
 )
@@ -82,7 +83,7 @@ def program_spec(fields: dict[str, Any], files: dict[str, tuple[bytes, str | Non
     return ProgramSpec(
         model_bytes=model_bytes, model_filename=filename, zoo_model=None if model_bytes is not None else zoo,
         chip_id=req.chip_id, preset=preset, overrides=overrides, seed=req.seed, time_scale=req.time_scale,
-        calibration=files.get("calibration", (None, None))[0], eval_data=eval_bytes,
+        calibration=files.get("calibration", (None, None))[0], eval_data=eval_bytes, dry_run=req.dry_run,
     )
 
 
@@ -111,8 +112,10 @@ OPENAPI = {
                     "type": "object",
                     "properties": {
                         "model": {"type": "string", "format": "binary",
-                                  "description": "ONNX model file (weights inside, opset ≥ 13), or a zoo model name "
-                                                 "as a text field."},
+                                  "description": "ONNX model file (opset ≥ 13; fp32, fp16 or bf16; ops of other "
+                                                 "domains that onnxruntime runs stay digital), or a .zip/.tar holding "
+                                                 "the model and its external data files, or a zoo model name as a "
+                                                 "text field."},
                         "zoo_model": {"type": "string", "description": "Zoo model name (instead of an upload)."},
                         "chip_id": {"type": "string", "description": "Id of the new chip (a-z, 0-9, '-', '_'; "
                                                                      "≤ 63 characters). Default: <model>-<hex>."},
@@ -124,12 +127,17 @@ OPENAPI = {
                         "seed": {"type": "integer", "description": "Programming seed (default random)."},
                         "time_scale": {"type": "number", "description": "Chip seconds per wall-clock second for "
                                                                          "requests without an age (default 1)."},
+                        "dry_run": {"type": "boolean", "description": "true: answer 200 with what programming would "
+                                                                      "do (analog nodes, digital nodes and why, "
+                                                                      "refusals); nothing is programmed."},
                         "calibration": {"type": "string", "format": "binary",
-                                        "description": ".npz with 'x' (or one array per input name): calibrates DAC "
-                                                       "input ranges of layers without learned ranges."},
+                                        "description": ".npz with 'x' (or one array per input name, in the input's "
+                                                       "dtype: token ids as integers): calibrates DAC input ranges of "
+                                                       "layers without learned ranges."},
                         "eval": {"type": "string", "format": "binary",
                                  "description": ".npz with inputs ('x' or per input name) and integer labels 'y': "
-                                                "the chip's eval set (evaluate, accuracy gauges)."},
+                                                "the chip's eval set (evaluate, accuracy gauges); without "
+                                                "calibration data, its first samples calibrate the DAC ranges."},
                     },
                 }
             },

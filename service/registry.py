@@ -36,7 +36,9 @@ from chipsim import (
     get_profile,
 )
 from chipsim.compiler import model_inputs, program_onnx
+from chipsim.compiler.archive import ArchiveLimits, is_archive, model_from_archive
 from chipsim.compiler.bounds import AllocationError, AllocationLimits
+from chipsim.compiler.inspection import inspect_model
 from chipsim.model_inputs import ModelInputs
 from chipsim.profiles import ChipProfile
 from chipsim.store import ChipListing, ChipStoreError
@@ -285,27 +287,61 @@ class Registry:
             self._pending.add(chip_id)
             return chip_id
 
+    def _profile(self, spec: ProgramSpec) -> ChipProfile:
+        try:
+            return get_profile(spec.preset, **spec.overrides)
+        except ProfileError as err:
+            raise InvalidField(f"profile.{err.field}" if err.field else "profile", str(err)) from None
+
+    def _model_bytes(self, spec: ProgramSpec) -> tuple[bytes, bytes | None]:
+        """The ONNX model of a request (a zoo model, an upload, or the model of an uploaded
+        archive with its external data inside) and its eval set's bytes (or None)."""
+        if spec.zoo_model is not None:
+            return self.zoo.model_bytes(spec.zoo_model), spec.eval_data or self.zoo.eval_bytes(spec.zoo_model)
+        assert spec.model_bytes is not None
+        model_bytes = spec.model_bytes
+        if is_archive(model_bytes):
+            limits = ArchiveLimits(max_members=self.settings.max_archive_members,
+                                   max_bytes=self.settings.max_archive_bytes)
+            try:
+                model_bytes = model_from_archive(model_bytes, limits)
+            except ValueError as err:  # CompileError
+                raise invalid_value(err, default_field="model") from None
+        return model_bytes, spec.eval_data
+
+    def _check_source(self, spec: ProgramSpec) -> None:
+        if spec.zoo_model is not None:
+            self.zoo.check_name(spec.zoo_model)
+        elif not spec.model_bytes:
+            raise InvalidField("model", "model: upload an ONNX file (multipart field 'model') or name a zoo model "
+                               f"(available: {self.zoo.names()})")
+
+    def dry_run(self, spec: ProgramSpec) -> dict[str, Any]:
+        """What programming the request would do (analog and digital nodes, refusals), as JSON;
+        nothing is programmed or stored. Blocking: call from a worker thread."""
+        self._check_source(spec)
+        profile = self._profile(spec)
+        model_bytes, eval_bytes = self._model_bytes(spec)
+        self._check_cost(model_bytes, profile, tile_rows_given="tile_rows" in spec.overrides)
+        calib = calibration_feeds(load_npz(spec.calibration, "calibration")) if spec.calibration is not None else None
+        eval_set = self._eval_set(model_bytes, eval_bytes) if eval_bytes is not None else None
+        try:
+            report = inspect_model(model_bytes, profile, spec.preset, calibration=calib,
+                                   eval_inputs=eval_set.feeds if eval_set is not None else None,
+                                   limits=self.allocation_limits())
+        except ValueError as err:  # calibration data that does not fit the model
+            raise invalid_value(err, default_field="model") from None
+        return {"dry_run": True, **report.to_json()}
+
     def program(self, spec: ProgramSpec) -> ServedChip:
         """Compile, program, publish and load a chip. Blocking: call from a worker thread.
 
         Everything the request carries is validated before the chip is programmed, the eval set
         against the inputs the model declares, and the chip's size against the limits."""
         self.require_writer("program chips")
-        if spec.zoo_model is not None:
-            self.zoo.check_name(spec.zoo_model)
-        elif not spec.model_bytes:
-            raise InvalidField("model", "model: upload an ONNX file (multipart field 'model') or name a zoo model "
-                               f"(available: {self.zoo.names()})")
-        try:
-            profile = get_profile(spec.preset, **spec.overrides)
-        except ProfileError as err:
-            raise InvalidField(f"profile.{err.field}" if err.field else "profile", str(err)) from None
-        model_bytes, eval_bytes = spec.model_bytes, spec.eval_data
-        if spec.zoo_model is not None:
-            model_bytes = self.zoo.model_bytes(spec.zoo_model)
-            if eval_bytes is None:
-                eval_bytes = self.zoo.eval_bytes(spec.zoo_model)
-        assert model_bytes is not None
+        self._check_source(spec)
+        profile = self._profile(spec)
+        model_bytes, eval_bytes = self._model_bytes(spec)
         self._check_cost(model_bytes, profile, tile_rows_given="tile_rows" in spec.overrides)
         seed = spec.seed if spec.seed is not None else secrets.randbits(31)
         hint = spec.zoo_model or Path(spec.model_filename or "chip").stem
@@ -326,6 +362,7 @@ class Registry:
             t0 = time.perf_counter()
             try:
                 chip = program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calib, meta=meta,
+                                    eval_inputs=eval_set.feeds if eval_set is not None else None,
                                     limits=self.allocation_limits())
             except AllocationError as err:
                 setting = {"tensor": "AGEDCHIP_MAX_TENSOR_ELEMENTS", "total": "AGEDCHIP_MAX_GRAPH_ELEMENTS"}[err.limit]

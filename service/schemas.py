@@ -128,6 +128,9 @@ class ProgramJson(BaseModel):
                                                                     "returned in the summary.")
     time_scale: float = Field(1.0, ge=0, le=1e9, description="Chip seconds per wall-clock second when a request "
                                                             "omits the age (86400: a day of ageing per second).")
+    dry_run: bool = Field(False, description="Only report what programming would do (analog nodes with their layers, "
+                                             "tiles and devices; digital nodes and why; refusals): 200, nothing "
+                                             "programmed.")
 
 
 class ModelInfo(BaseModel):
@@ -145,12 +148,18 @@ class ProfileInfo(BaseModel):
 
 class LayerInfo(BaseModel):
     name: str = Field(description="Analog layer (ONNX node) name.")
-    kind: str = Field(description="matmul, gemm or conv.")
-    rows: int = Field(description="Inputs of the crossbar matrix (Conv: C_in·k_h·k_w).")
+    kind: str = Field(description="The op it was compiled from (chipsim LayerKind): matmul, matmul_left, gemm, conv, "
+                                  "conv_transpose, lstm, gru or rnn.")
+    rows: int = Field(description="Inputs of the crossbar matrix (Conv: C_in/groups·k_h·k_w; a grouped Conv's "
+                                  "columns each read their own group's rows).")
     cols: int = Field(description="Outputs (columns).")
     tiles: int = Field(description="Crossbar tiles the rows are split into.")
     devices: int = Field(description="Physical devices (2 per weight: differential pair).")
     input_range: float = Field(description="DAC input range r (inputs clipped to ±r), input units.")
+    input_range_source: str = Field(description="Where r came from: given, metadata (learned by HWA training), "
+                                                "calibration (uploaded data), eval (the eval set, when no calibration "
+                                                "data was given), default (uncalibrated: r = 1.0), or unknown (chips "
+                                                "programmed before this was recorded).")
     stuck_reset: int = Field(description="Devices stuck at 0 µS.")
     stuck_set: int = Field(description="Devices stuck at g_max.")
 
@@ -197,6 +206,8 @@ class ChipSummary(BaseModel):
     age_s: float = Field(description="Current wall-clock age × time scale, seconds.")
     analog_layers: int = Field(description="Layers mapped onto crossbars.")
     digital_nodes: int = Field(description="ONNX nodes that stay digital.")
+    digital_parameters: int = Field(0, description="Float constants of the model not on the chip (biases, norms, "
+                                                   "embeddings, weights of ops left digital), elements.")
     tiles: int = Field(description="Crossbar tiles in total.")
     weights: int = Field(description="Analog weights in total.")
     devices: int = Field(description="Physical devices in total (2 per weight).")
@@ -204,6 +215,9 @@ class ChipSummary(BaseModel):
     stuck_set: int = Field(description="Devices stuck at g_max.")
     stuck_fraction: float = Field(description="Stuck devices / devices (ratio).")
     layers: list[LayerInfo] = Field(description="The analog layers, in graph order.")
+    uncalibrated_layers: list[str] = Field(
+        description="Layers whose DAC input range is the default 1.0 (no learned range, no calibration data, no eval "
+                    "set): their inputs are clipped to ±1. Upload calibration data or an eval set to calibrate them.")
     inputs: list[TensorInfo] = Field(description="The model's inputs (what /infer takes).")
     outputs: list[TensorInfo] = Field(description="The model's outputs (what /infer returns).")
     classifier: bool = Field(description="True when the first output is (batch, classes): responses carry argmax "

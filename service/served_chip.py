@@ -165,6 +165,7 @@ class ServedChip:
                 "tiles": len(layer.tiles),
                 "devices": int(layer.nu.size),
                 "input_range": float(layer.input_range),
+                "input_range_source": str(layer.meta.get("input_range_source", "unknown")),
                 "stuck_reset": int(np.count_nonzero(codes == fl.STUCK_RESET)),
                 "stuck_set": int(np.count_nonzero(codes == fl.STUCK_SET)),
             })
@@ -216,6 +217,7 @@ class ServedChip:
             "age_s": self.wall_age(),
             "analog_layers": len(chip.layers),
             "digital_nodes": int(meta.get("digital_nodes", 0)),
+            "digital_parameters": int(meta.get("digital_parameters", 0)),
             "tiles": sum(layer["tiles"] for layer in self.layers),
             "weights": chip.n_weights,
             "devices": devices,
@@ -223,6 +225,7 @@ class ServedChip:
             "stuck_set": self.stuck_set,
             "stuck_fraction": stuck / devices if devices else 0.0,
             "layers": self.layers,
+            "uncalibrated_layers": [layer["name"] for layer in self.layers if layer["input_range_source"] == "default"],
             "inputs": [io_meta(i) for i in self.runtime.inputs],
             "outputs": [io_meta(o) for o in self.runtime.outputs],
             "classifier": self.classifier,

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(4096, ge=1, description="Largest batch (first dimension) of an inference request.")
     max_chips: int = Field(64, ge=1, description="Most chips in the store (ready + corrupt + being programmed).")
     max_eval_samples: int = Field(10000, ge=1, description="Largest labelled eval set accepted at programming.")
+    max_archive_bytes: int = Field(1 << 30, ge=1024, description="Largest uncompressed content of a .zip/.tar model "
+                                                                "upload (a model with external data), bytes.")
+    max_archive_members: int = Field(256, ge=1, description="Most files and folders in a .zip/.tar model upload.")
     max_eval_readouts: int = Field(50, ge=1, le=1000, description="Largest `readouts` of POST /chips/{id}/evaluate.")
     max_tiles: int = Field(512, ge=1, description="Most crossbar tiles of a chip to program, estimated from the model "
                                                   "and profile before any work (a session build took 2.0 s at 256 "

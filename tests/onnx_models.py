@@ -3,25 +3,11 @@ with onnx.helper. Test support code, not a test module (pytest collects only ``t
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-
-def export(module, example, names=("x",), dynamic=True) -> bytes:
-    import torch
-
-    module.eval()
-    buf = io.BytesIO()
-    axes = {n: {0: "N"} for n in (*names, "y")} if dynamic else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buf, input_names=list(names), output_names=["y"], dynamic_axes=axes,
-                          opset_version=17, do_constant_folding=True, dynamo=False)
-    return buf.getvalue()
+from bench.onnx_exports import export, mobilenet_v2  # noqa: F401  (shared with the benchmarks)
 
 
 def mlp(seed=0, sizes=(64, 48, 10)):

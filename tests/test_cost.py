@@ -115,9 +115,9 @@ def test_grouped_conv_groups_run_in_parallel():
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="gconv", pads=[1, 1, 1, 1], group=2)]
     chip = _chip(_model(nodes, [_vi("x", ["N", 4, 6, 6])], [_vi("y", ["N", 4, 6, 6])], {"w": _w(4, 2, 3, 3)}))
     (layer,) = estimate(chip).layers
-    assert len(layer.chip_layers) == 2  # one programmed layer per group, one row per node
-    # per group: 2 channels · 9 = 18 rows, 2 columns; 6·6 = 36 MVMs
-    assert (layer.tiles, layer.rows, layer.cols, layer.mvms) == (2, 36, 4, 36)
+    assert len(layer.chip_layers) == 1  # one programmed layer per node, its tile holding both groups
+    # one tile: per group 2 channels · 9 = 18 rows, 2 columns; the DAC converts 2·18 = 36 inputs; 6·6 = 36 MVMs
+    assert (layer.tiles, layer.rows, layer.cols, layer.mvms) == (1, 36, 4, 36)
     assert layer.analog_macs == 36 * 2 * 18 * 2
     assert layer.latency_s == pytest.approx(36 * M1.t_tile_mvm_s, rel=1e-12)  # not 2·36
 

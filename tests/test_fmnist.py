@@ -141,8 +141,11 @@ def test_every_analog_layer_is_mapped_on_a_pcm_chip(exported):
     assert set(json.loads(metadata(om)[PREFIX + "input_ranges"])) == set(names)
     state = program_onnx(model_bytes, get_profile("pcm"), seed=0)
     plans = state.meta["plans"]
-    assert len(plans) == len(analog)  # one crossbar layer per analog node, none left digital
+    # one crossbar layer per weight, read by every analog node that uses it; none left digital
+    assert len(plans) == len({n.input[1] for n in analog})
+    assert sum(1 + len(p["reads"]) for p in plans) == len(analog)
     layers = dict(H.analog_layers(m))
+    assert len(plans) == len(layers)
     # the LSTM's recurrent weight is one torch layer used at 27 steps (step 0 has h = 0)
     assert len(analog) == len(layers) + (26 if arch == "lstm" else 0)
     if arch.startswith("resnet"):

@@ -291,6 +291,36 @@ def test_noise_shapes_follow_each_input_signature():
         rt._noise_shapes.shapes({"x": np.zeros((2, 5, 9), np.float32)})
 
 
+def test_noise_shapes_onnx_inference_cannot_resolve_are_measured(monkeypatch):
+    """After an op ONNX shape inference has no rule for (ai.onnx.ml.Scaler, as skl2onnx exports),
+    the tile's output shape is measured by one onnxruntime run on zeros, once per input signature,
+    and every output still gets its own draw."""
+    from chipsim.mvm_noise import NoiseShapes
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    nodes = [helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", scale=[1.0] * 6, offset=[0.0] * 6),
+             helper.make_node("MatMul", ["xs", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    m.ir_version = 8
+    model = m.SerializeToString()
+    rt = _runtime(model)
+    probed = []
+    probe = NoiseShapes.probe
+    monkeypatch.setattr(NoiseShapes, "probe", lambda self, dims, t: probed.append(dims) or probe(self, dims, t))
+    for n in (1, 2000, 2000):
+        (_, got), = rt.noise_shapes(np.zeros((n, 6), np.float32))
+        assert got == (n, 4)
+    assert probed == [{"x": (1, 6)}, {"x": (2000, 6)}]  # ONNX inference could not, and cached per signature
+    xi = _xi(rt, model, w, rng.uniform(-1, 1, (2000, 6)).astype(np.float32), channel_axis=1, seed=1)
+    # Per output column, 2000 draws across the batch: their std is 1 within 4 standard errors
+    # (4/√(2·2000) = 0.089); noise broadcast over the batch (the bug of #20.1) would give 0.
+    assert np.abs(xi.std(axis=0) - 1).max() < 0.089
+
+
 def test_table_noise_is_deprecated_and_served_fresh(head, caplog):
     import logging
 

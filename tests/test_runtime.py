@@ -199,11 +199,10 @@ def test_unsupported_models_are_clear_errors():
     m = _graph([helper.make_node("MatMul", ["x", "w"], ["y"])], [w])
     with pytest.raises(CompileError, match="external data"):
         compile_model(m.SerializeToString(), profile)
-    # A raw LSTM: named, with advice.
-    W = numpy_helper.from_array(np.zeros((1, 8, 4), np.float32), "W")
-    R = numpy_helper.from_array(np.zeros((1, 8, 2), np.float32), "R")
-    m = _graph([helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="rnn", hidden_size=2)], [W, R], ("T", "N", 4), ("T", 1, "N", 2))
-    with pytest.raises(CompileError, match="rnn.*LSTM.*unrolled"):
+    # A weight-bearing op no rewriter maps: named, with advice.
+    W = numpy_helper.from_array(np.zeros((4, 3), np.float32), "W")
+    m = _graph([helper.make_node("Einsum", ["x", "W"], ["y"], name="contract", equation="nk,km->nm")], [W])
+    with pytest.raises(CompileError, match="contract.*Einsum.*MatMul"):
         compile_model(m.SerializeToString(), profile)
     # A weight computed at run time from constants.
     wt = numpy_helper.from_array(np.ones((3, 4), np.float32), "wt")

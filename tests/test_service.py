@@ -222,11 +222,12 @@ def test_program_json_zoo_model_with_generated_id(client):
     assert err(r) == (415, "content-type") and "multipart/form-data" in r.json()["error"]["message"]
 
 
-def _convtranspose_model() -> bytes:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")
-    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up")
+def _unmappable_model() -> bytes:
+    """A weight-bearing op no rewriter maps (Einsum with a constant operand)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    node = helper.make_node("Einsum", ["x", "w"], ["y"], name="contract", equation="nk,km->nm")
     m = helper.make_model(helper.make_graph([node], "g", [x], [y], initializer=[w]),
                           opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
@@ -246,7 +247,7 @@ def _external_data_model() -> bytes:
 @pytest.mark.parametrize("files, data, status, field", [
     ({"model": ("m.onnx", b"not an onnx file at all", "application/octet-stream")}, {}, 422, "model"),
     ({"model": ("m.onnx", b"", "application/octet-stream")}, {}, 422, "model"),
-    ({"model": ("m.onnx", _convtranspose_model(), "application/octet-stream")}, {}, 422, "model"),
+    ({"model": ("m.onnx", _unmappable_model(), "application/octet-stream")}, {}, 422, "model"),
     ({"model": ("m.onnx", _external_data_model(), "application/octet-stream")}, {}, 422, "model"),
     ({}, {"model": "no-such-model"}, 422, "model"),
     ({}, {"model": "../../etc/passwd"}, 422, "model"),

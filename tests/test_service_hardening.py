@@ -433,16 +433,48 @@ def conv_model(groups: int) -> bytes:
     return m.SerializeToString()
 
 
+def _graph_model(nodes, inits: dict[str, np.ndarray], x_shape: list, outputs: dict[str, list]) -> bytes:
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outputs.items()],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def op_coverage_models() -> list[bytes]:
+    """A grouped ConvTranspose; a bidirectional LSTM and a GRU whose R is two layers; a weight
+    read by two MatMuls (one layer) and by MatMul(W, x) (its own, transposed layer)."""
+    rng = np.random.default_rng(2)
+    f = np.float32
+    convt = _graph_model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2, strides=[2, 2])],
+                         {"w": rng.standard_normal((40, 3, 3, 3)).astype(f)}, ["N", 40, 5, 5], {"y": ["N", 6, 11, 11]})
+    recurrent = []
+    for op, gates, dirs, attrs in (("LSTM", 4, 2, {"direction": "bidirectional"}), ("GRU", 3, 1, {})):
+        recurrent.append(_graph_model(
+            [helper.make_node(op, ["x", "W", "R"], ["y"], hidden_size=24, **attrs)],
+            {"W": rng.standard_normal((dirs, gates * 24, 30)).astype(f),
+             "R": rng.standard_normal((dirs, gates * 24, 24)).astype(f)}, [7, "N", 30], {"y": [7, dirs, "N", 24]}))
+    shared = _graph_model([helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("MatMul", ["x", "w"], ["b"]),
+                           helper.make_node("Unsqueeze", ["x", "ax"], ["x3"]),
+                           helper.make_node("MatMul", ["w", "x3"], ["c"])],
+                          {"w": rng.standard_normal((30, 30)).astype(f), "ax": np.array([-1], np.int64)},
+                          ["N", 30], {"a": ["N", 30], "b": ["N", 30], "c": ["N", 30, 1]})
+    return [convt, *recurrent, shared]
+
+
 @pytest.mark.parametrize("tile_rows", [512, 64, 9, 20])
 def test_cost_estimate_matches_the_programmed_chip(tile_rows):
     """The estimate (weight shapes only) against chipsim's compiler and programming (independent):
-    the zoo models, a grouped Conv, a Gemm with transB."""
+    the zoo models, a grouped Conv, a Gemm with transB, and the op-coverage layers (ConvTranspose,
+    LSTM, GRU, a shared weight, MatMul(W, x))."""
     from chipsim import get_profile
     from chipsim.compiler import program_onnx
     from service.program_cost import estimate
 
     zoo = REPO / "models" / "zoo"
-    models = [conv_model(1), conv_model(2), tiny_model()] + [p.read_bytes() for p in sorted(zoo.glob("*.onnx"))]
+    models = [conv_model(1), conv_model(2), tiny_model(), *op_coverage_models()]
+    models += [p.read_bytes() for p in sorted(zoo.glob("*.onnx"))]
     for model in models:
         chip = program_onnx(model, get_profile("pcm", tile_rows=tile_rows), 0)
         cost = estimate(model, tile_rows)

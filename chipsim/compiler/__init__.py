@@ -1,8 +1,10 @@
 """The ONNX compiler: program any ONNX model onto the chip (DESIGN §3.6).
 
 Shaped like onnxruntime's static quantisation tool: walk the graph, hand each weight-bearing
-node to a per-op rewriter from a registry (``MatMul``, ``Gemm``, ``Conv``), calibrate the DAC
-input ranges, and leave every other node untouched. Each analog layer becomes standard ONNX ops:
+node to a per-op rewriter from a registry (``MatMul``, ``Gemm``, ``Conv``, ``ConvTranspose``,
+``LSTM``, ``GRU``, ``RNN``), calibrate the DAC input ranges, and leave every other node untouched.
+A weight read by several nodes (or by a recurrence at every step) is one analog layer read
+several times. Each analog layer becomes standard ONNX ops:
 
     clip to ±r → DAC code round(x/(r·step))
       → per tile: the products x'@W, x'@(ramp⊙W), |x'|@|W|, x'²@|W| with the read-out weights
@@ -17,7 +19,8 @@ Modules, in the order a model passes through them:
 
 - :mod:`.loader` — parse and check the model, constants, shapes, input/output specs;
 - :mod:`.calibration` — DAC input ranges (given, metadata, calibration data, default);
-- :mod:`.rewriters` — the registry and one module per op family (matmul: MatMul/Gemm, conv);
+- :mod:`.rewriters` — the registry and one module per op family (matmul: MatMul/Gemm; conv:
+  Conv/ConvTranspose; recurrent: LSTM/GRU/RNN);
 - :mod:`.lowering` — one analog layer's periphery as ONNX ops (with :mod:`.graph_builder`);
 - :mod:`.driver` — ``compile_model`` and ``program_onnx``;
 - :mod:`.plan` — layer plans and the compiled model (also read by the runtime);

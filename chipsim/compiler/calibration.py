@@ -3,7 +3,13 @@ a default (DESIGN §3.6).
 
 Precedence, per weight: ranges given by the caller (recompiling a chip) > the model's
 ``agedchip.input_ranges`` metadata (learned by HWA training) > calibration on user data (the
-:data:`CALIBRATION_QUANTILE` of |x|) > :data:`DEFAULT_INPUT_RANGE`.
+:data:`CALIBRATION_QUANTILE` of |x|) > calibration on the first :data:`EVAL_CALIBRATION_SAMPLES`
+of the model's eval set, when no calibration data is given > :data:`DEFAULT_INPUT_RANGE`. Each
+layer records which (:class:`~chipsim.modes.RangeSource`), so a chip can say which of its layers
+are uncalibrated.
+
+Calibration data is fed in each input's own dtype (token ids stay integers): arrays are cast to
+the dtype the model declares when that loses nothing, else refused naming the input.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from onnx import TensorProto, helper
 
 from chipsim.compiler.loader import io_specs
 from chipsim.compiler.plan import CompileError
+from chipsim.modes import RangeSource
 from chipsim.ort_session import cpu_session
 
 #: DAC input range for layers with neither metadata nor calibration data: aihwkit's default
@@ -23,25 +30,33 @@ from chipsim.ort_session import cpu_session
 DEFAULT_INPUT_RANGE = 1.0
 #: Calibration takes this quantile of |x| per layer, so rare outliers do not waste DAC levels.
 CALIBRATION_QUANTILE = 0.9999
+#: Samples of an eval set used to calibrate when no calibration data is given: enough for the
+#: 0.9999 quantile of a layer's inputs (≥ 10⁴ values per layer for any layer wider than 78
+#: inputs), and a bounded calibration run.
+EVAL_CALIBRATION_SAMPLES = 128
 #: Metadata key with learned input ranges: JSON {weight initializer name: r}.
 META_INPUT_RANGES = "agedchip.input_ranges"
 
 Calibration = dict[str, np.ndarray] | np.ndarray
 
 
-def calibrate_ranges(model: onnx.ModelProto, inputs: dict[str, np.ndarray], weight_to_input: dict[str, str]) -> dict[str, float]:
-    """Per analog layer, the CALIBRATION_QUANTILE of |input| on user data, by weight name."""
+def calibrate_ranges(model: onnx.ModelProto, inputs: dict[str, np.ndarray],
+                     weight_to_input: dict[str, str | list[str]]) -> dict[str, float]:
+    """Per analog layer, the CALIBRATION_QUANTILE of |input| on user data, by weight name. A
+    weight read by several nodes (or a recurrence's hidden states) is calibrated on all the
+    tensors it multiplies together."""
+    tensors = {w: [t] if isinstance(t, str) else list(t) for w, t in weight_to_input.items()}
     m = onnx.ModelProto()
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
-    for t in set(weight_to_input.values()) - existing:
+    for t in {t for ts in tensors.values() for t in ts} - existing:
         m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
     sess = cpu_session(m.SerializeToString())
     names = [o.name for o in sess.get_outputs()]
     values = dict(zip(names, sess.run(names, inputs)))
     out = {}
-    for w, t in weight_to_input.items():
-        v = np.abs(np.asarray(values[t], dtype=np.float64)).ravel()
+    for w, ts in tensors.items():
+        v = np.concatenate([np.abs(np.asarray(values[t], dtype=np.float64)).ravel() for t in ts])
         r = float(np.quantile(v, CALIBRATION_QUANTILE)) if v.size else 0.0
         out[w] = r if r > 0 else DEFAULT_INPUT_RANGE
     return out
@@ -62,22 +77,80 @@ def metadata_ranges(metadata: dict[str, str]) -> dict[str, float]:
     return ranges
 
 
-def resolve_ranges(model: onnx.ModelProto, metadata: dict[str, str], weight_to_input: dict[str, str],
-                   calibration: Calibration | None, given: dict[str, float] | None) -> dict[str, float]:
-    """Input range by weight name for the weights that have one; the rest get DEFAULT_INPUT_RANGE
-    when their layer is built. ``weight_to_input``: every analog weight → the tensor it multiplies;
-    ``calibration``: one array for a single-input model or {input name: array}."""
-    ranges = metadata_ranges(metadata)
-    ranges.update(given or {})
+def calibration_error(field: str, message: str) -> CompileError:
+    """A CompileError about calibration data, naming the field (``calibration.<input>``)."""
+    err = CompileError(f"{field}: {message}")
+    err.field = field
+    return err
+
+
+def calibration_feeds(model: onnx.ModelProto, data: Calibration, field: str = "calibration") -> dict[str, np.ndarray]:
+    """Calibration data as the model's feeds: one array for a single-input model or
+    {input name: array}, each cast to the dtype the model declares for it. Integer inputs (token
+    ids) take integer data, or floats that are whole numbers; nothing is cast that would change
+    a value's meaning."""
+    init_names = {t.name for t in model.graph.initializer}
+    specs = {s["name"]: s for s in io_specs(model.graph.input, init_names)}
+    if not isinstance(data, dict):
+        if len(specs) != 1:
+            raise calibration_error(field, f"the model has {len(specs)} inputs {sorted(specs)}; give one array per "
+                                           "input name")
+        data = {next(iter(specs)): data}
+    unknown = sorted(set(data) - set(specs))
+    if unknown:
+        raise calibration_error(f"{field}.{unknown[0]}", f"not an input of the model (inputs: {sorted(specs)})")
+    missing = sorted(set(specs) - set(data))
+    if missing:
+        raise calibration_error(f"{field}.{missing[0]}", f"missing; the model's inputs are {sorted(specs)}")
+    feeds = {}
+    for name, arr in data.items():
+        arr = np.asarray(arr)
+        want = np.dtype(specs[name]["dtype"])
+        where = f"{field}.{name}"
+        if arr.dtype.kind not in "biuf":
+            raise calibration_error(where, f"must be a numeric array, got {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            raise calibration_error(where, "contains NaN or infinity")
+        if want.kind in "iub" and arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+            raise calibration_error(where, f"the model's input is {want} (e.g. token ids); got {arr.dtype} values "
+                                           "that are not whole numbers")
+        if want.kind in "iu" and arr.size and (arr.min() < np.iinfo(want).min or arr.max() > np.iinfo(want).max):
+            raise calibration_error(where, f"values outside the range of the model's {want} input")
+        feeds[name] = np.ascontiguousarray(arr.astype(want))
+    return feeds
+
+
+def resolve_ranges(model: onnx.ModelProto, metadata: dict[str, str], weight_to_input: dict[str, list[str]],
+                   calibration: Calibration | None, given: dict[str, float] | None,
+                   eval_inputs: Calibration | None = None) -> tuple[dict[str, float], dict[str, RangeSource]]:
+    """Input range and its source by weight name, for every analog weight of ``weight_to_input``
+    (weight → the tensors it multiplies). ``calibration`` and ``eval_inputs`` (the model's eval
+    set, used only without calibration data): one array for a single-input model or
+    {input name: array}."""
+    ranges: dict[str, float] = {}
+    sources: dict[str, RangeSource] = {}
+
+    def take(found: dict[str, float], source: RangeSource) -> None:
+        for w, r in found.items():
+            if w not in ranges:
+                ranges[w], sources[w] = r, source
+
+    take(given or {}, RangeSource.GIVEN)
+    take(metadata_ranges(metadata), RangeSource.METADATA)
     missing = {w: t for w, t in weight_to_input.items() if w not in ranges}
-    if missing and calibration is not None:
-        if isinstance(calibration, dict):
-            feeds = calibration
-        else:
-            init_names = {t.name for t in model.graph.initializer}
-            feeds = {io_specs(model.graph.input, init_names)[0]["name"]: calibration}
+    data, source, field = calibration, RangeSource.CALIBRATION, "calibration"
+    if data is None and eval_inputs is not None:
+        data, source, field = eval_inputs, RangeSource.EVAL, "eval"
+        data = ({k: np.asarray(v)[:EVAL_CALIBRATION_SAMPLES] for k, v in data.items()} if isinstance(data, dict)
+                else np.asarray(data)[:EVAL_CALIBRATION_SAMPLES])
+    if missing and data is not None:
+        feeds = calibration_feeds(model, data, field)
         try:
-            ranges.update(calibrate_ranges(model, {k: np.asarray(v, np.float32) for k, v in feeds.items()}, missing))
+            found = calibrate_ranges(model, feeds, missing)
         except Exception as err:
-            raise CompileError(f"calibration: could not run the model on the calibration data ({str(err)[:200]})") from None
-    return ranges
+            raise calibration_error(field, f"could not run the model on the {field} data ({str(err)[:200]})") from None
+        take(found, source)
+    for w in weight_to_input:
+        if w not in ranges:
+            ranges[w], sources[w] = DEFAULT_INPUT_RANGE, RangeSource.DEFAULT
+    return ranges, sources

@@ -9,17 +9,21 @@ ops (:mod:`.lowering`), and assemble and check the new graph. Every other node i
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import onnx
 from onnx import helper
 
-from chipsim.compiler.bounds import AllocationLimits, check_allocations
+from chipsim.compiler.bounds import AllocationLimits, check_allocations, refuse_sparse
 from chipsim.compiler.calibration import Calibration, resolve_ranges
+from chipsim.compiler.float_types import compute_in_fp32
 from chipsim.compiler.graph_builder import GraphBuilder
-from chipsim.compiler.loader import constants, io_specs, load_model, static_shapes
+from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_model, probe_shapes, static_shapes
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
-from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext
+from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext, rewriter_of
+from chipsim.compiler.runnable import check_runnable
+from chipsim.modes import RangeSource
 from chipsim.profiles import ChipProfile
 from chipsim.programming import program
 from chipsim.state import ChipState
@@ -28,23 +32,28 @@ from chipsim.state import ChipState
 CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 
 
-def refuse_unmappable(model: onnx.ModelProto, consts: dict[str, Any]) -> None:
-    """Raise CompileError for a weight-bearing op no rewriter maps, or one inside a control-flow body."""
+def unmappable_nodes(model: onnx.ModelProto, consts: dict[str, Any]) -> Iterator[tuple[onnx.NodeProto, str]]:
+    """Each weight-bearing op no rewriter maps, or control-flow node with one in its body, and why."""
     for node in model.graph.node:
-        if node.op_type in UNMAPPABLE and any(i in consts for i in node.input[1:] if i):
-            raise CompileError(
-                f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot map; "
-                f"{UNMAPPABLE[node.op_type]}"
-            )
+        if node.domain in ONNX_DOMAINS and node.op_type in UNMAPPABLE and any(i in consts for i in node.input[1:] if i):
+            yield node, (f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot "
+                         f"map; {UNMAPPABLE[node.op_type]}")
         if node.op_type in CONTROL_FLOW_OPS:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH and any(n.op_type in REWRITERS for n in attr.g.node):
-                    raise CompileError(f"model: weight-bearing ops inside a {node.op_type} body are not supported")
+                    yield node, (f"model: node {node.name or node.op_type!r}: weight-bearing ops inside a "
+                                 f"{node.op_type} body are not supported")
+
+
+def refuse_unmappable(model: onnx.ModelProto, consts: dict[str, Any]) -> None:
+    """Raise CompileError for a weight-bearing op no rewriter maps, or one inside a control-flow body."""
+    for _, message in unmappable_nodes(model, consts):
+        raise CompileError(message)
 
 
 def check_weight_operands(ctx: RewriteContext, node: onnx.NodeProto) -> None:
     """A weight computed at run time purely from constants is a folded-away weight, not an activation."""
-    rewriter = REWRITERS.get(node.op_type)
+    rewriter = rewriter_of(node)
     if rewriter is None:
         return
     for weight in rewriter.weight_inputs(node):
@@ -68,29 +77,63 @@ def check_weight_operands(ctx: RewriteContext, node: onnx.NodeProto) -> None:
             )
 
 
-def analog_weight_inputs(model: onnx.ModelProto, consts: dict[str, Any]) -> dict[str, str]:
-    """Every weight the rewriters will map → the tensor it multiplies, in node order."""
-    out: dict[str, str] = {}
+def maps_node(node: onnx.NodeProto, consts: dict[str, Any]) -> bool:
+    """True if a rewriter will put (some of) the node's weights on the chip."""
+    rewriter = rewriter_of(node)
+    return rewriter is not None and bool(rewriter.analog_weights(node, consts))
+
+
+def analog_weight_inputs(model: onnx.ModelProto, consts: dict[str, Any]) -> dict[str, list[str]]:
+    """Every weight the rewriters will map → the tensors it multiplies (one per node reading
+    it), in node order."""
+    out: dict[str, list[str]] = {}
     for node in model.graph.node:
-        rewriter = REWRITERS.get(node.op_type)
+        rewriter = rewriter_of(node)
         if rewriter is not None:
-            out.update(rewriter.analog_weights(node, consts))
+            for w, t in rewriter.analog_weights(node, consts).items():
+                if t not in out.setdefault(w, []):
+                    out[w].append(t)
     return out
 
 
-def rewrite_nodes(ctx: RewriteContext) -> tuple[list[onnx.NodeProto], int]:
-    """The new node list (each mapped node replaced by its lowering) and the count of digital nodes."""
+#: Ops whose constant operand is a weight matrix or table; left digital, they are reported.
+WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Einsum", "LSTM", "GRU", "RNN")
+
+
+def digital_parameters(model: onnx.ModelProto, consts: dict[str, Any], ctx: RewriteContext,
+                       mapped_nodes: set[int]) -> tuple[int, list[dict[str, Any]]]:
+    """(float constants of the model not held by the chip — biases, norms, embeddings, weights of
+    ops left digital — in elements; the weight-bearing nodes left digital, with their weights)."""
+    on_chip = {p.weight_name for p in ctx.plans}
+    floats = {n: v for n, v in consts.items() if getattr(v, "dtype", None) is not None and v.dtype.kind == "f"}
+    count = sum(int(v.size) for n, v in floats.items() if n not in on_chip)
+    nodes = []
+    for i, node in enumerate(model.graph.node):
+        if i in mapped_nodes or node.op_type not in WEIGHT_OPS:
+            continue
+        weights = [n for n in node.input if n in floats and floats[n].ndim >= 2 and n not in on_chip]
+        if weights:
+            nodes.append({"node": node.name or node.op_type, "op": node.op_type,
+                          "parameters": sum(int(floats[n].size) for n in weights)})
+    return count, nodes
+
+
+def rewrite_nodes(ctx: RewriteContext) -> tuple[list[onnx.NodeProto], int, set[int]]:
+    """The new node list (each mapped node replaced by its lowering), the count of digital
+    nodes and the positions of the mapped ones."""
     new_nodes: list[onnx.NodeProto] = []
     digital = 0
-    for node in ctx.model.graph.node:
+    mapped: set[int] = set()
+    for i, node in enumerate(ctx.model.graph.node):
         check_weight_operands(ctx, node)
-        rewriter = REWRITERS.get(node.op_type)
+        rewriter = rewriter_of(node)
         if rewriter and rewriter.rewrite(ctx, node):
             new_nodes.extend(ctx.builder.take_nodes())
+            mapped.add(i)
         else:
             digital += node.op_type != "Constant"
             new_nodes.append(node)
-    return new_nodes, digital
+    return new_nodes, digital, mapped
 
 
 def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
@@ -118,27 +161,47 @@ def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
 
 def compile_model(
     model_bytes: bytes, profile: ChipProfile, calibration: Calibration | None = None,
-    ranges: dict[str, float] | None = None, limits: AllocationLimits | None = None,
+    ranges: dict[str, float] | None = None, eval_inputs: Calibration | None = None,
+    limits: AllocationLimits | None = None,
 ) -> CompiledModel:
     """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
     (weight initializer name → r) override metadata and calibration (recompiling a chip);
-    ``limits`` bound what the model may allocate (:mod:`.bounds`)."""
+    ``eval_inputs`` (the model's eval set) calibrate when ``calibration`` is None. Each layer's
+    spec records where its range came from (``meta["input_range_source"]``). ``limits`` bound
+    what the model may allocate (:mod:`.bounds`), checked before anything runs it (calibration
+    included), on the model as the chip path runs it (fp16/bf16 widened to fp32)."""
     model = load_model(model_bytes)
-    check_allocations(model, limits)
+    refuse_sparse(model)  # before anything reads its initializers
+    model = compute_in_fp32(model, maps_node)
     consts = constants(model)
     init_names = {t.name for t in model.graph.initializer}
     refuse_unmappable(model, consts)
+    # A session build without optimisations allocates no intermediate: safe before the bounds,
+    # whose trial run needs a model onnxruntime runs (and would blame no node).
+    check_runnable(model, lambda node: maps_node(node, consts))
+    check_allocations(model, limits)
     metadata = {p.key: p.value for p in model.metadata_props}
-    ranges = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges)
+    ranges, sources = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges,
+                                     eval_inputs)
+    shapes = static_shapes(model)
+    rankless = [n.output[0] for n in model.graph.node
+                if n.output and n.output[0] and maps_node(n, consts) and not shapes.get(n.output[0])]
+    if rankless:
+        shapes.update(probe_shapes(model, rankless))
     ctx = RewriteContext(model=model, consts=consts, producers={o: n for n in model.graph.node for o in n.output},
-                         shapes=static_shapes(model), profile=profile, ranges=ranges, builder=GraphBuilder())
-    new_nodes, digital = rewrite_nodes(ctx)
+                         shapes=shapes, profile=profile, ranges=ranges, builder=GraphBuilder())
+    new_nodes, digital, mapped = rewrite_nodes(ctx)
     if not ctx.plans:
-        raise CompileError("model: no weight-bearing MatMul, Gemm or Conv with constant weights; nothing to map")
+        raise CompileError("model: no weight-bearing MatMul, Gemm, Conv, ConvTranspose or recurrent node with "
+                           "constant weights; nothing to map")
+    n_params, weight_nodes = digital_parameters(model, consts, ctx, mapped)
+    for spec in ctx.specs:
+        spec.meta["input_range_source"] = str(sources.get(spec.meta["weight"], RangeSource.DEFAULT))
     return CompiledModel(
         specs=ctx.specs, plans=ctx.plans, graph=assemble(ctx, new_nodes),
         inputs=io_specs(model.graph.input, init_names), outputs=io_specs(model.graph.output, set()),
-        metadata=metadata, digital_nodes=digital,
+        metadata=metadata, digital_nodes=digital, digital_parameters=n_params, digital_weight_nodes=weight_nodes,
+        layer_readers=[ctx.readers.get(i, []) for i in range(len(ctx.plans))],
     )
 
 
@@ -150,10 +213,12 @@ def program_onnx(
     calibration: Calibration | None = None,
     meta: dict[str, Any] | None = None,
     progress: bool = False,
+    eval_inputs: Calibration | None = None,
     limits: AllocationLimits | None = None,
 ) -> ChipState:
-    """Compile an ONNX model and program its analog layers onto a new chip."""
-    compiled = compile_model(model_bytes, profile, calibration, limits=limits)
+    """Compile an ONNX model and program its analog layers onto a new chip (``calibration``,
+    ``eval_inputs`` and ``limits``: see :func:`compile_model`)."""
+    compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs, limits=limits)
     digest = hashlib.sha256(model_bytes).hexdigest()
     chip_meta = {
         "model_digest": digest,
@@ -162,6 +227,9 @@ def program_onnx(
         "outputs": compiled.outputs,
         "model_metadata": compiled.metadata,
         "digital_nodes": compiled.digital_nodes,
+        "digital_parameters": compiled.digital_parameters,
+        "digital_weight_nodes": compiled.digital_weight_nodes,
+        "uncalibrated_layers": compiled.uncalibrated_layers(),
         "graph_format": GRAPH_FORMAT,
         **(meta or {}),
     }

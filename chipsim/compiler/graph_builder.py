@@ -20,6 +20,7 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
+        self._input_names: set[str] = set()
         self._n = 0
 
     def name(self, prefix: str) -> str:
@@ -48,7 +49,11 @@ class GraphBuilder:
                                  self.const(prefix, axes, np.int64)], prefix)
 
     def graph_input(self, name: str, shape: list[Any]) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+        """Declare a float graph input (once: a layer read several times declares its weight
+        and scale inputs at every read)."""
+        if name not in self._input_names:
+            self._input_names.add(name)
+            self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
         return name
 
     def take_nodes(self) -> list[onnx.NodeProto]:

@@ -1,7 +1,7 @@
 """Loading an ONNX model held in memory, its checks, and what the rewriters read from it.
 
-Never reads a path a model names (external data is refused), so an upload cannot make the
-chip read a file. New loader features (symbolic dims, other float types, other op domains)
+Never reads a path a model names (external data is refused here; :mod:`.archive` resolves it
+inside an uploaded archive's private folder), so an upload cannot make the chip read a file. New loader features (symbolic dims, other float types, other op domains)
 belong here: everything after this module sees a checked ``onnx.ModelProto``.
 """
 
@@ -18,7 +18,9 @@ from chipsim.compiler.plan import CompileError
 
 MIN_OPSET = 13
 MAX_MODEL_BYTES = 1 << 30
-#: Operator domains a model may use: the default ONNX domain, by either of its names.
+#: The default ONNX operator domain, by either of its names: only its nodes are candidates for the
+#: chip's rewriters. Nodes of other domains pass through digitally when onnxruntime runs them
+#: (checked by :mod:`chipsim.compiler.runnable`).
 ONNX_DOMAINS = ("", "ai.onnx")
 
 
@@ -36,8 +38,8 @@ def load_model(model_bytes: bytes) -> onnx.ModelProto:
         if tensor.data_location == TensorProto.EXTERNAL:
             raise CompileError(
                 f"model: tensor {tensor.name!r} is stored in an external data file; the chip never reads files "
-                "named by a model. Save the model with its weights inside (onnx.save(model, path, "
-                "save_as_external_data=False))."
+                "named by a model. Upload a .zip or .tar holding the model and its data files, or save the model "
+                "with its weights inside (onnx.save(model, path, save_as_external_data=False))."
             )
     try:
         onnx.checker.check_model(model)
@@ -46,10 +48,32 @@ def load_model(model_bytes: bytes) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), 0)
     if opset < MIN_OPSET:
         raise CompileError(f"model: opset {opset} is too old; export with opset ≥ {MIN_OPSET} (e.g. opset_version=17)")
-    for node in model.graph.node:
-        if node.domain not in ONNX_DOMAINS:
-            raise CompileError(f"model: node {node.name or node.op_type!r} uses custom domain {node.domain!r}")
+    alias_constant_identities(model)
     return model
+
+
+def alias_constant_identities(model: onnx.ModelProto) -> None:
+    """Read initializers directly where the model reads them through ``Identity`` nodes (torch's
+    exporter writes one per duplicate of an identical initializer, e.g. the cloned layers of an
+    ``nn.TransformerEncoder``), so those weights are constants, not run-time values. In place;
+    an Identity whose output is a graph output stays."""
+    inits = {t.name for t in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    alias = {}
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.domain in ONNX_DOMAINS and node.output[0] not in outputs:
+            src = alias.get(node.input[0], node.input[0])
+            if src in inits:
+                alias[node.output[0]] = src
+    if not alias:
+        return
+    keep = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
 
 
 def model_inputs(model_bytes: bytes) -> list[dict[str, Any]]:
@@ -111,17 +135,46 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return shapes
 
 
+def probe_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
+    """Shapes of ``names`` from one onnxruntime run on zeros, symbolic input dims set to 1 (as
+    :func:`static_shapes` sets them). For tensors ONNX shape inference leaves without a rank
+    (after an op it has no inference for, e.g. ``ai.onnx.ml.Scaler``); empty if the model has an
+    input of unknown rank or the run fails on zeros."""
+    from chipsim.ort_session import cpu_session  # onnxruntime only on this fallback path
+
+    init_names = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for spec in io_specs(model.graph.input, init_names):
+        vi = next(v for v in model.graph.input if v.name == spec["name"])
+        if not vi.type.tensor_type.HasField("shape"):
+            return {}
+        feeds[spec["name"]] = np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]],
+                                       np.dtype(spec["dtype"]))
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
+    try:
+        sess = cpu_session(m.SerializeToString(), 1)
+        values = sess.run(names, feeds)
+    except Exception:  # a model that cannot run on zeros keeps its unknown ranks
+        return {}
+    return {n: list(v.shape) for n, v in zip(names, values)}
+
+
 def io_specs(values, init_names: set[str]) -> list[dict[str, Any]]:
     """Name, numpy dtype name and shape (symbolic dims by name) of graph inputs or outputs,
-    leaving out initializers listed as inputs."""
+    leaving out initializers listed as inputs. bf16 values are float32 (see float_types)."""
     out = []
     for vi in values:
         if vi.name in init_names:
             continue
         tt = vi.type.tensor_type
+        # bf16 graph inputs/outputs are float32 holding bf16 values on the chip (float_types.py)
+        as_float = not tt.elem_type or tt.elem_type == TensorProto.BFLOAT16
         out.append({
             "name": vi.name,
-            "dtype": helper.tensor_dtype_to_np_dtype(tt.elem_type).name if tt.elem_type else "float32",
+            "dtype": "float32" if as_float else helper.tensor_dtype_to_np_dtype(tt.elem_type).name,
             "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim],
         })
     return out

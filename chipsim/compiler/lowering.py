@@ -98,7 +98,7 @@ def emit_tile_products(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profil
                        conv_attrs: dict | None) -> dict[str, str]:
     """All matrix products of one tile (:func:`tile_parts`), one tensor per part.
 
-    Conv: one Conv with the inputs stacked along channels and ``group = P`` (weights
+    Conv: one Conv with the inputs stacked along channels and ``group = P·groups`` (weights
     ``[W; R; A; V]`` stacked along outputs), split after: one call and one NCHWc layout
     conversion in and out instead of P. MatMul: one MatMul per part with its own 2-D weight
     input (onnxruntime prepacks 2-D constant weights; a stacked 3-D MatMul measured slower)."""
@@ -119,7 +119,8 @@ def emit_tile_products(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profil
             bias = np.zeros(len(parts) * plan.cols, np.float32)
             bias[parts.index("v") * plan.cols:] = (profile.out_noise / s) ** 2
             inputs.append(b.const(prefix, bias))
-        out = b.op("Conv", inputs, prefix, **{**conv_attrs, "group": len(parts)})  # type: ignore[dict-item]
+        groups = len(parts) * int(conv_attrs.get("group", 1))  # type: ignore[union-attr]  # P parts × groups
+        out = b.op("Conv", inputs, prefix, **{**conv_attrs, "group": groups})  # type: ignore[dict-item]
         return dict(zip(parts, b.split(out, 1, [plan.cols] * len(parts), prefix)))
     out = {}
     for p in parts:

@@ -2,8 +2,10 @@
 ONNX shape inference.
 
 Analog layers come from the chip's compiled plan (``chip.meta["plans"]``: one entry per
-programmed layer, a Conv with ``group = g`` giving g of them), matched in graph order to the
-weight-bearing nodes of the model the chip was programmed from (``chip.attachments["model.onnx"]``).
+programmed layer, a grouped Conv giving one — g of them in chips programmed before), matched by
+op and weight name to the weight-bearing nodes of the model the chip was programmed from
+(``chip.attachments["model.onnx"]``): a layer read by several nodes (a shared initializer) is
+counted at each of them. A recurrent node (LSTM, GRU, RNN) gives one row per W and R layer.
 Per application of a layer to one input vector (an *MVM*) and per tile ``k`` with ``rows_k``
 inputs and ``cols`` outputs programmed:
 
@@ -59,7 +61,10 @@ OPS_PER_ELEMENT: dict[str, int] = {
     "Softmax": 3, "LogSoftmax": 3, "LayerNormalization": 6, "InstanceNormalization": 6, "GroupNormalization": 6,
     "BatchNormalization": 2,
 }
-_ANALOG_OPS = {"matmul": "MatMul", "gemm": "Gemm", "conv": "Conv"}
+_ANALOG_OPS = {"matmul": "MatMul", "matmul_left": "MatMul", "gemm": "Gemm", "conv": "Conv",
+               "conv_transpose": "ConvTranspose", "lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+_RECURRENT = frozenset({"lstm", "gru", "rnn"})
+_RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class AnalogLayerCounts:
 
     name: str  # the model's node name
     kind: str  # "matmul" | "gemm" | "conv"
-    chip_layers: tuple[str, ...]  # the chip's layers (one per Conv group)
+    chip_layers: tuple[str, ...]  # the chip's layers (one; one per Conv group in chips programmed before)
     tiles: int  # Σ over groups
     rows: int  # inputs per MVM = DAC conversions per MVM
     cols: int  # outputs per MVM
@@ -267,9 +272,38 @@ def chip_plans(chip: ChipState) -> list[dict[str, Any]]:
 
 
 def _applications(kind: str, out: tuple[int, ...]) -> int:
-    """MVMs a node's output needs: its elements over its channels (axis 1 for Conv, last axis else)."""
-    channels = out[1] if kind == "conv" else out[-1]
+    """MVMs a node's output needs: its elements over its channels (axis 1 for Conv and
+    ConvTranspose, axis −2 for MatMul(W, x), last axis else)."""
+    if kind in ("conv", "conv_transpose"):
+        channels = out[1]
+    elif kind == "matmul_left":
+        channels = out[-2]
+    else:
+        channels = out[-1]
     return math.prod(out) // channels
+
+
+def _plan_weight_input(plan: Mapping[str, Any]) -> int:
+    """Which input of its node carries a plan's weight: 0 for MatMul(W, x), 1 else (recurrent
+    ops: W is input 1, R input 2, matched by name)."""
+    return 0 if plan.get("kind") == "matmul_left" else 1
+
+
+def _node_plans(node: onnx.NodeProto, plans: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of the plans whose layers ``node`` reads: same op, the plan's weight in the
+    node's weight position (a layer shared by several nodes matches each of them)."""
+    out = []
+    for i, p in enumerate(plans):
+        if _ANALOG_OPS.get(p.get("kind", "")) != node.op_type:
+            continue
+        if p.get("kind") in _RECURRENT:
+            if p.get("weight_name") in node.input[1:3]:
+                out.append(i)
+            continue
+        k = _plan_weight_input(p)
+        if len(node.input) > k and node.input[k] == p.get("weight_name"):
+            out.append(i)
+    return out
 
 
 def count_graph(model: onnx.ModelProto, plans: Sequence[Mapping[str, Any]], batch: int | None = None,
@@ -281,14 +315,17 @@ def count_graph(model: onnx.ModelProto, plans: Sequence[Mapping[str, Any]], batc
     layers: list[AnalogLayerCounts] = []
     by_op: dict[str, int] = {}
     uncounted: list[str] = []
+    matched: set[int] = set()
     nodes = 0
-    i = 0
     for node in fixed.graph.node:
-        group = _match(node, plans, i)
-        if group:
-            i += len(group)
-            layers.append(_layer_counts(node, group, shapes, batch, warnings))
+        group = _node_plans(node, plans)
+        if group and node.op_type not in _RECURRENT_OPS:
+            matched.update(group)
+            layers.append(_layer_counts(node, [plans[i] for i in group], shapes, batch, warnings))
             continue
+        if group:  # recurrent: each of W, R (per direction) is its own layer; the gates are digital
+            matched.update(group)
+            layers.extend(_recurrent_counts(node, plans[i], shapes, batch) for i in group)
         if node.op_type == "Constant":
             continue
         nodes += 1
@@ -300,9 +337,11 @@ def count_graph(model: onnx.ModelProto, plans: Sequence[Mapping[str, Any]], batc
             uncounted.append(node.name or node.op_type)
             continue
         by_op[node.op_type] = by_op.get(node.op_type, 0) + ops
-    if i != len(plans):
+    missing = [i for i in range(len(plans)) if i not in matched]
+    if missing:
         raise CostError("chip: its stored model does not match its programmed layers "
-                        f"(matched {i} of {len(plans)}; first unmatched: {plans[i].get('name')!r})")
+                        f"(matched {len(plans) - len(missing)} of {len(plans)}; first unmatched: "
+                        f"{plans[missing[0]].get('name')!r})")
     if uncounted:
         warnings.append(f"{len(uncounted)} digital node(s) not counted (shape unknown or control flow): "
                         f"{uncounted[:5]}")
@@ -310,32 +349,22 @@ def count_graph(model: onnx.ModelProto, plans: Sequence[Mapping[str, Any]], batc
     return GraphCounts(batch=batch, layers=tuple(layers), digital=digital, warnings=tuple(warnings))
 
 
-def _match(node: onnx.NodeProto, plans: Sequence[Mapping[str, Any]], i: int) -> list[Mapping[str, Any]]:
-    """The plans (one, or one per Conv group) of ``node`` if it is the next analog layer."""
-    if i >= len(plans) or len(node.input) < 2:
-        return []
-    p = plans[i]
-    if _ANALOG_OPS.get(p.get("kind", "")) != node.op_type or p.get("node") != (node.name or node.op_type) \
-            or p.get("weight_name") != node.input[1]:
-        return []
-    n = 1
-    if node.op_type == "Conv":
-        n = next((int(a.i) for a in node.attribute if a.name == "group"), 1)
-    group = list(plans[i:i + n])
-    if len(group) != n or any(g.get("node") != p["node"] or g.get("weight_name") != p["weight_name"] for g in group):
-        raise CostError(f"chip: layer {p.get('name')!r} does not match its node's {n} groups")
-    return group
+def _tile_rows(p: Mapping[str, Any]) -> list[int]:
+    return [int(e) - int(a) for a, e in p["tiles"]]
 
 
 def _layer_counts(node: onnx.NodeProto, group: Sequence[Mapping[str, Any]], shapes, batch: int,
                   warnings: list[str]) -> AnalogLayerCounts:
+    """One node's MVMs on its layer (or, in chips programmed before grouped Convs were one
+    layer, its groups' layers). A grouped layer's tile holds one channel slice of every group:
+    its DAC converts ``groups ×`` the tile's rows."""
     kind = group[0]["kind"]
     tiles = rows = cols = weights = adc = digital = 0
     for p in group:
-        tile_rows = [int(e) - int(a) for a, e in p["tiles"]]
+        tile_rows = _tile_rows(p)
         c = int(p["cols"])
         tiles += len(tile_rows)
-        rows += sum(tile_rows)
+        rows += sum(tile_rows) * int(p.get("groups", 1))
         cols += c
         weights += sum(tile_rows) * c
         adc += len(tile_rows) * c
@@ -353,6 +382,28 @@ def _layer_counts(node: onnx.NodeProto, group: Sequence[Mapping[str, Any]], shap
     return AnalogLayerCounts(name=node.name or node.op_type, kind=kind, chip_layers=tuple(p["name"] for p in group),
                              tiles=tiles, rows=rows, cols=cols, weights=weights, adc_per_mvm=adc,
                              digital_per_mvm=digital, mvms=mvms)
+
+
+def _recurrent_counts(node: onnx.NodeProto, p: Mapping[str, Any], shapes, batch: int) -> AnalogLayerCounts:
+    """One W or R layer of a recurrent node: W reads every step's input (T·N MVMs); R reads the
+    hidden state at every step but a first one whose state is 0 (T or T − 1 reads per sample)."""
+    tile_rows = _tile_rows(p)
+    c = int(p["cols"])
+    is_w = p.get("weight_name") == node.input[1]
+    layout = next((int(a.i) for a in node.attribute if a.name == "layout"), 0)
+    x = shapes.get(node.input[0])
+    n = batch if x is None else x[1 - layout]
+    steps = (p["out_shape"][1] if len(p["out_shape"]) > 2 else 1) if x is None else x[layout]
+    if is_w:
+        mvms = n * steps
+    elif len(p["out_shape"]) > 2:  # a Scan: one read per step, but none at a first step whose state is 0
+        no_state = len(node.input) <= 5 or not node.input[5]
+        mvms = n * (p["out_shape"][1] if x is None else steps - no_state)
+    else:  # unrolled: one read per step as compiled
+        mvms = n * (1 + len(p.get("reads", [])))
+    return AnalogLayerCounts(name=p["name"], kind=p["kind"], chip_layers=(p["name"],), tiles=len(tile_rows),
+                             rows=sum(tile_rows), cols=c, weights=sum(tile_rows) * c, adc_per_mvm=len(tile_rows) * c,
+                             digital_per_mvm=(len(tile_rows) - 1) * c, mvms=mvms)
 
 
 def count_chip(chip: ChipState, batch: int | None = None,

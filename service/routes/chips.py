@@ -42,10 +42,13 @@ async def _program_spec(request: Request) -> program_request.ProgramSpec:
 async def program(request: Request) -> JSONResponse:
     """Compile the model, program its analog layers onto a new chip (sampling programming noise,
     drift exponents and faults once), publish it atomically and return its summary. The ONNX file
-    is stored once by its sha256 digest and shared by chips."""
+    is stored once by its sha256 digest and shared by chips. With ``dry_run=true``: 200 with what
+    programming would do (analog nodes, digital nodes and why, refusals); nothing programmed."""
     registry = registry_of(request)
     async with lanes_of(request).program.ticket() as ticket:  # a place in line before the upload is read
         spec = await _program_spec(request)
+        if spec.dry_run:  # a report, not a chip: 200, nothing programmed
+            return JSONResponse(await ticket.run(lambda: registry.dry_run(spec)), status_code=200)
         summary = await ticket.run(lambda: registry.program(spec).summary())
     return JSONResponse(summary, status_code=201, headers={"Location": f"/chips/{summary['chip_id']}"})
 

@@ -27,10 +27,6 @@ from chipsim.state import LayerSpec
 
 #: Ops that carry weights the crossbar cannot map, with what to do instead.
 UNMAPPABLE: dict[str, str] = {
-    "LSTM": "export the recurrence unrolled (e.g. torch.nn.LSTMCell in a loop) so its gates are MatMul/Gemm",
-    "GRU": "export the recurrence unrolled (torch.nn.GRUCell in a loop) so its gates are MatMul/Gemm",
-    "RNN": "export the recurrence unrolled so its weights are MatMul/Gemm",
-    "ConvTranspose": "replace it by Upsample + Conv, which the chip maps",
     "ConvInteger": "export the float model; the chip does its own quantisation",
     "MatMulInteger": "export the float model; the chip does its own quantisation",
     "QLinearConv": "export the float model; the chip does its own quantisation",
@@ -53,16 +49,43 @@ class RewriteContext:
     builder: GraphBuilder
     specs: list[LayerSpec] = field(default_factory=list)
     plans: list[LayerPlan] = field(default_factory=list)
+    #: (weight name, layout) → index of the layer holding it: a weight read again is not programmed again.
+    shared: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: layer index → the nodes reading it (``node.name or op_type``), the one holding it first.
+    readers: dict[int, list[str]] = field(default_factory=dict)
+    _fixed: dict[str, list[bool]] | None = None
+
+    def fixed_dims(self) -> dict[str, list[bool]]:
+        """Per tensor, which dimensions have a fixed size in the model as exported (shape
+        inference without setting symbolic inputs to 1; computed once, on first use)."""
+        if self._fixed is None:
+            self._fixed = {}
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+            except Exception:  # the per-sample inference succeeded: leave every dimension unknown
+                return self._fixed
+            for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+                self._fixed[vi.name] = [d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim]
+        return self._fixed
 
     def out_shape(self, node: onnx.NodeProto, channels: int | None = None) -> list[int]:
-        """Per-sample output shape of ``node`` (``channels`` replaces dim 1: one Conv group)."""
+        """Per-sample output shape of ``node`` (``channels`` replaces dim 1: one Conv group).
+
+        A crossbar needs only its weight's own axes (K, N): dimensions that are symbolic, or
+        that shape inference cannot resolve (a sequence length sliced from ``Shape``, as Hugging
+        Face exports do), are recorded as 1, like the batch. Only the rank must be known; when
+        inference lost it, it is the rank of the node's data input (MatMul, Conv) or 2 (Gemm)."""
         shape = self.shapes.get(node.output[0])
-        if not shape or any(d is None for d in shape):
-            raise CompileError(
-                f"model: cannot infer the output shape of node {node.name or node.op_type!r}; export with static "
-                "non-batch dimensions (only the leading batch dimension may be dynamic)"
-            )
-        shape = [int(d) for d in shape]
+        if not shape:
+            x = self.shapes.get(node.input[0]) if node.input else None
+            rank = 2 if node.op_type == "Gemm" else (max(len(x), 2) if x else 0)
+            if not rank:
+                raise CompileError(
+                    f"model: cannot infer the rank of the output of node {node.name or node.op_type!r} (its input's "
+                    "rank is unknown too); export with shape information (torch.onnx.export keeps it)"
+                )
+            shape = [None] * rank
+        shape = [1 if d is None else int(d) for d in shape]
         if channels is not None:
             shape[1] = channels
         return shape
@@ -71,17 +94,55 @@ class RewriteContext:
         return float(self.ranges.get(weight_name, DEFAULT_INPUT_RANGE))
 
     def new_plan(self, node: onnx.NodeProto, kind: LayerKind, weight_name: str, name: str, spec_weight: np.ndarray,
-                 out_shape: list[int], tiles=None, **extra: Any) -> LayerPlan:
+                 out_shape: list[int], tiles=None, layout: str | None = None, **extra: Any) -> LayerPlan:
         """Add an analog layer with weights ``spec_weight`` (rows = inputs, cols = outputs):
-        its spec to program and its plan in the graph."""
+        its spec to program and its plan in the graph; returns the plan of its first read.
+
+        ``layout`` names how ``spec_weight`` is laid out from the initializer ``weight_name``
+        (e.g. ``"w"``, ``"w.T"``, a recurrent op's direction). When a layer with the same weight
+        and layout exists, no devices are added: the call returns a new read of that layer
+        (:meth:`LayerPlan.read_view`) with its own noise inputs. ``None`` never shares.
+        """
+        key = (weight_name, layout) if layout is not None else None
+        if key is not None and key in self.shared:
+            self.note_reader(self.shared[key], node)
+            return self.add_read(self.plans[self.shared[key]], out_shape, spec_weight)
         tiles = tiles or tile_bounds(spec_weight.shape[0], self.profile.tile_rows)
-        plan = LayerPlan(index=len(self.specs), name=name, node=node.name or node.op_type, kind=kind,
+        plan = LayerPlan(index=len(self.specs), name=self.unique_name(name), node=node.name or node.op_type, kind=kind,
                          weight_name=weight_name, tiles=tiles, cols=spec_weight.shape[1],
                          out_shape=out_shape, **extra)
-        self.specs.append(LayerSpec(name=name, weight=spec_weight, input_range=self.range_for(weight_name),
+        self.specs.append(LayerSpec(name=plan.name, weight=spec_weight, input_range=self.range_for(weight_name),
                                     tiles=tiles, meta={"node": plan.node, "kind": plan.kind, "weight": weight_name}))
         self.plans.append(plan)
+        self.note_reader(plan.index, node)
+        if key is not None:
+            self.shared[key] = plan.index
         return plan
+
+    def note_reader(self, index: int, node: onnx.NodeProto) -> None:
+        """Record that ``node`` reads layer ``index`` (once per node, however many reads)."""
+        readers = self.readers.setdefault(index, [])
+        label = node.name or node.op_type
+        if label not in readers:
+            readers.append(label)
+
+    def add_read(self, plan: LayerPlan, out_shape: list[int], spec_weight: np.ndarray | None = None) -> LayerPlan:
+        """A further read of ``plan``'s layer with per-sample output shape ``out_shape``."""
+        stored = self.plans[plan.index]
+        if spec_weight is not None and not np.array_equal(self.specs[plan.index].weight, spec_weight):
+            raise RuntimeError(f"layer {stored.name!r}: a read with other weights under the same layout")
+        stored.reads.append(list(out_shape))
+        return stored.read_view(stored.n_reads - 1)
+
+    def unique_name(self, name: str) -> str:
+        """``name``, or ``name#2``, ``name#3``… if a layer already has it (ONNX node names need
+        not be unique; chip layer names must be)."""
+        taken = {s.name for s in self.specs}
+        out, i = name, 1
+        while out in taken:
+            i += 1
+            out = f"{name}#{i}"
+        return out
 
 
 def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -116,6 +177,12 @@ class OpRewriter:
 
 #: The rewriter of each mapped op type.
 REWRITERS: dict[str, OpRewriter] = {}
+
+
+def rewriter_of(node: onnx.NodeProto) -> OpRewriter | None:
+    """The rewriter of a node of the default ONNX domain (a node of another domain that shares an
+    op type name, e.g. ``com.microsoft.nchwc.Conv``, is another op and stays digital)."""
+    return REWRITERS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
 
 
 def register(cls: type[OpRewriter]) -> type[OpRewriter]:
