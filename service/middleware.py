@@ -91,10 +91,11 @@ class ServiceMiddleware:
             if self.stopping.is_set() and scope["path"] not in self.open_paths:
                 await refuse(503, SHUTTING_DOWN, None, shutdown_headers)
                 return
-            limit = (self.settings.max_upload_bytes if scope["path"] in self.upload_paths
-                     else self.settings.max_request_bytes)
+            upload = scope["path"] in self.upload_paths
+            limit = self.settings.max_upload_bytes if upload else self.settings.max_request_bytes
+            setting = "AGEDCHIP_MAX_UPLOAD_BYTES" if upload else "AGEDCHIP_MAX_REQUEST_BYTES"
             try:
-                rejected, receive = await self._limit(scope, receive, limit)
+                rejected, receive = await self._limit(scope, receive, limit, setting)
             except _ClientGone:
                 status[0] = CLIENT_CLOSED
                 return
@@ -116,7 +117,7 @@ class ServiceMiddleware:
 
     @staticmethod
     async def _limit(scope: dict[str, Any], receive: Receive,
-                     limit: int) -> tuple[tuple[int, str, str | None] | None, Receive]:
+                     limit: int, setting: str) -> tuple[tuple[int, str, str | None] | None, Receive]:
         """(status, message, field) when the body is refused, and the ``receive`` to read it with:
         a body without a declared length is read (and counted) here, then replayed to the app.
         Raises :class:`_ClientGone` if the client left meanwhile."""
@@ -126,7 +127,8 @@ class ServiceMiddleware:
             if not length.isdigit():
                 return (400, "Content-Length must be a non-negative integer", None), receive
             if int(length) > limit:
-                return (413, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes", "body"), receive
+                return (413, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes ({setting})",
+                        "body"), receive
             return None, receive
         if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
             return None, receive
@@ -138,7 +140,7 @@ class ServiceMiddleware:
             chunk = message.get("body", b"")
             total += len(chunk)
             if total > limit:
-                return (413, f"request body exceeds the limit of {limit} bytes", "body"), receive
+                return (413, f"request body exceeds the limit of {limit} bytes ({setting})", "body"), receive
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)

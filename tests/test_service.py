@@ -149,6 +149,7 @@ def test_request_size_limits_413_before_parsing(tmp_path, zoo):
     with TestClient(create_app(s)) as c:
         r = c.post("/infer", json={"chip_id": "default", "inputs": x_batch(8)})
         assert err(r) == (413, "body")
+        assert "AGEDCHIP_MAX_REQUEST_BYTES" in r.json()["error"]["message"]  # the setting to raise
         # a chunked body (no Content-Length) is counted as it streams
         big = json.dumps({"inputs": x_batch(8)}).encode()
         r = c.post("/infer", content=iter([big[:3000], big[3000:]]), headers={"content-type": "application/json"})
@@ -158,6 +159,7 @@ def test_request_size_limits_413_before_parsing(tmp_path, zoo):
         assert r.status_code == 200, r.text
         r = c.post("/program", files={"model": ("m.onnx", tiny_model(hidden=64), "application/octet-stream")})
         assert err(r) == (413, "body")
+        assert "AGEDCHIP_MAX_UPLOAD_BYTES" in r.json()["error"]["message"]
         text = c.get("/metrics").text
         assert 'agedchip_http_requests_total{method="POST",route="/infer",status="4xx"}' in text
         assert 'agedchip_http_requests_total{method="POST",route="/program",status="4xx"}' in text
