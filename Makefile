@@ -15,13 +15,14 @@ PIP    := $(PY) -m pip install --disable-pip-version-check -q
 TORCH_INDEX ?=
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: help run demo test test-fast lint-imports bench load-test zoo clean
+.PHONY: help run demo test test-fast lint lint-imports bench load-test zoo clean
 
 help:
 	@echo "make run        the HTTP service on http://127.0.0.1:8000 (agedchip serve), state in ./state"
 	@echo "make demo       program a random 512x512 layer, print its drift metrics (agedchip demo)"
 	@echo "make test       the import contracts and the test suite (installs torch, Prometheus, Fashion-MNIST and the container linters first)"
-	@echo "make test-fast  the contracts and every test not marked slow (< 90 s)"
+	@echo "make test-fast  ruff, the contracts and every test not marked slow (< 90 s)"
+	@echo "make lint       ruff check and ruff format --check"
 	@echo "make bench      the chip-state benchmark, into runs/chip_state/<time>/"
 	@echo "make load-test  the HTTP load test against a fresh service, into runs/load_test/<time>/"
 	@echo "make zoo        retrain the model zoo (~6 min), into runs/build_zoo/<time>/"
@@ -59,8 +60,15 @@ test: $(VENV)/.dev-stamp
 	bash docker/ci/install-prometheus.sh
 	bash docker/ci/install-fmnist.sh
 	PYTHON=$(PYTHON) bash docker/ci/install-lint-tools.sh
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# ruff ([tool.ruff] in pyproject.toml): lint, then the formatting check (`ruff format .` fixes it).
+lint: $(VENV)/.dev-stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # The import graph's contracts ([tool.importlinter] in pyproject.toml): layers and no cycles.
 lint-imports: $(VENV)/.dev-stamp
@@ -69,6 +77,8 @@ lint-imports: $(VENV)/.dev-stamp
 # Everything but the tests marked slow (system tests: subprocess services, Prometheus, a fresh
 # serving venv, SIGKILL crash tests, whole studies); no Prometheus or linter installs.
 test-fast: $(VENV)/.dev-stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow"
 

@@ -42,8 +42,7 @@ from models import outputs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FILES = ("chip_state.json", "chip_state.md")
-TARGETS = {"program_ns_per_weight": 200.0, "read_ns_per_weight": 100.0, "load_s": 0.5,
-           "device_bytes_per_weight": 8.0}
+TARGETS = {"program_ns_per_weight": 200.0, "read_ns_per_weight": 100.0, "load_s": 0.5, "device_bytes_per_weight": 8.0}
 AGES_S = [3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0, 365 * 86400.0]
 
 
@@ -120,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         # Payload of the per-device arrays (G_prog deviation and ν, both devices of each pair).
         device_bytes = sum(
             int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize
-            for key, e in manifest["arrays"].items() if key.rsplit("/", 1)[1] in ("dg_us", "nu")
+            for key, e in manifest["arrays"].items()
+            if key.rsplit("/", 1)[1] in ("dg_us", "nu")
         )
         shared = sum(p.stat().st_size for p in store.blobs_dir.iterdir())
         load_times = []
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "chip_state",
         "command": "python -m bench.chip_state " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {
             "nproc": os.cpu_count(),
             "cpu": _cpu_model(),
@@ -148,8 +148,15 @@ def main(argv: list[str] | None = None) -> dict:
             "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
             "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
         },
-        "model": {"layers": 1, "rows": rows, "cols": cols, "weights": n, "devices": 2 * n,
-                  "tiles": len(chip.layers[0].tiles), "profile": "pcm"},
+        "model": {
+            "layers": 1,
+            "rows": rows,
+            "cols": cols,
+            "weights": n,
+            "devices": 2 * n,
+            "tiles": len(chip.layers[0].tiles),
+            "profile": "pcm",
+        },
         "program_s": prog_times,
         "program_ns_per_weight": statistics.median(prog_times) / n * 1e9,
         "program_ns_per_weight_min": min(prog_times) / n * 1e9,

@@ -55,19 +55,25 @@ def mobilenet(args) -> dict:
     t0 = time.perf_counter()
     rt.run(x, age_s=86400.0, seed=0)
     t_first = time.perf_counter() - t0
-    return {"model": "mobilenet_v2 (224×224, random weights)", "analog_layers": len(chip.layers),
-            "tiles": sum(len(layer.tiles) for layer in chip.layers), "devices": chip.n_devices,
-            "program_s": t_program, "runtime_build_s": t_build, "first_inference_1d_s": t_first}
+    return {
+        "model": "mobilenet_v2 (224×224, random weights)",
+        "analog_layers": len(chip.layers),
+        "tiles": sum(len(layer.tiles) for layer in chip.layers),
+        "devices": chip.n_devices,
+        "program_s": t_program,
+        "runtime_build_s": t_build,
+        "first_inference_1d_s": t_first,
+    }
 
 
 def lstm(args) -> dict:
     import torch
 
+    from bench import onnx_exports as om
     from chipsim import get_profile
     from chipsim.compiler import program_onnx
     from chipsim.compiler.rewriters import recurrent
     from chipsim.runtime import ChipRuntime
-    from bench import onnx_exports as om
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -107,9 +113,17 @@ def lstm(args) -> dict:
                 t0 = time.perf_counter()
                 rt.run(x, age_s=86400.0, seed=0)
                 times[form].append(time.perf_counter() - t0)
-        out[profile] = {form: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "n": len(v),
-                               "new_age_median_s": statistics.median(first[form]), "graph_nodes": nodes[form]}
-                        for form, v in times.items()}
+        out[profile] = {
+            form: {
+                "median_s": statistics.median(v),
+                "min_s": min(v),
+                "max_s": max(v),
+                "n": len(v),
+                "new_age_median_s": statistics.median(first[form]),
+                "graph_nodes": nodes[form],
+            }
+            for form, v in times.items()
+        }
         # Paired ratios of the interleaved runs; 95 % CI of their median by bootstrap (fixed seed).
         ratios = np.array(times["scan"]) / np.array(times["unrolled"])
         boot = np.median(np.random.default_rng(0).choice(ratios, (2000, ratios.size)), axis=1)
@@ -122,24 +136,35 @@ def markdown(results: dict) -> str:
     lines = ["# Compiler op coverage", "", f"Machine: {json.dumps(results['machine'])}", ""]
     if "mobilenet" in results:
         m = results["mobilenet"]
-        lines += ["## MobileNetV2 on `pcm`", "", "| analog layers | tiles | devices | program_onnx (s) | runtime build (s) "
-                  "| first inference at 1 d (s) |", "|---|---|---|---|---|---|",
-                  f"| {m['analog_layers']} | {m['tiles']} | {m['devices']} | {m['program_s']:.2f} | "
-                  f"{m['runtime_build_s']:.2f} | {m['first_inference_1d_s']:.2f} |", ""]
+        lines += [
+            "## MobileNetV2 on `pcm`",
+            "",
+            "| analog layers | tiles | devices | program_onnx (s) | runtime build (s) | first inference at 1 d (s) |",
+            "|---|---|---|---|---|---|",
+            f"| {m['analog_layers']} | {m['tiles']} | {m['devices']} | {m['program_s']:.2f} | "
+            f"{m['runtime_build_s']:.2f} | {m['first_inference_1d_s']:.2f} |",
+            "",
+        ]
     for key in [k for k in results if k.startswith("lstm")]:
         r = results[key]
-        lines += [f"## {r['model']}: time per inference, median [min, max] of {r['pcm']['scan']['n']} interleaved runs",
-                  "", "| profile | unrolled | Scan | Scan / unrolled, median of paired runs [95 % CI] "
-                  "| first request at a new age: unrolled, Scan "
-                  "| graph nodes: unrolled, Scan |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {r['model']}: time per inference, median [min, max] of {r['pcm']['scan']['n']} interleaved runs",
+            "",
+            "| profile | unrolled | Scan | Scan / unrolled, median of paired runs [95 % CI] "
+            "| first request at a new age: unrolled, Scan "
+            "| graph nodes: unrolled, Scan |",
+            "|---|---|---|---|---|---|",
+        ]
         for profile in ("pcm", "ideal"):
             p = r[profile]
             cell = lambda f: f"{p[f]['median_s'] * 1e3:.1f} ms [{p[f]['min_s'] * 1e3:.1f}, {p[f]['max_s'] * 1e3:.1f}]"  # noqa: E731
             ci = p["scan_over_unrolled_ci95"]
-            lines.append(f"| {profile} | {cell('unrolled')} | {cell('scan')} | {p['scan_over_unrolled']:.3f} "
-                         f"[{ci[0]:.3f}, {ci[1]:.3f}] | "
-                         f"{p['unrolled']['new_age_median_s'] * 1e3:.0f} ms, {p['scan']['new_age_median_s'] * 1e3:.0f} ms "
-                         f"| {p['unrolled']['graph_nodes']}, {p['scan']['graph_nodes']} |")
+            lines.append(
+                f"| {profile} | {cell('unrolled')} | {cell('scan')} | {p['scan_over_unrolled']:.3f} "
+                f"[{ci[0]:.3f}, {ci[1]:.3f}] | "
+                f"{p['unrolled']['new_age_median_s'] * 1e3:.0f} ms, {p['scan']['new_age_median_s'] * 1e3:.0f} ms "
+                f"| {p['unrolled']['graph_nodes']}, {p['scan']['graph_nodes']} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -30,9 +30,11 @@ def main() -> None:
         full = [t / 20 for t in timeit.repeat(lambda: est.estimate(1), number=20, repeat=5)]
         est.request(8)
         req = [t / 10000 for t in timeit.repeat(lambda: est.request(8), number=10000, repeat=5)]
-        print(f"{name}: full estimate {statistics.median(full) * 1e3:.2f} ms "
-              f"(range {min(full) * 1e3:.2f}-{max(full) * 1e3:.2f}); cached request "
-              f"{statistics.median(req) * 1e6:.1f} µs (range {min(req) * 1e6:.1f}-{max(req) * 1e6:.1f})")
+        print(
+            f"{name}: full estimate {statistics.median(full) * 1e3:.2f} ms "
+            f"(range {min(full) * 1e3:.2f}-{max(full) * 1e3:.2f}); cached request "
+            f"{statistics.median(req) * 1e6:.1f} µs (range {min(req) * 1e6:.1f}-{max(req) * 1e6:.1f})"
+        )
 
 
 if __name__ == "__main__":

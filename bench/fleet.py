@@ -59,22 +59,33 @@ def main() -> None:
     store = ChipStore(Path(tmp.name) / "state")
     fleets = FleetStore(store)
     t0 = time.perf_counter()
-    fleet = program_fleet(store, FleetSpec(fleet_id="bench", model_name=args.model, n_chips=args.chips, seed=1),
-                          (ZOO / f"{args.model}.onnx").read_bytes(), (ZOO / f"{args.model}.eval.npz").read_bytes(),
-                          fleets=fleets)
+    fleet = program_fleet(
+        store,
+        FleetSpec(fleet_id="bench", model_name=args.model, n_chips=args.chips, seed=1),
+        (ZOO / f"{args.model}.onnx").read_bytes(),
+        (ZOO / f"{args.model}.eval.npz").read_bytes(),
+        fleets=fleets,
+    )
     program_s = time.perf_counter() - t0
-    spec = FleetEvalSpec.parse({"ages_s": AGES_S[:args.ages], "readouts": args.readouts,
-                                "slo": {"metric": "normalised_accuracy", "threshold": 0.9}})
+    spec = FleetEvalSpec.parse(
+        {
+            "ages_s": AGES_S[: args.ages],
+            "readouts": args.readouts,
+            "slo": {"metric": "normalised_accuracy", "threshold": 0.9},
+        }
+    )
     tasks = make_tasks(fleet, store.root, spec)
-    print(f"programmed {args.chips} × {args.model} in {program_s:.1f} s; {len(tasks)} tasks of "
-          f"{args.ages} ages × {args.readouts} read-out(s) × GDC on/off on {fleet.eval_samples} samples")
+    print(
+        f"programmed {args.chips} × {args.model} in {program_s:.1f} s; {len(tasks)} tasks of "
+        f"{args.ages} ages × {args.readouts} read-out(s) × GDC on/off on {fleet.eval_samples} samples"
+    )
 
     executors, startup = {}, {}
     for w in (1, 2):
         t = time.perf_counter()
         ex = LocalProcessExecutor(workers=w)
         ex.warm_up()
-        ex.map(tasks[:2 * w])  # warm: each worker's imports, noise table and first session
+        ex.map(tasks[: 2 * w])  # warm: each worker's imports, noise table and first session
         startup[f"local({w})"] = time.perf_counter() - t
         executors[f"local({w})"] = ex
     if not args.no_ray and ray_available():
@@ -103,11 +114,18 @@ def main() -> None:
             assert rows == reference, f"{name} returned different rows"
             busy = sum(r.load_s + r.eval_s for r in ex.last_results)
             workers = ex.workers
-            runs[name].append({"wall_s": wall, "busy_s": busy,
-                               "overhead_per_task_ms": (workers * wall - busy) / len(tasks) * 1e3,
-                               "workers_seen": len({r.worker for r in ex.last_results})})
-            print(f"repeat {rep + 1}/{args.repeat} {name:9s} wall {wall:6.1f} s  busy {busy:6.1f} s  "
-                  f"overhead/task {runs[name][-1]['overhead_per_task_ms']:7.1f} ms")
+            runs[name].append(
+                {
+                    "wall_s": wall,
+                    "busy_s": busy,
+                    "overhead_per_task_ms": (workers * wall - busy) / len(tasks) * 1e3,
+                    "workers_seen": len({r.worker for r in ex.last_results}),
+                }
+            )
+            print(
+                f"repeat {rep + 1}/{args.repeat} {name:9s} wall {wall:6.1f} s  busy {busy:6.1f} s  "
+                f"overhead/task {runs[name][-1]['overhead_per_task_ms']:7.1f} ms"
+            )
     load1 = os.getloadavg()
     for ex in executors.values():  # ray(2) started the local cluster, so its close() stops it
         ex.close()
@@ -123,19 +141,31 @@ def main() -> None:
             pairs = zip(runs[f"{kind}(1)"], runs[f"{kind}(2)"])
             speedup[kind] = med_range([a["wall_s"] / b["wall_s"] for a, b in pairs])
     data = {
-        "machine": machine(), "model": args.model, "chips": args.chips, "ages_s": spec.ages_s,
-        "readouts": args.readouts, "samples": fleet.eval_samples, "tasks": len(tasks), "repeat": args.repeat,
-        "program_s": program_s, "loadavg_1m_before_after": [load0[0], load1[0]],
-        "runs": runs, "summary": summary, "speedup_1_to_2_workers": speedup,
+        "machine": machine(),
+        "model": args.model,
+        "chips": args.chips,
+        "ages_s": spec.ages_s,
+        "readouts": args.readouts,
+        "samples": fleet.eval_samples,
+        "tasks": len(tasks),
+        "repeat": args.repeat,
+        "program_s": program_s,
+        "loadavg_1m_before_after": [load0[0], load1[0]],
+        "runs": runs,
+        "summary": summary,
+        "speedup_1_to_2_workers": speedup,
         "rows_identical_across_executors": True,
     }
-    md = [f"# Fleet evaluation: {args.chips} × {args.model}, {len(spec.ages_s)} ages, {args.readouts} read-out(s)\n",
-          f"`{' '.join(['python -m bench.fleet', *os.sys.argv[1:]])}` — {data['machine']['date']}, "
-          f"{data['machine']['cpus']} CPUs shared with other processes (1-min load average "
-          f"{load0[0]:.1f} before, {load1[0]:.1f} after). {len(tasks)} tasks (one per chip, "
-          f"{2 * len(spec.ages_s) * args.readouts} inferences of {fleet.eval_samples} samples each). Median "
-          f"[range] over {args.repeat} interleaved repeats; rows identical across executors.\n",
-          "| executor | wall s | busy s (Σ in tasks) | overhead per task ms | start-up s |", "|---|---|---|---|---|"]
+    md = [
+        f"# Fleet evaluation: {args.chips} × {args.model}, {len(spec.ages_s)} ages, {args.readouts} read-out(s)\n",
+        f"`{' '.join(['python -m bench.fleet', *os.sys.argv[1:]])}` — {data['machine']['date']}, "
+        f"{data['machine']['cpus']} CPUs shared with other processes (1-min load average "
+        f"{load0[0]:.1f} before, {load1[0]:.1f} after). {len(tasks)} tasks (one per chip, "
+        f"{2 * len(spec.ages_s) * args.readouts} inferences of {fleet.eval_samples} samples each). Median "
+        f"[range] over {args.repeat} interleaved repeats; rows identical across executors.\n",
+        "| executor | wall s | busy s (Σ in tasks) | overhead per task ms | start-up s |",
+        "|---|---|---|---|---|",
+    ]
     for name, s in summary.items():
         f = lambda d, p=1: f"{d['median']:.{p}f} [{d['min']:.{p}f}–{d['max']:.{p}f}]"  # noqa: E731
         st = "" if s["startup_s"] is None else f"{s['startup_s']:.1f}"

@@ -112,9 +112,17 @@ def standin_zoo(root: Path) -> Path:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), buf, input_names=["x"], output_names=["logits"],
-                          dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}}, opset_version=17,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 1, 8, 8),),
+            buf,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}},
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     (root / f"{MODEL}.onnx").write_bytes(buf.getvalue())
     x = np.random.default_rng(0).random((450, 1, 8, 8)).astype(np.float32)
     with torch.no_grad():
@@ -135,9 +143,17 @@ def start_server(zoo: Path, state: Path, extra_env: dict[str, str]) -> tuple[sub
 
     port = free_port()
     pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "PYTHONPATH": pythonpath, "AGEDCHIP_PORT": str(port), "AGEDCHIP_HOST": "127.0.0.1",
-           "AGEDCHIP_STATE_DIR": str(state), "AGEDCHIP_ZOO_DIR": str(zoo), "AGEDCHIP_DEFAULT_MODEL": MODEL,
-           "AGEDCHIP_LOG_LEVEL": "warning", **extra_env}
+    env = {
+        **os.environ,
+        "PYTHONPATH": pythonpath,
+        "AGEDCHIP_PORT": str(port),
+        "AGEDCHIP_HOST": "127.0.0.1",
+        "AGEDCHIP_STATE_DIR": str(state),
+        "AGEDCHIP_ZOO_DIR": str(zoo),
+        "AGEDCHIP_DEFAULT_MODEL": MODEL,
+        "AGEDCHIP_LOG_LEVEL": "warning",
+        **extra_env,
+    }
     log = open(state.parent / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -164,19 +180,44 @@ def scenarios(batch_sizes: list[int], shape: list[int], input_name: str, rate: f
     for b in batch_sizes:
         x = rng.random((b, *shape)).astype(np.float32)
         body = json.dumps({"chip_id": "default", "inputs": x.tolist(), "age": AGE}).encode()
-        out.append({"name": f"infer-json-b{b}", "route": "/infer", "batch": b, "body": body,
-                    "headers": {"Content-Type": "application/json"}})
+        out.append(
+            {
+                "name": f"infer-json-b{b}",
+                "route": "/infer",
+                "batch": b,
+                "body": body,
+                "headers": {"Content-Type": "application/json"},
+            }
+        )
         if b == 1 and rate > 0:
             out.append({**out[-1], "name": f"infer-json-b{b}@{rate:g}/s", "rate": rate})
     for b in batch_sizes:
         x = rng.random((b, *shape)).astype("<f4")
-        header = json.dumps({"inputs": [{"name": input_name, "shape": [b, *shape], "datatype": "FP32",
-                                         "parameters": {"binary_data_size": x.nbytes}}],
-                             "parameters": {"age": AGE, "binary_data_output": True}}).encode()
-        out.append({"name": f"oip-binary-b{b}", "route": "/v2/models/default/infer", "batch": b,
-                    "body": header + x.tobytes(),
-                    "headers": {"Content-Type": "application/octet-stream",
-                                "Inference-Header-Content-Length": str(len(header))}})
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": input_name,
+                        "shape": [b, *shape],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "parameters": {"age": AGE, "binary_data_output": True},
+            }
+        ).encode()
+        out.append(
+            {
+                "name": f"oip-binary-b{b}",
+                "route": "/v2/models/default/infer",
+                "batch": b,
+                "body": header + x.tobytes(),
+                "headers": {
+                    "Content-Type": "application/octet-stream",
+                    "Inference-Header-Content-Length": str(len(header)),
+                },
+            }
+        )
         if b == 1 and rate > 0:
             out.append({**out[-1], "name": f"oip-binary-b{b}@{rate:g}/s", "rate": rate})
     return out
@@ -189,8 +230,17 @@ def run_wrk(url: str, sc: dict, duration: float, connections: int, max_requests:
     headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in sc["headers"].items())
     script = workdir / f"{stem}.lua"
     script.write_text(LUA.format(body=body_path, headers=headers, max_requests=max_requests, rate=sc.get("rate", 0)))
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s", "--timeout", "5s", "-s", str(script),
-           url + sc["route"]]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, int(round(duration)))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url + sc["route"],
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     m = re.search(r"^JSON:(.*)$", res.stdout, flags=re.M)
     if not m:
@@ -199,10 +249,19 @@ def run_wrk(url: str, sc: dict, duration: float, connections: int, max_requests:
     seconds = raw["duration_us"] / 1e6
     errors = sum(raw["errors"].values())
     lat = raw["latency_us"]
-    return {"requests": raw["requests"], "seconds": seconds, "rps": raw["requests"] / seconds,
-            "samples_per_s": raw["requests"] * sc["batch"] / seconds, "errors": errors, "error_kinds": raw["errors"],
-            "p50_ms": lat["p50"] / 1e3, "p90_ms": lat["p90"] / 1e3, "p99_ms": lat["p99"] / 1e3,
-            "max_ms": lat["max"] / 1e3, "mean_ms": lat["mean"] / 1e3}
+    return {
+        "requests": raw["requests"],
+        "seconds": seconds,
+        "rps": raw["requests"] / seconds,
+        "samples_per_s": raw["requests"] * sc["batch"] / seconds,
+        "errors": errors,
+        "error_kinds": raw["errors"],
+        "p50_ms": lat["p50"] / 1e3,
+        "p90_ms": lat["p90"] / 1e3,
+        "p99_ms": lat["p99"] / 1e3,
+        "max_ms": lat["max"] / 1e3,
+        "mean_ms": lat["mean"] / 1e3,
+    }
 
 
 def run_httpx(url: str, sc: dict, duration: float, connections: int, max_requests: int) -> dict:
@@ -215,8 +274,10 @@ def run_httpx(url: str, sc: dict, duration: float, connections: int, max_request
         lat: list[float] = []
         errors = 0
         stop = time.perf_counter() + duration
-        async with httpx.AsyncClient(base_url=url, timeout=5,
-                                     limits=httpx.Limits(max_connections=connections)) as client:
+        async with httpx.AsyncClient(
+            base_url=url, timeout=5, limits=httpx.Limits(max_connections=connections)
+        ) as client:
+
             async def worker() -> None:
                 nonlocal errors
                 while time.perf_counter() < stop and len(lat) + errors < max_requests:
@@ -236,22 +297,48 @@ def run_httpx(url: str, sc: dict, duration: float, connections: int, max_request
             seconds = time.perf_counter() - t0
         a = np.asarray(lat) * 1e3 if lat else np.zeros(1)
         n = len(lat) + errors
-        return {"requests": n, "seconds": seconds, "rps": n / seconds, "samples_per_s": n * sc["batch"] / seconds,
-                "errors": errors, "error_kinds": {}, "p50_ms": float(np.percentile(a, 50)),
-                "p90_ms": float(np.percentile(a, 90)), "p99_ms": float(np.percentile(a, 99)),
-                "max_ms": float(a.max()), "mean_ms": float(a.mean())}
+        return {
+            "requests": n,
+            "seconds": seconds,
+            "rps": n / seconds,
+            "samples_per_s": n * sc["batch"] / seconds,
+            "errors": errors,
+            "error_kinds": {},
+            "p50_ms": float(np.percentile(a, 50)),
+            "p90_ms": float(np.percentile(a, 90)),
+            "p99_ms": float(np.percentile(a, 99)),
+            "max_ms": float(a.max()),
+            "mean_ms": float(a.mean()),
+        }
 
     return asyncio.run(main())
 
 
 def summarise(rs: list[dict]) -> dict:
     """Median of each metric over rounds; max latency, requests and errors over all rounds."""
-    out = {k: float(np.median([r[k] for r in rs])) for k in
-           ("rps", "samples_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "seconds", "server_cores",
-            "other_cores")}
+    out = {
+        k: float(np.median([r[k] for r in rs]))
+        for k in (
+            "rps",
+            "samples_per_s",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "max_ms",
+            "mean_ms",
+            "seconds",
+            "server_cores",
+            "other_cores",
+        )
+    }
     out["max_ms"] = max(r["max_ms"] for r in rs)
-    out.update(requests=sum(r["requests"] for r in rs), errors=sum(r["errors"] for r in rs), batch=rs[0]["batch"],
-               paced_rate=rs[0].get("paced_rate", 0), rounds=rs)
+    out.update(
+        requests=sum(r["requests"] for r in rs),
+        errors=sum(r["errors"] for r in rs),
+        batch=rs[0]["batch"],
+        paced_rate=rs[0].get("paced_rate", 0),
+        rounds=rs,
+    )
     return out
 
 
@@ -306,6 +393,7 @@ class CpuMeter:
 
 def cpu_busy(seconds: float = 2.0) -> float | None:
     """Fraction of all CPUs busy over ``seconds`` (from /proc/stat): other tenants' load when idle."""
+
     def snap() -> tuple[int, int]:
         with open("/proc/stat") as f:
             v = [int(x) for x in f.readline().split()[1:]]
@@ -350,9 +438,11 @@ def markdown(data: dict) -> str:
         elif r["batch"] == 1:
             ok = r["rps"] >= TARGET_RPS and r["errors"] == 0
             target = f"max ≥ {TARGET_RPS:g}/s, 0 errors {'✅' if ok else '❌'}"
-        lines.append(f"| {name} | {r['batch']} | {r['requests']} | {r['rps']:.0f} | {r['samples_per_s']:.0f} | "
-                     f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | "
-                     f"{r['server_cores']:.2f} | {r['other_cores']:.2f} | {target} |")
+        lines.append(
+            f"| {name} | {r['batch']} | {r['requests']} | {r['rps']:.0f} | {r['samples_per_s']:.0f} | "
+            f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | "
+            f"{r['server_cores']:.2f} | {r['other_cores']:.2f} | {target} |"
+        )
     if data.get("note"):
         lines += ["", data["note"]]
     return "\n".join(lines) + "\n"
@@ -365,11 +455,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--connections", type=int, default=8, help="concurrent connections (default 8)")
     ap.add_argument("--max-requests", type=int, default=200_000, help="request cap per scenario")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
-    ap.add_argument("--rate", type=float, default=TARGET_RPS,
-                    help=f"paced batch-1 scenarios at this many requests/s (default {TARGET_RPS:g}, the target; 0 = none)")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds over all scenarios (interleaved); the report gives the median per metric, so a "
-                         "burst of load from other processes on a shared machine spoils one round, not the result")
+    ap.add_argument(
+        "--rate",
+        type=float,
+        default=TARGET_RPS,
+        help=f"paced batch-1 scenarios at this many requests/s (default {TARGET_RPS:g}, the target; 0 = none)",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds over all scenarios (interleaved); the report gives the median per metric, so a "
+        "burst of load from other processes on a shared machine spoils one round, not the result",
+    )
     ap.add_argument("--only", nargs="*", help="run only these scenarios (names as in the table)")
     ap.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto")
     ap.add_argument("--note", default="", help="free text added to the Markdown report")
@@ -411,8 +509,9 @@ def main(argv: list[str] | None = None) -> None:
         shape = [int(d) for d in inp["shape"][1:]]
         runs: dict[str, list[dict]] = {}
         rate = args.rate if generator == "wrk" else 0.0
-        chosen = [sc for sc in scenarios(args.batch, shape, inp["name"], rate)
-                  if not args.only or sc["name"] in args.only]
+        chosen = [
+            sc for sc in scenarios(args.batch, shape, inp["name"], rate) if not args.only or sc["name"] in args.only
+        ]
         for sc in chosen:
             warm_up(url, sc)
         meter = CpuMeter(proc.pid if proc is not None else None)
@@ -427,10 +526,12 @@ def main(argv: list[str] | None = None) -> None:
                 r["batch"] = sc["batch"]
                 r["paced_rate"] = sc.get("rate", 0)
                 runs.setdefault(sc["name"], []).append(r)
-                print(f"round {rnd + 1} {sc['name']:>16}: {r['rps']:7.0f} req/s {r['samples_per_s']:8.0f} samples/s  "
-                      f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  max {r['max_ms']:6.1f} ms  "
-                      f"errors {r['errors']}  cores: server {r['server_cores']:.2f} other {r['other_cores']:.2f}",
-                      flush=True)
+                print(
+                    f"round {rnd + 1} {sc['name']:>16}: {r['rps']:7.0f} req/s {r['samples_per_s']:8.0f} samples/s  "
+                    f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  max {r['max_ms']:6.1f} ms  "
+                    f"errors {r['errors']}  cores: server {r['server_cores']:.2f} other {r['other_cores']:.2f}",
+                    flush=True,
+                )
         results = {name: summarise(rs) for name, rs in runs.items()}
         busy_after = cpu_busy()
     finally:
@@ -443,10 +544,21 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(work, ignore_errors=True)
     data = {
         "command": "python -m bench.load_test " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(), "generator": generator, "connections": args.connections,
-        "duration_s": args.duration, "rounds": args.rounds, "max_requests": args.max_requests, "model": MODEL, "model_source": model_source,
-        "age": AGE, "server_env": server_env, "targets": {"batch1_rps": TARGET_RPS, "batch1_p99_ms": TARGET_P99_MS},
-        "scenarios": results, "note": args.note, "cpu_busy_before": busy_before, "cpu_busy_after": busy_after,
+        "machine": machine(),
+        "generator": generator,
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "rounds": args.rounds,
+        "max_requests": args.max_requests,
+        "model": MODEL,
+        "model_source": model_source,
+        "age": AGE,
+        "server_env": server_env,
+        "targets": {"batch1_rps": TARGET_RPS, "batch1_p99_ms": TARGET_P99_MS},
+        "scenarios": results,
+        "note": args.note,
+        "cpu_busy_before": busy_before,
+        "cpu_busy_after": busy_after,
     }
     md = markdown(data)
     print(md)

@@ -60,7 +60,7 @@ class _Table:
         start = int(self.rng.integers(0, self.samples.size - sum(sizes) + 1))
         out = {}
         for (name, _), n in zip(shapes, sizes):
-            out[name] = self.samples[start:start + n]
+            out[name] = self.samples[start : start + n]
             start += n
         return out
 
@@ -170,8 +170,12 @@ def randomnormallike_sessions_repeat(n: int = 100_000) -> bool:
     """Whether two onnxruntime sessions of one RandomNormalLike graph, in one process, draw the
     same noise (its kernel seeds minstd with the process-wide seed plus the node index)."""
     node = helper.make_node("RandomNormalLike", ["x"], ["z"], dtype=onnx.TensorProto.FLOAT)
-    graph = helper.make_graph([node], "rnl", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n"])],
-                              [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["n"])])
+    graph = helper.make_graph(
+        [node],
+        "rnl",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n"])],
+        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["n"])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     x = np.zeros(n, np.float32)
     a, b = (cpu_session(model, 1).run(None, {"x": x})[0] for _ in range(2))
@@ -190,9 +194,18 @@ def measure(name: str, rounds: int, requests: int, batch: int, threads: int) -> 
     res = _interleave(cands, rounds, requests, name)
     cpu, wall = res["cpu"], res["wall"]
     draws = sum(int(np.prod(s)) for _, s in rt.noise_shapes(x))
-    return [{"model": name, "candidate": k, "draws": draws, "cpu_ms": _summary(cpu[k], 1e3),
-             "wall_ms": _summary(wall[k], 1e3), "cpu_vs_table": _ratio(cpu[k], cpu["table"]),
-             "cpu_vs_sfc64_thread": _ratio(cpu[k], cpu["sfc64-thread"])} for k in cands]
+    return [
+        {
+            "model": name,
+            "candidate": k,
+            "draws": draws,
+            "cpu_ms": _summary(cpu[k], 1e3),
+            "wall_ms": _summary(wall[k], 1e3),
+            "cpu_vs_table": _ratio(cpu[k], cpu["table"]),
+            "cpu_vs_sfc64_thread": _ratio(cpu[k], cpu["sfc64-thread"]),
+        }
+        for k in cands
+    ]
 
 
 def _fmt(d: dict, digits: int = 2) -> str:
@@ -213,28 +226,49 @@ def main(argv: list[str] | None = None) -> None:
     repeats = randomnormallike_sessions_repeat()
     info = machine()
     lines = [
-        "# Per-MVM noise: per-request cost of each candidate source", "",
+        "# Per-MVM noise: per-request cost of each candidate source",
+        "",
         f"`python -m bench.mvm_noise --rounds {args.rounds} --requests {args.requests} --batch {args.batch} "
         f"--threads {args.threads}` · {info['date']} · {info['cpus']} CPUs · numpy {info['numpy']} · "
         f"onnxruntime {info['onnxruntime']} · pcm profile, `initializers` binding, cached age, batch {args.batch}, "
         f"{args.threads} onnxruntime thread(s). One process; candidates interleaved in each of {args.rounds} "
         f"rounds, {args.requests} requests each; per request: noise draw + onnxruntime run. Each cell: median "
         "over rounds of the per-round median [min–max of the per-round medians]; ratios are taken within a "
-        "round. chipsim serves `sfc64-thread` (unseeded) and `sfc64-keyed` (seeded).", "",
+        "round. chipsim serves `sfc64-thread` (unseeded) and `sfc64-keyed` (seeded).",
+        "",
         "| model | draws/request | candidate | CPU ms/request | wall ms/request | CPU ÷ table | CPU ÷ sfc64-thread |",
         "|---|---:|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['draws']} | {r['candidate']} | {_fmt(r['cpu_ms'])} | {_fmt(r['wall_ms'])} | "
-                     f"{_fmt(r['cpu_vs_table'])} | {_fmt(r['cpu_vs_sfc64_thread'])} |")
-    lines += ["", f"Draws alone ({1 << 18} standard normals per call, float32) and keyed-generator creation, "
-              "CPU time:", "", "| source | cost |", "|---|---:|"]
+        lines.append(
+            f"| {r['model']} | {r['draws']} | {r['candidate']} | {_fmt(r['cpu_ms'])} | {_fmt(r['wall_ms'])} | "
+            f"{_fmt(r['cpu_vs_table'])} | {_fmt(r['cpu_vs_sfc64_thread'])} |"
+        )
+    lines += [
+        "",
+        f"Draws alone ({1 << 18} standard normals per call, float32) and keyed-generator creation, CPU time:",
+        "",
+        "| source | cost |",
+        "|---|---:|",
+    ]
     for c in costs:
         lines.append(f"| {c['source']} | {_fmt(c['cpu'])} {c['unit']} |")
-    lines += ["", "onnxruntime's RandomNormalLike: two sessions of one graph in one process draw identical noise: "
-              f"**{repeats}** (rejected: each per-age session would replay the same noise)."]
-    write("mvm_noise", {"machine": info, "args": vars(args), "rows": rows, "draw_costs": costs,
-                        "randomnormallike_sessions_repeat": repeats}, "\n".join(lines) + "\n")
+    lines += [
+        "",
+        "onnxruntime's RandomNormalLike: two sessions of one graph in one process draw identical noise: "
+        f"**{repeats}** (rejected: each per-age session would replay the same noise).",
+    ]
+    write(
+        "mvm_noise",
+        {
+            "machine": info,
+            "args": vars(args),
+            "rows": rows,
+            "draw_costs": costs,
+            "randomnormallike_sessions_repeat": repeats,
+        },
+        "\n".join(lines) + "\n",
+    )
     print("\n".join(lines))
 
 

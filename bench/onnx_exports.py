@@ -16,10 +16,18 @@ def export(module, example, names=("x",), dynamic=True) -> bytes:
     axes = {n: {0: "N"} for n in (*names, "y")} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), buf, input_names=list(names), output_names=["y"], dynamic_axes=axes,
-                          opset_version=17, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            buf,
+            input_names=list(names),
+            output_names=["y"],
+            dynamic_axes=axes,
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     return buf.getvalue()
-
 
 
 def mobilenet_v2(seed=0, num_classes=1000, width=1.0):
@@ -51,7 +59,15 @@ def mobilenet_v2(seed=0, num_classes=1000, width=1.0):
             return x + self.conv(x) if self.use_res else self.conv(x)
 
     torch.manual_seed(seed)
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    settings = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     cin, last = make_divisible(32 * width), make_divisible(1280 * max(1.0, width))
     features = conv_bn(3, cin, 3, 2)
     for t, c, n, s in settings:

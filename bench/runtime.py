@@ -37,8 +37,9 @@ TARGETS = {"pcm": 0.5, "weights-only": 0.8}  # analog/digital at batch 64 (issue
 
 
 def weights_only_profile():
-    return get_profile("pcm", ir_drop=0.0, w_noise=0.0, out_noise=0.0, in_clip=False, in_levels=0,
-                       out_levels=0, out_bound=0.0)
+    return get_profile(
+        "pcm", ir_drop=0.0, w_noise=0.0, out_noise=0.0, in_clip=False, in_levels=0, out_levels=0, out_bound=0.0
+    )
 
 
 def _models() -> list[tuple[str, bytes, np.ndarray]]:
@@ -55,9 +56,16 @@ def _models() -> list[tuple[str, bytes, np.ndarray]]:
 
         torch.manual_seed(0)
         net = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1),
-            torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32 * 16, 64),
-            torch.nn.ReLU(), torch.nn.Linear(64, 10))
+            torch.nn.Conv2d(1, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(32 * 16, 64),
+            torch.nn.ReLU(),
+            torch.nn.Linear(64, 10),
+        )
         x = np.random.default_rng(0).uniform(0, 1, (256, 1, 8, 8)).astype(np.float32)
         out.append(("random-cnn", export_onnx(net, torch.from_numpy(x[:2])).SerializeToString(), x))
     return out
@@ -98,7 +106,9 @@ def product_ceiling(model: bytes, k: int = PRODUCTS_PER_TILE, form: str = "wide"
                 extra.name = f"{node.name}/ceiling_{i}"
                 extra.input[1] = f"{node.input[1]}/ceiling_{i}"
                 extra.output[0] = f"{node.output[0]}/ceiling_{i}"
-                m.graph.initializer.append(numpy_helper.from_array((w * (1 + 1e-3 * i)).astype(w.dtype), extra.input[1]))
+                m.graph.initializer.append(
+                    numpy_helper.from_array((w * (1 + 1e-3 * i)).astype(w.dtype), extra.input[1])
+                )
                 m.graph.output.append(helper.make_tensor_value_info(extra.output[0], TensorProto.FLOAT, None))
                 nodes.append(extra)
             continue
@@ -117,8 +127,9 @@ def product_ceiling(model: bytes, k: int = PRODUCTS_PER_TILE, form: str = "wide"
         node.output[0] = wide
         nodes.append(node)
         axis = 1 if node.op_type == "Conv" else -1
-        consts = [numpy_helper.from_array(np.array([v], np.int64), f"{out}/ceiling_{i}") for i, v in
-                  enumerate((0, n, axis))]
+        consts = [
+            numpy_helper.from_array(np.array([v], np.int64), f"{out}/ceiling_{i}") for i, v in enumerate((0, n, axis))
+        ]
         m.graph.initializer.extend(consts)
         nodes.append(helper.make_node("Slice", [wide, *(c.name for c in consts)], [out]))
     del m.graph.node[:]
@@ -175,14 +186,20 @@ def _job(job: dict) -> list[dict]:
             t0 = time.perf_counter()
             rt.run(x, age_s=1000.0 + i + 10 * batch)
             first.append(time.perf_counter() - t0)
-        rows.append({"batch": batch, "sps": sps, "first_request_ms": 1e3 * float(np.median(first)),
-                     "weights": chip.n_weights})
+        rows.append(
+            {"batch": batch, "sps": sps, "first_request_ms": 1e3 * float(np.median(first)), "weights": chip.n_weights}
+        )
     return rows
 
 
 def _run_job(job: dict) -> dict[int, dict]:
-    out = subprocess.run([sys.executable, "-m", "bench.runtime", "--job", json.dumps(job)], check=True,
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.runtime", "--job", json.dumps(job)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     return {r["batch"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
 
 
@@ -234,33 +251,57 @@ def main(argv: list[str] | None = None) -> None:
                 for batch in BATCHES:
                     d, a = digital[batch], res[(name, pname, binding)][batch]
                     ceiling = max(res[(name, "ceiling", form)][batch]["sps"] for form in ("wide", "separate"))
-                    r = dict(model=name, profile=pname, binding=binding, batch=batch, digital_sps=d["sps"],
-                             analog_sps=a["sps"], ratio=a["sps"] / d["sps"], ceiling=ceiling / d["sps"],
-                             digital_spread=d["spread"], analog_spread=a["spread"],
-                             first_request_ms=a["first_request_ms"], weights=a["weights"])
+                    r = dict(
+                        model=name,
+                        profile=pname,
+                        binding=binding,
+                        batch=batch,
+                        digital_sps=d["sps"],
+                        analog_sps=a["sps"],
+                        ratio=a["sps"] / d["sps"],
+                        ceiling=ceiling / d["sps"],
+                        digital_spread=d["spread"],
+                        analog_spread=a["spread"],
+                        first_request_ms=a["first_request_ms"],
+                        weights=a["weights"],
+                    )
                     rows.append(r)
-                    print(f"{name:16s} {pname:13s} {binding:12s} b={batch:3d} digital {d['sps']:10.0f}/s analog "
-                          f"{a['sps']:10.0f}/s ratio {r['ratio']:5.2f} ceiling {r['ceiling']:4.2f} first@new age "
-                          f"{r['first_request_ms']:.1f} ms (spread over runs: digital {100 * d['spread']:.0f} %, "
-                          f"analog {100 * a['spread']:.0f} %)")
+                    print(
+                        f"{name:16s} {pname:13s} {binding:12s} b={batch:3d} digital {d['sps']:10.0f}/s analog "
+                        f"{a['sps']:10.0f}/s ratio {r['ratio']:5.2f} ceiling {r['ceiling']:4.2f} first@new age "
+                        f"{r['first_request_ms']:.1f} ms (spread over runs: digital {100 * d['spread']:.0f} %, "
+                        f"analog {100 * a['spread']:.0f} %)"
+                    )
     info = machine()
     lines = [
-        "# Runtime throughput: chip vs plain onnxruntime", "",
+        "# Runtime throughput: chip vs plain onnxruntime",
+        "",
         f"`python -m bench.runtime --threads {args.threads} --seconds {args.seconds} --repeat {args.repeat}` · "
         f"{info['date']} · "
         f"{info['cpus']} CPUs · onnxruntime {info['onnxruntime']} · each rate: the best of {args.repeat} fresh "
         "processes run round-robin over all configurations, each measured alone (this machine shares its host: "
-        "the same measurement differs by up to 2× between runs)", "",
+        "the same measurement differs by up to 2× between runs)",
+        "",
         "| model | weights | profile | binding | batch | digital samples/s | analog samples/s | analog/digital | target (b=64) "
         "| 4-product ceiling | first request at a new age (ms) |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        tgt = f"≥ {TARGETS[r['profile']]}" + (" ✅" if r["ratio"] >= TARGETS[r["profile"]] else " ❌") if r["batch"] == 64 else ""
-        lines.append(f"| {r['model']} | {r['weights']} | {r['profile']} | {r['binding']} | {r['batch']} | {r['digital_sps']:.0f} | "
-                     f"{r['analog_sps']:.0f} | {r['ratio']:.2f} | {tgt} | {r['ceiling']:.2f} | {r['first_request_ms']:.1f} |")
-    for p in write("runtime", {"machine": info, "threads": args.threads, "rows": rows}, "\n".join(lines) + "\n",
-                   output_dir("runtime", args)):
+        tgt = (
+            f"≥ {TARGETS[r['profile']]}" + (" ✅" if r["ratio"] >= TARGETS[r["profile"]] else " ❌")
+            if r["batch"] == 64
+            else ""
+        )
+        lines.append(
+            f"| {r['model']} | {r['weights']} | {r['profile']} | {r['binding']} | {r['batch']} | {r['digital_sps']:.0f} | "
+            f"{r['analog_sps']:.0f} | {r['ratio']:.2f} | {tgt} | {r['ceiling']:.2f} | {r['first_request_ms']:.1f} |"
+        )
+    for p in write(
+        "runtime",
+        {"machine": info, "threads": args.threads, "rows": rows},
+        "\n".join(lines) + "\n",
+        output_dir("runtime", args),
+    ):
         print("wrote", p)
     print("\n".join(lines))
 

@@ -39,9 +39,16 @@ def matmul(rows: int, cols: int) -> bytes:
     w = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32) * 0.1
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", rows])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cols])
-    m = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm", [x], [y],
-                                            initializer=[numpy_helper.from_array(w, "w")]),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "mm",
+            [x],
+            [y],
+            initializer=[numpy_helper.from_array(w, "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
@@ -61,12 +68,19 @@ def memory_child(binding: str, batch: int, rows: int, ages: int) -> dict:
     out = []
     for i in range(ages):
         t0 = time.perf_counter()
-        rt.run(x, 3600.0 * 2 ** i, seed=1)
+        rt.run(x, 3600.0 * 2**i, seed=1)
         seconds = time.perf_counter() - t0
         gc.collect()
         grown = rss_bytes() - base
-        out.append({"ages": i + 1, "rss_growth_bytes": grown, "accounted_bytes": rt.stats.bytes,
-                    "bytes_per_weight_per_age": grown / (i + 1) / chip.n_weights, "seconds": seconds})
+        out.append(
+            {
+                "ages": i + 1,
+                "rss_growth_bytes": grown,
+                "accounted_bytes": rt.stats.bytes,
+                "bytes_per_weight_per_age": grown / (i + 1) / chip.n_weights,
+                "seconds": seconds,
+            }
+        )
     return {"binding": binding, "batch": batch, "rows": rows, "weights": chip.n_weights, "steps": out}
 
 
@@ -82,8 +96,12 @@ def tiles_case(rows: int) -> dict:
     t2 = time.perf_counter()
     rt.run(np.ones((1, rows), np.float32), 3600.0, seed=1)
     t3 = time.perf_counter()
-    return {"tiles": sum(len(layer.tiles) for layer in chip.layers), "program_s": t1 - t0, "runtime_s": t2 - t1,
-            "first_age_s": t3 - t2}
+    return {
+        "tiles": sum(len(layer.tiles) for layer in chip.layers),
+        "program_s": t1 - t0,
+        "runtime_s": t2 - t1,
+        "first_age_s": t3 - t2,
+    }
 
 
 def refresh_case(refreshes: int) -> dict:
@@ -109,8 +127,13 @@ def refresh_case(refreshes: int) -> dict:
             t0 = time.process_time()
             refresher.refresh_chip(chip)
             later.append(time.process_time() - t0)
-    return {"model": settings.default_model, "first_cpu_s": first, "later_cpu_s": later,
-            "eval_samples": settings.refresh_eval_samples, "schedule_readouts": settings.schedule_readouts}
+    return {
+        "model": settings.default_model,
+        "first_cpu_s": first,
+        "later_cpu_s": later,
+        "eval_samples": settings.refresh_eval_samples,
+        "schedule_readouts": settings.schedule_readouts,
+    }
 
 
 def main() -> None:
@@ -126,8 +149,17 @@ def main() -> None:
         return
     memory = []
     for binding, batch in (("initializers", 1), ("initializers", 1024), ("inputs", 1), ("inputs", 1024)):
-        cmd = [sys.executable, "-m", "bench.serving_costs", "--ages", str(args.ages), "--child", binding, str(batch),
-               str(args.rows)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.serving_costs",
+            "--ages",
+            str(args.ages),
+            "--child",
+            binding,
+            str(batch),
+            str(args.rows),
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         memory.append(json.loads(res.stdout.strip().splitlines()[-1]))
@@ -140,30 +172,43 @@ def main() -> None:
     print(json.dumps(refresh), flush=True)
     info = machine()
     info["command"] = "python -m bench.serving_costs " + " ".join(sys.argv[1:])
-    lines = ["# Serving costs: memory per new age, time per tile\n",
-             f"`{info['command']}` · {info['date']} · {info['cpus']} CPUs (shared with other processes) · "
-             f"onnxruntime {info['onnxruntime']}\n",
-             f"## Resident memory of read-outs at new ages ({args.rows}×{args.rows} MatMul, 'pcm', "
-             f"{memory[0]['weights']} weights)\n",
-             "| binding | batch | new ages | RSS growth (MiB) | runtime cache accounts (MiB) "
-             "| bytes per weight per age |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "# Serving costs: memory per new age, time per tile\n",
+        f"`{info['command']}` · {info['date']} · {info['cpus']} CPUs (shared with other processes) · "
+        f"onnxruntime {info['onnxruntime']}\n",
+        f"## Resident memory of read-outs at new ages ({args.rows}×{args.rows} MatMul, 'pcm', "
+        f"{memory[0]['weights']} weights)\n",
+        "| binding | batch | new ages | RSS growth (MiB) | runtime cache accounts (MiB) | bytes per weight per age |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for m in memory:
         for s in m["steps"]:
-            lines.append(f"| {m['binding']} | {m['batch']} | {s['ages']} | {s['rss_growth_bytes'] / 2**20:.0f} | "
-                         f"{s['accounted_bytes'] / 2**20:.0f} | {s['bytes_per_weight_per_age']:.1f} |")
-    lines += ["", "## Tiles (tile_rows=1, rows×8 MatMul)\n", "| tiles | program (s) | runtime build (s) | "
-              "first new age (s) |", "|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {m['binding']} | {m['batch']} | {s['ages']} | {s['rss_growth_bytes'] / 2**20:.0f} | "
+                f"{s['accounted_bytes'] / 2**20:.0f} | {s['bytes_per_weight_per_age']:.1f} |"
+            )
+    lines += [
+        "",
+        "## Tiles (tile_rows=1, rows×8 MatMul)\n",
+        "| tiles | program (s) | runtime build (s) | first new age (s) |",
+        "|---:|---:|---:|---:|",
+    ]
     for t in tiles:
         lines.append(f"| {t['tiles']} | {t['program_s']:.2f} | {t['runtime_s']:.2f} | {t['first_age_s']:.2f} |")
     later = sorted(refresh["later_cpu_s"])
-    lines += ["", f"## Refresher CPU per chip ({refresh['model']}, {refresh['eval_samples']} eval samples, "
-              f"{refresh['schedule_readouts']} read-outs per scheduled age)\n",
-              f"- first refresh (drift, current accuracy, the fixed schedule): {refresh['first_cpu_s']:.2f} s CPU",
-              f"- later refreshes (fresh evaluation runtime), {len(later)} runs: median "
-              f"{later[len(later) // 2] * 1e3:.0f} ms CPU, range {later[0] * 1e3:.0f}-{later[-1] * 1e3:.0f} ms"]
-    path = write("serving_costs", {"machine": info, "memory": memory, "tiles": tiles, "refresh": refresh},
-                 "\n".join(lines) + "\n")
+    lines += [
+        "",
+        f"## Refresher CPU per chip ({refresh['model']}, {refresh['eval_samples']} eval samples, "
+        f"{refresh['schedule_readouts']} read-outs per scheduled age)\n",
+        f"- first refresh (drift, current accuracy, the fixed schedule): {refresh['first_cpu_s']:.2f} s CPU",
+        f"- later refreshes (fresh evaluation runtime), {len(later)} runs: median "
+        f"{later[len(later) // 2] * 1e3:.0f} ms CPU, range {later[0] * 1e3:.0f}-{later[-1] * 1e3:.0f} ms",
+    ]
+    path = write(
+        "serving_costs",
+        {"machine": info, "memory": memory, "tiles": tiles, "refresh": refresh},
+        "\n".join(lines) + "\n",
+    )
     print(f"wrote {path[1]}")
 
 

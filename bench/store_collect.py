@@ -33,15 +33,28 @@ def main() -> None:
         with ChipStore(root) as store:
             for i in range(6):
                 w = np.clip(rng.standard_normal((2048, 1024)), -2.5, 2.5).astype(np.float32)
-                store.save(program([LayerSpec("fc", w)], get_profile("pcm"), seed=i, chip_id=f"m{i}",
-                                   attachments={"model.onnx": w.tobytes()[: 4 << 20]}))
+                store.save(
+                    program(
+                        [LayerSpec("fc", w)],
+                        get_profile("pcm"),
+                        seed=i,
+                        chip_id=f"m{i}",
+                        attachments={"model.onnx": w.tobytes()[: 4 << 20]},
+                    )
+                )
             before = du(root)
             reports = [store.delete(f"m{i}") for i in range(6)]
             after = du(root)
-            print(f"6 chips of distinct models: {before / 2**20:.1f} MiB on disk, "
-                  f"{after / 2**20:.2f} MiB after deleting all")
-            print("per delete, MiB: chip files", [round(r.chip_bytes / 2**20, 2) for r in reports],
-                  "shared blobs", [round(r.blob_bytes / 2**20, 2) for r in reports])
+            print(
+                f"6 chips of distinct models: {before / 2**20:.1f} MiB on disk, "
+                f"{after / 2**20:.2f} MiB after deleting all"
+            )
+            print(
+                "per delete, MiB: chip files",
+                [round(r.chip_bytes / 2**20, 2) for r in reports],
+                "shared blobs",
+                [round(r.blob_bytes / 2**20, 2) for r in reports],
+            )
             w = np.clip(rng.standard_normal((64, 64)), -2.5, 2.5).astype(np.float32)
             for i in range(200):
                 store.save(program([LayerSpec("fc", w)], get_profile("pcm"), seed=i, chip_id=f"s{i}"))
@@ -51,8 +64,10 @@ def main() -> None:
                     t0 = time.perf_counter()
                     call(i)
                     t.append(time.perf_counter() - t0)
-                print(f"{name} with ~200 chips on disk: median {statistics.median(t) * 1e3:.1f} ms, "
-                      f"range {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f} ms (n={len(t)})")
+                print(
+                    f"{name} with ~200 chips on disk: median {statistics.median(t) * 1e3:.1f} ms, "
+                    f"range {min(t) * 1e3:.1f}-{max(t) * 1e3:.1f} ms (n={len(t)})"
+                )
     finally:
         shutil.rmtree(root.parent, ignore_errors=True)
 

@@ -19,7 +19,13 @@ YEAR_S = 365 * DAY_S  #: a year is 365 days
 #: The standard evaluation schedule, 1 s … 10 y (label → seconds, in order): the ages of the
 #: metrics contract and of the accuracy-vs-age studies.
 STANDARD_AGES_S: dict[str, float] = {
-    "1s": 1.0, "1h": HOUR_S, "1d": DAY_S, "1w": WEEK_S, "30d": 30 * DAY_S, "1y": YEAR_S, "10y": 10 * YEAR_S,
+    "1s": 1.0,
+    "1h": HOUR_S,
+    "1d": DAY_S,
+    "1w": WEEK_S,
+    "30d": 30 * DAY_S,
+    "1y": YEAR_S,
+    "10y": 10 * YEAR_S,
 }
 
 #: The oldest age a chip can be read at: 1000 years. Beyond that the drift law is an

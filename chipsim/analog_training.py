@@ -189,9 +189,7 @@ class ResidualLearning:
     which vanishes only where the expected gradient at ``W̄`` does.
     """
 
-    def __init__(
-        self, device_w: PulsedDevice, device_p: PulsedDevice, w0: np.ndarray, config: ResidualConfig
-    ) -> None:
+    def __init__(self, device_w: PulsedDevice, device_p: PulsedDevice, w0: np.ndarray, config: ResidualConfig) -> None:
         _require(isinstance(device_w, PulsedDevice), "device_w", "must be a PulsedDevice", device_w)
         _require(isinstance(device_p, PulsedDevice), "device_p", "must be a PulsedDevice", device_p)
         _require(isinstance(config, ResidualConfig), "config", "must be a ResidualConfig", config)
@@ -256,9 +254,7 @@ class ResidualLearningV2(ResidualLearning):
     ``transfer_lr`` is not used: the rate is ``β`` (see :class:`ResidualConfig`).
     """
 
-    def __init__(
-        self, device_w: PulsedDevice, device_p: PulsedDevice, w0: np.ndarray, config: ResidualConfig
-    ) -> None:
+    def __init__(self, device_w: PulsedDevice, device_p: PulsedDevice, w0: np.ndarray, config: ResidualConfig) -> None:
         super().__init__(device_w, device_p, w0, config)
         self._h = np.zeros_like(self._w)
 

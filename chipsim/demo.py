@@ -1,6 +1,6 @@
 """Command-line demo: program a random 512×512 layer and print drift metrics at several ages.
 
-    python -m chipsim.demo [--profile pcm] [--seed 0]
+python -m chipsim.demo [--profile pcm] [--seed 0]
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'age':>5} {'alpha':>7} {'G(t)/G_prog':>12} {'err raw':>8} {'err GDC':>8} {'stuck':>6}")
     for label, age in AGES.items():
         m = drift_metrics(chip, age, read_seed=1)
-        print(f"{label:>5} {m['layers'][0]['alpha_mean']:7.3f} {m['g_ratio']:12.3f} "
-              f"{m['weight_error']:8.3f} {m['weight_error_gdc']:8.3f} {m['stuck_reset'] + m['stuck_set']:6d}")
+        print(
+            f"{label:>5} {m['layers'][0]['alpha_mean']:7.3f} {m['g_ratio']:12.3f} "
+            f"{m['weight_error']:8.3f} {m['weight_error_gdc']:8.3f} {m['stuck_reset'] + m['stuck_set']:6d}"
+        )
 
 
 if __name__ == "__main__":

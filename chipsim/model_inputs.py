@@ -23,21 +23,30 @@ class ModelInputs:
         self.inputs = inputs
         self.names = {i["name"] for i in inputs}
         # (name, dtype, declared shape, [(axis, size) of its fixed dimensions]) per input
-        self._specs = [(i["name"], np.dtype(i["dtype"]), i["shape"],
-                        [(d, w) for d, w in enumerate(i["shape"]) if isinstance(w, int) and w > 0])
-                       for i in inputs]
+        self._specs = [
+            (
+                i["name"],
+                np.dtype(i["dtype"]),
+                i["shape"],
+                [(d, w) for d, w in enumerate(i["shape"]) if isinstance(w, int) and w > 0],
+            )
+            for i in inputs
+        ]
 
     def check(self, inputs: np.ndarray | dict[str, Any]) -> dict[str, np.ndarray]:
         """Validate and convert user inputs (one array for a single-input model, or name → array)
         to contiguous arrays of the declared dtypes; raises :class:`InputError` naming the input."""
         if not isinstance(inputs, dict):
             if len(self.inputs) != 1:
-                raise InputError(f"inputs: the model has {len(self.inputs)} inputs "
-                                 f"{[i['name'] for i in self.inputs]}; pass an object of name → array")
+                raise InputError(
+                    f"inputs: the model has {len(self.inputs)} inputs "
+                    f"{[i['name'] for i in self.inputs]}; pass an object of name → array"
+                )
             inputs = {self.inputs[0]["name"]: inputs}
         if inputs.keys() - self.names:
-            raise InputError(f"inputs: unknown input(s) {sorted(inputs.keys() - self.names)}; the model takes "
-                             f"{sorted(self.names)}")
+            raise InputError(
+                f"inputs: unknown input(s) {sorted(inputs.keys() - self.names)}; the model takes {sorted(self.names)}"
+            )
         feeds = {}
         batch = None
         for name, dtype, shape, fixed in self._specs:
@@ -46,15 +55,22 @@ class ModelInputs:
             try:
                 arr = np.asarray(inputs[name], dtype=dtype)
             except (ValueError, TypeError):
-                raise InputError(f"inputs.{name}: not a numeric array of {dtype} (ragged nesting or "
-                                 "non-numbers)", field=f"inputs.{name}") from None
+                raise InputError(
+                    f"inputs.{name}: not a numeric array of {dtype} (ragged nesting or non-numbers)",
+                    field=f"inputs.{name}",
+                ) from None
             if arr.ndim != len(shape):
-                raise InputError(f"inputs.{name}: expected {len(shape)} dimensions {shape}, got shape {list(arr.shape)}",
-                                 field=f"inputs.{name}")
+                raise InputError(
+                    f"inputs.{name}: expected {len(shape)} dimensions {shape}, got shape {list(arr.shape)}",
+                    field=f"inputs.{name}",
+                )
             for d, want in fixed:
                 if arr.shape[d] != want:
-                    raise InputError(f"inputs.{name}: dimension {d} must be {want}, got {arr.shape[d]} (shape "
-                                     f"{list(arr.shape)}, expected {shape})", field=f"inputs.{name}")
+                    raise InputError(
+                        f"inputs.{name}: dimension {d} must be {want}, got {arr.shape[d]} (shape "
+                        f"{list(arr.shape)}, expected {shape})",
+                        field=f"inputs.{name}",
+                    )
             if arr.size == 0 or arr.shape[0] == 0:
                 raise InputError(f"inputs.{name}: empty batch", field=f"inputs.{name}")
             # min and max propagate NaN and hold any ±inf: no temporary array as isfinite(arr) makes

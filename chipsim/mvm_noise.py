@@ -56,9 +56,16 @@ from chipsim.rng import Stream, check_seed
 #: and, for dynamic models, per distinct spatial or sequence size); inference costs 2–3 ms for a zoo model.
 SHAPE_CACHE_ENTRIES = 64
 #: onnxruntime input types → numpy dtypes (the probe's zero feeds).
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
-                "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+_NUMPY_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
 #: Chunks of one seeded evaluation: a 64-bit part of the key.
 MAX_CHUNK = 2**64 - 1
 
@@ -108,7 +115,7 @@ def draw(shapes: list[tuple[str, tuple[int, ...]]], rng: np.random.Generator) ->
     flat = rng.standard_normal(sum(sizes), dtype=np.float32)
     out, start = {}, 0
     for (name, _), n in zip(shapes, sizes):
-        out[name] = flat[start:start + n]
+        out[name] = flat[start : start + n]
         start += n
     return out
 
@@ -167,8 +174,9 @@ class NoiseShapes:
         try:
             m = onnx.shape_inference.infer_shapes(m, data_prop=True)
         except Exception as err:  # onnx raises several types; the inputs did not fit the model
-            raise InputError(f"inputs: the model cannot run on inputs of shapes {dims} "
-                             f"({str(err).splitlines()[0][:200]})") from None
+            raise InputError(
+                f"inputs: the model cannot run on inputs of shapes {dims} ({str(err).splitlines()[0][:200]})"
+            ) from None
         known = {}
         for vi in [*m.graph.value_info, *m.graph.output]:
             d = vi.type.tensor_type.shape.dim
@@ -198,8 +206,10 @@ class NoiseShapes:
         try:
             values = sess.run(wanted, feeds)
         except Exception as err:  # onnxruntime raises its own types; the inputs did not fit the model
-            raise InputError(f"inputs: cannot infer the output shape of the analog layer(s) computing {wanted[:3]} "
-                             f"for inputs of shapes {dims} ({str(err).splitlines()[0][:200]})") from None
+            raise InputError(
+                f"inputs: cannot infer the output shape of the analog layer(s) computing {wanted[:3]} "
+                f"for inputs of shapes {dims} ({str(err).splitlines()[0][:200]})"
+            ) from None
         return {t: tuple(int(d) for d in v.shape) for t, v in zip(wanted, values)}
 
     def _probe_graph(self) -> bytes:
@@ -218,6 +228,9 @@ class NoiseShapes:
         del m.graph.input[:]
         m.graph.input.extend(keep)
         outputs = {o.name for o in m.graph.output}
-        m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(like)
-                              for like in dict.fromkeys(like for _, like in self.noise_of) if like not in outputs)
+        m.graph.output.extend(
+            onnx.helper.make_empty_tensor_value_info(like)
+            for like in dict.fromkeys(like for _, like in self.noise_of)
+            if like not in outputs
+        )
         return m.SerializeToString()

@@ -13,12 +13,11 @@ classes of DESIGN §3.3 has its own switch (a scale or probability; 0 turns it o
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from chipsim.devices import DEVICES, get_device
-
 from chipsim.modes import GdcMode  # re-exported: older imports read it from here
 
 
@@ -41,7 +40,9 @@ class ChipProfile(BaseModel):
     device: str = Field("pcm", description=f"Device model, one of {sorted(DEVICES)}.")
     tile_rows: int = Field(512, ge=1, le=4096, description="Maximal rows (inputs) per crossbar tile.")
     # 2. variability
-    prog_noise_scale: float = Field(1.0, ge=0, le=10, description="Multiplier of the programming-noise σ (1 = published).")
+    prog_noise_scale: float = Field(
+        1.0, ge=0, le=10, description="Multiplier of the programming-noise σ (1 = published)."
+    )
     d2d_sigma: float = Field(0.0, ge=0, le=1, description="Static device-to-device gain variation σ (relative).")
     # 3. drift
     drift_scale: float = Field(1.0, ge=0, le=10, description="Multiplier of each device's drift exponent ν.")
@@ -56,11 +57,15 @@ class ChipProfile(BaseModel):
     # 6. DAC / ADC
     in_clip: bool = Field(True, description="DAC clips inputs to ±input_range (False: an ideal, unbounded DAC).")
     in_levels: int = Field(254, ge=0, le=1 << 20, description="DAC steps over [−1, 1] (0 = ideal DAC).")
-    out_levels: int = Field(254, ge=0, le=1 << 20, description="ADC steps over [−out_bound, out_bound] (0 = no quantisation).")
+    out_levels: int = Field(
+        254, ge=0, le=1 << 20, description="ADC steps over [−out_bound, out_bound] (0 = no quantisation)."
+    )
     out_bound: float = Field(10.0, ge=0, le=1e6, description="ADC clipping bound, normalised units (0 = no clipping).")
     out_noise: float = Field(0.04, ge=0, le=10, description="Additive ADC output noise σ, normalised units.")
     # drift compensation
-    gdc: GdcMode = Field(GdcMode.GLOBAL.value, description="Global drift compensation: per tile, per column, exact reference, or off.")
+    gdc: GdcMode = Field(
+        GdcMode.GLOBAL.value, description="Global drift compensation: per tile, per column, exact reference, or off."
+    )
 
     @field_validator("device")
     @classmethod
@@ -74,7 +79,9 @@ class ChipProfile(BaseModel):
         if self.p_stuck_reset + self.p_stuck_set > 1:
             raise ValueError("p_stuck_set: p_stuck_reset + p_stuck_set must not exceed 1")
         if self.out_levels > 0 and self.out_bound <= 0:
-            raise ValueError("out_levels: ADC quantisation needs a positive out_bound (its step is 2·out_bound/out_levels)")
+            raise ValueError(
+                "out_levels: ADC quantisation needs a positive out_bound (its step is 2·out_bound/out_levels)"
+            )
         return self
 
     @property
@@ -87,8 +94,16 @@ class ChipProfile(BaseModel):
 # that of an early test chip (a few %). 0 in "pcm-reference" reproduces the published model.
 PRESETS: dict[str, dict[str, Any]] = {
     "ideal": dict(
-        prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.0, w_noise=0.0, ir_drop=0.0,
-        in_clip=False, in_levels=0, out_levels=0, out_bound=0.0, out_noise=0.0,
+        prog_noise_scale=0.0,
+        drift_scale=0.0,
+        read_noise_scale=0.0,
+        w_noise=0.0,
+        ir_drop=0.0,
+        in_clip=False,
+        in_levels=0,
+        out_levels=0,
+        out_bound=0.0,
+        out_noise=0.0,
     ),
     "pcm-reference": dict(),
     "pcm": dict(p_stuck_reset=1e-3, p_stuck_set=1e-4),

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from chipsim import faults
-from chipsim import gdc
+from chipsim import faults, gdc
 from chipsim.mapping import column_scales, normalise, pair_targets_us, pair_weight, tile_bounds
 from chipsim.profiles import ChipProfile
 from chipsim.rng import Stream, check_seed, stream
 from chipsim.state import ChipState, LayerSpec, LayerState, check_chip_id
+
 
 def sample_nu(g_target_us: np.ndarray, profile: ChipProfile, seed: int, layer_index: int) -> np.ndarray:
     """Drift exponents ``ν = |μ_ν(G) + σ_ν(G)·ξ|·drift_scale`` for devices with conductance ``G``."""
@@ -57,7 +57,9 @@ def sample_devices(
         g_prog *= 1 + profile.d2d_sigma * xi
         np.maximum(g_prog, 0, out=g_prog)
     nu = sample_nu(g_target_us, profile, seed, layer_index)
-    codes = faults.sample_faults(shape, profile.p_stuck_reset, profile.p_stuck_set, stream(seed, Stream.FAULTS, layer_index))
+    codes = faults.sample_faults(
+        shape, profile.p_stuck_reset, profile.p_stuck_set, stream(seed, Stream.FAULTS, layer_index)
+    )
     g_prog[codes == faults.STUCK_RESET] = 0.0
     g_prog[codes == faults.STUCK_SET] = device.g_max_us
     return g_prog.astype(np.float32), faults.encode_nu(nu.astype(np.float32), codes)
@@ -67,8 +69,10 @@ def _check_tiles(name: str, tiles: list[tuple[int, int]], n_rows: int, tile_rows
     edges = [0]
     for a, b in tiles:
         if a != edges[-1] or not a < b or b - a > tile_rows:
-            raise ValueError(f"layer {name!r}: tiles {tiles} must cover the {n_rows} rows contiguously, "
-                             f"each with at most tile_rows={tile_rows} rows")
+            raise ValueError(
+                f"layer {name!r}: tiles {tiles} must cover the {n_rows} rows contiguously, "
+                f"each with at most tile_rows={tile_rows} rows"
+            )
         edges.append(b)
     if edges[-1] != n_rows:
         raise ValueError(f"layer {name!r}: tiles cover {edges[-1]} of {n_rows} rows")

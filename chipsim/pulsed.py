@@ -377,9 +377,7 @@ def apply_pulses(
     return w_new.reshape(np.shape(w))
 
 
-def pulse_update(
-    w: np.ndarray, delta: np.ndarray, device: PulsedDevice, rng: np.random.Generator
-) -> PulseUpdate:
+def pulse_update(w: np.ndarray, delta: np.ndarray, device: PulsedDevice, rng: np.random.Generator) -> PulseUpdate:
     """Realise the requested change ``delta`` (weight units) on devices at ``w`` with pulse trains.
 
     Sign of ``delta`` picks potentiation or depression; ``|delta|/dw_min`` (stochastically rounded,

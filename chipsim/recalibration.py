@@ -103,7 +103,9 @@ class RecalibrationConfig:
         if self.algorithm not in ALGORITHMS:
             raise RecalibrationError(f"algorithm: expected one of {ALGORITHMS}, got {self.algorithm!r}", "algorithm")
         if self.response not in RESPONSES:
-            raise RecalibrationError(f"response: expected one of {sorted(RESPONSES)}, got {self.response!r}", "response")
+            raise RecalibrationError(
+                f"response: expected one of {sorted(RESPONSES)}, got {self.response!r}", "response"
+            )
         if not MIN_STEPS <= self.steps <= MAX_STEPS:
             raise RecalibrationError(f"steps: must be in [{MIN_STEPS}, {MAX_STEPS}]", "steps")
         if not MIN_BATCH_SIZE <= self.batch_size <= MAX_BATCH_SIZE:
@@ -142,8 +144,9 @@ def find_layer(chip: ChipState, name: str | None) -> tuple[int, str]:
         idx = matches[0]
     plan = plans[idx]
     if plan.kind not in (LayerKind.MATMUL, LayerKind.GEMM):
-        raise RecalibrationError(f"layer: {plan.name!r} is a {plan.kind}; only a final MatMul/Gemm layer can be "
-                                 "recalibrated", "layer")
+        raise RecalibrationError(
+            f"layer: {plan.name!r} is a {plan.kind}; only a final MatMul/Gemm layer can be recalibrated", "layer"
+        )
     model = onnx.load_from_string(chip.attachments["model.onnx"])
     node = next(n for n in model.graph.node if (n.name or n.op_type) == plan.node)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -161,9 +164,12 @@ def find_layer(chip: ChipState, name: str | None) -> tuple[int, str]:
             continue
         nxt = consumers.get(t, [])
         if not nxt or any(n.op_type not in _TRANSPARENT_OPS for n in nxt):
-            raise RecalibrationError(f"layer: {plan.name!r} is not the model's last layer (its output goes through "
-                                     f"{sorted({n.op_type for n in nxt})}); only the final classifier can be "
-                                     "recalibrated", "layer")
+            raise RecalibrationError(
+                f"layer: {plan.name!r} is not the model's last layer (its output goes through "
+                f"{sorted({n.op_type for n in nxt})}); only the final classifier can be "
+                "recalibrated",
+                "layer",
+            )
         frontier.extend(o for n in nxt for o in n.output)
     return idx, node.input[0]
 
@@ -176,18 +182,28 @@ def _optimizer(cfg: RecalibrationConfig, w0: np.ndarray):
     algorithm = RecalibrationAlgorithm(cfg.algorithm)
     if algorithm is RecalibrationAlgorithm.ANALOG_SGD:
         return AnalogSGD(_device(cfg), w0, cfg.lr)
-    rc = ResidualConfig(lr=cfg.lr, gamma=cfg.gamma, transfer_every=cfg.transfer_every,
-                        transfer_lr=cfg.transfer_lr, beta=cfg.beta, read_noise_std=cfg.read_noise_std)
+    rc = ResidualConfig(
+        lr=cfg.lr,
+        gamma=cfg.gamma,
+        transfer_every=cfg.transfer_every,
+        transfer_lr=cfg.transfer_lr,
+        beta=cfg.beta,
+        read_noise_std=cfg.read_noise_std,
+    )
     cls = ResidualLearning if algorithm is RecalibrationAlgorithm.RESIDUAL else ResidualLearningV2
     return cls(_device(cfg), _device(cfg), w0, rc)
 
 
-def _logits(feats: np.ndarray, layer: LayerState, w: np.ndarray, n_tiles: int, chip: ChipState,
-            rng: np.random.Generator) -> np.ndarray:
+def _logits(
+    feats: np.ndarray, layer: LayerState, w: np.ndarray, n_tiles: int, chip: ChipState, rng: np.random.Generator
+) -> np.ndarray:
     """The analog layer with device weights ``w`` (no GDC: training compensates in place)."""
-    layer_readout = LayerReadout(w_norm=w.astype(np.float32), alpha_global=np.ones(n_tiles, np.float32),
-                                 alpha_column=np.ones((n_tiles, w.shape[1]), np.float32),
-                                 alpha_exact=np.ones(n_tiles, np.float32))
+    layer_readout = LayerReadout(
+        w_norm=w.astype(np.float32),
+        alpha_global=np.ones(n_tiles, np.float32),
+        alpha_column=np.ones((n_tiles, w.shape[1]), np.float32),
+        alpha_exact=np.ones(n_tiles, np.float32),
+    )
     return analog_matmul(feats, layer, layer_readout, chip.profile, gdc=GdcMode.OFF, rng=rng)
 
 
@@ -261,17 +277,30 @@ def recalibrate(
             history.append({"step": step + 1, "holdout_accuracy": acc, "pulses": int(opt.pulses_used)})
     w_bar = np.clip(opt.weights(), -1.0, 1.0).astype(np.float32)
     new = _derive_chip(chip, idx, w_bar, age_s, config, new_chip_id, int(opt.pulses_used))
-    after = _accuracy(ChipRuntime(new, binding=WeightBinding.INPUTS, threads=threads)
-                      .run(x[hold], 0.0, read_seed=read_seed, seed=config.seed)[0], y[hold])
-    new.meta["recalibration"].update(accuracy_before=before, accuracy_before_no_gdc=before_off,
-                                     accuracy_after=after, holdout_samples=int(n_hold))
-    return RecalibrationResult(chip=new, layer=layer.name, pulses=int(opt.pulses_used), steps=config.steps,
-                               accuracy_before=before, accuracy_before_no_gdc=before_off, accuracy_after=after,
-                               history=history)
+    after = _accuracy(
+        ChipRuntime(new, binding=WeightBinding.INPUTS, threads=threads).run(
+            x[hold], 0.0, read_seed=read_seed, seed=config.seed
+        )[0],
+        y[hold],
+    )
+    new.meta["recalibration"].update(
+        accuracy_before=before, accuracy_before_no_gdc=before_off, accuracy_after=after, holdout_samples=int(n_hold)
+    )
+    return RecalibrationResult(
+        chip=new,
+        layer=layer.name,
+        pulses=int(opt.pulses_used),
+        steps=config.steps,
+        accuracy_before=before,
+        accuracy_before_no_gdc=before_off,
+        accuracy_after=after,
+        history=history,
+    )
 
 
-def _derive_chip(parent: ChipState, idx: int, w_bar: np.ndarray, age_s: float, cfg: RecalibrationConfig,
-                 chip_id: str, pulses: int) -> ChipState:
+def _derive_chip(
+    parent: ChipState, idx: int, w_bar: np.ndarray, age_s: float, cfg: RecalibrationConfig, chip_id: str, pulses: int
+) -> ChipState:
     """The new chip: layer ``idx`` re-written to ``w_bar`` (parent normalisation), others aged."""
     profile = parent.profile
     g_max = profile.device_model.g_max_us
@@ -284,8 +313,12 @@ def _derive_chip(parent: ChipState, idx: int, w_bar: np.ndarray, age_s: float, c
     target = pair_targets_us(normalise(weight, column_scales(weight)), g_max)
     nu = faults.encode_nu(sample_nu(actual, profile, cfg.seed, idx), codes)
     layer = LayerState(
-        name=old.name, weight=weight, input_range=old.input_range, tiles=list(old.tiles),
-        dg_us=(actual - target).astype(np.float16), nu=nu.astype(np.float16),
+        name=old.name,
+        weight=weight,
+        input_range=old.input_range,
+        tiles=list(old.tiles),
+        dg_us=(actual - target).astype(np.float16),
+        nu=nu.astype(np.float16),
         gdc_baseline=np.zeros(len(old.tiles), np.float32),
         gdc_baseline_col=np.zeros((len(old.tiles), weight.shape[1]), np.float32),
         gdc_baseline_exact=np.zeros(len(old.tiles), np.float32),
@@ -299,13 +332,34 @@ def _derive_chip(parent: ChipState, idx: int, w_bar: np.ndarray, age_s: float, c
             layers.append(layer)
             continue
         meta = {**lay.meta, "age_offset_s": float(lay.meta.get("age_offset_s", 0.0)) + float(age_s)}
-        layers.append(LayerState(name=lay.name, weight=lay.weight, input_range=lay.input_range, tiles=list(lay.tiles),
-                                 dg_us=lay.dg_us, nu=lay.nu, gdc_baseline=lay.gdc_baseline,
-                                 gdc_baseline_col=lay.gdc_baseline_col, gdc_baseline_exact=lay.gdc_baseline_exact,
-                                 bias=lay.bias, meta=meta))
-    meta = {**parent.meta, "parent": parent.chip_id, "recalibration": {
-        **asdict(cfg), "age_s": float(age_s), "layer": old.name, "pulses": pulses}}
+        layers.append(
+            LayerState(
+                name=lay.name,
+                weight=lay.weight,
+                input_range=lay.input_range,
+                tiles=list(lay.tiles),
+                dg_us=lay.dg_us,
+                nu=lay.nu,
+                gdc_baseline=lay.gdc_baseline,
+                gdc_baseline_col=lay.gdc_baseline_col,
+                gdc_baseline_exact=lay.gdc_baseline_exact,
+                bias=lay.bias,
+                meta=meta,
+            )
+        )
+    meta = {
+        **parent.meta,
+        "parent": parent.chip_id,
+        "recalibration": {**asdict(cfg), "age_s": float(age_s), "layer": old.name, "pulses": pulses},
+    }
     # Read-out streams are keyed by the chip seed: keep the parent's so carried-over layers read
     # exactly as in the parent; the re-written layer's randomness used cfg.seed above.
-    return ChipState(chip_id=chip_id, profile=profile, seed=parent.seed, programmed_at=time.time(),
-                     layers=layers, meta=meta, attachments=dict(parent.attachments))
+    return ChipState(
+        chip_id=chip_id,
+        profile=profile,
+        seed=parent.seed,
+        programmed_at=time.time(),
+        layers=layers,
+        meta=meta,
+        attachments=dict(parent.attachments),
+    )

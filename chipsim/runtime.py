@@ -81,8 +81,16 @@ class ChipRuntime:
     BINDINGS = tuple(b.value for b in WeightBinding)
     NOISE_SOURCES = tuple(s.value for s in MvmNoiseSource)
 
-    def __init__(self, chip: ChipState, *, threads: int | None = None, cache_bytes: int = 256 << 20,
-                 cache_entries: int = 32, binding: str = WeightBinding.INITIALIZERS, noise: str = MvmNoiseSource.FRESH):
+    def __init__(
+        self,
+        chip: ChipState,
+        *,
+        threads: int | None = None,
+        cache_bytes: int = 256 << 20,
+        cache_entries: int = 32,
+        binding: str = WeightBinding.INITIALIZERS,
+        noise: str = MvmNoiseSource.FRESH,
+    ):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
         if noise not in self.NOISE_SOURCES:
@@ -142,8 +150,11 @@ class ChipRuntime:
         to a copy as initializers (constants, so onnxruntime prepacks them and applies its
         layout optimisations)."""
         model = onnx.load_from_string(graph)
-        keep = [vi for vi in model.graph.input
-                if not (vi.name.startswith("chip/") and vi.name.rsplit("/", 1)[-1] in WEIGHT_INPUTS)]
+        keep = [
+            vi
+            for vi in model.graph.input
+            if not (vi.name.startswith("chip/") and vi.name.rsplit("/", 1)[-1] in WEIGHT_INPUTS)
+        ]
         del model.graph.input[:]
         model.graph.input.extend(keep)
         return model
@@ -165,8 +176,10 @@ class ChipRuntime:
         return entry
 
     def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> _Entry:
-        layers = [read_layer(layer, self.profile, self.chip.seed, i, age_s, read_seed)
-                  for i, layer in enumerate(self.chip.layers)]
+        layers = [
+            read_layer(layer, self.profile, self.chip.seed, i, age_s, read_seed)
+            for i, layer in enumerate(self.chip.layers)
+        ]
         return self._prepare(ChipReadout(age_s, read_seed, layers), mode)
 
     def _entry(self, age_s: float, read_seed: int, mode: GdcMode | None = None) -> _Entry:
@@ -237,8 +250,14 @@ class ChipRuntime:
             raise InputError(str(e), field="gdc") from None
 
     def run_tensor(
-        self, inputs: np.ndarray | dict[str, Any], tensor: str, age_s: float, read_seed: int = 0,
-        gdc: bool | str = True, seed: int | None = None, chunk: int = 0,
+        self,
+        inputs: np.ndarray | dict[str, Any],
+        tensor: str,
+        age_s: float,
+        read_seed: int = 0,
+        gdc: bool | str = True,
+        seed: int | None = None,
+        chunk: int = 0,
     ) -> np.ndarray:
         """The value of an intermediate tensor of the compiled graph (e.g. the input of an analog
         layer as the aged chip computes it). Uses a side session with weights fed as inputs."""

@@ -42,15 +42,32 @@ from chipsim.profiles import ProfileError, profile_from_dict
 from chipsim.state import CHIP_ID_RE, ChipState, LayerState, check_chip_id
 from chipsim.store_collect import BLOB_NAME, CollectReport, DeleteReport, MarkBlocked, referenced_digests
 from chipsim.store_errors import (
-    ChipCorruptError, ChipExistsError, ChipNotFoundError, ChipStoreError, ChipVersionError, StoreLockedError,
-    StoreReadOnlyError, StoreWriteError,
+    ChipCorruptError,
+    ChipExistsError,
+    ChipNotFoundError,
+    ChipStoreError,
+    ChipVersionError,
+    StoreLockedError,
+    StoreReadOnlyError,
+    StoreWriteError,
 )
 from chipsim.store_io import MAX_MANIFEST_BYTES, UnreadableFile, loads_bounded, read_regular_file
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "ChipCorruptError", "ChipExistsError", "ChipListing", "ChipNotFoundError",
-    "ChipStore", "ChipStoreError", "ChipVersionError", "CollectReport", "DeleteReport", "StoreLockedError",
-    "StoreReadOnlyError", "StoreWriteError",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ChipCorruptError",
+    "ChipExistsError",
+    "ChipListing",
+    "ChipNotFoundError",
+    "ChipStore",
+    "ChipStoreError",
+    "ChipVersionError",
+    "CollectReport",
+    "DeleteReport",
+    "StoreLockedError",
+    "StoreReadOnlyError",
+    "StoreWriteError",
 ]
 
 log = logging.getLogger(__name__)
@@ -171,8 +188,9 @@ class ChipStore:
             _remove(entry)
             removed += 1
         report = self._collect_quietly(share)
-        self.open_report = CollectReport(report.blobs_removed, report.blob_bytes, report.blobs_kept, removed,
-                                         report.skipped)
+        self.open_report = CollectReport(
+            report.blobs_removed, report.blob_bytes, report.blobs_kept, removed, report.skipped
+        )
 
     def close(self) -> None:
         """Release this store's hold on the folder's lock (idempotent); reads still work."""
@@ -193,8 +211,10 @@ class ChipStore:
         if self._closed or self._share is None:
             raise ChipStoreError(f"the store of {self.root} is closed: cannot {action}")
         if self._share.pid != os.getpid():
-            raise ChipStoreError(f"the store of {self.root} was opened by pid {self._share.pid} before a fork: "
-                                 f"cannot {action} from pid {os.getpid()} (open a store of its own)")
+            raise ChipStoreError(
+                f"the store of {self.root} was opened by pid {self._share.pid} before a fork: "
+                f"cannot {action} from pid {os.getpid()} (open a store of its own)"
+            )
         return self._share
 
     @staticmethod
@@ -354,20 +374,25 @@ class ChipStore:
                     fname = f"l{i}_{name}.npy"
                     _write_file(tmp / fname, data)
                     arrays[f"layers/{i}/{name}"] = {
-                        "file": fname, "sha256": _sha256(data), "shape": list(arr.shape), "dtype": str(arr.dtype)
+                        "file": fname,
+                        "sha256": _sha256(data),
+                        "shape": list(arr.shape),
+                        "dtype": str(arr.dtype),
                     }
                 for name in _SHARED_ARRAYS:
                     arr = getattr(layer, name)
                     if arr is None:
                         continue
                     digest = self._put_blob(share, _npy_bytes(arr), "npy", pins, created)
-                    arrays[f"layers/{i}/{name}"] = {
-                        "blob": digest, "shape": list(arr.shape), "dtype": str(arr.dtype)
+                    arrays[f"layers/{i}/{name}"] = {"blob": digest, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+                layers.append(
+                    {
+                        "name": layer.name,
+                        "input_range": layer.input_range,
+                        "tiles": [list(t) for t in layer.tiles],
+                        "meta": layer.meta,
                     }
-                layers.append({
-                    "name": layer.name, "input_range": layer.input_range,
-                    "tiles": [list(t) for t in layer.tiles], "meta": layer.meta,
-                })
+                )
             attachments = {
                 name: self._put_blob(share, data, "bin", pins, created) for name, data in chip.attachments.items()
             }
@@ -467,7 +492,9 @@ class ChipStore:
             raise ChipCorruptError(chip_id, rel, "not an agedchip chip manifest")
         if manifest.get("version") != FORMAT_VERSION:
             raise ChipVersionError(
-                chip_id, rel, f"format version {manifest.get('version')!r}, this build reads version {FORMAT_VERSION}",
+                chip_id,
+                rel,
+                f"format version {manifest.get('version')!r}, this build reads version {FORMAT_VERSION}",
             )
         if manifest.get("manifest_sha256") != _manifest_digest(manifest):
             raise ChipCorruptError(chip_id, rel, "manifest checksum mismatch (altered)")
@@ -516,19 +543,28 @@ class ChipStore:
                 get = {name: self._load_array(chip_id, arrays[f"layers/{i}/{name}"]) for name in _CHIP_ARRAYS}
                 weight = self._load_array(chip_id, arrays[f"layers/{i}/weight"])
                 bias_entry = arrays.get(f"layers/{i}/bias")
-                layers.append(LayerState(
-                    name=lmeta["name"], weight=weight, input_range=float(lmeta["input_range"]),
-                    tiles=[(int(a), int(b)) for a, b in lmeta["tiles"]],
-                    bias=None if bias_entry is None else self._load_array(chip_id, bias_entry),
-                    meta=lmeta.get("meta", {}), **get,
-                ))
+                layers.append(
+                    LayerState(
+                        name=lmeta["name"],
+                        weight=weight,
+                        input_range=float(lmeta["input_range"]),
+                        tiles=[(int(a), int(b)) for a, b in lmeta["tiles"]],
+                        bias=None if bias_entry is None else self._load_array(chip_id, bias_entry),
+                        meta=lmeta.get("meta", {}),
+                        **get,
+                    )
+                )
             attachments = {
                 name: self.get_blob(digest, "bin", owner=chip_id) for name, digest in manifest["attachments"].items()
             }
             chip = ChipState(
-                chip_id=manifest["chip_id"], profile=profile, seed=int(manifest["seed"]),
-                programmed_at=float(manifest["programmed_at"]), layers=layers,
-                meta=manifest.get("meta", {}), attachments=attachments,
+                chip_id=manifest["chip_id"],
+                profile=profile,
+                seed=int(manifest["seed"]),
+                programmed_at=float(manifest["programmed_at"]),
+                layers=layers,
+                meta=manifest.get("meta", {}),
+                attachments=attachments,
             )
         except ChipCorruptError:
             raise

@@ -114,8 +114,14 @@ def acquire(root: Path, on_acquire: Callable[[Share], None]) -> tuple[Share, boo
                 raise StoreWriteError(f"locking {root}", err) from None
             try:
                 with open(path, "w") as f:
-                    json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f)
+                    json.dump(
+                        {
+                            "pid": os.getpid(),
+                            "host": socket.gethostname(),
+                            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        },
+                        f,
+                    )
             except OSError as err:  # a read-only filesystem shows here
                 raise StoreWriteError(f"writing the lock file of {root}", err) from None
             share = Share(fd=fd, pid=os.getpid(), key=key)

@@ -41,9 +41,12 @@ DESCRIPTIONS = {
 
 def describe(name: str) -> str:
     recipe = RECIPES[name]
-    how = ("hardware-aware training on the emulated pcm chip (extended STE, noise x"
-           f"{recipe.noise.noise_scale:g}, faults x{recipe.noise.fault_scale:g}, distilled from {plain_name(name)})"
-           if recipe.hwa else "plain floating-point training")
+    how = (
+        "hardware-aware training on the emulated pcm chip (extended STE, noise x"
+        f"{recipe.noise.noise_scale:g}, faults x{recipe.noise.fault_scale:g}, distilled from {plain_name(name)})"
+        if recipe.hwa
+        else "plain floating-point training"
+    )
     return f"{DESCRIPTIONS[recipe.arch]}; {how}"
 
 
@@ -58,16 +61,24 @@ def build(names: list[str], out_dir: Path, progress: bool = True) -> list[dict]:
             if pname not in trained:
                 trained[pname] = train(RECIPES[pname], progress=progress, desc=pname)
             teacher = trained[pname].model
-            res = train(recipe, init=teacher.state_dict(), teacher=teacher if recipe.distill > 0 else None,
-                        progress=progress, desc=name)
+            res = train(
+                recipe,
+                init=teacher.state_dict(),
+                teacher=teacher if recipe.distill > 0 else None,
+                progress=progress,
+                desc=name,
+            )
         else:
             res = trained.get(name) or train(recipe, progress=progress, desc=name)
         trained[name] = res
         entry = write_zoo_entry(res.model, name, recipe, out_dir, describe(name))
         entry.update(n_weights=n_weights(res.model), train_seconds=round(res.seconds, 1), train_steps=res.steps)
         entries.append(entry)
-        print(f"{name}: fp_accuracy={entry['fp_accuracy']:.4f} ({entry['bytes'] / 1024:.0f} KiB, "
-              f"{res.seconds:.0f} s, {res.steps} steps)", flush=True)
+        print(
+            f"{name}: fp_accuracy={entry['fp_accuracy']:.4f} ({entry['bytes'] / 1024:.0f} KiB, "
+            f"{res.seconds:.0f} s, {res.steps} steps)",
+            flush=True,
+        )
     return entries
 
 

@@ -91,8 +91,8 @@ def random_shift(x, generator, max_shift: int = 1):
     pad = torch.nn.functional.pad(x, (max_shift,) * 4)
     shifts = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator)
     h, w = x.shape[-2:]
-    rows = (torch.arange(h)[None, :] + shifts[:, :1])  # (n, h)
-    cols = (torch.arange(w)[None, :] + shifts[:, 1:])  # (n, w)
+    rows = torch.arange(h)[None, :] + shifts[:, :1]  # (n, h)
+    cols = torch.arange(w)[None, :] + shifts[:, 1:]  # (n, w)
     idx_n = torch.arange(n)[:, None, None]
     out = pad[idx_n, 0, rows[:, :, None], cols[:, None, :]]
     return out.unsqueeze(1)

@@ -60,8 +60,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor | None = None) -> onnx.M
         # it still produces the plain Gemm/MatMul/Conv graphs the compiler expects.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), buf, opset_version=OPSET, dynamo=False, do_constant_folding=True,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model,
+            (example,),
+            buf,
+            opset_version=OPSET,
+            dynamo=False,
+            do_constant_folding=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     return onnx.load_from_string(buf.getvalue())
@@ -85,7 +91,9 @@ def analog_weight_names(onnx_model: onnx.ModelProto, model: nn.Module) -> dict[s
             continue
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         candidates = [w] if (node.op_type == "Conv" or (node.op_type == "Gemm" and trans_b)) else [w.T]
-        match = [n for n, lw in layers.items() if any(c.shape == lw.shape and np.array_equal(c, lw) for c in candidates)]
+        match = [
+            n for n, lw in layers.items() if any(c.shape == lw.shape and np.array_equal(c, lw) for c in candidates)
+        ]
         if len(match) != 1:
             raise ValueError(
                 f"export: analog node {node.name!r} ({node.op_type}) matches {len(match)} torch layers by value"
@@ -162,7 +170,7 @@ def write_zoo_entry(
         PREFIX + "task": "classification",
         PREFIX + "num_classes": str(data.NUM_CLASSES),
         PREFIX + "dataset": f"{data.DATASET}: 1797 grey-scale 8x8 handwritten digits, 10 classes, "
-                            "bundled with scikit-learn (UCI optdigits test part)",
+        "bundled with scikit-learn (UCI optdigits test part)",
         PREFIX + "split": data.split_description() + f"; eval set = the {eval_split} split ({len(ev)} images)",
         PREFIX + "preprocessing": f"x = pixels/{data.PIXEL_MAX:g} (float32, [0, 1]), shape (N, 1, 8, 8)",
         PREFIX + "recipe": recipe_json,

@@ -95,7 +95,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     magic = int.from_bytes(raw[:4], "big")
     if magic != (_IDX_UBYTE << 8 | ndim):
         raise FashionMnistCorrupt(f"{path}: IDX magic {magic:#010x}, expected {(_IDX_UBYTE << 8 | ndim):#010x}")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise FashionMnistCorrupt(f"{path}: {body.size} bytes of data for dimensions {dims}")

@@ -53,8 +53,15 @@ class StridedAnalogConv2d(AnalogConv2d):
     """:class:`~models.hwa.AnalogConv2d` with a stride (its noisy path already honours
     ``self.stride``; only its constructor lacks the argument)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+    ):
         nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=bias)
         self._init_analog()
 
@@ -106,8 +113,9 @@ class ResNet(nn.Module):
 
     CONV_BN = (("conv", "bn"),)
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 3, skip: bool = True,
-                 num_classes: int = NUM_CLASSES):
+    def __init__(
+        self, widths: tuple[int, ...] = (16, 32, 64), blocks: int = 3, skip: bool = True, num_classes: int = NUM_CLASSES
+    ):
         super().__init__()
         self.conv, self.bn = conv3x3(INPUT_SHAPE[0], widths[0]), nn.BatchNorm2d(widths[0])
         layers, c_in = [], widths[0]
@@ -133,8 +141,15 @@ class ViT(nn.Module):
     linear head. Mean pooling instead of a class token keeps the export free of a Concat with
     a parameter."""
 
-    def __init__(self, patch: int = 7, dim: int = 128, depth: int = 4, heads: int = 4, ff: int = 256,
-                 num_classes: int = NUM_CLASSES):
+    def __init__(
+        self,
+        patch: int = 7,
+        dim: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        ff: int = 256,
+        num_classes: int = NUM_CLASSES,
+    ):
         super().__init__()
         side = INPUT_SHAPE[-1]
         if side % patch:
@@ -173,7 +188,7 @@ class RowLSTM(nn.Module):
         self.hh = AnalogLinear(hidden, 4 * hidden)
         self.head = AnalogLinear(hidden, num_classes)
         with torch.no_grad():  # forget-gate bias 1 (Jozefowicz et al. 2015): remember by default
-            self.ih.bias[hidden: 2 * hidden].fill_(1.0)
+            self.ih.bias[hidden : 2 * hidden].fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gx = self.ih(x.reshape(-1, self.steps, self.width))
@@ -182,8 +197,12 @@ class RowLSTM(nn.Module):
             g = gx[:, t] if h is None else gx[:, t] + self.hh(h)  # h₀ = 0: step 0 has no recurrent term
             # static slices, not chunk: chunk exports a Split whose output shapes the compiler
             # cannot infer
-            i, f, z, o = (g[:, k * self.hidden: (k + 1) * self.hidden] for k in range(4))
-            c = torch.sigmoid(i) * torch.tanh(z) if c is None else torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
+            i, f, z, o = (g[:, k * self.hidden : (k + 1) * self.hidden] for k in range(4))
+            c = (
+                torch.sigmoid(i) * torch.tanh(z)
+                if c is None
+                else torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
+            )
             h = torch.sigmoid(o) * torch.tanh(c)
         return self.head(h)
 
@@ -192,8 +211,12 @@ def _resnet_noskip(**kw) -> ResNet:
     return ResNet(skip=False, **kw)
 
 
-ARCHS: dict[str, Callable[..., nn.Module]] = {"resnet": ResNet, "resnet-noskip": _resnet_noskip, "vit": ViT,
-                                              "lstm": RowLSTM}
+ARCHS: dict[str, Callable[..., nn.Module]] = {
+    "resnet": ResNet,
+    "resnet-noskip": _resnet_noskip,
+    "vit": ViT,
+    "lstm": RowLSTM,
+}
 
 
 def model_name(arch: str) -> str:

@@ -27,7 +27,6 @@ from chipsim.profiles import ChipProfile, get_profile
 from models.torch_chip import AgedWeights, GradientMode, MvmDraws, age_weights, analog_conv2d, analog_matmul
 
 
-
 # --------------------------------------------------------------------------- configuration
 @dataclass(frozen=True)
 class HwaConfig:
@@ -67,16 +66,18 @@ def training_profile(config: HwaConfig, strength: float = 1.0) -> ChipProfile:
     base = get_profile(config.profile)
     k = config.noise_scale * strength
     f = config.fault_scale * strength
-    return base.model_copy(update=dict(
-        prog_noise_scale=base.prog_noise_scale * k,
-        read_noise_scale=base.read_noise_scale * k,
-        w_noise=base.w_noise * k,
-        out_noise=base.out_noise * k,
-        drift_scale=base.drift_scale * strength,
-        p_stuck_reset=min(1.0, base.p_stuck_reset * f),
-        p_stuck_set=min(1.0, base.p_stuck_set * f),
-        gdc=GdcMode.resolve(config.gdc, base.gdc),
-    ))
+    return base.model_copy(
+        update=dict(
+            prog_noise_scale=base.prog_noise_scale * k,
+            read_noise_scale=base.read_noise_scale * k,
+            w_noise=base.w_noise * k,
+            out_noise=base.out_noise * k,
+            drift_scale=base.drift_scale * strength,
+            p_stuck_reset=min(1.0, base.p_stuck_reset * f),
+            p_stuck_set=min(1.0, base.p_stuck_set * f),
+            gdc=GdcMode.resolve(config.gdc, base.gdc),
+        )
+    )
 
 
 def sample_age(generator: torch.Generator, age_min_s: float, age_max_s: float) -> float:
@@ -128,7 +129,9 @@ class HwaContext:
         self.strength = float(strength)
         if age_s is None and self.schedule is not None:
             age_s = self.schedule.age_s
-        self.age_s = sample_age(self.generator, self.config.age_min_s, self.config.age_max_s) if age_s is None else age_s
+        self.age_s = (
+            sample_age(self.generator, self.config.age_min_s, self.config.age_max_s) if age_s is None else age_s
+        )
         if self.schedule is not None:
             self.profile = self.schedule.profile_at(self.strength)
         else:
@@ -173,8 +176,16 @@ class AnalogLayer:
         """How many analog MVMs the layer runs for input ``x`` (rows of ``_to_rows(x)``)."""
         raise NotImplementedError
 
-    def _through_chip(self, x: torch.Tensor, aged: AgedWeights, r: torch.Tensor, ctx: HwaContext, draws: MvmDraws,
-                      gradient: GradientMode, gates: list[torch.Tensor] | None) -> torch.Tensor:
+    def _through_chip(
+        self,
+        x: torch.Tensor,
+        aged: AgedWeights,
+        r: torch.Tensor,
+        ctx: HwaContext,
+        draws: MvmDraws,
+        gradient: GradientMode,
+        gates: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
         """The layer's output for ``x`` through the aged tile (what ``_from_rows(analog_matmul(
         _to_rows(x)))`` computes, with the bias)."""
         return self._from_rows(analog_matmul(self._to_rows(x), aged, r, ctx.profile, draws, None, gradient, gates), x)
@@ -244,7 +255,9 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
         if self.bias is not None:
             y = y + self.bias
         h, w = self._out_hw(x)
-        return y.reshape(x.shape[0], h * w, self.out_channels).transpose(1, 2).reshape(x.shape[0], self.out_channels, h, w)
+        return (
+            y.reshape(x.shape[0], h * w, self.out_channels).transpose(1, 2).reshape(x.shape[0], self.out_channels, h, w)
+        )
 
     def _out_hw(self, x: torch.Tensor) -> tuple[int, int]:
         return tuple(  # type: ignore[return-value]
@@ -256,14 +269,34 @@ class AnalogConv2d(AnalogLayer, nn.Conv2d):
         h, w = self._out_hw(x)
         return x.shape[0] * h * w
 
-    def _through_chip(self, x: torch.Tensor, aged: AgedWeights, r: torch.Tensor, ctx: HwaContext, draws: MvmDraws,
-                      gradient: GradientMode, gates: list[torch.Tensor] | None) -> torch.Tensor:
+    def _through_chip(
+        self,
+        x: torch.Tensor,
+        aged: AgedWeights,
+        r: torch.Tensor,
+        ctx: HwaContext,
+        draws: MvmDraws,
+        gradient: GradientMode,
+        gates: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
         # The unfolded product computed as convolutions (models.torch_chip.analog_conv2d): same
         # chip, same draws, ~k_h·k_w× less periphery work than unfolding (DAC, IR drop, noise).
         if not isinstance(self.padding, tuple):
             raise ValueError(f"padding: the chip maps explicit zero padding, not {self.padding!r}")
-        return analog_conv2d(x, aged, r, ctx.profile, draws, self.kernel_size, self.stride, self.padding,
-                             self.dilation, self.bias, gradient, gates)
+        return analog_conv2d(
+            x,
+            aged,
+            r,
+            ctx.profile,
+            draws,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.bias,
+            gradient,
+            gates,
+        )
 
     def _clean(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight, self.bias)
@@ -299,6 +332,7 @@ def calibrate_input_ranges(
     seen: dict[str, list[torch.Tensor]] = {}
     hooks = []
     for name, m in analog_layers(model):
+
         def record(mod, args, name=name):
             seen.setdefault(name, []).append(args[0].abs().flatten())
 

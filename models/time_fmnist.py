@@ -26,23 +26,45 @@ from models.train_fmnist import DEFAULTS, TrainMode
 
 
 def time_run(arch: str, mode: TrainMode, steps: int, out: Path, teacher: Path | None) -> dict:
-    cmd = [sys.executable, "-m", "models.train_fmnist", "--arch", arch, "--mode", str(mode), "--max-steps",
-           str(steps), "--out", str(out), "--no-export", "--no-progress", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "models.train_fmnist",
+        "--arch",
+        arch,
+        "--mode",
+        str(mode),
+        "--max-steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--no-export",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     if teacher is not None:
         cmd += ["--teacher", str(teacher)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     rec = json.loads((out / "result.json").read_text())["history"][0]
     steps_per_epoch = math.ceil((N_TRAIN_FILE - N_VAL) / DEFAULTS[arch].batch_size)
     val_s = rec["seconds"] - rec["train_seconds"]
-    return {"arch": arch, "mode": str(mode), "steps": rec["steps"], "s_per_step": rec["seconds_per_step"],
-            "val_s": round(val_s, 1), "epoch_min": round((rec["seconds_per_step"] * steps_per_epoch + val_s) / 60, 1)}
+    return {
+        "arch": arch,
+        "mode": str(mode),
+        "steps": rec["steps"],
+        "s_per_step": rec["seconds_per_step"],
+        "val_s": round(val_s, 1),
+        "epoch_min": round((rec["seconds_per_step"] * steps_per_epoch + val_s) / 60, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=["resnet", "vit", "lstm"], choices=sorted(DEFAULTS))
-    ap.add_argument("--modes", nargs="+", default=[TrainMode.PLAIN, TrainMode.HWA], type=TrainMode,
-                    choices=list(TrainMode))
+    ap.add_argument(
+        "--modes", nargs="+", default=[TrainMode.PLAIN, TrainMode.HWA], type=TrainMode, choices=list(TrainMode)
+    )
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args(argv)
     rows = []

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from models import hwa as H
 from models.fmnist_models import build
-from models.train_fmnist import default_recipe, TrainMode
+from models.train_fmnist import TrainMode, default_recipe
 
 
 def _use_unfolded(model: torch.nn.Module, unfolded: bool) -> None:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     step(False), step(True)  # warm-up
     times: dict[bool, list[float]] = {False: [], True: []}
     for i in range(args.repeats):
-        for unfolded in ((False, True) if i % 2 == 0 else (True, False)):
+        for unfolded in (False, True) if i % 2 == 0 else (True, False):
             times[unfolded].append(step(unfolded))
     ratios = [u / c for u, c in zip(times[True], times[False])]
 

@@ -84,7 +84,9 @@ class DeviceDraws:
         def n() -> torch.Tensor:
             return torch.randn(shape, generator=generator, dtype=dtype)
 
-        return cls(prog=n(), d2d=n(), nu=n(), fault_u=torch.rand(shape, generator=generator, dtype=torch.float32), read=n())
+        return cls(
+            prog=n(), d2d=n(), nu=n(), fault_u=torch.rand(shape, generator=generator, dtype=torch.float32), read=n()
+        )
 
 
 def program_devices(
@@ -133,7 +135,11 @@ def conductances_at(
 
 
 def gdc_alpha(
-    w_prog: torch.Tensor, w_t: torch.Tensor, tiles: list[tuple[int, int]], profile: ChipProfile, rng: np.random.Generator,
+    w_prog: torch.Tensor,
+    w_t: torch.Tensor,
+    tiles: list[tuple[int, int]],
+    profile: ChipProfile,
+    rng: np.random.Generator,
     w_target: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GDC factors (tiles, cols) for the profile's mode, from chipsim's own identity read
@@ -330,15 +336,24 @@ class ConvTileProducts(TileProducts):
     touched once instead of k_h·k_w times.
     """
 
-    def __init__(self, x_dac: torch.Tensor, w_t: torch.Tensor, a: int, b: int, kernel_size: tuple[int, int],
-                 stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]):
+    def __init__(
+        self,
+        x_dac: torch.Tensor,
+        w_t: torch.Tensor,
+        a: int,
+        b: int,
+        kernel_size: tuple[int, int],
+        stride: tuple[int, int],
+        padding: tuple[int, int],
+        dilation: tuple[int, int],
+    ):
         kk = kernel_size[0] * kernel_size[1]
         c0, c1 = a // kk, -(-b // kk)
-        w = w_t[c0 * kk: c1 * kk].t()  # (cols, channels·kk): conv weight order
+        w = w_t[c0 * kk : c1 * kk].t()  # (cols, channels·kk): conv weight order
         self.lead, self.n_rows = a - c0 * kk, b - a
         if self.lead or c1 * kk != b:
             mask = torch.zeros(w.shape[1], dtype=w.dtype, device=w.device)
-            mask[self.lead: self.lead + self.n_rows] = 1
+            mask[self.lead : self.lead + self.n_rows] = 1
             w = w * mask
         self.x, self.w = x_dac[:, c0:c1], w
         self.shape = (w.shape[0], c1 - c0, *kernel_size)
@@ -355,7 +370,7 @@ class ConvTileProducts(TileProducts):
 
     def ramped(self) -> torch.Tensor:
         ramp = torch.zeros(self.w.shape[1], dtype=self.w.dtype, device=self.w.device)
-        ramp[self.lead: self.lead + self.n_rows] = ir_drop_ramp(self.n_rows, self.w)
+        ramp[self.lead : self.lead + self.n_rows] = ir_drop_ramp(self.n_rows, self.w)
         return self._conv(self.x, self.w * ramp)
 
     def sq_abs(self) -> torch.Tensor:
@@ -369,7 +384,8 @@ class ConvTileProducts(TileProducts):
         g = self.geometry
         h, w = (
             (self.x.shape[2 + i] + 2 * g["padding"][i] - g["dilation"][i] * (self.shape[2 + i] - 1) - 1)
-            // g["stride"][i] + 1
+            // g["stride"][i]
+            + 1
             for i in range(2)
         )
         return draw.reshape(self.x.shape[0], h, w, draw.shape[1]).permute(0, 3, 1, 2)
@@ -399,8 +415,13 @@ def _dac_input(x: torch.Tensor, input_range: float | torch.Tensor, profile: Chip
 
 
 def _tiles_through_periphery(
-    tiles: list[TileProducts], aged: AgedWeights, r: float | torch.Tensor, profile: ChipProfile, draws: MvmDraws,
-    gradient: GradientMode, adc_gates: list[torch.Tensor] | None,
+    tiles: list[TileProducts],
+    aged: AgedWeights,
+    r: float | torch.Tensor,
+    profile: ChipProfile,
+    draws: MvmDraws,
+    gradient: GradientMode,
+    adc_gates: list[torch.Tensor] | None,
 ) -> torch.Tensor:
     """Per tile: ``x@w`` + IR drop + per-MVM read noise and output noise, ADC, ``× α_k``; summed
     over tiles, ``× r·s_col`` (no bias). The formulas are chipsim's (``ir_drop_delta_from``,
@@ -425,8 +446,9 @@ def _tiles_through_periphery(
             with torch.no_grad():
                 noisy = yk + std * t.noise(draws.draws[k]) if std is not None else yk
                 value = adc(noisy, profile.out_bound, profile.out_levels)
-                gate = adc_expected_derivative(yk, std if std is not None else 0.0, profile.out_bound,
-                                               profile.out_levels)
+                gate = adc_expected_derivative(
+                    yk, std if std is not None else 0.0, profile.out_bound, profile.out_levels
+                )
             if adc_gates is not None:
                 adc_gates.append(gate)
             yk = _ValueWithGate.apply(yk, value, gate)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import outputs
+from models.data import load_split, random_shift
 from models.hwa import (
     YEAR_S,
     ChipSchedule,
@@ -44,8 +46,6 @@ from models.hwa import (
     set_learn_ranges,
 )
 from models.torch_chip import GradientMode
-from models import outputs
-from models.data import load_split, random_shift
 from models.zoo_models import build
 
 ZOO_DIR = outputs.REPO / "models" / "zoo"
@@ -82,8 +82,16 @@ class Recipe:
         d = asdict(self)
         d["recipe"] = "hwa" if self.hwa else "plain"
         if not self.hwa:
-            for k in ("noise", "init_from_plain", "distill", "distill_temperature", "ramp_epochs", "clip_sigma",
-                      "learn_ranges", "range_decay"):
+            for k in (
+                "noise",
+                "init_from_plain",
+                "distill",
+                "distill_temperature",
+                "ramp_epochs",
+                "clip_sigma",
+                "learn_ranges",
+                "range_decay",
+            ):
                 d.pop(k)
         return d
 
@@ -97,8 +105,9 @@ RECIPES: dict[str, Recipe] = {
     "cnn-plain": Recipe("cnn", epochs=60, lr=3e-3),
     "cnn-hwa": Recipe("cnn", hwa=True, epochs=120, lr=1e-3, noise=HwaConfig(noise_scale=1.5, fault_scale=10.0)),
     "transformer-plain": Recipe("transformer", epochs=150, lr=3e-3),
-    "transformer-hwa": Recipe("transformer", hwa=True, epochs=120, lr=1e-3,
-                              noise=HwaConfig(noise_scale=1.5, fault_scale=10.0)),
+    "transformer-hwa": Recipe(
+        "transformer", hwa=True, epochs=120, lr=1e-3, noise=HwaConfig(noise_scale=1.5, fault_scale=10.0)
+    ),
 }
 
 
@@ -150,8 +159,11 @@ def emulated_accuracy(
 def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al. (2015) distillation: T²·KL(softmax(t/T) ‖ softmax(s/T))."""
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True,
-                    reduction="batchmean") * t * t
+    return (
+        F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean")
+        * t
+        * t
+    )
 
 
 def _prepare(
@@ -189,8 +201,17 @@ def _optimizer(model: nn.Module, recipe: Recipe, total: int):
     return opt, sched, ranges
 
 
-def _step(model: nn.Module, teacher: nn.Module | None, recipe: Recipe, ctx: HwaContext | None, opt, sched,
-          ranges: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor) -> float:
+def _step(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    recipe: Recipe,
+    ctx: HwaContext | None,
+    opt,
+    sched,
+    ranges: list[nn.Parameter],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> float:
     """One optimiser step on the batch (x, y) (the HWA chip already drawn); returns the loss."""
     logits = model(x)
     loss = F.cross_entropy(logits, y)
@@ -255,8 +276,13 @@ def train(
     result = TrainResult(model, recipe)
     step = 0
     t_start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc or f"{recipe.arch}-{'hwa' if recipe.hwa else 'plain'}", disable=not progress,
-               unit="step", leave=False)
+    bar = tqdm(
+        total=total,
+        desc=desc or f"{recipe.arch}-{'hwa' if recipe.hwa else 'plain'}",
+        disable=not progress,
+        unit="step",
+        leave=False,
+    )
     model.train()
     for epoch in range(recipe.epochs):
         perm = torch.randperm(len(x_tr), generator=gen)
@@ -304,8 +330,9 @@ def train_zoo_model(
     if plain is None:
         plain = train(RECIPES[plain_name(name)], progress=progress, desc=plain_name(name))
     teacher = plain.model
-    res = train(recipe, init=teacher.state_dict(), teacher=teacher if recipe.distill > 0 else None,
-                progress=progress, desc=name)
+    res = train(
+        recipe, init=teacher.state_dict(), teacher=teacher if recipe.distill > 0 else None, progress=progress, desc=name
+    )
     return res, plain
 
 
@@ -315,8 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hwa", action="store_true", help="hardware-aware training (NAME-hwa recipe)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--mode", choices=[GradientMode.STE.value, GradientMode.THROUGH_NOISE.value], default=None,
-                    help="HWA gradient: extended STE or through the noise model")
+    ap.add_argument(
+        "--mode",
+        choices=[GradientMode.STE.value, GradientMode.THROUGH_NOISE.value],
+        default=None,
+        help="HWA gradient: extended STE or through the noise model",
+    )
     ap.add_argument("--noise-scale", type=float, default=None)
     outputs.add_arguments(ap, ZOO_DIR)  # the ONNX model and its eval set are always exported
     ap.add_argument("--eval-ages", action="store_true", help="print emulated pcm accuracy at 1 h, 1 y, 10 y")
@@ -344,8 +375,13 @@ def main(argv: list[str] | None = None) -> None:
     res, _ = train_zoo_model(name, **overrides)
     test = load_split("test")
     xt, yt = torch.from_numpy(test.x), torch.from_numpy(test.y)
-    out = {"model": name, "seconds": round(res.seconds, 1), "steps": res.steps, "test_fp": accuracy(res.model, xt, yt),
-           "input_ranges": {k: round(v, 4) for k, v in input_ranges(res.model).items()}}
+    out = {
+        "model": name,
+        "seconds": round(res.seconds, 1),
+        "steps": res.steps,
+        "test_fp": accuracy(res.model, xt, yt),
+        "input_ranges": {k: round(v, 4) for k, v in input_ranges(res.model).items()},
+    }
     if args.eval_ages:
         for label, age in (("1h", 3600.0), ("1y", YEAR_S), ("10y", 10 * YEAR_S)):
             for g in (True, False):

@@ -23,7 +23,8 @@ reads the test set. Each epoch appends a line to ``history.jsonl`` (loss, valida
 seconds) and saves ``checkpoint.pt`` (``--resume`` continues from it). At the end: ``model.pt``
 (state dict + recipe), ``result.json`` and ``<name>.onnx`` (BatchNorm folded, ``agedchip.*``
 metadata, validation accuracy of the ONNX file under onnxruntime). Output goes to a new folder
-under ``runs/fmnist/`` at the repository root (git-ignored) unless ``--out`` names one; an existing non-empty folder is refused
+under ``runs/fmnist/`` at the repository root (git-ignored) unless ``--out`` names one; an existing
+non-empty folder is refused
 without ``--overwrite`` or ``--resume``.
 """
 
@@ -111,8 +112,15 @@ class FmnistRecipe:
         d["mode"], d["optimizer"] = str(self.mode), str(self.optimizer)
         d["recipe"] = "hwa" if self.mode is TrainMode.HWA else str(self.mode)
         if not self.mode.chip_in_loop:
-            for k in ("noise", "distill", "distill_temperature", "ramp_epochs", "clip_sigma", "learn_ranges",
-                      "range_decay"):
+            for k in (
+                "noise",
+                "distill",
+                "distill_temperature",
+                "ramp_epochs",
+                "clip_sigma",
+                "learn_ranges",
+                "range_decay",
+            ):
                 d.pop(k)
         return d
 
@@ -145,8 +153,13 @@ def default_recipe(arch: str, mode: TrainMode) -> FmnistRecipe:
     base = DEFAULTS[arch]
     if not mode.chip_in_loop:
         return base
-    return replace(base, mode=mode, lr=round(base.lr * CHIP_LR_FACTOR, 12), warmup_epochs=0.0,
-                   epochs=max(1, round(base.epochs * CHIP_EPOCH_FRACTION)))
+    return replace(
+        base,
+        mode=mode,
+        lr=round(base.lr * CHIP_LR_FACTOR, 12),
+        warmup_epochs=0.0,
+        epochs=max(1, round(base.epochs * CHIP_EPOCH_FRACTION)),
+    )
 
 
 def model_name(recipe: FmnistRecipe) -> str:
@@ -155,7 +168,12 @@ def model_name(recipe: FmnistRecipe) -> str:
 
 # --------------------------------------------------------------------------- evaluation
 def emulated_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, profile: str, age_s: float = EMU_AGE_S, seed: int = 0,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    profile: str,
+    age_s: float = EMU_AGE_S,
+    seed: int = 0,
     batch: int = EMU_BATCH,
 ) -> float:
     """Accuracy on the chip emulated in torch (:mod:`models.hwa`, the deployed chip: noise and
@@ -170,7 +188,7 @@ def emulated_accuracy(
         with torch.no_grad():
             for i in range(0, len(x), batch):
                 ctx.new_batch(1.0, age_s)
-                correct += int((model(x[i: i + batch]).argmax(1) == y[i: i + batch]).sum())
+                correct += int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum())
     finally:
         H.attach(model, None)
         model.train(was)
@@ -325,12 +343,17 @@ def train(
         t0 = time.perf_counter()
         perm = torch.randperm(len(x_tr), generator=gen)
         losses = []
-        bar = tqdm(total=min(steps_per_epoch, limit - step), desc=f"{name} {epoch + 1}/{recipe.epochs}",
-                   disable=not progress, unit="step", leave=False)
+        bar = tqdm(
+            total=min(steps_per_epoch, limit - step),
+            desc=f"{name} {epoch + 1}/{recipe.epochs}",
+            disable=not progress,
+            unit="step",
+            leave=False,
+        )
         for i in range(0, len(x_tr), recipe.batch_size):
             if step >= limit:
                 break
-            idx = perm[i: i + recipe.batch_size]
+            idx = perm[i : i + recipe.batch_size]
             x, y = x_tr[idx], y_tr[idx]
             if recipe.augment:
                 x = D.augment(x, gen)
@@ -341,8 +364,9 @@ def train(
             if teacher is not None and recipe.distill > 0:
                 with torch.no_grad():
                     t_logits = teacher(x)
-                loss = (1 - recipe.distill) * loss + recipe.distill * kd_loss(logits, t_logits,
-                                                                               recipe.distill_temperature)
+                loss = (1 - recipe.distill) * loss + recipe.distill * kd_loss(
+                    logits, t_logits, recipe.distill_temperature
+                )
             if ctx is not None:
                 loss = loss + H.range_decay_loss(model, recipe.range_decay)
             opt.zero_grad(set_to_none=True)
@@ -364,17 +388,33 @@ def train(
         bar.close()
         train_s = time.perf_counter() - t0
         H.attach(model, None)
-        rec = {"epoch": epoch + 1, "steps": step, "loss": float(np.mean(losses)), "train_seconds": round(train_s, 2),
-               "seconds_per_step": round(train_s / len(losses), 4), "val_fp": accuracy(model, x_va, y_va)}
+        rec = {
+            "epoch": epoch + 1,
+            "steps": step,
+            "loss": float(np.mean(losses)),
+            "train_seconds": round(train_s, 2),
+            "seconds_per_step": round(train_s / len(losses), 4),
+            "val_fp": accuracy(model, x_va, y_va),
+        }
         if ctx is not None and emu_val > 0:
             rec[f"val_emu_{recipe.noise.profile}_1y"] = emulated_accuracy(
-                model, x_va[:emu_val], y_va[:emu_val], recipe.noise.profile)
+                model, x_va[:emu_val], y_va[:emu_val], recipe.noise.profile
+            )
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         H.attach(model, ctx)
         model.train()
-        run.end_epoch(rec, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                            "gen": gen.get_state(), "ctx_gen": ctx.generator.get_state() if ctx else None,
-                            "step": step, "epoch": epoch + 1})
+        run.end_epoch(
+            rec,
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "gen": gen.get_state(),
+                "ctx_gen": ctx.generator.get_state() if ctx else None,
+                "step": step,
+                "epoch": epoch + 1,
+            },
+        )
         msg = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items())
         if progress:
             tqdm.write(msg)
@@ -389,8 +429,14 @@ def train(
         # plain models have no learned ranges: calibrate the chip's DAC from training data
         H.calibrate_input_ranges(model, x_tr[:CALIBRATION_IMAGES])
     model.eval()
-    torch.save({"state_dict": model.state_dict(), "recipe": json.dumps(recipe.to_json()),
-                "arch_kwargs": json.dumps(arch_kwargs)}, run.out / "model.pt")
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "recipe": json.dumps(recipe.to_json()),
+            "arch_kwargs": json.dumps(arch_kwargs),
+        },
+        run.out / "model.pt",
+    )
     return model
 
 
@@ -436,13 +482,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--emu-val", type=int, default=1000,
-                    help="hwa/recipe: validation images run on the emulated chip (1 y) each epoch; 0 = off")
+    ap.add_argument(
+        "--emu-val",
+        type=int,
+        default=1000,
+        help="hwa/recipe: validation images run on the emulated chip (1 y) each epoch; 0 = off",
+    )
     ap.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
     ap.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps (timing, tests)")
-    ap.add_argument("--arch-kwargs", type=json.loads, default=None,
-                    help='JSON keyword arguments of the architecture, e.g. \'{"widths": [4, 8, 8], "blocks": 1}\'')
+    ap.add_argument(
+        "--arch-kwargs",
+        type=json.loads,
+        default=None,
+        help='JSON keyword arguments of the architecture, e.g. \'{"widths": [4, 8, 8], "blocks": 1}\'',
+    )
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -450,8 +504,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and args.out is None:
         raise SystemExit("--resume needs --out (the run's folder)")
     recipe = default_recipe(args.arch, args.mode)
-    overrides = {k: v for k, v in (("seed", args.seed), ("epochs", args.epochs), ("lr", args.lr),
-                                   ("batch_size", args.batch_size)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("seed", args.seed), ("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
+        if v is not None
+    }
     if args.noise_scale is not None:
         overrides["noise"] = replace(recipe.noise, noise_scale=args.noise_scale)
     recipe = replace(recipe, **overrides)
@@ -461,7 +518,9 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"--mode {recipe.mode} fine-tunes a plain model: pass --teacher RUN_DIR of a plain run")
         teacher, t_recipe, t_kwargs = load_model(args.teacher)
         if t_recipe.arch != recipe.arch or t_recipe.mode is not TrainMode.PLAIN:
-            raise SystemExit(f"--teacher {args.teacher}: a {t_recipe.arch} {t_recipe.mode} run, expected {recipe.arch} plain")
+            raise SystemExit(
+                f"--teacher {args.teacher}: a {t_recipe.arch} {t_recipe.mode} run, expected {recipe.arch} plain"
+            )
         if args.arch_kwargs is not None and args.arch_kwargs != t_kwargs:
             raise SystemExit(f"--arch-kwargs {args.arch_kwargs} differ from the teacher's {t_kwargs}")
         args.arch_kwargs = t_kwargs
@@ -473,11 +532,26 @@ def main(argv: list[str] | None = None) -> None:
     (out / "recipe.json").write_text(json.dumps(recipe.to_json(), indent=1) + "\n")
     run = Run(out)
     t0 = time.perf_counter()
-    model = train(recipe, run, teacher=teacher, arch_kwargs=args.arch_kwargs, limit_train=args.limit_train,
-                  limit_val=args.limit_val, emu_val=args.emu_val, max_steps=args.max_steps, resume=args.resume,
-                  progress=not args.no_progress)
-    result = {"model": model_name(recipe), "out": str(out), "seconds": round(time.perf_counter() - t0, 1),
-              "threads": args.threads, "n_weights": FM.n_weights(model), "history": run.history}
+    model = train(
+        recipe,
+        run,
+        teacher=teacher,
+        arch_kwargs=args.arch_kwargs,
+        limit_train=args.limit_train,
+        limit_val=args.limit_val,
+        emu_val=args.emu_val,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    result = {
+        "model": model_name(recipe),
+        "out": str(out),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "threads": args.threads,
+        "n_weights": FM.n_weights(model),
+        "history": run.history,
+    }
     if not args.no_export:
         result.update(export(model, recipe, out, args.limit_val))
     (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -98,8 +98,15 @@ class TinyTransformer(nn.Module):
     emulated chip cost 2 pp at 1 y even after HWA; dim 64 averages device errors over twice
     as many rows per output."""
 
-    def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, ff: int = 128, rows_per_token: int = 1,
-                 num_classes: int = NUM_CLASSES):
+    def __init__(
+        self,
+        dim: int = 64,
+        depth: int = 2,
+        heads: int = 4,
+        ff: int = 128,
+        rows_per_token: int = 1,
+        num_classes: int = NUM_CLASSES,
+    ):
         super().__init__()
         self.tokens = 8 // rows_per_token
         self.embed = AnalogLinear(8 * rows_per_token, dim)

@@ -1,8 +1,8 @@
 """``python -m service``: serve the agedchip API with uvicorn (settings from ``AGEDCHIP_*``).
 
-    python -m service                 # http://127.0.0.1:8000, state in ./state, docs at /docs
-    AGEDCHIP_PORT=9000 python -m service
-    python -m service --help          # the settings table
+python -m service                 # http://127.0.0.1:8000, state in ./state, docs at /docs
+AGEDCHIP_PORT=9000 python -m service
+python -m service --help          # the settings table
 """
 
 from __future__ import annotations
@@ -22,8 +22,15 @@ def make_server(app: Any, settings: Any) -> Any:
             app.state.stopping.set()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=settings.access_log, timeout_graceful_shutdown=10, server_header=False)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+    )
     return Server(config)
 
 
@@ -51,16 +58,21 @@ def main(argv: list[str] | None = None) -> None:
             name = "AGEDCHIP_" + "_".join(str(p) for p in e["loc"]).upper()
             print(f"invalid setting {name}: {e['msg']}", file=sys.stderr)
         raise SystemExit(2) from None
-    logging.basicConfig(level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper() if settings.log_level != "trace" else "DEBUG",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     from chipsim.store import ChipStoreError, StoreLockedError
     from service.app import create_app
 
     try:
         app = create_app(settings)
     except ChipStoreError as err:  # another writer, or a folder that cannot be used: say so, no traceback
-        hint = (" To serve beside that writer, start this process with AGEDCHIP_READ_ONLY=true."
-                if isinstance(err, StoreLockedError) else "")
+        hint = (
+            " To serve beside that writer, start this process with AGEDCHIP_READ_ONLY=true."
+            if isinstance(err, StoreLockedError)
+            else ""
+        )
         print(f"agedchip: cannot open the state folder (AGEDCHIP_STATE_DIR): {err}{hint}", file=sys.stderr)
         raise SystemExit(3) from None
     server = make_server(app, settings)

@@ -33,7 +33,12 @@ class Lane:
 
     def __init__(self, workload: str, inflight: int, queue: int, timeout_s: float, setting: str):
         self.workload, self.inflight, self.queue, self.timeout_s, self.setting = (
-            workload, inflight, queue, timeout_s, setting)
+            workload,
+            inflight,
+            queue,
+            timeout_s,
+            setting,
+        )
         self._slots = anyio.Semaphore(inflight)
         # Worker threads of this lane; never contended (a job holds a slot first), but keeps the
         # lane's jobs off anyio's shared default pool of 40 threads.
@@ -63,9 +68,12 @@ class Lane:
         """A place in line, or Overloaded at once when the line is full; :meth:`Ticket.run` then
         waits for a slot (at most ``timeout_s``) and runs the job."""
         if self.waiting + self.running >= self.inflight + self.queue:
-            raise self._refuse("queue_full", f"too many {self.workload} requests: {self.running} running, "
-                                             f"{self.waiting} waiting (at most {self.queue}, {self.setting}); "
-                                             "retry later")
+            raise self._refuse(
+                "queue_full",
+                f"too many {self.workload} requests: {self.running} running, "
+                f"{self.waiting} waiting (at most {self.queue}, {self.setting}); "
+                "retry later",
+            )
         self.waiting += 1
         ticket = Ticket(self)
         try:
@@ -78,8 +86,11 @@ class Lane:
         with anyio.move_on_after(self.timeout_s) as scope:
             await self._slots.acquire()
         if scope.cancelled_caught:
-            raise self._refuse("queue_timeout", f"{self.workload} request waited {self.timeout_s:g} s in line "
-                                                "(AGEDCHIP_QUEUE_TIMEOUT_S) without a free slot; retry later")
+            raise self._refuse(
+                "queue_timeout",
+                f"{self.workload} request waited {self.timeout_s:g} s in line "
+                "(AGEDCHIP_QUEUE_TIMEOUT_S) without a free slot; retry later",
+            )
         ticket.admitted = True
         self.waiting -= 1
         self.running += 1
@@ -120,8 +131,17 @@ class Lanes:
         return self.infer, self.eval, self.program
 
 
-def lanes_for(infer_inflight: int, eval_inflight: int, program_inflight: int, infer_queue: int, eval_queue: int,
-              program_queue: int, timeout_s: float) -> Lanes:
-    return Lanes(infer=Lane("infer", infer_inflight, infer_queue, timeout_s, "AGEDCHIP_MAX_QUEUE_INFER"),
-                 eval=Lane("eval", eval_inflight, eval_queue, timeout_s, "AGEDCHIP_MAX_QUEUE_EVAL"),
-                 program=Lane("program", program_inflight, program_queue, timeout_s, "AGEDCHIP_MAX_QUEUE_PROGRAM"))
+def lanes_for(
+    infer_inflight: int,
+    eval_inflight: int,
+    program_inflight: int,
+    infer_queue: int,
+    eval_queue: int,
+    program_queue: int,
+    timeout_s: float,
+) -> Lanes:
+    return Lanes(
+        infer=Lane("infer", infer_inflight, infer_queue, timeout_s, "AGEDCHIP_MAX_QUEUE_INFER"),
+        eval=Lane("eval", eval_inflight, eval_queue, timeout_s, "AGEDCHIP_MAX_QUEUE_EVAL"),
+        program=Lane("program", program_inflight, program_queue, timeout_s, "AGEDCHIP_MAX_QUEUE_PROGRAM"),
+    )

@@ -36,17 +36,26 @@ from service.routes import chips, docs, fleets, infer, oip, ops, recalibration
 from service.settings import Settings
 
 #: In the order they are matched (and listed in the OpenAPI document).
-ROUTERS: tuple[APIRouter, ...] = (recalibration.router, chips.router, fleets.router, infer.router, ops.router,
-                                  oip.router, docs.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    recalibration.router,
+    chips.router,
+    fleets.router,
+    infer.router,
+    ops.router,
+    oip.router,
+    docs.router,
+)
 #: Routes whose bodies are uploads (``max_upload_bytes`` instead of ``max_request_bytes``).
 UPLOAD_PATHS = frozenset({"/program"})
 #: Routes without a key and served while the service stops: probes and the scrape target (the
 #: documentation and the constant OIP server metadata need no key either).
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
-DESCRIPTION = ("Deploy neural networks on an emulated, ageing analog in-memory-computing (PCM) chip. Ages are "
-               "seconds after programming or durations ('1h', '30d', '1y' = 365 d, ISO-8601 'P1Y'). "
-               "Errors: `{\"error\": {\"status\", \"field\", \"message\"}}`; under /v2 the Open Inference Protocol's "
-               "`{\"error\": \"<message>\", \"status\", \"field\"}`. Offline docs: /docs, /redoc.")
+DESCRIPTION = (
+    "Deploy neural networks on an emulated, ageing analog in-memory-computing (PCM) chip. Ages are "
+    "seconds after programming or durations ('1h', '30d', '1y' = 365 d, ISO-8601 'P1Y'). "
+    'Errors: `{"error": {"status", "field", "message"}}`; under /v2 the Open Inference Protocol\'s '
+    '`{"error": "<message>", "status", "field"}`. Offline docs: /docs, /redoc.'
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,19 +64,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ``read_only`` to serve beside it) and other ``ChipStoreError`` when the folder is unusable."""
     settings = settings or Settings()
     registry = Registry(settings)
-    lanes = lanes_for(settings.infer_concurrency or os.cpu_count() or 2, settings.eval_concurrency,
-                      settings.program_concurrency, settings.max_queue_infer, settings.max_queue_eval,
-                      settings.max_queue_program, settings.queue_timeout_s)
-    app = FastAPI(title="agedchip", version=__version__, description=DESCRIPTION, lifespan=_lifespan,
-                  docs_url=None, redoc_url=None)  # service.routes.docs serves both offline
+    lanes = lanes_for(
+        settings.infer_concurrency or os.cpu_count() or 2,
+        settings.eval_concurrency,
+        settings.program_concurrency,
+        settings.max_queue_infer,
+        settings.max_queue_eval,
+        settings.max_queue_program,
+        settings.queue_timeout_s,
+    )
+    app = FastAPI(
+        title="agedchip",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )  # service.routes.docs serves both offline
     app.state.settings = settings
     app.state.registry = registry
     app.state.lanes = lanes
     app.state.refresher = Refresher(registry, settings, lanes=lanes)
     # One job table (GET /jobs): programming jobs (recalibration, fleets) and fleet evaluations, each
     # lane with the concurrency of its request lane.
-    app.state.recalibration_jobs = JobTable(concurrency=settings.program_concurrency,
-                                            lanes={EVAL_LANE: settings.eval_concurrency})
+    app.state.recalibration_jobs = JobTable(
+        concurrency=settings.program_concurrency, lanes={EVAL_LANE: settings.eval_concurrency}
+    )
     app.state.fleets = FleetService(registry, settings, app.state.recalibration_jobs)
     app.state.metrics = Metrics(registry, lanes, app.state.fleets)
     app.state.started = False
@@ -104,8 +126,14 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def add_middleware(app: FastAPI) -> None:
-    app.add_middleware(ServiceMiddleware, settings=app.state.settings, metrics=app.state.metrics,
-                       upload_paths=UPLOAD_PATHS, stopping=app.state.stopping, open_paths=PROBE_PATHS)
+    app.add_middleware(
+        ServiceMiddleware,
+        settings=app.state.settings,
+        metrics=app.state.metrics,
+        upload_paths=UPLOAD_PATHS,
+        stopping=app.state.stopping,
+        open_paths=PROBE_PATHS,
+    )
 
 
 @contextlib.asynccontextmanager
@@ -123,8 +151,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     task = asyncio.create_task(state.refresher.run())
     tasks = [task]
     if state.settings.read_only:
-        tasks.append(asyncio.create_task(follow_writer(state.registry, state.settings.read_only_relist_seconds,
-                                                       state.stopping)))
+        tasks.append(
+            asyncio.create_task(follow_writer(state.registry, state.settings.read_only_relist_seconds, state.stopping))
+        )
     state.started = True
     try:
         yield

@@ -32,8 +32,9 @@ def _check_key(headers: Mapping[str, str], keys: list[str]) -> None:
         for k in keys:  # compare with every key, constant time each
             ok |= hmac.compare_digest(g, k.encode())
     if not ok:
-        raise Unauthorized("api_key", "api_key: missing or wrong API key (send X-API-Key: <key> or "
-                           "Authorization: Bearer <key>)")
+        raise Unauthorized(
+            "api_key", "api_key: missing or wrong API key (send X-API-Key: <key> or Authorization: Bearer <key>)"
+        )
 
 
 def check_admin(settings: Settings, headers: Mapping[str, str]) -> None:

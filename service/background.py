@@ -70,17 +70,24 @@ class Refresher:
         eval_set = chip.eval_set()
         if eval_set is not None and chip.classifier:
             subset = eval_set.subset(s.refresh_eval_samples)
-            g.current_accuracy = {label: chip.accuracy(subset, age, 0, gdc, cancelled=stop, workload=WORKLOAD)
-                                  for label, gdc in GAUGE_GDC.items()}
+            g.current_accuracy = {
+                label: chip.accuracy(subset, age, 0, gdc, cancelled=stop, workload=WORKLOAD)
+                for label, gdc in GAUGE_GDC.items()
+            }
             if not g.eval_accuracy:
                 acc: dict[tuple[str, str], float] = {}
                 for label, age_s in SCHEDULE.items():
                     if self._stop.is_set():
                         return
                     for mode, gdc in GAUGE_GDC.items():
-                        acc[(label, mode)] = float(np.mean(
-                            [chip.accuracy(subset, age_s, r, gdc, cancelled=stop, workload=WORKLOAD)
-                             for r in range(s.schedule_readouts)]))
+                        acc[(label, mode)] = float(
+                            np.mean(
+                                [
+                                    chip.accuracy(subset, age_s, r, gdc, cancelled=stop, workload=WORKLOAD)
+                                    for r in range(s.schedule_readouts)
+                                ]
+                            )
+                        )
                 g.eval_accuracy = acc
         g.refreshed_at = time.time()
 

@@ -36,9 +36,12 @@ class CliError(Exception):
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="agedchip", description="agedchip: deploy models on an emulated, ageing "
-                                 "analog in-memory-computing chip.",
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="agedchip",
+        description="agedchip: deploy models on an emulated, ageing analog in-memory-computing chip.",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="command", metavar="{serve,demo,inspect,program,infer,evaluate}", required=True)
     # serve and demo hand their arguments to `python -m service` and `python -m chipsim.demo` as they are
     sub.add_parser("serve", add_help=False, help="run the HTTP service (python -m service)")
@@ -50,8 +53,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     def client_args(p: argparse.ArgumentParser, key_env: tuple[str, ...]) -> None:
-        p.add_argument("--url", default=os.environ.get("AGEDCHIP_URL") or DEFAULT_URL,
-                       help="the service (default $AGEDCHIP_URL or %(default)s)")
+        p.add_argument(
+            "--url",
+            default=os.environ.get("AGEDCHIP_URL") or DEFAULT_URL,
+            help="the service (default $AGEDCHIP_URL or %(default)s)",
+        )
         key = next((os.environ[k] for k in key_env if os.environ.get(k)), None)
         p.add_argument("--api-key", default=key, help=f"API key (default ${' or $'.join(key_env)})")
 
@@ -59,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an ONNX file to upload, or the name of a zoo model (GET /zoo)")
     p.add_argument("--chip-id", help="id of the new chip (default <model>-<hex>)")
     p.add_argument("--profile", help="preset (ideal, pcm-reference, pcm, pcm-faulty, reram) or a JSON object")
-    p.add_argument("--overrides", help='JSON object of profile fields, e.g. \'{"drift_scale": 2}\'')
+    p.add_argument("--overrides", help="JSON object of profile fields, e.g. '{\"drift_scale\": 2}'")
     p.add_argument("--seed", type=int, help="programming seed (default random, returned)")
     p.add_argument("--time-scale", type=float, help="chip seconds per wall-clock second (default 1)")
     p.add_argument("--calibration", type=Path, help=".npz with 'x': calibrates DAC input ranges")
@@ -68,9 +74,11 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="run a chip at an age (POST /infer)")
     p.add_argument("chip_id", metavar="CHIP", help="chip id (the one programmed at first start is 'default')")
-    p.add_argument("--input", required=True,
-                   help=".npy (one input), .npz (one array per input name), .json (nested list or object), "
-                        "or - (JSON on stdin)")
+    p.add_argument(
+        "--input",
+        required=True,
+        help=".npy (one input), .npz (one array per input name), .json (nested list or object), or - (JSON on stdin)",
+    )
     p.add_argument("--age", help="seconds or a duration: 90s, 1.5h, 30d, 1y, P1Y (default: wall clock × time scale)")
     p.add_argument("--seed", type=int, help="per-MVM noise seed (same seed, same outputs)")
     p.add_argument("--read-seed", type=int, help="read-out seed (1/f noise draw)")
@@ -122,11 +130,22 @@ def http_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any]]:
     if args.command == "program":
         return "POST", "/program", program_request(args)
     if args.command == "infer":
-        body = {"chip_id": args.chip_id, "inputs": read_inputs(args.input), "age": args.age, "seed": args.seed,
-                "read_seed": args.read_seed, "gdc": _gdc(args.gdc), "labels": args.labels}
+        body = {
+            "chip_id": args.chip_id,
+            "inputs": read_inputs(args.input),
+            "age": args.age,
+            "seed": args.seed,
+            "read_seed": args.read_seed,
+            "gdc": _gdc(args.gdc),
+            "labels": args.labels,
+        }
         return "POST", "/infer", {"json": {k: v for k, v in body.items() if v is not None}}
-    body = {"ages": [_age(a) for a in args.ages], "readouts": args.readouts, "samples": args.samples,
-            "gdc_mode": args.gdc_mode}
+    body = {
+        "ages": [_age(a) for a in args.ages],
+        "readouts": args.readouts,
+        "samples": args.samples,
+        "gdc_mode": args.gdc_mode,
+    }
     return "POST", f"/chips/{args.chip_id}/evaluate", {"json": {k: v for k, v in body.items() if v is not None}}
 
 
@@ -138,8 +157,13 @@ def program_request(args: argparse.Namespace) -> dict[str, Any]:
         files["model"] = (model.name, _read(model), "application/octet-stream")
     else:
         files["model"] = (None, args.model)
-    for name, value in (("chip_id", args.chip_id), ("profile", args.profile), ("overrides", args.overrides),
-                        ("seed", args.seed), ("time_scale", args.time_scale)):
+    for name, value in (
+        ("chip_id", args.chip_id),
+        ("profile", args.profile),
+        ("overrides", args.overrides),
+        ("seed", args.seed),
+        ("time_scale", args.time_scale),
+    ):
         if value is not None:
             files[name] = (None, str(value))
     for name, path in (("calibration", args.calibration), ("eval", args.eval)):
@@ -180,8 +204,10 @@ def call(args: argparse.Namespace, method: str, path: str, request: dict[str, An
             with httpx.Client(base_url=args.url, timeout=TIMEOUT_S) as c:
                 response = c.request(method, path, headers=headers, **request)
         except httpx.TransportError as err:
-            raise CliError(f"no service answers at {args.url} ({err}); start one with `agedchip serve` "
-                           f"(or `make run`), or pass --url") from None
+            raise CliError(
+                f"no service answers at {args.url} ({err}); start one with `agedchip serve` "
+                f"(or `make run`), or pass --url"
+            ) from None
     else:
         response = client.request(method, path, headers=headers, **request)
     try:
@@ -241,32 +267,56 @@ def inspect_report(model_path: Path, profile_name: str) -> dict[str, Any]:
     layers = []
     for spec, plan in zip(compiled.specs, compiled.plans):
         rows, cols = spec.weight.shape
-        layers.append({"name": spec.name, "kind": plan.kind, "rows": int(rows), "cols": int(cols),
-                       "tiles": len(plan.tiles), "devices": 2 * int(rows * cols),
-                       "input_range": float(spec.input_range),
-                       "input_range_from": "model metadata" if spec.meta.get("weight") in learned else "default"})
-    return {"model": str(model_path), "bytes": len(model_bytes), "profile": profile_name,
-            "tile_rows": profile.tile_rows, "analog_layers": len(layers), "digital_nodes": compiled.digital_nodes,
-            "weights": sum(la["rows"] * la["cols"] for la in layers), "devices": sum(la["devices"] for la in layers),
-            "tiles": sum(la["tiles"] for la in layers), "layers": layers,
-            "inputs": compiled.inputs, "outputs": compiled.outputs}
+        layers.append(
+            {
+                "name": spec.name,
+                "kind": plan.kind,
+                "rows": int(rows),
+                "cols": int(cols),
+                "tiles": len(plan.tiles),
+                "devices": 2 * int(rows * cols),
+                "input_range": float(spec.input_range),
+                "input_range_from": "model metadata" if spec.meta.get("weight") in learned else "default",
+            }
+        )
+    return {
+        "model": str(model_path),
+        "bytes": len(model_bytes),
+        "profile": profile_name,
+        "tile_rows": profile.tile_rows,
+        "analog_layers": len(layers),
+        "digital_nodes": compiled.digital_nodes,
+        "weights": sum(la["rows"] * la["cols"] for la in layers),
+        "devices": sum(la["devices"] for la in layers),
+        "tiles": sum(la["tiles"] for la in layers),
+        "layers": layers,
+        "inputs": compiled.inputs,
+        "outputs": compiled.outputs,
+    }
 
 
 def inspect_text(model_path: Path, profile_name: str, as_json: bool = False) -> str:
     report = inspect_report(model_path, profile_name)
     if as_json:
         return json.dumps(report, indent=1)
-    lines = [f"{report['model']} ({report['bytes']} bytes) on a {report['profile']!r} chip "
-             f"(tiles of at most {report['tile_rows']} rows):",
-             f"{'analog layer':32} {'kind':6} {'rows':>6} {'cols':>6} {'tiles':>5} {'devices':>9} {'input range':>12}"]
+    lines = [
+        f"{report['model']} ({report['bytes']} bytes) on a {report['profile']!r} chip "
+        f"(tiles of at most {report['tile_rows']} rows):",
+        f"{'analog layer':32} {'kind':6} {'rows':>6} {'cols':>6} {'tiles':>5} {'devices':>9} {'input range':>12}",
+    ]
     for la in report["layers"]:
-        lines.append(f"{la['name'][:32]:32} {la['kind']:6} {la['rows']:6} {la['cols']:6} {la['tiles']:5} "
-                     f"{la['devices']:9} {la['input_range']:12.4g} ({la['input_range_from']})")
+        lines.append(
+            f"{la['name'][:32]:32} {la['kind']:6} {la['rows']:6} {la['cols']:6} {la['tiles']:5} "
+            f"{la['devices']:9} {la['input_range']:12.4g} ({la['input_range_from']})"
+        )
     shapes = lambda ts: ", ".join(f"{t['name']} {t['shape']} {t['dtype']}" for t in ts)  # noqa: E731
-    lines += [f"{report['analog_layers']} analog layers, {report['weights']} weights on {report['devices']} devices "
-              f"in {report['tiles']} tiles; {report['digital_nodes']} digital nodes",
-              f"inputs: {shapes(report['inputs'])}", f"outputs: {shapes(report['outputs'])}",
-              "Layers without a learned input range get range 1.0 unless POST /program is given calibration data."]
+    lines += [
+        f"{report['analog_layers']} analog layers, {report['weights']} weights on {report['devices']} devices "
+        f"in {report['tiles']} tiles; {report['digital_nodes']} digital nodes",
+        f"inputs: {shapes(report['inputs'])}",
+        f"outputs: {shapes(report['outputs'])}",
+        "Layers without a learned input range get range 1.0 unless POST /program is given calibration data.",
+    ]
     return "\n".join(lines)
 
 

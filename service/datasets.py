@@ -23,12 +23,14 @@ def load_npz(data: bytes, field_name: str) -> dict[str, np.ndarray]:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             return {k: np.asarray(npz[k]) for k in npz.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as err:
-        raise InvalidField(field_name, f"{field_name}: not a readable .npz file of plain arrays ({str(err)[:200]})") \
-            from None
+        raise InvalidField(
+            field_name, f"{field_name}: not a readable .npz file of plain arrays ({str(err)[:200]})"
+        ) from None
 
 
-def _feeds_from_npz(arrays: dict[str, np.ndarray], input_names: list[str], field_name: str,
-                    label_key: str | None) -> dict[str, np.ndarray]:
+def _feeds_from_npz(
+    arrays: dict[str, np.ndarray], input_names: list[str], field_name: str, label_key: str | None
+) -> dict[str, np.ndarray]:
     """Model inputs from npz arrays: ``x`` for a single-input model, else one array per input name."""
     feeds = {k: v for k, v in arrays.items() if k in input_names}
     if not feeds and "x" in arrays and len(input_names) == 1:
@@ -36,8 +38,12 @@ def _feeds_from_npz(arrays: dict[str, np.ndarray], input_names: list[str], field
     missing = [n for n in input_names if n not in feeds]
     if missing:
         want = "'x'" if len(input_names) == 1 else f"one array per input {input_names}"
-        raise InvalidField(field_name, f"{field_name}: expected {want}"
-                           + (f" and labels {label_key!r}" if label_key else "") + f"; found {sorted(arrays)}")
+        raise InvalidField(
+            field_name,
+            f"{field_name}: expected {want}"
+            + (f" and labels {label_key!r}" if label_key else "")
+            + f"; found {sorted(arrays)}",
+        )
     return feeds
 
 
@@ -62,8 +68,11 @@ def parse_eval_set(data: bytes, input_names: list[str], max_samples: int, field_
     the model's shapes, see :func:`check_eval_set`)."""
     arrays = load_npz(data, field_name)
     if "y" not in arrays:
-        raise InvalidField(field_name, f"{field_name}: labelled eval data needs integer labels 'y' (N,) besides the "
-                           f"inputs; found {sorted(arrays)}")
+        raise InvalidField(
+            field_name,
+            f"{field_name}: labelled eval data needs integer labels 'y' (N,) besides the "
+            f"inputs; found {sorted(arrays)}",
+        )
     y = arrays["y"]
     labels = f"{field_name}.y"
     if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_)):
@@ -77,8 +86,10 @@ def parse_eval_set(data: bytes, input_names: list[str], max_samples: int, field_
     feeds = _feeds_from_npz(arrays, input_names, field_name, "y")
     for name, arr in feeds.items():
         if arr.ndim == 0 or arr.shape[0] != y.shape[0]:
-            raise InvalidField(f"{field_name}.{name}",
-                               f"{field_name}.{name}: {list(arr.shape)} does not have {y.shape[0]} samples like 'y'")
+            raise InvalidField(
+                f"{field_name}.{name}",
+                f"{field_name}.{name}: {list(arr.shape)} does not have {y.shape[0]} samples like 'y'",
+            )
     return EvalSet(feeds, y.astype(np.int64))
 
 

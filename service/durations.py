@@ -24,22 +24,47 @@ import re
 from chipsim import check_age
 from chipsim.ages import DAY_S as DAY
 from chipsim.ages import HOUR_S as HOUR
-from chipsim.ages import MAX_AGE_S
+from chipsim.ages import MAX_AGE_S, STANDARD_AGES_S
 from chipsim.ages import MINUTE_S as MINUTE
 from chipsim.ages import MONTH_S as MONTH  # a month is 30 days (ISO-8601 ``M`` before ``T``, and ``mo``)
-from chipsim.ages import STANDARD_AGES_S
 from chipsim.ages import WEEK_S as WEEK
 from chipsim.ages import YEAR_S as YEAR  # a year is 365 days (ISO-8601 ``Y`` and ``y``)
 
 UNITS: dict[str, float] = {
-    "ms": 1e-3, "msec": 1e-3,
-    "s": 1.0, "sec": 1.0, "secs": 1.0, "second": 1.0, "seconds": 1.0,
-    "m": MINUTE, "min": MINUTE, "mins": MINUTE, "minute": MINUTE, "minutes": MINUTE,
-    "h": HOUR, "hr": HOUR, "hrs": HOUR, "hour": HOUR, "hours": HOUR,
-    "d": DAY, "day": DAY, "days": DAY,
-    "w": WEEK, "wk": WEEK, "wks": WEEK, "week": WEEK, "weeks": WEEK,
-    "mo": MONTH, "mon": MONTH, "month": MONTH, "months": MONTH,
-    "y": YEAR, "yr": YEAR, "yrs": YEAR, "year": YEAR, "years": YEAR,
+    "ms": 1e-3,
+    "msec": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "secs": 1.0,
+    "second": 1.0,
+    "seconds": 1.0,
+    "m": MINUTE,
+    "min": MINUTE,
+    "mins": MINUTE,
+    "minute": MINUTE,
+    "minutes": MINUTE,
+    "h": HOUR,
+    "hr": HOUR,
+    "hrs": HOUR,
+    "hour": HOUR,
+    "hours": HOUR,
+    "d": DAY,
+    "day": DAY,
+    "days": DAY,
+    "w": WEEK,
+    "wk": WEEK,
+    "wks": WEEK,
+    "week": WEEK,
+    "weeks": WEEK,
+    "mo": MONTH,
+    "mon": MONTH,
+    "month": MONTH,
+    "months": MONTH,
+    "y": YEAR,
+    "yr": YEAR,
+    "yrs": YEAR,
+    "year": YEAR,
+    "years": YEAR,
 }
 
 #: The fixed evaluation schedule of the metrics contract (label → seconds), in order.
@@ -124,8 +149,9 @@ def parse_duration(value: object, field: str = "age") -> float:
         else:
             seconds = _units(text, field)
     else:
-        raise DurationError(f"{field}: expected seconds (a number) or a duration string, got {type(value).__name__}",
-                            field)
+        raise DurationError(
+            f"{field}: expected seconds (a number) or a duration string, got {type(value).__name__}", field
+        )
     if not math.isfinite(seconds):
         raise DurationError(f"{field}: must be finite", field)
     return seconds

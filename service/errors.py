@@ -30,8 +30,22 @@ from chipsim.compiler import CompileError
 from chipsim.fleet.errors import FleetError
 from service.metrics import CLIENT_CLOSED
 from service.problems import (
-    STORAGE_FULL_ERRNOS, Cancelled, Conflict, InvalidField, NotFound, Overloaded, Problem, ReadOnly, StorageFull,
-    Unauthorized, Unavailable, UnsupportedMediaType, fleet_problem, invalid_value, loc_to_field, storage_problem,
+    STORAGE_FULL_ERRNOS,
+    Cancelled,
+    Conflict,
+    InvalidField,
+    NotFound,
+    Overloaded,
+    Problem,
+    ReadOnly,
+    StorageFull,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    fleet_problem,
+    invalid_value,
+    loc_to_field,
+    storage_problem,
     validation_message,
 )
 
@@ -39,8 +53,16 @@ log = logging.getLogger("agedchip.service")
 
 #: Status code of each problem on the native API, by class (the first match along the MRO).
 STATUS: dict[type[Problem], int] = {
-    InvalidField: 422, NotFound: 404, Conflict: 409, Unauthorized: 401, UnsupportedMediaType: 415, Unavailable: 503,
-    Overloaded: 429, StorageFull: 507, Cancelled: CLIENT_CLOSED, ReadOnly: 405,
+    InvalidField: 422,
+    NotFound: 404,
+    Conflict: 409,
+    Unauthorized: 401,
+    UnsupportedMediaType: 415,
+    Unavailable: 503,
+    Overloaded: 429,
+    StorageFull: 507,
+    Cancelled: CLIENT_CLOSED,
+    ReadOnly: 405,
 }
 
 #: The Open Inference Protocol reports invalid input as 400.
@@ -62,8 +84,14 @@ def error_body(status: int, message: str, field: str | None = None, oip: bool = 
     return {"error": {"status": status, "field": field, "message": message, **extra}}
 
 
-def error_response(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None,
-                   oip: bool = False, **extra: Any) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    oip: bool = False,
+    **extra: Any,
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, field, oip, **extra), status_code=status, headers=headers)
 
 
@@ -110,8 +138,13 @@ def validation_error_response(errors: list[dict[str, Any]], oip: bool) -> JSONRe
     text = f"{field}: {message}" if field else message
     if oip:
         return error_response(status, text, field, oip=True)
-    details = [{"field": "body" if e.get("type") == "json_invalid" else loc_to_field(e.get("loc", ())),
-                "message": validation_message(e)} for e in errors[:20]]
+    details = [
+        {
+            "field": "body" if e.get("type") == "json_invalid" else loc_to_field(e.get("loc", ())),
+            "message": validation_message(e),
+        }
+        for e in errors[:20]
+    ]
     return error_response(status, text, field, details=details)
 
 
@@ -131,10 +164,12 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
-        return error_response(exc.status_code, message, None, headers=getattr(exc, "headers", None),
-                              oip=is_oip(request.url.path))
+        return error_response(
+            exc.status_code, message, None, headers=getattr(exc, "headers", None), oip=is_oip(request.url.path)
+        )
 
     for chipsim_error in (ChipNotFoundError, ChipExistsError, ChipCorruptError, ProfileError, CompileError, FleetError):
+
         @app.exception_handler(chipsim_error)
         async def _chipsim(request: Request, exc: Exception) -> JSONResponse:
             return problem_response(chipsim_problem(exc), is_oip(request.url.path))

@@ -29,10 +29,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from chipsim.fleet import (
-    SloSpec,
-    BreachStatus, FleetCancelled, FleetError, FleetEvalSpec, FleetNotFoundError, FleetSpec, FleetStore,
+    BreachStatus,
+    FleetCancelled,
+    FleetError,
+    FleetEvalSpec,
+    FleetNotFoundError,
+    FleetSpec,
+    FleetStore,
     LocalProcessExecutor,
-    evaluate_fleet, program_fleet,
+    SloSpec,
+    evaluate_fleet,
+    program_fleet,
 )
 from chipsim.fleet.executors import Executor
 from chipsim.fleet.stats import PERCENTILES
@@ -56,31 +63,39 @@ class FleetProgramRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    fleet_id: str = Field(description="Id of the fleet (1-59 of a-z, 0-9, '-', '_'); its chips are "
-                                      "'<fleet_id>-000' … in GET /chips.")
-    model: str = Field(description="Zoo model name (GET /zoo lists them); its eval set, if any, is stored with "
-                                   "every chip (needed to evaluate the fleet).")
-    profile: str = Field("pcm", description="Chip profile preset ('ideal', 'pcm-reference', 'pcm', 'pcm-faulty', "
-                                            "'reram').")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Profile fields to override, units as "
-                                                                        "in the profile.")
-    n_chips: int = Field(ge=1, le=1000, description="Chips to program (count); together with the other chips at "
-                                                    "most AGEDCHIP_MAX_CHIPS.")
-    seed: int = Field(ge=0, le=2**63 - 1, description="Fleet seed; chip i's programming seed is derived from it "
-                                                      "(docs/fleets.md).")
+    fleet_id: str = Field(
+        description="Id of the fleet (1-59 of a-z, 0-9, '-', '_'); its chips are '<fleet_id>-000' … in GET /chips."
+    )
+    model: str = Field(
+        description="Zoo model name (GET /zoo lists them); its eval set, if any, is stored with "
+        "every chip (needed to evaluate the fleet)."
+    )
+    profile: str = Field(
+        "pcm", description="Chip profile preset ('ideal', 'pcm-reference', 'pcm', 'pcm-faulty', 'reram')."
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Profile fields to override, units as in the profile."
+    )
+    n_chips: int = Field(
+        ge=1, le=1000, description="Chips to program (count); together with the other chips at most AGEDCHIP_MAX_CHIPS."
+    )
+    seed: int = Field(
+        ge=0, le=2**63 - 1, description="Fleet seed; chip i's programming seed is derived from it (docs/fleets.md)."
+    )
     time_scale: float = Field(1.0, ge=0, le=1e9, description="Chip seconds per wall-clock second, every chip.")
 
 
 class FleetEvaluateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ages: list[int | float | str] = Field(min_length=1, max_length=20, description="1-20 distinct ages > 0. "
-                                                                                   + AGE_DOC)
-    readouts: int = Field(5, ge=1, description="Read-outs per chip and age (read seeds 0…n−1); at most "
-                                                "AGEDCHIP_MAX_EVAL_READOUTS.")
+    ages: list[int | float | str] = Field(min_length=1, max_length=20, description="1-20 distinct ages > 0. " + AGE_DOC)
+    readouts: int = Field(
+        5, ge=1, description="Read-outs per chip and age (read seeds 0…n−1); at most AGEDCHIP_MAX_EVAL_READOUTS."
+    )
     slo: SloSpec = Field(description="The accuracy SLO yield and breach are judged on.")
     gdc_mode: Literal["global", "column", "exact"] | None = Field(
-        None, description="GDC mode of the 'GDC on' numbers (default: the profile's).")
+        None, description="GDC mode of the 'GDC on' numbers (default: the profile's)."
+    )
     samples: int | None = Field(None, ge=1, description="Use only the first n eval samples (default: all).")
 
 
@@ -99,7 +114,8 @@ class FleetJobStatus(BaseModel):
     job_id: str = Field(description="Id of the job (GET /jobs/{job_id}; DELETE cancels it).")
     kind: Literal["fleet_program", "fleet_evaluate"] = Field(description="What the job does.")
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
-        description="Where the job is; the last three are final.")
+        description="Where the job is; the last three are final."
+    )
     fleet_id: str = Field(description="The fleet.")
     request: dict[str, Any] = Field(description="The request, validated (ages in seconds).")
     cancel_requested: bool = Field(description="True once DELETE /jobs/{job_id} asked it to stop.")
@@ -107,12 +123,14 @@ class FleetJobStatus(BaseModel):
     created_at: float = Field(description="Submission time, Unix seconds.")
     started_at: float | None = Field(description="Start time, Unix seconds (null while queued).")
     finished_at: float | None = Field(description="End time, Unix seconds (null until final).")
-    result: dict[str, Any] | None = Field(description="When succeeded: the fleet (fleet_program, as GET "
-                                                      "/fleets/{fleet_id}) or the evaluation report (fleet_evaluate: "
-                                                      "per age the accuracy distribution over chips, yield with its "
-                                                      "95 % Wilson interval, GDC on and off; time to breach per chip "
-                                                      "and fleet percentiles; docs/fleets.md). Ages in seconds, "
-                                                      "accuracies and yields ratios.")
+    result: dict[str, Any] | None = Field(
+        description="When succeeded: the fleet (fleet_program, as GET "
+        "/fleets/{fleet_id}) or the evaluation report (fleet_evaluate: "
+        "per age the accuracy distribution over chips, yield with its "
+        "95 % Wilson interval, GDC on and off; time to breach per chip "
+        "and fleet percentiles; docs/fleets.md). Ages in seconds, "
+        "accuracies and yields ratios."
+    )
     error: FleetJobError | None = Field(description="Set when the job failed (or why it was cancelled).")
 
 
@@ -140,9 +158,9 @@ class FleetSummary(BaseModel):
 
 class FleetListEntry(BaseModel):
     fleet_id: str = Field(description="Id of the fleet.")
-    state: Literal["ready", "corrupt", "pending"] = Field(description="'ready', 'corrupt' (manifest unreadable or "
-                                                                      "altered) or 'pending' (being programmed or "
-                                                                      "deleted).")
+    state: Literal["ready", "corrupt", "pending"] = Field(
+        description="'ready', 'corrupt' (manifest unreadable or altered) or 'pending' (being programmed or deleted)."
+    )
     model: str | None = Field(description="Model name (null unless ready).")
     n_chips: int | None = Field(description="Chips (count; null unless ready).")
     seed: int | None = Field(description="Fleet seed (null unless ready).")
@@ -175,8 +193,11 @@ def fleet_gauges(report: dict[str, Any]) -> FleetGauges:
     """Yield per (age, gdc) and the GDC-on breach-age percentiles of an evaluation report; a
     percentile that is not breached by the last age is left out, one breached at the first age is
     reported at its bracket's upper end (the first age)."""
-    yields = {(age_label(entry["age_s"]), gdc): entry[f"gdc_{gdc}"]["yield"]["share"]
-              for entry in report["results"] for gdc in ("on", "off")}
+    yields = {
+        (age_label(entry["age_s"]), gdc): entry[f"gdc_{gdc}"]["yield"]["share"]
+        for entry in report["results"]
+        for gdc in ("on", "off")
+    }
     quantiles = {}
     for q in PERCENTILES:
         b = report["breach"]["gdc_on"][f"p{q}"]
@@ -238,9 +259,16 @@ class FleetService:
         out = []
         for item in self.store.list():
             f = item.fleet
-            out.append({"fleet_id": item.fleet_id, "state": item.status,
-                        "model": f.spec.model_name if f else None, "n_chips": f.spec.n_chips if f else None,
-                        "seed": f.spec.seed if f else None, "error": item.error})
+            out.append(
+                {
+                    "fleet_id": item.fleet_id,
+                    "state": item.status,
+                    "model": f.spec.model_name if f else None,
+                    "n_chips": f.spec.n_chips if f else None,
+                    "seed": f.spec.seed if f else None,
+                    "error": item.error,
+                }
+            )
         return out
 
     def get(self, fleet_id: str) -> dict[str, Any]:
@@ -253,12 +281,20 @@ class FleetService:
         except FleetError as err:
             raise fleet_problem(err) from None
         m = fleet.to_manifest()
-        return {"fleet_id": fleet.fleet_id, "state": "ready",
-                "model": {"name": fleet.spec.model_name, "digest": fleet.model_digest},
-                "profile": {"preset": fleet.spec.preset, "overrides": fleet.spec.overrides, "values": fleet.profile},
-                "n_chips": len(fleet.chips), "seed": fleet.spec.seed, "time_scale": fleet.spec.time_scale,
-                "fp_accuracy": fleet.fp_accuracy, "eval_samples": fleet.eval_samples,
-                "created_at": fleet.created_at, "programming_s": fleet.programming_s, "chips": m["chips"]}
+        return {
+            "fleet_id": fleet.fleet_id,
+            "state": "ready",
+            "model": {"name": fleet.spec.model_name, "digest": fleet.model_digest},
+            "profile": {"preset": fleet.spec.preset, "overrides": fleet.spec.overrides, "values": fleet.profile},
+            "n_chips": len(fleet.chips),
+            "seed": fleet.spec.seed,
+            "time_scale": fleet.spec.time_scale,
+            "fp_accuracy": fleet.fp_accuracy,
+            "eval_samples": fleet.eval_samples,
+            "created_at": fleet.created_at,
+            "programming_s": fleet.programming_s,
+            "chips": m["chips"],
+        }
 
     def _pending(self, fleet_id: str) -> bool:
         try:
@@ -270,19 +306,40 @@ class FleetService:
     def _claim(self, fleet_id: str, what: str) -> None:
         with self._lock:
             if fleet_id in self._busy:
-                raise Conflict("fleet_id", f"fleet_id: fleet {fleet_id!r} has a job running ({self._busy[fleet_id]}); "
-                               f"wait for it or cancel it (DELETE /jobs/{{job_id}}) before {what}")
+                raise Conflict(
+                    "fleet_id",
+                    f"fleet_id: fleet {fleet_id!r} has a job running ({self._busy[fleet_id]}); "
+                    f"wait for it or cancel it (DELETE /jobs/{{job_id}}) before {what}",
+                )
             self._busy[fleet_id] = "starting"
 
     def _unclaim(self, fleet_id: str) -> None:
         with self._lock:
             self._busy.pop(fleet_id, None)
 
-    def _submit(self, kind: str, fleet_id: str, steps: int, request: dict[str, Any], work: Any, on_end: Any,
-                lane: str, limit: int, setting: str) -> dict[str, Any]:
-        view = self.jobs.submit(kind, steps, {"fleet_id": fleet_id, "request": request}, work, on_end=on_end,
-                                failure_note="nothing was published", lane=lane, max_unfinished=limit,
-                                limit_setting=setting)
+    def _submit(
+        self,
+        kind: str,
+        fleet_id: str,
+        steps: int,
+        request: dict[str, Any],
+        work: Any,
+        on_end: Any,
+        lane: str,
+        limit: int,
+        setting: str,
+    ) -> dict[str, Any]:
+        view = self.jobs.submit(
+            kind,
+            steps,
+            {"fleet_id": fleet_id, "request": request},
+            work,
+            on_end=on_end,
+            failure_note="nothing was published",
+            lane=lane,
+            max_unfinished=limit,
+            limit_setting=setting,
+        )
         with self._lock:
             if self._busy.get(fleet_id) == "starting":
                 self._busy[fleet_id] = view["job_id"]
@@ -294,9 +351,17 @@ class FleetService:
         zoo = self.registry.zoo
         zoo.check_name(req.model)
         try:
-            spec = FleetSpec.parse({"fleet_id": req.fleet_id, "model_name": req.model, "preset": req.profile,
-                                    "overrides": req.overrides, "n_chips": req.n_chips, "seed": req.seed,
-                                    "time_scale": req.time_scale})
+            spec = FleetSpec.parse(
+                {
+                    "fleet_id": req.fleet_id,
+                    "model_name": req.model,
+                    "preset": req.profile,
+                    "overrides": req.overrides,
+                    "n_chips": req.n_chips,
+                    "seed": req.seed,
+                    "time_scale": req.time_scale,
+                }
+            )
             profile = spec.profile()
         except FleetError as err:
             raise _spec_problem(err) from None
@@ -322,23 +387,44 @@ class FleetService:
 
         def work(job: Job) -> dict[str, Any]:
             try:
-                program_fleet(self.registry.store, spec, model_bytes, eval_bytes, fleets=self.store,
-                              meta={"model_source": "zoo", "service": "agedchip"}, progress=job.progress,
-                              cancel=job.cancel)
+                program_fleet(
+                    self.registry.store,
+                    spec,
+                    model_bytes,
+                    eval_bytes,
+                    fleets=self.store,
+                    meta={"model_source": "zoo", "service": "agedchip"},
+                    progress=job.progress,
+                    cancel=job.cancel,
+                )
             except FleetCancelled as err:
                 raise JobCancelled(f"{err}; no chip was kept") from None
             except FleetError as err:
                 raise fleet_problem(err) from None
             for chip_id in spec.chip_ids():  # published: serve its chips
                 self.registry.load(chip_id)
-            log.info("programmed fleet %s: %d chips of %s (%s, seed %d)", spec.fleet_id, spec.n_chips, req.model,
-                     req.profile, req.seed)
+            log.info(
+                "programmed fleet %s: %d chips of %s (%s, seed %d)",
+                spec.fleet_id,
+                spec.n_chips,
+                req.model,
+                req.profile,
+                req.seed,
+            )
             return self.get(spec.fleet_id)
 
         s = self.settings
-        return self._submit(PROGRAM_KIND, spec.fleet_id, spec.n_chips, req.model_dump(mode="json"), work, on_end,
-                            lane="default", limit=s.program_concurrency + s.max_queue_program,
-                            setting="AGEDCHIP_PROGRAM_CONCURRENCY + AGEDCHIP_MAX_QUEUE_PROGRAM")
+        return self._submit(
+            PROGRAM_KIND,
+            spec.fleet_id,
+            spec.n_chips,
+            req.model_dump(mode="json"),
+            work,
+            on_end,
+            lane="default",
+            limit=s.program_concurrency + s.max_queue_program,
+            setting="AGEDCHIP_PROGRAM_CONCURRENCY + AGEDCHIP_MAX_QUEUE_PROGRAM",
+        )
 
     def submit_evaluate(self, fleet_id: str, req: FleetEvaluateRequest) -> dict[str, Any]:
         """Validate a POST /fleets/{id}/evaluate request and start the job (blocking: a worker thread)."""
@@ -356,16 +442,29 @@ class FleetService:
         if req.readouts > limit:
             raise InvalidField("readouts", f"readouts: at most {limit} (AGEDCHIP_MAX_EVAL_READOUTS)")
         try:
-            spec = FleetEvalSpec.parse({"ages_s": ages_s, "readouts": req.readouts, "slo": req.slo.model_dump(),
-                                        "gdc_mode": req.gdc_mode, "samples": req.samples})
+            spec = FleetEvalSpec.parse(
+                {
+                    "ages_s": ages_s,
+                    "readouts": req.readouts,
+                    "slo": req.slo.model_dump(),
+                    "gdc_mode": req.gdc_mode,
+                    "samples": req.samples,
+                }
+            )
         except FleetError as err:
             raise _spec_problem(err) from None
         if fleet.eval_samples == 0:
-            raise Conflict("fleet_id", f"fleet_id: fleet {fleet_id!r} has no labelled eval set (its zoo model ships "
-                           "none); it cannot be evaluated")
+            raise Conflict(
+                "fleet_id",
+                f"fleet_id: fleet {fleet_id!r} has no labelled eval set (its zoo model ships "
+                "none); it cannot be evaluated",
+            )
         if spec.slo.metric == SloMetric.NORMALISED_ACCURACY and not fleet.fp_accuracy:
-            raise InvalidField("slo.metric", "slo.metric: normalised_accuracy needs the model's floating-point "
-                               "accuracy, which this fleet does not have")
+            raise InvalidField(
+                "slo.metric",
+                "slo.metric: normalised_accuracy needs the model's floating-point "
+                "accuracy, which this fleet does not have",
+            )
         self._claim(fleet_id, "evaluating it again")
 
         def work(job: Job) -> dict[str, Any]:
@@ -386,9 +485,17 @@ class FleetService:
 
         request = {**req.model_dump(mode="json"), "ages_s": list(spec.ages_s)}
         s = self.settings
-        return self._submit(EVALUATE_KIND, fleet_id, len(fleet.chips), request, work, lambda: self._unclaim(fleet_id),
-                            lane=EVAL_LANE, limit=s.eval_concurrency + s.max_queue_eval,
-                            setting="AGEDCHIP_EVAL_CONCURRENCY + AGEDCHIP_MAX_QUEUE_EVAL")
+        return self._submit(
+            EVALUATE_KIND,
+            fleet_id,
+            len(fleet.chips),
+            request,
+            work,
+            lambda: self._unclaim(fleet_id),
+            lane=EVAL_LANE,
+            limit=s.eval_concurrency + s.max_queue_eval,
+            setting="AGEDCHIP_EVAL_CONCURRENCY + AGEDCHIP_MAX_QUEUE_EVAL",
+        )
 
     # ------------------------------------------------------------------ delete
     def delete(self, fleet_id: str) -> None:
@@ -424,4 +531,3 @@ def _spec_problem(err: FleetError) -> Problem:
     if head in renamed:
         return InvalidField(renamed[head] + (f".{rest}" if rest else ""), str(err).replace(head, renamed[head], 1))
     return fleet_problem(err)
-

@@ -30,8 +30,9 @@ def require_form(content_type: str, what: str) -> None:
     """Refuse a body that is not a form; ``what`` says what the form carries."""
     ctype = media_type(content_type)
     if ctype not in FORM_TYPES:
-        raise UnsupportedMediaType("content-type",
-                                   f"content-type: expected multipart/form-data ({what}), got {ctype!r}")
+        raise UnsupportedMediaType(
+            "content-type", f"content-type: expected multipart/form-data ({what}), got {ctype!r}"
+        )
 
 
 def require_json(content_type: str) -> None:
@@ -71,8 +72,11 @@ async def read_form(form: Any, spec: FormFields) -> Form:
             seen.add(key)
             if not isinstance(value, str):  # an upload
                 if key not in spec.files:
-                    known = (f"the only file field is {next(iter(spec.files))!r}" if len(spec.files) == 1
-                             else f"file fields: {sorted(spec.files)}")
+                    known = (
+                        f"the only file field is {next(iter(spec.files))!r}"
+                        if len(spec.files) == 1
+                        else f"file fields: {sorted(spec.files)}"
+                    )
                     raise InvalidField(key, f"{key}: unknown file field; {known}")
                 out.files[key] = (await value.read(), value.filename)
                 continue

@@ -5,7 +5,8 @@ A job is a piece of blocking work (``work(job)`` → its result) that reports pr
 jobs of the default lane (programming: recalibration, fleets) run at once, and ``lanes`` names
 others with their own limit (``eval``: fleet evaluations); the others wait, cancellable, for a
 slot. ``submit(max_unfinished=n)`` refuses a job (Overloaded: 429) when its lane already holds n
-unfinished jobs, so a lane's line is bounded like a request lane's. A job ends ``succeeded``, ``cancelled`` (the work raised
+unfinished jobs, so a lane's line is bounded like a request lane's. A job ends ``succeeded``,
+``cancelled`` (the work raised
 :class:`JobCancelled`, or it was cancelled before it started) or ``failed`` (a
 :class:`~service.problems.Problem` names the field; anything else is logged and reported as an
 internal error). ``on_end`` runs once whatever the outcome (releasing what the job held).
@@ -70,11 +71,17 @@ class Job:
 
     def view(self) -> dict[str, Any]:
         return {
-            "job_id": self.job_id, "kind": self.kind, "status": self.status, **self.params,
+            "job_id": self.job_id,
+            "kind": self.kind,
+            "status": self.status,
+            **self.params,
             "cancel_requested": self.cancel.is_set(),
             "progress": {"step": self.step, "steps": self.steps, "fraction": self.step / self.steps},
-            "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
-            "result": self.result, "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": self.result,
+            "error": self.error,
         }
 
 
@@ -83,21 +90,40 @@ class JobTable:
 
     def __init__(self, concurrency: int, max_jobs: int = MAX_JOBS, lanes: dict[str, int] | None = None):
         self.max_jobs = max_jobs
-        self._slots = {DEFAULT_LANE: threading.Semaphore(concurrency),
-                       **{name: threading.Semaphore(n) for name, n in (lanes or {}).items()}}
+        self._slots = {
+            DEFAULT_LANE: threading.Semaphore(concurrency),
+            **{name: threading.Semaphore(n) for name, n in (lanes or {}).items()},
+        }
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._threads: dict[str, threading.Thread] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ table
-    def submit(self, kind: str, steps: int, params: dict[str, Any], work: Callable[[Job], dict[str, Any]],
-               on_end: Callable[[], None], failure_note: str = "", lane: str = DEFAULT_LANE,
-               max_unfinished: int | None = None, limit_setting: str = "") -> dict[str, Any]:
+    def submit(
+        self,
+        kind: str,
+        steps: int,
+        params: dict[str, Any],
+        work: Callable[[Job], dict[str, Any]],
+        on_end: Callable[[], None],
+        failure_note: str = "",
+        lane: str = DEFAULT_LANE,
+        max_unfinished: int | None = None,
+        limit_setting: str = "",
+    ) -> dict[str, Any]:
         """Start a job (queued until a slot of its lane is free); its view. ``on_end`` runs even if it
         cannot start. Overloaded when ``lane`` already holds ``max_unfinished`` unfinished jobs."""
-        job = Job(job_id=f"job-{secrets.token_hex(8)}", kind=kind, steps=steps, params=params, work=work,
-                  on_end=on_end, failure_note=failure_note, lane=lane)
+        job = Job(
+            job_id=f"job-{secrets.token_hex(8)}",
+            kind=kind,
+            steps=steps,
+            params=params,
+            work=work,
+            on_end=on_end,
+            failure_note=failure_note,
+            lane=lane,
+        )
         thread = threading.Thread(target=self._run, args=(job,), name=f"{kind}-{job.job_id}", daemon=True)
         with self._lock:
             if self._closed:
@@ -106,9 +132,12 @@ class JobTable:
             unfinished = sum(1 for j in self._jobs.values() if j.lane == lane and not j.finished)
             if max_unfinished is not None and unfinished >= max_unfinished:
                 on_end()
-                raise Overloaded(None, f"too many {lane} jobs: {unfinished} queued or running (at most "
-                                       f"{max_unfinished}, {limit_setting}); retry later",
-                                 retry_after_s=FULL_LANE_RETRY_S)
+                raise Overloaded(
+                    None,
+                    f"too many {lane} jobs: {unfinished} queued or running (at most "
+                    f"{max_unfinished}, {limit_setting}); retry later",
+                    retry_after_s=FULL_LANE_RETRY_S,
+                )
             self._jobs[job.job_id] = job
             self._evict()
             self._threads[job.job_id] = thread
@@ -134,8 +163,11 @@ class JobTable:
     def _get(self, job_id: str) -> Job:
         job = self._jobs.get(check_job_id(job_id))
         if job is None:
-            raise NotFound("job_id", f"job_id: no job {job_id!r} (jobs are kept in memory: the latest "
-                           f"{self.max_jobs}, until the service restarts)")
+            raise NotFound(
+                "job_id",
+                f"job_id: no job {job_id!r} (jobs are kept in memory: the latest "
+                f"{self.max_jobs}, until the service restarts)",
+            )
         return job
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -151,8 +183,11 @@ class JobTable:
         with self._lock:
             job = self._get(job_id)
             if job.finished:
-                raise Conflict("job_id", f"job_id: job {job_id!r} already {job.status}; nothing to cancel "
-                               "(DELETE /chips/{id} removes a chip)")
+                raise Conflict(
+                    "job_id",
+                    f"job_id: job {job_id!r} already {job.status}; nothing to cancel "
+                    "(DELETE /chips/{id} removes a chip)",
+                )
             job.cancel.set()
             return job.view()
 
@@ -196,8 +231,11 @@ class JobTable:
         except Exception:
             log.exception("%s job %s (%s) failed", job.kind, job.job_id, job.params)
             note = f"; {job.failure_note}" if job.failure_note else ""
-            self._finish(job, "failed", error={"message": f"internal error during {job.kind} (logged on the "
-                                                          f"server){note}", "field": None})
+            self._finish(
+                job,
+                "failed",
+                error={"message": f"internal error during {job.kind} (logged on the server){note}", "field": None},
+            )
         finally:
             job.on_end()
             if acquired:

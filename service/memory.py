@@ -83,8 +83,9 @@ class MemoryGuard:
     ``relieve``: called once before refusing, to drop what can be rebuilt (it may take a while);
     ``rss``: the resident-size probe (a parameter so tests can feed one)."""
 
-    def __init__(self, budget_bytes: int, relieve: Callable[[], None] | None = None,
-                 rss: Callable[[], int] = rss_bytes):
+    def __init__(
+        self, budget_bytes: int, relieve: Callable[[], None] | None = None, rss: Callable[[], int] = rss_bytes
+    ):
         self.budget_bytes = budget_bytes
         self.relieve = relieve
         self.rss = rss
@@ -107,10 +108,14 @@ class MemoryGuard:
             if not self._fits(cost):
                 self.rejected[workload] = self.rejected.get(workload, 0) + 1
                 used, pending = self.rss(), self.pending_bytes
-                raise Unavailable(field, f"{field}: a read-out at a new age needs about {cost / 2**20:.0f} MiB; the "
-                                  f"process uses {used / 2**20:.0f} MiB (+{pending / 2**20:.0f} MiB being computed) "
-                                  f"of its {self.budget_bytes / 2**20:.0f} MiB budget (AGEDCHIP_MEMORY_BUDGET). Ages "
-                                  "already read out are still served; retry later", retry_after_s=RETRY_AFTER_S)
+                raise Unavailable(
+                    field,
+                    f"{field}: a read-out at a new age needs about {cost / 2**20:.0f} MiB; the "
+                    f"process uses {used / 2**20:.0f} MiB (+{pending / 2**20:.0f} MiB being computed) "
+                    f"of its {self.budget_bytes / 2**20:.0f} MiB budget (AGEDCHIP_MEMORY_BUDGET). Ages "
+                    "already read out are still served; retry later",
+                    retry_after_s=RETRY_AFTER_S,
+                )
             self.pending_bytes += cost
         try:
             yield

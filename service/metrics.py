@@ -50,56 +50,86 @@ class ChipCollector(Collector):
         counts = self.registry.counts()
 
         inferences = CounterMetricFamily(PREFIX + "inferences", "Inference requests served per chip.", labels=["chip"])
-        samples = CounterMetricFamily(PREFIX + "inference_samples",
-                                      "Samples (batch items) inferred per chip.", labels=["chip"])
+        samples = CounterMetricFamily(
+            PREFIX + "inference_samples", "Samples (batch items) inferred per chip.", labels=["chip"]
+        )
         # Live accuracy is a PromQL ratio of two counters over a window (docs/metrics.md), so it follows a drop
         # within minutes; a gauge of the running ratio since start would react ever more slowly.
-        labelled = CounterMetricFamily(PREFIX + "labelled_samples",
-                                       "Inference samples that came with a label, per chip.", labels=["chip"])
-        correct = CounterMetricFamily(PREFIX + "correct_samples",
-                                      "Labelled inference samples the chip classified correctly, per chip.",
-                                      labels=["chip"])
-        hits = CounterMetricFamily(PREFIX + "readout_cache_hits", "Read-out cache hits per chip (serving runtime).",
-                                   labels=["chip"])
-        misses = CounterMetricFamily(PREFIX + "readout_cache_misses",
-                                     "Read-out cache misses per chip (serving runtime).", labels=["chip"])
-        age = GaugeMetricFamily(PREFIX + "chip_age_seconds",
-                                "Current chip age in seconds: wall-clock age times the chip's time scale.",
-                                labels=["chip"])
+        labelled = CounterMetricFamily(
+            PREFIX + "labelled_samples", "Inference samples that came with a label, per chip.", labels=["chip"]
+        )
+        correct = CounterMetricFamily(
+            PREFIX + "correct_samples",
+            "Labelled inference samples the chip classified correctly, per chip.",
+            labels=["chip"],
+        )
+        hits = CounterMetricFamily(
+            PREFIX + "readout_cache_hits", "Read-out cache hits per chip (serving runtime).", labels=["chip"]
+        )
+        misses = CounterMetricFamily(
+            PREFIX + "readout_cache_misses", "Read-out cache misses per chip (serving runtime).", labels=["chip"]
+        )
+        age = GaugeMetricFamily(
+            PREFIX + "chip_age_seconds",
+            "Current chip age in seconds: wall-clock age times the chip's time scale.",
+            labels=["chip"],
+        )
         eval_acc = GaugeMetricFamily(
             PREFIX + "chip_eval_accuracy",
             "Accuracy (ratio) on the chip's eval set at each scheduled age, mean over read-outs.",
-            labels=["chip", "age", "gdc"])
-        cur_acc = GaugeMetricFamily(PREFIX + "chip_current_accuracy",
-                                    "Accuracy (ratio) on the chip's eval set at its current age.",
-                                    labels=["chip", "gdc"])
-        alpha = GaugeMetricFamily(PREFIX + "chip_gdc_alpha", "GDC factor alpha (mean over tiles) at the current age.",
-                                  labels=["chip", "layer"])
-        werr = GaugeMetricFamily(PREFIX + "chip_weight_error",
-                                 "Relative weight error ||W(t)-W||/||W|| at the current age, with/without GDC.",
-                                 labels=["chip", "gdc"])
-        gratio = GaugeMetricFamily(PREFIX + "chip_conductance_ratio",
-                                   "Sum of G(t) over sum of G_prog, all devices, at the current age (ratio).",
-                                   labels=["chip"])
-        stuck = GaugeMetricFamily(PREFIX + "chip_stuck_devices", "Stuck devices per chip by kind.",
-                                  labels=["chip", "kind"])
-        info = GaugeMetricFamily(PREFIX + "chip_info", "Chip description (value 1).",
-                                 labels=["chip", "model", "profile"])
+            labels=["chip", "age", "gdc"],
+        )
+        cur_acc = GaugeMetricFamily(
+            PREFIX + "chip_current_accuracy",
+            "Accuracy (ratio) on the chip's eval set at its current age.",
+            labels=["chip", "gdc"],
+        )
+        alpha = GaugeMetricFamily(
+            PREFIX + "chip_gdc_alpha",
+            "GDC factor alpha (mean over tiles) at the current age.",
+            labels=["chip", "layer"],
+        )
+        werr = GaugeMetricFamily(
+            PREFIX + "chip_weight_error",
+            "Relative weight error ||W(t)-W||/||W|| at the current age, with/without GDC.",
+            labels=["chip", "gdc"],
+        )
+        gratio = GaugeMetricFamily(
+            PREFIX + "chip_conductance_ratio",
+            "Sum of G(t) over sum of G_prog, all devices, at the current age (ratio).",
+            labels=["chip"],
+        )
+        stuck = GaugeMetricFamily(
+            PREFIX + "chip_stuck_devices", "Stuck devices per chip by kind.", labels=["chip", "kind"]
+        )
+        info = GaugeMetricFamily(
+            PREFIX + "chip_info", "Chip description (value 1).", labels=["chip", "model", "profile"]
+        )
         by_state = GaugeMetricFamily(PREFIX + "chips", "Chips in the store by state.", labels=["state"])
-        cache_bytes = GaugeMetricFamily(PREFIX + "readout_cache_bytes",
-                                        "Bytes of cached read-outs per chip and runtime, as the runtime accounts "
-                                        "them (weights only: sessions and arenas are not counted).",
-                                        labels=["chip", "runtime"])
-        cache_entries = GaugeMetricFamily(PREFIX + "readout_cache_entries",
-                                          "Cached read-outs (ages x read seeds) per chip and runtime.",
-                                          labels=["chip", "runtime"])
-        energy = CounterMetricFamily(PREFIX + "estimated_energy_joules",
-                                     "Estimated energy of the inferences served per chip, joules (chipsim.cost: "
-                                     "an estimate, not a measurement).", labels=["chip"])
-        breach_in = GaugeMetricFamily(PREFIX + "chip_slo_breach_in_seconds",
-                                      "Wall-clock seconds until the chip's predicted accuracy SLO breach (GDC on), "
-                                      "from its last evaluation with an SLO; 0 once breached; absent when none is "
-                                      "predicted.", labels=["chip"])
+        cache_bytes = GaugeMetricFamily(
+            PREFIX + "readout_cache_bytes",
+            "Bytes of cached read-outs per chip and runtime, as the runtime accounts "
+            "them (weights only: sessions and arenas are not counted).",
+            labels=["chip", "runtime"],
+        )
+        cache_entries = GaugeMetricFamily(
+            PREFIX + "readout_cache_entries",
+            "Cached read-outs (ages x read seeds) per chip and runtime.",
+            labels=["chip", "runtime"],
+        )
+        energy = CounterMetricFamily(
+            PREFIX + "estimated_energy_joules",
+            "Estimated energy of the inferences served per chip, joules (chipsim.cost: "
+            "an estimate, not a measurement).",
+            labels=["chip"],
+        )
+        breach_in = GaugeMetricFamily(
+            PREFIX + "chip_slo_breach_in_seconds",
+            "Wall-clock seconds until the chip's predicted accuracy SLO breach (GDC on), "
+            "from its last evaluation with an SLO; 0 once breached; absent when none is "
+            "predicted.",
+            labels=["chip"],
+        )
         now = time.time()
 
         for c in chips:
@@ -142,8 +172,27 @@ class ChipCollector(Collector):
                 breach_in.add_metric([cid], max(0.0, g.slo_breach_at - now))
         for state in ("ready", "corrupt"):
             by_state.add_metric([state], counts.get(state, 0))
-        yield from (inferences, samples, age, eval_acc, cur_acc, labelled, correct, alpha, werr, gratio, stuck,
-                    hits, misses, cache_bytes, cache_entries, by_state, info, energy, breach_in)
+        yield from (
+            inferences,
+            samples,
+            age,
+            eval_acc,
+            cur_acc,
+            labelled,
+            correct,
+            alpha,
+            werr,
+            gratio,
+            stuck,
+            hits,
+            misses,
+            cache_bytes,
+            cache_entries,
+            by_state,
+            info,
+            energy,
+            breach_in,
+        )
 
 
 class FleetCollector(Collector):
@@ -153,13 +202,17 @@ class FleetCollector(Collector):
         self.fleets = fleets
 
     def collect(self) -> Iterator[Metric]:
-        yields = GaugeMetricFamily(PREFIX + "fleet_yield_ratio",
-                                   "Share of the fleet's chips meeting its accuracy SLO at an age of its last "
-                                   "evaluation (ratio).", labels=["fleet", "age", "gdc"])
-        breach = GaugeMetricFamily(PREFIX + "fleet_slo_breach_age_seconds",
-                                   "Chip age by which a quantile of the fleet's chips breached its SLO (GDC on), "
-                                   "seconds; absent when not breached by the last evaluated age.",
-                                   labels=["fleet", "quantile"])
+        yields = GaugeMetricFamily(
+            PREFIX + "fleet_yield_ratio",
+            "Share of the fleet's chips meeting its accuracy SLO at an age of its last evaluation (ratio).",
+            labels=["fleet", "age", "gdc"],
+        )
+        breach = GaugeMetricFamily(
+            PREFIX + "fleet_slo_breach_age_seconds",
+            "Chip age by which a quantile of the fleet's chips breached its SLO (GDC on), "
+            "seconds; absent when not breached by the last evaluated age.",
+            labels=["fleet", "quantile"],
+        )
         for fleet_id, g in sorted(dict(self.fleets.gauges).items()):
             for (age, gdc), share in g.yield_ratio.items():
                 yields.add_metric([fleet_id, age, gdc], share)
@@ -179,16 +232,21 @@ class ServiceCollector(Collector):
         memory = self.registry.memory
         rss = GaugeMetricFamily(PREFIX + "process_resident_memory_bytes", "Resident memory of the service process.")
         rss.add_metric([], rss_bytes())
-        budget = GaugeMetricFamily(PREFIX + "memory_budget_bytes",
-                                   "Memory budget new read-outs must fit (AGEDCHIP_MEMORY_BUDGET).")
+        budget = GaugeMetricFamily(
+            PREFIX + "memory_budget_bytes", "Memory budget new read-outs must fit (AGEDCHIP_MEMORY_BUDGET)."
+        )
         budget.add_metric([], memory.budget_bytes)
-        inflight = GaugeMetricFamily(PREFIX + "workload_inflight", "Requests computing now, per workload.",
-                                     labels=["workload"])
-        queued = GaugeMetricFamily(PREFIX + "workload_queued", "Requests waiting in line, per workload.",
-                                   labels=["workload"])
-        rejected = CounterMetricFamily(PREFIX + "admission_rejections", "Requests refused by admission control "
-                                       "(429 full line or wait too long, 503 memory budget).",
-                                       labels=["workload", "reason"])
+        inflight = GaugeMetricFamily(
+            PREFIX + "workload_inflight", "Requests computing now, per workload.", labels=["workload"]
+        )
+        queued = GaugeMetricFamily(
+            PREFIX + "workload_queued", "Requests waiting in line, per workload.", labels=["workload"]
+        )
+        rejected = CounterMetricFamily(
+            PREFIX + "admission_rejections",
+            "Requests refused by admission control (429 full line or wait too long, 503 memory budget).",
+            labels=["workload", "reason"],
+        )
         for lane in self.lanes.all():
             inflight.add_metric([lane.workload], lane.running)
             queued.add_metric([lane.workload], lane.waiting)
@@ -203,12 +261,25 @@ class Metrics:
 
     def __init__(self, registry: Registry, lanes: Lanes, fleets: FleetService | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(PREFIX + "http_requests_total", "HTTP requests served.",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram(PREFIX + "http_request_duration_seconds", "HTTP request latency in seconds.",
-                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.disconnects = Counter(PREFIX + "client_disconnects_total", "Requests whose client left before the "
-                                   "answer (recorded with status 499, a 4xx).", ["route"], registry=self.registry)
+        self.requests = Counter(
+            PREFIX + "http_requests_total",
+            "HTTP requests served.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            PREFIX + "http_request_duration_seconds",
+            "HTTP request latency in seconds.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.disconnects = Counter(
+            PREFIX + "client_disconnects_total",
+            "Requests whose client left before the answer (recorded with status 499, a 4xx).",
+            ["route"],
+            registry=self.registry,
+        )
         self.registry.register(ChipCollector(registry))
         self.registry.register(ServiceCollector(registry, lanes))
         if fleets is not None:

@@ -40,8 +40,15 @@ class ServiceMiddleware:
     get ``max_upload_bytes``, others ``max_request_bytes``); every request is counted and timed.
     ``open_paths`` (probes, metrics) are served while the service stops."""
 
-    def __init__(self, app: Any, settings: Settings, metrics: Metrics, upload_paths: frozenset[str],
-                 stopping: threading.Event, open_paths: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        app: Any,
+        settings: Settings,
+        metrics: Metrics,
+        upload_paths: frozenset[str],
+        stopping: threading.Event,
+        open_paths: frozenset[str] = frozenset(),
+    ):
         self.app = app
         self.settings = settings
         self.metrics = metrics
@@ -80,10 +87,18 @@ class ServiceMiddleware:
 
         async def refuse(code: int, message_text: str, field: str | None, extra: list[tuple[bytes, bytes]]) -> None:
             payload = dumps(error_body(code, message_text, field, oip=is_oip(scope["path"])))
-            await send_wrapper({"type": "http.response.start", "status": code,
-                                "headers": [(b"content-type", b"application/json"),
-                                            (b"content-length", str(len(payload)).encode()),
-                                            (b"connection", b"close"), *extra]})
+            await send_wrapper(
+                {
+                    "type": "http.response.start",
+                    "status": code,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(payload)).encode()),
+                        (b"connection", b"close"),
+                        *extra,
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": payload})
 
         shutdown_headers = [(b"retry-after", retry_after(SHUTDOWN_RETRY_S).encode())]
@@ -116,8 +131,9 @@ class ServiceMiddleware:
             self.metrics.observe(self._template(scope), method, status[0], time.perf_counter() - start)
 
     @staticmethod
-    async def _limit(scope: dict[str, Any], receive: Receive,
-                     limit: int, setting: str) -> tuple[tuple[int, str, str | None] | None, Receive]:
+    async def _limit(
+        scope: dict[str, Any], receive: Receive, limit: int, setting: str
+    ) -> tuple[tuple[int, str, str | None] | None, Receive]:
         """(status, message, field) when the body is refused, and the ``receive`` to read it with:
         a body without a declared length is read (and counted) here, then replayed to the app.
         Raises :class:`_ClientGone` if the client left meanwhile."""
@@ -127,8 +143,11 @@ class ServiceMiddleware:
             if not length.isdigit():
                 return (400, "Content-Length must be a non-negative integer", None), receive
             if int(length) > limit:
-                return (413, f"request body of {int(length)} bytes exceeds the limit of {limit} bytes ({setting})",
-                        "body"), receive
+                return (
+                    413,
+                    f"request body of {int(length)} bytes exceeds the limit of {limit} bytes ({setting})",
+                    "body",
+                ), receive
             return None, receive
         if b"chunked" not in headers.get(b"transfer-encoding", b"").lower():
             return None, receive

@@ -23,17 +23,44 @@ from service.served_chip import InferResult, ServedChip
 
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
 }
-NP_TO_OIP = {"bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-             "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64", "float16": "FP16",
-             "float32": "FP32", "float64": "FP64"}
+NP_TO_OIP = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
 OIP_PARAMETERS = {"age", "seed", "read_seed", "gdc", "binary_data_output"}
 #: Request parameters standard clients (Triton, KServe) may send; accepted and ignored.
-CLIENT_PARAMETERS = {"priority", "timeout", "sequence_id", "sequence_start", "sequence_end", "headers",
-                     "triton_enable_empty_final_response"}
+CLIENT_PARAMETERS = {
+    "priority",
+    "timeout",
+    "sequence_id",
+    "sequence_start",
+    "sequence_end",
+    "headers",
+    "triton_enable_empty_final_response",
+}
 #: Largest dimension of a tensor: numpy's shapes are int64, and no body the service accepts holds more.
 MAX_DIM = 2**31 - 1
 
@@ -131,8 +158,14 @@ def run_parameters(params: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     binary_all = params.get("binary_data_output", False)
     if not isinstance(binary_all, bool):
         raise _bad("parameters.binary_data_output", "must be true or false")
-    return {"age": params.get("age"), "read_seed": read_seed, "gdc": params.get("gdc", True), "seed": seed,
-            "age_field": "parameters.age", "gdc_field": "parameters.gdc"}, binary_all
+    return {
+        "age": params.get("age"),
+        "read_seed": read_seed,
+        "gdc": params.get("gdc", True),
+        "seed": seed,
+        "age_field": "parameters.age",
+        "gdc_field": "parameters.gdc",
+    }, binary_all
 
 
 def wanted_outputs(req: OipInferRequest, names: list[str], binary_all: bool) -> list[tuple[str, bool]]:
@@ -150,8 +183,9 @@ def wanted_outputs(req: OipInferRequest, names: list[str], binary_all: bool) -> 
     return wanted
 
 
-def encode_response(chip: ServedChip, req: OipInferRequest, res: InferResult,
-                    wanted: list[tuple[str, bool]]) -> tuple[bytes, dict[str, str]]:
+def encode_response(
+    chip: ServedChip, req: OipInferRequest, res: InferResult, wanted: list[tuple[str, bool]]
+) -> tuple[bytes, dict[str, str]]:
     """(body, headers): the JSON response, followed by the binary outputs if any."""
     by_name = dict(zip([o["name"] for o in chip.runtime.outputs], res.outputs))
     outputs, blobs = [], []
@@ -167,17 +201,29 @@ def encode_response(chip: ServedChip, req: OipInferRequest, res: InferResult,
         else:
             entry["data"] = finite_list(arr.ravel())
         outputs.append(entry)
-    content = {"model_name": chip.chip_id, "model_version": "1", "id": req.id,
-               "parameters": {"age_s": res.age_s, "age_source": res.age_source, "gdc": res.gdc,
-                              "read_seed": res.read_seed, "seed": res.seed,
-                              # estimates (chipsim.cost), labelled by the cost model that made them
-                              "energy_j": res.energy_j, "latency_s": res.latency_s,
-                              "cost_model": chip.cost.cost_model.name},
-               "outputs": outputs}
+    content = {
+        "model_name": chip.chip_id,
+        "model_version": "1",
+        "id": req.id,
+        "parameters": {
+            "age_s": res.age_s,
+            "age_source": res.age_source,
+            "gdc": res.gdc,
+            "read_seed": res.read_seed,
+            "seed": res.seed,
+            # estimates (chipsim.cost), labelled by the cost model that made them
+            "energy_j": res.energy_j,
+            "latency_s": res.latency_s,
+            "cost_model": chip.cost.cost_model.name,
+        },
+        "outputs": outputs,
+    }
     if req.id is None:
         del content["id"]
     head = dumps(content)
     if not blobs:
         return head, {"content-type": "application/json"}
-    return head + b"".join(blobs), {"content-type": "application/octet-stream",
-                                    "Inference-Header-Content-Length": str(len(head))}
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(head)),
+    }

@@ -29,7 +29,7 @@ EXAMPLES: dict[str, Any] = json.loads(EXAMPLES_FILE.read_text())
 PATH_PARAMETERS = {
     "chip_id": "Id of the chip (GET /chips lists them): 1-63 characters of a-z, 0-9, '-', '_'.",
     "job_id": "Id of the job (returned by POST /chips/{chip_id}/recalibrate, POST /fleets and POST "
-              "/fleets/{fleet_id}/evaluate; listed by GET /jobs).",
+    "/fleets/{fleet_id}/evaluate; listed by GET /jobs).",
     "fleet_id": "Id of the fleet (GET /fleets lists them): 1-59 characters of a-z, 0-9, '-', '_'.",
     "model_name": "The chip id: in the Open Inference Protocol each chip is a model.",
     "model_version": "Always '1' (a chip is immutable); any other version is 404.",
@@ -51,8 +51,12 @@ HTTP_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 def operations(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(method, path, operation) for every operation of an OpenAPI document."""
-    return [(method, path, op) for path, item in doc.get("paths", {}).items()
-            for method, op in item.items() if method in HTTP_METHODS]
+    return [
+        (method, path, op)
+        for path, item in doc.get("paths", {}).items()
+        for method, op in item.items()
+        if method in HTTP_METHODS
+    ]
 
 
 def complete(doc: dict[str, Any]) -> dict[str, Any]:
@@ -78,7 +82,8 @@ def complete(doc: dict[str, Any]) -> dict[str, Any]:
     schemas = doc.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         if f"#/components/schemas/{unused}" not in json.dumps(doc["paths"]) + json.dumps(
-                {k: v for k, v in schemas.items() if k != unused}):
+            {k: v for k, v in schemas.items() if k != unused}
+        ):
             schemas.pop(unused, None)
     return doc
 
@@ -96,8 +101,13 @@ def _drop_fastapi_validation_error(responses: dict[str, Any], oip: bool) -> None
 
 
 def _error_response(responses: dict[str, Any], code: str, description: str, oip: bool) -> None:
-    responses.setdefault(code, {"description": description, "content": {
-        "application/json": {"schema": OIP_ERROR_SCHEMA if oip else NATIVE_ERROR_SCHEMA}}})
+    responses.setdefault(
+        code,
+        {
+            "description": description,
+            "content": {"application/json": {"schema": OIP_ERROR_SCHEMA if oip else NATIVE_ERROR_SCHEMA}},
+        },
+    )
 
 
 def _route_example(op: dict[str, Any], example: dict[str, Any]) -> None:

@@ -51,8 +51,11 @@ class ReadOnly(Problem):
     the route's resource still serves on this replica (the HTTP edge's ``Allow`` header)."""
 
     def __init__(self, action: str, allow: tuple[str, ...] = ()):
-        super().__init__(None, f"this service is a read-only replica (AGEDCHIP_READ_ONLY=true): it cannot {action}; "
-                               "send the request to the writer of the state folder")
+        super().__init__(
+            None,
+            f"this service is a read-only replica (AGEDCHIP_READ_ONLY=true): it cannot {action}; "
+            "send the request to the writer of the state folder",
+        )
         self.allow = allow
 
 
@@ -94,11 +97,15 @@ def storage_problem(err: BaseException, action: str) -> Problem:
     reason = os.strerror(code) if isinstance(code, int) else str(err) or type(err).__name__
     name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
     if code in STORAGE_FULL_ERRNOS:
-        return StorageFull(None, f"store: {action}: {_ERRNO_WORDS[code]} ({name}: {reason}); nothing was changed. "
-                                 "Free space or make AGEDCHIP_STATE_DIR writable, then retry")
+        return StorageFull(
+            None,
+            f"store: {action}: {_ERRNO_WORDS[code]} ({name}: {reason}); nothing was changed. "
+            "Free space or make AGEDCHIP_STATE_DIR writable, then retry",
+        )
     detail = f"{name}: {reason}" if name else reason
-    return Unavailable(None, f"store: {action}: storage error ({detail}); nothing was changed, retry later",
-                       retry_after_s=5.0)
+    return Unavailable(
+        None, f"store: {action}: storage error ({detail}); nothing was changed, retry later", retry_after_s=5.0
+    )
 
 
 def fleet_problem(err: FleetError) -> Problem:
@@ -128,8 +135,10 @@ def invalid_value(err: Exception, default_field: str | None = None) -> InvalidFi
 
 # ----------------------------------------------------------------------------------- pydantic errors
 #: pydantic puts the member of a union that failed into the location ("gdc.bool"); not a field.
-_UNION_TAG = re.compile(r"(bool|int|float|str|bytes|list|dict|none|constrained-\w+|(literal|list|dict|tuple|"
-                        r"function-\w+)\[.*\])")
+_UNION_TAG = re.compile(
+    r"(bool|int|float|str|bytes|list|dict|none|constrained-\w+|(literal|list|dict|tuple|"
+    r"function-\w+)\[.*\])"
+)
 
 
 def loc_to_field(loc: tuple | list) -> str | None:
@@ -164,8 +173,11 @@ def invalid_request(err: Any) -> InvalidField:
     if first.get("type") == "json_invalid":
         field = "body"
     message = validation_message(first)
-    same = [validation_message(e) for e in errors[1:]
-            if loc_to_field(e.get("loc", ())) == loc_to_field(first.get("loc", ()))]
+    same = [
+        validation_message(e)
+        for e in errors[1:]
+        if loc_to_field(e.get("loc", ())) == loc_to_field(first.get("loc", ()))
+    ]
     if same:
         message = " or ".join(dict.fromkeys([message, *same]))
     if first.get("type") == "model_type" and not first.get("loc"):

@@ -65,8 +65,9 @@ def _conv_tiles(channels: int, kernel: int, tile_rows: int) -> int:
     return math.ceil(channels / max(1, tile_rows // max(1, kernel)))  # kernel > tile_rows: the compiler refuses
 
 
-def _layers(node: onnx.NodeProto, consts: dict[str, list[int]],
-            tile_rows: int) -> tuple[list[tuple[str, str]], int, int] | None:
+def _layers(
+    node: onnx.NodeProto, consts: dict[str, list[int]], tile_rows: int
+) -> tuple[list[tuple[str, str]], int, int] | None:
     """(the (weight, layout) keys of a node's layers, their tiles, their weights), or None for a
     node that stays digital."""
     ins = list(node.input) + [""] * 3

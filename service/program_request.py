@@ -81,9 +81,17 @@ def program_spec(fields: dict[str, Any], files: dict[str, tuple[bytes, str | Non
         raise InvalidField("model", "model: upload an ONNX file or name a zoo model, not both")
     eval_bytes = (files.get("eval") or files.get("eval_data") or (None, None))[0]
     return ProgramSpec(
-        model_bytes=model_bytes, model_filename=filename, zoo_model=None if model_bytes is not None else zoo,
-        chip_id=req.chip_id, preset=preset, overrides=overrides, seed=req.seed, time_scale=req.time_scale,
-        calibration=files.get("calibration", (None, None))[0], eval_data=eval_bytes, dry_run=req.dry_run,
+        model_bytes=model_bytes,
+        model_filename=filename,
+        zoo_model=None if model_bytes is not None else zoo,
+        chip_id=req.chip_id,
+        preset=preset,
+        overrides=overrides,
+        seed=req.seed,
+        time_scale=req.time_scale,
+        calibration=files.get("calibration", (None, None))[0],
+        eval_data=eval_bytes,
+        dry_run=req.dry_run,
     )
 
 
@@ -99,8 +107,10 @@ def json_program_spec(body: bytes) -> ProgramSpec:
 
 
 def unsupported(ctype: str) -> UnsupportedMediaType:
-    return UnsupportedMediaType("content-type", f"content-type: expected multipart/form-data (ONNX upload) or "
-                                f"application/json (zoo model), got {ctype!r}")
+    return UnsupportedMediaType(
+        "content-type",
+        f"content-type: expected multipart/form-data (ONNX upload) or application/json (zoo model), got {ctype!r}",
+    )
 
 
 OPENAPI = {
@@ -111,33 +121,56 @@ OPENAPI = {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "model": {"type": "string", "format": "binary",
-                                  "description": "ONNX model file (opset ≥ 13; fp32, fp16 or bf16; ops of other "
-                                                 "domains that onnxruntime runs stay digital), or a .zip/.tar holding "
-                                                 "the model and its external data files, or a zoo model name as a "
-                                                 "text field."},
+                        "model": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "ONNX model file (opset ≥ 13; fp32, fp16 or bf16; ops of other "
+                            "domains that onnxruntime runs stay digital), or a .zip/.tar holding "
+                            "the model and its external data files, or a zoo model name as a "
+                            "text field.",
+                        },
                         "zoo_model": {"type": "string", "description": "Zoo model name (instead of an upload)."},
-                        "chip_id": {"type": "string", "description": "Id of the new chip (a-z, 0-9, '-', '_'; "
-                                                                     "≤ 63 characters). Default: <model>-<hex>."},
-                        "profile": {"type": "string", "description": "Preset name (ideal, pcm-reference, pcm, "
-                                                                     "pcm-faulty, reram; default pcm) or a JSON "
-                                                                     "object {\"preset\": …, field: value…}."},
-                        "overrides": {"type": "string", "description": "JSON object of profile fields to override, "
-                                                                       "e.g. {\"drift_scale\": 2}."},
+                        "chip_id": {
+                            "type": "string",
+                            "description": "Id of the new chip (a-z, 0-9, '-', '_'; "
+                            "≤ 63 characters). Default: <model>-<hex>.",
+                        },
+                        "profile": {
+                            "type": "string",
+                            "description": "Preset name (ideal, pcm-reference, pcm, "
+                            "pcm-faulty, reram; default pcm) or a JSON "
+                            'object {"preset": …, field: value…}.',
+                        },
+                        "overrides": {
+                            "type": "string",
+                            "description": 'JSON object of profile fields to override, e.g. {"drift_scale": 2}.',
+                        },
                         "seed": {"type": "integer", "description": "Programming seed (default random)."},
-                        "time_scale": {"type": "number", "description": "Chip seconds per wall-clock second for "
-                                                                         "requests without an age (default 1)."},
-                        "dry_run": {"type": "boolean", "description": "true: answer 200 with what programming would "
-                                                                      "do (analog nodes, digital nodes and why, "
-                                                                      "refusals); nothing is programmed."},
-                        "calibration": {"type": "string", "format": "binary",
-                                        "description": ".npz with 'x' (or one array per input name, in the input's "
-                                                       "dtype: token ids as integers): calibrates DAC input ranges of "
-                                                       "layers without learned ranges."},
-                        "eval": {"type": "string", "format": "binary",
-                                 "description": ".npz with inputs ('x' or per input name) and integer labels 'y': "
-                                                "the chip's eval set (evaluate, accuracy gauges); without "
-                                                "calibration data, its first samples calibrate the DAC ranges."},
+                        "time_scale": {
+                            "type": "number",
+                            "description": "Chip seconds per wall-clock second for "
+                            "requests without an age (default 1).",
+                        },
+                        "dry_run": {
+                            "type": "boolean",
+                            "description": "true: answer 200 with what programming would "
+                            "do (analog nodes, digital nodes and why, "
+                            "refusals); nothing is programmed.",
+                        },
+                        "calibration": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz with 'x' (or one array per input name, in the input's "
+                            "dtype: token ids as integers): calibrates DAC input ranges of "
+                            "layers without learned ranges.",
+                        },
+                        "eval": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz with inputs ('x' or per input name) and integer labels 'y': "
+                            "the chip's eval set (evaluate, accuracy gauges); without "
+                            "calibration data, its first samples calibrate the DAC ranges.",
+                        },
                     },
                 }
             },

@@ -21,8 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from chipsim.model_inputs import InputError
 from chipsim.modes import RecalibrationAlgorithm
 from chipsim.recalibration import (
-    ALGORITHMS, MAX_BATCH_SIZE, MAX_STEP_SIZE, MAX_STEPS, MIN_BATCH_SIZE, MIN_STEPS, RecalibrationCancelled,
-    RecalibrationConfig, RecalibrationError, find_layer, recalibrate,
+    ALGORITHMS,
+    MAX_BATCH_SIZE,
+    MAX_STEP_SIZE,
+    MAX_STEPS,
+    MIN_BATCH_SIZE,
+    MIN_STEPS,
+    RecalibrationCancelled,
+    RecalibrationConfig,
+    RecalibrationError,
+    find_layer,
+    recalibrate,
 )
 from service.datasets import parse_eval_set
 from service.forms import FormFields
@@ -50,23 +59,41 @@ class RecalibrateForm(BaseModel):
 
     # A Literal over the enum's values keeps the OpenAPI schema an inline enum of strings.
     algorithm: Literal[ALGORITHMS] = Field(  # type: ignore[valid-type]
-        RecalibrationAlgorithm.RESIDUAL_V2.value, description="Training algorithm on pulsed devices: 'analog-sgd', 'residual' (residual "
-                                   "learning v1) or 'residual-v2' (filtered, thresholded transfer).")
-    layer: str | None = Field(None, description="Analog layer to retrain (GET /chips/{id} lists layer names); "
-                                                "default the last one. Must be a MatMul/Gemm feeding the output.")
+        RecalibrationAlgorithm.RESIDUAL_V2.value,
+        description="Training algorithm on pulsed devices: 'analog-sgd', 'residual' (residual "
+        "learning v1) or 'residual-v2' (filtered, thresholded transfer).",
+    )
+    layer: str | None = Field(
+        None,
+        description="Analog layer to retrain (GET /chips/{id} lists layer names); "
+        "default the last one. Must be a MatMul/Gemm feeding the output.",
+    )
     steps: int = Field(300, ge=MIN_STEPS, le=MAX_STEPS, description="Training steps (minibatches).")
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Seed of the minibatches, device noise and the "
-                                                                   "re-written devices; default random, returned.")
-    age: str | None = Field(None, description=AGE_DOC + " The parent's age at recalibration; default its current "
-                                                        "age (wall clock × time scale).")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Seed of the minibatches, device noise and the re-written devices; default random, returned.",
+    )
+    age: str | None = Field(
+        None,
+        description=AGE_DOC + " The parent's age at recalibration; default its current age (wall clock × time scale).",
+    )
     new_chip_id: str | None = Field(None, description="Id of the new chip; default '<parent>-recal-<n>'.")
     batch_size: int = Field(32, ge=MIN_BATCH_SIZE, le=MAX_BATCH_SIZE, description="Samples per training step.")
-    lr: float = Field(0.05, gt=0, le=MAX_STEP_SIZE,
-                      description="Learning rate (dimensionless: normalised weight per unit of loss gradient).")
+    lr: float = Field(
+        0.05,
+        gt=0,
+        le=MAX_STEP_SIZE,
+        description="Learning rate (dimensionless: normalised weight per unit of loss gradient).",
+    )
 
 
-FORM = FormFields(text=frozenset(RecalibrateForm.model_fields), files=frozenset({"data"}),
-                  file_hints={"data": ".npz with 'x' and 'y'"})
+FORM = FormFields(
+    text=frozenset(RecalibrateForm.model_fields),
+    files=frozenset({"data"}),
+    file_hints={"data": ".npz with 'x' and 'y'"},
+)
 #: Form limits handed to the form parser.
 MAX_FILES, MAX_FIELDS = 2, 16
 
@@ -89,10 +116,13 @@ class JobResult(BaseModel):
     accuracy_after: float = Field(description="New chip right after recalibration, GDC on, same samples (ratio).")
     holdout_samples: int = Field(description="Uploaded samples kept out of training for the accuracies (25 %).")
     train_samples: int = Field(description="Uploaded samples used for training.")
-    age_s: float = Field(description="Parent's age at recalibration, seconds; the new chip at age 0 is the parent "
-                                     "at this age, except for the re-written layer.")
-    history: list[dict[str, float]] = Field(description="Held-out accuracy (ratio) of the trained layer alone "
-                                                        "and pulses (count), every ~10 % of the steps.")
+    age_s: float = Field(
+        description="Parent's age at recalibration, seconds; the new chip at age 0 is the parent "
+        "at this age, except for the re-written layer."
+    )
+    history: list[dict[str, float]] = Field(
+        description="Held-out accuracy (ratio) of the trained layer alone and pulses (count), every ~10 % of the steps."
+    )
     seconds: float = Field(description="Wall time of the training and publishing, seconds.")
 
 
@@ -105,7 +135,8 @@ class JobStatus(BaseModel):
     job_id: str = Field(description="Id of the job (GET /jobs/{job_id}).")
     kind: Literal["recalibration"] = Field(description="What the job does.")
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
-        description="Where the job is; the last three are final.")
+        description="Where the job is; the last three are final."
+    )
     chip_id: str = Field(description="The parent chip.")
     new_chip_id: str = Field(description="Id the new chip gets (reserved; exists only once the job succeeded).")
     algorithm: str = Field(description="Training algorithm.")
@@ -159,16 +190,22 @@ def _default_id(registry: Registry, parent_id: str) -> str:
 def _training_data(parent: ServedChip, data: bytes | None, max_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """The uploaded samples as the parent's (single) input and labels, checked like inference inputs."""
     if data is None:
-        raise InvalidField("data", "data: required: a .npz file (multipart field 'data') with inputs 'x' and "
-                           "integer labels 'y'")
+        raise InvalidField(
+            "data", "data: required: a .npz file (multipart field 'data') with inputs 'x' and integer labels 'y'"
+        )
     names = [i["name"] for i in parent.runtime.inputs]
     if len(names) != 1:
-        raise InvalidField("chip_id", f"chip_id: chip {parent.chip_id!r} has {len(names)} inputs {names}; "
-                           "recalibration supports single-input models")
+        raise InvalidField(
+            "chip_id",
+            f"chip_id: chip {parent.chip_id!r} has {len(names)} inputs {names}; "
+            "recalibration supports single-input models",
+        )
     ev = parse_eval_set(data, names, max_samples, field_name="data")
     if len(ev) < MIN_SAMPLES:
-        raise InvalidField("data.y", f"data.y: {len(ev)} samples; recalibration needs at least {MIN_SAMPLES} "
-                           "(a few hundred is typical)")
+        raise InvalidField(
+            "data.y",
+            f"data.y: {len(ev)} samples; recalibration needs at least {MIN_SAMPLES} (a few hundred is typical)",
+        )
     try:
         feeds = parent.runtime.check_inputs(ev.feeds)
     except InputError as err:  # the inputs are the upload's arrays: name them so
@@ -177,8 +214,9 @@ def _training_data(parent: ServedChip, data: bytes | None, max_samples: int) -> 
     return next(iter(feeds.values())), ev.labels
 
 
-def prepare(registry: Registry, settings: Settings, chip_id: str, fields: dict[str, Any],
-            data: bytes | None) -> RecalSpec:
+def prepare(
+    registry: Registry, settings: Settings, chip_id: str, fields: dict[str, Any], data: bytes | None
+) -> RecalSpec:
     """Validate a request (blocking: call from a worker thread) and reserve the new chip's id."""
     parent = registry.get(chip_id)
     try:
@@ -193,13 +231,22 @@ def prepare(registry: Registry, settings: Settings, chip_id: str, fields: dict[s
     layer = parent.chip.layers[idx]
     n_classes = layer.shape[1]
     if int(y.max()) >= n_classes:
-        raise InvalidField("data.y", f"data.y: labels must be class indices in [0, {n_classes - 1}] (layer "
-                           f"{layer.name!r} has {n_classes} outputs), got {int(y.max())}")
+        raise InvalidField(
+            "data.y",
+            f"data.y: labels must be class indices in [0, {n_classes - 1}] (layer "
+            f"{layer.name!r} has {n_classes} outputs), got {int(y.max())}",
+        )
     age_s = parent.age_of(form.age)[0]
     seed = form.seed if form.seed is not None else secrets.randbits(31)
     try:
-        config = RecalibrationConfig(algorithm=form.algorithm, layer=form.layer, steps=form.steps,
-                                     batch_size=form.batch_size, lr=form.lr, seed=seed)
+        config = RecalibrationConfig(
+            algorithm=form.algorithm,
+            layer=form.layer,
+            steps=form.steps,
+            batch_size=form.batch_size,
+            lr=form.lr,
+            seed=seed,
+        )
     except ValueError as err:  # a RecalibrationError names its field
         raise invalid_value(err) from None
     if form.new_chip_id is None:
@@ -214,15 +261,31 @@ def prepare(registry: Registry, settings: Settings, chip_id: str, fields: dict[s
 def submit(jobs: JobTable, registry: Registry, spec: RecalSpec) -> dict[str, Any]:
     """Start the recalibration job of a prepared request; its view. The id reservation ends with the job."""
     cfg = spec.config
-    params = {"chip_id": spec.parent.chip_id, "new_chip_id": spec.new_chip_id, "algorithm": cfg.algorithm,
-              "layer": spec.layer, "seed": cfg.seed, "age_s": spec.age_s, "samples": int(len(spec.y))}
+    params = {
+        "chip_id": spec.parent.chip_id,
+        "new_chip_id": spec.new_chip_id,
+        "algorithm": cfg.algorithm,
+        "layer": spec.layer,
+        "seed": cfg.seed,
+        "age_s": spec.age_s,
+        "samples": int(len(spec.y)),
+    }
 
     def work(job: Job) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            res = recalibrate(spec.parent.chip, spec.age_s, spec.x, spec.y, cfg, spec.new_chip_id, holdout=HOLDOUT,
-                              threads=registry.settings.ort_threads or None, progress=job.progress,
-                              should_cancel=job.cancel.is_set)
+            res = recalibrate(
+                spec.parent.chip,
+                spec.age_s,
+                spec.x,
+                spec.y,
+                cfg,
+                spec.new_chip_id,
+                holdout=HOLDOUT,
+                threads=registry.settings.ort_threads or None,
+                progress=job.progress,
+                should_cancel=job.cancel.is_set,
+            )
         except RecalibrationCancelled as err:
             raise JobCancelled(str(err)) from None
         except (RecalibrationError, InputError) as err:
@@ -232,20 +295,42 @@ def submit(jobs: JobTable, registry: Registry, spec: RecalSpec) -> dict[str, Any
         n_hold = int(res.chip.meta["recalibration"]["holdout_samples"])
         registry.publish(res.chip)
         result = {
-            "new_chip_id": res.chip.chip_id, "parent": spec.parent.chip_id, "layer": res.layer,
-            "algorithm": cfg.algorithm, "steps": res.steps, "pulses": int(res.pulses),
-            "accuracy_before": res.accuracy_before, "accuracy_before_no_gdc": res.accuracy_before_no_gdc,
-            "accuracy_after": res.accuracy_after, "holdout_samples": n_hold,
-            "train_samples": int(len(spec.y)) - n_hold, "age_s": spec.age_s, "history": res.history,
+            "new_chip_id": res.chip.chip_id,
+            "parent": spec.parent.chip_id,
+            "layer": res.layer,
+            "algorithm": cfg.algorithm,
+            "steps": res.steps,
+            "pulses": int(res.pulses),
+            "accuracy_before": res.accuracy_before,
+            "accuracy_before_no_gdc": res.accuracy_before_no_gdc,
+            "accuracy_after": res.accuracy_after,
+            "holdout_samples": n_hold,
+            "train_samples": int(len(spec.y)) - n_hold,
+            "age_s": spec.age_s,
+            "history": res.history,
             "seconds": time.perf_counter() - t0,
         }
-        log.info("recalibrated chip %s → %s (%s, %d steps, %d pulses): accuracy %.3f → %.3f in %.1f s",
-                 spec.parent.chip_id, res.chip.chip_id, cfg.algorithm, res.steps, res.pulses,
-                 res.accuracy_before, res.accuracy_after, result["seconds"])
+        log.info(
+            "recalibrated chip %s → %s (%s, %d steps, %d pulses): accuracy %.3f → %.3f in %.1f s",
+            spec.parent.chip_id,
+            res.chip.chip_id,
+            cfg.algorithm,
+            res.steps,
+            res.pulses,
+            res.accuracy_before,
+            res.accuracy_after,
+            result["seconds"],
+        )
         return result
 
-    return jobs.submit(KIND, cfg.steps, params, work, on_end=lambda: registry.release(spec.new_chip_id),
-                       failure_note="no chip was written")
+    return jobs.submit(
+        KIND,
+        cfg.steps,
+        params,
+        work,
+        on_end=lambda: registry.release(spec.new_chip_id),
+        failure_note="no chip was written",
+    )
 
 
 def _form_field_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -260,17 +345,26 @@ def _form_field_schema(schema: dict[str, Any]) -> dict[str, Any]:
 OPENAPI = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["data"],
-            "properties": {
-                "data": {"type": "string", "format": "binary",
-                         "description": ".npz with inputs 'x' (N, …) shaped like the model's input and integer "
-                                        "labels 'y' (N,) in [0, classes); at least 8 samples, a few hundred "
-                                        "typical; 25 % are held out for the before/after accuracy."},
-                **{name: _form_field_schema(schema)
-                   for name, schema in RecalibrateForm.model_json_schema()["properties"].items()},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz with inputs 'x' (N, …) shaped like the model's input and integer "
+                            "labels 'y' (N,) in [0, classes); at least 8 samples, a few hundred "
+                            "typical; 25 % are held out for the before/after accuracy.",
+                        },
+                        **{
+                            name: _form_field_schema(schema)
+                            for name, schema in RecalibrateForm.model_json_schema()["properties"].items()
+                        },
+                    },
+                }
+            }
+        },
     }
 }

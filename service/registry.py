@@ -8,7 +8,9 @@ chip is never visible. A chip leaves it only after the store deleted it: when st
 chip stays, intact and served. Deletes of one chip id are serialized. Chips themselves are
 immutable (ages are read-outs), so requests that hold a chip keep working even if it is deleted
 meanwhile. A read-only replica (``AGEDCHIP_READ_ONLY``) opens the store read-only, refuses every
-mutation with :class:`~service.problems.ReadOnly` and follows the writer by :meth:`Registry.relist`. The cost of programming (tiles, devices) is bounded before any work. Errors are
+mutation with :class:`~service.problems.ReadOnly` and follows the writer by
+:meth:`Registry.relist`. The cost of programming (tiles, devices) is bounded before any work.
+Errors are
 :mod:`service.problems`.
 """
 
@@ -120,8 +122,11 @@ class Registry:
         dropped = sum(chip.drop_eval_runtime() for chip in chips)
         freed = sum(chip.evict_readouts(keep=1) for chip in chips)
         gc.collect()
-        log.info("memory budget reached: dropped %d evaluation runtime(s) and %d MiB of cached read-outs", dropped,
-                 freed >> 20)
+        log.info(
+            "memory budget reached: dropped %d evaluation runtime(s) and %d MiB of cached read-outs",
+            dropped,
+            freed >> 20,
+        )
 
     # ------------------------------------------------------------------ queries
     def get(self, chip_id: str) -> ServedChip:
@@ -132,8 +137,9 @@ class Registry:
             if chip is not None:
                 return chip
             if chip_id in self._corrupt:
-                raise Conflict("chip_id", f"chip_id: chip {chip_id!r} is corrupt and cannot serve: "
-                               f"{self._corrupt[chip_id]}")
+                raise Conflict(
+                    "chip_id", f"chip_id: chip {chip_id!r} is corrupt and cannot serve: {self._corrupt[chip_id]}"
+                )
             if chip_id in self._pending:
                 raise NotFound("chip_id", f"chip_id: chip {chip_id!r} is still being programmed")
         raise NotFound("chip_id", f"chip_id: no chip {chip_id!r}")
@@ -155,12 +161,33 @@ class Registry:
             chips, corrupt = list(self._chips.values()), dict(self._corrupt)
         out: list[dict[str, Any]] = []
         for c in chips:
-            out.append({"chip_id": c.chip_id, "state": "ready", "model": c.model_name, "profile": c.preset,
-                        "seed": c.chip.seed, "programmed_at": c.chip.programmed_at, "time_scale": c.time_scale,
-                        "age_s": c.wall_age(), "error": None})
+            out.append(
+                {
+                    "chip_id": c.chip_id,
+                    "state": "ready",
+                    "model": c.model_name,
+                    "profile": c.preset,
+                    "seed": c.chip.seed,
+                    "programmed_at": c.chip.programmed_at,
+                    "time_scale": c.time_scale,
+                    "age_s": c.wall_age(),
+                    "error": None,
+                }
+            )
         for chip_id, err in corrupt.items():
-            out.append({"chip_id": chip_id, "state": "corrupt", "model": None, "profile": None, "seed": None,
-                        "programmed_at": None, "time_scale": None, "age_s": None, "error": err})
+            out.append(
+                {
+                    "chip_id": chip_id,
+                    "state": "corrupt",
+                    "model": None,
+                    "profile": None,
+                    "seed": None,
+                    "programmed_at": None,
+                    "time_scale": None,
+                    "age_s": None,
+                    "error": err,
+                }
+            )
         return sorted(out, key=lambda e: e["chip_id"])
 
     # ------------------------------------------------------------------ loading
@@ -247,8 +274,7 @@ class Registry:
         gone = [chip_id for chip_id in known if chip_id not in listings]
         for chip_id in gone:
             self._forget(chip_id)
-        changed = [listing for chip_id, listing in listings.items()
-                   if known.get(chip_id) != self._signature(listing)]
+        changed = [listing for chip_id, listing in listings.items() if known.get(chip_id) != self._signature(listing)]
         for listing in changed:
             self._load_listed(listing)
         if gone or changed:
@@ -276,14 +302,24 @@ class Registry:
                         break
             else:
                 _chip_id(chip_id, field_name)
-                if chip_id in self._chips or chip_id in self._corrupt or chip_id in self._pending \
-                        or self.store.exists(chip_id):
-                    raise Conflict(field_name, f"{field_name}: chip {chip_id!r} already exists (chips are immutable; "
-                                   "delete it or choose another id)")
+                if (
+                    chip_id in self._chips
+                    or chip_id in self._corrupt
+                    or chip_id in self._pending
+                    or self.store.exists(chip_id)
+                ):
+                    raise Conflict(
+                        field_name,
+                        f"{field_name}: chip {chip_id!r} already exists (chips are immutable; "
+                        "delete it or choose another id)",
+                    )
             n = len(self._chips) + len(self._corrupt) + len(self._pending)
             if n >= self.settings.max_chips:
-                raise Conflict(field_name, f"{field_name}: the store holds the maximum of {self.settings.max_chips} "
-                               "chips (AGEDCHIP_MAX_CHIPS); delete one first")
+                raise Conflict(
+                    field_name,
+                    f"{field_name}: the store holds the maximum of {self.settings.max_chips} "
+                    "chips (AGEDCHIP_MAX_CHIPS); delete one first",
+                )
             self._pending.add(chip_id)
             return chip_id
 
@@ -301,8 +337,9 @@ class Registry:
         assert spec.model_bytes is not None
         model_bytes = spec.model_bytes
         if is_archive(model_bytes):
-            limits = ArchiveLimits(max_members=self.settings.max_archive_members,
-                                   max_bytes=self.settings.max_archive_bytes)
+            limits = ArchiveLimits(
+                max_members=self.settings.max_archive_members, max_bytes=self.settings.max_archive_bytes
+            )
             try:
                 model_bytes = model_from_archive(model_bytes, limits)
             except ValueError as err:  # CompileError
@@ -313,8 +350,11 @@ class Registry:
         if spec.zoo_model is not None:
             self.zoo.check_name(spec.zoo_model)
         elif not spec.model_bytes:
-            raise InvalidField("model", "model: upload an ONNX file (multipart field 'model') or name a zoo model "
-                               f"(available: {self.zoo.names()})")
+            raise InvalidField(
+                "model",
+                "model: upload an ONNX file (multipart field 'model') or name a zoo model "
+                f"(available: {self.zoo.names()})",
+            )
 
     def dry_run(self, spec: ProgramSpec) -> dict[str, Any]:
         """What programming the request would do (analog and digital nodes, refusals), as JSON;
@@ -326,9 +366,14 @@ class Registry:
         calib = calibration_feeds(load_npz(spec.calibration, "calibration")) if spec.calibration is not None else None
         eval_set = self._eval_set(model_bytes, eval_bytes) if eval_bytes is not None else None
         try:
-            report = inspect_model(model_bytes, profile, spec.preset, calibration=calib,
-                                   eval_inputs=eval_set.feeds if eval_set is not None else None,
-                                   limits=self.allocation_limits())
+            report = inspect_model(
+                model_bytes,
+                profile,
+                spec.preset,
+                calibration=calib,
+                eval_inputs=eval_set.feeds if eval_set is not None else None,
+                limits=self.allocation_limits(),
+            )
         except ValueError as err:  # calibration data that does not fit the model
             raise invalid_value(err, default_field="model") from None
         return {"dry_run": True, **report.to_json()}
@@ -361,9 +406,16 @@ class Registry:
             }
             t0 = time.perf_counter()
             try:
-                chip = program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calib, meta=meta,
-                                    eval_inputs=eval_set.feeds if eval_set is not None else None,
-                                    limits=self.allocation_limits())
+                chip = program_onnx(
+                    model_bytes,
+                    profile,
+                    seed,
+                    chip_id=chip_id,
+                    calibration=calib,
+                    meta=meta,
+                    eval_inputs=eval_set.feeds if eval_set is not None else None,
+                    limits=self.allocation_limits(),
+                )
             except AllocationError as err:
                 setting = {"tensor": "AGEDCHIP_MAX_TENSOR_ELEMENTS", "total": "AGEDCHIP_MAX_GRAPH_ELEMENTS"}[err.limit]
                 raise InvalidField("model", f"{err} ({setting}, at batch AGEDCHIP_MAX_BATCH)") from None
@@ -373,8 +425,14 @@ class Registry:
                 chip = dataclasses.replace(chip, attachments={**chip.attachments, EVAL_ATTACHMENT: eval_bytes})
             self._save(chip)
             served = self._served(chip, eval_set=eval_set)
-            log.info("programmed chip %s (%s, %s, seed %d) in %.2f s", chip_id, meta["model_name"], spec.preset,
-                     seed, time.perf_counter() - t0)
+            log.info(
+                "programmed chip %s (%s, %s, seed %d) in %.2f s",
+                chip_id,
+                meta["model_name"],
+                spec.preset,
+                seed,
+                time.perf_counter() - t0,
+            )
             with self._lock:
                 self._chips[chip_id] = served
             return served
@@ -385,8 +443,9 @@ class Registry:
     def allocation_limits(self) -> AllocationLimits:
         """What a model may allocate (issue #15): its tensors at the largest batch served."""
         s = self.settings
-        return AllocationLimits(batch=s.max_batch, max_tensor_elements=s.max_tensor_elements,
-                                max_total_elements=s.max_graph_elements)
+        return AllocationLimits(
+            batch=s.max_batch, max_tensor_elements=s.max_tensor_elements, max_total_elements=s.max_graph_elements
+        )
 
     def _check_cost(self, model_bytes: bytes, profile: ChipProfile, tile_rows_given: bool) -> None:
         """Refuse a chip over AGEDCHIP_MAX_TILES or AGEDCHIP_MAX_DEVICES before any work. Tiles
@@ -397,12 +456,18 @@ class Registry:
         limit = self.settings.max_tiles
         if cost.tiles > limit:
             field = "profile.tile_rows" if tile_rows_given else "model"
-            raise InvalidField(field, f"{field}: the model maps onto {cost.tiles} tiles with tile_rows="
-                               f"{profile.tile_rows}, more than the limit of {limit} (AGEDCHIP_MAX_TILES); raise "
-                               "tile_rows or use a smaller model")
+            raise InvalidField(
+                field,
+                f"{field}: the model maps onto {cost.tiles} tiles with tile_rows="
+                f"{profile.tile_rows}, more than the limit of {limit} (AGEDCHIP_MAX_TILES); raise "
+                "tile_rows or use a smaller model",
+            )
         if cost.devices > self.settings.max_devices:
-            raise InvalidField("model", f"model: its analog weights need {cost.devices} devices, more than the limit "
-                               f"of {self.settings.max_devices} (AGEDCHIP_MAX_DEVICES)")
+            raise InvalidField(
+                "model",
+                f"model: its analog weights need {cost.devices} devices, more than the limit "
+                f"of {self.settings.max_devices} (AGEDCHIP_MAX_DEVICES)",
+            )
 
     def _save(self, chip: ChipState) -> None:
         """Publish a chip in the store; storage failures are problems naming their cause."""
@@ -469,8 +534,11 @@ class Registry:
                 known = chip_id in self._chips or chip_id in self._corrupt
             fleet = self.owner_of(chip_id)
             if fleet is not None:  # a fleet is whole or absent: its chips go with it
-                raise Conflict("chip_id", f"chip_id: chip {chip_id!r} belongs to fleet {fleet!r}; DELETE "
-                               f"/fleets/{fleet} deletes the fleet with its chips")
+                raise Conflict(
+                    "chip_id",
+                    f"chip_id: chip {chip_id!r} belongs to fleet {fleet!r}; DELETE "
+                    f"/fleets/{fleet} deletes the fleet with its chips",
+                )
             try:
                 self.store.delete(chip_id)
             except ChipNotFoundError:
@@ -494,15 +562,29 @@ def program_default_chip(registry: Registry, settings: Settings) -> None:
     if any(c.chip_id == chip_id for c in registry.ready()):
         return
     if settings.default_model not in registry.zoo.names():
-        log.warning("default model %r is not in the zoo at %s; no default chip (POST /program to create chips)",
-                    settings.default_model, settings.zoo_dir)
+        log.warning(
+            "default model %r is not in the zoo at %s; no default chip (POST /program to create chips)",
+            settings.default_model,
+            settings.zoo_dir,
+        )
         return
     try:
-        registry.program(ProgramSpec(zoo_model=settings.default_model, chip_id=chip_id,
-                                     preset=settings.default_profile, seed=settings.default_seed,
-                                     time_scale=settings.default_time_scale))
-        log.info("programmed the default chip %r from zoo model %r (%s, time scale %g)", chip_id,
-                 settings.default_model, settings.default_profile, settings.default_time_scale)
+        registry.program(
+            ProgramSpec(
+                zoo_model=settings.default_model,
+                chip_id=chip_id,
+                preset=settings.default_profile,
+                seed=settings.default_seed,
+                time_scale=settings.default_time_scale,
+            )
+        )
+        log.info(
+            "programmed the default chip %r from zoo model %r (%s, time scale %g)",
+            chip_id,
+            settings.default_model,
+            settings.default_profile,
+            settings.default_time_scale,
+        )
     except Problem as err:
         log.error("could not program the default chip: %s", err.message)
     except Exception:

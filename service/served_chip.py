@@ -26,8 +26,7 @@ from chipsim.cost import CostError, CostEstimator
 from chipsim.fleet import BreachTime, breach_from_evaluation, seconds_until_breach
 from chipsim.fleet.evalset import EvalSet as FleetEvalSet
 from chipsim.fleet.evalset import digital_accuracy
-from chipsim.modes import SloMetric
-from chipsim.modes import GdcMode
+from chipsim.modes import GdcMode, SloMetric
 from chipsim.readout import ChipReadout, LayerReadout
 from chipsim.runtime import ChipRuntime, InputError
 from service.datasets import EvalSet, parse_eval_set
@@ -63,8 +62,11 @@ def reported_alpha(layer: LayerReadout, mode: GdcMode) -> np.ndarray:
 
 def io_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """A model input or output for clients: dynamic dimensions are null."""
-    return {"name": meta["name"], "dtype": str(meta["dtype"]),
-            "shape": [d if isinstance(d, int) and d > 0 else None for d in meta["shape"]]}
+    return {
+        "name": meta["name"],
+        "dtype": str(meta["dtype"]),
+        "shape": [d if isinstance(d, int) and d > 0 else None for d in meta["shape"]],
+    }
 
 
 #: The gauges' ``gdc`` label → the GDC request it stands for (the profile's mode, or off).
@@ -103,8 +105,14 @@ class InferResult:
 
 
 def _runtime(chip: ChipState, settings: Settings, binding: str, cache_bytes: int, cache_entries: int) -> ChipRuntime:
-    return ChipRuntime(chip, threads=settings.ort_threads or None, cache_bytes=cache_bytes,
-                       cache_entries=cache_entries, binding=binding, noise=settings.mvm_noise)
+    return ChipRuntime(
+        chip,
+        threads=settings.ort_threads or None,
+        cache_bytes=cache_bytes,
+        cache_entries=cache_entries,
+        binding=binding,
+        noise=settings.mvm_noise,
+    )
 
 
 class ServedChip:
@@ -113,8 +121,15 @@ class ServedChip:
     ``eval_set`` is the chip's parsed eval set when the caller has it (just programmed); otherwise
     it is parsed from the chip's attachment on first use."""
 
-    def __init__(self, chip: ChipState, settings: Settings, disk_bytes: int = 0, shared_bytes: int = 0,
-                 eval_set: EvalSet | None = None, memory: MemoryGuard | None = None):
+    def __init__(
+        self,
+        chip: ChipState,
+        settings: Settings,
+        disk_bytes: int = 0,
+        shared_bytes: int = 0,
+        eval_set: EvalSet | None = None,
+        memory: MemoryGuard | None = None,
+    ):
         self.chip = chip
         self.memory = memory
         self.chip_id = chip.chip_id
@@ -157,18 +172,20 @@ class ServedChip:
         for layer in self.chip.layers:
             codes = fl.decode_faults(layer.nu)
             rows, cols = layer.shape
-            out.append({
-                "name": layer.name,
-                "kind": str(layer.meta.get("kind", "matmul")),
-                "rows": int(rows),
-                "cols": int(cols),
-                "tiles": len(layer.tiles),
-                "devices": int(layer.nu.size),
-                "input_range": float(layer.input_range),
-                "input_range_source": str(layer.meta.get("input_range_source", "unknown")),
-                "stuck_reset": int(np.count_nonzero(codes == fl.STUCK_RESET)),
-                "stuck_set": int(np.count_nonzero(codes == fl.STUCK_SET)),
-            })
+            out.append(
+                {
+                    "name": layer.name,
+                    "kind": str(layer.meta.get("kind", "matmul")),
+                    "rows": int(rows),
+                    "cols": int(cols),
+                    "tiles": len(layer.tiles),
+                    "devices": int(layer.nu.size),
+                    "input_range": float(layer.input_range),
+                    "input_range_source": str(layer.meta.get("input_range_source", "unknown")),
+                    "stuck_reset": int(np.count_nonzero(codes == fl.STUCK_RESET)),
+                    "stuck_set": int(np.count_nonzero(codes == fl.STUCK_SET)),
+                }
+            )
         return out
 
     def wall_age(self, now: float | None = None) -> float:
@@ -268,8 +285,9 @@ class ServedChip:
     def eval_set(self) -> EvalSet | None:
         if self._eval_set is None and EVAL_ATTACHMENT in self.chip.attachments:
             try:
-                self._eval_set = parse_eval_set(self.chip.attachments[EVAL_ATTACHMENT],
-                                                [i["name"] for i in self.runtime.inputs], 1 << 62)
+                self._eval_set = parse_eval_set(
+                    self.chip.attachments[EVAL_ATTACHMENT], [i["name"] for i in self.runtime.inputs], 1 << 62
+                )
             except Problem as err:
                 log.warning("chip %s: unusable eval set: %s", self.chip_id, err.message)
                 return None
@@ -281,8 +299,7 @@ class ServedChip:
         the ages that serve traffic, and weights are fed per run (many one-off ages)."""
         with self._lock:
             if self._eval_runtime is None:
-                self._eval_runtime = _runtime(self.chip, self.settings, "inputs", EVAL_CACHE_BYTES,
-                                              EVAL_CACHE_ENTRIES)
+                self._eval_runtime = _runtime(self.chip, self.settings, "inputs", EVAL_CACHE_BYTES, EVAL_CACHE_ENTRIES)
             return self._eval_runtime
 
     def drop_eval_runtime(self) -> bool:
@@ -306,17 +323,24 @@ class ServedChip:
             out["eval"] = (ev.stats.bytes, ev.stats.entries)
         return out
 
-    def new_readout(self, rt: ChipRuntime, age_s: float, read_seed: int, field_name: str,
-                    workload: str) -> AbstractContextManager[None]:
+    def new_readout(
+        self, rt: ChipRuntime, age_s: float, read_seed: int, field_name: str, workload: str
+    ) -> AbstractContextManager[None]:
         """Admission of the read-out ``rt`` needs at an age: nothing when it is cached (or there is
         no budget), else a reservation of its estimated memory, or Unavailable naming ``field_name``."""
         if self.memory is None or rt.peek(age_s, read_seed) is not None:
             return nullcontext()
         return self.memory.reserve(readout_cost(self.chip.n_weights, rt.binding), field_name, workload)
 
-    def eval_outputs(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str,
-                     cancelled: Cancel | None = None,
-                     rt: ChipRuntime | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    def eval_outputs(
+        self,
+        eval_set: EvalSet,
+        age_s: float,
+        read_seed: int,
+        gdc: bool | str,
+        cancelled: Cancel | None = None,
+        rt: ChipRuntime | None = None,
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """(first sample, first output) of each chunk of ``eval_set`` run at an age, read-out
         ``read_seed``. The per-MVM noise is seeded with the read seed and keyed by the chunk's
         index, so it is reproducible and chunks do not repeat each other's noise. ``cancelled``
@@ -325,11 +349,19 @@ class ServedChip:
         for chunk, start in enumerate(range(0, len(eval_set), EVAL_CHUNK)):
             if cancelled is not None and cancelled():
                 raise _cancelled()
-            feeds = {k: v[start:start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
+            feeds = {k: v[start : start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
             yield start, rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed, chunk=chunk)[0]
 
-    def accuracy(self, eval_set: EvalSet, age_s: float, read_seed: int, gdc: bool | str,
-                 cancelled: Cancel | None = None, age_field: str = "age", workload: str = "eval") -> float:
+    def accuracy(
+        self,
+        eval_set: EvalSet,
+        age_s: float,
+        read_seed: int,
+        gdc: bool | str,
+        cancelled: Cancel | None = None,
+        age_field: str = "age",
+        workload: str = "eval",
+    ) -> float:
         """Accuracy of the chip on ``eval_set`` at an age, read-out ``read_seed`` (reproducible);
         the read-out is admitted against the memory budget first."""
         rt = self.eval_runtime
@@ -337,11 +369,18 @@ class ServedChip:
         with self.new_readout(rt, age_s, read_seed, age_field, workload):
             for start, out in self.eval_outputs(eval_set, age_s, read_seed, gdc, cancelled, rt):
                 pred = np.asarray(out).reshape(out.shape[0], -1).argmax(axis=1)
-                correct += int(np.count_nonzero(pred == eval_set.labels[start:start + len(pred)]))
+                correct += int(np.count_nonzero(pred == eval_set.labels[start : start + len(pred)]))
         return correct / len(eval_set)
 
-    def evaluate(self, ages: list[Any], readouts: int, samples: int | None, gdc: str | None,
-                 cancelled: Cancel | None = None, slo: tuple[SloMetric, float] | None = None) -> dict[str, Any]:
+    def evaluate(
+        self,
+        ages: list[Any],
+        readouts: int,
+        samples: int | None,
+        gdc: str | None,
+        cancelled: Cancel | None = None,
+        slo: tuple[SloMetric, float] | None = None,
+    ) -> dict[str, Any]:
         """Accuracy on the eval set at each age, mean ± std over ``readouts`` read-outs (read seeds
         0…n−1), with GDC (``gdc``, default the profile's mode) and without. ``cancelled`` is
         polled before every read-out and chunk: a True stops the work (Cancelled). With ``slo``
@@ -354,9 +393,12 @@ class ServedChip:
         eval_set = self.eval_set()
         if eval_set is None or not self.classifier:
             why = "has no labelled eval set" if eval_set is None else "is not a classifier"
-            raise Conflict("chip_id", f"chip_id: chip {self.chip_id!r} {why}; program it with labelled eval data "
-                           "(multipart field 'eval': .npz with 'x' and integer labels 'y') or from a zoo model "
-                           "that ships one")
+            raise Conflict(
+                "chip_id",
+                f"chip_id: chip {self.chip_id!r} {why}; program it with labelled eval data "
+                "(multipart field 'eval': .npz with 'x' and integer labels 'y') or from a zoo model "
+                "that ships one",
+            )
         if samples is not None:
             eval_set = eval_set.subset(samples)
         on_mode = self.gdc_mode(gdc)
@@ -369,11 +411,21 @@ class ServedChip:
                     if cancelled is not None and cancelled():
                         raise _cancelled()
                     vals.append(self.accuracy(eval_set, age_s, r, mode, cancelled=cancelled, age_field=f"ages.{i}"))
-                stats[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "min": float(min(vals)),
-                              "max": float(max(vals)), "values": vals}
+                stats[key] = {
+                    "mean": float(np.mean(vals)),
+                    "std": float(np.std(vals)),
+                    "min": float(min(vals)),
+                    "max": float(max(vals)),
+                    "values": vals,
+                }
             results.append({"age": label, "age_s": age_s, **stats})
-        out = {"chip_id": self.chip_id, "samples": len(eval_set), "readouts": readouts, "gdc_mode": on_mode,
-               "results": results}
+        out = {
+            "chip_id": self.chip_id,
+            "samples": len(eval_set),
+            "readouts": readouts,
+            "gdc_mode": on_mode,
+            "results": results,
+        }
         if slo is not None:
             out.update(self.slo_breach(results, eval_set, *slo))
         out["seconds"] = time.perf_counter() - t0
@@ -388,18 +440,22 @@ class ServedChip:
             self._fp_accuracy[n] = digital_accuracy(model, FleetEvalSet(eval_set.feeds, eval_set.labels))
         return self._fp_accuracy[n]
 
-    def slo_breach(self, results: list[dict[str, Any]], eval_set: EvalSet, metric: SloMetric,
-                   threshold: float) -> dict[str, Any]:
+    def slo_breach(
+        self, results: list[dict[str, Any]], eval_set: EvalSet, metric: SloMetric, threshold: float
+    ) -> dict[str, Any]:
         """Time to SLO breach from evaluation ``results`` (chipsim.fleet.breach: log-age
         interpolation, bracketed), GDC on and off, and the wall-clock seconds until the GDC-on
         breach at the chip's time scale; records the latter for /metrics."""
         if not any(r["age_s"] > 0 for r in results):
-            raise InvalidField("ages", "ages: the time to SLO breach interpolates on log-age: evaluate at least "
-                               "one age > 0 s")
+            raise InvalidField(
+                "ages", "ages: the time to SLO breach interpolates on log-age: evaluate at least one age > 0 s"
+            )
         fp = self.fp_accuracy(eval_set) if metric == SloMetric.NORMALISED_ACCURACY else None
         if fp == 0:
-            raise InvalidField("slo.metric", "slo.metric: the floating-point model scores 0 on the eval set; "
-                               "normalised accuracy is undefined")
+            raise InvalidField(
+                "slo.metric",
+                "slo.metric: the floating-point model scores 0 on the eval set; normalised accuracy is undefined",
+            )
         now, age_now = time.time(), self.wall_age()
         breach: dict[str, Any] = {}
         for key in ("gdc_on", "gdc_off"):
@@ -408,8 +464,12 @@ class ServedChip:
             breach[key] = {**b.as_dict(), "seconds_until": until}
             if key == "gdc_on":
                 self.gauges.slo_breach_at = None if until is None else now + until
-        return {"slo": {"metric": str(metric), "threshold": threshold}, "fp_accuracy": fp, "breach": breach,
-                "chip_age_s": age_now}
+        return {
+            "slo": {"metric": str(metric), "threshold": threshold},
+            "fp_accuracy": fp,
+            "breach": breach,
+            "chip_age_s": age_now,
+        }
 
     def drift(self, age_s: float, read_seed: int = 0, gdc: str | None = None, workload: str = "eval") -> dict[str, Any]:
         mode = self.gdc_mode(gdc)
@@ -419,8 +479,16 @@ class ServedChip:
         return drift_metrics(self.chip, age_s, read_seed=read_seed, gdc=mode, readout=readout)
 
     # ------------------------------------------------------------------ inference
-    def infer(self, inputs: Any, age: Any = None, read_seed: int = 0, gdc: bool | str = True,
-              seed: int | None = None, age_field: str = "age", gdc_field: str = "gdc") -> InferResult:
+    def infer(
+        self,
+        inputs: Any,
+        age: Any = None,
+        read_seed: int = 0,
+        gdc: bool | str = True,
+        seed: int | None = None,
+        age_field: str = "age",
+        gdc_field: str = "gdc",
+    ) -> InferResult:
         """Validate and run one inference request; ``*_field`` name the request fields (OIP puts
         age and gdc under ``parameters``)."""
         age_s, source = self.age_of(age, age_field)
@@ -437,14 +505,24 @@ class ServedChip:
         batch = int(next(iter(feeds.values())).shape[0])
         if batch > self.settings.max_batch:
             name = f"inputs.{next(iter(feeds))}"
-            raise InvalidField(name, f"{name}: batch {batch} exceeds the limit of {self.settings.max_batch} "
-                               "(AGEDCHIP_MAX_BATCH)")
+            raise InvalidField(
+                name, f"{name}: batch {batch} exceeds the limit of {self.settings.max_batch} (AGEDCHIP_MAX_BATCH)"
+            )
         energy_j, latency_s = self.request_cost(feeds)
         with self.new_readout(rt, age_s, read_seed, age_field, "infer"):
             outputs, readout = rt.run_with_readout(feeds, age_s, read_seed=read_seed, gdc=mode, seed=seed)
-        return InferResult(outputs=outputs, age_s=age_s, age_source=source, gdc=mode, read_seed=read_seed,
-                           seed=seed, batch=batch, alpha=self._alpha(readout, mode), energy_j=energy_j,
-                           latency_s=latency_s)
+        return InferResult(
+            outputs=outputs,
+            age_s=age_s,
+            age_source=source,
+            gdc=mode,
+            read_seed=read_seed,
+            seed=seed,
+            batch=batch,
+            alpha=self._alpha(readout, mode),
+            energy_j=energy_j,
+            latency_s=latency_s,
+        )
 
     def _alpha(self, readout: ChipReadout, mode: GdcMode) -> list[dict[str, Any]]:
         """GDC α per layer of a read-out (cached: a chip is immutable, so α of an age never changes)."""
@@ -455,8 +533,15 @@ class ServedChip:
         out = []
         for layer, lr in zip(self.chip.layers, readout.layers):
             a = reported_alpha(lr, mode)
-            out.append({"layer": layer.name, "alpha_mean": float(np.mean(a)), "alpha_min": float(np.min(a)),
-                        "alpha_max": float(np.max(a)), "tiles": len(layer.tiles)})
+            out.append(
+                {
+                    "layer": layer.name,
+                    "alpha_mean": float(np.mean(a)),
+                    "alpha_min": float(np.min(a)),
+                    "alpha_max": float(np.max(a)),
+                    "tiles": len(layer.tiles),
+                }
+            )
         with self._lock:
             if len(self._alpha_cache) >= 256:
                 self._alpha_cache.pop(next(iter(self._alpha_cache)))

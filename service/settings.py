@@ -34,37 +34,53 @@ class Settings(BaseSettings):
 
     # --- storage
     state_dir: Path = Field(Path("state"), description="Folder of the chip store (chips/, blobs/, tmp/).")
-    read_only: bool = Field(False, description="Serve as a read-only replica of a state folder another process "
-                                               "writes: no lock taken, nothing written, no default chip; POST "
-                                               "/program, DELETE /chips/{id} and recalibration answer 405. Chips "
-                                               "the writer programs or deletes appear or go within "
-                                               "`read_only_relist_seconds`.")
-    read_only_relist_seconds: float = Field(10.0, gt=0, le=86400,
-                                            description="How often a read-only replica re-lists the store, "
-                                                        "seconds (each pass reads every chip's manifest; new or "
-                                                        "changed chips are loaded and verified).")
-    zoo_dir: Path = Field(REPO_ROOT / "models" / "zoo",
-                          description="Model zoo folder: <name>.onnx and <name>.eval.npz (+ index.json).")
+    read_only: bool = Field(
+        False,
+        description="Serve as a read-only replica of a state folder another process "
+        "writes: no lock taken, nothing written, no default chip; POST "
+        "/program, DELETE /chips/{id} and recalibration answer 405. Chips "
+        "the writer programs or deletes appear or go within "
+        "`read_only_relist_seconds`.",
+    )
+    read_only_relist_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=86400,
+        description="How often a read-only replica re-lists the store, "
+        "seconds (each pass reads every chip's manifest; new or "
+        "changed chips are loaded and verified).",
+    )
+    zoo_dir: Path = Field(
+        REPO_ROOT / "models" / "zoo", description="Model zoo folder: <name>.onnx and <name>.eval.npz (+ index.json)."
+    )
 
     # --- the embedded default chip
-    default_model: str = Field("cnn-hwa", description="Zoo model programmed as chip `default_chip_id` on first "
-                                                      "start ('' = none).")
+    default_model: str = Field(
+        "cnn-hwa", description="Zoo model programmed as chip `default_chip_id` on first start ('' = none)."
+    )
     default_chip_id: str = Field("default", description="Id of the chip programmed on first start.")
     default_profile: str = Field("pcm", description=f"Preset of the default chip, one of {sorted(PRESETS)}.")
     default_seed: int = Field(0, ge=0, description="Programming seed of the default chip.")
     default_time_scale: float = Field(
-        DAY, ge=0, le=1e9,
+        DAY,
+        ge=0,
+        le=1e9,
         description="Chip seconds per wall-clock second of the default chip (86400: one day of ageing per "
-                    "second, a year in about 6 minutes, 10 years in about an hour).",
+        "second, a year in about 6 minutes, 10 years in about an hour).",
     )
 
     # --- security
-    api_key: SecretStr | None = Field(None, description="Key for POST /program and DELETE /chips/{id} "
-                                                        "(X-API-Key or Authorization: Bearer). Unset = open.")
-    infer_api_key: SecretStr | None = Field(None, description="Key for every other route that computes or shows chips "
-                                                              "(inference, evaluation, drift, chip listing and "
-                                                              "summaries, the zoo, OIP model metadata, jobs). Unset = "
-                                                              "open. The management key is accepted there too.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Key for POST /program and DELETE /chips/{id} (X-API-Key or Authorization: Bearer). Unset = open.",
+    )
+    infer_api_key: SecretStr | None = Field(
+        None,
+        description="Key for every other route that computes or shows chips "
+        "(inference, evaluation, drift, chip listing and "
+        "summaries, the zoo, OIP model metadata, jobs). Unset = "
+        "open. The management key is accepted there too.",
+    )
 
     # --- limits
     max_upload_bytes: int = Field(64 << 20, ge=1024, description="Largest POST /program body (multipart), bytes.")
@@ -72,67 +88,120 @@ class Settings(BaseSettings):
     max_batch: int = Field(4096, ge=1, description="Largest batch (first dimension) of an inference request.")
     max_chips: int = Field(64, ge=1, description="Most chips in the store (ready + corrupt + being programmed).")
     max_eval_samples: int = Field(10000, ge=1, description="Largest labelled eval set accepted at programming.")
-    max_archive_bytes: int = Field(1 << 30, ge=1024, description="Largest uncompressed content of a .zip/.tar model "
-                                                                "upload (a model with external data), bytes.")
+    max_archive_bytes: int = Field(
+        1 << 30,
+        ge=1024,
+        description="Largest uncompressed content of a .zip/.tar model upload (a model with external data), bytes.",
+    )
     max_archive_members: int = Field(256, ge=1, description="Most files and folders in a .zip/.tar model upload.")
     max_eval_readouts: int = Field(50, ge=1, le=1000, description="Largest `readouts` of POST /chips/{id}/evaluate.")
-    max_tiles: int = Field(512, ge=1, description="Most crossbar tiles of a chip to program, estimated from the model "
-                                                  "and profile before any work (a session build took 2.0 s at 256 "
-                                                  "tiles, 7.7 s at 512, 62 s at 2048).")
-    max_devices: int = Field(32 << 20, ge=1, description="Most devices (2 per analog weight) of a chip to program, "
-                                                         "checked before any work (default: what a 64 MiB upload of "
-                                                         "float32 weights holds).")
-    max_tensor_elements: int = Field(1 << 28, ge=1, description="Most elements of any tensor a model computes, "
-                                                                "at batch `max_batch` (shape inference, else a "
-                                                                "trial run), checked when programming (default "
-                                                                "2^28 = 1 GiB of float32: 32x the zoo's largest).")
-    max_graph_elements: int = Field(1 << 30, ge=1, description="Most elements of all tensors a model computes "
-                                                               "together, at batch `max_batch`, checked when "
-                                                               "programming (default 2^30 = 4 GiB of float32: 7x "
-                                                               "the zoo's largest).")
+    max_tiles: int = Field(
+        512,
+        ge=1,
+        description="Most crossbar tiles of a chip to program, estimated from the model "
+        "and profile before any work (a session build took 2.0 s at 256 "
+        "tiles, 7.7 s at 512, 62 s at 2048).",
+    )
+    max_devices: int = Field(
+        32 << 20,
+        ge=1,
+        description="Most devices (2 per analog weight) of a chip to program, "
+        "checked before any work (default: what a 64 MiB upload of "
+        "float32 weights holds).",
+    )
+    max_tensor_elements: int = Field(
+        1 << 28,
+        ge=1,
+        description="Most elements of any tensor a model computes, "
+        "at batch `max_batch` (shape inference, else a "
+        "trial run), checked when programming (default "
+        "2^28 = 1 GiB of float32: 32x the zoo's largest).",
+    )
+    max_graph_elements: int = Field(
+        1 << 30,
+        ge=1,
+        description="Most elements of all tensors a model computes "
+        "together, at batch `max_batch`, checked when "
+        "programming (default 2^30 = 4 GiB of float32: 7x "
+        "the zoo's largest).",
+    )
 
     # --- runtime
-    ort_threads: int = Field(1, ge=0, le=64, description="onnxruntime intra-op threads per inference "
-                                                         "(0 = onnxruntime's default: all cores).")
-    binding: str = Field("initializers", description="How read-out weights reach onnxruntime: 'initializers' "
-                                                     "(a session per cached age: faster for repeated ages, 4-50 ms "
-                                                     "per new age) or 'inputs' (weights fed per run: cheap new ages).")
-    mvm_noise: str = Field(MvmNoiseSource.FRESH.value,
-                           description="Deprecated: per-MVM noise is always 'fresh' (one new Gaussian per analog "
-                                       "output and request, ~8 ns each). 'table' is accepted, logged as deprecated "
-                                       "and served as 'fresh' (its windows overlapped between requests).")
+    ort_threads: int = Field(
+        1, ge=0, le=64, description="onnxruntime intra-op threads per inference (0 = onnxruntime's default: all cores)."
+    )
+    binding: str = Field(
+        "initializers",
+        description="How read-out weights reach onnxruntime: 'initializers' "
+        "(a session per cached age: faster for repeated ages, 4-50 ms "
+        "per new age) or 'inputs' (weights fed per run: cheap new ages).",
+    )
+    mvm_noise: str = Field(
+        MvmNoiseSource.FRESH.value,
+        description="Deprecated: per-MVM noise is always 'fresh' (one new Gaussian per analog "
+        "output and request, ~8 ns each). 'table' is accepted, logged as deprecated "
+        "and served as 'fresh' (its windows overlapped between requests).",
+    )
     cache_bytes: int = Field(256 << 20, ge=0, description="Read-out cache per chip, bytes.")
     cache_entries: int = Field(32, ge=1, description="Read-out cache per chip, entries (ages × read seeds).")
-    infer_concurrency: int = Field(0, ge=0, le=256, description="Inference requests computed at the same time; "
-                                                                "more wait in line (0 = number of CPU cores).")
+    infer_concurrency: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Inference requests computed at the same time; more wait in line (0 = number of CPU cores).",
+    )
     program_concurrency: int = Field(1, ge=1, le=16, description="Chips programmed at the same time.")
     eval_concurrency: int = Field(1, ge=1, le=16, description="Evaluations and drift requests run at the same time.")
-    max_queue_infer: int = Field(64, ge=0, le=100_000, description="Inference requests waiting in line (beyond "
-                                                                   "those computing); more get 429 + Retry-After.")
-    max_queue_eval: int = Field(4, ge=0, le=10_000, description="Evaluation and drift requests waiting in line; "
-                                                                "more get 429 + Retry-After.")
-    max_queue_program: int = Field(2, ge=0, le=10_000, description="POST /program requests waiting in line; more "
-                                                                   "get 429 + Retry-After.")
-    queue_timeout_s: float = Field(30.0, gt=0, le=3600, description="Longest wait in a line, seconds; then 429 + "
-                                                                    "Retry-After.")
-    memory_budget: int = Field(0, ge=0, description="Process memory (RSS) budget, bytes: a read-out at a new age "
-                                                    "is refused (503 + Retry-After) when its estimated cost does not "
-                                                    "fit. 0 = 75 % of the memory limit (cgroup, else physical).")
+    max_queue_infer: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Inference requests waiting in line (beyond those computing); more get 429 + Retry-After.",
+    )
+    max_queue_eval: int = Field(
+        4, ge=0, le=10_000, description="Evaluation and drift requests waiting in line; more get 429 + Retry-After."
+    )
+    max_queue_program: int = Field(
+        2, ge=0, le=10_000, description="POST /program requests waiting in line; more get 429 + Retry-After."
+    )
+    queue_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait in a line, seconds; then 429 + Retry-After."
+    )
+    memory_budget: int = Field(
+        0,
+        ge=0,
+        description="Process memory (RSS) budget, bytes: a read-out at a new age "
+        "is refused (503 + Retry-After) when its estimated cost does not "
+        "fit. 0 = 75 % of the memory limit (cgroup, else physical).",
+    )
 
     # --- fleets (chipsim.fleet)
-    fleet_workers: int = Field(0, ge=0, le=1024, description="Worker processes of a fleet evaluation (local), or "
-                                                            "tasks in flight (Ray); 0 = the number of CPU cores.")
-    ray_address: str = Field("", description="Ray cluster that runs fleet evaluations ('auto', "
-                                             "'ray://host:10001'); '' = local worker processes. Needs the `ray` "
-                                             "extra (requirements/ray.txt).")
+    fleet_workers: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="Worker processes of a fleet evaluation (local), or "
+        "tasks in flight (Ray); 0 = the number of CPU cores.",
+    )
+    ray_address: str = Field(
+        "",
+        description="Ray cluster that runs fleet evaluations ('auto', "
+        "'ray://host:10001'); '' = local worker processes. Needs the `ray` "
+        "extra (requirements/ray.txt).",
+    )
 
     # --- background refresh of the chip gauges
     refresh_seconds: float = Field(15.0, ge=0, description="Period of the drift/accuracy gauge refresh (0 = off).")
-    refresh_max_chips: int = Field(4, ge=1, le=10_000, description="Chips refreshed per period (round robin): "
-                                                                   "bounds the refresher's CPU with many chips.")
+    refresh_max_chips: int = Field(
+        4,
+        ge=1,
+        le=10_000,
+        description="Chips refreshed per period (round robin): bounds the refresher's CPU with many chips.",
+    )
     refresh_eval_samples: int = Field(256, ge=1, description="Eval samples used for the refreshed accuracy gauges.")
-    schedule_readouts: int = Field(3, ge=1, le=50, description="Read-outs averaged per age of the fixed "
-                                                               "evaluation schedule (1s … 10y).")
+    schedule_readouts: int = Field(
+        3, ge=1, le=50, description="Read-outs averaged per age of the fixed evaluation schedule (1s … 10y)."
+    )
 
     @field_validator("default_profile")
     @classmethod

@@ -50,8 +50,9 @@ class Zoo:
         index = read_index(self.root / "index.json")
         out = []
         for name in self.names():
-            entry = {k: v for k, v in index.get(name, {}).items()
-                     if isinstance(v, (str, int, float, bool)) or v is None}
+            entry = {
+                k: v for k, v in index.get(name, {}).items() if isinstance(v, (str, int, float, bool)) or v is None
+            }
             entry.update(name=name, has_eval_set=(self.root / f"{name}.eval.npz").is_file())
             out.append(entry)
         return out

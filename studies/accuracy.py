@@ -51,7 +51,10 @@ def age_study(model: ZooModel, n_chips: int, profile_name: str = "pcm", threads:
     from chipsim.runtime import ChipRuntime
 
     profile = get_profile(profile_name)
-    out: dict[str, dict[str, list[float]]] = {"gdc_on": {a: [] for a in AGE_SCHEDULE}, "gdc_off": {a: [] for a in AGE_SCHEDULE}}
+    out: dict[str, dict[str, list[float]]] = {
+        "gdc_on": {a: [] for a in AGE_SCHEDULE},
+        "gdc_off": {a: [] for a in AGE_SCHEDULE},
+    }
     for chip_seed in range(n_chips):
         chip = program_onnx(model.onnx, profile, seed=chip_seed, chip_id=f"report-{chip_seed}")
         rt = ChipRuntime(chip, threads=threads)
@@ -62,8 +65,9 @@ def age_study(model: ZooModel, n_chips: int, profile_name: str = "pcm", threads:
 
 
 # --------------------------------------------------------------------------- main
-def run(zoo_dir: Path, out_dir: Path, n_chips: int, repeats: int, ste_steps: int | None, skip_ste: bool,
-        threads: int = 1) -> dict[str, Any]:
+def run(
+    zoo_dir: Path, out_dir: Path, n_chips: int, repeats: int, ste_steps: int | None, skip_ste: bool, threads: int = 1
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -75,17 +79,22 @@ def run(zoo_dir: Path, out_dir: Path, n_chips: int, repeats: int, ste_steps: int
         ages[m.name] = age_study(m, n_chips, threads=threads)
     for m in tqdm(models, desc="robustness", unit="model"):
         acc = robustness_study(m, SIGMAS, repeats, threads=threads)
-        rob[m.name] = {"sigmas": SIGMAS.tolist(), "acc": acc,
-                          "fit": fit_midpoint(SIGMAS, np.mean(acc, axis=1), chance)}
+        rob[m.name] = {"sigmas": SIGMAS.tolist(), "acc": acc, "fit": fit_midpoint(SIGMAS, np.mean(acc, axis=1), chance)}
     ste = None
     if not skip_ste:
         cnn = next(m for m in models if m.name == "cnn-hwa")
         ste = ste_study(ste_steps, n_chips, cnn.x, cnn.y)
     public = [dict(m.entry) for m in models]
     res = {
-        "models": public, "ages": ages, "robustness": rob, "ste": ste, "n_chips": n_chips,
-        "robustness_repeats": repeats, "n_eval": int(len(models[0].y)),
-        "profile": get_profile("pcm").model_dump(), "age_seconds": AGE_SCHEDULE,
+        "models": public,
+        "ages": ages,
+        "robustness": rob,
+        "ste": ste,
+        "n_chips": n_chips,
+        "robustness_repeats": repeats,
+        "n_eval": int(len(models[0].y)),
+        "profile": get_profile("pcm").model_dump(),
+        "age_seconds": AGE_SCHEDULE,
         "machine": f"{platform.machine()}, Python {platform.python_version()}, {threads} onnxruntime thread(s)",
         "seconds": time.perf_counter() - t0,
     }
@@ -98,8 +107,9 @@ def run(zoo_dir: Path, out_dir: Path, n_chips: int, repeats: int, ste_steps: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m studies.accuracy", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m studies.accuracy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--zoo", default=str(ZOO_DIR))
     outputs.add_arguments(ap, OUT_DIR)
     ap.add_argument("--chips", type=int, default=10, help="chip instances per model (default 10)")

@@ -53,8 +53,12 @@ def read_zoo(zoo_dir: Path = ZOO_DIR, names: Sequence[str] | None = None) -> lis
 
 def _read_entry(zoo_dir: Path, entry: dict[str, Any]) -> ZooModel:
     ev = np.load(zoo_dir / entry["eval_set"])
-    return ZooModel(entry=entry, onnx=(zoo_dir / entry["file"]).read_bytes(),
-                    x=np.asarray(ev["x"], np.float32), y=np.asarray(ev["y"], np.int64))
+    return ZooModel(
+        entry=entry,
+        onnx=(zoo_dir / entry["file"]).read_bytes(),
+        x=np.asarray(ev["x"], np.float32),
+        y=np.asarray(ev["y"], np.int64),
+    )
 
 
 def chip_accuracy(runtime, x: np.ndarray, y: np.ndarray, age_s: float, gdc: bool, seed: int = 0) -> float:

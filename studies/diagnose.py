@@ -47,7 +47,6 @@ import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,8 +74,11 @@ def class_schedule(pc: PerturbationClass, strength: float) -> ChipSchedule:
 
 def make_context(pc: PerturbationClass, strength: float, seed: int) -> HwaContext:
     """An HWA context whose every batch is a fresh chip instance of ``pc`` at ``strength``."""
-    return HwaContext(HwaConfig(profile="ideal", gdc=False, mode=GradientMode.STE), torch.Generator().manual_seed(seed),
-                      schedule=class_schedule(pc, strength))
+    return HwaContext(
+        HwaConfig(profile="ideal", gdc=False, mode=GradientMode.STE),
+        torch.Generator().manual_seed(seed),
+        schedule=class_schedule(pc, strength),
+    )
 
 
 # --------------------------------------------------------------------------- diagnostics of one setting
@@ -107,8 +109,9 @@ class Diagnostics:
     forward_mismatch: float
 
 
-def _gradient(model: nn.Module, ctx: HwaContext, mode: GradientMode, x: torch.Tensor, y: torch.Tensor,
-              weights: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _gradient(
+    model: nn.Module, ctx: HwaContext, mode: GradientMode, x: torch.Tensor, y: torch.Tensor, weights: list[torch.Tensor]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """(logits, gradient w.r.t. ``weights``) of the cross-entropy through the chip of ``ctx``."""
     ctx.config = replace(ctx.config, mode=mode)
     logits = model(x)
@@ -116,9 +119,17 @@ def _gradient(model: nn.Module, ctx: HwaContext, mode: GradientMode, x: torch.Te
 
 
 def diagnose_setting(
-    model: nn.Module, pc: PerturbationClass, strength: float, x: torch.Tensor, y: torch.Tensor,
-    g_clean: list[torch.Tensor], draws: int, seed: int, tau: float = gradient_diagnostics.TAU_W,
-    gate_pass: float = gradient_diagnostics.GATE_PASS, bar=None,
+    model: nn.Module,
+    pc: PerturbationClass,
+    strength: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    g_clean: list[torch.Tensor],
+    draws: int,
+    seed: int,
+    tau: float = gradient_diagnostics.TAU_W,
+    gate_pass: float = gradient_diagnostics.GATE_PASS,
+    bar=None,
 ) -> Diagnostics:
     """K chip instances of ``pc`` at ``strength``: per instance the STE gradient (the trainer's
     forward) and the through gradient of the same instance (the generators are rewound)."""
@@ -144,7 +155,11 @@ def diagnose_setting(
             for layer, gs in ctx.adc_gates.items():
                 if gs:
                     out_pass.setdefault(names[layer], []).append(
-                        float(sum(gradient_diagnostics.pass_fraction(g, gate_pass) * g.numel() for g in gs) / sum(g.numel() for g in gs)))
+                        float(
+                            sum(gradient_diagnostics.pass_fraction(g, gate_pass) * g.numel() for g in gs)
+                            / sum(g.numel() for g in gs)
+                        )
+                    )
             ctx.adc_gates = None
             if bar is not None:
                 bar.update(1)
@@ -173,13 +188,16 @@ def minibatch_relative_variance(model: nn.Module, x: torch.Tensor, y: torch.Tens
     """Reference scale for the relative variance: the clean gradient's relative variance across
     disjoint minibatches of the training batch size (the noise plain SGD already lives with)."""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    grads = [gradient_diagnostics.flatten(clean_gradient(model, x[perm[i:i + batch]], y[perm[i:i + batch]]))
-             for i in range(0, len(x) - batch + 1, batch)]
+    grads = [
+        gradient_diagnostics.flatten(clean_gradient(model, x[perm[i : i + batch]], y[perm[i : i + batch]]))
+        for i in range(0, len(x) - batch + 1, batch)
+    ]
     return gradient_diagnostics.relative_variance(torch.stack(grads))
 
 
-def accuracy_under(model: nn.Module, pc: PerturbationClass, strength: float, x: torch.Tensor, y: torch.Tensor,
-                   n_chips: int, seed: int) -> tuple[float, float]:
+def accuracy_under(
+    model: nn.Module, pc: PerturbationClass, strength: float, x: torch.Tensor, y: torch.Tensor, n_chips: int, seed: int
+) -> tuple[float, float]:
     """(mean, std) accuracy over ``n_chips`` chip instances of ``pc`` at ``strength``, in the HWA
     torch emulation (the trainer's own noisy forward). The same seed gives the same draws for
     every model of the same architecture (paired comparisons)."""
@@ -244,19 +262,31 @@ class _Data:
         tr, va, te = (load_split(s) for s in ("train", "val", "test"))
         x_tr, y_tr = torch.from_numpy(tr.x), torch.from_numpy(tr.y)
         pick = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:batch]
-        return cls(x_tr, y_tr, torch.from_numpy(va.x), torch.from_numpy(va.y), torch.from_numpy(te.x),
-                   torch.from_numpy(te.y), x_tr[pick], y_tr[pick])
+        return cls(
+            x_tr,
+            y_tr,
+            torch.from_numpy(va.x),
+            torch.from_numpy(va.y),
+            torch.from_numpy(te.x),
+            torch.from_numpy(te.y),
+            x_tr[pick],
+            y_tr[pick],
+        )
 
 
-def _diagnose(cfg: StudyConfig, data: _Data, model: nn.Module, g_clean: list[torch.Tensor], k: str, s: float,
-              bar) -> dict:
+def _diagnose(
+    cfg: StudyConfig, data: _Data, model: nn.Module, g_clean: list[torch.Tensor], k: str, s: float, bar
+) -> dict:
     """The diagnostics of class ``k`` at strength ``s``, as a results row."""
     bar.set_postfix_str(f"{k} {CLASSES[k].fmt(s)}")
-    d = diagnose_setting(model, CLASSES[k], s, data.xb, data.yb, g_clean, cfg.draws, cfg.seed + 1, cfg.tau,
-                         cfg.gate_pass, bar)
+    d = diagnose_setting(
+        model, CLASSES[k], s, data.xb, data.yb, g_clean, cfg.draws, cfg.seed + 1, cfg.tau, cfg.gate_pass, bar
+    )
     if d.forward_mismatch > 1e-3:
-        raise RuntimeError(f"{k} at {s}: the through forward left the trainer's chip instance "
-                           f"(|Δlogits| = {d.forward_mismatch:.3g}); models.hwa changed?")
+        raise RuntimeError(
+            f"{k} at {s}: the through forward left the trainer's chip instance "
+            f"(|Δlogits| = {d.forward_mismatch:.3g}); models.hwa changed?"
+        )
     return {"strength": s, **asdict(d)}
 
 
@@ -284,34 +314,53 @@ def _training_strengths(cfg: StudyConfig, plain_acc: dict[str, list[dict]], acc_
     return train_strength
 
 
-def _hwa_run(cfg: StudyConfig, data: _Data, plain: nn.Module, key: str, pc: PerturbationClass,
-             s: float) -> dict[str, list[float]]:
+def _hwa_run(
+    cfg: StudyConfig, data: _Data, plain: nn.Module, key: str, pc: PerturbationClass, s: float
+) -> dict[str, list[float]]:
     """The HWA recipe trained under ``pc`` at ``s`` (key ``none``: the control on an ideal chip),
     mean over seeds of its test accuracy on every sweep point of its class (the control: of
     every class) and without perturbation (``clean``)."""
     per_seed: list[dict[str, list[float]]] = []
     for j in range(cfg.hwa_seeds):
-        recipe = replace(RECIPES[f"{cfg.arch}-hwa"], epochs=cfg.hwa_epochs, seed=cfg.seed + 10 + j,
-                         ramp_epochs=max(1, round(cfg.hwa_epochs / 6)),
-                         noise=HwaConfig(profile="ideal", gdc=False, mode=GradientMode.STE))
-        res = train(recipe, init=plain.state_dict(), teacher=plain if recipe.distill > 0 else None,
-                    progress=cfg.progress, desc=f"hwa {key} {pc.fmt(s)}", max_steps=cfg.max_steps,
-                    chip=class_schedule(pc, s))
+        recipe = replace(
+            RECIPES[f"{cfg.arch}-hwa"],
+            epochs=cfg.hwa_epochs,
+            seed=cfg.seed + 10 + j,
+            ramp_epochs=max(1, round(cfg.hwa_epochs / 6)),
+            noise=HwaConfig(profile="ideal", gdc=False, mode=GradientMode.STE),
+        )
+        res = train(
+            recipe,
+            init=plain.state_dict(),
+            teacher=plain if recipe.distill > 0 else None,
+            progress=cfg.progress,
+            desc=f"hwa {key} {pc.fmt(s)}",
+            max_steps=cfg.max_steps,
+            chip=class_schedule(pc, s),
+        )
         for name, p in plain.named_parameters():  # the trainer froze its teacher
             p.requires_grad_(not name.endswith("input_range"))
         accs: dict[str, list[float]] = {}
         for k in cfg.classes:
             if key != "none" and k != key:
                 continue
-            accs[k] = [accuracy_under(res.model, CLASSES[k], s2, data.x_te, data.y_te, cfg.n_chips, cfg.seed + 3)[0]
-                       for s2 in cfg.sweep(k)]
+            accs[k] = [
+                accuracy_under(res.model, CLASSES[k], s2, data.x_te, data.y_te, cfg.n_chips, cfg.seed + 3)[0]
+                for s2 in cfg.sweep(k)
+            ]
         accs["clean"] = [accuracy(res.model, data.x_te, data.y_te)]
         per_seed.append(accs)
     return {k: [float(v) for v in np.mean([p[k] for p in per_seed], axis=0)] for k in per_seed[0]}
 
 
-def _verdict_rows(cfg: StudyConfig, diag: dict[str, list[dict]], plain_acc: dict[str, list[dict]],
-                  hwa_acc: dict[str, dict], train_strength: dict[str, float], acc_clean_te: float) -> list[dict]:
+def _verdict_rows(
+    cfg: StudyConfig,
+    diag: dict[str, list[dict]],
+    plain_acc: dict[str, list[dict]],
+    hwa_acc: dict[str, dict],
+    train_strength: dict[str, float],
+    acc_clean_te: float,
+) -> list[dict]:
     """Per class, at its training strength: what the diagnostics say and what training did."""
     rows = []
     for k in cfg.classes:
@@ -319,23 +368,43 @@ def _verdict_rows(cfg: StudyConfig, diag: dict[str, list[dict]], plain_acc: dict
         s = train_strength[k]
         i = list(cfg.sweep(k)).index(s)
         d = diag[k][i]
-        ok, why = gradient_diagnostics.diagnostic_verdict(d["cos_ste"], d["relvar_ste"], d["sens_weights"], d["sens_outputs"],
-                                             cfg.rules)
+        ok, why = gradient_diagnostics.diagnostic_verdict(
+            d["cos_ste"], d["relvar_ste"], d["sens_weights"], d["sens_outputs"], cfg.rules
+        )
         a_plain = plain_acc[k][i]["test"]
         a_hwa = hwa_acc[k][k][i]
         frac, outcome = gradient_diagnostics.gap_recovered(acc_clean_te, a_plain, a_hwa, cfg.rules)
         a_ctrl = hwa_acc["none"][k][i] if cfg.control else float("nan")
-        frac_ctrl = gradient_diagnostics.gap_recovered(acc_clean_te, a_plain, a_ctrl, cfg.rules)[0] if cfg.control else float("nan")
+        frac_ctrl = (
+            gradient_diagnostics.gap_recovered(acc_clean_te, a_plain, a_ctrl, cfg.rules)[0]
+            if cfg.control
+            else float("nan")
+        )
         trained = outcome == "closes" if outcome != "no gap" else None
-        rows.append({
-            "class": k, "label": pc.label, "strength": s, "strength_label": pc.fmt(s),
-            "cos_ste": d["cos_ste"], "relvar_ste": d["relvar_ste"], "sens_weights": d["sens_weights"],
-            "sens_outputs": d["sens_outputs"], "diagnostics_compensable": ok, "diagnostics_reasons": why,
-            "acc_clean": acc_clean_te, "acc_plain": a_plain, "acc_hwa": a_hwa, "acc_control": a_ctrl,
-            "acc_hwa_clean": hwa_acc[k]["clean"][0],
-            "gap": acc_clean_te - a_plain, "recovered": frac, "recovered_control": frac_ctrl,
-            "outcome": outcome, "agree": None if trained is None else (trained == ok),
-        })
+        rows.append(
+            {
+                "class": k,
+                "label": pc.label,
+                "strength": s,
+                "strength_label": pc.fmt(s),
+                "cos_ste": d["cos_ste"],
+                "relvar_ste": d["relvar_ste"],
+                "sens_weights": d["sens_weights"],
+                "sens_outputs": d["sens_outputs"],
+                "diagnostics_compensable": ok,
+                "diagnostics_reasons": why,
+                "acc_clean": acc_clean_te,
+                "acc_plain": a_plain,
+                "acc_hwa": a_hwa,
+                "acc_control": a_ctrl,
+                "acc_hwa_clean": hwa_acc[k]["clean"][0],
+                "gap": acc_clean_te - a_plain,
+                "recovered": frac,
+                "recovered_control": frac_ctrl,
+                "outcome": outcome,
+                "agree": None if trained is None else (trained == ok),
+            }
+        )
     return rows
 
 
@@ -351,8 +420,12 @@ def run_study(cfg: StudyConfig) -> dict:
     t0 = time.perf_counter()
     plain_recipe = replace(RECIPES[f"{cfg.arch}-plain"], epochs=cfg.plain_epochs, seed=cfg.seed)
     plain = train(plain_recipe, progress=cfg.progress, desc=f"{cfg.arch}-plain", max_steps=cfg.max_steps).model
-    early = train(replace(plain_recipe, epochs=cfg.diag_epochs), progress=cfg.progress,
-                  desc=f"{cfg.arch}-plain {cfg.diag_epochs} ep", max_steps=cfg.max_steps).model
+    early = train(
+        replace(plain_recipe, epochs=cfg.diag_epochs),
+        progress=cfg.progress,
+        desc=f"{cfg.arch}-plain {cfg.diag_epochs} ep",
+        max_steps=cfg.max_steps,
+    ).model
     timings["plain_training_s"] = time.perf_counter() - t0
     acc_clean_te = accuracy(plain, data.x_te, data.y_te)
     acc_clean_va = accuracy(plain, data.x_va, data.y_va)
@@ -360,8 +433,10 @@ def run_study(cfg: StudyConfig) -> dict:
     # 2. diagnostics over every class and strength
     t0 = time.perf_counter()
     g_early = clean_gradient(early, data.xb, data.yb)
-    rv_sgd = {"checkpoint": minibatch_relative_variance(early, data.x_tr, data.y_tr, plain_recipe.batch_size, cfg.seed),
-              "trained": minibatch_relative_variance(plain, data.x_tr, data.y_tr, plain_recipe.batch_size, cfg.seed)}
+    rv_sgd = {
+        "checkpoint": minibatch_relative_variance(early, data.x_tr, data.y_tr, plain_recipe.batch_size, cfg.seed),
+        "trained": minibatch_relative_variance(plain, data.x_tr, data.y_tr, plain_recipe.batch_size, cfg.seed),
+    }
     diag: dict[str, list[dict]] = {k: [] for k in cfg.classes}
     with tqdm(total=len(cfg.settings()) * cfg.draws, desc="diagnostics", unit="draw", disable=not cfg.progress) as bar:
         for k, s in cfg.settings():
@@ -378,8 +453,9 @@ def run_study(cfg: StudyConfig) -> dict:
     t0 = time.perf_counter()
     g_plain = clean_gradient(plain, data.xb, data.yb)
     diag_trained: dict[str, dict] = {}
-    with tqdm(total=len(cfg.classes) * cfg.draws, desc="diagnostics (trained)", unit="draw",
-              disable=not cfg.progress) as bar:
+    with tqdm(
+        total=len(cfg.classes) * cfg.draws, desc="diagnostics (trained)", unit="draw", disable=not cfg.progress
+    ) as bar:
         for k in cfg.classes:
             diag_trained[k] = _diagnose(cfg, data, plain, g_plain, k, train_strength[k], bar)
     timings["diagnostics_trained_s"] = time.perf_counter() - t0
@@ -401,15 +477,26 @@ def run_study(cfg: StudyConfig) -> dict:
     rows = _verdict_rows(cfg, diag, plain_acc, hwa_acc, train_strength, acc_clean_te)
     seconds = time.perf_counter() - t_start
     return {
-        "arch": cfg.arch, "config": _config_json(cfg), "seconds": seconds, "timings": timings,
-        "threads": torch.get_num_threads(), "acc_clean_test": acc_clean_te, "acc_clean_val": acc_clean_va,
+        "arch": cfg.arch,
+        "config": _config_json(cfg),
+        "seconds": seconds,
+        "timings": timings,
+        "threads": torch.get_num_threads(),
+        "acc_clean_test": acc_clean_te,
+        "acc_clean_val": acc_clean_va,
         "acc_checkpoint_train": accuracy(early, data.x_tr, data.y_tr),
-        "minibatch_relvar": rv_sgd, "layers": [n for n, _ in analog_layers(plain)],
+        "minibatch_relvar": rv_sgd,
+        "layers": [n for n, _ in analog_layers(plain)],
         "sweeps": {k: list(cfg.sweep(k)) for k in cfg.classes},
         "strength_labels": {k: [CLASSES[k].fmt(s) for s in cfg.sweep(k)] for k in cfg.classes},
         "knobs": {k: CLASSES[k].knob for k in cfg.classes},
-        "diagnostics": diag, "diagnostics_trained": diag_trained, "plain_accuracy": plain_acc,
-        "train_strength": train_strength, "hwa_accuracy": hwa_acc, "hwa_seconds": hwa_seconds, "table": rows,
+        "diagnostics": diag,
+        "diagnostics_trained": diag_trained,
+        "plain_accuracy": plain_acc,
+        "train_strength": train_strength,
+        "hwa_accuracy": hwa_acc,
+        "hwa_seconds": hwa_seconds,
+        "table": rows,
     }
 
 
@@ -423,16 +510,26 @@ def _config_json(cfg: StudyConfig) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=sorted(a for a in ("mlp", "cnn", "transformer")), help="zoo architecture")
-    ap.add_argument("--quick", action="store_true", help=f"coarse, fast smoke run ({QUICK}); too short for meaningful verdicts")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"coarse, fast smoke run ({QUICK}); too short for meaningful verdicts"
+    )
     outputs.add_arguments(ap, DEFAULT_OUT)
     ap.add_argument("--draws", type=int, default=None, help="chip instances K per diagnostic point (default 16)")
     ap.add_argument("--hwa-epochs", type=int, default=None)
     ap.add_argument("--hwa-seeds", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classes", default=",".join(CLASSES), help="comma-separated subset of " + ",".join(CLASSES))
-    ap.add_argument("--render", action="store_true",
-                    help="only re-render README.md and diagnose.png from OUT/results.json (no runs)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: small kernels gain nothing from more, and a shared machine makes them spin)")
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only re-render README.md and diagnose.png from OUT/results.json (no runs)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: small kernels gain nothing from more, and a shared machine makes them spin)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
@@ -451,17 +548,21 @@ def main(argv: list[str] | None = None) -> None:
         write_report(results, out, results["command"])
         print(f"re-rendered {out}/README.md and diagnose.png from results.json")
         return
-    args.out = outputs.output_dir("diagnose", DEFAULT_OUT, args.out, args.replace,
-                                  ("README.md", "diagnose.png", "results.json"))
+    args.out = outputs.output_dir(
+        "diagnose", DEFAULT_OUT, args.out, args.replace, ("README.md", "diagnose.png", "results.json")
+    )
     results = run_study(cfg)
     results["command"] = "python -m studies.diagnose " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     write_report(results, args.out, results["command"])
     print(f"wrote {args.out}/README.md, diagnose.png, results.json in {results['seconds'] / 60:.1f} min")
     for r in results["table"]:
-        print(f"{r['label']:>20} @ {r['strength_label']:<14} diagnostics: "
-              f"{'compensable' if r['diagnostics_compensable'] else 'fix hardware':<12} training: {r['outcome']:<8} "
-              f"agree: {r['agree']}")
+        print(
+            f"{r['label']:>20} @ {r['strength_label']:<14} diagnostics: "
+            f"{'compensable' if r['diagnostics_compensable'] else 'fix hardware':<12} training: {r['outcome']:<8} "
+            f"agree: {r['agree']}"
+        )
 
 
 if __name__ == "__main__":

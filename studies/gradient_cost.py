@@ -122,11 +122,19 @@ def _ste_worker(mode: str, init_state: dict, steps: int | None, out_q) -> None: 
     del probe_model, loss
 
     model_bytes, _ = build_onnx(res.model)
-    out_q.put({
-        "mode": mode, "steps": res.steps, "seconds": res.seconds, "seconds_per_step": res.seconds / max(1, res.steps),
-        "rss_peak_increase_bytes": rss.increase, "rss_base_bytes": rss.base, "autograd_saved_bytes": saved["peak"],
-        "onnx": model_bytes, "history": res.history,
-    })
+    out_q.put(
+        {
+            "mode": mode,
+            "steps": res.steps,
+            "seconds": res.seconds,
+            "seconds_per_step": res.seconds / max(1, res.steps),
+            "rss_peak_increase_bytes": rss.increase,
+            "rss_base_bytes": rss.base,
+            "autograd_saved_bytes": saved["peak"],
+            "onnx": model_bytes,
+            "history": res.history,
+        }
+    )
 
 
 def ste_study(steps: int | None, n_chips: int, eval_x: np.ndarray, eval_y: np.ndarray) -> list[dict[str, Any]]:
@@ -153,7 +161,9 @@ def ste_study(steps: int | None, n_chips: int, eval_x: np.ndarray, eval_y: np.nd
                 r = q.get(timeout=5)
             except queue.Empty:
                 if not p.is_alive():
-                    raise RuntimeError(f"STE study: the {mode!r} training process died (exit code {p.exitcode})") from None
+                    raise RuntimeError(
+                        f"STE study: the {mode!r} training process died (exit code {p.exitcode})"
+                    ) from None
         p.join()
         model_bytes = r.pop("onnx")
         r["fp_accuracy"] = float((onnx_logits(model_bytes, eval_x).argmax(1) == eval_y).mean())

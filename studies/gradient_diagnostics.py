@@ -138,7 +138,9 @@ class Rules:
     min_gap: float = 0.01
 
 
-def diagnostic_verdict(cos: float, relvar: float, sens_w: float, sens_out: float, rules: Rules = Rules()) -> tuple[bool, list[str]]:
+def diagnostic_verdict(
+    cos: float, relvar: float, sens_w: float, sens_out: float, rules: Rules = Rules()
+) -> tuple[bool, list[str]]:
     """(compensable, reasons it is not) from the three diagnostics at one strength."""
     why = []
     if not cos >= rules.cos_min:

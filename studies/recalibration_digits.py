@@ -36,10 +36,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from chipsim import get_profile
+from chipsim.ages import DAY_S, YEAR_S
 from chipsim.compiler import program_onnx
 from chipsim.recalibration import ALGORITHMS, RecalibrationConfig, RecalibrationError, recalibrate
 from chipsim.runtime import ChipRuntime
-from chipsim.ages import DAY_S, YEAR_S
 from models import outputs
 from studies.common import ZooModel, md_row, mean_std, pyplot, read_zoo
 
@@ -98,8 +98,9 @@ def last_layer_note(model_bytes: bytes, name: str) -> str | None:
     return f"{name}: last layer `{layer.name}` ({layer.shape[0]}×{layer.shape[1]}) feeds the output: recalibrated"
 
 
-def run(args: argparse.Namespace) -> tuple[dict[tuple[str, str, str, str], Cell], dict[tuple[str, str], list[float]],
-                                           list[str]]:
+def run(
+    args: argparse.Namespace,
+) -> tuple[dict[tuple[str, str, str, str], Cell], dict[tuple[str, str], list[float]], list[str]]:
     cells: dict[tuple[str, str, str, str], Cell] = {}
     fresh: dict[tuple[str, str], list[float]] = {}
     notes: list[str] = []
@@ -153,8 +154,9 @@ def mean(vals: list[float]) -> float:
     return float(np.mean(vals)) * 100
 
 
-def reading(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str, str], list[float]],
-            args: argparse.Namespace) -> list[str]:
+def reading(
+    cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str, str], list[float]], args: argparse.Namespace
+) -> list[str]:
     """The findings, computed from the numbers above (nothing here is typed in by hand)."""
     out = []
     models = [m for m in MODELS if any(k[1] == m for k in cells)]
@@ -171,26 +173,39 @@ def reading(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str,
         f = mean(fresh[(plain, name)])
         g = [acc(plain, name, a, GDC_ONLY, "+0") for a in ages]
         off = [mean(cells[(plain, name, a, GDC_ONLY)].gdc_off) for a in ages]
-        lines.append(f"{name} {f:.1f} fresh → " + ", ".join(f"{v:.1f} at {a}" for v, a in zip(g, ages))
-                     + " (GDC off: " + ", ".join(f"{v:.1f}" for v in off) + ")")
-    gains = [acc(plain, n, a, alg, "+0") - acc(plain, n, a, GDC_ONLY, "+0")
-             for n in models for a in ages for alg in algs]
-    out.append(f"- **On the contract's `{plain}` profile GDC alone is already enough.** Accuracy with GDC: "
-               + "; ".join(lines) + f". Recalibration changes the accuracy right after by {min(gains):+.1f} to "
-               f"{max(gains):+.1f} points (mean {np.mean(gains):+.1f}) over all models, ages and algorithms (one "
-               f"held-out sample is {100 / args.n_eval:.2f} points): there is nothing left for it to recover, and "
-               "recalibrating a chip that does not need it can cost a point or two. That is a finding, not a "
-               "failure; the harsher rows below show what it does when there is something to recover.")
+        lines.append(
+            f"{name} {f:.1f} fresh → "
+            + ", ".join(f"{v:.1f} at {a}" for v, a in zip(g, ages))
+            + " (GDC off: "
+            + ", ".join(f"{v:.1f}" for v in off)
+            + ")"
+        )
+    gains = [
+        acc(plain, n, a, alg, "+0") - acc(plain, n, a, GDC_ONLY, "+0") for n in models for a in ages for alg in algs
+    ]
+    out.append(
+        f"- **On the contract's `{plain}` profile GDC alone is already enough.** Accuracy with GDC: "
+        + "; ".join(lines)
+        + f". Recalibration changes the accuracy right after by {min(gains):+.1f} to "
+        f"{max(gains):+.1f} points (mean {np.mean(gains):+.1f}) over all models, ages and algorithms (one "
+        f"held-out sample is {100 / args.n_eval:.2f} points): there is nothing left for it to recover, and "
+        "recalibrating a chip that does not need it can cost a point or two. That is a finding, not a "
+        "failure; the harsher rows below show what it does when there is something to recover."
+    )
     # 2. harsher profile.
     lines = []
     for name in models:
         best = max(algs, key=lambda a: acc(harsh, name, "10 y", a, "+0"))
-        lines.append(f"{name}: GDC alone {acc(harsh, name, '10 y', GDC_ONLY, '+0'):.1f}, {best} "
-                     f"{acc(harsh, name, '10 y', best, '+0'):.1f} (a year later: "
-                     f"{acc(harsh, name, '10 y', GDC_ONLY, '+1 y'):.1f} vs "
-                     f"{acc(harsh, name, '10 y', best, '+1 y'):.1f})")
-    out.append(f"- **With drift ×3 (`{harsh}`, harsher than the contract, labelled as such) recalibration recovers "
-               "what GDC cannot**; at 10 y, best algorithm per model: " + "; ".join(lines) + ".")
+        lines.append(
+            f"{name}: GDC alone {acc(harsh, name, '10 y', GDC_ONLY, '+0'):.1f}, {best} "
+            f"{acc(harsh, name, '10 y', best, '+0'):.1f} (a year later: "
+            f"{acc(harsh, name, '10 y', GDC_ONLY, '+1 y'):.1f} vs "
+            f"{acc(harsh, name, '10 y', best, '+1 y'):.1f})"
+        )
+    out.append(
+        f"- **With drift ×3 (`{harsh}`, harsher than the contract, labelled as such) recalibration recovers "
+        "what GDC cannot**; at 10 y, best algorithm per model: " + "; ".join(lines) + "."
+    )
 
     # 3. algorithms on the harsh rows (mean over models and both ages).
     def avg(method: str, key: str) -> float:
@@ -200,26 +215,36 @@ def reading(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str,
         return float(np.mean([np.mean(cells[(harsh, n, a, alg)].pulses) for n in models for a in ages]))
 
     parts = [f"{alg} {avg(alg, '+0'):.1f} → {avg(alg, '+1 y'):.1f} ({pulses(alg) / 1e3:.0f}k pulses)" for alg in algs]
-    out.append(f"- Algorithms on `{harsh}`, mean over models and both ages, right after → a year later: "
-               + "; ".join(parts) + f"; GDC alone {avg(GDC_ONLY, '+0'):.1f} → {avg(GDC_ONLY, '+1 y'):.1f}.")
+    out.append(
+        f"- Algorithms on `{harsh}`, mean over models and both ages, right after → a year later: "
+        + "; ".join(parts)
+        + f"; GDC alone {avg(GDC_ONLY, '+0'):.1f} → {avg(GDC_ONLY, '+1 y'):.1f}."
+    )
     lines = []
     for alg in algs:
         rows = [(n, a) for n in models for a in ages]
         above = sum(acc(harsh, n, a, alg, "+1 y") > acc(harsh, n, a, GDC_ONLY, "+1 y") for n, a in rows)
         lines.append(f"{alg} {above}/{len(rows)}")
-    out.append("- The re-written layer restarts drift (new ν and GDC baselines; the other layers keep ageing from "
-               "the recalibration age), so it goes through the fast early decades of drift again and the gain "
-               "shrinks over the following year. Harsh rows where the new chip, a year after recalibration, still "
-               "beats the parent with GDC alone at the same absolute age: " + ", ".join(lines) + ". Residual learning "
-               "writes more pulses (two arrays plus transfers) and keeps more of its gain; analog SGD's gain decays "
-               "fastest (why its solution is more drift-sensitive is not isolated here).")
+    out.append(
+        "- The re-written layer restarts drift (new ν and GDC baselines; the other layers keep ageing from "
+        "the recalibration age), so it goes through the fast early decades of drift again and the gain "
+        "shrinks over the following year. Harsh rows where the new chip, a year after recalibration, still "
+        "beats the parent with GDC alone at the same absolute age: " + ", ".join(lines) + ". Residual learning "
+        "writes more pulses (two arrays plus transfers) and keeps more of its gain; analog SGD's gain decays "
+        "fastest (why its solution is more drift-sensitive is not isolated here)."
+    )
     return out
 
 
-def markdown(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str, str], list[float]],
-             notes: list[str], args: argparse.Namespace, command: str, seconds: float) -> str:
-    models = [m for m in MODELS if any(k[1] == m for k in cells)] + sorted(
-        {k[1] for k in cells} - set(MODELS))
+def markdown(
+    cells: dict[tuple[str, str, str, str], Cell],
+    fresh: dict[tuple[str, str], list[float]],
+    notes: list[str],
+    args: argparse.Namespace,
+    command: str,
+    seconds: float,
+) -> str:
+    models = [m for m in MODELS if any(k[1] == m for k in cells)] + sorted({k[1] for k in cells} - set(MODELS))
     methods = [GDC_ONLY, *args.algorithms]
     n_eval = args.n_eval
     lines = [
@@ -254,8 +279,13 @@ def markdown(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str
         "Models: " + "; ".join(notes) + ".",
         "",
         "Fresh chips (1 s, GDC on), accuracy %: "
-        + "; ".join(f"{name} on `{label}` {mean_std(fresh[(label, name)], 1)}" for label, _, _ in SCENARIOS
-                    for name in models if (label, name) in fresh) + ".",
+        + "; ".join(
+            f"{name} on `{label}` {mean_std(fresh[(label, name)], 1)}"
+            for label, _, _ in SCENARIOS
+            for name in models
+            if (label, name) in fresh
+        )
+        + ".",
         "",
         "Accuracy in % (mean ± std over chip instances):",
         "",
@@ -269,10 +299,16 @@ def markdown(cells: dict[tuple[str, str, str, str], Cell], fresh: dict[tuple[str
                     c = cells.get((label, name, age_label, m))
                     if c is None:
                         continue
-                    row = [label if m == GDC_ONLY else "", name if m == GDC_ONLY else "",
-                           age_label if m == GDC_ONLY else "", f"**{m}**" if m == GDC_ONLY else m,
-                           mean_std(c.gdc_off, 1), *(mean_std(c.further.get(f, []), 1) for f, _ in FURTHER), kilo(c.pulses),
-                           mean_std(c.seconds, 2, scale=1.0) if c.seconds else "–"]
+                    row = [
+                        label if m == GDC_ONLY else "",
+                        name if m == GDC_ONLY else "",
+                        age_label if m == GDC_ONLY else "",
+                        f"**{m}**" if m == GDC_ONLY else m,
+                        mean_std(c.gdc_off, 1),
+                        *(mean_std(c.further.get(f, []), 1) for f, _ in FURTHER),
+                        kilo(c.pulses),
+                        mean_std(c.seconds, 2, scale=1.0) if c.seconds else "–",
+                    ]
                     lines.append(md_row(row))
     lines += ["", "## Reading", "", *reading(cells, fresh, args), "", "![accuracy vs further age](digits.png)", ""]
     return "\n".join(lines)
@@ -282,8 +318,9 @@ def plot(cells: dict[tuple[str, str, str, str], Cell], args: argparse.Namespace,
     plt = pyplot()
     models = [m for m in MODELS if any(k[1] == m for k in cells)]
     rows = [(label, age_label) for label, _, _ in SCENARIOS for age_label, _ in AGES]
-    fig, axes = plt.subplots(len(rows), len(models), figsize=(4.2 * len(models), 3.0 * len(rows)), squeeze=False,
-                             sharex=True)
+    fig, axes = plt.subplots(
+        len(rows), len(models), figsize=(4.2 * len(models), 3.0 * len(rows)), squeeze=False, sharex=True
+    )
     xs = np.arange(len(FURTHER))
     styles = {GDC_ONLY: dict(color="black", ls="--", marker="o")}
     colours = plt.get_cmap("tab10")
@@ -307,16 +344,18 @@ def plot(cells: dict[tuple[str, str, str, str], Cell], args: argparse.Namespace,
             if r == len(rows) - 1:
                 ax.set_xlabel("time after recalibration")
     axes[0][0].legend(fontsize=8, loc="lower left")
-    fig.suptitle("Recalibrated chips vs the parent with GDC alone at the same absolute age (mean ± std over chips)",
-                 fontsize=11)
+    fig.suptitle(
+        "Recalibrated chips vs the parent with GDC alone at the same absolute age (mean ± std over chips)", fontsize=11
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=3, help="chip instances (seeds 0…n−1)")
     parser.add_argument("--n-recal", type=int, default=300, help="labelled samples for recalibration")
     parser.add_argument("--steps", type=int, default=300, help="training steps per recalibration")
@@ -336,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cells, fresh, notes = run(args)
     seconds = time.perf_counter() - t0
-    args.out = outputs.output_dir("recalibration_digits", DEFAULT_OUT, args.out, args.replace, ("digits.md", "digits.png"))
+    args.out = outputs.output_dir(
+        "recalibration_digits", DEFAULT_OUT, args.out, args.replace, ("digits.md", "digits.png")
+    )
     plot(cells, args, args.out / "digits.png")
     (args.out / "digits.md").write_text(markdown(cells, fresh, notes, args, command, seconds))
     print(f"wrote {args.out / 'digits.md'} and {args.out / 'digits.png'} in {seconds:.0f} s")

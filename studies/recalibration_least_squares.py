@@ -99,8 +99,9 @@ class Algorithm(StrEnum):
 
     @property
     def label(self) -> str:
-        return {"digital": "digital SGD", "analog_sgd": "analog SGD", "rl_v1": "residual v1",
-                "rl_v2": "residual v2"}[self.value]
+        return {"digital": "digital SGD", "analog_sgd": "analog SGD", "rl_v1": "residual v1", "rl_v2": "residual v2"}[
+            self.value
+        ]
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,11 @@ def run_specs() -> list[RunSpec]:
     ]
     for lr in LR_SWEEP:
         if lr != LR:
-            specs += [RunSpec(Algorithm.DIGITAL, 0.0, lr=lr), RunSpec(Algorithm.ANALOG_SGD, lr=lr), RunSpec(Algorithm.RESIDUAL_V1, lr=lr)]
+            specs += [
+                RunSpec(Algorithm.DIGITAL, 0.0, lr=lr),
+                RunSpec(Algorithm.ANALOG_SGD, lr=lr),
+                RunSpec(Algorithm.RESIDUAL_V1, lr=lr),
+            ]
     return specs
 
 
@@ -238,7 +243,9 @@ def plot(results: list[RunResult], path: Path) -> None:
     curve(ax, _find(results, algo=Algorithm.DIGITAL, asymmetry=0.0), color="black", label="digital SGD")
     for a, c in zip(ASYMMETRIES, colors):
         curve(ax, _find(results, algo=Algorithm.ANALOG_SGD, asymmetry=a), color=c, label=f"analog SGD, a={a:g}")
-        curve(ax, _find(results, algo=Algorithm.RESIDUAL_V1, asymmetry=a), color=c, ls="--", label=f"residual v1, a={a:g}")
+        curve(
+            ax, _find(results, algo=Algorithm.RESIDUAL_V1, asymmetry=a), color=c, ls="--", label=f"residual v1, a={a:g}"
+        )
     ax.set_title(f"(a) asymmetry sweep, lr={LR:g}")
 
     ax = axes[1]
@@ -263,7 +270,11 @@ def plot(results: list[RunResult], path: Path) -> None:
 
     ax = axes[2]
     lrs = np.array(sorted(LR_SWEEP))
-    for algo, c in ((Algorithm.DIGITAL, "black"), (Algorithm.ANALOG_SGD, "tab:red"), (Algorithm.RESIDUAL_V1, "tab:blue")):
+    for algo, c in (
+        (Algorithm.DIGITAL, "black"),
+        (Algorithm.ANALOG_SGD, "tab:red"),
+        (Algorithm.RESIDUAL_V1, "tab:blue"),
+    ):
         asym = 0.0 if algo == Algorithm.DIGITAL else STRONG
         finals = [_find(results, algo=algo, asymmetry=asym, lr=float(lr)).final() for lr in lrs]
         label = RunSpec(algo).label + ("" if algo == Algorithm.DIGITAL else f", a={STRONG:g}")
@@ -296,7 +307,10 @@ def reading(results: list[RunResult]) -> list[str]:
     dig = _find(results, algo=Algorithm.DIGITAL, asymmetry=0.0).final()
     lrs = sorted(LR_SWEEP)
     sweep = {
-        algo: [_find(results, algo=algo, asymmetry=0.0 if algo == Algorithm.DIGITAL else STRONG, lr=lr).final() for lr in lrs]
+        algo: [
+            _find(results, algo=algo, asymmetry=0.0 if algo == Algorithm.DIGITAL else STRONG, lr=lr).final()
+            for lr in lrs
+        ]
         for algo in (Algorithm.DIGITAL, Algorithm.ANALOG_SGD, Algorithm.RESIDUAL_V1)
     }
     finals = [asgd[a].final() for a in ASYMMETRIES]
@@ -402,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     seconds = time.perf_counter() - t0
 
-    args.out = outputs.output_dir("recalibration_least_squares", DEFAULT_OUT, args.out, args.replace,
-                                  ("least_squares.md", "least_squares.png"))
+    args.out = outputs.output_dir(
+        "recalibration_least_squares", DEFAULT_OUT, args.out, args.replace, ("least_squares.md", "least_squares.png")
+    )
     plot(results, args.out / "least_squares.png")
     md = markdown(results, args, command, seconds, float(np.linalg.norm(problem.w_opt)))
     (args.out / "least_squares.md").write_text(md, encoding="utf-8")

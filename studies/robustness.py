@@ -58,7 +58,12 @@ def fit_midpoint(sigmas: np.ndarray, acc: np.ndarray, chance: float) -> dict[str
     def f(s, a, log_mu, k):
         return logistic(s, a, log_mu, k, chance)
 
-    popt, _ = curve_fit(f, sigmas, acc, p0=[a0, math.log(mu0), 2.0],
-                        bounds=([chance, math.log(sigmas[0]) - 5, 1e-3], [1.0, math.log(sigmas[-1]) + 5, 20.0]))
+    popt, _ = curve_fit(
+        f,
+        sigmas,
+        acc,
+        p0=[a0, math.log(mu0), 2.0],
+        bounds=([chance, math.log(sigmas[0]) - 5, 1e-3], [1.0, math.log(sigmas[-1]) + 5, 20.0]),
+    )
     rmse = float(np.sqrt(np.mean((f(sigmas, *popt) - acc) ** 2)))
     return {"mu": float(math.exp(popt[1])), "a": float(popt[0]), "k": float(popt[2]), "rmse": rmse}

@@ -24,11 +24,11 @@ _DIRECTIVE = re.compile(r"^<!--\s*(skip|output)\b(.*?)-->\s*$")
 @dataclass
 class Block:
     path: Path
-    line: int           # 1-based line of the opening fence
+    line: int  # 1-based line of the opening fence
     lang: str
     code: str
-    skip: str | None = None       # the reason, when marked skip
-    output: bool = False          # a text block marked as the previous block's output
+    skip: str | None = None  # the reason, when marked skip
+    output: bool = False  # a text block marked as the previous block's output
     rtol: float = DEFAULT_RTOL
 
     @property
@@ -113,7 +113,7 @@ def _close(expected: str, actual: str, rtol: float) -> bool:
     if not any(c in expected for c in ".eE"):
         return got == want  # integers (labels, counts, shapes) match exactly
     decimals = len(expected.split(".")[1].split("e")[0].split("E")[0]) if "." in expected else 0
-    return math.isclose(got, want, rel_tol=rtol, abs_tol=10.0 ** -decimals)
+    return math.isclose(got, want, rel_tol=rtol, abs_tol=10.0**-decimals)
 
 
 def output_mismatch(expected: str, actual: str, rtol: float = DEFAULT_RTOL) -> str | None:

@@ -48,9 +48,13 @@ def cnn(seed=0):
 
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 12, 3, padding=2, dilation=2, groups=4), torch.nn.ReLU(),
-        torch.nn.Conv2d(12, 6, 1), torch.nn.Flatten(), torch.nn.Linear(6 * 4 * 4, 10),
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 12, 3, padding=2, dilation=2, groups=4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(12, 6, 1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6 * 4 * 4, 10),
     )
 
 
@@ -96,8 +100,9 @@ def single_layer(op: str, rows: int, cols: int, seed: int = 0, **kw) -> tuple[by
             node = helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")
             inits = [numpy_helper.from_array(w, "w")]
         matrix = w
-    model = helper.make_model(helper.make_graph([node], "g", [x], [y], initializer=inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph([node], "g", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString(), matrix, bias

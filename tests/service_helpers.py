@@ -25,13 +25,16 @@ def tiny_model(seed: int = 0, hidden: int = 32, ranges: bool = True) -> bytes:
     b2 = np.zeros(10, np.float32)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], name="fc1", transB=1),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1)]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1),
+    ]
     inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
-    m = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], initializer=inits),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "tiny", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     m.ir_version = 8
     if ranges:
         m.metadata_props.add(key="agedchip.input_ranges", value=json.dumps({"w1": 1.0, "w2": 3.0}))
@@ -56,8 +59,15 @@ def make_zoo(root: Path) -> Path:
 
 
 def make_settings(state: Path, zoo: Path, **kw) -> Settings:
-    base = dict(state_dir=state, zoo_dir=zoo, default_model=ZOO_MODEL, refresh_seconds=0, schedule_readouts=1,
-                refresh_eval_samples=64, default_time_scale=86400.0)
+    base = dict(
+        state_dir=state,
+        zoo_dir=zoo,
+        default_model=ZOO_MODEL,
+        refresh_seconds=0,
+        schedule_readouts=1,
+        refresh_eval_samples=64,
+        default_time_scale=86400.0,
+    )
     base.update(kw)
     return Settings(**base)
 

@@ -27,8 +27,9 @@ def free_port() -> int:
 
 def http(method: str, url: str, body: object | None = None, timeout: float = 30.0) -> tuple[int, bytes]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data is not None else {})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"} if data is not None else {}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -43,8 +44,14 @@ def _tail(path: Path, n: int = 4000) -> str:
         return ""
 
 
-def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None,
-               interval: float = 0.25):
+def wait_until(
+    check,
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen | None = None,
+    log: Path | None = None,
+    interval: float = 0.25,
+):
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
@@ -57,8 +64,9 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
         except (OSError, ValueError) as err:
             last = err
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})\n"
-                         f"{_tail(log) if log else ''}")
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})\n{_tail(log) if log else ''}"
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -72,22 +80,38 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def run_service(python: str, cwd: Path, state_dir: Path, log: Path, env_extra: dict[str, str] | None = None,
-                startup_timeout: float = 180.0):
+def run_service(
+    python: str,
+    cwd: Path,
+    state_dir: Path,
+    log: Path,
+    env_extra: dict[str, str] | None = None,
+    startup_timeout: float = 180.0,
+):
     """``python -m service`` on a free loopback port; yields its base URL once /readyz answers 200."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGEDCHIP_") or k == "AGEDCHIP_ZOO_DIR"}
-    env.update({
-        "AGEDCHIP_HOST": "127.0.0.1", "AGEDCHIP_PORT": str(port), "AGEDCHIP_STATE_DIR": str(state_dir),
-        "AGEDCHIP_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "AGEDCHIP_HOST": "127.0.0.1",
+            "AGEDCHIP_PORT": str(port),
+            "AGEDCHIP_STATE_DIR": str(state_dir),
+            "AGEDCHIP_LOG_LEVEL": "warning",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(env_extra or {})
     with open(log, "wb") as out:
         proc = subprocess.Popen([python, "-m", "service"], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: http("GET", base + "/readyz", timeout=5)[0] == 200, startup_timeout,
-                   "the service's /readyz", proc, log)
+        wait_until(
+            lambda: http("GET", base + "/readyz", timeout=5)[0] == 200,
+            startup_timeout,
+            "the service's /readyz",
+            proc,
+            log,
+        )
         yield base, proc
     finally:
         stop(proc)

@@ -25,11 +25,16 @@ from chipsim.compiler.archive import ArchiveLimits, is_archive, model_from_archi
 def _model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w")
-    m = helper.make_model(helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])], initializer=[w]),
-        opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32])],
+            initializer=[w],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     m.ir_version = 8
     return m
 
@@ -119,8 +124,11 @@ def test_sizes_counts_and_duplicates_are_bounded(tmp_path):
     files = _external_files(tmp_path)
     total = sum(len(v) for v in files.values())
     _refused(_zip(files), "more than the limit", ArchiveLimits(max_bytes=total - 1))
-    _refused(_zip({**files, **{f"pad/{i}": b"" for i in range(9)}}), "11 members, more than the limit of 10",
-             ArchiveLimits(max_members=10))
+    _refused(
+        _zip({**files, **{f"pad/{i}": b"" for i in range(9)}}),
+        "11 members, more than the limit of 10",
+        ArchiveLimits(max_members=10),
+    )
     # A bomb: 64 MiB of zeros deflate to ~64 kB; refused once the count passes the limit.
     _refused(_zip({**files, "zeros.bin": bytes(64 << 20)}), "more than the limit", ArchiveLimits(max_bytes=1 << 20))
     dup = io.BytesIO()
@@ -139,8 +147,8 @@ def test_a_member_holding_more_than_its_header_declares_is_refused(tmp_path):
     zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
     info = zf.getinfo("big.bin")
     central = data.find(b"big.bin", zf.start_dir) - 46  # its central-directory record (46-byte header)
-    data[info.header_offset + 22:info.header_offset + 26] = (16).to_bytes(4, "little")
-    data[central + 24:central + 28] = (16).to_bytes(4, "little")
+    data[info.header_offset + 22 : info.header_offset + 26] = (16).to_bytes(4, "little")
+    data[central + 24 : central + 28] = (16).to_bytes(4, "little")
     _refused(bytes(data), "(more data than its header declares|cannot be unpacked)")
 
 
@@ -153,8 +161,10 @@ def test_external_data_locations_are_checked_before_reading(tmp_path):
         for e in m.graph.initializer[0].external_data:
             if e.key == "location":
                 e.value = loc
-        _refused(_zip({"model.onnx": m.SerializeToString(), "weights.bin": files["weights.bin"]}),
-                 r"external data location .*(\.\.|absolute|not a file of the archive)")
+        _refused(
+            _zip({"model.onnx": m.SerializeToString(), "weights.bin": files["weights.bin"]}),
+            r"external data location .*(\.\.|absolute|not a file of the archive)",
+        )
     m = onnx.load_from_string(files["model.onnx"])
     for e in m.graph.initializer[0].external_data:
         if e.key == "offset":

@@ -19,8 +19,10 @@ IDEAL = get_profile("ideal")
 
 
 def _model(nodes, inits, inputs, outputs, opsets=(("", 17),)) -> bytes:
-    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
-                          opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
+        opset_imports=[helper.make_opsetid(d, v) for d, v in opsets],
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
@@ -53,11 +55,14 @@ def _position_embedding_model(rng) -> bytes:
         helper.make_node("Add", ["x", "p"], ["h"]),
         helper.make_node("MatMul", ["h", "w"], ["y"], name="dense"),
     ]
-    inits = [numpy_helper.from_array(pos, "pos"), numpy_helper.from_array(w, "w"),
-             numpy_helper.from_array(np.array(1, np.int64), "one"),
-             numpy_helper.from_array(np.array([0], np.int64), "zero_ax"),
-             numpy_helper.from_array(np.array([0], np.int64), "zero1"),
-             numpy_helper.from_array(np.array([1], np.int64), "one1")]
+    inits = [
+        numpy_helper.from_array(pos, "pos"),
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero_ax"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero1"),
+        numpy_helper.from_array(np.array([1], np.int64), "one1"),
+    ]
     return _model(nodes, inits, [_vi("x", ["batch", "seq", 8])], [_vi("y", ["batch", "seq", 5])])
 
 
@@ -82,12 +87,25 @@ def test_dynamic_sequence_length_compiles_and_runs_at_any_length():
 def _scaler_model(rng) -> bytes:
     """skl2onnx's shape of a pipeline: an ``ai.onnx.ml`` Scaler, then a Linear layer."""
     w = rng.standard_normal((6, 3)).astype(np.float32)
-    nodes = [helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", name="scaler",
-                              offset=rng.standard_normal(6).astype(np.float32).tolist(),
-                              scale=rng.uniform(0.5, 2.0, 6).astype(np.float32).tolist()),
-             helper.make_node("MatMul", ["xs", "w"], ["y"], name="linear")]
-    return _model(nodes, [numpy_helper.from_array(w, "w")], [_vi("x", ["N", 6])], [_vi("y", ["N", 3])],
-                  opsets=(("", 17), ("ai.onnx.ml", 3)))
+    nodes = [
+        helper.make_node(
+            "Scaler",
+            ["x"],
+            ["xs"],
+            domain="ai.onnx.ml",
+            name="scaler",
+            offset=rng.standard_normal(6).astype(np.float32).tolist(),
+            scale=rng.uniform(0.5, 2.0, 6).astype(np.float32).tolist(),
+        ),
+        helper.make_node("MatMul", ["xs", "w"], ["y"], name="linear"),
+    ]
+    return _model(
+        nodes,
+        [numpy_helper.from_array(w, "w")],
+        [_vi("x", ["N", 6])],
+        [_vi("y", ["N", 3])],
+        opsets=(("", 17), ("ai.onnx.ml", 3)),
+    )
 
 
 def test_ops_of_other_domains_onnxruntime_runs_stay_digital():
@@ -101,11 +119,18 @@ def test_ops_of_other_domains_onnxruntime_runs_stay_digital():
     assert _rel_err(got, _original(model, {"x": x})[0]) <= 1e-5
 
     w1, w2 = (rng.standard_normal((4, 4)).astype(np.float32) for _ in range(2))
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node("Gelu", ["h"], ["g"], domain="com.microsoft", name="gelu"),
-             helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2")]
-    model = _model(nodes, [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-                   [_vi("x", ["N", 4])], [_vi("y", ["N", 4])], opsets=(("", 17), ("com.microsoft", 1)))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Gelu", ["h"], ["g"], domain="com.microsoft", name="gelu"),
+        helper.make_node("MatMul", ["g", "w2"], ["y"], name="fc2"),
+    ]
+    model = _model(
+        nodes,
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+        [_vi("x", ["N", 4])],
+        [_vi("y", ["N", 4])],
+        opsets=(("", 17), ("com.microsoft", 1)),
+    )
     x = rng.standard_normal((3, 4)).astype(np.float32)
     got = ChipRuntime(program_onnx(model, IDEAL, seed=0)).run(x, age_s=0.0)[0]
     assert _rel_err(got, _original(model, {"x": x})[0]) <= 1e-5
@@ -114,8 +139,10 @@ def test_ops_of_other_domains_onnxruntime_runs_stay_digital():
 def test_an_op_onnxruntime_cannot_run_is_refused_by_name():
     rng = np.random.default_rng(3)
     w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
-             helper.make_node("Frobnicate", ["h"], ["y"], domain="example.custom", name="mystery")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+        helper.make_node("Frobnicate", ["h"], ["y"], domain="example.custom", name="mystery"),
+    ]
     model = _model(nodes, [w], [_vi("x", ["N", 4])], [_vi("y", ["N", 4])], opsets=(("", 17), ("example.custom", 1)))
     with pytest.raises(CompileError, match=r"node 'mystery'.*example\.custom.*Frobnicate.*onnxruntime"):
         compile_model(model, IDEAL)
@@ -136,28 +163,34 @@ def _fp16_mlp(rng, variant: str) -> bytes:
     w2 = (rng.standard_normal((3, 8)) * 0.5).astype(np.float16)
     b2 = rng.standard_normal(3).astype(np.float16)
     inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
-    body = [helper.make_node("MatMul", ["x16", "w1"], ["h"], name="fc1"),
-            helper.make_node("Add", ["h", "b1"], ["hb"]),
-            helper.make_node("Relu", ["hb"], ["r"]),
-            helper.make_node("Gemm", ["r", "w2", "b2"], ["y16"], name="fc2", transB=1)]
+    body = [
+        helper.make_node("MatMul", ["x16", "w1"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y16"], name="fc2", transB=1),
+    ]
     f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
     if variant == "half":
         body[0].input[0], body[-1].output[0] = "x", "y"
         return _model(body, inits, [_vi("x", ["N", 6], f16)], [_vi("y", ["N", 3], f16)])
     if variant == "keep_io":
-        nodes = [helper.make_node("Cast", ["x"], ["x16"], to=f16), *body,
-                 helper.make_node("Cast", ["y16"], ["y"], to=f32)]
+        nodes = [
+            helper.make_node("Cast", ["x"], ["x16"], to=f16),
+            *body,
+            helper.make_node("Cast", ["y16"], ["y"], to=f32),
+        ]
         return _model(nodes, inits, [_vi("x", ["N", 6], f32)], [_vi("y", ["N", 3], f32)])
     nodes = [helper.make_node("Cast", [n], [f"{n}_f32"], to=f32) for n in ("w1", "b1", "w2", "b2")]
-    nodes += [helper.make_node("MatMul", ["x", "w1_f32"], ["h"], name="fc1"),
-              helper.make_node("Add", ["h", "b1_f32"], ["hb"]),
-              helper.make_node("Relu", ["hb"], ["r"]),
-              helper.make_node("Gemm", ["r", "w2_f32", "b2_f32"], ["y"], name="fc2", transB=1)]
+    nodes += [
+        helper.make_node("MatMul", ["x", "w1_f32"], ["h"], name="fc1"),
+        helper.make_node("Add", ["h", "b1_f32"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2_f32", "b2_f32"], ["y"], name="fc2", transB=1),
+    ]
     return _model(nodes, inits, [_vi("x", ["N", 6], f32)], [_vi("y", ["N", 3], f32)])
 
 
-@pytest.mark.parametrize("variant, out_dtype", [("half", np.float16), ("keep_io", np.float32),
-                                                ("weights", np.float32)])
+@pytest.mark.parametrize("variant, out_dtype", [("half", np.float16), ("keep_io", np.float32), ("weights", np.float32)])
 def test_fp16_models_compute_in_fp32_on_the_chip_and_keep_their_types(variant, out_dtype):
     """#20.6: fp16 exports program (they gave HTTP 500) and run; the outputs keep the model's type."""
     rng = np.random.default_rng(4)
@@ -175,7 +208,9 @@ def test_fp16_models_compute_in_fp32_on_the_chip_and_keep_their_types(variant, o
     assert _rel_err(got, want) <= tol
     calibrated = compile_model(model, get_profile("pcm"), calibration=x).specs  # fed in the input's own type
     assert [s.meta["input_range_source"] for s in calibrated] == ["calibration", "calibration"]
-    assert calibrated[0].input_range == pytest.approx(float(np.quantile(np.abs(x.astype(np.float64)), 0.9999)), rel=1e-3)
+    assert calibrated[0].input_range == pytest.approx(
+        float(np.quantile(np.abs(x.astype(np.float64)), 0.9999)), rel=1e-3
+    )
     pcm = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=0))
     for age in (1.0, 86400.0, 365 * 86400.0):
         out = pcm.run(x, age_s=age, seed=0)[0]
@@ -188,11 +223,14 @@ def test_fp16_conv_and_a_weight_also_read_by_a_digital_node():
     f16 = TensorProto.FLOAT16
     # "w" is the Conv's weight and also an operand of a digital ReduceSum: it reaches that node
     # in fp16 through a Cast back.
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
-             helper.make_node("Add", ["c", "s"], ["y"])]
-    model = _model(nodes, [numpy_helper.from_array(w, "w")], [_vi("x", ["N", 3, 5, 5], f16)],
-                   [_vi("y", ["N", 4, 5, 5], f16)])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
+        helper.make_node("Add", ["c", "s"], ["y"]),
+    ]
+    model = _model(
+        nodes, [numpy_helper.from_array(w, "w")], [_vi("x", ["N", 3, 5, 5], f16)], [_vi("y", ["N", 4, 5, 5], f16)]
+    )
     x = rng.standard_normal((2, 3, 5, 5)).astype(np.float16)
     got = ChipRuntime(program_onnx(model, IDEAL, seed=0)).run(x, age_s=0.0)[0]
     assert got.dtype == np.float16
@@ -211,9 +249,11 @@ def test_bf16_model_runs_in_fp32_between_casts():
     rng = np.random.default_rng(6)
     w1, w2 = _bf16(rng.standard_normal((6, 8)) * 0.5), _bf16(rng.standard_normal((8, 3)) * 0.5)
     bf = TensorProto.BFLOAT16
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
+    ]
     inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")]
     model = _model(nodes, inits, [_vi("x", ["N", 6], bf)], [_vi("y", ["N", 3], bf)])
     with pytest.raises(Exception, match="(?i)implementation"):  # the premise: the original cannot run
@@ -223,7 +263,9 @@ def test_bf16_model_runs_in_fp32_between_casts():
     want = _bf16(np.maximum(_bf16(x.astype(f32) @ w1.astype(f32)).astype(f32), 0) @ w2.astype(f32)).astype(f32)
     chip = program_onnx(model, IDEAL, seed=0)
     # onnxruntime's Python API binds no bf16 array: the chip takes and returns float32 holding bf16 values.
-    assert [(i["dtype"], o["dtype"]) for i, o in zip(chip.meta["inputs"], chip.meta["outputs"])] == [("float32", "float32")]
+    assert [(i["dtype"], o["dtype"]) for i, o in zip(chip.meta["inputs"], chip.meta["outputs"])] == [
+        ("float32", "float32")
+    ]
     got = ChipRuntime(chip).run(x.astype(f32) + f32(1e-4), age_s=0.0)[0]  # rounded to bf16 at the input
     assert np.array_equal(_bf16(got).astype(f32), got)
     # bf16 keeps 8 significand bits: an fp32 difference of ~1e-7 can round to the neighbouring
@@ -235,10 +277,16 @@ def _token_model(rng) -> bytes:
     """Token ids (int64) → embedding Gather → Linear: a model whose input is not a float."""
     table = rng.standard_normal((50, 8)).astype(np.float32) * 3
     w = rng.standard_normal((8, 4)).astype(np.float32)
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
-             helper.make_node("MatMul", ["e", "w"], ["y"], name="head")]
-    return _model(nodes, [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
-                  [_vi("ids", ["N", "T"], TensorProto.INT64)], [_vi("y", ["N", "T", 4])])
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+        helper.make_node("MatMul", ["e", "w"], ["y"], name="head"),
+    ]
+    return _model(
+        nodes,
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+        [_vi("ids", ["N", "T"], TensorProto.INT64)],
+        [_vi("y", ["N", "T", 4])],
+    )
 
 
 def test_calibration_with_integer_inputs_feeds_them_as_integers():
@@ -263,10 +311,18 @@ def test_layers_say_where_their_range_came_from_and_eval_data_calibrates():
     """#20.3: uncalibrated layers are listed; without calibration data the eval set calibrates."""
     rng = np.random.default_rng(8)
     w1, w2 = (rng.standard_normal((5, 5)).astype(np.float32) for _ in range(2))
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]
-    m = onnx.load_from_string(_model(nodes, [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-                                     [_vi("x", ["N", 5])], [_vi("y", ["N", 5])]))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2"),
+    ]
+    m = onnx.load_from_string(
+        _model(
+            nodes,
+            [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+            [_vi("x", ["N", 5])],
+            [_vi("y", ["N", 5])],
+        )
+    )
     m.metadata_props.add(key="agedchip.input_ranges", value='{"w2": 2.5}')
     model = m.SerializeToString()
     pcm = get_profile("pcm")
@@ -296,10 +352,12 @@ def test_weights_read_through_identity_nodes_are_constants():
     weight behind it is a constant, not a weight "computed at run time"."""
     rng = np.random.default_rng(9)
     w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
-    nodes = [helper.make_node("Identity", ["w"], ["w_dup"]),
-             helper.make_node("Identity", ["w_dup"], ["w_dup2"]),
-             helper.make_node("MatMul", ["x", "w"], ["h"], name="fc1"),
-             helper.make_node("MatMul", ["h", "w_dup2"], ["y"], name="fc2")]
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w_dup"]),
+        helper.make_node("Identity", ["w_dup"], ["w_dup2"]),
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="fc1"),
+        helper.make_node("MatMul", ["h", "w_dup2"], ["y"], name="fc2"),
+    ]
     model = _model(nodes, [w], [_vi("x", ["N", 4])], [_vi("y", ["N", 4])])
     compiled = compile_model(model, IDEAL)
     # Both MatMuls are analog and read the initializer "w" itself (whether as one layer read twice

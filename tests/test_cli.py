@@ -19,8 +19,8 @@ from onnx import numpy_helper
 
 from service import cli
 from service.app import create_app
-from tests.service_process import free_port
 from tests.service_helpers import eval_npz, make_settings, tiny_model, x_batch
+from tests.service_process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO = REPO / "models" / "zoo"
@@ -40,9 +40,20 @@ def run(capsys, argv: list[str], client=None) -> tuple[int, str, str]:
 
 
 # ------------------------------------------------------------------------------ arguments
-@pytest.mark.parametrize("argv", [[], ["bogus"], ["infer"], ["infer", "default"], ["evaluate", "default"],
-                                  ["inspect"], ["program"], ["inspect", "m.onnx", "--nope"],
-                                  ["infer", "default", "--input", "x.npy", "--seed", "one"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["bogus"],
+        ["infer"],
+        ["infer", "default"],
+        ["evaluate", "default"],
+        ["inspect"],
+        ["program"],
+        ["inspect", "m.onnx", "--nope"],
+        ["infer", "default", "--input", "x.npy", "--seed", "one"],
+    ],
+)
 def test_argument_errors_exit_2_with_usage(capsys, argv):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
@@ -126,8 +137,22 @@ def test_program_infer_evaluate_against_the_service(capsys, service, tmp_path):
     model.write_bytes(tiny_model(seed=4))
     ev = tmp_path / "e.npz"
     ev.write_bytes(eval_npz(tiny_model(seed=4), n=40))
-    argv = ["program", str(model), "--chip-id", "cli-1", "--seed", "3", "--profile", "pcm-faulty",
-            "--overrides", '{"drift_scale": 2}', "--time-scale", "3600", "--eval", str(ev)]
+    argv = [
+        "program",
+        str(model),
+        "--chip-id",
+        "cli-1",
+        "--seed",
+        "3",
+        "--profile",
+        "pcm-faulty",
+        "--overrides",
+        '{"drift_scale": 2}',
+        "--time-scale",
+        "3600",
+        "--eval",
+        str(ev),
+    ]
     code, _, err = run(capsys, argv, service)
     assert code == 1 and "HTTP 401" in err and "api_key" in err  # the management key is required here
     code, out, err = run(capsys, [*argv, "--api-key", "admin-key"], service)

@@ -37,8 +37,9 @@ def _rel_err(got: list[np.ndarray], want: list[np.ndarray]) -> float:
 
 
 def _model(nodes, inputs, outputs, inits) -> bytes:
-    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     m.ir_version = 8
     onnx.checker.check_model(m)
     return m.SerializeToString()
@@ -56,7 +57,9 @@ def _im2col(x: np.ndarray, k: int, pad: int, stride: int = 1) -> np.ndarray:
     cols = np.empty((n, ho, wo, c, k, k), x.dtype)
     for u in range(k):
         for v in range(k):
-            cols[:, :, :, :, u, v] = xp[:, :, u:u + stride * ho:stride, v:v + stride * wo:stride].transpose(0, 2, 3, 1)
+            cols[:, :, :, :, u, v] = xp[:, :, u : u + stride * ho : stride, v : v + stride * wo : stride].transpose(
+                0, 2, 3, 1
+            )
     return cols.reshape(n * ho * wo, c * k * k)
 
 
@@ -82,8 +85,10 @@ def _check_adc_level_agreement(got, want, layer, readout, profile):
 def grouped_net():
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(8, 16, 3, padding=1, groups=4), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.ReLU(),  # depthwise
+        torch.nn.Conv2d(8, 16, 3, padding=1, groups=4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        torch.nn.ReLU(),  # depthwise
         torch.nn.Conv2d(16, 32, 3, stride=2, groups=2, bias=False),
     )
 
@@ -115,8 +120,12 @@ def test_grouped_conv_on_pcm_equals_numpy_reference_per_group(tile_rows):
     groups, cin, cout, hw = 4, 16, 8, 5
     rng = np.random.default_rng(3)
     w = rng.standard_normal((cout, cin // groups, 3, 3)).astype(np.float32) * 0.3
-    model = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], group=groups)],
-                   [_vi("x", ["N", cin, hw, hw])], [_vi("y", ["N", cout, hw, hw])], [numpy_helper.from_array(w, "w")])
+    model = _model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], group=groups)],
+        [_vi("x", ["N", cin, hw, hw])],
+        [_vi("y", ["N", cout, hw, hw])],
+        [numpy_helper.from_array(w, "w")],
+    )
     profile = get_profile("pcm", tile_rows=tile_rows)
     chip = program_onnx(model, profile, seed=11)
     (layer,) = chip.layers
@@ -130,8 +139,8 @@ def test_grouped_conv_on_pcm_equals_numpy_reference_per_group(tile_rows):
     want = np.empty_like(got)
     cg, og = cin // groups, cout // groups
     for g in range(groups):
-        y = analog_matmul(_im2col(x[:, g * cg:(g + 1) * cg], 3, 1), layer, readout, profile, noise=draws, bias=False)
-        want[:, g * og:(g + 1) * og] = y.reshape(3, hw, hw, cout).transpose(0, 3, 1, 2)[:, g * og:(g + 1) * og]
+        y = analog_matmul(_im2col(x[:, g * cg : (g + 1) * cg], 3, 1), layer, readout, profile, noise=draws, bias=False)
+        want[:, g * og : (g + 1) * og] = y.reshape(3, hw, hw, cout).transpose(0, 3, 1, 2)[:, g * og : (g + 1) * og]
     _check_adc_level_agreement(got, want, layer, readout, profile)
 
 
@@ -143,7 +152,10 @@ def test_mobilenet_v2_programs_as_53_layers_and_runs():
     # 52 Conv (17 depthwise) + 1 Gemm, as torchvision's definition has.
     assert compiled.summary()["kinds"] == {"conv": 52, "gemm": 1}
     assert compiled.summary()["weights"] == sum(
-        t.size for t in (numpy_helper.to_array(i) for i in onnx.load_from_string(model).graph.initializer) if t.ndim >= 2)
+        t.size
+        for t in (numpy_helper.to_array(i) for i in onnx.load_from_string(model).graph.initializer)
+        if t.ndim >= 2
+    )
     chip = program_onnx(model, get_profile("ideal"), seed=0)
     assert _rel_err(ChipRuntime(chip).run(x, age_s=0.0, seed=0), _ort(model, {"x": x})) <= 1e-5
     rt = ChipRuntime(program_onnx(model, get_profile("pcm"), seed=0))
@@ -163,21 +175,30 @@ def convtranspose_model(cin=4, cout=6, k=(3, 3), hw=(5, 6), group=1, bias=True, 
         inits.append(numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), "b"))
         ins.append("b")
     out = _vi("y", ["N", cout] + [f"s{i}" for i in range(len(hw))])
-    model = _model([helper.make_node("ConvTranspose", ins, ["y"], name="up", group=group, **attrs)],
-                   [_vi("x", ["N", cin, *([f"h{i}" for i in range(len(hw))] if dynamic_hw else hw)])], [out], inits)
+    model = _model(
+        [helper.make_node("ConvTranspose", ins, ["y"], name="up", group=group, **attrs)],
+        [_vi("x", ["N", cin, *([f"h{i}" for i in range(len(hw))] if dynamic_hw else hw)])],
+        [out],
+        inits,
+    )
     return model, rng.standard_normal((2, cin, *hw)).astype(np.float32), w
 
 
 CONV_TRANSPOSE_CASES = {
-    "plain": {}, "stride": dict(strides=[2, 2]), "stride-asymmetric-pads": dict(strides=[2, 3], pads=[1, 0, 2, 1]),
+    "plain": {},
+    "stride": dict(strides=[2, 2]),
+    "stride-asymmetric-pads": dict(strides=[2, 3], pads=[1, 0, 2, 1]),
     "output-padding": dict(strides=[2, 2], output_padding=[1, 1]),
     "dilation": dict(strides=[3, 2], dilations=[2, 1], pads=[2, 1, 0, 1], output_padding=[1, 0]),
-    "groups": dict(group=2, strides=[2, 2], pads=[1, 1, 1, 1]), "depthwise": dict(group=8, cin=8, cout=8, strides=[2, 2]),
+    "groups": dict(group=2, strides=[2, 2], pads=[1, 1, 1, 1]),
+    "depthwise": dict(group=8, cin=8, cout=8, strides=[2, 2]),
     "dcgan-4x4": dict(k=(4, 4), strides=[2, 2], pads=[1, 1, 1, 1]),
     "pads-beyond-kernel": dict(pads=[3, 3, 3, 3], strides=[2, 2]),
     "output-shape": dict(strides=[2, 2], output_shape=[11, 12]),
-    "same-upper": dict(strides=[2, 2], auto_pad="SAME_UPPER"), "same-lower": dict(strides=[2, 2], auto_pad="SAME_LOWER"),
-    "1d": dict(k=(3,), hw=(7,), strides=[2], pads=[1, 0]), "3d": dict(k=(2, 2, 2), hw=(3, 4, 2), strides=[2, 1, 2]),
+    "same-upper": dict(strides=[2, 2], auto_pad="SAME_UPPER"),
+    "same-lower": dict(strides=[2, 2], auto_pad="SAME_LOWER"),
+    "1d": dict(k=(3,), hw=(7,), strides=[2], pads=[1, 0]),
+    "3d": dict(k=(2, 2, 2), hw=(3, 4, 2), strides=[2, 1, 2]),
     "no-bias-two-tiles": dict(bias=False, cin=80, cout=4, strides=[2, 2]),
 }
 
@@ -236,8 +257,9 @@ def test_conv_transpose_on_pcm_is_one_mvm_per_output_pixel():
     up[:, :, ::2, ::2] = x  # 5×6 → 9×11
     cols = _im2col(up, 3, 3 - 1 - 1)  # (k−1)·d − p = 1
     readout = read(chip, 3600.0).layers[0]
-    want = analog_matmul(cols, layer, readout, profile, bias=False,
-                         noise=MvmNoise([_pixels(noise[rt.plans[0].input_names(0)["noise"]])]))
+    want = analog_matmul(
+        cols, layer, readout, profile, bias=False, noise=MvmNoise([_pixels(noise[rt.plans[0].input_names(0)["noise"]])])
+    )
     want = want.reshape(2, 9, 11, 6).transpose(0, 3, 1, 2)
     assert got.shape == want.shape == _ort(model, {"x": x})[0].shape
     _check_adc_level_agreement(got, want, layer, readout, profile)
@@ -249,15 +271,31 @@ def test_conv_transpose_on_pcm_is_one_mvm_per_output_pixel():
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
-def recurrent_model(op, T=5, N=3, I=4, H=6, direction="forward", layout=0, bias=True, seq=False, h0=False, c0=False,
-                    peep=False, dynamic_length=False, **attrs):
+def recurrent_model(
+    op,
+    T=5,
+    N=3,
+    I=4,  # noqa: E741  (ONNX's name for the input size)
+    H=6,
+    direction="forward",
+    layout=0,
+    bias=True,
+    seq=False,
+    h0=False,
+    c0=False,
+    peep=False,
+    dynamic_length=False,
+    **attrs,
+):
     """One recurrent node with batch-first graph inputs (x [N, T, I], h0/c0 [N, D, H]); layout 0
     transposes them for the node as torch's exports do; ``dynamic_length``: T symbolic in the
     graph (the feeds have T steps). Returns (model, feeds)."""
     rng = np.random.default_rng(1)
     D, g = (2 if direction == "bidirectional" else 1), GATES[op]
-    inits = [numpy_helper.from_array(rng.standard_normal((D, g * H, I)).astype(np.float32) * 0.5, "W"),
-             numpy_helper.from_array(rng.standard_normal((D, g * H, H)).astype(np.float32) * 0.5, "R")]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((D, g * H, I)).astype(np.float32) * 0.5, "W"),
+        numpy_helper.from_array(rng.standard_normal((D, g * H, H)).astype(np.float32) * 0.5, "R"),
+    ]
     nodes = []
 
     def batch_first(name):
@@ -280,7 +318,9 @@ def recurrent_model(op, T=5, N=3, I=4, H=6, direction="forward", layout=0, bias=
     graph_inputs += [_vi(n, ["N", D, H]) for n, on in (("h0", h0), ("c0", c0)) if on]
     names = ["y", "yh"] + (["yc"] if op == "LSTM" else [])
     outs = [n if layout else n + "_raw" for n in names]
-    nodes.append(helper.make_node(op, ins, outs, name="rec", hidden_size=H, direction=direction, layout=layout, **attrs))
+    nodes.append(
+        helper.make_node(op, ins, outs, name="rec", hidden_size=H, direction=direction, layout=layout, **attrs)
+    )
     if not layout:
         nodes.append(helper.make_node("Transpose", ["y_raw"], ["y"], perm=[2, 0, 1, 3]))
         nodes += [helper.make_node("Transpose", [n + "_raw"], [n], perm=[1, 0, 2]) for n in names[1:]]
@@ -289,23 +329,43 @@ def recurrent_model(op, T=5, N=3, I=4, H=6, direction="forward", layout=0, bias=
     feeds = {"x": rng.standard_normal((N, T, I)).astype(np.float32)}
     if seq:
         feeds["lens"] = np.array([T, 2, 1][:N], np.int32)
-    feeds.update({n: rng.standard_normal((N, D, H)).astype(np.float32) * 0.5 for n, on in (("h0", h0), ("c0", c0)) if on})
+    feeds.update(
+        {n: rng.standard_normal((N, D, H)).astype(np.float32) * 0.5 for n, on in (("h0", h0), ("c0", c0)) if on}
+    )
     return model, feeds
 
 
 RECURRENT_CASES = {
-    **{f"{op}-{d}-layout{lay}-{extra}": (op, dict(direction=d, layout=lay, **kw))
-       for op in GATES for d in ("forward", "reverse", "bidirectional") for lay in (0, 1)
-       for extra, kw in (("plain", {}), ("lens-h0-c0", dict(seq=True, h0=True, c0=op == "LSTM")))},
+    **{
+        f"{op}-{d}-layout{lay}-{extra}": (op, dict(direction=d, layout=lay, **kw))
+        for op in GATES
+        for d in ("forward", "reverse", "bidirectional")
+        for lay in (0, 1)
+        for extra, kw in (("plain", {}), ("lens-h0-c0", dict(seq=True, h0=True, c0=op == "LSTM")))
+    },
     **{f"{op}-no-bias": (op, dict(bias=False, direction="bidirectional")) for op in GATES},
     **{f"{op}-clip": (op, dict(clip=0.7, h0=True)) for op in GATES},
     "LSTM-peepholes": ("LSTM", dict(peep=True, h0=True, c0=True, direction="bidirectional")),
     "LSTM-input-forget": ("LSTM", dict(input_forget=1, h0=True)),
     "GRU-linear-before-reset": ("GRU", dict(linear_before_reset=1, h0=True, direction="bidirectional", seq=True)),
-    "LSTM-activations": ("LSTM", dict(activations=["HardSigmoid", "LeakyRelu", "Softsign"], activation_alpha=[0.3, 0.05],
-                                      activation_beta=[0.4], h0=True)),
-    "GRU-activations": ("GRU", dict(activations=["Sigmoid", "Elu", "Sigmoid", "Relu"], direction="bidirectional",
-                                    activation_alpha=[0.7], h0=True)),
+    "LSTM-activations": (
+        "LSTM",
+        dict(
+            activations=["HardSigmoid", "LeakyRelu", "Softsign"],
+            activation_alpha=[0.3, 0.05],
+            activation_beta=[0.4],
+            h0=True,
+        ),
+    ),
+    "GRU-activations": (
+        "GRU",
+        dict(
+            activations=["Sigmoid", "Elu", "Sigmoid", "Relu"],
+            direction="bidirectional",
+            activation_alpha=[0.7],
+            h0=True,
+        ),
+    ),
     "RNN-relu": ("RNN", dict(activations=["Relu"], h0=True)),
     "LSTM-lens-zero-state": ("LSTM", dict(seq=True, direction="bidirectional")),
 }
@@ -331,10 +391,21 @@ def test_recurrent_op_on_the_ideal_chip_equals_onnxruntime(op, kw):
     assert "Scan" not in onnx_ops and op not in onnx_ops  # 5 steps: unrolled
 
 
-@pytest.mark.parametrize("case", ["LSTM-bidirectional-layout0-lens-h0-c0", "GRU-reverse-layout1-plain",
-                                  "RNN-forward-layout0-lens-h0-c0", "LSTM-peepholes", "LSTM-lens-zero-state",
-                                  "GRU-forward-layout0-plain", "GRU-linear-before-reset", "LSTM-input-forget",
-                                  "LSTM-activations", "RNN-clip"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "LSTM-bidirectional-layout0-lens-h0-c0",
+        "GRU-reverse-layout1-plain",
+        "RNN-forward-layout0-lens-h0-c0",
+        "LSTM-peepholes",
+        "LSTM-lens-zero-state",
+        "GRU-forward-layout0-plain",
+        "GRU-linear-before-reset",
+        "LSTM-input-forget",
+        "LSTM-activations",
+        "RNN-clip",
+    ],
+)
 def test_recurrent_op_as_a_scan_on_the_ideal_chip_equals_onnxruntime(case, monkeypatch):
     monkeypatch.setattr(recurrent, "UNROLL_MAX_STEPS", 1)
     op, kw = RECURRENT_CASES[case]
@@ -368,15 +439,24 @@ def test_torch_recurrent_export_on_ideal_and_pcm(cell, bidirectional):
 
     dirs = 2 if bidirectional else 1
     rng = np.random.default_rng(0)
-    feeds = {"x": rng.standard_normal((4, 6, 5)).astype(np.float32),
-             "h0": rng.standard_normal((4, 2 * dirs, 7)).astype(np.float32) * 0.5,
-             "c0": rng.standard_normal((4, 2 * dirs, 7)).astype(np.float32) * 0.5}
+    feeds = {
+        "x": rng.standard_normal((4, 6, 5)).astype(np.float32),
+        "h0": rng.standard_normal((4, 2 * dirs, 7)).astype(np.float32) * 0.5,
+        "c0": rng.standard_normal((4, 2 * dirs, 7)).astype(np.float32) * 0.5,
+    }
     module = Seq(cell, bidirectional).eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, tuple(torch.from_numpy(v) for v in feeds.values()), buf, input_names=list(feeds),
-                          output_names=["y"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            tuple(torch.from_numpy(v) for v in feeds.values()),
+            buf,
+            input_names=list(feeds),
+            output_names=["y"],
+            opset_version=17,
+            dynamo=False,
+        )
     model = buf.getvalue()
     if cell != "LSTM":  # torch drops the unused c0 input
         feeds.pop("c0")
@@ -391,8 +471,9 @@ def test_torch_recurrent_export_on_ideal_and_pcm(cell, bidirectional):
     assert not np.array_equal(outs[0], outs[2])  # drift changes the answer
 
 
-@pytest.mark.parametrize("unroll, dynamic", [(False, False), (True, False), (False, True)],
-                         ids=["scan", "unrolled", "scan-dynamic-length"])
+@pytest.mark.parametrize(
+    "unroll, dynamic", [(False, False), (True, False), (False, True)], ids=["scan", "unrolled", "scan-dynamic-length"]
+)
 def test_lstm_on_pcm_equals_numpy_lstm_over_reference_mvms(unroll, dynamic, monkeypatch):
     """An LSTM recomputed in numpy: W read once on every step's input, R read once per step on
     the previous hidden state (its own noise each time), gates in float64. With a dynamic
@@ -418,13 +499,23 @@ def test_lstm_on_pcm_equals_numpy_lstm_over_reference_mvms(unroll, dynamic, monk
     b = numpy_helper.to_array(next(t for t in o.graph.initializer if t.name == "B"))[0].astype(np.float64)
     x, h, c = feeds["x"], feeds["h0"][:, 0].astype(np.float64), feeds["c0"][:, 0].astype(np.float64)
     n_w = noise[plan_w.input_names(0)["noise"]]  # (N, T, 4H)
-    xw = analog_matmul(x.reshape(-1, 4), w_layer, ro.layers[0], profile, bias=False,
-                       noise=MvmNoise([n_w.reshape(-1, 24)])).reshape(3, 4, 24)
+    xw = analog_matmul(
+        x.reshape(-1, 4), w_layer, ro.layers[0], profile, bias=False, noise=MvmNoise([n_w.reshape(-1, 24)])
+    ).reshape(3, 4, 24)
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     ys = []
     for t in range(4):
-        n_r = noise[plan_r.read_view(t).input_names(0)["noise"]] if unroll else noise[plan_r.input_names(0)["noise"]][:, t]
-        g = xw[:, t] + b[:24] + b[24:] + analog_matmul(h, r_layer, ro.layers[1], profile, bias=False, noise=MvmNoise([n_r]))
+        n_r = (
+            noise[plan_r.read_view(t).input_names(0)["noise"]]
+            if unroll
+            else noise[plan_r.input_names(0)["noise"]][:, t]
+        )
+        g = (
+            xw[:, t]
+            + b[:24]
+            + b[24:]
+            + analog_matmul(h, r_layer, ro.layers[1], profile, bias=False, noise=MvmNoise([n_r]))
+        )
         i, o_, f, cc = np.split(g, 4, axis=1)
         c = sig(f) * c + sig(i) * np.tanh(cc)
         h = sig(o_) * np.tanh(c)
@@ -446,8 +537,16 @@ def test_dynamic_sequence_length_runs_as_a_scan_with_noise_drawn_per_request_len
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(2, 6, 5),), buf, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "N", 1: "T"}, "y": {0: "N", 1: "T"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            module,
+            (torch.zeros(2, 6, 5),),
+            buf,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "N", 1: "T"}, "y": {0: "N", 1: "T"}},
+            opset_version=17,
+            dynamo=False,
+        )
     model = buf.getvalue()
     rt = ChipRuntime(program_onnx(model, get_profile("ideal"), seed=0))
     for steps in (1, 3, 11):  # 1: the Scan after the first step runs zero times
@@ -469,11 +568,16 @@ def test_dynamic_sequence_length_runs_as_a_scan_with_noise_drawn_per_request_len
 # ----------------------------------------------------------------------------- shared weights
 def test_a_weight_used_twice_is_one_set_of_devices_read_with_independent_noise():
     w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
-    model = _model([helper.make_node("MatMul", ["x", "w"], ["a"], name="first"),
-                    helper.make_node("MatMul", ["x", "w"], ["b"], name="second"),
-                    helper.make_node("Gemm", ["x", "wt"], ["c"], name="gemm", transB=1)],
-                   [_vi("x", ["N", 16])], [_vi(n, ["N", 8]) for n in "abc"],
-                   [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w.T.copy(), "wt")])
+    model = _model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["a"], name="first"),
+            helper.make_node("MatMul", ["x", "w"], ["b"], name="second"),
+            helper.make_node("Gemm", ["x", "wt"], ["c"], name="gemm", transB=1),
+        ],
+        [_vi("x", ["N", 16])],
+        [_vi(n, ["N", 8]) for n in "abc"],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w.T.copy(), "wt")],
+    )
     x = np.random.default_rng(1).uniform(-1, 1, (32, 16)).astype(np.float32)
     compiled = compile_model(model, get_profile("pcm"))
     assert [p.n_reads for p in compiled.plans] == [2, 1]  # w twice; wt is another initializer
@@ -481,8 +585,9 @@ def test_a_weight_used_twice_is_one_set_of_devices_read_with_independent_noise()
     ideal = ChipRuntime(program_onnx(model, get_profile("ideal"), seed=0)).run(x, age_s=0.0)
     assert _rel_err(ideal, _ort(model, {"x": x})) <= 1e-5
     # Weight effects only (drift, programming and read noise): both reads see the same devices.
-    weights_only = get_profile("pcm", w_noise=0.0, out_noise=0.0, ir_drop=0.0, in_levels=0, out_levels=0,
-                               out_bound=0.0, in_clip=False)
+    weights_only = get_profile(
+        "pcm", w_noise=0.0, out_noise=0.0, ir_drop=0.0, in_levels=0, out_levels=0, out_bound=0.0, in_clip=False
+    )
     a, b, _ = ChipRuntime(program_onnx(model, weights_only, seed=0)).run(x, age_s=86400.0)
     np.testing.assert_array_equal(a, b)
     # Full pcm: the same devices, but every read its own per-MVM noise.
@@ -498,6 +603,7 @@ def test_a_weight_used_twice_is_one_set_of_devices_read_with_independent_noise()
 
 def test_unrolled_lstm_cell_programs_its_weights_once():
     """torch.nn.LSTMCell in a loop exports one Gemm pair per step, all on the same initializers."""
+
     class Loop(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -526,13 +632,20 @@ def test_constant_first_matmul_is_mapped_transposed_and_digital_parameters_are_c
     w = rng.standard_normal((6, 16)).astype(np.float32)  # y = W · x, x [N, 16, T]
     table = rng.standard_normal((10, 16)).astype(np.float32)  # an embedding table (digital)
     bias = rng.standard_normal((6, 1)).astype(np.float32)
-    model = _model([helper.make_node("MatMul", ["w", "x"], ["wx"], name="left"),
-                    helper.make_node("Add", ["wx", "bias"], ["y"]),
-                    helper.make_node("Gather", ["table", "ids"], ["e"], name="embed")],
-                   [_vi("x", ["N", 16, 5]), _vi("ids", ["N", 3], TensorProto.INT64)],
-                   [_vi("y", ["N", 6, 5]), _vi("e", ["N", 3, 16])],
-                   [numpy_helper.from_array(w, "w"), numpy_helper.from_array(table, "table"),
-                    numpy_helper.from_array(bias, "bias")])
+    model = _model(
+        [
+            helper.make_node("MatMul", ["w", "x"], ["wx"], name="left"),
+            helper.make_node("Add", ["wx", "bias"], ["y"]),
+            helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        ],
+        [_vi("x", ["N", 16, 5]), _vi("ids", ["N", 3], TensorProto.INT64)],
+        [_vi("y", ["N", 6, 5]), _vi("e", ["N", 3, 16])],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(bias, "bias"),
+        ],
+    )
     compiled = compile_model(model, get_profile("pcm"))
     (plan,) = compiled.plans
     assert plan.kind == "matmul_left" and compiled.specs[0].weight.shape == (16, 6)

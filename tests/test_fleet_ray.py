@@ -10,8 +10,16 @@ import pytest
 
 from chipsim import ChipStore
 from chipsim.fleet import (
-    FleetCancelled, FleetCorruptError, FleetEvalSpec, FleetSpec, FleetStore, SerialExecutor, evaluate_fleet,
-    executor_from_env, make_tasks, program_fleet,
+    FleetCancelled,
+    FleetCorruptError,
+    FleetEvalSpec,
+    FleetSpec,
+    FleetStore,
+    SerialExecutor,
+    evaluate_fleet,
+    executor_from_env,
+    make_tasks,
+    program_fleet,
 )
 from chipsim.fleet.evaluate import EvalTask
 
@@ -19,17 +27,22 @@ ray = pytest.importorskip("ray", reason="Ray is optional (requirements/ray.txt);
 from chipsim.fleet.ray_executor import RayExecutor  # noqa: E402
 
 ZOO = Path(__file__).resolve().parents[1] / "models" / "zoo"
-EVAL = FleetEvalSpec.parse({"ages_s": [1.0, 86400.0, 3.15e8], "readouts": 2,
-                            "slo": {"metric": "accuracy", "threshold": 0.9}})
+EVAL = FleetEvalSpec.parse(
+    {"ages_s": [1.0, 86400.0, 3.15e8], "readouts": 2, "slo": {"metric": "accuracy", "threshold": 0.9}}
+)
 
 
 @pytest.mark.slow
 def test_ray_cluster_rows_equal_serial_rows(tmp_path, monkeypatch):
     store = ChipStore(tmp_path / "state")
     fleets = FleetStore(store)
-    fleet = program_fleet(store, FleetSpec(fleet_id="r", model_name="mlp-hwa", n_chips=3, seed=5),
-                          (ZOO / "mlp-hwa.onnx").read_bytes(), (ZOO / "mlp-hwa.eval.npz").read_bytes(),
-                          fleets=fleets)
+    fleet = program_fleet(
+        store,
+        FleetSpec(fleet_id="r", model_name="mlp-hwa", n_chips=3, seed=5),
+        (ZOO / "mlp-hwa.onnx").read_bytes(),
+        (ZOO / "mlp-hwa.eval.npz").read_bytes(),
+        fleets=fleets,
+    )
     tasks = make_tasks(fleet, store.root, EVAL, ages_per_task=2)
     serial = SerialExecutor().map(tasks)
     assert not ray.is_initialized()

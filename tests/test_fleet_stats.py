@@ -9,8 +9,20 @@ import numpy as np
 import pytest
 
 from chipsim.fleet import (
-    BreachStatus, BreachTime, EvalRow, Fleet, FleetChip, FleetEvalSpec, FleetSpec, breach_from_evaluation,
-    breach_percentile, distribution, seconds_until_breach, summarise, time_to_breach, wilson_interval,
+    BreachStatus,
+    BreachTime,
+    EvalRow,
+    Fleet,
+    FleetChip,
+    FleetEvalSpec,
+    FleetSpec,
+    breach_from_evaluation,
+    breach_percentile,
+    distribution,
+    seconds_until_breach,
+    summarise,
+    time_to_breach,
+    wilson_interval,
 )
 from chipsim.fleet.stats import Z95
 
@@ -29,11 +41,17 @@ def test_wilson_by_hand():
     assert Z95 == pytest.approx(1.959963985, abs=1e-9)
 
 
-@pytest.mark.parametrize("k,n,lo,hi", [
-    # Newcombe (1998), Statistics in Medicine 17:857-872, Table I, method 3 (score, no continuity
-    # correction), printed to 4 decimals.
-    (81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718),
-])
+@pytest.mark.parametrize(
+    "k,n,lo,hi",
+    [
+        # Newcombe (1998), Statistics in Medicine 17:857-872, Table I, method 3 (score, no continuity
+        # correction), printed to 4 decimals.
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
 def test_wilson_matches_published_examples(k, n, lo, hi):
     got = wilson_interval(k, n)
     assert got[0] == pytest.approx(lo, abs=5e-5) and got[1] == pytest.approx(hi, abs=5e-5)
@@ -114,7 +132,9 @@ def test_breach_percentiles_with_censored_chips():
     t = lambda lo, hi, at: BreachTime(BreachStatus.BREACHED, at, (lo, hi))  # noqa: E731
     chips = [
         BreachTime(BreachStatus.BREACHED_AT_FIRST, None, (0.0, 1.0)),
-        t(60.0, 3600.0, 500.0), t(3600.0, DAY, 9000.0), t(DAY, 30 * DAY, 2e5),
+        t(60.0, 3600.0, 500.0),
+        t(3600.0, DAY, 9000.0),
+        t(DAY, 30 * DAY, 2e5),
         BreachTime(BreachStatus.NOT_BREACHED, None, (10 * YEAR, None)),
     ]
     # n = 5: p5 → 1st smallest (censored low), p50 → 3rd, p95 → 5th (censored high)
@@ -127,8 +147,10 @@ def test_breach_percentiles_with_censored_chips():
 
 
 def test_breach_from_a_single_chip_evaluate_response():
-    results = [{"age": a, "age_s": s, "gdc_on": {"mean": m}, "gdc_off": {"mean": m - 0.1}}
-               for a, s, m in [("0s", 0.0, 0.95), ("1s", 1.0, 0.95), ("1d", DAY, 0.93), ("1y", YEAR, 0.85)]]
+    results = [
+        {"age": a, "age_s": s, "gdc_on": {"mean": m}, "gdc_off": {"mean": m - 0.1}}
+        for a, s, m in [("0s", 0.0, 0.95), ("1s", 1.0, 0.95), ("1d", DAY, 0.93), ("1y", YEAR, 0.85)]
+    ]
     on = breach_from_evaluation(results, 0.9)
     # 0.93 → 0.85 crosses 0.9 at 3/8 of the way from log(1 d) to log(1 y)
     assert on.age_s == pytest.approx(math.exp(math.log(DAY) + 0.375 * (math.log(YEAR) - math.log(DAY))))
@@ -147,16 +169,25 @@ def test_seconds_until_breach():
 # ----------------------------------------------------------------------------- the report
 def _fleet(n, fp=0.9):
     spec = FleetSpec(fleet_id="syn", n_chips=n, seed=0)
-    return Fleet(spec=spec, chips=[FleetChip(i, spec.chip_id(i), i, "d") for i in range(n)], model_digest="m",
-                 fp_accuracy=fp, eval_samples=100, created_at=0.0, programming_s=0.0, profile={"gdc": "global"})
+    return Fleet(
+        spec=spec,
+        chips=[FleetChip(i, spec.chip_id(i), i, "d") for i in range(n)],
+        model_digest="m",
+        fp_accuracy=fp,
+        eval_samples=100,
+        created_at=0.0,
+        programming_s=0.0,
+        profile={"gdc": "global"},
+    )
 
 
 def test_summarise_synthetic_rows():
     # 4 chips, 2 ages, 2 read-outs, 100 samples. Chip c at age a (GDC on) has correct counts
     # (90 − 5c − 10a ± 1) over its two read-outs: mean 90 − 5c − 10a, read-out std 1/100.
     fleet = _fleet(4)
-    spec = FleetEvalSpec.parse({"ages_s": [DAY, YEAR], "readouts": 2,
-                                "slo": {"metric": "normalised_accuracy", "threshold": 0.9}})
+    spec = FleetEvalSpec.parse(
+        {"ages_s": [DAY, YEAR], "readouts": 2, "slo": {"metric": "normalised_accuracy", "threshold": 0.9}}
+    )
     rows = []
     for c in range(4):
         for a, age in enumerate(spec.ages_s):

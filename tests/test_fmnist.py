@@ -32,8 +32,10 @@ TINY_RESNET = {"widths": [4, 8, 8], "blocks": 1}
 
 def need_data() -> None:
     if not D.available():
-        reason = (f"Fashion-MNIST not installed ({D.data_dir()}): run `bash docker/ci/install-fmnist.sh` "
-                  f"(apt-get install {D.DEBIAN_PACKAGE}, needs root)")
+        reason = (
+            f"Fashion-MNIST not installed ({D.data_dir()}): run `bash docker/ci/install-fmnist.sh` "
+            f"(apt-get install {D.DEBIAN_PACKAGE}, needs root)"
+        )
         print(f"\n*** SKIPPED: {reason}\n", file=sys.stderr)
         pytest.skip(reason)
 
@@ -228,8 +230,24 @@ def test_learning_rate_warms_up_linearly_then_decays_as_a_cosine():
 
 
 def _cli(tmp_path, name: str, *extra: str) -> list[str]:
-    return ["--arch", "resnet", "--arch-kwargs", json.dumps(TINY_RESNET), "--limit-train", "256", "--limit-val",
-            "128", "--batch-size", "64", "--epochs", "1", "--no-progress", "--out", str(tmp_path / name), *extra]
+    return [
+        "--arch",
+        "resnet",
+        "--arch-kwargs",
+        json.dumps(TINY_RESNET),
+        "--limit-train",
+        "256",
+        "--limit-val",
+        "128",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path / name),
+        *extra,
+    ]
 
 
 def test_cli_trains_plain_then_hwa_into_new_folders(tmp_path, capsys):

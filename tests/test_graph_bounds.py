@@ -73,12 +73,15 @@ def test_the_zoo_shaped_model_passes_the_service_defaults():
     assert report.largest[1] == s.max_batch * 64  # Flatten of (N, 1, 8, 8)
 
 
-@pytest.mark.parametrize("bomb, words", [
-    (gb.constant_of_shape(), "ConstantOfShape"),
-    (gb.batch_outer_product(width=2048), "AGEDCHIP_MAX_TENSOR_ELEMENTS"),  # 4096·64·2048 = 2^29
-    (gb.data_dependent_expand(), "depends on values"),
-    (gb.sparse_initializer(), "sparse_initializer"),
-])
+@pytest.mark.parametrize(
+    "bomb, words",
+    [
+        (gb.constant_of_shape(), "ConstantOfShape"),
+        (gb.batch_outer_product(width=2048), "AGEDCHIP_MAX_TENSOR_ELEMENTS"),  # 4096·64·2048 = 2^29
+        (gb.data_dependent_expand(), "depends on values"),
+        (gb.sparse_initializer(), "sparse_initializer"),
+    ],
+)
 def test_service_refuses_bombs_with_422_naming_the_model(tmp_path, zoo, bomb, words):
     with TestClient(create_app(make_settings(tmp_path, zoo, default_model="")), raise_server_exceptions=False) as c:
         r = c.post("/program", files={"model": ("bomb.onnx", bomb, "application/octet-stream")})

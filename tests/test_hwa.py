@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chipsim import LayerSpec, get_profile, program
-from chipsim import faults
+from chipsim import LayerSpec, faults, get_profile, program
 from chipsim.mapping import column_scales, normalise, pair_targets_us
 from chipsim.programming import sample_devices
 from chipsim.readout import conductances_at as chip_conductances_at
@@ -31,7 +30,9 @@ def _weights(rows: int = 40, cols: int = 12, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
 
 
-def _chip_draws(shape: tuple[int, ...], seed: int, layer: int = 0, read_seed: int | None = None) -> torch_chip.DeviceDraws:
+def _chip_draws(
+    shape: tuple[int, ...], seed: int, layer: int = 0, read_seed: int | None = None
+) -> torch_chip.DeviceDraws:
     """The exact random numbers chipsim draws for one layer, in its stream order."""
 
     def n(kind: Stream, *keys: int) -> torch.Tensor:
@@ -39,8 +40,11 @@ def _chip_draws(shape: tuple[int, ...], seed: int, layer: int = 0, read_seed: in
 
     read_xi = n(Stream.READ, read_seed, layer) if read_seed is not None else torch.zeros(shape)
     return torch_chip.DeviceDraws(
-        prog=n(Stream.PROG, layer), d2d=n(Stream.D2D, layer), nu=n(Stream.NU, layer),
-        fault_u=torch.from_numpy(stream(seed, Stream.FAULTS, layer).random(shape, dtype=np.float32)), read=read_xi,
+        prog=n(Stream.PROG, layer),
+        d2d=n(Stream.D2D, layer),
+        nu=n(Stream.NU, layer),
+        fault_u=torch.from_numpy(stream(seed, Stream.FAULTS, layer).random(shape, dtype=np.float32)),
+        read=read_xi,
     )
 
 
@@ -54,7 +58,9 @@ def test_mapping_runs_identically_on_torch_and_numpy():
         np.testing.assert_array_equal(a.numpy(), b)
 
 
-@pytest.mark.parametrize("profile", [get_profile("pcm-faulty", d2d_sigma=0.05), get_profile("reram", p_stuck_reset=0.02)])
+@pytest.mark.parametrize(
+    "profile", [get_profile("pcm-faulty", d2d_sigma=0.05), get_profile("reram", p_stuck_reset=0.02)]
+)
 def test_programming_matches_chipsim_for_same_draws(profile):
     # pcm-faulty has 2.5 % stuck devices (both kinds) and d2d exercises the optional gain term;
     # reram shows the torch path is device-agnostic (it only calls the device model).
@@ -101,8 +107,13 @@ def test_gdc_alpha_matches_chipsim_on_a_noise_free_drifting_chip():
     g_prog = torch.from_numpy(layer.g_prog_us(g_max))
     nu = torch.from_numpy(np.maximum(layer.nu.astype(np.float32), 0))
     g_t = torch_chip.conductances_at(g_prog, nu, profile, YEAR, None)
-    alpha = torch_chip.gdc_alpha((g_prog[0] - g_prog[1]) / g_max, (g_t[0] - g_t[1]) / g_max, layer.tiles,
-                        profile.model_copy(update={"gdc": "global"}), np.random.default_rng(0))
+    alpha = torch_chip.gdc_alpha(
+        (g_prog[0] - g_prog[1]) / g_max,
+        (g_t[0] - g_t[1]) / g_max,
+        layer.tiles,
+        profile.model_copy(update={"gdc": "global"}),
+        np.random.default_rng(0),
+    )
     assert len(layer.tiles) == 3
     assert float(alpha.min()) > 1.5  # one year of drift: ~−50 % conductance, so α ≈ 2
     np.testing.assert_allclose(alpha[:, 0].numpy(), ro.alpha_global, rtol=1e-5)
@@ -123,8 +134,11 @@ def test_exact_gdc_reference_is_the_chips_mean_target_weight():
     # The chip computes the same definition: its exact baseline is mean|w_target| of each tile.
     chip = program([LayerSpec("fc", weight.numpy())], profile, seed=2)
     layer = chip.layers[0]
-    np.testing.assert_allclose(layer.gdc_baseline_exact, [np.abs(layer.w_norm[a:b].astype(np.float64)).mean()
-                                                          for a, b in layer.tiles], rtol=1e-6)
+    np.testing.assert_allclose(
+        layer.gdc_baseline_exact,
+        [np.abs(layer.w_norm[a:b].astype(np.float64)).mean() for a, b in layer.tiles],
+        rtol=1e-6,
+    )
 
 
 def test_analog_matmul_matches_chipsim_reference():
@@ -141,12 +155,16 @@ def test_analog_matmul_matches_chipsim_reference():
     noise = draw_mvm_noise(32, layer, np.random.default_rng(11))
     ref = chip_analog_matmul(x, layer, ro, profile, noise=noise)
     aged = torch_chip.AgedWeights(
-        w_t=torch.from_numpy(ro.w_norm).double(), w_prog=torch.from_numpy(ro.w_norm).double(),  # w_prog: unused here
+        w_t=torch.from_numpy(ro.w_norm).double(),
+        w_prog=torch.from_numpy(ro.w_norm).double(),  # w_prog: unused here
         col_scale=torch.from_numpy(layer.col_scale).double(),
-        tiles=layer.tiles, alpha=torch.from_numpy(ro.alpha(profile.gdc)).double(),
+        tiles=layer.tiles,
+        alpha=torch.from_numpy(ro.alpha(profile.gdc)).double(),
     )
     draws = torch_chip.MvmDraws([torch.from_numpy(a).double() for a in noise.draws])
-    y = torch_chip.analog_matmul(torch.from_numpy(x), aged, layer.input_range, profile, draws, torch.from_numpy(bias).double())
+    y = torch_chip.analog_matmul(
+        torch.from_numpy(x), aged, layer.input_range, profile, draws, torch.from_numpy(bias).double()
+    )
     assert len(layer.tiles) == 2
     np.testing.assert_allclose(y.numpy(), ref, rtol=1e-9, atol=1e-9)
 
@@ -289,7 +307,9 @@ def test_aged_weights_statistics_follow_the_chip():
     ro = read(program([LayerSpec("fc", w)], profile, seed=0), YEAR, 0).layers[0]
     ref = normalise(w, column_scales(w))
     err_chip = np.linalg.norm(ro.w_norm - ref) / np.linalg.norm(ref)
-    aged = torch_chip.age_weights(torch.from_numpy(w), profile, YEAR, torch.Generator().manual_seed(0), np.random.default_rng(0))
+    aged = torch_chip.age_weights(
+        torch.from_numpy(w), profile, YEAR, torch.Generator().manual_seed(0), np.random.default_rng(0)
+    )
     err_torch = float((aged.w_t - torch.from_numpy(ref)).norm() / torch.from_numpy(ref).norm())
     assert err_chip > 0.3  # a year of drift is a large error: the comparison is meaningful
     assert err_torch == pytest.approx(err_chip, rel=0.05)

@@ -54,13 +54,24 @@ def test_conv_equals_chipsim_reference_on_unfolded_patches(stride, padding):
     noise = draw_mvm_noise(rows.shape[0], layer, np.random.default_rng(11))
     ref = chip_analog_matmul(rows, layer, ro, profile, noise=noise)
     aged = torch_chip.AgedWeights(
-        w_t=torch.from_numpy(ro.w_norm).double(), w_prog=torch.from_numpy(ro.w_norm).double(),  # w_prog: unused
-        col_scale=torch.from_numpy(layer.col_scale).double(), tiles=layer.tiles,
+        w_t=torch.from_numpy(ro.w_norm).double(),
+        w_prog=torch.from_numpy(ro.w_norm).double(),  # w_prog: unused
+        col_scale=torch.from_numpy(layer.col_scale).double(),
+        tiles=layer.tiles,
         alpha=torch.from_numpy(ro.alpha(profile.gdc)).double(),
     )
     draws = torch_chip.MvmDraws([torch.from_numpy(a).double() for a in noise.draws])
-    y = torch_chip.analog_conv2d(x, aged, layer.input_range, profile, draws, (3, 3), (stride, stride),
-                                 (padding, padding), bias=torch.from_numpy(bias).double())
+    y = torch_chip.analog_conv2d(
+        x,
+        aged,
+        layer.input_range,
+        profile,
+        draws,
+        (3, 3),
+        (stride, stride),
+        (padding, padding),
+        bias=torch.from_numpy(bias).double(),
+    )
     n, _, h, w = y.shape
     assert (h, w) == ((9 + 2 * padding - 3) // stride + 1, (8 + 2 * padding - 3) // stride + 1)
     want = ref.reshape(n, h * w, C_OUT).transpose(0, 2, 1).reshape(n, C_OUT, h, w)
@@ -75,8 +86,11 @@ def _layer_and_ctx(mode: GradientMode, stride: int, dtype=torch.float64):
     layer.input_range.requires_grad_(True)
     # every perturbation class on, IR drop ×5 so that its error is far above rounding
     profile = get_profile("pcm-faulty", tile_rows=TILE_ROWS, ir_drop=5.0, d2d_sigma=0.05)
-    ctx = hwa.HwaContext(hwa.HwaConfig(mode=mode), torch.Generator().manual_seed(1),
-                         schedule=hwa.ChipSchedule(profile_at=lambda s: profile, age_s=86400.0))
+    ctx = hwa.HwaContext(
+        hwa.HwaConfig(mode=mode),
+        torch.Generator().manual_seed(1),
+        schedule=hwa.ChipSchedule(profile_at=lambda s: profile, age_s=86400.0),
+    )
     hwa.attach(layer, ctx)
     layer.train()
     x = torch.randn((4, C_IN, 7, 7), generator=torch.Generator().manual_seed(2), dtype=dtype).requires_grad_(True)

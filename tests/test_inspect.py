@@ -17,8 +17,10 @@ from chipsim.inspect import main
 
 
 def _model(nodes, inits, inputs, outputs, opsets=(("", 17),)) -> bytes:
-    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
-                          opset_imports=[helper.make_opsetid(d, v) for d, v in opsets])
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
+        opset_imports=[helper.make_opsetid(d, v) for d, v in opsets],
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
@@ -26,13 +28,21 @@ def _model(nodes, inits, inputs, outputs, opsets=(("", 17),)) -> bytes:
 def _attention_like(rng) -> bytes:
     """fc (600×8: two tiles of ≤ 512 rows) → Softmax; q·kᵀ between activations; a Scaler."""
     w = numpy_helper.from_array(rng.standard_normal((600, 8)).astype(np.float32), "w")
-    nodes = [helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", name="scale", scale=[0.5] * 600,
-                              offset=[0.0] * 600),
-             helper.make_node("MatMul", ["xs", "w"], ["h"], name="fc"),
-             helper.make_node("Transpose", ["h"], ["ht"], name="t", perm=[1, 0]),
-             helper.make_node("MatMul", ["h", "ht"], ["y"], name="qk")]
-    return _model(nodes, [w], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 600])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], opsets=(("", 17), ("ai.onnx.ml", 3)))
+    nodes = [
+        helper.make_node(
+            "Scaler", ["x"], ["xs"], domain="ai.onnx.ml", name="scale", scale=[0.5] * 600, offset=[0.0] * 600
+        ),
+        helper.make_node("MatMul", ["xs", "w"], ["h"], name="fc"),
+        helper.make_node("Transpose", ["h"], ["ht"], name="t", perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "ht"], ["y"], name="qk"),
+    ]
+    return _model(
+        nodes,
+        [w],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 600])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        opsets=(("", 17), ("ai.onnx.ml", 3)),
+    )
 
 
 def test_report_lists_analog_and_digital_nodes_with_reasons():
@@ -58,11 +68,17 @@ def test_a_node_reading_a_shared_weight_reads_that_layer():
     w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
     lstm_w = numpy_helper.from_array(rng.standard_normal((1, 12, 8)).astype(np.float32), "W")
     lstm_r = numpy_helper.from_array(rng.standard_normal((1, 12, 3)).astype(np.float32), "R")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"], name="first"),
-             helper.make_node("MatMul", ["a", "w"], ["b"], name="second"),
-             helper.make_node("LSTM", ["b", "W", "R"], ["y"], name="rnn", hidden_size=3)]
-    model = _model(nodes, [w, lstm_w, lstm_r], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "N", 8])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, "N", 3])])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="first"),
+        helper.make_node("MatMul", ["a", "w"], ["b"], name="second"),
+        helper.make_node("LSTM", ["b", "W", "R"], ["y"], name="rnn", hidden_size=3),
+    ]
+    model = _model(
+        nodes,
+        [w, lstm_w, lstm_r],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, "N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, 1, "N", 3])],
+    )
     report = inspect_model(model, get_profile("pcm"), "pcm")
     assert report.programmable
     first, second, rnn = report.analog
@@ -83,14 +99,20 @@ def test_report_collects_every_refusal():
     lstm_w = numpy_helper.from_array(np.zeros((1, 8, 4), np.float32), "W")
     lstm_r = numpy_helper.from_array(np.zeros((1, 8, 2), np.float32), "R")
     wt = numpy_helper.from_array(np.ones((4, 4), np.float32), "wt")
-    nodes = [helper.make_node("Transpose", ["wt"], ["wtt"], perm=[1, 0]),
-             helper.make_node("MatMul", ["x", "wtt"], ["a"], name="folded"),
-             helper.make_node("MatMul", ["a", "w"], ["b"], name="ok"),
-             helper.make_node("Unsqueeze", ["b", "ax"], ["b3"]),
-             helper.make_node("LSTM", ["b3", "W", "R"], ["y"], name="rnn", hidden_size=2)]
+    nodes = [
+        helper.make_node("Transpose", ["wt"], ["wtt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wtt"], ["a"], name="folded"),
+        helper.make_node("MatMul", ["a", "w"], ["b"], name="ok"),
+        helper.make_node("Unsqueeze", ["b", "ax"], ["b3"]),
+        helper.make_node("LSTM", ["b3", "W", "R"], ["y"], name="rnn", hidden_size=2),
+    ]
     ax = numpy_helper.from_array(np.array([0], np.int64), "ax")
-    model = _model(nodes, [w, lstm_w, lstm_r, wt, ax], [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "N", 2])])
+    model = _model(
+        nodes,
+        [w, lstm_w, lstm_r, wt, ax],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, "N", 2])],
+    )
     report = inspect_model(model, get_profile("ideal"))
     assert not report.programmable
     refused = {r.node: r.reason for r in report.refused}
@@ -118,9 +140,18 @@ def test_cli_prints_the_report_and_exits_by_verdict(tmp_path, capsys):
     assert main([str(tmp_path / "missing.onnx")]) == 2
     assert main([str(path), "--profile", "nope"]) == 2
     # as a module, without importing the service or torch
-    run = subprocess.run([sys.executable, "-c", "import sys, runpy; sys.argv = ['x', sys.argv[1]]; "
-                          "runpy.run_module('chipsim.inspect', run_name='__main__')", str(path)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, runpy; sys.argv = ['x', sys.argv[1]]; "
+            "runpy.run_module('chipsim.inspect', run_name='__main__')",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0 and "analog:" in run.stdout
 
 
@@ -133,8 +164,9 @@ def test_dry_run_bounds_allocations_before_calibration_runs_the_model():
     limits = AllocationLimits(batch=64, max_tensor_elements=10**7, max_total_elements=10**8)
     # Calibration data of a wrong shape: were calibration to run first, the report would name it
     # (and never allocate the bomb's 16 GB, as well-shaped data would).
-    report = inspect_model(gb.constant_of_shape(), get_profile("pcm"), limits=limits,
-                           calibration=np.zeros((2, 4), np.float32))
+    report = inspect_model(
+        gb.constant_of_shape(), get_profile("pcm"), limits=limits, calibration=np.zeros((2, 4), np.float32)
+    )
     assert not report.programmable and "ConstantOfShape" in report.refused[0].reason
     report = inspect_model(gb.sparse_initializer(), get_profile("pcm"))
     assert not report.programmable and "sparse_initializer 'big'" in report.refused[0].reason

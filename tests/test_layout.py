@@ -28,14 +28,17 @@ def imported_test_modules(path: Path) -> set[str]:
 
 def test_the_checker_sees_every_import_form(tmp_path):
     src = tmp_path / "test_probe.py"
-    src.write_text("import tests.test_a\nfrom tests.test_b import x\nfrom tests import test_c, onnx_models\n"
-                   "from .test_d import y\nfrom . import test_e\nfrom tests.onnx_models import mlp\n")
+    src.write_text(
+        "import tests.test_a\nfrom tests.test_b import x\nfrom tests import test_c, onnx_models\n"
+        "from .test_d import y\nfrom . import test_e\nfrom tests.onnx_models import mlp\n"
+    )
     assert imported_test_modules(src) == {"test_a", "test_b", "test_c", "test_d", "test_e"}
 
 
 def test_no_test_module_imports_another():
     """Shared test code lives in helper modules without the test_ prefix (tests/onnx_models.py,
     tests/dockerfile.py, tests/service_process.py) or in conftest.py, never in a test module."""
-    found = {(path.stem, imported) for path in sorted(TESTS.glob("test_*.py"))
-             for imported in imported_test_modules(path)}
+    found = {
+        (path.stem, imported) for path in sorted(TESTS.glob("test_*.py")) for imported in imported_test_modules(path)
+    }
     assert found == set()

@@ -21,12 +21,15 @@ def _readout() -> LayerReadout:
     )
 
 
-@pytest.mark.parametrize("mode, applied, measured, per_tile", [
-    ("global", [[1.5] * 3, [2.5] * 3], [1.5, 2.5], [1.5, 2.5]),
-    ("column", [[1.1, 1.2, 1.3], [2.1, 2.2, 2.3]], [[1.1, 1.2, 1.3], [2.1, 2.2, 2.3]], [1.5, 2.5]),
-    ("exact", [[0.5] * 3, [0.75] * 3], [0.5, 0.75], [0.5, 0.75]),
-    ("off", [[1.0] * 3, [1.0] * 3], [1.5, 2.5], [1.5, 2.5]),
-])
+@pytest.mark.parametrize(
+    "mode, applied, measured, per_tile",
+    [
+        ("global", [[1.5] * 3, [2.5] * 3], [1.5, 2.5], [1.5, 2.5]),
+        ("column", [[1.1, 1.2, 1.3], [2.1, 2.2, 2.3]], [[1.1, 1.2, 1.3], [2.1, 2.2, 2.3]], [1.5, 2.5]),
+        ("exact", [[0.5] * 3, [0.75] * 3], [0.5, 0.75], [0.5, 0.75]),
+        ("off", [[1.0] * 3, [1.0] * 3], [1.5, 2.5], [1.5, 2.5]),
+    ],
+)
 def test_gdc_factors_of_each_mode(mode, applied, measured, per_tile):
     ro = _readout()
     np.testing.assert_array_equal(ro.alpha(mode), np.array(applied, np.float32))

@@ -25,9 +25,10 @@ SIGMA = 0.05  # ADC output noise, normalised units
 def _model(x_shape: list, y_shape: list, nodes: list, inits: dict[str, np.ndarray]) -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)
-    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y],
-                                            initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()]),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     m.ir_version = 8
     onnx.checker.check_model(m)
     return m.SerializeToString()
@@ -36,31 +37,36 @@ def _model(x_shape: list, y_shape: list, nodes: list, inits: dict[str, np.ndarra
 def conv1x1_dynamic_hw(cin: int = 4, cols: int = 16) -> tuple[bytes, np.ndarray]:
     """A 1×1 Conv on (N, C, H, W) with N, H and W dynamic (a fully convolutional layer)."""
     w = np.random.default_rng(0).standard_normal((cols, cin, 1, 1)).astype(np.float32)
-    model = _model(["N", cin, "H", "W"], ["N", cols, "H", "W"],
-                   [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], {"w": w})
+    model = _model(
+        ["N", cin, "H", "W"],
+        ["N", cols, "H", "W"],
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        {"w": w},
+    )
     return model, w.reshape(cols, cin).T
 
 
 def token_mlp(c: int = 8, cols: int = 16) -> tuple[bytes, np.ndarray]:
     """A MatMul on (N, T, C) tokens with N and T dynamic (a variable-length transformer's MLP)."""
     w = np.random.default_rng(1).standard_normal((c, cols)).astype(np.float32)
-    return _model(["N", "T", c], ["N", "T", cols], [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-                  {"w": w}), w
+    return _model(
+        ["N", "T", c], ["N", "T", cols], [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], {"w": w}
+    ), w
 
 
 def seq_first_matmul(t: int = 5, c: int = 8, cols: int = 16) -> tuple[bytes, np.ndarray]:
     """A MatMul on sequence-first (T, N, C) activations, T static, N dynamic (torch's
     nn.MultiheadAttention without batch_first)."""
     w = np.random.default_rng(2).standard_normal((c, cols)).astype(np.float32)
-    return _model([t, "N", c], [t, "N", cols], [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
-                  {"w": w}), w
+    return _model([t, "N", c], [t, "N", cols], [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], {"w": w}), w
 
 
 def gemm_trans_a(rows: int = 8, cols: int = 16) -> tuple[bytes, np.ndarray]:
     """Gemm(transA=1) on (K, N) inputs: the batch is on axis 1 of the input."""
     w = np.random.default_rng(3).standard_normal((rows, cols)).astype(np.float32)
-    return _model([rows, "N"], ["N", cols], [helper.make_node("Gemm", ["x", "w"], ["y"], name="gemm", transA=1)],
-                  {"w": w}), w
+    return _model(
+        [rows, "N"], ["N", cols], [helper.make_node("Gemm", ["x", "w"], ["y"], name="gemm", transA=1)], {"w": w}
+    ), w
 
 
 def _runtime(model: bytes) -> ChipRuntime:
@@ -83,7 +89,6 @@ def _var_along(z: np.ndarray, axis: int | tuple[int, ...]) -> float:
     return float(np.var(z, axis=axis, ddof=1).mean())
 
 
-
 def test_noise_varies_per_pixel_on_dynamic_spatial_dims():
     model, matrix = conv1x1_dynamic_hw()
     rt = _runtime(model)
@@ -98,7 +103,6 @@ def test_noise_varies_per_pixel_on_dynamic_spatial_dims():
     assert abs(across_channels - 1) < 0.15  # σ as DESIGN §3.3 says (same standard errors)
 
 
-
 def test_noise_varies_per_token_on_a_dynamic_sequence_dim():
     model, matrix = token_mlp()
     rt = _runtime(model)
@@ -109,7 +113,6 @@ def test_noise_varies_per_token_on_a_dynamic_sequence_dim():
     across_tokens, across_channels = _var_along(z, 1), _var_along(z, 2)
     assert abs(across_tokens / across_channels - 1) < 0.15, (across_tokens, across_channels)
     assert abs(across_channels - 1) < 0.15
-
 
 
 def test_sequence_first_matmul_runs_at_batch_2_with_noise_per_token_and_sample():
@@ -125,7 +128,6 @@ def test_sequence_first_matmul_runs_at_batch_2_with_noise_per_token_and_sample()
     assert np.abs(off).max() < 0.3, np.round(corr, 2)  # 45 distinct pairs: 0.3 is 5.4 SE
     # 3200 values: the variance of N(0, 1) estimated within SE sqrt(2/3200) = 2.5 %.
     assert abs(float(zs.var()) - 1) < 0.1
-
 
 
 def test_gemm_trans_a_with_the_batch_on_axis_1():
@@ -179,9 +181,10 @@ def shared_stretches(a: np.ndarray, b: np.ndarray, k: int = 4, tol: float = 1e-4
     k = 4 with ~(4e-5)^4 = 2.6e-18 per pair of positions: < 1e-9 false runs for 1e4 × 1e4 positions.
     z recovered from outputs carries float32 rounding of ~3e-6 (see _xi), so a quantised pair of
     equal draws straddles a boundary with probability ~6 %: most runs of an overlap survive."""
+
     def grams(v: np.ndarray) -> list[tuple]:
         q = np.round(np.asarray(v, np.float64).ravel() / tol).astype(np.int64)
-        return list(zip(*(q[i:len(q) - k + 1 + i] for i in range(k))))
+        return list(zip(*(q[i : len(q) - k + 1 + i] for i in range(k))))
 
     seen = set(grams(a))
     return sum(g in seen for g in grams(b))
@@ -202,7 +205,7 @@ def test_overlap_detector_finds_windows_of_a_small_table(head):
     rt, model, matrix, x = head
     table = np.random.default_rng(7).standard_normal(2048).astype(np.float32)
     name = rt.noise_shapes(x)[0][0]
-    z = [_xi(rt, model, matrix, x, channel_axis=1, noise={name: table[o:o + 1024]}) for o in (0, 300, 1024)]
+    z = [_xi(rt, model, matrix, x, channel_axis=1, noise={name: table[o : o + 1024]}) for o in (0, 300, 1024)]
     assert shared_stretches(z[0], z[1]) > 0.5 * (1024 - 300)  # 724 shared draws
     assert shared_stretches(z[0], z[2]) == 0  # adjacent windows share nothing
 
@@ -235,11 +238,13 @@ def test_seeded_noise_is_bit_identical_and_keyed_by_seed_and_chunk(head):
     np.testing.assert_array_equal(a, run(seed=11))
     np.testing.assert_array_equal(a, ChipRuntime(rt.chip).run(x, age_s=0.0, gdc=False, seed=11)[0])  # a restart
     np.testing.assert_array_equal(a, run(seed=11, chunk=0))
-    z = {key: _xi(rt, model, matrix, x, channel_axis=1, seed=s, chunk=c)
-         for key, (s, c) in {"a": (11, 0), "chunk1": (11, 1), "chunk2": (11, 2), "seed12": (12, 0)}.items()}
+    z = {
+        key: _xi(rt, model, matrix, x, channel_axis=1, seed=s, chunk=c)
+        for key, (s, c) in {"a": (11, 0), "chunk1": (11, 1), "chunk2": (11, 2), "seed12": (12, 0)}.items()
+    }
     keys = list(z)
     for i, p in enumerate(keys):
-        for q in keys[i + 1:]:
+        for q in keys[i + 1 :]:
             # 1024 draws: correlation SE 0.031, 0.16 is 5 SE; and no shared stretch.
             assert abs(np.corrcoef(z[p].ravel(), z[q].ravel())[0, 1]) < 0.16, (p, q)
             assert shared_stretches(z[p], z[q]) == 0, (p, q)
@@ -255,8 +260,10 @@ def test_unseeded_noise_differs_between_threads_and_forked_processes(head):
 
     rt, model, matrix, x = head
     out: dict[int, np.ndarray] = {}
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, _xi(rt, model, matrix, x, channel_axis=1)))
-               for i in range(2)]
+    threads = [
+        threading.Thread(target=lambda i=i: out.__setitem__(i, _xi(rt, model, matrix, x, channel_axis=1)))
+        for i in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -283,7 +290,7 @@ def test_noise_shapes_follow_each_input_signature():
     model, _ = token_mlp()
     rt = _runtime(model)
     for shape in [(2, 5, 8), (3, 7, 8), (2, 5, 8)]:
-        (name, got), = rt.noise_shapes(np.zeros(shape, np.float32))
+        ((name, got),) = rt.noise_shapes(np.zeros(shape, np.float32))
         assert got == (*shape[:2], 16)
     # Shapes the model cannot take are the request's fault, named as such (check_inputs would refuse
     # this one first; NoiseShapes must not crash either).
@@ -299,11 +306,17 @@ def test_noise_shapes_onnx_inference_cannot_resolve_are_measured(monkeypatch):
 
     rng = np.random.default_rng(5)
     w = rng.standard_normal((6, 4)).astype(np.float32)
-    nodes = [helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", scale=[1.0] * 6, offset=[0.0] * 6),
-             helper.make_node("MatMul", ["xs", "w"], ["y"], name="mm")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-                              initializer=[numpy_helper.from_array(w, "w")])
+    nodes = [
+        helper.make_node("Scaler", ["x"], ["xs"], domain="ai.onnx.ml", scale=[1.0] * 6, offset=[0.0] * 6),
+        helper.make_node("MatMul", ["xs", "w"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
     m.ir_version = 8
     model = m.SerializeToString()
@@ -312,7 +325,7 @@ def test_noise_shapes_onnx_inference_cannot_resolve_are_measured(monkeypatch):
     probe = NoiseShapes.probe
     monkeypatch.setattr(NoiseShapes, "probe", lambda self, dims, t: probed.append(dims) or probe(self, dims, t))
     for n in (1, 2000, 2000):
-        (_, got), = rt.noise_shapes(np.zeros((n, 6), np.float32))
+        ((_, got),) = rt.noise_shapes(np.zeros((n, 6), np.float32))
         assert got == (n, 4)
     assert probed == [{"x": (1, 6)}, {"x": (2000, 6)}]  # ONNX inference could not, and cached per signature
     xi = _xi(rt, model, w, rng.uniform(-1, 1, (2000, 6)).astype(np.float32), channel_axis=1, seed=1)

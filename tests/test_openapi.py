@@ -97,8 +97,11 @@ def test_every_field_and_parameter_is_described(doc):
 def test_every_number_names_its_unit(doc):
     floats = [(where, prop) for where, prop in _properties(doc) if "number" in _types(prop)]
     assert len(floats) > 30
-    bare = [(where, prop["description"]) for where, prop in floats
-            if not any(word in prop["description"] for word in UNIT_WORDS)]
+    bare = [
+        (where, prop["description"])
+        for where, prop in floats
+        if not any(word in prop["description"] for word in UNIT_WORDS)
+    ]
     assert not bare, f"numbers without a unit: {bare}"
 
 
@@ -182,8 +185,9 @@ def test_examples_replayed_against_the_zoo_chip(zoo_client, doc):
     assert real["argmax"] == ex["response"]["argmax"] and real["accuracy"] == ex["response"]["accuracy"]
     assert real["age_s"] == ex["response"]["age_s"] == 365 * 86400
     np.testing.assert_allclose(real["outputs"]["logits"], ex["response"]["outputs"]["logits"], atol=0.5)
-    np.testing.assert_allclose([a["alpha_mean"] for a in real["alpha"]],
-                               [a["alpha_mean"] for a in ex["response"]["alpha"]], rtol=0.02)
+    np.testing.assert_allclose(
+        [a["alpha_mean"] for a in real["alpha"]], [a["alpha_mean"] for a in ex["response"]["alpha"]], rtol=0.02
+    )
 
     ex = EXAMPLES["oip_infer"]
     r = c.post("/v2/models/default/infer", json=ex["request"])
@@ -237,19 +241,32 @@ def _bad_requests() -> list[tuple[str, str, str, dict[str, Any]]]:
         ("get", "/chips/{chip_id}", "/chips/nope", {}),
         ("delete", "/chips/{chip_id}", "/chips/nope", {}),
         ("get", "/jobs/{job_id}", "/jobs/nope", {}),
-        ("post", "/v2/models/{model_name}/infer", "/v2/models/default/infer",
-         {"json": {"inputs": [{"name": "nope", "shape": [1], "datatype": "FP32", "data": [1.0]}]}}),
+        (
+            "post",
+            "/v2/models/{model_name}/infer",
+            "/v2/models/default/infer",
+            {"json": {"inputs": [{"name": "nope", "shape": [1], "datatype": "FP32", "data": [1.0]}]}},
+        ),
         ("post", "/v2/models/{model_name}/infer", "/v2/models/nope/infer", {"json": oip_ok}),
-        ("post", "/v2/models/{model_name}/infer", "/v2/models/default/infer",
-         {"content": b"{not json", "headers": {"content-type": "application/json"}}),
-        ("post", "/v2/models/{model_name}/versions/{model_version}/infer", "/v2/models/default/versions/2/infer",
-         {"json": oip_ok}),
+        (
+            "post",
+            "/v2/models/{model_name}/infer",
+            "/v2/models/default/infer",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+        ),
+        (
+            "post",
+            "/v2/models/{model_name}/versions/{model_version}/infer",
+            "/v2/models/default/versions/2/infer",
+            {"json": oip_ok},
+        ),
         ("get", "/v2/models/{model_name}", "/v2/models/nope", {}),
     ]
 
 
-@pytest.mark.parametrize("method, template, url, kwargs", _bad_requests(),
-                         ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    "method, template, url, kwargs", _bad_requests(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_real_errors_match_their_declared_schema(shared, doc, method, template, url, kwargs):
     r = shared.request(method.upper(), url, **kwargs)
     status, _ = err(r)  # checks the shape the service promises, too
@@ -262,8 +279,10 @@ def test_real_errors_match_their_declared_schema(shared, doc, method, template, 
 
 def test_auth_and_internal_errors_match_their_declared_schema(tmp_path, zoo, doc, monkeypatch):
     with TestClient(create_app(make_settings(tmp_path / "s", zoo, api_key="k")), raise_server_exceptions=False) as c:
-        for method, template, url in (("post", "/program", "/program"),
-                                      ("delete", "/chips/{chip_id}", "/chips/default")):
+        for method, template, url in (
+            ("post", "/program", "/program"),
+            ("delete", "/chips/{chip_id}", "/chips/default"),
+        ):
             r = c.request(method.upper(), url, json={"model": "tiny"} if method == "post" else None)
             assert r.status_code == 401
             validate(doc, schema_of(doc, method, template, 401), r.json())
@@ -272,9 +291,14 @@ def test_auth_and_internal_errors_match_their_declared_schema(tmp_path, zoo, doc
             raise RuntimeError("a bug")
 
         monkeypatch.setattr(c.app.state.registry, "get", boom)
-        for template, url, body in (("/infer", "/infer", {"chip_id": "default", "inputs": x_batch(1)}),
-                                    ("/v2/models/{model_name}/infer", "/v2/models/default/infer",
-                                     {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]})):
+        for template, url, body in (
+            ("/infer", "/infer", {"chip_id": "default", "inputs": x_batch(1)}),
+            (
+                "/v2/models/{model_name}/infer",
+                "/v2/models/default/infer",
+                {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]},
+            ),
+        ):
             r = c.post(url, json=body)
             assert r.status_code == 500 and "a bug" not in r.text
             validate(doc, schema_of(doc, "post", template, 500), r.json())

@@ -11,7 +11,7 @@ import pytest
 from models import outputs
 
 REPO = Path(__file__).resolve().parent.parent
-NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
 
 @pytest.fixture
@@ -67,4 +67,3 @@ def test_zoo_commands_refuse_to_overwrite_before_training(tmp_path, command):
     with pytest.raises(SystemExit, match="--replace"):
         module.main([*command[1:], "--out", str(out)])
     assert (out / "cnn-hwa.onnx").read_bytes() == b"mine"
-

@@ -11,8 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from chipsim import LayerSpec, analog_matmul, draw_mvm_noise, get_profile, program, read
-from chipsim import gdc
+from chipsim import LayerSpec, analog_matmul, draw_mvm_noise, gdc, get_profile, program, read
 from chipsim import periphery as ph
 from chipsim.mapping import tile_bounds
 from chipsim.periphery import IR_DROP_G_RATIO, adc, dac, ir_drop_delta, ir_drop_ramp, mvm_noise_std, quantize
@@ -36,6 +35,7 @@ def mvm_draws(noise, k: int, p: int, i: int) -> list[float]:
     if COMBINED_NOISE:
         return [float(noise.draws[k][p, i])]
     return [float(noise.weight[k][p, i]), float(noise.out[k][p, i])]
+
 
 HOUR, DAY, YEAR = 3600.0, 86400.0, 365 * 86400.0
 
@@ -214,8 +214,17 @@ def test_gdc_ideal_alpha_is_one_exactly():
 
 @pytest.mark.parametrize("age", [HOUR, YEAR])
 def test_gdc_drift_only_alpha_is_inverse_mean_drift(age):
-    prof = get_profile("pcm-reference", prog_noise_scale=0.0, read_noise_scale=0.0, w_noise=0.0, out_noise=0.0,
-                       ir_drop=0.0, in_levels=0, out_levels=0, out_bound=0.0)
+    prof = get_profile(
+        "pcm-reference",
+        prog_noise_scale=0.0,
+        read_noise_scale=0.0,
+        w_noise=0.0,
+        out_noise=0.0,
+        ir_drop=0.0,
+        in_levels=0,
+        out_levels=0,
+        out_bound=0.0,
+    )
     chip = _unit_chip(prof)
     lr = read(chip, age, 3).layers[0]
     L = math.log((age + 20) / 20)
@@ -249,10 +258,18 @@ def test_gdc_ratio_handles_zero_reads():
 
 
 # ---------------------------------------------------------------- tiles
-@pytest.mark.parametrize("rows, sizes", [
-    (1, [1]), (512, [512]), (513, [257, 256]), (1000, [500, 500]), (1024, [512, 512]),
-    (1025, [342, 342, 341]), (1300, [434, 433, 433]),
-])
+@pytest.mark.parametrize(
+    "rows, sizes",
+    [
+        (1, [1]),
+        (512, [512]),
+        (513, [257, 256]),
+        (1000, [500, 500]),
+        (1024, [512, 512]),
+        (1025, [342, 342, 341]),
+        (1300, [434, 433, 433]),
+    ],
+)
 def test_tiles_split_evenly(rows, sizes):
     bounds = tile_bounds(rows, 512)
     assert [b - a for a, b in bounds] == sizes
@@ -338,8 +355,11 @@ def test_analog_matmul_matches_scalar_loops(mode):
     y = analog_matmul(x, layer, lr, prof, gdc=mode, noise=noise)
     alpha = {"off": np.ones((3, 5))}.get(mode)
     if alpha is None:
-        alpha = {"global": np.repeat(lr.alpha_global[:, None], 5, 1), "column": lr.alpha_column,
-                 "exact": np.repeat(lr.alpha_exact[:, None], 5, 1)}[mode]
+        alpha = {
+            "global": np.repeat(lr.alpha_global[:, None], 5, 1),
+            "column": lr.alpha_column,
+            "exact": np.repeat(lr.alpha_exact[:, None], 5, 1),
+        }[mode]
     want = loop_analog_matmul(x, w, bias, r, lr.w_norm, alpha, [(0, 13), (13, 25), (25, 37)], prof, noise)
     np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9)
     # The same draws via an rng give the same result; a different rng does not.
@@ -351,8 +371,18 @@ def test_analog_matmul_matches_scalar_loops(mode):
 
 def test_mvm_noise_variance_matches_design():
     """Whatever the draw layout: Var(y_i) = w_noise²·Σ_j |w_ij|·x'_j² + out_noise² before the ADC."""
-    prof = get_profile("pcm-reference", w_noise=0.05, out_noise=0.04, ir_drop=0.0, in_levels=0, out_levels=0,
-                       out_bound=0.0, prog_noise_scale=0.0, read_noise_scale=0.0, drift_scale=0.0)
+    prof = get_profile(
+        "pcm-reference",
+        w_noise=0.05,
+        out_noise=0.04,
+        ir_drop=0.0,
+        in_levels=0,
+        out_levels=0,
+        out_bound=0.0,
+        prog_noise_scale=0.0,
+        read_noise_scale=0.0,
+        drift_scale=0.0,
+    )
     w = clipped_normal((64, 6), 16)
     chip = program([LayerSpec("fc", w, input_range=1.0)], prof, seed=4)
     layer = chip.layers[0]
@@ -391,8 +421,10 @@ def test_analog_matmul_of_an_aged_chip_is_close_with_gdc():
     x = np.random.default_rng(15).uniform(-1, 1, (64, 512))
     ref = x @ w.astype(np.float64)
     lr = read(chip, YEAR, 1).layers[0]
-    err = {m: np.linalg.norm(analog_matmul(x, chip.layers[0], lr, chip.profile, gdc=m,
-                                           rng=np.random.default_rng(0)) - ref) / np.linalg.norm(ref)
-           for m in ("off", "global")}
+    err = {
+        m: np.linalg.norm(analog_matmul(x, chip.layers[0], lr, chip.profile, gdc=m, rng=np.random.default_rng(0)) - ref)
+        / np.linalg.norm(ref)
+        for m in ("off", "global")
+    }
     # Drift at 1 y shrinks outputs by ~0.5 → ~50 % error (measured 0.52); with GDC 0.19 (seed 3).
     assert err["off"] > 0.35 and err["global"] < 0.6 * err["off"], err

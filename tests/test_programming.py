@@ -242,8 +242,11 @@ def test_read_noise_std_through_read():
         assert rel.std() == pytest.approx(s, rel=0.01), f"σ_read at g={g}"
         assert abs(rel.mean()) < 0.01 * s
     # read_noise_scale multiplies σ_read.
-    chip2 = program([LayerSpec("fc", w)], get_profile("pcm-reference", prog_noise_scale=0.0, drift_scale=0.0,
-                                                       read_noise_scale=0.5), seed=42)
+    chip2 = program(
+        [LayerSpec("fc", w)],
+        get_profile("pcm-reference", prog_noise_scale=0.0, drift_scale=0.0, read_noise_scale=0.5),
+        seed=42,
+    )
     wt2 = read(chip2, DAY, read_seed=7).layers[0].w_norm.astype(np.float64)
     rel2 = (wt2[1:500] - w[1:500]) / w[1:500]
     assert rel2.std() == pytest.approx(0.5 * read_rel_std(1.0, DAY), rel=0.01)
@@ -420,8 +423,10 @@ def _readout_arrays(r):
 
 @pytest.fixture(scope="module")
 def two_layers():
-    return [LayerSpec("a", clipped_normal_matrix((600, 200), 1), input_range=2.0),
-            LayerSpec("b", clipped_normal_matrix((200, 50), 2), bias=np.arange(50, dtype=np.float32))]
+    return [
+        LayerSpec("a", clipped_normal_matrix((600, 200), 1), input_range=2.0),
+        LayerSpec("b", clipped_normal_matrix((200, 50), 2), bias=np.arange(50, dtype=np.float32)),
+    ]
 
 
 def test_same_seeds_give_identical_state_and_readouts(two_layers):
@@ -542,8 +547,9 @@ def test_valid_ages(small_chip, age):
     assert np.all(np.isfinite(r.layers[0].w_norm))
 
 
-@pytest.mark.parametrize("age", [-1.0, -1e-12, float("nan"), float("inf"), float("-inf"), "abc", None,
-                                 MAX_AGE_S * 1.01])
+@pytest.mark.parametrize(
+    "age", [-1.0, -1e-12, float("nan"), float("inf"), float("-inf"), "abc", None, MAX_AGE_S * 1.01]
+)
 def test_invalid_ages_are_errors(small_chip, age):
     with pytest.raises(ValueError, match="age"):
         read(small_chip, age, 0)
@@ -563,8 +569,17 @@ def test_named_profiles_exist_and_differ():
     assert {"ideal", "pcm", "pcm-faulty"} <= set(PRESETS)
     ideal, pcm, faulty = get_profile("ideal"), get_profile("pcm"), get_profile("pcm-faulty")
     assert isinstance(pcm, ChipProfile) and pcm.name == "pcm" and pcm.device == "pcm"
-    for f in ("prog_noise_scale", "drift_scale", "read_noise_scale", "w_noise", "ir_drop", "out_noise",
-              "p_stuck_reset", "p_stuck_set", "d2d_sigma"):
+    for f in (
+        "prog_noise_scale",
+        "drift_scale",
+        "read_noise_scale",
+        "w_noise",
+        "ir_drop",
+        "out_noise",
+        "p_stuck_reset",
+        "p_stuck_set",
+        "d2d_sigma",
+    ):
         assert getattr(ideal, f) == 0, f
     assert faulty.p_stuck_reset > pcm.p_stuck_reset > 0 and faulty.p_stuck_set > pcm.p_stuck_set > 0
     assert pcm.w_noise == 0.0175 and pcm.out_noise == 0.04 and pcm.out_levels == 254 and pcm.out_bound == 10
@@ -575,16 +590,19 @@ def test_named_profiles_exist_and_differ():
     assert profile_from_dict(faulty.model_dump(mode="json")) == faulty
 
 
-@pytest.mark.parametrize("overrides, field", [
-    (dict(bogus=1), "bogus"),
-    (dict(prog_noise_scale=-1.0), "prog_noise_scale"),
-    (dict(drift_scale=1e9), "drift_scale"),
-    (dict(p_stuck_set=1.5), "p_stuck_set"),
-    (dict(tile_rows=0), "tile_rows"),
-    (dict(gdc="sometimes"), "gdc"),
-    (dict(out_levels="many"), "out_levels"),
-    (dict(w_noise=float("nan")), "w_noise"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(bogus=1), "bogus"),
+        (dict(prog_noise_scale=-1.0), "prog_noise_scale"),
+        (dict(drift_scale=1e9), "drift_scale"),
+        (dict(p_stuck_set=1.5), "p_stuck_set"),
+        (dict(tile_rows=0), "tile_rows"),
+        (dict(gdc="sometimes"), "gdc"),
+        (dict(out_levels="many"), "out_levels"),
+        (dict(w_noise=float("nan")), "w_noise"),
+    ],
+)
 def test_profile_errors_name_the_field(overrides, field):
     with pytest.raises(ProfileError) as info:
         get_profile("pcm", **overrides)
@@ -621,8 +639,10 @@ def test_layer_age_offset_shifts_only_that_layer():
     from chipsim.readout import read
 
     rng = np.random.default_rng(0)
-    specs = [LayerSpec("a", rng.standard_normal((16, 8)).astype(np.float32)),
-             LayerSpec("b", rng.standard_normal((16, 8)).astype(np.float32))]
+    specs = [
+        LayerSpec("a", rng.standard_normal((16, 8)).astype(np.float32)),
+        LayerSpec("b", rng.standard_normal((16, 8)).astype(np.float32)),
+    ]
     profile = get_profile("pcm", read_noise_scale=0.0)
     chip = program(specs, profile, seed=1)
     older = copy.deepcopy(chip)

@@ -52,6 +52,7 @@ def substitute(expr: str, values: dict[str, str] = GRAFANA_VARS) -> str:
         name = m.group(1) or m.group(2)
         assert name in values, f"no test value for Grafana variable ${name} in {expr!r}"
         return values[name]
+
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", repl, expr)
 
 
@@ -116,7 +117,7 @@ class PromAPI:
 def finite_values(result: list[dict]) -> list[float]:
     vals = []
     for r in result:
-        for _, v in ([r["value"]] if "value" in r else r["values"]):
+        for _, v in [r["value"]] if "value" in r else r["values"]:
             f = float(v)
             if math.isfinite(f):
                 vals.append(f)
@@ -143,8 +144,10 @@ def binaries() -> dict[str, str]:
     found = {name: shutil.which(name) for name in ("prometheus", "promtool")}
     missing = [n for n, p in found.items() if p is None]
     if missing:
-        loud_skip(f"{' and '.join(missing)} not installed: run `bash docker/ci/install-prometheus.sh` "
-                  "(apt-get install prometheus, as root); the Prometheus integration tests did NOT run")
+        loud_skip(
+            f"{' and '.join(missing)} not installed: run `bash docker/ci/install-prometheus.sh` "
+            "(apt-get install prometheus, as root); the Prometheus integration tests did NOT run"
+        )
     res = subprocess.run([found["prometheus"], "--version"], capture_output=True, text=True)
     print(f"\nusing {(res.stdout or res.stderr).splitlines()[0]}")
     return found  # type: ignore[return-value]
@@ -161,8 +164,7 @@ def service(tmp_path_factory):
         "AGEDCHIP_SCHEDULE_READOUTS": "1",
     }
     with run_service(sys.executable, REPO, tmp / "state", tmp / "service.log", env) as (base, proc):
-        yield {"base": base, "port": int(base.rsplit(":", 1)[1]), "proc": proc, "log": tmp / "service.log",
-               "zoo": zoo}
+        yield {"base": base, "port": int(base.rsplit(":", 1)[1]), "proc": proc, "log": tmp / "service.log", "zoo": zoo}
 
 
 def traffic(base: str, zoo: Path) -> None:
@@ -182,8 +184,16 @@ def traffic(base: str, zoo: Path) -> None:
         assert http("GET", base + path)[0] == 200, path
     # an evaluation with an SLO no chip meets (twice the FP model's accuracy): a breach is predicted (at
     # the first age), so the breach gauge, its panel and its alert have an input series
-    status, resp = http("POST", f"{base}/chips/default/evaluate", {
-        "ages": ["1h", "1d"], "readouts": 1, "samples": 64, "slo": {"metric": "normalised_accuracy", "threshold": 2.0}})
+    status, resp = http(
+        "POST",
+        f"{base}/chips/default/evaluate",
+        {
+            "ages": ["1h", "1d"],
+            "readouts": 1,
+            "samples": 64,
+            "slo": {"metric": "normalised_accuracy", "threshold": 2.0},
+        },
+    )
     assert status == 200, resp
 
 
@@ -192,15 +202,23 @@ def metrics_text(service) -> str:
     """/metrics once the background refresh has filled the chip gauges."""
     base = service["base"]
     traffic(base, service["zoo"])
-    needed = ["agedchip_chip_eval_accuracy{", "agedchip_chip_current_accuracy{", "agedchip_chip_gdc_alpha{",
-              "agedchip_chip_weight_error{", "agedchip_correct_samples_total{", "agedchip_chip_slo_breach_in_seconds{"]
+    needed = [
+        "agedchip_chip_eval_accuracy{",
+        "agedchip_chip_current_accuracy{",
+        "agedchip_chip_gdc_alpha{",
+        "agedchip_chip_weight_error{",
+        "agedchip_correct_samples_total{",
+        "agedchip_chip_slo_breach_in_seconds{",
+    ]
 
     def ready():
         status, body = http("GET", base + "/metrics")
         text = body.decode()
         return text if status == 200 and all(n in text for n in needed) else None
-    return wait_until(ready, 180, "the chip gauges on /metrics (background refresh)", service["proc"], service["log"],
-                      interval=0.5)
+
+    return wait_until(
+        ready, 180, "the chip gauges on /metrics (background refresh)", service["proc"], service["log"], interval=0.5
+    )
 
 
 def test_config_from_the_repo(binaries, tmp_path) -> None:
@@ -214,8 +232,7 @@ def test_config_from_the_repo(binaries, tmp_path) -> None:
 
 
 def test_promtool_check_metrics(binaries, metrics_text) -> None:
-    res = subprocess.run([binaries["promtool"], "check", "metrics"], input=metrics_text, capture_output=True,
-                         text=True)
+    res = subprocess.run([binaries["promtool"], "check", "metrics"], input=metrics_text, capture_output=True, text=True)
     assert res.returncode == 0, f"promtool check metrics:\n{res.stdout}{res.stderr}"
 
 
@@ -242,9 +259,17 @@ def prometheus(binaries, service, metrics_text, tmp_path_factory):
     log = tmp / "prometheus.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [binaries["prometheus"], f"--config.file={cfg_path}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            cwd=tmp, stdout=out, stderr=subprocess.STDOUT)
+            [
+                binaries["prometheus"],
+                f"--config.file={cfg_path}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            cwd=tmp,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     api = PromAPI(base)
     try:
@@ -253,6 +278,7 @@ def prometheus(binaries, service, metrics_text, tmp_path_factory):
         def scraped():
             res = api.query('up{job="agedchip"}')
             return res and res[0]["value"][1] == "1"
+
         wait_until(scraped, 60, "a successful scrape of the service", proc, log)
         # more traffic after the first scrape, so every rate() in the window sees an increase
         traffic(service["base"], service["zoo"])
@@ -262,6 +288,7 @@ def prometheus(binaries, service, metrics_text, tmp_path_factory):
         def caught_up():
             res = api.query('agedchip_inferences_total{chip="default"}')
             return res and float(res[0]["value"][1]) >= want
+
         wait_until(caught_up, 60, "Prometheus to scrape the second round of traffic", proc, log)
         time.sleep(2.5)  # a couple more scrapes and rule evaluations
         yield {"api": api, "base": base, "proc": proc, "log": log}
@@ -317,9 +344,11 @@ def test_alert_rules_loaded_and_healthy(prometheus) -> None:
     def evaluated():
         groups = api.get("/api/v1/rules")["groups"]
         rules = [r for g in groups for r in g["rules"]]
-        done = rules and all(r.get("lastEvaluation", "").startswith("2") and
-                             not r["lastEvaluation"].startswith("0001") for r in rules)
+        done = rules and all(
+            r.get("lastEvaluation", "").startswith("2") and not r["lastEvaluation"].startswith("0001") for r in rules
+        )
         return rules if done else None
+
     rules = wait_until(evaluated, 30, "every rule to be evaluated once", prometheus["proc"], prometheus["log"])
     assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
     for r in rules:
@@ -333,8 +362,10 @@ def test_alert_rules_loaded_and_healthy(prometheus) -> None:
 # ------------------------------------------------------------------------------ alert unit tests
 def _rule_unit_tests(rules_file: Path) -> dict:
     """promtool unit tests: each alert fires on bad input and stays quiet on healthy input."""
+
     def s(name: str, labels: str, values: str) -> dict:
         return {"series": f"{name}{{{labels}}}", "values": values}
+
     bad = [
         s("up", 'job="agedchip", instance="svc"', "1 1 0x30"),
         s("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0+10x30"),
@@ -382,24 +413,49 @@ def _rule_unit_tests(rules_file: Path) -> dict:
         "rule_files": [str(rules_file)],
         "evaluation_interval": "1m",
         "tests": [
-            {"name": "alerts fire", "interval": "1m", "input_series": bad,
-             "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": fires[n]} for n in names]},
-            {"name": "healthy: quiet", "interval": "1m", "input_series": healthy,
-             "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": []} for n in names]},
-            {"name": "not before `for`", "interval": "1m", "input_series": bad,
-             "alert_rule_test": [{"eval_time": "2m", "alertname": n, "exp_alerts": []} for n in names]},
-            {"name": "live accuracy: a trickle of labels is not enough", "interval": "1m", "input_series": [
-                s("agedchip_labelled_samples_total", 'chip="c1"', "0+10x30"),  # 50 in 5 min, fewer than 100
-                s("agedchip_correct_samples_total", 'chip="c1"', "0+1x30")],
-             "alert_rule_test": [{"eval_time": "25m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []}]},
-            {"name": "live accuracy: a drop after a long healthy run fires within 10 minutes", "interval": "1m",
-             "input_series": [  # 10 h at 95 %, then 50 %: a ratio since start would still read 94 %
-                s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x610"),
-                s("agedchip_correct_samples_total", 'chip="c1"', "0+95x600 57050+50x9")],
-             "alert_rule_test": [
-                {"eval_time": "600m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []},
-                {"eval_time": "610m", "alertname": "AgedchipLiveAccuracyLow",
-                 "exp_alerts": [{"exp_labels": {"severity": "warning", "chip": "c1"}}]}]},
+            {
+                "name": "alerts fire",
+                "interval": "1m",
+                "input_series": bad,
+                "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": fires[n]} for n in names],
+            },
+            {
+                "name": "healthy: quiet",
+                "interval": "1m",
+                "input_series": healthy,
+                "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": []} for n in names],
+            },
+            {
+                "name": "not before `for`",
+                "interval": "1m",
+                "input_series": bad,
+                "alert_rule_test": [{"eval_time": "2m", "alertname": n, "exp_alerts": []} for n in names],
+            },
+            {
+                "name": "live accuracy: a trickle of labels is not enough",
+                "interval": "1m",
+                "input_series": [
+                    s("agedchip_labelled_samples_total", 'chip="c1"', "0+10x30"),  # 50 in 5 min, fewer than 100
+                    s("agedchip_correct_samples_total", 'chip="c1"', "0+1x30"),
+                ],
+                "alert_rule_test": [{"eval_time": "25m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []}],
+            },
+            {
+                "name": "live accuracy: a drop after a long healthy run fires within 10 minutes",
+                "interval": "1m",
+                "input_series": [  # 10 h at 95 %, then 50 %: a ratio since start would still read 94 %
+                    s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x610"),
+                    s("agedchip_correct_samples_total", 'chip="c1"', "0+95x600 57050+50x9"),
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "600m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []},
+                    {
+                        "eval_time": "610m",
+                        "alertname": "AgedchipLiveAccuracyLow",
+                        "exp_alerts": [{"exp_labels": {"severity": "warning", "chip": "c1"}}],
+                    },
+                ],
+            },
         ],
     }
 

@@ -13,16 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.doc_blocks import (RUNNABLE_LANGS, RUNNABLE_PAGE, Block, output_mismatch, parse,
-                              substitute_address)
+from tests.doc_blocks import RUNNABLE_LANGS, RUNNABLE_PAGE, Block, output_mismatch, parse, substitute_address
 from tests.service_process import REPO, run_service
 
 BLOCK_TIMEOUT_S = 600  # the slowest block (the fleet example) takes ~10 s alone, minutes on a loaded machine
 
 
 def documents() -> list[Path]:
-    pages = sorted(p for p in (REPO / "docs").glob("*.md")
-                   if RUNNABLE_PAGE in (line.strip() for line in p.read_text(encoding="utf-8").splitlines()))
+    pages = sorted(
+        p
+        for p in (REPO / "docs").glob("*.md")
+        if RUNNABLE_PAGE in (line.strip() for line in p.read_text(encoding="utf-8").splitlines())
+    )
     return [REPO / "README.md", *pages]
 
 
@@ -32,29 +34,35 @@ def all_blocks() -> list[Block]:
 
 # --- the matcher and the parser: fast, no service ---------------------------------------------
 
+
 def test_output_matching_rules():
-    assert output_mismatch("a 1.00 b", "a 1.01 b") is None                 # within one unit of the last digit
-    assert output_mismatch("a 1.00 b", "a 1.5 b") is not None              # beyond it and beyond 2 %
+    assert output_mismatch("a 1.00 b", "a 1.01 b") is None  # within one unit of the last digit
+    assert output_mismatch("a 1.00 b", "a 1.5 b") is not None  # beyond it and beyond 2 %
     assert output_mismatch("[2, 0]", "[2, 0]") is None
-    assert output_mismatch("[2, 0]", "[2, 1]") is not None                 # integers are exact
+    assert output_mismatch("[2, 0]", "[2, 1]") is not None  # integers are exact
     assert output_mismatch('{"x":[…],"y":3}', '{"x":[[1,2],[3]],"y":3}') is None
     assert output_mismatch('{"x":[…],"y":3}', '{"x":[[1,2],[3]],"z":3}') is not None
-    assert output_mismatch("a  b\nc", "a b    c") is None                   # any run of whitespace
+    assert output_mismatch("a  b\nc", "a b    c") is None  # any run of whitespace
     assert output_mismatch("v 2.0", "v 2.3", rtol=0.2) is None
     assert output_mismatch("v 2.0", "v 2.3") is not None
-    assert output_mismatch("conv1 7", "conv2 7") is not None               # a number after a letter is text
-    assert output_mismatch("0.99", "0.9897777777777778") is None           # the printed value rounds the real one
+    assert output_mismatch("conv1 7", "conv2 7") is not None  # a number after a letter is text
+    assert output_mismatch("0.99", "0.9897777777777778") is None  # the printed value rounds the real one
 
 
 def test_parser_reads_directives(tmp_path):
     page = tmp_path / "p.md"
-    page.write_text("<!-- skip: blocks -->\n```bash\nmake run\n```\n\n```sh\necho 1\n```\n"
-                    "<!-- output rtol=0.5 -->\n\n```text\n1\n```\ntext\n```python\nprint(2)\n```\n",
-                    encoding="utf-8")
+    page.write_text(
+        "<!-- skip: blocks -->\n```bash\nmake run\n```\n\n```sh\necho 1\n```\n"
+        "<!-- output rtol=0.5 -->\n\n```text\n1\n```\ntext\n```python\nprint(2)\n```\n",
+        encoding="utf-8",
+    )
     blocks = parse(page)
     assert [(b.lang, b.skip, b.output, b.runnable) for b in blocks] == [
-        ("bash", "blocks", False, False), ("sh", None, False, True), ("text", None, True, False),
-        ("python", None, False, True)]
+        ("bash", "blocks", False, False),
+        ("sh", None, False, True),
+        ("text", None, True, False),
+        ("python", None, False, True),
+    ]
     assert blocks[2].rtol == 0.5 and blocks[1].line == 6
     page.write_text("<!-- skip -->\n```bash\nx\n```\n", encoding="utf-8")
     with pytest.raises(ValueError, match="reason"):
@@ -89,6 +97,7 @@ def test_make_targets_named_in_the_docs_exist():
 
 
 # --- the examples against a live service ------------------------------------------------------
+
 
 def _workdir(tmp: Path) -> Path:
     """A folder that looks like the repository (every top-level entry linked) but has its own
@@ -132,8 +141,10 @@ def test_readme_examples_run_as_printed(tmp_path):
             if not block.runnable:
                 continue
             done = _run(block, work, base, env, i)
-            assert done.returncode == 0, (f"{block.where} exited with {done.returncode}\n{block.code}\n"
-                                          f"--- stdout:\n{done.stdout[-3000:]}\n--- stderr:\n{done.stderr[-3000:]}")
+            assert done.returncode == 0, (
+                f"{block.where} exited with {done.returncode}\n{block.code}\n"
+                f"--- stdout:\n{done.stdout[-3000:]}\n--- stderr:\n{done.stderr[-3000:]}"
+            )
             last = (block, done.stdout)
 
 

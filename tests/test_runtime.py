@@ -64,7 +64,7 @@ def _im2col(x: np.ndarray, k: int, pad: int) -> np.ndarray:
     cols = np.empty((n, h, w, c, k, k), x.dtype)
     for u in range(k):
         for v in range(k):
-            cols[:, :, :, :, u, v] = xp[:, :, u:u + h, v:v + w].transpose(0, 2, 3, 1)
+            cols[:, :, :, :, u, v] = xp[:, :, u : u + h, v : v + w].transpose(0, 2, 3, 1)
     return cols.reshape(n * h * w, c * k * k)
 
 
@@ -98,12 +98,22 @@ def test_pcm_layer_equals_numpy_reference(op, rows, cols, kw, binding):
         hw = kw["hw"]
         xin = _im2col(x, 3, 1)
         to_rows = lambda a: a.reshape(batch, cols, hw, hw).transpose(0, 2, 3, 1).reshape(-1, cols)  # noqa: E731
-        want = analog_matmul(xin, layer, readout, profile, noise=MvmNoise([to_rows(noise[n["noise"]]) for n in names]),
-                             bias=False) + bias
+        want = (
+            analog_matmul(
+                xin, layer, readout, profile, noise=MvmNoise([to_rows(noise[n["noise"]]) for n in names]), bias=False
+            )
+            + bias
+        )
         want = want.reshape(batch, hw, hw, cols).transpose(0, 3, 1, 2)
     else:
-        want = analog_matmul(x, layer, readout, profile,
-                             noise=MvmNoise([noise[n["noise"]].reshape(batch, cols) for n in names]), bias=False)
+        want = analog_matmul(
+            x,
+            layer,
+            readout,
+            profile,
+            noise=MvmNoise([noise[n["noise"]].reshape(batch, cols) for n in names]),
+            bias=False,
+        )
         if bias is not None:
             want = want + bias
     # Elements agree to float32 precision except where float32 (ONNX) vs float64 (reference)
@@ -134,8 +144,14 @@ def test_accuracy_kept_on_ideal_and_falls_with_age_on_pcm():
         # Average over 4 chip instances so "monotonic on average" is not decided by one draw.
         # DAC ranges calibrated on training data (uncalibrated, the ADC saturates at age 0 and
         # drift *raises* accuracy by shrinking outputs back into range).
-        accs = [acc(ChipRuntime(program_onnx(model, get_profile("pcm"), seed=s, calibration=x_train))
-                    .run(x, age_s=age, gdc=False, seed=0)[0]) for s in range(4)]
+        accs = [
+            acc(
+                ChipRuntime(program_onnx(model, get_profile("pcm"), seed=s, calibration=x_train)).run(
+                    x, age_s=age, gdc=False, seed=0
+                )[0]
+            )
+            for s in range(4)
+        ]
         means.append(np.mean(accs))
     assert means[0] >= means[1] >= means[2] and means[0] > means[2] + 0.02, means  # seen: .971, .958, .889
 
@@ -181,8 +197,9 @@ def test_input_validation_names_the_field():
 def _graph(nodes, inits, inp_shape=("N", 4), out_shape=("N", 3)):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(inp_shape))
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))
-    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=inits),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     m.ir_version = 8
     return m
 
@@ -206,8 +223,13 @@ def test_unsupported_models_are_clear_errors():
         compile_model(m.SerializeToString(), profile)
     # A weight computed at run time from constants.
     wt = numpy_helper.from_array(np.ones((3, 4), np.float32), "wt")
-    m = _graph([helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0]),
-                helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [wt])
+    m = _graph(
+        [
+            helper.make_node("Transpose", ["wt"], ["w"], perm=[1, 0]),
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        ],
+        [wt],
+    )
     with pytest.raises(CompileError, match="computed at run time from constants"):
         compile_model(m.SerializeToString(), profile)
     # No analog layer at all.
@@ -254,16 +276,20 @@ def test_concurrent_misses_of_one_age_compute_it_once():
 
 
 @pytest.mark.parametrize("binding", ["inputs", "initializers"])
-@pytest.mark.parametrize("op, rows, cols, kw", [("matmul", 1100, 24, {}), ("conv", 0, 10, {"cin": 64, "k": 3, "hw": 5})],
-                         ids=["matmul-3-tiles", "conv-2-tiles"])
+@pytest.mark.parametrize(
+    "op, rows, cols, kw",
+    [("matmul", 1100, 24, {}), ("conv", 0, 10, {"cin": 64, "k": 3, "hw": 5})],
+    ids=["matmul-3-tiles", "conv-2-tiles"],
+)
 def test_weight_effects_only_chip_folds_scales_and_equals_reference(op, rows, cols, kw, binding):
     """With ideal DAC/ADC and no per-MVM noise or IR drop the compiler folds α·r·s_col into the
     weights (compiler.is_linear): the result must still equal the numpy reference exactly (no
     quantisation, so no step mismatches: float32 rounding only), with and without GDC."""
     from chipsim.compiler import is_linear
 
-    profile = get_profile("pcm", ir_drop=0.0, w_noise=0.0, out_noise=0.0, in_clip=False, in_levels=0,
-                          out_levels=0, out_bound=0.0)
+    profile = get_profile(
+        "pcm", ir_drop=0.0, w_noise=0.0, out_noise=0.0, in_clip=False, in_levels=0, out_levels=0, out_bound=0.0
+    )
     assert is_linear(profile) and not is_linear(get_profile("pcm"))
     model, _, bias = om.single_layer(op, rows, cols, seed=3, **kw)
     chip = program_onnx(model, profile, seed=11)
@@ -293,18 +319,24 @@ def test_chip_with_an_older_graph_layout_is_recompiled_from_its_model():
     x = np.random.default_rng(0).uniform(0, 1, (4, 3, 8, 8)).astype(np.float32)
     chip = program_onnx(model, get_profile("pcm"), seed=4, calibration=x)
     assert chip.meta["graph_format"] == GRAPH_FORMAT
-    old = dataclasses.replace(chip, meta={k: v for k, v in chip.meta.items() if k != "graph_format"},
-                              attachments={**chip.attachments, "compiled.onnx": b"an old layout"})
+    old = dataclasses.replace(
+        chip,
+        meta={k: v for k, v in chip.meta.items() if k != "graph_format"},
+        attachments={**chip.attachments, "compiled.onnx": b"an old layout"},
+    )
     new_rt, old_rt = ChipRuntime(chip), ChipRuntime(old)
     want = new_rt.run(x, age_s=3600.0, seed=1)[0]
     np.testing.assert_array_equal(old_rt.run(x, age_s=3600.0, seed=1)[0], want)
     # Intermediate tensors (run_tensor's side sessions) come from the recompiled graph too.
     tensor = next(n.output[0] for n in onnx.load_from_string(new_rt.graph).graph.node if n.op_type == "Round")
-    np.testing.assert_array_equal(old_rt.run_tensor(x, tensor, age_s=3600.0, seed=1),
-                                  new_rt.run_tensor(x, tensor, age_s=3600.0, seed=1))
+    np.testing.assert_array_equal(
+        old_rt.run_tensor(x, tensor, age_s=3600.0, seed=1), new_rt.run_tensor(x, tensor, age_s=3600.0, seed=1)
+    )
     # The calibrated ranges come from the chip's layers, not from (absent) calibration data.
     assert any(layer.input_range != 1.0 for layer in chip.layers)
-    broken = dataclasses.replace(old, attachments={**old.attachments, "model.onnx": om.export(om.mlp(), torch.zeros(2, 64))})
+    broken = dataclasses.replace(
+        old, attachments={**old.attachments, "model.onnx": om.export(om.mlp(), torch.zeros(2, 64))}
+    )
     with pytest.raises(ValueError, match="no longer compiles"):
         ChipRuntime(broken)
 

@@ -29,9 +29,14 @@ CONTAINER = {
         "name": {"type": "string", "pattern": DNS1035, "maxLength": 63},
         "image": {"type": "string", "minLength": 1},
         "env": {"type": "array", "items": {"type": "object", "required": ["name"]}},
-        "ports": {"type": "array", "items": {"type": "object", "required": ["containerPort"],
-                                             "properties": {"containerPort": {"type": "integer", "minimum": 1,
-                                                                              "maximum": 65535}}}},
+        "ports": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["containerPort"],
+                "properties": {"containerPort": {"type": "integer", "minimum": 1, "maximum": 65535}},
+            },
+        },
         "volumeMounts": {"type": "array", "items": {"type": "object", "required": ["name", "mountPath"]}},
     },
 }
@@ -44,19 +49,26 @@ INFERENCE_SERVICE = {
     "properties": {
         "apiVersion": {"const": "serving.kserve.io/v1beta1"},
         "kind": {"const": "InferenceService"},
-        "metadata": {"type": "object", "required": ["name"],
-                     "properties": {"name": {"type": "string", "pattern": DNS1035, "maxLength": 63}}},
+        "metadata": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "pattern": DNS1035, "maxLength": 63}},
+        },
         "spec": {
-            "type": "object", "required": ["predictor"],
-            "properties": {"predictor": {
-                "type": "object", "required": ["containers"],
-                "properties": {
-                    "minReplicas": {"type": "integer", "minimum": 0},
-                    "maxReplicas": {"type": "integer", "minimum": 0},
-                    "containers": {"type": "array", "minItems": 1, "items": CONTAINER},
-                    "volumes": {"type": "array", "items": {"type": "object", "required": ["name"]}},
-                },
-            }},
+            "type": "object",
+            "required": ["predictor"],
+            "properties": {
+                "predictor": {
+                    "type": "object",
+                    "required": ["containers"],
+                    "properties": {
+                        "minReplicas": {"type": "integer", "minimum": 0},
+                        "maxReplicas": {"type": "integer", "minimum": 0},
+                        "containers": {"type": "array", "minItems": 1, "items": CONTAINER},
+                        "volumes": {"type": "array", "items": {"type": "object", "required": ["name"]}},
+                    },
+                }
+            },
         },
     },
 }
@@ -65,10 +77,23 @@ DEPLOYMENT = {
     "required": ["apiVersion", "kind", "metadata", "spec"],
     "properties": {
         "apiVersion": {"const": "apps/v1"},
-        "spec": {"type": "object", "required": ["selector", "template"],
-                 "properties": {"template": {"type": "object", "required": ["spec"], "properties": {
-                     "spec": {"type": "object", "required": ["containers"],
-                              "properties": {"containers": {"type": "array", "minItems": 1, "items": CONTAINER}}}}}}},
+        "spec": {
+            "type": "object",
+            "required": ["selector", "template"],
+            "properties": {
+                "template": {
+                    "type": "object",
+                    "required": ["spec"],
+                    "properties": {
+                        "spec": {
+                            "type": "object",
+                            "required": ["containers"],
+                            "properties": {"containers": {"type": "array", "minItems": 1, "items": CONTAINER}},
+                        }
+                    },
+                }
+            },
+        },
     },
 }
 
@@ -139,8 +164,10 @@ def test_kserve_example_names_real_routes_and_settings(tmp_path):
     routes = {getattr(r, "path", None) for r in create_app(Settings(state_dir=tmp_path / "s")).routes}
     src = service_source()
     kinds = docs_by_kind()
-    containers = kinds["InferenceService"][0]["spec"]["predictor"]["containers"] + \
-        kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    containers = (
+        kinds["InferenceService"][0]["spec"]["predictor"]["containers"]
+        + kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+    )
     for c in containers:
         for probe in ("readinessProbe", "livenessProbe"):
             if probe in c:
@@ -162,8 +189,13 @@ def test_ray_serve_app_builds(tmp_path):
     exe = shutil.which("serve", path=str(Path(sys.executable).parent))
     assert exe, "the serve command comes with ray[serve]"
     out = tmp_path / "serve.yaml"
-    proc = subprocess.run([exe, "build", "--app-dir", str(REPO), "docs.examples.ray_serve_app:app", "-o", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "build", "--app-dir", str(REPO), "docs.examples.ray_serve_app:app", "-o", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (application,) = yaml.safe_load(out.read_text())["applications"]
     assert application["import_path"] == "docs.examples.ray_serve_app:app"

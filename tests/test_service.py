@@ -60,8 +60,9 @@ def test_infer_outputs_argmax_age_and_alpha(shared):
     other = shared.post("/infer", json={"chip_id": "default", "inputs": x_batch(3), "age": "1d", "seed": 6}).json()
     assert other["outputs"] != b["outputs"]
     # inputs as an object name → array; GDC off applies no α
-    off = shared.post("/infer", json={"chip_id": "default", "inputs": {"x": x_batch(3)}, "age": "1y", "seed": 5,
-                                      "gdc": False}).json()
+    off = shared.post(
+        "/infer", json={"chip_id": "default", "inputs": {"x": x_batch(3)}, "age": "1y", "seed": 5, "gdc": False}
+    ).json()
     assert off["gdc"] == "off" and off["gdc_applied"] is False
 
 
@@ -79,8 +80,16 @@ def test_older_chips_drift_more(shared):
     assert all(e["weight_error_gdc"] < e["weight_error"] for e in errs[1:])
     assert errs[2]["g_ratio"] < errs[1]["g_ratio"] < errs[0]["g_ratio"] <= 1.05
     layer = errs[2]["layers"][0]
-    assert {"alpha_mean", "alpha_per_tile", "g_ratio", "weight_error", "weight_error_gdc", "stuck_reset",
-            "stuck_set", "mean_nu"} <= set(layer)
+    assert {
+        "alpha_mean",
+        "alpha_per_tile",
+        "g_ratio",
+        "weight_error",
+        "weight_error_gdc",
+        "stuck_reset",
+        "stuck_set",
+        "mean_nu",
+    } <= set(layer)
     assert err(shared.get("/chips/default/drift", params={"age": "soon"})) == (422, "age")
     assert err(shared.get("/chips/default/drift", params={"gdc": "maybe"})) == (422, "gdc")
 
@@ -98,31 +107,34 @@ def test_quantised_wall_clock_ages():
 NAN = float("nan")
 
 
-@pytest.mark.parametrize("body, status, field", [
-    ({"inputs": [[1.0, 2.0]]}, 422, "inputs.x"),  # wrong shape
-    ({"inputs": [[[[1.0] * 7] * 8]]}, 422, "inputs.x"),  # wrong inner dimension
-    ({"inputs": [[[["a"] * 8] * 8]]}, 422, "inputs.x"),  # wrong dtype
-    ({"inputs": {"z": [[1.0]]}}, 422, "inputs"),  # unknown input name
-    ({"inputs": []}, 422, "inputs.x"),  # empty
-    ({"inputs": [[[[NAN] * 8] * 8]]}, 422, "inputs.x"),
-    ({"inputs": [[[[1e999] * 8] * 8]]}, 422, "inputs.x"),  # inf
-    ({"inputs": [[[[0.5] * 8] * 8]], "chip_id": "nope"}, 404, "chip_id"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "chip_id": "../../etc"}, 422, "chip_id"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "age": -1}, 422, "age"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "age": "-1h"}, 422, "age"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "age": "5000y"}, 422, "age"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "age": 1e300}, 422, "age"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "age": "1 fortnight"}, 422, "age"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "age": "P1H"}, 422, "age"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "age": True}, 422, "age"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "gdc": "sometimes"}, 422, "gdc"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "seed": -1}, 422, "seed"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "read_seed": 2**64}, 422, "read_seed"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "labels": [1, 2]}, 422, "labels"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "labels": [10]}, 422, "labels.0"),
-    ({"inputs": [[[[0.5] * 8] * 8]], "colour": "red"}, 422, "colour"),
-    ({"age": "1h"}, 422, "inputs"),
-])
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"inputs": [[1.0, 2.0]]}, 422, "inputs.x"),  # wrong shape
+        ({"inputs": [[[[1.0] * 7] * 8]]}, 422, "inputs.x"),  # wrong inner dimension
+        ({"inputs": [[[["a"] * 8] * 8]]}, 422, "inputs.x"),  # wrong dtype
+        ({"inputs": {"z": [[1.0]]}}, 422, "inputs"),  # unknown input name
+        ({"inputs": []}, 422, "inputs.x"),  # empty
+        ({"inputs": [[[[NAN] * 8] * 8]]}, 422, "inputs.x"),
+        ({"inputs": [[[[1e999] * 8] * 8]]}, 422, "inputs.x"),  # inf
+        ({"inputs": [[[[0.5] * 8] * 8]], "chip_id": "nope"}, 404, "chip_id"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "chip_id": "../../etc"}, 422, "chip_id"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "age": -1}, 422, "age"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "age": "-1h"}, 422, "age"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "age": "5000y"}, 422, "age"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "age": 1e300}, 422, "age"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "age": "1 fortnight"}, 422, "age"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "age": "P1H"}, 422, "age"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "age": True}, 422, "age"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "gdc": "sometimes"}, 422, "gdc"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "seed": -1}, 422, "seed"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "read_seed": 2**64}, 422, "read_seed"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "labels": [1, 2]}, 422, "labels"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "labels": [10]}, 422, "labels.0"),
+        ({"inputs": [[[[0.5] * 8] * 8]], "colour": "red"}, 422, "colour"),
+        ({"age": "1h"}, 422, "inputs"),
+    ],
+)
 def test_bad_inference_input_is_4xx_naming_the_field(shared, body, status, field):
     body = {"chip_id": "default", **body}
     r = shared.post("/infer", content=json.dumps(body), headers={"content-type": "application/json"})
@@ -186,10 +198,17 @@ def test_unknown_route_and_unexpected_error(tmp_path, zoo, monkeypatch):
 # ----------------------------------------------------------------------------------- programming
 def test_program_upload_shares_model_blob_and_serves(client, tmp_path):
     model = tiny_model()  # same bytes as the zoo's model → the same blob
-    files = {"model": ("tiny.onnx", model, "application/octet-stream"),
-             "eval": ("eval.npz", eval_npz(model, n=50), "application/octet-stream")}
-    data = {"chip_id": "mine", "profile": "pcm-faulty", "overrides": json.dumps({"drift_scale": 2.0}), "seed": "7",
-            "time_scale": "3600"}
+    files = {
+        "model": ("tiny.onnx", model, "application/octet-stream"),
+        "eval": ("eval.npz", eval_npz(model, n=50), "application/octet-stream"),
+    }
+    data = {
+        "chip_id": "mine",
+        "profile": "pcm-faulty",
+        "overrides": json.dumps({"drift_scale": 2.0}),
+        "seed": "7",
+        "time_scale": "3600",
+    }
     r = client.post("/program", files=files, data=data)
     assert r.status_code == 201, r.text
     s = r.json()
@@ -230,8 +249,9 @@ def _unmappable_model() -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
     node = helper.make_node("Einsum", ["x", "w"], ["y"], name="contract", equation="nk,km->nm")
-    m = helper.make_model(helper.make_graph([node], "g", [x], [y], initializer=[w]),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph([node], "g", [x], [y], initializer=[w]), opset_imports=[helper.make_opsetid("", 17)]
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
@@ -246,27 +266,30 @@ def _external_data_model() -> bytes:
     return m.SerializeToString()
 
 
-@pytest.mark.parametrize("files, data, status, field", [
-    ({"model": ("m.onnx", b"not an onnx file at all", "application/octet-stream")}, {}, 422, "model"),
-    ({"model": ("m.onnx", b"", "application/octet-stream")}, {}, 422, "model"),
-    ({"model": ("m.onnx", _unmappable_model(), "application/octet-stream")}, {}, 422, "model"),
-    ({"model": ("m.onnx", _external_data_model(), "application/octet-stream")}, {}, 422, "model"),
-    ({}, {"model": "no-such-model"}, 422, "model"),
-    ({}, {"model": "../../etc/passwd"}, 422, "model"),
-    ({}, {}, 422, "model"),
-    ({}, {"model": ZOO_MODEL, "profile": "pcm-ultra"}, 422, "profile"),
-    ({}, {"model": ZOO_MODEL, "overrides": '{"drift_scale": 50}'}, 422, "profile.drift_scale"),
-    ({}, {"model": ZOO_MODEL, "overrides": '{"p_stuck_set": -0.1}'}, 422, "profile.p_stuck_set"),
-    ({}, {"model": ZOO_MODEL, "overrides": '{"warp": 1}'}, 422, "profile.warp"),
-    ({}, {"model": ZOO_MODEL, "overrides": "not json"}, 422, "overrides"),
-    ({}, {"model": ZOO_MODEL, "seed": "minus one"}, 422, "seed"),
-    ({}, {"model": ZOO_MODEL, "time_scale": "-2"}, 422, "time_scale"),
-    ({}, {"model": ZOO_MODEL, "chip_id": "Bad/Id"}, 422, "chip_id"),
-    ({}, {"model": ZOO_MODEL, "chip_id": "default"}, 409, "chip_id"),
-    ({}, {"model": ZOO_MODEL, "colour": "red"}, 422, "colour"),
-    ({"eval": ("e.npz", b"garbage", "application/octet-stream")}, {"model": ZOO_MODEL}, 422, "eval"),
-    ({"calibration": ("c.npz", b"garbage", "application/octet-stream")}, {"model": ZOO_MODEL}, 422, "calibration"),
-])
+@pytest.mark.parametrize(
+    "files, data, status, field",
+    [
+        ({"model": ("m.onnx", b"not an onnx file at all", "application/octet-stream")}, {}, 422, "model"),
+        ({"model": ("m.onnx", b"", "application/octet-stream")}, {}, 422, "model"),
+        ({"model": ("m.onnx", _unmappable_model(), "application/octet-stream")}, {}, 422, "model"),
+        ({"model": ("m.onnx", _external_data_model(), "application/octet-stream")}, {}, 422, "model"),
+        ({}, {"model": "no-such-model"}, 422, "model"),
+        ({}, {"model": "../../etc/passwd"}, 422, "model"),
+        ({}, {}, 422, "model"),
+        ({}, {"model": ZOO_MODEL, "profile": "pcm-ultra"}, 422, "profile"),
+        ({}, {"model": ZOO_MODEL, "overrides": '{"drift_scale": 50}'}, 422, "profile.drift_scale"),
+        ({}, {"model": ZOO_MODEL, "overrides": '{"p_stuck_set": -0.1}'}, 422, "profile.p_stuck_set"),
+        ({}, {"model": ZOO_MODEL, "overrides": '{"warp": 1}'}, 422, "profile.warp"),
+        ({}, {"model": ZOO_MODEL, "overrides": "not json"}, 422, "overrides"),
+        ({}, {"model": ZOO_MODEL, "seed": "minus one"}, 422, "seed"),
+        ({}, {"model": ZOO_MODEL, "time_scale": "-2"}, 422, "time_scale"),
+        ({}, {"model": ZOO_MODEL, "chip_id": "Bad/Id"}, 422, "chip_id"),
+        ({}, {"model": ZOO_MODEL, "chip_id": "default"}, 409, "chip_id"),
+        ({}, {"model": ZOO_MODEL, "colour": "red"}, 422, "colour"),
+        ({"eval": ("e.npz", b"garbage", "application/octet-stream")}, {"model": ZOO_MODEL}, 422, "eval"),
+        ({"calibration": ("c.npz", b"garbage", "application/octet-stream")}, {"model": ZOO_MODEL}, 422, "calibration"),
+    ],
+)
 def test_bad_program_requests(client, files, data, status, field):
     parts = {**files, **{k: (None, v) for k, v in data.items()}}  # text fields as multipart parts too
     r = client.post("/program", files=parts or None)
@@ -281,8 +304,11 @@ def test_program_eval_set_shape_checked_and_calibration(client):
     buf = io.BytesIO()
     np.savez(buf, x=np.random.default_rng(0).random((32, 1, 8, 8)).astype(np.float32) * 4)
     model = tiny_model(ranges=False)
-    r = client.post("/program", files={"model": ("plain.onnx", model, "x"), "calibration": ("c.npz", buf.getvalue(), "x")},
-                    data={"chip_id": "calibrated"})
+    r = client.post(
+        "/program",
+        files={"model": ("plain.onnx", model, "x"), "calibration": ("c.npz", buf.getvalue(), "x")},
+        data={"chip_id": "calibrated"},
+    )
     assert r.status_code == 201, r.text
     assert r.json()["layers"][0]["input_range"] > 2  # calibrated from data in [0, 4), not the default 1.0
     assert r.json()["eval_samples"] == 0
@@ -355,15 +381,18 @@ def test_evaluate_accuracy_vs_age(shared):
     assert again["results"] == b["results"]
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"ages": []}, "ages"),
-    ({"ages": ["1h"] * 21}, "ages"),
-    ({"ages": ["1h", "later"]}, "ages.1"),
-    ({"ages": [-5]}, "ages.0"),
-    ({"ages": ["1h"], "readouts": 0}, "readouts"),
-    ({"ages": ["1h"], "readouts": 51}, "readouts"),
-    ({"ages": ["1h"], "gdc_mode": "off"}, "gdc_mode"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"ages": []}, "ages"),
+        ({"ages": ["1h"] * 21}, "ages"),
+        ({"ages": ["1h", "later"]}, "ages.1"),
+        ({"ages": [-5]}, "ages.0"),
+        ({"ages": ["1h"], "readouts": 0}, "readouts"),
+        ({"ages": ["1h"], "readouts": 51}, "readouts"),
+        ({"ages": ["1h"], "gdc_mode": "off"}, "gdc_mode"),
+    ],
+)
 def test_evaluate_validation(shared, body, field):
     assert err(shared.post("/chips/default/evaluate", json=body)) == (422, field)
 
@@ -380,8 +409,7 @@ def test_metrics_contract_after_refresh(client):
     x = x_batch(4)
     pred = client.post("/infer", json={"chip_id": "default", "inputs": x, "age": "1h", "seed": 1}).json()["argmax"]
     labels = [pred[0], pred[1], (pred[2] + 1) % 10, (pred[3] + 1) % 10]
-    r = client.post("/infer", json={"chip_id": "default", "inputs": x, "age": "1h", "seed": 1,
-                                    "labels": labels}).json()
+    r = client.post("/infer", json={"chip_id": "default", "inputs": x, "age": "1h", "seed": 1, "labels": labels}).json()
     assert r["accuracy"] == 0.5
     client.app.state.refresher.refresh_once()
     text = client.get("/metrics").text
@@ -391,8 +419,11 @@ def test_metrics_contract_after_refresh(client):
     assert len(names) == 29
     # series that exist only after an evaluation with an SLO (tests/test_service_energy.py) or of a
     # fleet (tests/test_service_fleets.py)
-    later = {"agedchip_chip_slo_breach_in_seconds", "agedchip_fleet_yield_ratio",
-             "agedchip_fleet_slo_breach_age_seconds"}
+    later = {
+        "agedchip_chip_slo_breach_in_seconds",
+        "agedchip_fleet_yield_ratio",
+        "agedchip_fleet_slo_breach_age_seconds",
+    }
     for name in (n for n in names if n not in later):
         assert name in samples or name.removesuffix("_total") in families, f"{name} missing from /metrics"
 
@@ -496,10 +527,14 @@ def test_oip_metadata_and_health(shared):
 
 def test_oip_json_and_binary_agree_with_native(shared):
     x = np.asarray(x_batch(3), np.float32)
-    native = shared.post("/infer", json={"chip_id": "default", "inputs": x.tolist(), "age": "1w",
-                                         "seed": 2}).json()["outputs"]["y"]
-    req = {"id": "r1", "inputs": [{"name": "x", "shape": [3, 1, 8, 8], "datatype": "FP32", "data": x.ravel().tolist()}],
-           "parameters": {"age": "1w", "seed": 2}}
+    native = shared.post("/infer", json={"chip_id": "default", "inputs": x.tolist(), "age": "1w", "seed": 2}).json()[
+        "outputs"
+    ]["y"]
+    req = {
+        "id": "r1",
+        "inputs": [{"name": "x", "shape": [3, 1, 8, 8], "datatype": "FP32", "data": x.ravel().tolist()}],
+        "parameters": {"age": "1w", "seed": 2},
+    }
     r = shared.post("/v2/models/default/infer", json=req)
     assert r.status_code == 200, r.text
     b = r.json()
@@ -511,13 +546,20 @@ def test_oip_json_and_binary_agree_with_native(shared):
     req["inputs"][0]["data"] = x.tolist()
     assert shared.post("/v2/models/default/infer", json=req).json()["outputs"][0]["data"] == out["data"]
     # binary in, binary out
-    header = json.dumps({"inputs": [{"name": "x", "shape": [3, 1, 8, 8], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": x.nbytes}}],
-                         "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
-                         "parameters": {"age": 604800, "seed": 2}}).encode()
-    r = shared.post("/v2/models/default/versions/1/infer", content=header + x.astype("<f4").tobytes(),
-                    headers={"Inference-Header-Content-Length": str(len(header)),
-                             "content-type": "application/octet-stream"})
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "x", "shape": [3, 1, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}
+            ],
+            "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+            "parameters": {"age": 604800, "seed": 2},
+        }
+    ).encode()
+    r = shared.post(
+        "/v2/models/default/versions/1/infer",
+        content=header + x.astype("<f4").tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(header)), "content-type": "application/octet-stream"},
+    )
     assert r.status_code == 200, r.text
     n = int(r.headers["inference-header-content-length"])
     head = json.loads(r.content[:n])
@@ -537,24 +579,27 @@ def _oip(shape=(1, 1, 8, 8), **kw):
     return {"inputs": [t]}
 
 
-@pytest.mark.parametrize("body, field", [
-    (_oip(datatype="FP64"), "inputs.0.datatype"),
-    (_oip(datatype="BYTES"), "inputs.0.datatype"),
-    (_oip(name="z"), "inputs.0.name"),
-    (_oip(data=[0.5] * 3), "inputs.0.data"),
-    (_oip(data=["a"] * 64), "inputs.0.data"),
-    (_oip(shape=(1, 64), data=[0.5] * 64), "inputs.x"),
-    (_oip(data=[float("nan")] * 64), "inputs.x"),
-    (_oip(shape=(1, -1, 8, 8)), "inputs.0.shape"),
-    ({**_oip(), "parameters": {"age": "yesterday"}}, "parameters.age"),
-    ({**_oip(), "parameters": {"age": -3}}, "parameters.age"),
-    ({**_oip(), "parameters": {"seed": "x"}}, "parameters.seed"),
-    ({**_oip(), "parameters": {"gdc": "maybe"}}, "parameters.gdc"),
-    ({**_oip(), "parameters": {"colour": 1}}, "parameters"),
-    ({**_oip(), "outputs": [{"name": "nope"}]}, "outputs.0.name"),
-    ({"inputs": [{"name": "x", "shape": [1]}]}, "inputs.0.datatype"),
-    ({"inputs": "x"}, "inputs"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (_oip(datatype="FP64"), "inputs.0.datatype"),
+        (_oip(datatype="BYTES"), "inputs.0.datatype"),
+        (_oip(name="z"), "inputs.0.name"),
+        (_oip(data=[0.5] * 3), "inputs.0.data"),
+        (_oip(data=["a"] * 64), "inputs.0.data"),
+        (_oip(shape=(1, 64), data=[0.5] * 64), "inputs.x"),
+        (_oip(data=[float("nan")] * 64), "inputs.x"),
+        (_oip(shape=(1, -1, 8, 8)), "inputs.0.shape"),
+        ({**_oip(), "parameters": {"age": "yesterday"}}, "parameters.age"),
+        ({**_oip(), "parameters": {"age": -3}}, "parameters.age"),
+        ({**_oip(), "parameters": {"seed": "x"}}, "parameters.seed"),
+        ({**_oip(), "parameters": {"gdc": "maybe"}}, "parameters.gdc"),
+        ({**_oip(), "parameters": {"colour": 1}}, "parameters"),
+        ({**_oip(), "outputs": [{"name": "nope"}]}, "outputs.0.name"),
+        ({"inputs": [{"name": "x", "shape": [1]}]}, "inputs.0.datatype"),
+        ({"inputs": "x"}, "inputs"),
+    ],
+)
 def test_oip_bad_requests_are_400(shared, body, field):
     r = shared.post("/v2/models/default/infer", content=json.dumps(body), headers={"content-type": "application/json"})
     assert err(r) == (400, field), r.text
@@ -562,12 +607,17 @@ def test_oip_bad_requests_are_400(shared, body, field):
 
 def test_oip_binary_errors(shared):
     x = np.zeros((1, 1, 8, 8), np.float32)
-    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": 256}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "parameters": {"binary_data_size": 256}}]}
+    ).encode()
     url = "/v2/models/default/infer"
-    r = shared.post(url, content=header + x.tobytes()[:100], headers={"Inference-Header-Content-Length": str(len(header))})
+    r = shared.post(
+        url, content=header + x.tobytes()[:100], headers={"Inference-Header-Content-Length": str(len(header))}
+    )
     assert err(r) == (400, "inputs.0.parameters.binary_data_size")
-    r = shared.post(url, content=header + x.tobytes() + b"xx", headers={"Inference-Header-Content-Length": str(len(header))})
+    r = shared.post(
+        url, content=header + x.tobytes() + b"xx", headers={"Inference-Header-Content-Length": str(len(header))}
+    )
     assert err(r) == (400, "body")
     r = shared.post(url, content=header + x.tobytes(), headers={"Inference-Header-Content-Length": "nope"})
     assert err(r) == (400, "Inference-Header-Content-Length")
@@ -594,16 +644,23 @@ def test_settings_from_environment(monkeypatch, tmp_path):
 
 
 def test_serving_path_does_not_import_torch():
-    code = ("import sys, service.app, service.__main__; from service.app import create_app; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, service.app, service.__main__; from service.app import create_app; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
 
 
 def test_help_prints_settings_table():
-    res = subprocess.run([sys.executable, "-m", "service", "--help"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    res = subprocess.run(
+        [sys.executable, "-m", "service", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert res.returncode == 0 and "AGEDCHIP_STATE_DIR" in res.stdout and "AGEDCHIP_API_KEY" in res.stdout
 
 
@@ -620,8 +677,9 @@ def test_embedded_default_with_the_real_zoo(tmp_path):
         assert s["time_scale"] == 86400.0 and s["classifier"]
         with np.load(REAL_ZOO / "cnn-hwa.eval.npz") as npz:
             x, y = npz["x"][:64], npz["y"][:64]
-        r = c.post("/infer", json={"chip_id": "default", "inputs": x.tolist(), "labels": y.tolist(), "age": "1y",
-                                   "seed": 0}).json()
+        r = c.post(
+            "/infer", json={"chip_id": "default", "inputs": x.tolist(), "labels": y.tolist(), "age": "1y", "seed": 0}
+        ).json()
         assert r["accuracy"] >= 0.9 and list(r["outputs"]) == [s["outputs"][0]["name"]]
         names = {m["name"] for m in c.get("/zoo").json()["models"]}
         assert {"cnn-hwa", "mlp-hwa"} <= names

@@ -19,8 +19,9 @@ def _npz(**arrays) -> bytes:
 
 
 def _model(nodes, inits, inputs, outputs) -> bytes:
-    m = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializer=inits),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "g", inputs, outputs, initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
@@ -30,8 +31,12 @@ def test_fp16_model_programs_and_answers_in_fp16(client):
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array((rng.standard_normal((6, 4)) * 0.5).astype(np.float16), "w")
     f16 = TensorProto.FLOAT16
-    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], [w],
-                   [helper.make_tensor_value_info("x", f16, ["N", 6])], [helper.make_tensor_value_info("y", f16, ["N", 4])])
+    model = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")],
+        [w],
+        [helper.make_tensor_value_info("x", f16, ["N", 6])],
+        [helper.make_tensor_value_info("y", f16, ["N", 4])],
+    )
     r = client.post("/program", files={"model": ("half.onnx", model, "x")}, data={"chip_id": "half", "profile": "pcm"})
     assert r.status_code == 201, r.text
     assert r.json()["inputs"][0]["dtype"] == "float16" and r.json()["outputs"][0]["dtype"] == "float16"
@@ -43,11 +48,17 @@ def test_fp16_model_programs_and_answers_in_fp16(client):
 def _token_model(rng) -> bytes:
     table = numpy_helper.from_array(rng.standard_normal((30, 8)).astype(np.float32) * 3, "table")
     w = numpy_helper.from_array(rng.standard_normal((8, 3)).astype(np.float32), "w")
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
-             helper.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0),
-             helper.make_node("MatMul", ["m", "w"], ["y"], name="head")]
-    return _model(nodes, [table, w], [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
-                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+        helper.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["m", "w"], ["y"], name="head"),
+    ]
+    return _model(
+        nodes,
+        [table, w],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
 
 
 def test_calibration_of_a_model_with_token_ids(client):
@@ -55,14 +66,18 @@ def test_calibration_of_a_model_with_token_ids(client):
     rng = np.random.default_rng(1)
     model = _token_model(rng)
     ids = rng.integers(0, 30, (64, 5))
-    r = client.post("/program", files={"model": ("tok.onnx", model, "x"), "calibration": ("c.npz", _npz(x=ids), "x")},
-                    data={"chip_id": "tok"})
+    r = client.post(
+        "/program",
+        files={"model": ("tok.onnx", model, "x"), "calibration": ("c.npz", _npz(x=ids), "x")},
+        data={"chip_id": "tok"},
+    )
     assert r.status_code == 201, r.text
     layer = r.json()["layers"][0]
     assert layer["input_range_source"] == "calibration" and layer["input_range"] != 1.0
     assert r.json()["uncalibrated_layers"] == []
-    bad = client.post("/program", files={"model": ("tok.onnx", model, "x"),
-                                         "calibration": ("c.npz", _npz(x=ids + 0.5), "x")})
+    bad = client.post(
+        "/program", files={"model": ("tok.onnx", model, "x"), "calibration": ("c.npz", _npz(x=ids + 0.5), "x")}
+    )
     assert err(bad) == (422, "calibration.ids")
 
 
@@ -72,8 +87,11 @@ def test_program_response_lists_uncalibrated_layers_and_the_eval_set_calibrates(
     assert r.status_code == 201, r.text
     assert r.json()["uncalibrated_layers"] == ["fc1", "fc2"]
     assert {layer["input_range_source"] for layer in r.json()["layers"]} == {"default"}
-    r = client.post("/program", files={"model": ("plain.onnx", model, "x"), "eval": ("e.npz", eval_npz(model), "x")},
-                    data={"chip_id": "evalcal"})
+    r = client.post(
+        "/program",
+        files={"model": ("plain.onnx", model, "x"), "eval": ("e.npz", eval_npz(model), "x")},
+        data={"chip_id": "evalcal"},
+    )
     assert r.status_code == 201, r.text
     assert r.json()["uncalibrated_layers"] == []
     assert [layer["input_range_source"] for layer in r.json()["layers"]] == ["eval", "eval"]
@@ -86,8 +104,10 @@ def test_dry_run_reports_without_programming(client):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["dry_run"] is True and body["programmable"] is True
-    assert [(a["node"], a["layers"], a["devices"]) for a in body["analog"]] == [("fc1", 1, 2 * 64 * 32),
-                                                                                ("fc2", 1, 2 * 32 * 10)]
+    assert [(a["node"], a["layers"], a["devices"]) for a in body["analog"]] == [
+        ("fc1", 1, 2 * 64 * 32),
+        ("fc2", 1, 2 * 32 * 10),
+    ]
     assert {d["node"] for d in body["digital"]} == {"flat", "relu"}
     assert body["uncalibrated_layers"] == ["fc1", "fc2"]
     assert client.get("/chips/dry").status_code == 404  # nothing programmed
@@ -97,10 +117,15 @@ def test_dry_run_reports_without_programming(client):
     assert r.json()["uncalibrated_layers"] == []  # the zoo model has learned ranges
     # A refused model is a report too, with the node named.
     w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
-    bad = _model([helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
-                  helper.make_node("Frob", ["h"], ["y"], domain="example.custom", name="mystery")], [w],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    bad = _model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+            helper.make_node("Frob", ["h"], ["y"], domain="example.custom", name="mystery"),
+        ],
+        [w],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
     m = onnx.load_from_string(bad)
     m.opset_import.add(domain="example.custom", version=1)
     r = client.post("/program", files={"model": ("bad.onnx", m.SerializeToString(), "x")}, data={"dry_run": "true"})
@@ -110,8 +135,10 @@ def test_dry_run_reports_without_programming(client):
     r = client.post("/program", files={"model": ("bad.onnx", m.SerializeToString(), "x")})
     assert err(r) == (422, "model") and "mystery" in r.json()["error"]["message"]
     # multipart only (urlencoded forms are 415 since the service hardening)
-    assert err(client.post("/program", files={"zoo_model": (None, "tiny"), "dry_run": (None, "maybe")})) == \
-        (422, "dry_run")
+    assert err(client.post("/program", files={"zoo_model": (None, "tiny"), "dry_run": (None, "maybe")})) == (
+        422,
+        "dry_run",
+    )
 
 
 def test_archive_upload_with_external_data(client, tmp_path):
@@ -123,8 +150,9 @@ def test_archive_upload_with_external_data(client, tmp_path):
     with zipfile.ZipFile(buf, "w") as zf:
         zf.write(tmp_path / "tiny.onnx", "tiny/tiny.onnx")
         zf.write(tmp_path / "tiny.data", "tiny/tiny.data")
-    r = client.post("/program", files={"model": ("tiny.zip", buf.getvalue(), "application/zip")},
-                    data={"chip_id": "ext"})
+    r = client.post(
+        "/program", files={"model": ("tiny.zip", buf.getvalue(), "application/zip")}, data={"chip_id": "ext"}
+    )
     assert r.status_code == 201, r.text
     assert r.json()["weights"] == 64 * 32 + 32 * 10
     x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32).tolist()

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from tests.onnx_models import single_layer
-from tests.service_process import free_port
 from tests.service_helpers import ZOO_MODEL, eval_npz, tiny_model, x_batch
+from tests.service_process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow  # real servers in subprocesses, SIGKILL and restarts
@@ -39,13 +39,23 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> Server:
         self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "AGEDCHIP_HOST": "127.0.0.1", "AGEDCHIP_PORT": str(self.port),
-               "AGEDCHIP_STATE_DIR": str(self.state), "AGEDCHIP_ZOO_DIR": str(self.zoo),
-               "AGEDCHIP_DEFAULT_MODEL": ZOO_MODEL, "AGEDCHIP_REFRESH_SECONDS": "1",
-               "AGEDCHIP_SCHEDULE_READOUTS": "1", "AGEDCHIP_LOG_LEVEL": "warning", **self.extra}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "AGEDCHIP_HOST": "127.0.0.1",
+            "AGEDCHIP_PORT": str(self.port),
+            "AGEDCHIP_STATE_DIR": str(self.state),
+            "AGEDCHIP_ZOO_DIR": str(self.zoo),
+            "AGEDCHIP_DEFAULT_MODEL": ZOO_MODEL,
+            "AGEDCHIP_REFRESH_SECONDS": "1",
+            "AGEDCHIP_SCHEDULE_READOUTS": "1",
+            "AGEDCHIP_LOG_LEVEL": "warning",
+            **self.extra,
+        }
         self.log = open(self.state.parent / f"server-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -77,8 +87,11 @@ def test_program_infer_metrics_restart_same_outputs(tmp_path, zoo):
         c = httpx.Client(base_url=server.url, timeout=30)
         assert [x["chip_id"] for x in c.get("/chips").json()["chips"]] == ["default"]
         model = tiny_model(seed=3)
-        r = c.post("/program", files={"model": ("mlp.onnx", model), "eval": ("e.npz", eval_npz(model, 64))},
-                   data={"chip_id": "e2e", "seed": "11", "profile": "pcm"})
+        r = c.post(
+            "/program",
+            files={"model": ("mlp.onnx", model), "eval": ("e.npz", eval_npz(model, 64))},
+            data={"chip_id": "e2e", "seed": "11", "profile": "pcm"},
+        )
         assert r.status_code == 201, r.text
         x = x_batch(4)
         ages = ["1s", "1h", "30d", "10y"]
@@ -89,10 +102,15 @@ def test_program_infer_metrics_restart_same_outputs(tmp_path, zoo):
             outs[age] = r.json()["outputs"]["y"]
         assert len({str(v) for v in outs.values()}) == len(ages)  # ageing changes the outputs
         # OIP binary on the same chip
-        header = (b'{"inputs":[{"name":"x","shape":[4,1,8,8],"datatype":"FP32","parameters":{"binary_data_size":1024}}],'
-                  b'"parameters":{"age":"1h","seed":123,"binary_data_output":true}}')
-        r = c.post("/v2/models/e2e/infer", content=header + np.asarray(x, "<f4").tobytes(),
-                   headers={"Inference-Header-Content-Length": str(len(header))})
+        header = (
+            b'{"inputs":[{"name":"x","shape":[4,1,8,8],"datatype":"FP32","parameters":{"binary_data_size":1024}}],'
+            b'"parameters":{"age":"1h","seed":123,"binary_data_output":true}}'
+        )
+        r = c.post(
+            "/v2/models/e2e/infer",
+            content=header + np.asarray(x, "<f4").tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header))},
+        )
         n = int(r.headers["inference-header-content-length"])
         assert np.array_equal(np.frombuffer(r.content[n:], "<f4").reshape(4, 10), np.asarray(outs["1h"], np.float32))
         # the refresher runs every second: the chip's gauges appear
@@ -133,8 +151,9 @@ def test_programming_does_not_block_inference_and_publishes_whole_chips(tmp_path
 
         def program() -> None:
             t0 = time.perf_counter()
-            result["resp"] = httpx.post(server.url + "/program", files={"model": ("big.onnx", big)},
-                                        data={"chip_id": "big"}, timeout=120)
+            result["resp"] = httpx.post(
+                server.url + "/program", files={"model": ("big.onnx", big)}, data={"chip_id": "big"}, timeout=120
+            )
             result["seconds"] = time.perf_counter() - t0
 
         t = threading.Thread(target=program)
@@ -153,8 +172,10 @@ def test_programming_does_not_block_inference_and_publishes_whole_chips(tmp_path
         t.join()
         assert result["resp"].status_code == 201, result["resp"].text
         assert set(seen) <= {200, 404} and (404 in seen)
-        print(f"{len(latencies)} inferences while programming ({result['seconds']:.2f} s), "
-              f"max latency {max(latencies) * 1e3:.0f} ms")
+        print(
+            f"{len(latencies)} inferences while programming ({result['seconds']:.2f} s), "
+            f"max latency {max(latencies) * 1e3:.0f} ms"
+        )
         # a blocked event loop would hold a request for about the whole programming time
         assert len(latencies) >= 3 and max(latencies) < min(1.0, result["seconds"] / 2), latencies
         r = c.post("/infer", json={"chip_id": "big", "inputs": np.ones((2, 1024)).tolist(), "age": "1h"})
@@ -170,10 +191,12 @@ def test_sigkill_during_program_leaves_no_half_chip(tmp_path, zoo):
     tmp_dir = state / "tmp"
     caught = False
     try:
+
         def program() -> None:
             try:
-                httpx.post(server.url + "/program", files={"model": ("big.onnx", big)}, data={"chip_id": "half"},
-                           timeout=60)
+                httpx.post(
+                    server.url + "/program", files={"model": ("big.onnx", big)}, data={"chip_id": "half"}, timeout=60
+                )
             except httpx.HTTPError:  # the server dies under the request: expected
                 pass
 
@@ -214,8 +237,12 @@ def test_triton_http_client_unchanged(tmp_path, zoo):
         for binary in (False, True):
             inp = httpclient.InferInput("x", list(x.shape), "FP32")
             inp.set_data_from_numpy(x, binary_data=binary)
-            r = c.infer("default", [inp], outputs=[httpclient.InferRequestedOutput("y", binary_data=binary)],
-                        parameters={"age": "1y", "seed": 1})
+            r = c.infer(
+                "default",
+                [inp],
+                outputs=[httpclient.InferRequestedOutput("y", binary_data=binary)],
+                parameters={"age": "1y", "seed": 1},
+            )
             assert r.get_response()["parameters"]["age_s"] == 365 * 86400.0
             outs.append(r.as_numpy("y"))
         assert np.array_equal(outs[0], outs[1])

@@ -27,8 +27,9 @@ def test_infer_energy_is_the_per_sample_figure_times_the_batch(client):
     per_sample = cost["per_sample"]["energy_j"]
     assert per_sample > 0 and [la["name"] for la in cost["layers"]] == ["fc1", "fc2"]
     # the layers and the digital nodes add up to the per-sample total
-    assert math.isclose(sum(la["energy_j"] for la in cost["layers"]) + cost["digital"]["energy_j"], per_sample,
-                        rel_tol=1e-9)
+    assert math.isclose(
+        sum(la["energy_j"] for la in cost["layers"]) + cost["digital"]["energy_j"], per_sample, rel_tol=1e-9
+    )
     total = 0.0
     for batch in (1, 3, 7):
         r = client.post("/infer", json={"chip_id": "default", "inputs": x_batch(batch), "age": "1d"}).json()
@@ -36,8 +37,10 @@ def test_infer_energy_is_the_per_sample_figure_times_the_batch(client):
         assert r["energy_j"] == pytest.approx(per_sample * batch, rel=1e-12)
         assert r["latency_s"] == pytest.approx(cost["per_sample"]["latency_s"] * batch, rel=1e-12)
         total += r["energy_j"]
-    oip = client.post("/v2/models/default/infer", json={"inputs": [
-        {"name": "x", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 128}]}).json()
+    oip = client.post(
+        "/v2/models/default/infer",
+        json={"inputs": [{"name": "x", "shape": [2, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 128}]},
+    ).json()
     assert oip["parameters"]["energy_j"] == pytest.approx(per_sample * 2, rel=1e-12)
     assert oip["parameters"]["cost_model"] == cost["cost_model"]
     total += oip["parameters"]["energy_j"]
@@ -60,8 +63,9 @@ def test_evaluate_with_slo_reports_the_breach_and_the_gauge(client):
     on = [r["gdc_on"]["mean"] for r in plain["results"]]
     # a threshold between the first and the last value, so the curve crosses it
     theta = (max(on) + min(on)) / 2 if max(on) > min(on) else on[0] + 0.01
-    r = client.post("/chips/default/evaluate", json={"ages": ages, "readouts": 2,
-                                                     "slo": {"metric": "accuracy", "threshold": theta}})
+    r = client.post(
+        "/chips/default/evaluate", json={"ages": ages, "readouts": 2, "slo": {"metric": "accuracy", "threshold": theta}}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert [x["gdc_on"]["mean"] for x in body["results"]] == on  # seeded: the same numbers
@@ -79,8 +83,10 @@ def test_evaluate_with_slo_reports_the_breach_and_the_gauge(client):
 
 
 def test_evaluate_normalised_slo_uses_the_fp_accuracy(client):
-    r = client.post("/chips/default/evaluate", json={"ages": ["1h"], "readouts": 1,
-                                                     "slo": {"metric": "normalised_accuracy", "threshold": 0.5}})
+    r = client.post(
+        "/chips/default/evaluate",
+        json={"ages": ["1h"], "readouts": 1, "slo": {"metric": "normalised_accuracy", "threshold": 0.5}},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     # the tiny zoo's labels are the FP model's own predictions (tests.service_helpers.eval_npz)
@@ -88,14 +94,20 @@ def test_evaluate_normalised_slo_uses_the_fp_accuracy(client):
     assert body["breach"]["gdc_on"]["status"] in ("not_breached", "breached_at_first")
 
 
-@pytest.mark.parametrize("slo,field", [({"metric": "accuracy", "threshold": 1.5}, "slo"),
-                                       ({"metric": "latency", "threshold": 0.5}, "slo.metric"),
-                                       ({"threshold": 0}, "slo.threshold")])
+@pytest.mark.parametrize(
+    "slo,field",
+    [
+        ({"metric": "accuracy", "threshold": 1.5}, "slo"),
+        ({"metric": "latency", "threshold": 0.5}, "slo.metric"),
+        ({"threshold": 0}, "slo.threshold"),
+    ],
+)
 def test_evaluate_slo_validation(shared, slo, field):
     assert err(shared.post("/chips/default/evaluate", json={"ages": ["1h"], "slo": slo})) == (422, field)
 
 
 def test_evaluate_slo_needs_an_age_above_zero(shared):
-    r = shared.post("/chips/default/evaluate", json={"ages": [0], "readouts": 1,
-                                                     "slo": {"metric": "accuracy", "threshold": 0.5}})
+    r = shared.post(
+        "/chips/default/evaluate", json={"ages": [0], "readouts": 1, "slo": {"metric": "accuracy", "threshold": 0.5}}
+    )
     assert err(r) == (422, "ages")

@@ -57,7 +57,8 @@ def test_program_list_get_evaluate_delete(client):
     assert fleet["n_chips"] == 4 and [c["chip_id"] for c in fleet["chips"]] == ["fl-000", "fl-001", "fl-002", "fl-003"]
     assert len({c["seed"] for c in fleet["chips"]}) == 4  # each chip its own seed
     assert client.get("/fleets").json()["fleets"] == [
-        {"fleet_id": "fl", "state": "ready", "model": ZOO_MODEL, "n_chips": 4, "seed": 3, "error": None}]
+        {"fleet_id": "fl", "state": "ready", "model": ZOO_MODEL, "n_chips": 4, "seed": 3, "error": None}
+    ]
     chips = {c["chip_id"] for c in client.get("/chips").json()["chips"]}
     assert {"fl-000", "fl-003"} <= chips
     # a fleet chip is an ordinary chip for inference, but is deleted only with its fleet
@@ -65,8 +66,10 @@ def test_program_list_get_evaluate_delete(client):
     r = client.delete("/chips/fl-002")
     assert err(r) == (409, "chip_id") and "fleet 'fl'" in r.json()["error"]["message"]
 
-    r = client.post("/fleets/fl/evaluate", json={"ages": ["1s", "1d", "1y"], "readouts": 2,
-                                                "slo": {"metric": "accuracy", "threshold": 0.9}})
+    r = client.post(
+        "/fleets/fl/evaluate",
+        json={"ages": ["1s", "1d", "1y"], "readouts": 2, "slo": {"metric": "accuracy", "threshold": 0.9}},
+    )
     assert r.status_code == 202, r.text
     job = _wait(client, r.json()["job_id"])
     assert job["status"] == "succeeded", job
@@ -94,8 +97,10 @@ def test_fleet_breach_gauges_follow_the_report(client):
     _serial(client)
     assert _program(client, "br", n=3)["status"] == "succeeded"
     # a threshold no chip meets: every chip breaches at the first age, the percentiles at its bracket end
-    r = client.post("/fleets/br/evaluate", json={"ages": [10, 1000], "readouts": 1,
-                                                "slo": {"metric": "normalised_accuracy", "threshold": 1.5}})
+    r = client.post(
+        "/fleets/br/evaluate",
+        json={"ages": [10, 1000], "readouts": 1, "slo": {"metric": "normalised_accuracy", "threshold": 1.5}},
+    )
     job = _wait(client, r.json()["job_id"])
     assert job["status"] == "succeeded", job
     assert job["result"]["breach"]["gdc_on"]["chips_breached_at_first"] == 3
@@ -105,15 +110,21 @@ def test_fleet_breach_gauges_follow_the_report(client):
     assert m[("agedchip_fleet_yield_ratio", (("age", "10s"), ("fleet", "br"), ("gdc", "off")))] == 0.0
 
 
-@pytest.mark.parametrize("body,status,field", [
-    ({"fleet_id": "Bad!", "model": ZOO_MODEL, "n_chips": 2, "seed": 0}, 422, "fleet_id"),
-    ({"fleet_id": "a", "model": "nope", "n_chips": 2, "seed": 0}, 422, "model"),
-    ({"fleet_id": "a", "model": ZOO_MODEL, "n_chips": 0, "seed": 0}, 422, "n_chips"),
-    ({"fleet_id": "a", "model": ZOO_MODEL, "n_chips": 2, "seed": 0, "profile": "nope"}, 422, "profile"),
-    ({"fleet_id": "a", "model": ZOO_MODEL, "n_chips": 2, "seed": 0, "overrides": {"drift_scale": -1}}, 422,
-     "profile.drift_scale"),
-    ({"fleet_id": "a", "model": ZOO_MODEL, "n_chips": 100, "seed": 0}, 409, "fleet_id"),  # over AGEDCHIP_MAX_CHIPS
-])
+@pytest.mark.parametrize(
+    "body,status,field",
+    [
+        ({"fleet_id": "Bad!", "model": ZOO_MODEL, "n_chips": 2, "seed": 0}, 422, "fleet_id"),
+        ({"fleet_id": "a", "model": "nope", "n_chips": 2, "seed": 0}, 422, "model"),
+        ({"fleet_id": "a", "model": ZOO_MODEL, "n_chips": 0, "seed": 0}, 422, "n_chips"),
+        ({"fleet_id": "a", "model": ZOO_MODEL, "n_chips": 2, "seed": 0, "profile": "nope"}, 422, "profile"),
+        (
+            {"fleet_id": "a", "model": ZOO_MODEL, "n_chips": 2, "seed": 0, "overrides": {"drift_scale": -1}},
+            422,
+            "profile.drift_scale",
+        ),
+        ({"fleet_id": "a", "model": ZOO_MODEL, "n_chips": 100, "seed": 0}, 409, "fleet_id"),  # over AGEDCHIP_MAX_CHIPS
+    ],
+)
 def test_program_validation(shared, body, status, field):
     assert err(shared.post("/fleets", json=body)) == (status, field)
     assert shared.get("/fleets").json()["fleets"] == []
@@ -121,16 +132,23 @@ def test_program_validation(shared, body, status, field):
 
 def test_evaluate_validation_and_unknown_fleet(client):
     _serial(client)
-    assert err(client.post("/fleets/nope/evaluate", json={"ages": ["1d"], "slo": {"threshold": 0.5}})) == (404, "fleet_id")
+    assert err(client.post("/fleets/nope/evaluate", json={"ages": ["1d"], "slo": {"threshold": 0.5}})) == (
+        404,
+        "fleet_id",
+    )
     assert _program(client, "v", n=1)["status"] == "succeeded"
-    for body, field in (({"ages": ["soon"], "slo": {"threshold": 0.5}}, "ages.0"),
-                        ({"ages": [0], "slo": {"threshold": 0.5}}, "ages"),  # the message names ages.0
-                        ({"ages": ["1d", "1d"], "slo": {"threshold": 0.5}}, "ages"),
-                        ({"ages": ["1d"], "readouts": 51, "slo": {"threshold": 0.5}}, "readouts"),
-                        ({"ages": ["1d"], "slo": {"threshold": 2.0}}, "slo")):
+    for body, field in (
+        ({"ages": ["soon"], "slo": {"threshold": 0.5}}, "ages.0"),
+        ({"ages": [0], "slo": {"threshold": 0.5}}, "ages"),  # the message names ages.0
+        ({"ages": ["1d", "1d"], "slo": {"threshold": 0.5}}, "ages"),
+        ({"ages": ["1d"], "readouts": 51, "slo": {"threshold": 0.5}}, "readouts"),
+        ({"ages": ["1d"], "slo": {"threshold": 2.0}}, "slo"),
+    ):
         assert err(client.post("/fleets/v/evaluate", json=body))[1] == field, body
     assert err(client.post("/fleets", json={"fleet_id": "v", "model": ZOO_MODEL, "n_chips": 1, "seed": 0})) == (
-        409, "fleet_id")
+        409,
+        "fleet_id",
+    )
 
 
 def test_cancelled_programming_leaves_nothing(client, monkeypatch):
@@ -193,8 +211,14 @@ def test_a_fleet_cut_short_by_a_crash_is_rolled_back_at_start(tmp_path, zoo):
     state = tmp_path / "state"
     # turn "half" into a fleet whose writer died before publishing: manifest gone, marker of a dead process
     (state / "fleets" / "half.json").unlink()
-    marker = {"fleet_id": "half", "op": "program", "pid": _dead_pid(), "token": "x", "started_at": 0,
-              "chip_ids": ["half-000", "half-001"]}
+    marker = {
+        "fleet_id": "half",
+        "op": "program",
+        "pid": _dead_pid(),
+        "token": "x",
+        "started_at": 0,
+        "chip_ids": ["half-000", "half-001"],
+    }
     (state / "fleets" / "half.pending.json").write_text(json.dumps(marker))
     with TestClient(create_app(settings)) as c:
         ids = {x["chip_id"] for x in c.get("/chips").json()["chips"]}

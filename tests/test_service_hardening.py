@@ -32,8 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.memory import readout_cost
 from service.settings import Settings
-from tests.service_process import http, run_service, wait_until
 from tests.service_helpers import ZOO_MODEL, err, eval_npz, make_settings, tiny_model, x_batch
+from tests.service_process import http, run_service, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,17 +53,32 @@ def matmul_model(rows: int, cols: int) -> bytes:
     w = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32) * 0.1
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", rows])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cols])
-    m = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm", [x], [y],
-                                            initializer=[numpy_helper.from_array(w, "w")]),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+            "mm",
+            [x],
+            [y],
+            initializer=[numpy_helper.from_array(w, "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
 
-async def asgi_request(app, method: str, path: str, parts: list[bytes], *, complete: bool = True,
-                       content_type: str = "application/json", disconnect_after: float | None = None,
-                       cancel_after: float | None = None,
-                       before_cancel=None) -> tuple[int | None, dict, bytes, float]:
+async def asgi_request(
+    app,
+    method: str,
+    path: str,
+    parts: list[bytes],
+    *,
+    complete: bool = True,
+    content_type: str = "application/json",
+    disconnect_after: float | None = None,
+    cancel_after: float | None = None,
+    before_cancel=None,
+) -> tuple[int | None, dict, bytes, float]:
     """One request straight to the ASGI app: (status or None, headers, body, seconds).
 
     ``parts`` are the body's chunks; ``complete=False`` leaves the body unfinished and the client
@@ -97,9 +112,21 @@ async def asgi_request(app, method: str, path: str, parts: list[bytes], *, compl
         headers.append((b"content-length", str(total).encode()))
     else:
         headers.append((b"transfer-encoding", b"chunked"))
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
-             "client": ("127.0.0.1", 50000), "server": ("test", 80), "state": {}}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+        "state": {},
+    }
     task = asyncio.ensure_future(app(scope, receive, send))
     if cancel_after is not None:
         await asyncio.sleep(cancel_after)
@@ -119,11 +146,26 @@ async def asgi_request(app, method: str, path: str, parts: list[bytes], *, compl
 # =================================================================================== 4. auth
 #: Routes that stay open with keys set: probes, the scrape target, the protocol's constant server
 #: metadata, and the API documentation.
-OPEN = {"/metrics", "/healthz", "/readyz", "/v2", "/v2/health/live", "/v2/health/ready",
-        "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN = {
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/openapi.json",
+    "/docs",
+    "/docs/oauth2-redirect",
+    "/redoc",
+}
 #: Path parameters of the sweep: a chip that does not exist, so that a DELETE that gets through deletes nothing.
-PATH_VALUES = {"chip_id": "nochip", "model_name": "nochip", "model_version": "1", "job_id": "job-0123456789abcdef",
-               "fleet_id": "nofleet"}
+PATH_VALUES = {
+    "chip_id": "nochip",
+    "model_name": "nochip",
+    "model_version": "1",
+    "job_id": "job-0123456789abcdef",
+    "fleet_id": "nofleet",
+}
 
 
 def test_every_route_but_probes_metrics_and_docs_needs_a_key(tmp_path, zoo):
@@ -147,14 +189,25 @@ def test_every_route_but_probes_metrics_and_docs_needs_a_key(tmp_path, zoo):
                     admin = c.request(method, path, json={}, headers={"X-API-Key": "admin-secret"})
                     assert admin.status_code != 401, (method, route.path)
                     if ok.status_code == 401:  # management routes take only the management key
-                        assert (method, route.path) in {("POST", "/program"), ("DELETE", "/chips/{chip_id}"),
-                                                        ("POST", "/chips/{chip_id}/recalibrate"),
-                                                        ("DELETE", "/jobs/{job_id}"), ("POST", "/fleets"),
-                                                        ("DELETE", "/fleets/{fleet_id}")}, (method, route.path)
+                        assert (method, route.path) in {
+                            ("POST", "/program"),
+                            ("DELETE", "/chips/{chip_id}"),
+                            ("POST", "/chips/{chip_id}/recalibrate"),
+                            ("DELETE", "/jobs/{job_id}"),
+                            ("POST", "/fleets"),
+                            ("DELETE", "/fleets/{fleet_id}"),
+                        }, (method, route.path)
         # chips (list, summary, drift, evaluate), the zoo, OIP model metadata and readiness, inference, jobs
         assert checked >= 17
-        for path in ("/chips", "/chips/default", "/chips/default/drift?age=1h", "/zoo", "/v2/models/default",
-                     "/v2/models/default/versions/1", "/v2/models/default/ready"):
+        for path in (
+            "/chips",
+            "/chips/default",
+            "/chips/default/drift?age=1h",
+            "/zoo",
+            "/v2/models/default",
+            "/v2/models/default/versions/1",
+            "/v2/models/default/ready",
+        ):
             assert err(c.get(path)) == (401, "api_key"), path
             assert c.get(path, headers={"Authorization": "Bearer infer-secret"}).status_code == 200, path
 
@@ -166,16 +219,20 @@ LOOKALIKES = ["default\n", "default\r", "default\n\n", "\ndefault", "default ", 
 @pytest.mark.parametrize("chip_id", LOOKALIKES)
 def test_program_refuses_a_lookalike_chip_id(client, chip_id):
     assert err(client.post("/program", json={"model": ZOO_MODEL, "chip_id": chip_id})) == (422, "chip_id")
-    form = client.post("/program", files={"model": ("m.onnx", tiny_model(), "application/octet-stream"),
-                                          "chip_id": (None, chip_id)})
+    form = client.post(
+        "/program", files={"model": ("m.onnx", tiny_model(), "application/octet-stream"), "chip_id": (None, chip_id)}
+    )
     assert err(form) == (422, "chip_id")
     assert [c["chip_id"] for c in client.get("/chips").json()["chips"]] == ["default"]
     assert sorted(p.name for p in (client.state_dir / "chips").iterdir()) == ["default"]
 
 
 def test_path_ids_are_fully_matched(shared):
-    for method, path in (("GET", "/chips/default%0A"), ("GET", "/chips/default%0A/drift"),
-                         ("DELETE", "/chips/default%0A")):
+    for method, path in (
+        ("GET", "/chips/default%0A"),
+        ("GET", "/chips/default%0A/drift"),
+        ("DELETE", "/chips/default%0A"),
+    ):
         assert err(shared.request(method, path)) == (422, "chip_id"), path
     r = shared.post("/chips/default%0A/evaluate", json={"ages": ["1d"], "readouts": 1})
     assert err(r) == (422, "chip_id")
@@ -203,8 +260,10 @@ def test_default_chip_id_setting_is_fully_matched(tmp_path):
 
 
 # =================================================================================== 2. DELETE
-@pytest.mark.parametrize("code, status", [(errno.EROFS, 507), (errno.ENOSPC, 507), (errno.EDQUOT, 507),
-                                          (errno.EIO, 503), (errno.EACCES, 503)])
+@pytest.mark.parametrize(
+    "code, status",
+    [(errno.EROFS, 507), (errno.ENOSPC, 507), (errno.EDQUOT, 507), (errno.EIO, 503), (errno.EACCES, 503)],
+)
 def test_delete_that_fails_on_storage_keeps_the_chip(client, monkeypatch, code, status):
     registry = client.app.state.registry
     real = registry.store.delete
@@ -244,8 +303,9 @@ def test_parallel_deletes_of_one_chip(client, monkeypatch):
         codes = sorted(pool.map(lambda _: client.delete("/chips/twin").status_code, range(8)))
     assert codes == [204] + [404] * 7
     assert not (client.state_dir / "chips" / "twin").exists()
-    assert metric(client, "agedchip_http_requests_total", route="/chips/{chip_id}", method="DELETE",
-                  status="5xx") is None
+    assert (
+        metric(client, "agedchip_http_requests_total", route="/chips/{chip_id}", method="DELETE", status="5xx") is None
+    )
 
 
 # =================================================================================== 8. admission control
@@ -275,8 +335,10 @@ def test_infer_flood_gets_429_with_retry_after(tmp_path, zoo, monkeypatch):
             wait_until(lambda: metric(c, "agedchip_workload_queued", workload="infer") == 1, 10, "one queued")
             t0 = time.monotonic()
             flood = [c.post("/infer", json=body) for _ in range(5)]
-            oip = c.post("/v2/models/default/infer", json={"inputs": [
-                {"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}]})
+            oip = c.post(
+                "/v2/models/default/infer",
+                json={"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}]},
+            )
             assert time.monotonic() - t0 < 5  # refused at once, not after a wait
         finally:
             release.set()
@@ -320,15 +382,18 @@ def test_evaluation_stops_when_its_client_disconnects(client, monkeypatch, caplo
     body = json.dumps({"ages": [f"{d}d" for d in range(1, 21)], "readouts": 50}).encode()  # 2000 accuracy passes
     with caplog.at_level(logging.INFO):
         status, _, _, seconds = client.portal.call(
-            lambda: asgi_request(client.app, "POST", "/chips/default/evaluate", [body], disconnect_after=0.5))
+            lambda: asgi_request(client.app, "POST", "/chips/default/evaluate", [body], disconnect_after=0.5)
+        )
     n = len(calls)
     time.sleep(0.3)
     assert len(calls) == n, "the evaluation went on after its client left"
     assert n < 200 and seconds < 10, (n, seconds)  # 2000 passes (40 s) had it run to the end
     assert status in (None, 499)
     assert metric(client, "agedchip_client_disconnects_total", route="/chips/{chip_id}/evaluate") == 1
-    assert metric(client, "agedchip_http_requests_total", route="/chips/{chip_id}/evaluate", method="POST",
-                  status="5xx") is None
+    assert (
+        metric(client, "agedchip_http_requests_total", route="/chips/{chip_id}/evaluate", method="POST", status="5xx")
+        is None
+    )
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     # the slot was released: the next evaluation runs
     monkeypatch.undo()
@@ -367,8 +432,9 @@ def test_refresher_bounds_chips_per_pass_and_yields_to_evaluations(tmp_path, zoo
         for i in range(3):
             assert c.post("/program", json={"model": ZOO_MODEL, "chip_id": f"c{i}"}).status_code == 201
         refresher = c.app.state.refresher
-        refreshed = lambda: {ch.chip_id for ch in c.app.state.registry.ready()  # noqa: E731
-                             if ch.gauges.refreshed_at is not None}
+        refreshed = lambda: {  # noqa: E731
+            ch.chip_id for ch in c.app.state.registry.ready() if ch.gauges.refreshed_at is not None
+        }
         refresher.refresh_once()
         assert len(refreshed()) == 2
         refresher.refresh_once()
@@ -403,8 +469,13 @@ def test_programming_cost_is_bounded_before_any_work(tmp_path, zoo):
     with TestClient(create_app(s)) as c:
         model = matmul_model(64, 16)  # 64 rows; tile_rows=1 → 64 tiles
         t0 = time.monotonic()
-        r = c.post("/program", files={"model": ("m.onnx", model, "application/octet-stream"),
-                                      "overrides": (None, json.dumps({"tile_rows": 1}))})
+        r = c.post(
+            "/program",
+            files={
+                "model": ("m.onnx", model, "application/octet-stream"),
+                "overrides": (None, json.dumps({"tile_rows": 1})),
+            },
+        )
         assert err(r) == (422, "profile.tile_rows"), r.text
         assert "AGEDCHIP_MAX_TILES" in r.json()["error"]["message"] and "64 tiles" in r.json()["error"]["message"]
         assert time.monotonic() - t0 < 2
@@ -424,19 +495,29 @@ def conv_model(groups: int) -> bytes:
     g = rng.standard_normal((10, 8 * 6 * 6)).astype(np.float32) * 0.1
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", group=groups),
-             helper.make_node("Flatten", ["c"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "g"], ["y"], name="fc", transB=1)]
-    m = helper.make_model(helper.make_graph(nodes, "conv", [x], [y], initializer=[
-        numpy_helper.from_array(w, "w"), numpy_helper.from_array(g, "g")]), opset_imports=[helper.make_opsetid("", 17)])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", group=groups),
+        helper.make_node("Flatten", ["c"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "g"], ["y"], name="fc", transB=1),
+    ]
+    m = helper.make_model(
+        helper.make_graph(
+            nodes, "conv", [x], [y], initializer=[numpy_helper.from_array(w, "w"), numpy_helper.from_array(g, "g")]
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
 
 def _graph_model(nodes, inits: dict[str, np.ndarray], x_shape: list, outputs: dict[str, list]) -> bytes:
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outputs.items()],
-                              initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outputs.items()],
+        initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m.SerializeToString()
@@ -447,19 +528,36 @@ def op_coverage_models() -> list[bytes]:
     read by two MatMuls (one layer) and by MatMul(W, x) (its own, transposed layer)."""
     rng = np.random.default_rng(2)
     f = np.float32
-    convt = _graph_model([helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2, strides=[2, 2])],
-                         {"w": rng.standard_normal((40, 3, 3, 3)).astype(f)}, ["N", 40, 5, 5], {"y": ["N", 6, 11, 11]})
+    convt = _graph_model(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2, strides=[2, 2])],
+        {"w": rng.standard_normal((40, 3, 3, 3)).astype(f)},
+        ["N", 40, 5, 5],
+        {"y": ["N", 6, 11, 11]},
+    )
     recurrent = []
     for op, gates, dirs, attrs in (("LSTM", 4, 2, {"direction": "bidirectional"}), ("GRU", 3, 1, {})):
-        recurrent.append(_graph_model(
-            [helper.make_node(op, ["x", "W", "R"], ["y"], hidden_size=24, **attrs)],
-            {"W": rng.standard_normal((dirs, gates * 24, 30)).astype(f),
-             "R": rng.standard_normal((dirs, gates * 24, 24)).astype(f)}, [7, "N", 30], {"y": [7, dirs, "N", 24]}))
-    shared = _graph_model([helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("MatMul", ["x", "w"], ["b"]),
-                           helper.make_node("Unsqueeze", ["x", "ax"], ["x3"]),
-                           helper.make_node("MatMul", ["w", "x3"], ["c"])],
-                          {"w": rng.standard_normal((30, 30)).astype(f), "ax": np.array([-1], np.int64)},
-                          ["N", 30], {"a": ["N", 30], "b": ["N", 30], "c": ["N", 30, 1]})
+        recurrent.append(
+            _graph_model(
+                [helper.make_node(op, ["x", "W", "R"], ["y"], hidden_size=24, **attrs)],
+                {
+                    "W": rng.standard_normal((dirs, gates * 24, 30)).astype(f),
+                    "R": rng.standard_normal((dirs, gates * 24, 24)).astype(f),
+                },
+                [7, "N", 30],
+                {"y": [7, dirs, "N", 24]},
+            )
+        )
+    shared = _graph_model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["a"]),
+            helper.make_node("MatMul", ["x", "w"], ["b"]),
+            helper.make_node("Unsqueeze", ["x", "ax"], ["x3"]),
+            helper.make_node("MatMul", ["w", "x3"], ["c"]),
+        ],
+        {"w": rng.standard_normal((30, 30)).astype(f), "ax": np.array([-1], np.int64)},
+        ["N", 30],
+        {"a": ["N", 30], "b": ["N", 30], "c": ["N", 30, 1]},
+    )
     return [convt, *recurrent, shared]
 
 
@@ -488,8 +586,13 @@ def test_quadratic_profile_on_a_bigger_model_is_refused_fast(client):
     """The issue's case with the default limits: tile_rows=1 on a 2048-row layer (2048 tiles; 40 s of
     session build measured on the dev machine) is refused before any programming."""
     t0 = time.monotonic()
-    r = client.post("/program", files={"model": ("m.onnx", matmul_model(2048, 8), "application/octet-stream"),
-                                       "profile": (None, json.dumps({"preset": "pcm", "tile_rows": 1}))})
+    r = client.post(
+        "/program",
+        files={
+            "model": ("m.onnx", matmul_model(2048, 8), "application/octet-stream"),
+            "profile": (None, json.dumps({"preset": "pcm", "tile_rows": 1})),
+        },
+    )
     assert err(r) == (422, "profile.tile_rows")
     assert time.monotonic() - t0 < 3
 
@@ -498,11 +601,16 @@ def test_quadratic_profile_on_a_bigger_model_is_refused_fast(client):
 def test_huge_integers_are_4xx(shared):
     x = np.zeros((1, 1, 8, 8)).tolist()
     x[0][0][0][0] = 10**400
-    r = shared.post("/infer", content=json.dumps({"chip_id": "default", "inputs": x}), headers={"content-type": "application/json"})
+    r = shared.post(
+        "/infer", content=json.dumps({"chip_id": "default", "inputs": x}), headers={"content-type": "application/json"}
+    )
     assert err(r) == (422, "inputs.x"), r.text
     for label in (2**63, 10**30, -(2**63) - 1):
-        r = shared.post("/infer", content=json.dumps({"chip_id": "default", "inputs": x_batch(1), "labels": [label]}),
-                        headers={"content-type": "application/json"})
+        r = shared.post(
+            "/infer",
+            content=json.dumps({"chip_id": "default", "inputs": x_batch(1), "labels": [label]}),
+            headers={"content-type": "application/json"},
+        )
         assert err(r) == (422, "labels.0"), r.text
     oip = {"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [10**400] + [0] * 63}]}
     assert err(shared.post("/v2/models/default/infer", json=oip)) == (400, "inputs.0.data")
@@ -518,14 +626,17 @@ def test_oip_absurd_shapes_are_400(shared, shape):
 def test_client_disconnect_mid_upload_is_not_a_server_error(client, caplog):
     model = tiny_model()
     boundary = "XyZ"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"; filename=\"m.onnx\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="m.onnx"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
     with caplog.at_level(logging.INFO):
         for path in ("/program", "/infer", "/v2/models/default/infer"):
             ctype = f"multipart/form-data; boundary={boundary}" if path == "/program" else "application/json"
             first = head + model[:1000] if path == "/program" else b'{"inputs": [[[[0.5, 0.5'
             status, _, _, _ = client.portal.call(
-                lambda: asgi_request(client.app, "POST", path, [first], complete=False, content_type=ctype))
+                lambda: asgi_request(client.app, "POST", path, [first], complete=False, content_type=ctype)
+            )
             assert status in (None, 499), path
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     text = client.get("/metrics").text
@@ -575,7 +686,8 @@ def test_a_request_cancelled_by_shutdown_answers_json_503(client, monkeypatch, c
 
     with caplog.at_level(logging.INFO):
         status, head, payload, _ = client.portal.call(
-            lambda: asgi_request(client.app, "POST", "/infer", [body], cancel_after=0.5, before_cancel=stop))
+            lambda: asgi_request(client.app, "POST", "/infer", [body], cancel_after=0.5, before_cancel=stop)
+        )
     assert status == 503 and head["content-type"] == "application/json", payload
     assert json.loads(payload)["error"]["message"].startswith("the service is shutting down")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -609,8 +721,10 @@ def _fail_fsync_under(root: Path, monkeypatch, code: int, where) -> None:
 def test_program_on_a_full_or_readonly_disk(client, monkeypatch, code, status):
     state = client.state_dir.resolve()
     _fail_fsync_under(state, monkeypatch, code, lambda p: p.parent.parent.name == "tmp")  # the chip's own files
-    r = client.post("/program", files={"model": ("m.onnx", tiny_model(seed=3), "application/octet-stream"),
-                                       "chip_id": (None, "full")})
+    r = client.post(
+        "/program",
+        files={"model": ("m.onnx", tiny_model(seed=3), "application/octet-stream"), "chip_id": (None, "full")},
+    )
     assert err(r) == (status, None), r.text
     assert os.strerror(code) in r.json()["error"]["message"]
     assert not list((state / "tmp").iterdir()) and not (state / "chips" / "full").exists()
@@ -672,8 +786,11 @@ def test_memory_budget_default_is_a_share_of_the_memory_limit(tmp_path, monkeypa
     v2, v1 = tmp_path / "memory.max", tmp_path / "memory.limit_in_bytes"
     monkeypatch.setattr(memory, "_CGROUP_LIMITS", (v2, v1))
     if Path("/proc/meminfo").is_file():  # no cgroup limit: the physical memory, as the kernel reports it
-        kib = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal:")).split()[1])
+        kib = int(
+            next(
+                line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:")
+            ).split()[1]
+        )
         assert abs(memory.memory_limit() - kib * 1024) <= 0.01 * kib * 1024
     v2.write_text("max\n")  # cgroup v2 without a limit
     v1.write_text(f"{1 << 30}\n")  # cgroup v1 with one
@@ -691,8 +808,10 @@ def test_over_budget_a_new_age_is_refused_a_cached_age_served(client):
     r = client.post("/infer", json={"chip_id": "default", "inputs": x_batch(1), "age": "2h"})
     assert err(r) == (503, "age") and int(r.headers["retry-after"]) >= 1
     assert "AGEDCHIP_MEMORY_BUDGET" in r.json()["error"]["message"]
-    oip = {"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}],
-           "parameters": {"age": "3h"}}
+    oip = {
+        "inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.5] * 64}],
+        "parameters": {"age": "3h"},
+    }
     assert err(client.post("/v2/models/default/infer", json=oip)) == (503, "parameters.age")
     assert err(client.get("/chips/default/drift?age=5h")) == (503, "age")
     assert metric(client, "agedchip_admission_rejections_total", workload="infer", reason="memory") == 2

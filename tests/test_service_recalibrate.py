@@ -34,8 +34,9 @@ def npz(**arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def post(c: TestClient, chip_id: str = "default", data: bytes | None = None, headers: dict | None = None,
-         **fields) -> object:
+def post(
+    c: TestClient, chip_id: str = "default", data: bytes | None = None, headers: dict | None = None, **fields
+) -> object:
     """A multipart POST /chips/{chip_id}/recalibrate: ``data`` as the file, ``fields`` as text fields."""
     files: dict = {k: (None, str(v)) for k, v in fields.items()}
     if data is not None:
@@ -124,15 +125,19 @@ def test_job_succeeds_new_chip_serves_and_parent_is_unchanged(shared, data):
         s2 = c2.get("/chips/default-recal-1").json()
         assert s2["parent"] == "default" and s2["recalibration"]["pulses"] == res["pulses"]
         r2 = c2.post("/infer", json={**inf, "chip_id": "default-recal-1", "age": "1d"})
-        assert r2.json()["outputs"] == c.post("/infer", json={**inf, "chip_id": "default-recal-1",
-                                                               "age": "1d"}).json()["outputs"]
+        assert (
+            r2.json()["outputs"]
+            == c.post("/infer", json={**inf, "chip_id": "default-recal-1", "age": "1d"}).json()["outputs"]
+        )
 
 
 def test_recalibration_recovers_a_harshly_aged_chip(shared, data):
     """Drift ×3 at 10 years hurts even with GDC; retraining the last layer on-chip recovers it."""
     c = shared
-    r = c.post("/program", json={"model": ZOO_MODEL, "chip_id": "harsh", "seed": 2,
-                                 "profile": {"preset": "pcm", "drift_scale": 3.0}})
+    r = c.post(
+        "/program",
+        json={"model": ZOO_MODEL, "chip_id": "harsh", "seed": 2, "profile": {"preset": "pcm", "drift_scale": 3.0}},
+    )
     assert r.status_code == 201, r.text
     r = post(c, "harsh", data=data, algorithm="residual", steps=300, seed=0, age="10y", new_chip_id="harsh-fixed")
     assert r.status_code == 202, r.text
@@ -220,13 +225,16 @@ def _conv_model() -> bytes:
     fc = rng.standard_normal((10, 144)).astype(np.float32) * 0.1
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("Flatten", ["r"], ["f"], name="flat"),
-             helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc", transB=1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], name="fc", transB=1),
+    ]
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc")]
-    m = helper.make_model(helper.make_graph(nodes, "conv", [x], [y], initializer=inits),
-                          opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(
+        helper.make_graph(nodes, "conv", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     m.ir_version = 8
     return m.SerializeToString()
 
@@ -243,8 +251,14 @@ BAD = [  # (description, chip, data arrays or raw bytes or None, fields, status,
     ("no inputs", "default", {"y": np.zeros(20, np.int64)}, {}, 422, "data"),
     ("wrong x shape", "default", {"x": _x().reshape(20, 64), "y": np.zeros(20, np.int64)}, {}, 422, "data.x"),
     ("x and y lengths", "default", {"x": _x(20), "y": np.zeros(19, np.int64)}, {}, 422, "data.x"),
-    ("NaN inputs", "default", {"x": np.full((20, 1, 8, 8), np.nan, np.float32), "y": np.zeros(20, np.int64)}, {},
-     422, "data.x"),
+    (
+        "NaN inputs",
+        "default",
+        {"x": np.full((20, 1, 8, 8), np.nan, np.float32), "y": np.zeros(20, np.int64)},
+        {},
+        422,
+        "data.x",
+    ),
     ("labels out of range", "default", {"x": _x(), "y": np.full(20, 10, np.int64)}, {}, 422, "data.y"),
     ("negative labels", "default", {"x": _x(), "y": np.full(20, -1, np.int64)}, {}, 422, "data.y"),
     ("float labels", "default", {"x": _x(), "y": np.zeros(20, np.float32)}, {}, 422, "data.y"),

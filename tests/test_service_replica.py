@@ -30,16 +30,26 @@ def _env(state_dir, **extra):
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGEDCHIP_") or k == "AGEDCHIP_ZOO_DIR"}
-    env.update({"AGEDCHIP_HOST": "127.0.0.1", "AGEDCHIP_PORT": "0", "AGEDCHIP_STATE_DIR": str(state_dir),
-                "AGEDCHIP_LOG_LEVEL": "warning", "PYTHONUNBUFFERED": "1", **QUIET, **extra})
+    env.update(
+        {
+            "AGEDCHIP_HOST": "127.0.0.1",
+            "AGEDCHIP_PORT": "0",
+            "AGEDCHIP_STATE_DIR": str(state_dir),
+            "AGEDCHIP_LOG_LEVEL": "warning",
+            "PYTHONUNBUFFERED": "1",
+            **QUIET,
+            **extra,
+        }
+    )
     return env
 
 
 def test_second_writer_refuses_to_start_then_starts_after_the_first_stops(tmp_path):
     state = tmp_path / "state"
     with run_service(sys.executable, REPO, state, tmp_path / "first.log", env_extra=QUIET) as (base, first):
-        second = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=_env(state),
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "service"], cwd=REPO, env=_env(state), capture_output=True, text=True, timeout=120
+        )
         assert second.returncode != 0
         err = second.stderr
         assert str(state) in err, err
@@ -54,30 +64,40 @@ def test_second_writer_refuses_to_start_then_starts_after_the_first_stops(tmp_pa
 
 def _infer(base, chip, seed):
     x = [[[[0.25 * ((r + c) % 5) for c in range(8)] for r in range(8)]]] * 2  # digits: [batch, 1, 8, 8]
-    status, body = http("POST", base + "/infer", {"chip_id": chip, "inputs": x, "age": "1d", "seed": seed,
-                                                  "read_seed": 3})
+    status, body = http(
+        "POST", base + "/infer", {"chip_id": chip, "inputs": x, "age": "1d", "seed": seed, "read_seed": 3}
+    )
     assert status == 200, body
     return json.loads(body)["outputs"]
 
 
 def test_read_only_replica_serves_what_the_writer_programs(tmp_path):
     state = tmp_path / "state"
-    replica_env = {**QUIET, "AGEDCHIP_READ_ONLY": "true", "AGEDCHIP_READ_ONLY_RELIST_SECONDS": RELIST_S,
-                   # would be programmed by a writer; a replica must not
-                   "AGEDCHIP_DEFAULT_MODEL": "cnn-hwa"}
-    with run_service(sys.executable, REPO, state, tmp_path / "writer.log", env_extra=QUIET) as (writer, _), \
-            run_service(sys.executable, REPO, state, tmp_path / "replica.log", env_extra=replica_env) as (replica, _):
+    replica_env = {
+        **QUIET,
+        "AGEDCHIP_READ_ONLY": "true",
+        "AGEDCHIP_READ_ONLY_RELIST_SECONDS": RELIST_S,
+        # would be programmed by a writer; a replica must not
+        "AGEDCHIP_DEFAULT_MODEL": "cnn-hwa",
+    }
+    with (
+        run_service(sys.executable, REPO, state, tmp_path / "writer.log", env_extra=QUIET) as (writer, _),
+        run_service(sys.executable, REPO, state, tmp_path / "replica.log", env_extra=replica_env) as (replica, _),
+    ):
         assert json.loads(http("GET", replica + "/chips")[1])["chips"] == []  # no default chip programmed
 
-        for method, path, body in (("POST", "/program", {"zoo_model": "cnn-hwa", "chip_id": "nope"}),
-                                   ("DELETE", "/chips/any", None),
-                                   ("POST", "/chips/any/recalibrate", None)):
+        for method, path, body in (
+            ("POST", "/program", {"zoo_model": "cnn-hwa", "chip_id": "nope"}),
+            ("DELETE", "/chips/any", None),
+            ("POST", "/chips/any/recalibrate", None),
+        ):
             status, raw = http(method, replica + path, body)
             assert status == 405, (path, status, raw)
             assert "AGEDCHIP_READ_ONLY" in json.loads(raw)["error"]["message"], raw
 
-        status, raw = http("POST", writer + "/program", {"zoo_model": "mlp-plain", "chip_id": "late", "seed": 5},
-                           timeout=120)
+        status, raw = http(
+            "POST", writer + "/program", {"zoo_model": "mlp-plain", "chip_id": "late", "seed": 5}, timeout=120
+        )
         assert status == 201, raw
         wait_until(lambda: http("GET", replica + "/chips/late")[0] == 200, 30, "the replica to list chip 'late'")
         for seed in (1, 2):
@@ -90,8 +110,14 @@ def test_read_only_replica_serves_what_the_writer_programs(tmp_path):
 
 def test_replica_on_a_missing_folder_exits_with_a_message(tmp_path):
     missing = tmp_path / "nothing-here"
-    proc = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=_env(missing, AGEDCHIP_READ_ONLY="true"),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=REPO,
+        env=_env(missing, AGEDCHIP_READ_ONLY="true"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not missing.exists()  # a replica creates nothing
@@ -102,8 +128,9 @@ def test_replica_starts_on_a_folder_the_writer_never_finished_creating(tmp_path)
     state = tmp_path / "state"
     state.mkdir()
     t0 = time.monotonic()
-    with run_service(sys.executable, REPO, state, tmp_path / "replica.log",
-                     env_extra={**QUIET, "AGEDCHIP_READ_ONLY": "true"}) as (replica, proc):
+    with run_service(
+        sys.executable, REPO, state, tmp_path / "replica.log", env_extra={**QUIET, "AGEDCHIP_READ_ONLY": "true"}
+    ) as (replica, proc):
         assert json.loads(http("GET", replica + "/chips")[1])["chips"] == []
         stop(proc)
     assert time.monotonic() - t0 < 120

@@ -61,7 +61,7 @@ def test_service_imports_have_no_circle_and_no_import_hides_in_a_function():
         state[m] = "open"
         for n in sorted(internal[m]):
             if state.get(n) == "open":
-                pytest.fail(f"import circle: {' → '.join(stack[stack.index(n):] + [n])}")
+                pytest.fail(f"import circle: {' → '.join(stack[stack.index(n) :] + [n])}")
             if n not in state:
                 visit(n, stack + [n])
         state[m] = "done"
@@ -88,11 +88,14 @@ def test_the_domain_imports_no_http_types():
 
 
 def test_problems_map_to_native_and_oip_status_codes():
-    cases = [(problems.InvalidField("x", "x: bad"), 422, 400), (problems.NotFound("chip_id", "chip_id: no"), 404, 404),
-             (problems.Conflict("chip_id", "chip_id: taken"), 409, 409),
-             (problems.Unauthorized("api_key", "api_key: no"), 401, 401),
-             (problems.UnsupportedMediaType("content-type", "content-type: no"), 415, 415),
-             (problems.Unavailable(None, "shutting down"), 503, 503)]
+    cases = [
+        (problems.InvalidField("x", "x: bad"), 422, 400),
+        (problems.NotFound("chip_id", "chip_id: no"), 404, 404),
+        (problems.Conflict("chip_id", "chip_id: taken"), 409, 409),
+        (problems.Unauthorized("api_key", "api_key: no"), 401, 401),
+        (problems.UnsupportedMediaType("content-type", "content-type: no"), 415, 415),
+        (problems.Unavailable(None, "shutting down"), 503, 503),
+    ]
     for problem, native, oip in cases:
         assert (errors.status_of(problem), errors.status_of(problem, oip=True)) == (native, oip), problem
     body = json.loads(errors.problem_response(problems.InvalidField("age", "age: bad"), oip=True).body)
@@ -141,8 +144,11 @@ def test_program_checks_the_eval_set_before_programming(client, monkeypatch):
         r = client.post("/program", files={"model": ("m.onnx", model, "x"), "eval": ("e.npz", eval_bytes, "x")})
         assert err(r) == (422, "eval")
     assert programmed == [] and runtimes == []  # refused before programming, no onnxruntime session
-    r = client.post("/program", files={"model": ("m.onnx", model, "x"), "eval": ("e.npz", eval_npz(model, n=30), "x")},
-                    data={"chip_id": "with-eval"})
+    r = client.post(
+        "/program",
+        files={"model": ("m.onnx", model, "x"), "eval": ("e.npz", eval_npz(model, n=30), "x")},
+        data={"chip_id": "with-eval"},
+    )
     assert r.status_code == 201 and r.json()["eval_samples"] == 30, r.text
     assert len(programmed) == 1 and len(runtimes) == 1  # the serving runtime only
     # the chip programming returned was not changed; the published one carries the eval set

@@ -57,34 +57,48 @@ def serve_venv() -> Path:
     print(f"\nbuilding {VENV} with {SCRIPT.relative_to(REPO)} (as the Dockerfile does)")
     env = {**os.environ, "PYTHON": sys.executable}
     env.pop("PIP_REQUIRE_VIRTUALENV", None)
-    res = subprocess.run(["sh", str(SCRIPT), str(VENV), str(SERVE_REQ)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        ["sh", str(SCRIPT), str(VENV), str(SERVE_REQ)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert res.returncode == 0, f"building the serving environment failed:\n{res.stdout[-4000:]}{res.stderr[-4000:]}"
     STAMP.write_text(want + "\n")
     return VENV
 
 
 def _vpy(venv: Path, code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd="/", env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")})
+    return subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        env={"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")},
+    )
 
 
 def test_no_torch_in_the_serving_env(serve_venv: Path) -> None:
     res = _vpy(serve_venv, "import torch")
     assert res.returncode != 0 and "No module named 'torch'" in res.stderr, "torch must not be installed"
-    res = _vpy(serve_venv, "import numpy, onnx, onnxruntime, fastapi, uvicorn, pydantic, pydantic_settings, "
-                           "prometheus_client, multipart; print('ok')")
+    res = _vpy(
+        serve_venv,
+        "import numpy, onnx, onnxruntime, fastapi, uvicorn, pydantic, pydantic_settings, "
+        "prometheus_client, multipart; print('ok')",
+    )
     assert res.returncode == 0, res.stderr
     res = subprocess.run([str(serve_venv / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    res = subprocess.run([str(serve_venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [str(serve_venv / "bin" / "python"), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True
+    )
     installed = {p["name"].lower() for p in json.loads(res.stdout)}
     for heavy in ("torch", "scikit-learn", "matplotlib", "pytest", "tqdm"):
         assert heavy not in installed, f"{heavy} is not a serving dependency"
     # nothing beyond serve.txt and its dependencies: every top-level requirement is there
-    wanted = {re.split(r"[<>=!~\[; ]", line.strip())[0].lower().replace("_", "-")
-              for line in SERVE_REQ.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    wanted = {
+        re.split(r"[<>=!~\[; ]", line.strip())[0].lower().replace("_", "-")
+        for line in SERVE_REQ.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert wanted <= {n.replace("_", "-") for n in installed}, wanted - installed
 
 
@@ -92,9 +106,19 @@ def test_no_torch_in_the_serving_env(serve_venv: Path) -> None:
 #: glibc, libgcc/libstdc++ (apt needs them) and zlib (essential). Anything else a wheel links
 #: against must come inside the wheel.
 BASE_IMAGE_LIBS = {
-    "libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "libutil.so.1",
-    "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "libgcc_s.so.1", "libstdc++.so.6", "libz.so.1",
-    "libcrypt.so.1", "libresolv.so.2",
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libutil.so.1",
+    "ld-linux-x86-64.so.2",
+    "ld-linux-aarch64.so.1",
+    "libgcc_s.so.1",
+    "libstdc++.so.6",
+    "libz.so.1",
+    "libcrypt.so.1",
+    "libresolv.so.2",
 }
 
 
@@ -105,7 +129,7 @@ def elf_needed(path: Path) -> list[str] | None:
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         return None
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
     out = []
@@ -119,7 +143,7 @@ def elf_needed(path: Path) -> list[str] | None:
                 break
             if tag == 1:  # DT_NEEDED
                 start = strtab[4] + val
-                out.append(data[start:data.index(b"\0", start)].decode())
+                out.append(data[start : data.index(b"\0", start)].decode())
     return out
 
 
@@ -216,8 +240,10 @@ def test_service_runs_from_the_serving_env(serve_venv: Path, tmp_path: Path) -> 
         assert Path(os.readlink(f"/proc/{proc.pid}/cwd")) == workdir
     assert list(state.iterdir()), "the chip store is written to AGEDCHIP_STATE_DIR"
     after = sorted(p.relative_to(root) for p in root.rglob("*") if not p.is_relative_to(state))
-    assert after == before, ("the service writes only to its state volume (/app belongs to root in the image): "
-                             f"new {sorted(set(after) - set(before))}")
+    assert after == before, (
+        "the service writes only to its state volume (/app belongs to root in the image): "
+        f"new {sorted(set(after) - set(before))}"
+    )
 
 
 def test_dockerfile_and_test_use_one_install_script() -> None:

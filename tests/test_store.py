@@ -21,15 +21,21 @@ import numpy as np
 import pytest
 
 from chipsim import (
-    ChipCorruptError, ChipExistsError, ChipNotFoundError, ChipStore, ChipVersionError, LayerSpec, get_profile,
-    program, read,
+    ChipCorruptError,
+    ChipExistsError,
+    ChipNotFoundError,
+    ChipStore,
+    ChipVersionError,
+    LayerSpec,
+    get_profile,
+    program,
+    read,
 )
-from chipsim.store import _manifest_digest, FORMAT_VERSION
+from chipsim.store import FORMAT_VERSION, _manifest_digest
+from tests.store_chips import clipped_normal, make_chip
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = 86400.0
-
-from tests.store_chips import clipped_normal, make_chip
 
 
 @pytest.fixture
@@ -106,8 +112,14 @@ def test_bytes_per_weight(store, profile):
     store.save(chip)
     folder = store.chips_dir / "b"
     sizes = {p.name: p.stat().st_size for p in folder.iterdir()}
-    assert set(sizes) == {"manifest.json", "l0_dg_us.npy", "l0_nu.npy", "l0_gdc_baseline.npy",
-                          "l0_gdc_baseline_col.npy", "l0_gdc_baseline_exact.npy"}
+    assert set(sizes) == {
+        "manifest.json",
+        "l0_dg_us.npy",
+        "l0_nu.npy",
+        "l0_gdc_baseline.npy",
+        "l0_gdc_baseline_col.npy",
+        "l0_gdc_baseline_exact.npy",
+    }
     assert sizes["l0_dg_us.npy"] == sizes["l0_nu.npy"] == 128 + 2 * n * n * 2
     assert sizes["l0_gdc_baseline.npy"] == sizes["l0_gdc_baseline_exact.npy"] == 128 + 4
     assert sizes["l0_gdc_baseline_col.npy"] == 128 + 4 * n
@@ -245,6 +257,7 @@ def test_pickled_array_is_refused_not_executed(saved, tmp_path, monkeypatch):
     arr = np.empty(1, dtype=object)
     arr[0] = _Evil()
     import io
+
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=True)
     data = buf.getvalue()
@@ -260,8 +273,30 @@ def test_pickled_array_is_refused_not_executed(saved, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- ids, existence, listing, delete
-@pytest.mark.parametrize("bad", ["../x", "..", ".", "", "A", "Chip", "a/b", "a\\b", "-x", "_x", "x" * 64, "a b",
-                                 "ü", "/abs", "a\x00b", "default\n", "a\nb", None, 5])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "../x",
+        "..",
+        ".",
+        "",
+        "A",
+        "Chip",
+        "a/b",
+        "a\\b",
+        "-x",
+        "_x",
+        "x" * 64,
+        "a b",
+        "ü",
+        "/abs",
+        "a\x00b",
+        "default\n",
+        "a\nb",
+        None,
+        5,
+    ],
+)
 def test_invalid_chip_ids_are_rejected(store, bad):
     with pytest.raises(ValueError, match="chip_id"):
         store.load(bad)
@@ -315,7 +350,11 @@ def test_list_marks_corrupt_chips(store):
     assert fast == {"UPPER": "corrupt", "bad-array": "ready", "bad-manifest": "corrupt", "good": "ready"}
     full = {c.chip_id: c for c in store.list(verify=True)}
     assert {k: v.status for k, v in full.items()} == {
-        "UPPER": "corrupt", "bad-array": "corrupt", "bad-manifest": "corrupt", "good": "ready"}
+        "UPPER": "corrupt",
+        "bad-array": "corrupt",
+        "bad-manifest": "corrupt",
+        "good": "ready",
+    }
     assert "l0_nu.npy" in full["bad-array"].error
     assert full["good"].error is None and full["good"].manifest["chip_id"] == "good"
 
@@ -383,8 +422,14 @@ def test_sigkill_during_save_never_leaves_a_partial_chip(tmp_path):
     delays = random.Random(20240601)  # fixed seed for the kill delays
     kills, mid_chip, mid_blob = 0, 0, 0
     for run in range(25):
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(run)], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(root), str(run)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = proc.stdout.readline()
         assert line.strip() == "ready", proc.stderr.read()
         time.sleep(delays.uniform(0.0, 0.25))

@@ -19,7 +19,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import chipsim.store as store_mod
@@ -100,6 +99,7 @@ def test_parallel_deletes_of_one_chip(store):
 def _fail_rename(monkeypatch, err: int):
     def rename(src, dst, *a, **k):
         raise OSError(err, os.strerror(err), str(src))
+
     monkeypatch.setattr(os, "rename", rename)
 
 
@@ -205,6 +205,7 @@ def test_failing_save_raises_a_typed_error_and_leaves_nothing(store, monkeypatch
 def test_failing_tmp_mkdir_is_typed(store, monkeypatch):
     def mkdir(self, *a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(self))
+
     monkeypatch.setattr(Path, "mkdir", mkdir)
     with pytest.raises(StoreWriteError) as info:
         store.save(make_chip("x"))
@@ -275,7 +276,7 @@ def _unreadable(mpath: Path, monkeypatch):
     mpath.chmod(0)
     if os.geteuid() != 0:
         return
-    real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
+    real_open, real_os_open = builtins.open, os.open
 
     def deny(target):
         return str(target) == str(mpath)

@@ -51,16 +51,24 @@ sys.stdin.readline()
 
 
 def try_open(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", TRY_OPEN, str(root)], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", TRY_OPEN, str(root)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120
+    )
 
 
 class Holder:
     """A writer in another process."""
 
     def __init__(self, root: Path):
-        self.proc = subprocess.Popen([sys.executable, "-c", HOLD, str(root)], cwd=REPO, env=ENV, text=True,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD, str(root)],
+            cwd=REPO,
+            env=ENV,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         line = self.proc.stdout.readline().split()
         assert line[:1] == ["ready"], self.proc.stderr.read()
         self.pid = int(line[1])
@@ -123,8 +131,12 @@ def test_read_only_replica_serves_while_the_writer_holds_the_lock(holder, tmp_pa
     chip = replica.load("from-child")
     assert replica.exists("from-child") and chip.chip_id == "from-child"
     # Every mutation is refused with a domain error, and nothing changed on disk.
-    for attempt in (lambda: replica.save(make_chip("nope")), lambda: replica.delete("from-child"),
-                    lambda: replica.put_blob(b"x"), replica.collect):
+    for attempt in (
+        lambda: replica.save(make_chip("nope")),
+        lambda: replica.delete("from-child"),
+        lambda: replica.put_blob(b"x"),
+        replica.collect,
+    ):
         with pytest.raises(StoreReadOnlyError, match="read-only"):
             attempt()
     assert replica.load("from-child").chip_id == "from-child" and not (root / "chips" / "nope").exists()

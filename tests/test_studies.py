@@ -42,8 +42,15 @@ def test_markdown_cells():
 
 def test_age_schedule_is_the_services():
     """The accuracy study and the service's evaluation schedule read chips at the same ages."""
-    assert list(common.AGE_SCHEDULE.values()) == [1.0, 3600.0, 86400.0, 7 * 86400.0, 30 * 86400.0,
-                                                  365 * 86400.0, 3650 * 86400.0]
+    assert list(common.AGE_SCHEDULE.values()) == [
+        1.0,
+        3600.0,
+        86400.0,
+        7 * 86400.0,
+        30 * 86400.0,
+        365 * 86400.0,
+        3650 * 86400.0,
+    ]
 
 
 # --------------------------------------------------------------------------- studies.accuracy
@@ -60,8 +67,10 @@ def test_accuracy_study_reproduces_the_committed_report():
 
 
 def test_models_report_is_an_alias_of_studies_accuracy():
-    out = [subprocess.run([sys.executable, "-m", mod, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
-           for mod in ("models.report", "studies.accuracy")]
+    out = [
+        subprocess.run([sys.executable, "-m", mod, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        for mod in ("models.report", "studies.accuracy")
+    ]
     assert out[0].returncode == out[1].returncode == 0, out[0].stderr + out[1].stderr
     assert "--render-only" in out[0].stdout
     assert out[0].stdout == out[1].stdout

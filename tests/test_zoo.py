@@ -21,7 +21,17 @@ REPORT = ROOT / "reports" / "accuracy"
 INDEX = json.loads((ZOO / "index.json").read_text())
 ENTRIES = INDEX["models"]
 REQUIRED = {"mlp-plain", "mlp-hwa", "cnn-plain", "cnn-hwa", "transformer-hwa"}
-META_KEYS = ("input_ranges", "task", "num_classes", "dataset", "split", "recipe", "fp_accuracy", "eval_set", "input_name")
+META_KEYS = (
+    "input_ranges",
+    "task",
+    "num_classes",
+    "dataset",
+    "split",
+    "recipe",
+    "fp_accuracy",
+    "eval_set",
+    "input_name",
+)
 
 
 def test_index_lists_the_required_models():

@@ -28,7 +28,10 @@ Modules, in the order a model passes through them:
 """
 
 from chipsim.compiler.calibration import (
-    CALIBRATION_QUANTILE, DEFAULT_INPUT_RANGE, META_INPUT_RANGES, calibrate_ranges,
+    CALIBRATION_QUANTILE,
+    DEFAULT_INPUT_RANGE,
+    META_INPUT_RANGES,
+    calibrate_ranges,
 )
 from chipsim.compiler.driver import compile_model, program_onnx
 from chipsim.compiler.loader import MAX_MODEL_BYTES, MIN_OPSET, load_model, model_inputs
@@ -37,8 +40,29 @@ from chipsim.compiler.plan import GRAPH_FORMAT, WEIGHT_INPUTS, CompiledModel, Co
 from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, OpRewriter, register
 
 __all__ = [
-    "CALIBRATION_QUANTILE", "DEFAULT_INPUT_RANGE", "GRAPH_FORMAT", "MAX_MODEL_BYTES", "META_INPUT_RANGES", "MIN_OPSET",
-    "REWRITERS", "UNMAPPABLE", "WEIGHT_INPUTS", "CompileError", "CompiledModel", "LayerPlan", "OpRewriter",
-    "adc_scale_step", "calibrate_ranges", "compile_model", "input_unit", "is_linear", "load_model", "load_plans", "model_inputs",
-    "part_factors", "program_onnx", "register", "tile_parts",
+    "CALIBRATION_QUANTILE",
+    "DEFAULT_INPUT_RANGE",
+    "GRAPH_FORMAT",
+    "MAX_MODEL_BYTES",
+    "META_INPUT_RANGES",
+    "MIN_OPSET",
+    "REWRITERS",
+    "UNMAPPABLE",
+    "WEIGHT_INPUTS",
+    "CompileError",
+    "CompiledModel",
+    "LayerPlan",
+    "OpRewriter",
+    "adc_scale_step",
+    "calibrate_ranges",
+    "compile_model",
+    "input_unit",
+    "is_linear",
+    "load_model",
+    "load_plans",
+    "model_inputs",
+    "part_factors",
+    "program_onnx",
+    "register",
+    "tile_parts",
 ]

@@ -52,8 +52,10 @@ class ArchiveLimits:
 def is_archive(data: bytes) -> bool:
     """True for zip, tar and gzip/bz2/xz-compressed data (an ONNX protobuf starts otherwise)."""
     head = bytes(data[:6])
-    return (head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
-            or bytes(data[257:262]) == b"ustar")
+    return (
+        head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+        or bytes(data[257:262]) == b"ustar"
+    )
 
 
 def _refuse(name: str, why: str) -> CompileError:
@@ -95,8 +97,7 @@ def _zip_members(data: bytes) -> tuple[zipfile.ZipFile, list[_Member]]:
         if mode and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise _refuse(info.filename, "not a regular file or folder (symlink, device or FIFO)")
         is_dir = info.is_dir() or stat.S_ISDIR(mode)
-        out.append(_Member(safe_relative_path(info.filename), is_dir, info.file_size,
-                           (lambda i=info: zf.open(i))))
+        out.append(_Member(safe_relative_path(info.filename), is_dir, info.file_size, (lambda i=info: zf.open(i))))
     return zf, out
 
 
@@ -134,8 +135,9 @@ def _members(data: bytes) -> tuple[object, list[_Member]]:
     except CompileError:
         raise
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as err:
-        raise CompileError(f"model: not a readable .zip or .tar archive ({type(err).__name__}: {str(err)[:200]})") \
-            from None
+        raise CompileError(
+            f"model: not a readable .zip or .tar archive ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
 
 
 def extract(data: bytes, folder: Path, limits: ArchiveLimits) -> list[PurePosixPath]:
@@ -143,8 +145,9 @@ def extract(data: bytes, folder: Path, limits: ArchiveLimits) -> list[PurePosixP
     ``folder``; returns the files' relative paths."""
     archive, members = _members(data)
     if len(members) > limits.max_members:
-        raise CompileError(f"model: the archive has {len(members)} members, more than the limit of "
-                           f"{limits.max_members}")
+        raise CompileError(
+            f"model: the archive has {len(members)} members, more than the limit of {limits.max_members}"
+        )
     seen: set[PurePosixPath] = set()
     for m in members:
         if m.path in seen:
@@ -152,8 +155,9 @@ def extract(data: bytes, folder: Path, limits: ArchiveLimits) -> list[PurePosixP
         seen.add(m.path)
     declared = sum(m.size for m in members if not m.is_dir)
     if declared > limits.max_bytes:
-        raise CompileError(f"model: the archive declares {declared} bytes uncompressed, more than the limit of "
-                           f"{limits.max_bytes}")
+        raise CompileError(
+            f"model: the archive declares {declared} bytes uncompressed, more than the limit of {limits.max_bytes}"
+        )
     files, budget = [], limits.max_bytes
     try:
         for m in members:
@@ -211,8 +215,10 @@ def model_from_archive(data: bytes, limits: ArchiveLimits = ArchiveLimits()) -> 
         files = extract(data, root, limits)
         models = [f for f in files if f.suffix.lower() == ".onnx"]
         if len(models) != 1:
-            raise CompileError(f"model: the archive must hold exactly one .onnx file, it holds {len(models)}"
-                               + (f" ({[str(m) for m in models][:5]})" if models else ""))
+            raise CompileError(
+                f"model: the archive must hold exactly one .onnx file, it holds {len(models)}"
+                + (f" ({[str(m) for m in models][:5]})" if models else "")
+            )
         path = root.joinpath(*models[0].parts)
         try:
             model = onnx.load(str(path), load_external_data=False)

@@ -39,8 +39,16 @@ from chipsim.compiler.plan import CompileError
 #: Ops whose output shape is read from the values of these inputs (by index), so that a
 #: computed input makes the output's size depend on the request's data.
 VALUE_SIZED_OPS: dict[str, tuple[int, ...]] = {
-    "ConstantOfShape": (0,), "Expand": (1,), "Tile": (1,), "Range": (0, 1, 2), "Resize": (1, 2, 3),
-    "Upsample": (1,), "Pad": (1,), "OneHot": (1,), "Loop": (0,), "CenterCropPad": (1,),
+    "ConstantOfShape": (0,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "Range": (0, 1, 2),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "Pad": (1,),
+    "OneHot": (1,),
+    "Loop": (0,),
+    "CenterCropPad": (1,),
 }
 
 
@@ -86,13 +94,17 @@ def refuse_sparse(model: onnx.ModelProto) -> None:
         g = graphs.pop()
         for sparse in g.sparse_initializer:
             dims = "×".join(str(d) for d in sparse.dims)
-            raise CompileError(f"model: sparse_initializer {sparse.values.name!r} ({dims}) is not supported; store "
-                               "it as a dense initializer (onnx.numpy_helper.from_array)")
+            raise CompileError(
+                f"model: sparse_initializer {sparse.values.name!r} ({dims}) is not supported; store "
+                "it as a dense initializer (onnx.numpy_helper.from_array)"
+            )
         for node in g.node:
             for attr in node.attribute:
                 if attr.name == "sparse_value" and attr.type == onnx.AttributeProto.SPARSE_TENSOR:
-                    raise CompileError(f"model: node {node.name or node.op_type!r} is a Constant with a sparse_value, "
-                                       "which is not supported; use a dense 'value'")
+                    raise CompileError(
+                        f"model: node {node.name or node.op_type!r} is a Constant with a sparse_value, "
+                        "which is not supported; use a dense 'value'"
+                    )
                 if attr.type == onnx.AttributeProto.GRAPH:
                     graphs.append(attr.g)
 
@@ -134,11 +146,14 @@ def _check_one(name: str, node: onnx.NodeProto, elements: int, limits: Allocatio
         raise AllocationError(
             f"model: tensor {name!r} (output of {node.op_type} node {node.name or node.op_type!r}) holds "
             f"{elements:,} elements at batch {limits.batch} ({how}), more than the limit of "
-            f"{limits.max_tensor_elements:,} per tensor", "tensor")
+            f"{limits.max_tensor_elements:,} per tensor",
+            "tensor",
+        )
 
 
-def _trial_elements(model: onnx.ModelProto, names: list[str], types: dict[str, onnx.TypeProto],
-                    threads: int | None) -> dict[str, int]:
+def _trial_elements(
+    model: onnx.ModelProto, names: list[str], types: dict[str, onnx.TypeProto], threads: int | None
+) -> dict[str, int]:
     """Elements of ``names`` in one run of ``model`` on zeros at batch 1 (symbolic dims 1)."""
     from chipsim.ort_session import cpu_session  # onnxruntime only when a trial is needed
 
@@ -162,13 +177,16 @@ def _trial_elements(model: onnx.ModelProto, names: list[str], types: dict[str, o
         sess = cpu_session(m.SerializeToString(), threads=threads or 1)
         values = sess.run(names, feeds)
     except Exception as err:
-        raise CompileError(f"model: the sizes of its tensors {names[:3]} cannot be inferred and a trial run on "
-                           f"zeros failed ({str(err).splitlines()[0][:200]})") from None
+        raise CompileError(
+            f"model: the sizes of its tensors {names[:3]} cannot be inferred and a trial run on "
+            f"zeros failed ({str(err).splitlines()[0][:200]})"
+        ) from None
     return {n: int(np.asarray(v).size) for n, v in zip(names, values)}
 
 
-def check_allocations(model: onnx.ModelProto, limits: AllocationLimits | None,
-                      threads: int | None = None) -> AllocationReport | None:
+def check_allocations(
+    model: onnx.ModelProto, limits: AllocationLimits | None, threads: int | None = None
+) -> AllocationReport | None:
     """Refuse a model that may allocate more than ``limits`` (see the module's docstring);
     ``None`` checks sparse initializers only. Raises CompileError."""
     refuse_sparse(model)
@@ -185,13 +203,17 @@ def check_allocations(model: onnx.ModelProto, limits: AllocationLimits | None,
                 continue
             n = _elements(types.get(name))
             if n is None:
-                computed = [node.input[i] for i in VALUE_SIZED_OPS.get(node.op_type, ())
-                            if i < len(node.input) and node.input[i] and node.input[i] not in consts]
+                computed = [
+                    node.input[i]
+                    for i in VALUE_SIZED_OPS.get(node.op_type, ())
+                    if i < len(node.input) and node.input[i] and node.input[i] not in consts
+                ]
                 if computed or node.op_type == "Loop":
                     raise CompileError(
                         f"model: the size of tensor {name!r} ({node.op_type} node {node.name or node.op_type!r}) "
                         f"depends on values computed at run time (input {computed[0] if computed else 'M'!r}), "
-                        "so its memory cannot be bounded; compute that shape from constants")
+                        "so its memory cannot be bounded; compute that shape from constants"
+                    )
                 unknown.append((name, node))
                 continue
             _check_one(name, node, n, limits, "static shape inference")
@@ -206,7 +228,10 @@ def check_allocations(model: onnx.ModelProto, limits: AllocationLimits | None,
             total += n
             largest = max(largest, (name, n), key=lambda t: t[1])
     if total > limits.max_total_elements:
-        raise AllocationError(f"model: its intermediate tensors hold {total:,} elements together at batch "
-                              f"{limits.batch}, more than the limit of {limits.max_total_elements:,} (largest: "
-                              f"{largest[0]!r}, {largest[1]:,})", "total")
+        raise AllocationError(
+            f"model: its intermediate tensors hold {total:,} elements together at batch "
+            f"{limits.batch}, more than the limit of {limits.max_total_elements:,} (largest: "
+            f"{largest[0]!r}, {largest[1]:,})",
+            "total",
+        )
     return AllocationReport(largest=largest, total_elements=total, measured=tuple(measured))

@@ -40,8 +40,9 @@ META_INPUT_RANGES = "agedchip.input_ranges"
 Calibration = dict[str, np.ndarray] | np.ndarray
 
 
-def calibrate_ranges(model: onnx.ModelProto, inputs: dict[str, np.ndarray],
-                     weight_to_input: dict[str, str | list[str]]) -> dict[str, float]:
+def calibrate_ranges(
+    model: onnx.ModelProto, inputs: dict[str, np.ndarray], weight_to_input: dict[str, str | list[str]]
+) -> dict[str, float]:
     """Per analog layer, the CALIBRATION_QUANTILE of |input| on user data, by weight name. A
     weight read by several nodes (or a recurrence's hidden states) is calibrated on all the
     tensors it multiplies together."""
@@ -93,8 +94,9 @@ def calibration_feeds(model: onnx.ModelProto, data: Calibration, field: str = "c
     specs = {s["name"]: s for s in io_specs(model.graph.input, init_names)}
     if not isinstance(data, dict):
         if len(specs) != 1:
-            raise calibration_error(field, f"the model has {len(specs)} inputs {sorted(specs)}; give one array per "
-                                           "input name")
+            raise calibration_error(
+                field, f"the model has {len(specs)} inputs {sorted(specs)}; give one array per input name"
+            )
         data = {next(iter(specs)): data}
     unknown = sorted(set(data) - set(specs))
     if unknown:
@@ -112,17 +114,24 @@ def calibration_feeds(model: onnx.ModelProto, data: Calibration, field: str = "c
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             raise calibration_error(where, "contains NaN or infinity")
         if want.kind in "iub" and arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-            raise calibration_error(where, f"the model's input is {want} (e.g. token ids); got {arr.dtype} values "
-                                           "that are not whole numbers")
+            raise calibration_error(
+                where,
+                f"the model's input is {want} (e.g. token ids); got {arr.dtype} values that are not whole numbers",
+            )
         if want.kind in "iu" and arr.size and (arr.min() < np.iinfo(want).min or arr.max() > np.iinfo(want).max):
             raise calibration_error(where, f"values outside the range of the model's {want} input")
         feeds[name] = np.ascontiguousarray(arr.astype(want))
     return feeds
 
 
-def resolve_ranges(model: onnx.ModelProto, metadata: dict[str, str], weight_to_input: dict[str, list[str]],
-                   calibration: Calibration | None, given: dict[str, float] | None,
-                   eval_inputs: Calibration | None = None) -> tuple[dict[str, float], dict[str, RangeSource]]:
+def resolve_ranges(
+    model: onnx.ModelProto,
+    metadata: dict[str, str],
+    weight_to_input: dict[str, list[str]],
+    calibration: Calibration | None,
+    given: dict[str, float] | None,
+    eval_inputs: Calibration | None = None,
+) -> tuple[dict[str, float], dict[str, RangeSource]]:
     """Input range and its source by weight name, for every analog weight of ``weight_to_input``
     (weight → the tensors it multiplies). ``calibration`` and ``eval_inputs`` (the model's eval
     set, used only without calibration data): one array for a single-input model or
@@ -141,8 +150,11 @@ def resolve_ranges(model: onnx.ModelProto, metadata: dict[str, str], weight_to_i
     data, source, field = calibration, RangeSource.CALIBRATION, "calibration"
     if data is None and eval_inputs is not None:
         data, source, field = eval_inputs, RangeSource.EVAL, "eval"
-        data = ({k: np.asarray(v)[:EVAL_CALIBRATION_SAMPLES] for k, v in data.items()} if isinstance(data, dict)
-                else np.asarray(data)[:EVAL_CALIBRATION_SAMPLES])
+        data = (
+            {k: np.asarray(v)[:EVAL_CALIBRATION_SAMPLES] for k, v in data.items()}
+            if isinstance(data, dict)
+            else np.asarray(data)[:EVAL_CALIBRATION_SAMPLES]
+        )
     if missing and data is not None:
         feeds = calibration_feeds(model, data, field)
         try:

@@ -36,13 +36,23 @@ def unmappable_nodes(model: onnx.ModelProto, consts: dict[str, Any]) -> Iterator
     """Each weight-bearing op no rewriter maps, or control-flow node with one in its body, and why."""
     for node in model.graph.node:
         if node.domain in ONNX_DOMAINS and node.op_type in UNMAPPABLE and any(i in consts for i in node.input[1:] if i):
-            yield node, (f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot "
-                         f"map; {UNMAPPABLE[node.op_type]}")
+            yield (
+                node,
+                (
+                    f"model: node {node.name or node.op_type!r} is a {node.op_type} with weights the chip cannot "
+                    f"map; {UNMAPPABLE[node.op_type]}"
+                ),
+            )
         if node.op_type in CONTROL_FLOW_OPS:
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH and any(n.op_type in REWRITERS for n in attr.g.node):
-                    yield node, (f"model: node {node.name or node.op_type!r}: weight-bearing ops inside a "
-                                 f"{node.op_type} body are not supported")
+                    yield (
+                        node,
+                        (
+                            f"model: node {node.name or node.op_type!r}: weight-bearing ops inside a "
+                            f"{node.op_type} body are not supported"
+                        ),
+                    )
 
 
 def refuse_unmappable(model: onnx.ModelProto, consts: dict[str, Any]) -> None:
@@ -100,8 +110,9 @@ def analog_weight_inputs(model: onnx.ModelProto, consts: dict[str, Any]) -> dict
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "Einsum", "LSTM", "GRU", "RNN")
 
 
-def digital_parameters(model: onnx.ModelProto, consts: dict[str, Any], ctx: RewriteContext,
-                       mapped_nodes: set[int]) -> tuple[int, list[dict[str, Any]]]:
+def digital_parameters(
+    model: onnx.ModelProto, consts: dict[str, Any], ctx: RewriteContext, mapped_nodes: set[int]
+) -> tuple[int, list[dict[str, Any]]]:
     """(float constants of the model not held by the chip — biases, norms, embeddings, weights of
     ops left digital — in elements; the weight-bearing nodes left digital, with their weights)."""
     on_chip = {p.weight_name for p in ctx.plans}
@@ -113,8 +124,13 @@ def digital_parameters(model: onnx.ModelProto, consts: dict[str, Any], ctx: Rewr
             continue
         weights = [n for n in node.input if n in floats and floats[n].ndim >= 2 and n not in on_chip]
         if weights:
-            nodes.append({"node": node.name or node.op_type, "op": node.op_type,
-                          "parameters": sum(int(floats[n].size) for n in weights)})
+            nodes.append(
+                {
+                    "node": node.name or node.op_type,
+                    "op": node.op_type,
+                    "parameters": sum(int(floats[n].size) for n in weights),
+                }
+            )
     return count, nodes
 
 
@@ -160,8 +176,11 @@ def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
 
 
 def compile_model(
-    model_bytes: bytes, profile: ChipProfile, calibration: Calibration | None = None,
-    ranges: dict[str, float] | None = None, eval_inputs: Calibration | None = None,
+    model_bytes: bytes,
+    profile: ChipProfile,
+    calibration: Calibration | None = None,
+    ranges: dict[str, float] | None = None,
+    eval_inputs: Calibration | None = None,
     limits: AllocationLimits | None = None,
 ) -> CompiledModel:
     """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
@@ -181,26 +200,45 @@ def compile_model(
     check_runnable(model, lambda node: maps_node(node, consts))
     check_allocations(model, limits)
     metadata = {p.key: p.value for p in model.metadata_props}
-    ranges, sources = resolve_ranges(model, metadata, analog_weight_inputs(model, consts), calibration, ranges,
-                                     eval_inputs)
+    ranges, sources = resolve_ranges(
+        model, metadata, analog_weight_inputs(model, consts), calibration, ranges, eval_inputs
+    )
     shapes = static_shapes(model)
-    rankless = [n.output[0] for n in model.graph.node
-                if n.output and n.output[0] and maps_node(n, consts) and not shapes.get(n.output[0])]
+    rankless = [
+        n.output[0]
+        for n in model.graph.node
+        if n.output and n.output[0] and maps_node(n, consts) and not shapes.get(n.output[0])
+    ]
     if rankless:
         shapes.update(probe_shapes(model, rankless))
-    ctx = RewriteContext(model=model, consts=consts, producers={o: n for n in model.graph.node for o in n.output},
-                         shapes=shapes, profile=profile, ranges=ranges, builder=GraphBuilder())
+    ctx = RewriteContext(
+        model=model,
+        consts=consts,
+        producers={o: n for n in model.graph.node for o in n.output},
+        shapes=shapes,
+        profile=profile,
+        ranges=ranges,
+        builder=GraphBuilder(),
+    )
     new_nodes, digital, mapped = rewrite_nodes(ctx)
     if not ctx.plans:
-        raise CompileError("model: no weight-bearing MatMul, Gemm, Conv, ConvTranspose or recurrent node with "
-                           "constant weights; nothing to map")
+        raise CompileError(
+            "model: no weight-bearing MatMul, Gemm, Conv, ConvTranspose or recurrent node with "
+            "constant weights; nothing to map"
+        )
     n_params, weight_nodes = digital_parameters(model, consts, ctx, mapped)
     for spec in ctx.specs:
         spec.meta["input_range_source"] = str(sources.get(spec.meta["weight"], RangeSource.DEFAULT))
     return CompiledModel(
-        specs=ctx.specs, plans=ctx.plans, graph=assemble(ctx, new_nodes),
-        inputs=io_specs(model.graph.input, init_names), outputs=io_specs(model.graph.output, set()),
-        metadata=metadata, digital_nodes=digital, digital_parameters=n_params, digital_weight_nodes=weight_nodes,
+        specs=ctx.specs,
+        plans=ctx.plans,
+        graph=assemble(ctx, new_nodes),
+        inputs=io_specs(model.graph.input, init_names),
+        outputs=io_specs(model.graph.output, set()),
+        metadata=metadata,
+        digital_nodes=digital,
+        digital_parameters=n_params,
+        digital_weight_nodes=weight_nodes,
         layer_readers=[ctx.readers.get(i, []) for i in range(len(ctx.plans))],
     )
 
@@ -233,5 +271,12 @@ def program_onnx(
         "graph_format": GRAPH_FORMAT,
         **(meta or {}),
     }
-    return program(compiled.specs, profile, seed, chip_id=chip_id, meta=chip_meta,
-                   attachments={"model.onnx": bytes(model_bytes), "compiled.onnx": compiled.graph}, progress=progress)
+    return program(
+        compiled.specs,
+        profile,
+        seed,
+        chip_id=chip_id,
+        meta=chip_meta,
+        attachments={"model.onnx": bytes(model_bytes), "compiled.onnx": compiled.graph},
+        progress=progress,
+    )

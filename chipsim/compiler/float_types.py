@@ -61,9 +61,15 @@ def uses_low_precision(model: onnx.ModelProto) -> bool:
     values = [*model.graph.input, *model.graph.output, *model.graph.value_info]
     if any(v.type.tensor_type.elem_type in LOW_PRECISION for v in values):
         return True
-    return any(n.op_type in ("Constant", "Cast") and any(
-        (a.type == onnx.AttributeProto.TENSOR and a.t.data_type in LOW_PRECISION)
-        or (a.name == "to" and a.i in LOW_PRECISION) for a in n.attribute) for n in model.graph.node)
+    return any(
+        n.op_type in ("Constant", "Cast")
+        and any(
+            (a.type == onnx.AttributeProto.TENSOR and a.t.data_type in LOW_PRECISION)
+            or (a.name == "to" and a.i in LOW_PRECISION)
+            for a in n.attribute
+        )
+        for n in model.graph.node
+    )
 
 
 def _fold_constant_casts(model: onnx.ModelProto) -> None:
@@ -72,8 +78,12 @@ def _fold_constant_casts(model: onnx.ModelProto) -> None:
     keep = []
     for node in model.graph.node:
         to = next((a.i for a in node.attribute if a.name == "to"), None)
-        if node.op_type == "Cast" and to == TensorProto.FLOAT and node.input[0] in inits \
-                and inits[node.input[0]].data_type in LOW_PRECISION:
+        if (
+            node.op_type == "Cast"
+            and to == TensorProto.FLOAT
+            and node.input[0] in inits
+            and inits[node.input[0]].data_type in LOW_PRECISION
+        ):
             arr = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
             model.graph.initializer.append(numpy_helper.from_array(arr, node.output[0]))
             continue
@@ -82,8 +92,9 @@ def _fold_constant_casts(model: onnx.ModelProto) -> None:
     model.graph.node.extend(keep)
 
 
-def compute_in_fp32(model: onnx.ModelProto,
-                    is_mapped: Callable[[onnx.NodeProto, dict[str, np.ndarray]], bool]) -> onnx.ModelProto:
+def compute_in_fp32(
+    model: onnx.ModelProto, is_mapped: Callable[[onnx.NodeProto, dict[str, np.ndarray]], bool]
+) -> onnx.ModelProto:
     """The model with every mapped fp16/bf16 node (``is_mapped(node, consts)``), and every bf16
     node, computing in float32 between casts (see the module docstring). Returns ``model``
     itself when it has no fp16/bf16 value."""
@@ -95,8 +106,11 @@ def compute_in_fp32(model: onnx.ModelProto,
     consts = constants(out)
     types = tensor_types(out)
     inits = {t.name: t for t in out.graph.initializer}
-    const_nodes = {n.output[0]: n for n in out.graph.node
-                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    const_nodes = {
+        n.output[0]: n
+        for n in out.graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    }
 
     def low_type(node: onnx.NodeProto) -> int | None:
         for name in [*node.input, *node.output]:
@@ -141,14 +155,18 @@ def compute_in_fp32(model: onnx.ModelProto,
             if wrap and name not in widened and types.get(name) in LOW_PRECISION:
                 if name not in up:
                     up[name] = f"{name}/as_fp32"
-                    new_nodes.append(helper.make_node("Cast", [name], [up[name]], name=f"{name}/cast_fp32",
-                                                      to=TensorProto.FLOAT))
+                    new_nodes.append(
+                        helper.make_node("Cast", [name], [up[name]], name=f"{name}/cast_fp32", to=TensorProto.FLOAT)
+                    )
                 node.input[i] = up[name]
             elif not wrap and name in widened:
                 if name not in back:
                     back[name] = f"{name}/{helper.tensor_dtype_to_np_dtype(original_type[name]).name}"
-                    new_nodes.append(helper.make_node("Cast", [name], [back[name]], name=f"{back[name]}/cast",
-                                                      to=original_type[name]))
+                    new_nodes.append(
+                        helper.make_node(
+                            "Cast", [name], [back[name]], name=f"{back[name]}/cast", to=original_type[name]
+                        )
+                    )
                 node.input[i] = back[name]
         new_nodes.append(node)
         if not wrap:
@@ -189,14 +207,18 @@ def _bf16_interface_as_fp32(model: onnx.ModelProto) -> None:
     for vi in g.input:
         if vi.name not in inits and vi.type.tensor_type.elem_type == TensorProto.BFLOAT16:
             _rename(g, vi.name, f"{vi.name}/bf16")
-            head.append(helper.make_node("Cast", [vi.name], [f"{vi.name}/bf16"], name=f"{vi.name}/round_bf16",
-                                         to=TensorProto.BFLOAT16))
+            head.append(
+                helper.make_node(
+                    "Cast", [vi.name], [f"{vi.name}/bf16"], name=f"{vi.name}/round_bf16", to=TensorProto.BFLOAT16
+                )
+            )
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
     for vi in g.output:
         if vi.type.tensor_type.elem_type == TensorProto.BFLOAT16:
             _rename(g, vi.name, f"{vi.name}/bf16")
-            tail.append(helper.make_node("Cast", [f"{vi.name}/bf16"], [vi.name], name=f"{vi.name}/widen",
-                                         to=TensorProto.FLOAT))
+            tail.append(
+                helper.make_node("Cast", [f"{vi.name}/bf16"], [vi.name], name=f"{vi.name}/widen", to=TensorProto.FLOAT)
+            )
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
     if head or tail:
         nodes = [*head, *g.node, *tail]

@@ -39,14 +39,25 @@ class GraphBuilder:
 
     def split(self, x: str, axis: int, sizes: list[int], prefix: str) -> list[str]:
         outs = [self.name(f"{prefix}/Split") for _ in sizes]
-        self.nodes.append(helper.make_node("Split", [x, self.const(prefix, sizes, np.int64)], outs,
-                                           name=self.name(prefix + "/n"), axis=axis))
+        self.nodes.append(
+            helper.make_node(
+                "Split", [x, self.const(prefix, sizes, np.int64)], outs, name=self.name(prefix + "/n"), axis=axis
+            )
+        )
         return outs
 
     def slice(self, x: str, starts: list[int], ends: list[int], axes: list[int], prefix: str) -> str:
         """``x[starts:ends]`` along ``axes`` (ONNX Slice with constant bounds)."""
-        return self.op("Slice", [x, self.const(prefix, starts, np.int64), self.const(prefix, ends, np.int64),
-                                 self.const(prefix, axes, np.int64)], prefix)
+        return self.op(
+            "Slice",
+            [
+                x,
+                self.const(prefix, starts, np.int64),
+                self.const(prefix, ends, np.int64),
+                self.const(prefix, axes, np.int64),
+            ],
+            prefix,
+        )
 
     def graph_input(self, name: str, shape: list[Any]) -> str:
         """Declare a float graph input (once: a layer read several times declares its weight

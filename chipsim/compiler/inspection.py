@@ -113,18 +113,21 @@ class InspectReport:
 
     def format_text(self) -> str:
         t = self.totals()
-        head = ("programmable" if self.programmable else f"REFUSED ({t['refused']} reason(s))")
-        lines = [f"{head} on profile {self.profile!r}: {t['analog_nodes']} analog nodes ({t['analog_layers']} layers, "
-                 f"{t['tiles']} tiles, {t['weights']:,} weights, {t['devices']:,} devices); "
-                 f"{t['digital_nodes']} digital nodes"]
+        head = "programmable" if self.programmable else f"REFUSED ({t['refused']} reason(s))"
+        lines = [
+            f"{head} on profile {self.profile!r}: {t['analog_nodes']} analog nodes ({t['analog_layers']} layers, "
+            f"{t['tiles']} tiles, {t['weights']:,} weights, {t['devices']:,} devices); "
+            f"{t['digital_nodes']} digital nodes"
+        ]
         if self.analog:
             lines.append("analog:")
             for a in self.analog:
-                shared = (f"; reads the layer(s) of {', '.join(repr(n) for n in a.shared_from)}"
-                          if a.shared_from else "")
-                lines.append(f"  {a.node}  {a.op}  weight {a.weight!r} {'x'.join(map(str, a.weight_shape))}  "
-                             f"{a.layers} layer(s), {a.tiles} tile(s), {a.devices:,} devices{shared}  "
-                             f"r={a.input_range:g} ({a.input_range_source})")
+                shared = f"; reads the layer(s) of {', '.join(repr(n) for n in a.shared_from)}" if a.shared_from else ""
+                lines.append(
+                    f"  {a.node}  {a.op}  weight {a.weight!r} {'x'.join(map(str, a.weight_shape))}  "
+                    f"{a.layers} layer(s), {a.tiles} tile(s), {a.devices:,} devices{shared}  "
+                    f"r={a.input_range:g} ({a.input_range_source})"
+                )
         if self.digital:
             lines.append("digital:")
             lines += [f"  {d.node}  {d.domain + '.' if d.domain else ''}{d.op}  {d.reason}" for d in self.digital]
@@ -171,13 +174,19 @@ def _collect_refusals(model: onnx.ModelProto, report: InspectReport) -> None:
         check_runnable(model, lambda node: maps_node(node, consts))
     except CompileError as err:
         named = [n for n in model.graph.node if f"node {n.name or n.op_type!r} " in str(err)]
-        report.refused.append(Refusal(_label(named[0]) if named else None, named[0].op_type if named else None,
-                                      str(err)))
+        report.refused.append(
+            Refusal(_label(named[0]) if named else None, named[0].op_type if named else None, str(err))
+        )
 
 
-def inspect_model(model_bytes: bytes, profile: ChipProfile, profile_name: str = "custom",
-                  calibration: Calibration | None = None, eval_inputs: Calibration | None = None,
-                  limits: AllocationLimits | None = None) -> InspectReport:
+def inspect_model(
+    model_bytes: bytes,
+    profile: ChipProfile,
+    profile_name: str = "custom",
+    calibration: Calibration | None = None,
+    eval_inputs: Calibration | None = None,
+    limits: AllocationLimits | None = None,
+) -> InspectReport:
     """The dry-run report of programming ``model_bytes`` on ``profile`` (see the module docstring);
     ``limits``: what the model may allocate, checked before calibration runs it (a model over
     them is refused in the report)."""
@@ -218,11 +227,20 @@ def inspect_model(model_bytes: bytes, profile: ChipProfile, profile_name: str = 
         rewriter = rewriter_of(node)
         w = first.meta["weight"] if first else next(iter(rewriter.analog_weights(node, consts)))  # type: ignore[union-attr]
         weights = sum(int(s.weight.size) for s in held)
-        report.analog.append(AnalogNode(
-            node=label, op=node.op_type, weight=w, weight_shape=[int(d) for d in np.shape(consts[w])],
-            layers=len(held), tiles=sum(len(s.tiles) for s in held), weights=weights,
-            devices=DEVICES_PER_WEIGHT * weights, input_range=float(first.input_range) if first else 0.0,
-            input_range_source=str(first.meta.get("input_range_source", "default")) if first else "not compiled",
-            reads=[specs_of[i].name for i in read],
-            shared_from=list(dict.fromkeys(readers[i][0] for i in read if readers[i][0] != label))))
+        report.analog.append(
+            AnalogNode(
+                node=label,
+                op=node.op_type,
+                weight=w,
+                weight_shape=[int(d) for d in np.shape(consts[w])],
+                layers=len(held),
+                tiles=sum(len(s.tiles) for s in held),
+                weights=weights,
+                devices=DEVICES_PER_WEIGHT * weights,
+                input_range=float(first.input_range) if first else 0.0,
+                input_range_source=str(first.meta.get("input_range_source", "default")) if first else "not compiled",
+                reads=[specs_of[i].name for i in read],
+                shared_from=list(dict.fromkeys(readers[i][0] for i in read if readers[i][0] != label)),
+            )
+        )
     return report

@@ -1,7 +1,8 @@
 """Loading an ONNX model held in memory, its checks, and what the rewriters read from it.
 
 Never reads a path a model names (external data is refused here; :mod:`.archive` resolves it
-inside an uploaded archive's private folder), so an upload cannot make the chip read a file. New loader features (symbolic dims, other float types, other op domains)
+inside an uploaded archive's private folder), so an upload cannot make the chip read a file. New
+loader features (symbolic dims, other float types, other op domains)
 belong here: everything after this module sees a checked ``onnx.ModelProto``.
 """
 
@@ -148,8 +149,9 @@ def probe_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int
         vi = next(v for v in model.graph.input if v.name == spec["name"])
         if not vi.type.tensor_type.HasField("shape"):
             return {}
-        feeds[spec["name"]] = np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]],
-                                       np.dtype(spec["dtype"]))
+        feeds[spec["name"]] = np.zeros(
+            [d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]], np.dtype(spec["dtype"])
+        )
     m = onnx.ModelProto()
     m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
@@ -172,9 +174,11 @@ def io_specs(values, init_names: set[str]) -> list[dict[str, Any]]:
         tt = vi.type.tensor_type
         # bf16 graph inputs/outputs are float32 holding bf16 values on the chip (float_types.py)
         as_float = not tt.elem_type or tt.elem_type == TensorProto.BFLOAT16
-        out.append({
-            "name": vi.name,
-            "dtype": "float32" if as_float else helper.tensor_dtype_to_np_dtype(tt.elem_type).name,
-            "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim],
-        })
+        out.append(
+            {
+                "name": vi.name,
+                "dtype": "float32" if as_float else helper.tensor_dtype_to_np_dtype(tt.elem_type).name,
+                "shape": [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim],
+            }
+        )
     return out

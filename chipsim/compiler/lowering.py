@@ -27,8 +27,15 @@ def is_linear(profile: ChipProfile) -> bool:
     no per-MVM noise, no IR drop (weight effects only: drift, programming/read noise, faults).
     Then ``α_k·r·s_col / r`` is folded into the read-out weights and each analog layer compiles
     to the original model's own MatMul/Conv (plus a Sum over tiles)."""
-    return (not profile.in_clip and profile.in_levels == 0 and profile.out_levels == 0 and profile.out_bound == 0
-            and profile.w_noise == 0 and profile.out_noise == 0 and profile.ir_drop == 0)
+    return (
+        not profile.in_clip
+        and profile.in_levels == 0
+        and profile.out_levels == 0
+        and profile.out_bound == 0
+        and profile.w_noise == 0
+        and profile.out_noise == 0
+        and profile.ir_drop == 0
+    )
 
 
 def tile_parts(profile: ChipProfile) -> list[str]:
@@ -62,8 +69,12 @@ def part_factors(profile: ChipProfile, input_range: float, rows: int) -> dict[st
     :func:`emit_tile_periphery`); ``a``: u·rows/g_ratio (the IR-drop load ``a``, DESIGN §3.3);
     ``v``: w_noise²·u²/s² (noise variance in ADC steps²)."""
     u, s = input_unit(profile, input_range), adc_scale_step(profile)
-    return {"w": u / s, "r": u * profile.ir_drop * IR_DROP_POLY[2] / s, "a": u * rows / IR_DROP_G_RATIO,
-            "v": profile.w_noise**2 * u * u / (s * s)}
+    return {
+        "w": u / s,
+        "r": u * profile.ir_drop * IR_DROP_POLY[2] / s,
+        "a": u * rows / IR_DROP_G_RATIO,
+        "v": profile.w_noise**2 * u * u / (s * s),
+    }
 
 
 def weight_shape(plan: LayerPlan, k: int, parts: int) -> list[int]:
@@ -94,8 +105,9 @@ def emit_dac(b: GraphBuilder, x: str, r: float, profile: ChipProfile, prefix: st
     return x
 
 
-def emit_tile_products(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profile: ChipProfile, prefix: str,
-                       conv_attrs: dict | None) -> dict[str, str]:
+def emit_tile_products(
+    b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profile: ChipProfile, prefix: str, conv_attrs: dict | None
+) -> dict[str, str]:
     """All matrix products of one tile (:func:`tile_parts`), one tensor per part.
 
     Conv: one Conv with the inputs stacked along channels and ``group = P·groups`` (weights
@@ -117,7 +129,7 @@ def emit_tile_products(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profil
         inputs = [b.op("Concat", [sources[p] for p in parts], prefix, axis=1), names["w"]]
         if "v" in parts and profile.out_noise > 0:  # + (σ_out/s)², in the Conv's bias
             bias = np.zeros(len(parts) * plan.cols, np.float32)
-            bias[parts.index("v") * plan.cols:] = (profile.out_noise / s) ** 2
+            bias[parts.index("v") * plan.cols :] = (profile.out_noise / s) ** 2
             inputs.append(b.const(prefix, bias))
         groups = len(parts) * int(conv_attrs.get("group", 1))  # type: ignore[union-attr]  # P parts × groups
         out = b.op("Conv", inputs, prefix, **{**conv_attrs, "group": groups})  # type: ignore[dict-item]
@@ -143,8 +155,9 @@ def emit_noise_like(b: GraphBuilder, like: str, name: str, prefix: str) -> str:
     return b.op("Reshape", [name, b.op("Shape", [like], prefix)], prefix)
 
 
-def emit_tile_periphery(b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profile: ChipProfile, prefix: str,
-                        conv_attrs: dict | None) -> str:
+def emit_tile_periphery(
+    b: GraphBuilder, xk: str, plan: LayerPlan, k: int, profile: ChipProfile, prefix: str, conv_attrs: dict | None
+) -> str:
     """One tile: products, IR drop, noise, ADC and scale, in ADC steps (DESIGN §3.3).
 
     With the factors of :func:`part_factors` in the weights, ``y = w`` is the ideal output in ADC

@@ -74,8 +74,9 @@ def without(model: onnx.ModelProto, replaced: Callable[[onnx.NodeProto], bool]) 
     del out.graph.node[:]
     out.graph.node.extend(keep)
     # Analog layers compute in float32 (compute_in_fp32 ran before), whatever the op
-    out.graph.input.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
-                           for n in gone for o in n.output if o)
+    out.graph.input.extend(
+        helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for n in gone for o in n.output if o
+    )
     return out
 
 

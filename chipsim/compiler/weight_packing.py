@@ -25,6 +25,7 @@ from chipsim.state import LayerState
 def tile_weights(plan: LayerPlan, profile: ChipProfile, w: np.ndarray, input_range: float) -> dict[str, np.ndarray]:
     """The weight inputs of one tile, by part, from its normalised weights (rows, cols); a Conv
     tile's parts are stacked into ``w``. Linear profiles: ``w`` carries α·s_col already."""
+
     def conv_form(m: np.ndarray) -> np.ndarray:
         return m.T.reshape(plan.cols, -1, *plan.conv_shape[2:])  # type: ignore[index]
 
@@ -44,8 +45,9 @@ def tile_weights(plan: LayerPlan, profile: ChipProfile, w: np.ndarray, input_ran
     return {p: np.ascontiguousarray(m, dtype=np.float32) for p, m in zip(parts, mats)}
 
 
-def weight_inputs(plans: Sequence[LayerPlan], layers: Sequence[LayerState], readout: ChipReadout,
-                  profile: ChipProfile, mode: GdcMode) -> dict[str, np.ndarray]:
+def weight_inputs(
+    plans: Sequence[LayerPlan], layers: Sequence[LayerState], readout: ChipReadout, profile: ChipProfile, mode: GdcMode
+) -> dict[str, np.ndarray]:
     """Every tile's weight inputs at a read-out, by graph input name. ``mode`` matters only for
     linear profiles, whose weights carry the GDC factors (see lowering.is_linear)."""
     linear = is_linear(profile)
@@ -62,8 +64,9 @@ def weight_inputs(plans: Sequence[LayerPlan], layers: Sequence[LayerState], read
     return weights
 
 
-def scale_inputs(plans: Sequence[LayerPlan], layers: Sequence[LayerState], readout: ChipReadout,
-                 profile: ChipProfile, mode: GdcMode) -> dict[str, np.ndarray]:
+def scale_inputs(
+    plans: Sequence[LayerPlan], layers: Sequence[LayerState], readout: ChipReadout, profile: ChipProfile, mode: GdcMode
+) -> dict[str, np.ndarray]:
     """Every tile's scale input ``α_k·r·s_col·step`` for a GDC mode, by graph input name (none
     for linear profiles: their weights carry it)."""
     if is_linear(profile):

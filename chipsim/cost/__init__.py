@@ -24,7 +24,20 @@ from chipsim.cost.errors import CostError
 from chipsim.cost.estimate import ESTIMATE_NOTE, CostEstimate, CostEstimator, LayerCost, estimate, price
 
 __all__ = [
-    "COST_MODELS", "DEFAULT_COST_MODEL", "ESTIMATE_NOTE", "CostError", "CostEstimate", "CostEstimator", "CostModel",
-    "GraphCounts", "LayerCost", "cost_model_for", "count_chip", "count_graph", "estimate", "get_cost_model",
-    "hermes_cost_model", "price",
+    "COST_MODELS",
+    "DEFAULT_COST_MODEL",
+    "ESTIMATE_NOTE",
+    "CostError",
+    "CostEstimate",
+    "CostEstimator",
+    "CostModel",
+    "GraphCounts",
+    "LayerCost",
+    "cost_model_for",
+    "count_chip",
+    "count_graph",
+    "estimate",
+    "get_cost_model",
+    "hermes_cost_model",
+    "price",
 ]

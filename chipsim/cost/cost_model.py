@@ -105,13 +105,19 @@ class CostModel(BaseModel):
     name: str = Field(..., max_length=64, description="Preset name, e.g. 'hermes-1phase'.")
     description: str = Field("", max_length=500)
     e_tile_mvm_j: float = Field(..., ge=0, le=_MAX_ENERGY_J, description="Fixed energy per tile MVM, J.")
-    e_mac_j: float = Field(..., ge=0, le=_MAX_ENERGY_J, description="Energy per programmed weight per MVM (crossbar), J.")
+    e_mac_j: float = Field(
+        ..., ge=0, le=_MAX_ENERGY_J, description="Energy per programmed weight per MVM (crossbar), J."
+    )
     e_dac_j: float = Field(..., ge=0, le=_MAX_ENERGY_J, description="Energy per input (DAC) conversion, J.")
     e_adc_j: float = Field(..., ge=0, le=_MAX_ENERGY_J, description="Energy per output (ADC) conversion, J.")
     e_digital_op_j: float = Field(..., ge=0, le=_MAX_ENERGY_J, description="Energy per digital operation, J.")
     t_tile_mvm_s: float = Field(..., gt=0, le=_MAX_TIME_S, description="Time of one MVM on a tile, s.")
-    t_digital_op_s: float = Field(..., ge=0, le=_MAX_TIME_S, description="Time per digital operation (1/throughput), s.")
-    converter_bits: int = Field(HERMES_BITS, ge=1, le=24, description="DAC/ADC resolution the constants were calibrated at.")
+    t_digital_op_s: float = Field(
+        ..., ge=0, le=_MAX_TIME_S, description="Time per digital operation (1/throughput), s."
+    )
+    converter_bits: int = Field(
+        HERMES_BITS, ge=1, le=24, description="DAC/ADC resolution the constants were calibrated at."
+    )
     sources: tuple[str, ...] = Field((), description="Where the constants come from.")
 
     def tile_mvm_energy_j(self, rows: int, cols: int) -> float:
@@ -123,8 +129,10 @@ def hermes_anchor(phases: int) -> tuple[float, float]:
     """Energy (J) and time (s) of one full 256×256 8-bit core MVM on HERMES in the read mode with
     ``phases`` modulation phases (1 or 4), from the published TOPS/W and TOPS."""
     if phases not in HERMES_TOPS:
-        raise CostError(f"cost_model: HERMES was published in {sorted(HERMES_TOPS)}-phase read modes, not {phases}",
-                        field="cost_model")
+        raise CostError(
+            f"cost_model: HERMES was published in {sorted(HERMES_TOPS)}-phase read modes, not {phases}",
+            field="cost_model",
+        )
     ops = OPS_PER_MAC * HERMES_CORE_ROWS * HERMES_CORE_COLS
     return ops / (HERMES_TOPS_PER_W[phases] * 1e12), HERMES_CORES * ops / (HERMES_TOPS[phases] * 1e12)
 
@@ -147,8 +155,10 @@ def hermes_cost_model(phases: int = 1, adc_share: float = HERMES_ADC_SHARE) -> C
     periphery = e_mvm - e0  # = phases·E_phase
     return CostModel(
         name=f"hermes-{phases}phase",
-        description=(f"Estimate calibrated on IBM HERMES (14 nm PCM, 256x256 cores, 8-bit), {phases}-phase read mode: "
-                     f"{HERMES_TOPS[phases]} TOPS at {HERMES_TOPS_PER_W[phases]} TOPS/W published"),
+        description=(
+            f"Estimate calibrated on IBM HERMES (14 nm PCM, 256x256 cores, 8-bit), {phases}-phase read mode: "
+            f"{HERMES_TOPS[phases]} TOPS at {HERMES_TOPS_PER_W[phases]} TOPS/W published"
+        ),
         e_tile_mvm_j=0.0,
         e_mac_j=e0 / (HERMES_CORE_ROWS * HERMES_CORE_COLS),
         e_dac_j=(1.0 - adc_share) * periphery / HERMES_CORE_ROWS,
@@ -187,8 +197,9 @@ def get_cost_model(name: str) -> CostModel:
     try:
         return COST_MODELS[name]
     except (KeyError, TypeError):
-        raise CostError(f"cost_model: unknown cost model {name!r}; known: {sorted(COST_MODELS)}",
-                        field="cost_model") from None
+        raise CostError(
+            f"cost_model: unknown cost model {name!r}; known: {sorted(COST_MODELS)}", field="cost_model"
+        ) from None
 
 
 def cost_model_for(profile: ChipProfile, cost_model: CostModel | str | None = None) -> CostModel:
@@ -213,14 +224,20 @@ def profile_warnings(profile: ChipProfile, model: CostModel) -> list[str]:
     for what, levels in (("DAC", profile.in_levels), ("ADC", profile.out_levels)):
         bits = converter_bits(levels)
         if bits is None:
-            out.append(f"the profile's {what} is ideal (no quantisation); its conversions are priced at "
-                       f"{model.converter_bits} bits")
+            out.append(
+                f"the profile's {what} is ideal (no quantisation); its conversions are priced at "
+                f"{model.converter_bits} bits"
+            )
         elif bits != model.converter_bits:
-            out.append(f"the profile's {what} has {bits} bits; conversions are priced at the calibration's "
-                       f"{model.converter_bits} bits (not rescaled)")
+            out.append(
+                f"the profile's {what} has {bits} bits; conversions are priced at the calibration's "
+                f"{model.converter_bits} bits (not rescaled)"
+            )
     if profile.device != "pcm":
-        out.append(f"device {profile.device!r}: the crossbar energy is calibrated on PCM; it is "
-                   f"{_array_share(model):.0%} of a full tile's MVM energy, so the estimate carries over roughly")
+        out.append(
+            f"device {profile.device!r}: the crossbar energy is calibrated on PCM; it is "
+            f"{_array_share(model):.0%} of a full tile's MVM energy, so the estimate carries over roughly"
+        )
     return out
 
 

@@ -40,17 +40,56 @@ from chipsim.state import ChipState
 MAX_BATCH = 1 << 24
 
 #: Ops without arithmetic (layout, indexing, copies): 0 operations. Data movement is not priced.
-ZERO_OPS = frozenset({
-    "Cast", "CastLike", "Concat", "Constant", "ConstantOfShape", "DepthToSpace", "Dropout", "Expand", "Flatten",
-    "Gather", "GatherElements", "GatherND", "Identity", "NonZero", "Pad", "Range", "Reshape", "Shape", "Size",
-    "Slice", "SpaceToDepth", "Split", "Squeeze", "Tile", "Transpose", "Unsqueeze",
-})
+ZERO_OPS = frozenset(
+    {
+        "Cast",
+        "CastLike",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "DepthToSpace",
+        "Dropout",
+        "Expand",
+        "Flatten",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Identity",
+        "NonZero",
+        "Pad",
+        "Range",
+        "Reshape",
+        "Shape",
+        "Size",
+        "Slice",
+        "SpaceToDepth",
+        "Split",
+        "Squeeze",
+        "Tile",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
 #: Reductions: one operation per *input* element.
-REDUCTIONS = frozenset({
-    "ArgMax", "ArgMin", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "ReduceL1", "ReduceL2",
-    "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum",
-    "ReduceSumSquare",
-})
+REDUCTIONS = frozenset(
+    {
+        "ArgMax",
+        "ArgMin",
+        "GlobalAveragePool",
+        "GlobalLpPool",
+        "GlobalMaxPool",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "ReduceSumSquare",
+    }
+)
 #: Windowed pooling: one operation per output element and window element.
 POOLS = frozenset({"AveragePool", "LpPool", "MaxPool"})
 #: Operations per input element of composite ops: softmax = max, exp-and-sum, divide; layer /
@@ -58,11 +97,23 @@ POOLS = frozenset({"AveragePool", "LpPool", "MaxPool"})
 #: inference = scale, shift. Everything else (elementwise, including transcendental functions,
 #: which HERMES evaluates by look-up tables) counts one operation per output element.
 OPS_PER_ELEMENT: dict[str, int] = {
-    "Softmax": 3, "LogSoftmax": 3, "LayerNormalization": 6, "InstanceNormalization": 6, "GroupNormalization": 6,
+    "Softmax": 3,
+    "LogSoftmax": 3,
+    "LayerNormalization": 6,
+    "InstanceNormalization": 6,
+    "GroupNormalization": 6,
     "BatchNormalization": 2,
 }
-_ANALOG_OPS = {"matmul": "MatMul", "matmul_left": "MatMul", "gemm": "Gemm", "conv": "Conv",
-               "conv_transpose": "ConvTranspose", "lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+_ANALOG_OPS = {
+    "matmul": "MatMul",
+    "matmul_left": "MatMul",
+    "gemm": "Gemm",
+    "conv": "Conv",
+    "conv_transpose": "ConvTranspose",
+    "lstm": "LSTM",
+    "gru": "GRU",
+    "rnn": "RNN",
+}
 _RECURRENT = frozenset({"lstm", "gru", "rnn"})
 _RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 
@@ -143,8 +194,9 @@ def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in init]
 
 
-def fix_input_shapes(model: onnx.ModelProto, batch: int | None,
-                     input_shapes: Mapping[str, Sequence[int]] | None) -> tuple[onnx.ModelProto, int, list[str]]:
+def fix_input_shapes(
+    model: onnx.ModelProto, batch: int | None, input_shapes: Mapping[str, Sequence[int]] | None
+) -> tuple[onnx.ModelProto, int, list[str]]:
     """A copy of ``model`` with every input dimension fixed: from ``input_shapes`` where given,
     else a symbolic leading dimension → ``batch`` and any other symbolic dimension → 1 (with a
     warning). Returns the copy, the batch and the warnings. :class:`CostError` names the field."""
@@ -154,8 +206,9 @@ def fix_input_shapes(model: onnx.ModelProto, batch: int | None,
     names = {i.name for i in inputs}
     shapes = dict(input_shapes or {})
     for name in shapes.keys() - names:
-        raise CostError(f"inputs.{name}: the model has no input {name!r}; it takes {sorted(names)}",
-                        field=f"inputs.{name}")
+        raise CostError(
+            f"inputs.{name}: the model has no input {name!r}; it takes {sorted(names)}", field=f"inputs.{name}"
+        )
     warnings: list[str] = []
     batches: set[int] = set()
     for inp in inputs:
@@ -164,35 +217,47 @@ def fix_input_shapes(model: onnx.ModelProto, batch: int | None,
         if given is not None:
             given = check_shape(given, f"inputs.{inp.name}")
             if tt.HasField("shape") and len(given) != len(tt.shape.dim):
-                raise CostError(f"inputs.{inp.name}: expected {len(tt.shape.dim)} dimensions, got shape {given}",
-                                field=f"inputs.{inp.name}")
+                raise CostError(
+                    f"inputs.{inp.name}: expected {len(tt.shape.dim)} dimensions, got shape {given}",
+                    field=f"inputs.{inp.name}",
+                )
             if any(v < 1 for v in given):
-                raise CostError(f"inputs.{inp.name}: dimensions must be positive, got {given}", field=f"inputs.{inp.name}")
+                raise CostError(
+                    f"inputs.{inp.name}: dimensions must be positive, got {given}", field=f"inputs.{inp.name}"
+                )
             for d, v in zip(tt.shape.dim, given):
                 if d.HasField("dim_value") and d.dim_value != v:
-                    raise CostError(f"inputs.{inp.name}: shape {given} does not fit the model's "
-                                    f"{[x.dim_value or x.dim_param for x in tt.shape.dim]}", field=f"inputs.{inp.name}")
+                    raise CostError(
+                        f"inputs.{inp.name}: shape {given} does not fit the model's "
+                        f"{[x.dim_value or x.dim_param for x in tt.shape.dim]}",
+                        field=f"inputs.{inp.name}",
+                    )
             tt.ClearField("shape")
             for v in given:
                 tt.shape.dim.add().dim_value = v
             batches.add(given[0] if given else 1)
             continue
         if not tt.HasField("shape"):
-            raise CostError(f"inputs.{inp.name}: the model does not declare its shape; pass the input shapes",
-                            field=f"inputs.{inp.name}")
+            raise CostError(
+                f"inputs.{inp.name}: the model does not declare its shape; pass the input shapes",
+                field=f"inputs.{inp.name}",
+            )
         b = 1 if batch is None else batch
         for axis, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value"):
                 if axis == 0 and batch is not None and d.dim_value != batch:
-                    raise CostError(f"batch: input {inp.name!r} has a fixed batch dimension of {d.dim_value}",
-                                    field="batch")
+                    raise CostError(
+                        f"batch: input {inp.name!r} has a fixed batch dimension of {d.dim_value}", field="batch"
+                    )
                 continue
             label = d.dim_param or "?"
             d.Clear()
             d.dim_value = b if axis == 0 else 1
             if axis > 0:
-                warnings.append(f"input {inp.name!r}: symbolic dimension {label!r} (axis {axis}) taken as 1; "
-                                "pass the input shapes for the real size")
+                warnings.append(
+                    f"input {inp.name!r}: symbolic dimension {label!r} (axis {axis}) taken as 1; "
+                    "pass the input shapes for the real size"
+                )
         dims = tt.shape.dim
         batches.add(dims[0].dim_value if len(dims) else 1)
     if len(batches) > 1:
@@ -208,7 +273,9 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as err:  # onnx raises several types
-        raise CostError(f"chip: shape inference failed on the chip's model ({str(err).splitlines()[0][:200]})") from None
+        raise CostError(
+            f"chip: shape inference failed on the chip's model ({str(err).splitlines()[0][:200]})"
+        ) from None
     shapes: dict[str, tuple[int, ...] | None] = {}
     for t in inferred.graph.initializer:
         shapes[t.name] = tuple(int(d) for d in t.dims)
@@ -306,8 +373,12 @@ def _node_plans(node: onnx.NodeProto, plans: Sequence[Mapping[str, Any]]) -> lis
     return out
 
 
-def count_graph(model: onnx.ModelProto, plans: Sequence[Mapping[str, Any]], batch: int | None = None,
-                input_shapes: Mapping[str, Sequence[int]] | None = None) -> GraphCounts:
+def count_graph(
+    model: onnx.ModelProto,
+    plans: Sequence[Mapping[str, Any]],
+    batch: int | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> GraphCounts:
     """Counts of ``model`` (the ONNX model a chip was programmed from) with its compiled
     ``plans``, at ``batch`` or at the given input shapes (see :func:`fix_input_shapes`)."""
     fixed, batch, warnings = fix_input_shapes(model, batch, input_shapes)
@@ -339,12 +410,15 @@ def count_graph(model: onnx.ModelProto, plans: Sequence[Mapping[str, Any]], batc
         by_op[node.op_type] = by_op.get(node.op_type, 0) + ops
     missing = [i for i in range(len(plans)) if i not in matched]
     if missing:
-        raise CostError("chip: its stored model does not match its programmed layers "
-                        f"(matched {len(plans) - len(missing)} of {len(plans)}; first unmatched: "
-                        f"{plans[missing[0]].get('name')!r})")
+        raise CostError(
+            "chip: its stored model does not match its programmed layers "
+            f"(matched {len(plans) - len(missing)} of {len(plans)}; first unmatched: "
+            f"{plans[missing[0]].get('name')!r})"
+        )
     if uncounted:
-        warnings.append(f"{len(uncounted)} digital node(s) not counted (shape unknown or control flow): "
-                        f"{uncounted[:5]}")
+        warnings.append(
+            f"{len(uncounted)} digital node(s) not counted (shape unknown or control flow): {uncounted[:5]}"
+        )
     digital = DigitalCounts(nodes=nodes, ops=sum(by_op.values()), by_op=by_op, uncounted=tuple(uncounted))
     return GraphCounts(batch=batch, layers=tuple(layers), digital=digital, warnings=tuple(warnings))
 
@@ -353,8 +427,9 @@ def _tile_rows(p: Mapping[str, Any]) -> list[int]:
     return [int(e) - int(a) for a, e in p["tiles"]]
 
 
-def _layer_counts(node: onnx.NodeProto, group: Sequence[Mapping[str, Any]], shapes, batch: int,
-                  warnings: list[str]) -> AnalogLayerCounts:
+def _layer_counts(
+    node: onnx.NodeProto, group: Sequence[Mapping[str, Any]], shapes, batch: int, warnings: list[str]
+) -> AnalogLayerCounts:
     """One node's MVMs on its layer (or, in chips programmed before grouped Convs were one
     layer, its groups' layers). A grouped layer's tile holds one channel slice of every group:
     its DAC converts ``groups ×`` the tile's rows."""
@@ -377,11 +452,21 @@ def _layer_counts(node: onnx.NodeProto, group: Sequence[Mapping[str, Any]], shap
     else:  # the compiler's per-sample shape (symbolic dims as 1) times the batch
         per = group[0]["out_shape"]
         mvms = batch * _applications(kind, tuple(per))
-        warnings.append(f"layer {node.name or node.op_type!r}: output shape not inferred; MVMs from the "
-                        "compiled per-sample shape")
-    return AnalogLayerCounts(name=node.name or node.op_type, kind=kind, chip_layers=tuple(p["name"] for p in group),
-                             tiles=tiles, rows=rows, cols=cols, weights=weights, adc_per_mvm=adc,
-                             digital_per_mvm=digital, mvms=mvms)
+        warnings.append(
+            f"layer {node.name or node.op_type!r}: output shape not inferred; MVMs from the compiled per-sample shape"
+        )
+    return AnalogLayerCounts(
+        name=node.name or node.op_type,
+        kind=kind,
+        chip_layers=tuple(p["name"] for p in group),
+        tiles=tiles,
+        rows=rows,
+        cols=cols,
+        weights=weights,
+        adc_per_mvm=adc,
+        digital_per_mvm=digital,
+        mvms=mvms,
+    )
 
 
 def _recurrent_counts(node: onnx.NodeProto, p: Mapping[str, Any], shapes, batch: int) -> AnalogLayerCounts:
@@ -401,13 +486,23 @@ def _recurrent_counts(node: onnx.NodeProto, p: Mapping[str, Any], shapes, batch:
         mvms = n * (p["out_shape"][1] if x is None else steps - no_state)
     else:  # unrolled: one read per step as compiled
         mvms = n * (1 + len(p.get("reads", [])))
-    return AnalogLayerCounts(name=p["name"], kind=p["kind"], chip_layers=(p["name"],), tiles=len(tile_rows),
-                             rows=sum(tile_rows), cols=c, weights=sum(tile_rows) * c, adc_per_mvm=len(tile_rows) * c,
-                             digital_per_mvm=(len(tile_rows) - 1) * c, mvms=mvms)
+    return AnalogLayerCounts(
+        name=p["name"],
+        kind=p["kind"],
+        chip_layers=(p["name"],),
+        tiles=len(tile_rows),
+        rows=sum(tile_rows),
+        cols=c,
+        weights=sum(tile_rows) * c,
+        adc_per_mvm=len(tile_rows) * c,
+        digital_per_mvm=(len(tile_rows) - 1) * c,
+        mvms=mvms,
+    )
 
 
-def count_chip(chip: ChipState, batch: int | None = None,
-               input_shapes: Mapping[str, Sequence[int]] | None = None) -> GraphCounts:
+def count_chip(
+    chip: ChipState, batch: int | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> GraphCounts:
     """:func:`count_graph` of a programmed chip."""
     plans = chip_plans(chip)
     return count_graph(onnx.load_from_string(chip.attachments["model.onnx"]), plans, batch, input_shapes)

@@ -25,8 +25,8 @@ from chipsim.cost.cost_model import OPS_PER_MAC, CostModel, cost_model_for, prof
 from chipsim.cost.counts import (
     AnalogLayerCounts,
     GraphCounts,
-    check_shape,
     check_batch,
+    check_shape,
     chip_plans,
     count_graph,
     data_inputs,
@@ -35,8 +35,10 @@ from chipsim.cost.errors import CostError
 from chipsim.state import ChipState
 
 #: The label every serialised estimate carries.
-ESTIMATE_NOTE = ("estimate, not a measurement: operation counts of the compiled model priced by a cost model "
-                 "calibrated on published chips (chipsim.cost, docs/energy.md)")
+ESTIMATE_NOTE = (
+    "estimate, not a measurement: operation counts of the compiled model priced by a cost model "
+    "calibrated on published chips (chipsim.cost, docs/energy.md)"
+)
 
 
 def _per(n: int, batch: int) -> int | float:
@@ -59,15 +61,27 @@ class EnergyBreakdown:
         return self.tile_mvm_j + self.array_j + self.dac_j + self.adc_j + self.digital_j
 
     def scaled(self, f: float) -> EnergyBreakdown:
-        return EnergyBreakdown(self.tile_mvm_j * f, self.array_j * f, self.dac_j * f, self.adc_j * f, self.digital_j * f)
+        return EnergyBreakdown(
+            self.tile_mvm_j * f, self.array_j * f, self.dac_j * f, self.adc_j * f, self.digital_j * f
+        )
 
     def __add__(self, o: EnergyBreakdown) -> EnergyBreakdown:
-        return EnergyBreakdown(self.tile_mvm_j + o.tile_mvm_j, self.array_j + o.array_j, self.dac_j + o.dac_j,
-                               self.adc_j + o.adc_j, self.digital_j + o.digital_j)
+        return EnergyBreakdown(
+            self.tile_mvm_j + o.tile_mvm_j,
+            self.array_j + o.array_j,
+            self.dac_j + o.dac_j,
+            self.adc_j + o.adc_j,
+            self.digital_j + o.digital_j,
+        )
 
     def to_dict(self) -> dict[str, float]:
-        return {"tile_mvm": self.tile_mvm_j, "array": self.array_j, "dac": self.dac_j, "adc": self.adc_j,
-                "digital": self.digital_j}
+        return {
+            "tile_mvm": self.tile_mvm_j,
+            "array": self.array_j,
+            "dac": self.dac_j,
+            "adc": self.adc_j,
+            "digital": self.digital_j,
+        }
 
 
 @dataclass(frozen=True)
@@ -91,11 +105,23 @@ class LayerCost:
     breakdown: EnergyBreakdown
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "chip_layers": list(self.chip_layers), "tiles": self.tiles,
-                "rows": self.rows, "cols": self.cols, "mvms": self.mvms, "tile_mvms": self.tile_mvms,
-                "analog_macs": self.analog_macs, "dac_conversions": self.dac_conversions,
-                "adc_conversions": self.adc_conversions, "digital_ops": self.digital_ops, "energy_j": self.energy_j,
-                "latency_s": self.latency_s, "energy_breakdown_j": self.breakdown.to_dict()}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "chip_layers": list(self.chip_layers),
+            "tiles": self.tiles,
+            "rows": self.rows,
+            "cols": self.cols,
+            "mvms": self.mvms,
+            "tile_mvms": self.tile_mvms,
+            "analog_macs": self.analog_macs,
+            "dac_conversions": self.dac_conversions,
+            "adc_conversions": self.adc_conversions,
+            "digital_ops": self.digital_ops,
+            "energy_j": self.energy_j,
+            "latency_s": self.latency_s,
+            "energy_breakdown_j": self.breakdown.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -109,8 +135,13 @@ class DigitalCost:
     latency_s: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"nodes": self.nodes, "ops": self.ops, "ops_by_type": dict(self.by_op), "energy_j": self.energy_j,
-                "latency_s": self.latency_s}
+        return {
+            "nodes": self.nodes,
+            "ops": self.ops,
+            "ops_by_type": dict(self.by_op),
+            "energy_j": self.energy_j,
+            "latency_s": self.latency_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -133,10 +164,17 @@ class SampleCost:
         return ops / self.energy_j / 1e12 if self.energy_j > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"energy_j": self.energy_j, "latency_s": self.latency_s, "tile_mvms": self.tile_mvms,
-                "analog_macs": self.analog_macs, "dac_conversions": self.dac_conversions,
-                "adc_conversions": self.adc_conversions, "digital_ops": self.digital_ops,
-                "tops_per_w": self.tops_per_w, "energy_breakdown_j": self.breakdown.to_dict()}
+        return {
+            "energy_j": self.energy_j,
+            "latency_s": self.latency_s,
+            "tile_mvms": self.tile_mvms,
+            "analog_macs": self.analog_macs,
+            "dac_conversions": self.dac_conversions,
+            "adc_conversions": self.adc_conversions,
+            "digital_ops": self.digital_ops,
+            "tops_per_w": self.tops_per_w,
+            "energy_breakdown_j": self.breakdown.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -155,9 +193,15 @@ class CostEstimate:
     def to_dict(self, constants: bool = True) -> dict[str, Any]:
         """JSON-able form; ``constants=False`` leaves out the cost model's constants and sources."""
         out: dict[str, Any] = {
-            "estimate": True, "note": ESTIMATE_NOTE, "cost_model": self.cost_model.name, "batch": self.batch,
-            "energy_j": self.energy_j, "latency_s": self.latency_s, "per_sample": self.per_sample.to_dict(),
-            "layers": [layer.to_dict() for layer in self.layers], "digital": self.digital.to_dict(),
+            "estimate": True,
+            "note": ESTIMATE_NOTE,
+            "cost_model": self.cost_model.name,
+            "batch": self.batch,
+            "energy_j": self.energy_j,
+            "latency_s": self.latency_s,
+            "per_sample": self.per_sample.to_dict(),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "digital": self.digital.to_dict(),
             "warnings": list(self.warnings),
         }
         if constants:
@@ -176,35 +220,68 @@ def price(counts: GraphCounts, model: CostModel, warnings: Sequence[str] = ()) -
         t = c.mvms * model.t_tile_mvm_s + c.digital_ops * model.t_digital_op_s
         total += e
         latency += t
-        layers.append(LayerCost(
-            name=c.name, kind=c.kind, chip_layers=c.chip_layers, tiles=c.tiles, rows=c.rows, cols=c.cols,
-            mvms=_per(c.mvms, b), tile_mvms=_per(c.tile_mvms, b), analog_macs=_per(c.analog_macs, b),
-            dac_conversions=_per(c.dac_conversions, b), adc_conversions=_per(c.adc_conversions, b),
-            digital_ops=_per(c.digital_ops, b), energy_j=e.total_j / b, latency_s=t / b, breakdown=e.scaled(1 / b)))
+        layers.append(
+            LayerCost(
+                name=c.name,
+                kind=c.kind,
+                chip_layers=c.chip_layers,
+                tiles=c.tiles,
+                rows=c.rows,
+                cols=c.cols,
+                mvms=_per(c.mvms, b),
+                tile_mvms=_per(c.tile_mvms, b),
+                analog_macs=_per(c.analog_macs, b),
+                dac_conversions=_per(c.dac_conversions, b),
+                adc_conversions=_per(c.adc_conversions, b),
+                digital_ops=_per(c.digital_ops, b),
+                energy_j=e.total_j / b,
+                latency_s=t / b,
+                breakdown=e.scaled(1 / b),
+            )
+        )
     d = counts.digital
     e_dig = d.ops * model.e_digital_op_j
     t_dig = d.ops * model.t_digital_op_s
     total += EnergyBreakdown(digital_j=e_dig)
     latency += t_dig
-    digital = DigitalCost(nodes=d.nodes, ops=_per(d.ops, b), by_op={k: _per(v, b) for k, v in d.by_op.items()},
-                          energy_j=e_dig / b, latency_s=t_dig / b)
+    digital = DigitalCost(
+        nodes=d.nodes,
+        ops=_per(d.ops, b),
+        by_op={k: _per(v, b) for k, v in d.by_op.items()},
+        energy_j=e_dig / b,
+        latency_s=t_dig / b,
+    )
     energy = total.total_j
     sample = SampleCost(
-        energy_j=energy / b, latency_s=latency / b,
+        energy_j=energy / b,
+        latency_s=latency / b,
         tile_mvms=_per(sum(c.tile_mvms for c in counts.layers), b),
         analog_macs=_per(sum(c.analog_macs for c in counts.layers), b),
         dac_conversions=_per(sum(c.dac_conversions for c in counts.layers), b),
         adc_conversions=_per(sum(c.adc_conversions for c in counts.layers), b),
         digital_ops=_per(d.ops + sum(c.digital_ops for c in counts.layers), b),
-        breakdown=total.scaled(1 / b))
-    return CostEstimate(cost_model=model, batch=b, energy_j=energy, latency_s=latency, per_sample=sample,
-                        layers=tuple(layers), digital=digital, warnings=(*warnings, *counts.warnings))
+        breakdown=total.scaled(1 / b),
+    )
+    return CostEstimate(
+        cost_model=model,
+        batch=b,
+        energy_j=energy,
+        latency_s=latency,
+        per_sample=sample,
+        layers=tuple(layers),
+        digital=digital,
+        warnings=(*warnings, *counts.warnings),
+    )
 
 
 def _layer_energy(c: AnalogLayerCounts, m: CostModel) -> EnergyBreakdown:
-    return EnergyBreakdown(tile_mvm_j=c.tile_mvms * m.e_tile_mvm_j, array_j=c.analog_macs * m.e_mac_j,
-                           dac_j=c.dac_conversions * m.e_dac_j, adc_j=c.adc_conversions * m.e_adc_j,
-                           digital_j=c.digital_ops * m.e_digital_op_j)
+    return EnergyBreakdown(
+        tile_mvm_j=c.tile_mvms * m.e_tile_mvm_j,
+        array_j=c.analog_macs * m.e_mac_j,
+        dac_j=c.dac_conversions * m.e_dac_j,
+        adc_j=c.adc_conversions * m.e_adc_j,
+        digital_j=c.digital_ops * m.e_digital_op_j,
+    )
 
 
 class CostEstimator:
@@ -224,7 +301,9 @@ class CostEstimator:
         self._cache: dict[Any, tuple[float, float]] = {}
         self._lock = threading.Lock()
 
-    def estimate(self, batch: int | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None) -> CostEstimate:
+    def estimate(
+        self, batch: int | None = None, input_shapes: Mapping[str, Sequence[int]] | None = None
+    ) -> CostEstimate:
         """The full estimate at ``batch`` (default 1), or at the given input shapes (their
         leading dimension is the batch; symbolic dimensions not given: batch or 1)."""
         if batch is not None:
@@ -239,8 +318,9 @@ class CostEstimator:
         shapes = {k: check_shape(s, f"inputs.{k}") for k, s in (input_shapes or {}).items() if s is not None}
         for name, s in shapes.items():
             if not s or s[0] != batch:
-                raise CostError(f"inputs.{name}: leading dimension {s[:1]} is not the batch {batch}",
-                                field=f"inputs.{name}")
+                raise CostError(
+                    f"inputs.{name}: leading dimension {s[:1]} is not the batch {batch}", field=f"inputs.{name}"
+                )
         key = tuple((n, tuple(shapes[n][1:])) for n in sorted(shapes))
         with self._lock:
             hit = self._cache.get(key)
@@ -254,8 +334,13 @@ class CostEstimator:
         return hit[0] * batch, hit[1] * batch
 
 
-def estimate(chip: ChipState, batch: int | None = None, *, input_shapes: Mapping[str, Sequence[int]] | None = None,
-             cost_model: CostModel | str | None = None) -> CostEstimate:
+def estimate(
+    chip: ChipState,
+    batch: int | None = None,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    cost_model: CostModel | str | None = None,
+) -> CostEstimate:
     """Estimated energy and latency of running ``batch`` samples (default 1) on ``chip``;
     ``cost_model`` (a model or a name) defaults to the chip profile's."""
     return CostEstimator(chip, cost_model).estimate(batch, input_shapes)

@@ -18,7 +18,12 @@ Never imports torch (serving path).
 """
 
 from chipsim.fleet.breach import (
-    BreachStatus, BreachTime, breach_from_evaluation, breach_percentile, seconds_until_breach, time_to_breach,
+    BreachStatus,
+    BreachTime,
+    breach_from_evaluation,
+    breach_percentile,
+    seconds_until_breach,
+    time_to_breach,
 )
 from chipsim.fleet.errors import FleetCancelled, FleetCorruptError, FleetError, FleetExistsError, FleetNotFoundError
 from chipsim.fleet.evaluate import EvalRow, EvalTask, evaluate_task, make_tasks, summarise
@@ -30,10 +35,39 @@ from chipsim.fleet.spec import FleetEvalSpec, FleetSpec, SloSpec, chip_seed, fle
 from chipsim.fleet.stats import distribution, wilson_interval, yield_summary
 
 __all__ = [
-    "BreachStatus", "BreachTime", "EvalRow", "EvalTask", "Executor", "Fleet", "FleetCancelled", "FleetChip",
-    "FleetCorruptError", "FleetError", "FleetEvalSpec", "FleetExistsError", "FleetListing", "FleetNotFoundError",
-    "FleetSpec", "FleetStore", "LocalProcessExecutor", "SerialExecutor", "SloSpec", "breach_from_evaluation",
-    "breach_percentile", "chip_seed", "distribution", "evaluate_fleet", "evaluate_task", "executor_from_env",
-    "fleet_chip_id", "make_tasks", "open_chip_store", "program_fleet", "seconds_until_breach", "summarise",
-    "time_to_breach", "wilson_interval", "yield_summary",
+    "BreachStatus",
+    "BreachTime",
+    "EvalRow",
+    "EvalTask",
+    "Executor",
+    "Fleet",
+    "FleetCancelled",
+    "FleetChip",
+    "FleetCorruptError",
+    "FleetError",
+    "FleetEvalSpec",
+    "FleetExistsError",
+    "FleetListing",
+    "FleetNotFoundError",
+    "FleetSpec",
+    "FleetStore",
+    "LocalProcessExecutor",
+    "SerialExecutor",
+    "SloSpec",
+    "breach_from_evaluation",
+    "breach_percentile",
+    "chip_seed",
+    "distribution",
+    "evaluate_fleet",
+    "evaluate_task",
+    "executor_from_env",
+    "fleet_chip_id",
+    "make_tasks",
+    "open_chip_store",
+    "program_fleet",
+    "seconds_until_breach",
+    "summarise",
+    "time_to_breach",
+    "wilson_interval",
+    "yield_summary",
 ]

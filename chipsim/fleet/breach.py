@@ -90,8 +90,9 @@ def breach_percentile(breaches: Sequence[BreachTime], q: float) -> BreachTime:
     return BreachTime(chosen.status, chosen.age_s, (lows[rank], None if math.isinf(high) else high))
 
 
-def breach_from_evaluation(results: Sequence[dict[str, Any]], threshold: float, key: str = "gdc_on",
-                           fp_accuracy: float | None = None) -> BreachTime:
+def breach_from_evaluation(
+    results: Sequence[dict[str, Any]], threshold: float, key: str = "gdc_on", fp_accuracy: float | None = None
+) -> BreachTime:
     """Time to breach of a single chip from its ``POST /chips/{id}/evaluate`` ``results`` rows
     (``{"age_s", "gdc_on": {"mean"…}, "gdc_off": …}``); ``fp_accuracy`` turns the threshold
     into one on normalised accuracy. Rows at age 0 are skipped (no log-age)."""

@@ -39,8 +39,10 @@ class EvalSet:
     def chunks(self):
         """(feeds, labels) of consecutive chunks of at most EVAL_CHUNK samples."""
         for start in range(0, len(self), EVAL_CHUNK):
-            yield ({k: v[start:start + EVAL_CHUNK] for k, v in self.feeds.items()},
-                   self.labels[start:start + EVAL_CHUNK])
+            yield (
+                {k: v[start : start + EVAL_CHUNK] for k, v in self.feeds.items()},
+                self.labels[start : start + EVAL_CHUNK],
+            )
 
 
 def load_eval_set(data: bytes, input_names: list[str], field: str = "eval") -> EvalSet:
@@ -61,8 +63,9 @@ def load_eval_set(data: bytes, input_names: list[str], field: str = "eval") -> E
         raise FleetError(f"{field}: no array for model input(s) {missing}; found {sorted(arrays)}", field)
     for name, arr in feeds.items():
         if arr.ndim == 0 or arr.shape[0] != y.shape[0]:
-            raise FleetError(f"{field}.{name}: {list(arr.shape)} does not have {y.shape[0]} samples like 'y'",
-                             f"{field}.{name}")
+            raise FleetError(
+                f"{field}.{name}: {list(arr.shape)} does not have {y.shape[0]} samples like 'y'", f"{field}.{name}"
+            )
     return EvalSet(feeds, y.astype(np.int64))
 
 
@@ -72,8 +75,12 @@ def correct_count(outputs: np.ndarray, labels: np.ndarray) -> int:
     return int(np.count_nonzero(pred == labels))
 
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64,
-               "tensor(int32)": np.int32}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 
 
 def digital_accuracy(model_bytes: bytes, eval_set: EvalSet) -> float:

@@ -10,7 +10,8 @@ nothing else: the chip's programming seed is ``chip_seed(fleet seed, index)``; r
 uses read seed ``r`` (chipsim's 1/f read-out, keyed by chip seed, read seed, layer and age: each
 age is an independent read-out, DESIGN §3.3) and per-MVM noise keyed by (chip seed, ``r``, chunk)
 — the seeds ``POST /chips/{id}/evaluate`` uses, so a fleet chip's rows equal that route's
-numbers. The per-MVM draws are common to every age and to GDC on and off (a paired comparison). Each worker runs onnxruntime with
+numbers. The per-MVM draws are common to every age and to GDC on and off (a paired comparison).
+Each worker runs onnxruntime with
 one thread, so rows are bit-identical whichever executor, worker or order ran them.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 from chipsim.fleet.breach import BreachStatus, breach_percentile, time_to_breach
 from chipsim.fleet.errors import FleetCorruptError, FleetError
 from chipsim.fleet.evalset import EVAL_ATTACHMENT, EvalSet, correct_count, load_eval_set
-from chipsim.fleet.manifest import Fleet, FleetStore, chip_digest, open_chip_store
+from chipsim.fleet.manifest import Fleet, chip_digest, open_chip_store
 from chipsim.fleet.spec import FleetEvalSpec
 from chipsim.fleet.stats import PERCENTILES, distribution, yield_summary
 from chipsim.modes import GdcMode, MvmNoiseSource, SloMetric, WeightBinding
@@ -91,8 +92,10 @@ def _load(task: EvalTask) -> tuple[ChipRuntime, EvalSet]:
     try:
         store = open_chip_store(task.store_root, read_only=True)
         if chip_digest(store.read_manifest(task.chip_id)) != task.digest:
-            raise FleetCorruptError(f"fleet: chip {task.chip_id!r} no longer matches the digest recorded when the "
-                                    "fleet was programmed", "fleet_id")
+            raise FleetCorruptError(
+                f"fleet: chip {task.chip_id!r} no longer matches the digest recorded when the fleet was programmed",
+                "fleet_id",
+            )
         chip = store.load(task.chip_id)
         # a delete-and-reprogram under the same id between the two reads would change the digest
         if chip_digest(store.read_manifest(task.chip_id)) != task.digest:
@@ -105,8 +108,14 @@ def _load(task: EvalTask) -> tuple[ChipRuntime, EvalSet]:
         raise FleetError(f"fleet: chip {task.chip_id!r} has no eval set", "fleet_id")
     # One intra-op thread: the executor's processes are the parallelism, and the serial reference
     # must run the very same kernels. "inputs" binding: ages are one-off, no session per age.
-    rt = ChipRuntime(chip, threads=1, binding=WeightBinding.INPUTS, cache_entries=2, cache_bytes=256 << 20,
-                     noise=MvmNoiseSource.TABLE)
+    rt = ChipRuntime(
+        chip,
+        threads=1,
+        binding=WeightBinding.INPUTS,
+        cache_entries=2,
+        cache_bytes=256 << 20,
+        noise=MvmNoiseSource.TABLE,
+    )
     ev = load_eval_set(chip.attachments[EVAL_ATTACHMENT], [i["name"] for i in rt.inputs]).subset(task.samples)
     return rt, ev
 
@@ -126,8 +135,9 @@ def _runtime_for(task: EvalTask) -> tuple[ChipRuntime, EvalSet, bool]:
     return rt, ev, False
 
 
-def chip_rows(rt: ChipRuntime, ev: EvalSet, chip_index: int, ages_s: Sequence[float], readouts: int,
-              gdc_on: str) -> list[EvalRow]:
+def chip_rows(
+    rt: ChipRuntime, ev: EvalSet, chip_index: int, ages_s: Sequence[float], readouts: int, gdc_on: str
+) -> list[EvalRow]:
     """The rows of one chip (see the module docstring for the seeds)."""
     modes = (GdcMode(gdc_on), GdcMode.OFF)
     rows = []
@@ -159,8 +169,9 @@ def gdc_on_mode(fleet: Fleet, spec: FleetEvalSpec) -> GdcMode:
     return GdcMode.resolve(spec.gdc_mode or True, str(fleet.profile.get("gdc", GdcMode.GLOBAL)))
 
 
-def make_tasks(fleet: Fleet, store_root: str | os.PathLike, spec: FleetEvalSpec,
-               ages_per_task: int | None = None) -> list[EvalTask]:
+def make_tasks(
+    fleet: Fleet, store_root: str | os.PathLike, spec: FleetEvalSpec, ages_per_task: int | None = None
+) -> list[EvalTask]:
     """Tasks in chip-major order: one per chip (default), or per chip and ``ages_per_task`` ages.
     The split changes only scheduling, never a row."""
     if ages_per_task is not None and ages_per_task < 1:
@@ -168,9 +179,11 @@ def make_tasks(fleet: Fleet, store_root: str | os.PathLike, spec: FleetEvalSpec,
     on = str(gdc_on_mode(fleet, spec))
     step = ages_per_task or len(spec.ages_s)
     root = str(os.fspath(store_root))
-    return [EvalTask(root, c.chip_id, c.digest, c.index, tuple(spec.ages_s[a:a + step]), spec.readouts, on,
-                     spec.samples)
-            for c in fleet.chips for a in range(0, len(spec.ages_s), step)]
+    return [
+        EvalTask(root, c.chip_id, c.digest, c.index, tuple(spec.ages_s[a : a + step]), spec.readouts, on, spec.samples)
+        for c in fleet.chips
+        for a in range(0, len(spec.ages_s), step)
+    ]
 
 
 def _accuracy_cube(fleet: Fleet, spec: FleetEvalSpec, rows: Sequence[EvalRow]) -> np.ndarray:
@@ -198,8 +211,11 @@ def summarise(fleet: Fleet, spec: FleetEvalSpec, rows: Sequence[EvalRow]) -> dic
     normalised = chip_acc / fp if fp else None
     if spec.slo.metric == SloMetric.NORMALISED_ACCURACY:
         if normalised is None:
-            raise FleetError("slo.metric: normalised_accuracy needs the model's FP accuracy on the eval set, "
-                             "which this fleet does not have", "slo.metric")
+            raise FleetError(
+                "slo.metric: normalised_accuracy needs the model's FP accuracy on the eval set, "
+                "which this fleet does not have",
+                "slo.metric",
+            )
         metric = normalised
     else:
         metric = chip_acc
@@ -227,11 +243,22 @@ def summarise(fleet: Fleet, spec: FleetEvalSpec, rows: Sequence[EvalRow]) -> dic
             **{f"p{q}": breach_percentile(times, q).as_dict() for q in PERCENTILES},
         }
         for c, t in enumerate(times):
-            chips[c][f"gdc_{label}"] = {"accuracy": chip_acc[c, :, g].tolist(), "metric": metric[c, :, g].tolist(),
-                                        "breach": t.as_dict()}
+            chips[c][f"gdc_{label}"] = {
+                "accuracy": chip_acc[c, :, g].tolist(),
+                "metric": metric[c, :, g].tolist(),
+                "breach": t.as_dict(),
+            }
     return {
-        "fleet_id": fleet.fleet_id, "n_chips": len(fleet.chips), "seed": fleet.spec.seed,
-        "samples": int(rows[0].samples) if rows else 0, "readouts": spec.readouts,
-        "ages_s": list(spec.ages_s), "slo": spec.slo.model_dump(mode="json"),
-        "fp_accuracy": fp, "gdc_mode": on, "results": results, "breach": breach, "chips": chips,
+        "fleet_id": fleet.fleet_id,
+        "n_chips": len(fleet.chips),
+        "seed": fleet.spec.seed,
+        "samples": int(rows[0].samples) if rows else 0,
+        "readouts": spec.readouts,
+        "ages_s": list(spec.ages_s),
+        "slo": spec.slo.model_dump(mode="json"),
+        "fp_accuracy": fp,
+        "gdc_mode": on,
+        "results": results,
+        "breach": breach,
+        "chips": chips,
     }

@@ -45,8 +45,13 @@ class Executor(ABC):
     def __init__(self) -> None:
         self.last_results: list[TaskResult] = []  # per-task timings of the last map (benchmarks)
 
-    def map(self, tasks: Sequence[EvalTask], *, progress: Callable[[int, int], None] | None = None,
-            cancel: Cancel | None = None) -> list[EvalRow]:
+    def map(
+        self,
+        tasks: Sequence[EvalTask],
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: Cancel | None = None,
+    ) -> list[EvalRow]:
         """Rows of every task, in task order. ``progress(done, total)`` after each task;
         ``cancel`` is checked between tasks (:class:`FleetCancelled`; running tasks finish)."""
         results = self.run(list(tasks), progress, cancel)
@@ -54,8 +59,9 @@ class Executor(ABC):
         return [row for r in results for row in r.rows]
 
     @abstractmethod
-    def run(self, tasks: list[EvalTask], progress: Callable[[int, int], None] | None,
-            cancel: Cancel | None) -> list[TaskResult]:
+    def run(
+        self, tasks: list[EvalTask], progress: Callable[[int, int], None] | None, cancel: Cancel | None
+    ) -> list[TaskResult]:
         """TaskResults in task order."""
 
     def describe(self) -> str:
@@ -145,7 +151,8 @@ class LocalProcessExecutor(Executor):
             raise RuntimeError(
                 "a fleet worker process died: killed (e.g. out of memory), or it could not re-import the "
                 "calling program's main module, which spawned workers do: run from a file whose top level is "
-                "guarded by `if __name__ == '__main__':` (not from stdin), or use SerialExecutor") from err
+                "guarded by `if __name__ == '__main__':` (not from stdin), or use SerialExecutor"
+            ) from err
         except BaseException:
             for f in futures:
                 f.cancel()

@@ -108,12 +108,18 @@ class Fleet:
 
     def to_manifest(self) -> dict[str, Any]:
         body = {
-            "format": FORMAT, "version": FORMAT_VERSION, "fleet_id": self.fleet_id,
-            "spec": self.spec.model_dump(mode="json"), "profile": self.profile,
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "fleet_id": self.fleet_id,
+            "spec": self.spec.model_dump(mode="json"),
+            "profile": self.profile,
             "seed_derivation": "chip_seed(fleet seed, index): sha256('agedchip-fleet-v1:<seed>:<index>')[:8] >> 1",
             "chips": [{"index": c.index, "chip_id": c.chip_id, "seed": c.seed, "digest": c.digest} for c in self.chips],
-            "model_digest": self.model_digest, "fp_accuracy": self.fp_accuracy, "eval_samples": self.eval_samples,
-            "created_at": self.created_at, "programming_s": self.programming_s,
+            "model_digest": self.model_digest,
+            "fp_accuracy": self.fp_accuracy,
+            "eval_samples": self.eval_samples,
+            "created_at": self.created_at,
+            "programming_s": self.programming_s,
         }
         body["manifest_sha256"] = _canonical_sha256(body)
         return body
@@ -123,23 +129,28 @@ class Fleet:
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise FleetCorruptError(f"{where}: not an agedchip fleet manifest", "fleet_id")
         if m.get("version") != FORMAT_VERSION:
-            raise FleetCorruptError(f"{where}: format version {m.get('version')!r}, this build reads "
-                                    f"{FORMAT_VERSION}", "fleet_id")
+            raise FleetCorruptError(
+                f"{where}: format version {m.get('version')!r}, this build reads {FORMAT_VERSION}", "fleet_id"
+            )
         if m.get("manifest_sha256") != _canonical_sha256(m):
             raise FleetCorruptError(f"{where}: manifest checksum mismatch (altered)", "fleet_id")
         try:
             return cls(
                 spec=FleetSpec.model_validate(m["spec"]),
-                chips=[FleetChip(int(c["index"]), str(c["chip_id"]), int(c["seed"]), str(c["digest"]))
-                       for c in m["chips"]],
+                chips=[
+                    FleetChip(int(c["index"]), str(c["chip_id"]), int(c["seed"]), str(c["digest"])) for c in m["chips"]
+                ],
                 model_digest=str(m["model_digest"]),
                 fp_accuracy=None if m["fp_accuracy"] is None else float(m["fp_accuracy"]),
-                eval_samples=int(m["eval_samples"]), created_at=float(m["created_at"]),
-                programming_s=float(m["programming_s"]), profile=dict(m["profile"]),
+                eval_samples=int(m["eval_samples"]),
+                created_at=float(m["created_at"]),
+                programming_s=float(m["programming_s"]),
+                profile=dict(m["profile"]),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise FleetCorruptError(f"{where}: inconsistent manifest ({type(err).__name__}: {err})",
-                                    "fleet_id") from None
+            raise FleetCorruptError(
+                f"{where}: inconsistent manifest ({type(err).__name__}: {err})", "fleet_id"
+            ) from None
 
 
 @dataclass
@@ -197,8 +208,14 @@ class FleetStore:
     def begin(self, fleet_id: str, op: str, chip_ids: list[str]) -> None:
         """Mark ``fleet_id`` as being programmed or deleted (``op``); exclusive."""
         self._check_writable()
-        body = {"fleet_id": fleet_id, "op": op, "pid": os.getpid(), "token": PROCESS_TOKEN,
-                "started_at": time.time(), "chip_ids": chip_ids}
+        body = {
+            "fleet_id": fleet_id,
+            "op": op,
+            "pid": os.getpid(),
+            "token": PROCESS_TOKEN,
+            "started_at": time.time(),
+            "chip_ids": chip_ids,
+        }
         if not self._link_exclusive(body, self.marker_path(fleet_id)):
             raise FleetExistsError(f"fleet_id: fleet {fleet_id!r} is being programmed or deleted", "fleet_id")
 

@@ -64,8 +64,10 @@ def program_fleet(
         raise FleetExistsError(f"fleet_id: fleet {fid!r} already exists or is being programmed", "fleet_id")
     taken = [c for c in ids if store.exists(c)]
     if taken:
-        raise FleetExistsError(f"fleet_id: chip id {taken[0]!r} of fleet {fid!r} is taken by an existing chip; "
-                               "choose another fleet id", "fleet_id")
+        raise FleetExistsError(
+            f"fleet_id: chip id {taken[0]!r} of fleet {fid!r} is taken by an existing chip; choose another fleet id",
+            "fleet_id",
+        )
     t0 = time.perf_counter()
     fleets.begin(fid, "program", ids)
     made: list[str] = []
@@ -76,17 +78,19 @@ def program_fleet(
         fp_accuracy, eval_samples = None, 0
         for i, (chip_id, seed) in enumerate(zip(ids, seeds)):
             if cancelled(cancel):
-                raise FleetCancelled(f"fleet_id: programming fleet {fid!r} was cancelled after {i} chip(s)",
-                                     "fleet_id")
+                raise FleetCancelled(f"fleet_id: programming fleet {fid!r} was cancelled after {i} chip(s)", "fleet_id")
             chip_meta = {
-                "model_name": spec.model_name, "profile_preset": spec.preset,
-                "profile_overrides": spec.overrides, "time_scale": spec.time_scale,
+                "model_name": spec.model_name,
+                "profile_preset": spec.preset,
+                "profile_overrides": spec.overrides,
+                "time_scale": spec.time_scale,
                 **(meta or {}),
                 "fleet": {"id": fid, "index": i, "seed": spec.seed},
             }
             try:
-                chip = program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calibration,
-                                    meta=chip_meta)
+                chip = program_onnx(
+                    model_bytes, profile, seed, chip_id=chip_id, calibration=calibration, meta=chip_meta
+                )
             except CompileError as err:
                 raise FleetError(str(err), getattr(err, "field", "model")) from None
             except ValueError as err:  # layer validation in chipsim.program
@@ -104,9 +108,14 @@ def program_fleet(
             if progress:
                 progress(i + 1, spec.n_chips)
         fleet = Fleet(
-            spec=spec, chips=chips, model_digest=hashlib.sha256(model_bytes).hexdigest(),
-            fp_accuracy=fp_accuracy, eval_samples=eval_samples, created_at=time.time(),
-            programming_s=time.perf_counter() - t0, profile=profile.model_dump(mode="json"),
+            spec=spec,
+            chips=chips,
+            model_digest=hashlib.sha256(model_bytes).hexdigest(),
+            fp_accuracy=fp_accuracy,
+            eval_samples=eval_samples,
+            created_at=time.time(),
+            programming_s=time.perf_counter() - t0,
+            profile=profile.model_dump(mode="json"),
         )
         fleets.publish(fleet)
     except BaseException:
@@ -126,6 +135,7 @@ def _check_eval_set(chip, model_bytes: bytes, eval_bytes: bytes) -> tuple[float,
     except InputError as err:
         raise FleetError(f"eval: {err}", "eval") from None
     if not (rt.outputs and len(rt.outputs[0]["shape"]) == 2):
-        raise FleetError("eval: the model is not a classifier (first output is not (batch, classes)); "
-                         "accuracy needs one", "eval")
+        raise FleetError(
+            "eval: the model is not a classifier (first output is not (batch, classes)); accuracy needs one", "eval"
+        )
     return digital_accuracy(model_bytes, ev), len(ev)

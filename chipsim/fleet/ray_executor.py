@@ -36,8 +36,9 @@ class RayExecutor(Executor):
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, workers: int | None = None,
-                 runtime_env: dict[str, Any] | None = None):
+    def __init__(
+        self, address: str | None = None, workers: int | None = None, runtime_env: dict[str, Any] | None = None
+    ):
         super().__init__()
         self.address = address or os.environ.get(ENV_RAY_ADDRESS) or LOCAL
         self.workers = workers or _default_workers()
@@ -55,8 +56,9 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise FleetError(f"{ENV_RAY_ADDRESS}: Ray is not installed (pip install -r requirements/ray.txt)",
-                             ENV_RAY_ADDRESS) from None
+            raise FleetError(
+                f"{ENV_RAY_ADDRESS}: Ray is not installed (pip install -r requirements/ray.txt)", ENV_RAY_ADDRESS
+            ) from None
         if not ray.is_initialized():
             env = self.runtime_env
             if self.address == LOCAL:

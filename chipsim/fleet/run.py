@@ -43,8 +43,9 @@ def evaluate_fleet(
     if isinstance(fleet, str):
         fleet = fleets.get(fleet)
     if fleet.eval_samples == 0:
-        raise FleetError(f"fleet_id: fleet {fleet.fleet_id!r} has no labelled eval set; program it with one",
-                         "fleet_id")
+        raise FleetError(
+            f"fleet_id: fleet {fleet.fleet_id!r} has no labelled eval set; program it with one", "fleet_id"
+        )
     tasks = make_tasks(fleet, fleets.store.root, spec, ages_per_task)
     own = executor is None
     executor = executor or executor_from_env()

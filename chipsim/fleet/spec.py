@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from chipsim.ages import MAX_AGE_S
 from chipsim.fleet.errors import FleetError
 from chipsim.modes import GdcMode, SloMetric
 from chipsim.profiles import ChipProfile, ProfileError, get_profile
-from chipsim.ages import MAX_AGE_S
 from chipsim.rng import MAX_SEED
 from chipsim.state import check_chip_id
 
@@ -56,8 +56,11 @@ def check_fleet_id(fleet_id: str) -> str:
     except ValueError:
         ok = False
     if not ok:
-        raise FleetError(f"fleet_id: {fleet_id!r} is not a valid fleet id (1-{MAX_FLEET_ID_CHARS} characters: "
-                         "lowercase letters, digits, '-', '_'; starting with a letter or digit)", "fleet_id")
+        raise FleetError(
+            f"fleet_id: {fleet_id!r} is not a valid fleet id (1-{MAX_FLEET_ID_CHARS} characters: "
+            "lowercase letters, digits, '-', '_'; starting with a letter or digit)",
+            "fleet_id",
+        )
     return fleet_id
 
 
@@ -138,10 +141,12 @@ class SloSpec(_Spec):
 class FleetEvalSpec(_Spec):
     """Which chips × ages × read-outs to evaluate, and against which SLO."""
 
-    ages_s: list[float] = Field(min_length=1, max_length=MAX_EVAL_AGES,
-                                description="Ages in seconds after programming, > 0 (log-age interpolation).")
-    readouts: int = Field(5, ge=1, le=MAX_EVAL_READOUTS,
-                          description="Read-outs per chip and age (read seeds 0…n−1).")
+    ages_s: list[float] = Field(
+        min_length=1,
+        max_length=MAX_EVAL_AGES,
+        description="Ages in seconds after programming, > 0 (log-age interpolation).",
+    )
+    readouts: int = Field(5, ge=1, le=MAX_EVAL_READOUTS, description="Read-outs per chip and age (read seeds 0…n−1).")
     slo: SloSpec
     gdc_mode: GdcMode | None = Field(None, description="Mode of the 'GDC on' numbers (default: the profile's).")
     samples: int | None = Field(None, ge=1, description="Use only the first n eval samples (default: all).")
@@ -151,8 +156,10 @@ class FleetEvalSpec(_Spec):
     def _ages(cls, v: list[float]) -> list[float]:
         for i, a in enumerate(v):
             if not (math.isfinite(a) and 0 < a <= MAX_AGE_S):
-                raise ValueError(f"ages_s.{i}: {a!r} must be > 0 s and ≤ {MAX_AGE_S:g} s (1000 years); time to "
-                                 "breach interpolates on log-age, so use e.g. 1 s for a fresh chip")
+                raise ValueError(
+                    f"ages_s.{i}: {a!r} must be > 0 s and ≤ {MAX_AGE_S:g} s (1000 years); time to "
+                    "breach interpolates on log-age, so use e.g. 1 s for a fresh chip"
+                )
         if len(set(v)) != len(v):
             raise ValueError("ages must be distinct")
         return sorted(float(a) for a in v)

@@ -47,8 +47,10 @@ def distribution(values: Sequence[float]) -> dict[str, float]:
         raise ValueError("distribution: no values")
     pct = np.percentile(v, PERCENTILES, method="linear")
     return {
-        "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-        "min": float(v.min()), "max": float(v.max()),
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
         **{f"p{q}": float(x) for q, x in zip(PERCENTILES, pct)},
     }
 
@@ -58,5 +60,10 @@ def yield_summary(values: Sequence[float], threshold: float) -> dict[str, float 
     v = np.asarray(values, dtype=np.float64)
     meets = int(np.count_nonzero(v >= threshold))
     lo, hi = wilson_interval(meets, int(v.size))
-    return {"meets": meets, "chips": int(v.size), "share": meets / v.size if v.size else 0.0,
-            "ci95_low": lo, "ci95_high": hi}
+    return {
+        "meets": meets,
+        "chips": int(v.size),
+        "share": meets / v.size if v.size else 0.0,
+        "ci95_low": lo,
+        "ci95_high": hi,
+    }

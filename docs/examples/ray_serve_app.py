@@ -35,8 +35,13 @@ def load_runtime(store, chip_id: str, threads: int = 1) -> ChipRuntime:
 
 def infer(runtime: ChipRuntime, chip_id: str, body: dict[str, Any]) -> dict[str, Any]:
     """``{"inputs", "age_s", "read_seed"?, "gdc"?, "seed"?}`` → outputs, as ``POST /infer``."""
-    outputs = runtime.run(body["inputs"], float(body["age_s"]), read_seed=int(body.get("read_seed", 0)),
-                          gdc=body.get("gdc", True), seed=body.get("seed"))
+    outputs = runtime.run(
+        body["inputs"],
+        float(body["age_s"]),
+        read_seed=int(body.get("read_seed", 0)),
+        gdc=body.get("gdc", True),
+        seed=body.get("seed"),
+    )
     return {"chip_id": chip_id, "age_s": float(body["age_s"]), "outputs": [o.tolist() for o in outputs]}
 
 

@@ -73,6 +73,8 @@ def require_infer(request: Request) -> None:
 def require_json_body(request: Request) -> None:
     """Dependency of JSON routes: another declared content type is a 415 (before the body is read)."""
     require_json(request.headers.get("content-type", ""))
+
+
 @asynccontextmanager
 async def cancel_when_abandoned(request: Request) -> AsyncIterator[threading.Event]:
     """An event set when the client disconnects or the service starts stopping, for blocking

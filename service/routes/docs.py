@@ -37,16 +37,23 @@ def _root(request: Request) -> str:
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
     root, app = _root(request), request.app
-    return get_swagger_ui_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} API",
-                               swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
-                               swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
-                               swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
-                               swagger_ui_parameters=SWAGGER_UI_PARAMETERS)
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{app.openapi_url}",
+        title=f"{app.title} API",
+        swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
+        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+    )
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
     root, app = _root(request), request.app
-    return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} API",
-                          redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js",
-                          redoc_favicon_url=f"{root}{ASSETS}/favicon.png", with_google_fonts=False)
+    return get_redoc_html(
+        openapi_url=f"{root}{app.openapi_url}",
+        title=f"{app.title} API",
+        redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js",
+        redoc_favicon_url=f"{root}{ASSETS}/favicon.png",
+        with_google_fonts=False,
+    )

@@ -28,11 +28,21 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
     chip = registry.get(req.chip_id)
     res = chip.infer(req.inputs, req.age, read_seed=req.read_seed, gdc=req.gdc, seed=req.seed)
     content: dict[str, Any] = {
-        "chip_id": chip.chip_id, "age_s": res.age_s, "age_source": res.age_source, "gdc": res.gdc,
-        "gdc_applied": res.gdc is not GdcMode.OFF, "read_seed": res.read_seed, "seed": res.seed, "batch": res.batch,
+        "chip_id": chip.chip_id,
+        "age_s": res.age_s,
+        "age_source": res.age_source,
+        "gdc": res.gdc,
+        "gdc_applied": res.gdc is not GdcMode.OFF,
+        "read_seed": res.read_seed,
+        "seed": res.seed,
+        "batch": res.batch,
         "outputs": {o["name"]: finite_list(np.asarray(v)) for o, v in zip(chip.runtime.outputs, res.outputs)},
-        "argmax": None, "accuracy": None, "alpha": res.alpha,
-        "energy_j": res.energy_j, "latency_s": res.latency_s, "cost_model": chip.cost.cost_model.name,
+        "argmax": None,
+        "accuracy": None,
+        "alpha": res.alpha,
+        "energy_j": res.energy_j,
+        "latency_s": res.latency_s,
+        "cost_model": chip.cost.cost_model.name,
     }
     labelled = correct = 0
     if chip.classifier:
@@ -46,8 +56,9 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
             # checked as Python ints: a label beyond int64 (2^63, 10^30) must not reach numpy
             bad = next((i for i, v in enumerate(req.labels) if not 0 <= v < classes), None)
             if bad is not None:
-                raise InvalidField(f"labels.{bad}", f"labels.{bad}: class indices must be in [0, {classes - 1}], "
-                                   f"got {req.labels[bad]}")
+                raise InvalidField(
+                    f"labels.{bad}", f"labels.{bad}: class indices must be in [0, {classes - 1}], got {req.labels[bad]}"
+                )
             y = np.asarray(req.labels, dtype=np.int64)
             labelled, correct = res.batch, int(np.count_nonzero(pred == y))
             content["accuracy"] = correct / labelled
@@ -57,11 +68,16 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
     return dumps(content)
 
 
-@router.post("/infer", response_model=InferResponse, responses=ERROR_RESPONSES,
-             dependencies=[Depends(require_infer), Depends(require_json_body)],
-             summary="Run a chip at an age",
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": inline_schema(InferRequest)}}}})
+@router.post(
+    "/infer",
+    response_model=InferResponse,
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_infer), Depends(require_json_body)],
+    summary="Run a chip at an age",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": inline_schema(InferRequest)}}}
+    },
+)
 async def infer(request: Request) -> Response:
     """Inference on a chip at an age (default: its wall-clock age × time scale). The same request
     with the same `seed` returns identical outputs. `labels` update the chip's live accuracy.

@@ -12,8 +12,9 @@ from service.schemas import Health
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics", summary="Prometheus metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}}
+)
 async def prometheus(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -29,5 +30,6 @@ async def readyz(request: Request) -> JSONResponse:
     if stopping(request).is_set():  # out of the load balancer before the listener closes
         return JSONResponse({"status": "stopping", "chips": registry.counts()}, status_code=503)
     ready = request.app.state.started and registry.loaded
-    return JSONResponse({"status": "ok" if ready else "starting", "chips": registry.counts()},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ok" if ready else "starting", "chips": registry.counts()}, status_code=200 if ready else 503
+    )

@@ -25,10 +25,15 @@ class AnyJobList(BaseModel):
     jobs: list[AnyJob] = Field(description="Recent jobs (recalibrations and fleet jobs), newest first.")
 
 
-@router.post("/chips/{chip_id}/recalibrate", status_code=202, response_model=recal.JobStatus,
-             responses=ERROR_RESPONSES, openapi_extra=recal.OPENAPI,
-             dependencies=[Depends(require_admin), Depends(require_writer("recalibrate chips"))],
-             summary="Recalibrate a chip's last layer on-chip into a new chip (a job)")
+@router.post(
+    "/chips/{chip_id}/recalibrate",
+    status_code=202,
+    response_model=recal.JobStatus,
+    responses=ERROR_RESPONSES,
+    openapi_extra=recal.OPENAPI,
+    dependencies=[Depends(require_admin), Depends(require_writer("recalibrate chips"))],
+    summary="Recalibrate a chip's last layer on-chip into a new chip (a job)",
+)
 async def recalibrate_chip(chip_id: str, request: Request) -> JSONResponse:
     """Retrain the chip's last analog layer at an age from labelled samples, through pulsed device updates
     (chipsim.recalibration). Returns 202 and the job (`Location: /jobs/{job_id}`); poll it for progress
@@ -44,20 +49,32 @@ async def recalibrate_chip(chip_id: str, request: Request) -> JSONResponse:
     return JSONResponse(view, status_code=202, headers={"Location": f"/jobs/{view['job_id']}"})
 
 
-@router.get("/jobs", response_model=AnyJobList, dependencies=[Depends(require_infer)],
-            summary="Recent jobs, newest first")
+@router.get(
+    "/jobs", response_model=AnyJobList, dependencies=[Depends(require_infer)], summary="Recent jobs, newest first"
+)
 async def list_jobs(request: Request) -> JSONResponse:
     return JSONResponse({"jobs": jobs_of(request).listing()})
 
 
-@router.get("/jobs/{job_id}", response_model=AnyJob, responses=ERROR_RESPONSES,
-            dependencies=[Depends(require_infer)], summary="A job's status, progress and result")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=AnyJob,
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_infer)],
+    summary="A job's status, progress and result",
+)
 async def get_job(job_id: str, request: Request) -> JSONResponse:
     return JSONResponse(jobs_of(request).get(job_id))
 
 
-@router.delete("/jobs/{job_id}", status_code=202, response_model=AnyJob, responses=ERROR_RESPONSES,
-               dependencies=[Depends(require_admin)], summary="Cancel a job")
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=202,
+    response_model=AnyJob,
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_admin)],
+    summary="Cancel a job",
+)
 async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     """The job stops at its next training step (fleets: its next chip or task) and writes no chip
     (202; poll until `cancelled`). 409 if it already finished. A cancel that arrives while the new

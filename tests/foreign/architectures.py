@@ -52,8 +52,11 @@ class ResNet18(nn.Module):
 
 
 def _conv_bn_relu6(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
+    )
 
 
 class InvertedResidual(nn.Module):
@@ -62,8 +65,11 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         layers = [] if expand == 1 else [_conv_bn_relu6(cin, hidden, 1)]
-        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),  # depthwise
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            _conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),  # depthwise
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -71,8 +77,15 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1))  # t, c, n, s (torchvision's inverted_residual_setting)
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )  # t, c, n, s (torchvision's inverted_residual_setting)
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
@@ -95,15 +108,17 @@ class ViT(nn.Module):
     4 blocks, 32×32 images in 8×8 patches: patch Conv, class token, learned positions, pre-norm
     encoder blocks (torch's ``nn.MultiheadAttention``), head on the class token."""
 
-    def __init__(self, image: int = 32, patch: int = 8, dim: int = 192, depth: int = 4, heads: int = 3,
-                 num_classes: int = 10):
+    def __init__(
+        self, image: int = 32, patch: int = 8, dim: int = 192, depth: int = 4, heads: int = 3, num_classes: int = 10
+    ):
         super().__init__()
         self.patch = nn.Conv2d(3, dim, patch, patch)
         tokens = (image // patch) ** 2 + 1
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
-                                           norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         for block in self.encoder.layers:  # the encoder clones one layer: give each its own weights
             for p in block.parameters():
@@ -135,9 +150,13 @@ class Decoder(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-                                 nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1), nn.ReLU(),
-                                 nn.ConvTranspose2d(8, 3, 4, stride=2, padding=1))
+        self.net = nn.Sequential(
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(16, 8, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(8, 3, 4, stride=2, padding=1),
+        )
 
     def forward(self, x):
         return self.net(x)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+
 @dataclass
 class Case:
     name: str
@@ -44,16 +45,32 @@ def _session(model: bytes | str) -> ort.InferenceSession:
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
-def _export(module, example: tuple, names: list[str], outputs: list[str], dynamic: dict[str, dict[int, str]],
-            path: str | None = None, external: bool = False) -> bytes:
+def _export(
+    module,
+    example: tuple,
+    names: list[str],
+    outputs: list[str],
+    dynamic: dict[str, dict[int, str]],
+    path: str | None = None,
+    external: bool = False,
+) -> bytes:
     import torch
 
     module.eval()
     buf: io.BytesIO | str = path or io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, example, buf, input_names=names, output_names=outputs, dynamic_axes=dynamic,
-                          opset_version=17, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            example,
+            buf,
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     return buf.getvalue() if isinstance(buf, io.BytesIO) else b""
 
 
@@ -66,8 +83,13 @@ def _image_case(name: str, make, size: int, **kw) -> Case:
 
     torch.manual_seed(0)
     model = _export(make(), (torch.randn(2, 3, size, size),), ["x"], ["y"], _batch_axes(["x", "y"]))
-    return Case(name, model, _session(model),
-                lambda n, rng: {"x": rng.standard_normal((n, 3, size, size)).astype(np.float32)}, **kw)
+    return Case(
+        name,
+        model,
+        _session(model),
+        lambda n, rng: {"x": rng.standard_normal((n, 3, size, size)).astype(np.float32)},
+        **kw,
+    )
 
 
 def resnet18() -> Case:
@@ -95,8 +117,14 @@ def _bert(dynamic_sequence: bool) -> Case:
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=512, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=1000,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=512,
+        max_position_embeddings=64,
+    )
     bert = BertModel(config).eval()
 
     class Wrapped(torch.nn.Module):  # transformers ≥ 5 takes keyword arguments only
@@ -110,16 +138,23 @@ def _bert(dynamic_sequence: bool) -> Case:
 
     seq = 12
     ids = torch.randint(0, 1000, (2, seq))
-    axes = {n: ({0: "batch", 1: "sequence"} if dynamic_sequence else {0: "batch"})
-            for n in ("input_ids", "attention_mask", "last_hidden_state")}
+    axes = {
+        n: ({0: "batch", 1: "sequence"} if dynamic_sequence else {0: "batch"})
+        for n in ("input_ids", "attention_mask", "last_hidden_state")
+    }
     axes["pooler_output"] = {0: "batch"}
-    model = _export(Wrapped(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
-                    ["last_hidden_state", "pooler_output"], axes)
+    model = _export(
+        Wrapped(),
+        (ids, torch.ones_like(ids)),
+        ["input_ids", "attention_mask"],
+        ["last_hidden_state", "pooler_output"],
+        axes,
+    )
 
     def inputs(n, rng):
         t = int(rng.integers(5, 40)) if dynamic_sequence else seq
         mask = np.ones((n, t), np.int64)
-        mask[0, t // 2:] = 0  # a padded sample
+        mask[0, t // 2 :] = 0  # a padded sample
         return {"input_ids": rng.integers(0, 1000, (n, t)), "attention_mask": mask}
 
     return Case("bert-tiny" + ("" if dynamic_sequence else "-dynamic-batch"), model, _session(model), inputs)
@@ -140,8 +175,12 @@ def _recurrent(cell: str) -> Case:
 
     torch.manual_seed(0)
     model = _export(Recurrent(cell), (torch.randn(2, 10, 16),), ["x"], ["y"], {"x": {0: "N", 1: "T"}, "y": {0: "N"}})
-    return Case(cell, model, _session(model),
-                lambda n, rng: {"x": rng.standard_normal((n, int(rng.integers(3, 15)), 16)).astype(np.float32)})
+    return Case(
+        cell,
+        model,
+        _session(model),
+        lambda n, rng: {"x": rng.standard_normal((n, int(rng.integers(3, 15)), 16)).astype(np.float32)},
+    )
 
 
 def lstm() -> Case:
@@ -159,8 +198,12 @@ def conv_transpose_decoder() -> Case:
 
     torch.manual_seed(0)
     model = _export(Decoder(), (torch.randn(2, 8, 8, 8),), ["x"], ["y"], _batch_axes(["x", "y"]))
-    return Case("convtranspose-decoder", model, _session(model),
-                lambda n, rng: {"x": rng.standard_normal((n, 8, 8, 8)).astype(np.float32)})
+    return Case(
+        "convtranspose-decoder",
+        model,
+        _session(model),
+        lambda n, rng: {"x": rng.standard_normal((n, 8, 8, 8)).astype(np.float32)},
+    )
 
 
 def sklearn_pipeline() -> Case:
@@ -178,11 +221,17 @@ def sklearn_pipeline() -> Case:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning: the weights need not be trained
         pipe.fit(x, y)
-    model = to_onnx(pipe, x[:1], target_opset={"": 17, "ai.onnx.ml": 3},
-                    options={id(pipe.steps[-1][1]): {"zipmap": False}}).SerializeToString()
+    model = to_onnx(
+        pipe, x[:1], target_opset={"": 17, "ai.onnx.ml": 3}, options={id(pipe.steps[-1][1]): {"zipmap": False}}
+    ).SerializeToString()
     scale = x.std(0)
-    return Case("sklearn-scaler-mlp", model, _session(model),
-                lambda n, rng: {"X": (rng.standard_normal((n, 12)) * scale).astype(np.float32)}, int_outputs=[0])
+    return Case(
+        "sklearn-scaler-mlp",
+        model,
+        _session(model),
+        lambda n, rng: {"X": (rng.standard_normal((n, 12)) * scale).astype(np.float32)},
+        int_outputs=[0],
+    )
 
 
 def fp16_cnn() -> Case:
@@ -190,12 +239,23 @@ def fp16_cnn() -> Case:
     import torch
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-                              torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
-                              torch.nn.Linear(32 * 8 * 8, 10)).half()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 8 * 8, 10),
+    ).half()
     model = _export(net, (torch.randn(2, 3, 16, 16).half(),), ["x"], ["y"], _batch_axes(["x", "y"]))
-    return Case("fp16-cnn", model, _session(model),
-                lambda n, rng: {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float16)}, rtol=2.0**-10)
+    return Case(
+        "fp16-cnn",
+        model,
+        _session(model),
+        lambda n, rng: {"x": rng.standard_normal((n, 3, 16, 16)).astype(np.float16)},
+        rtol=2.0**-10,
+    )
 
 
 def external_data_mlp() -> Case:
@@ -216,14 +276,25 @@ def external_data_mlp() -> Case:
             zf.write(folder / f, f"mlp/{f}")
     reference = _session(str(folder / "mlp.onnx"))  # reads the weights file now
     shutil.rmtree(folder)
-    return Case("external-data-mlp", buf.getvalue(), reference,
-                lambda n, rng: {"x": rng.standard_normal((n, 256)).astype(np.float32)})
+    return Case(
+        "external-data-mlp",
+        buf.getvalue(),
+        reference,
+        lambda n, rng: {"x": rng.standard_normal((n, 256)).astype(np.float32)},
+    )
 
 
 BUILDERS: dict[str, Callable[[], Case]] = {
-    "resnet18": resnet18, "mobilenet_v2": mobilenet_v2, "vit": vit, "bert-tiny": bert_tiny,
-    "bert-tiny-dynamic-batch": bert_tiny_dynamic_batch, "lstm": lstm, "gru": gru,
-    "convtranspose-decoder": conv_transpose_decoder, "sklearn-scaler-mlp": sklearn_pipeline, "fp16-cnn": fp16_cnn,
+    "resnet18": resnet18,
+    "mobilenet_v2": mobilenet_v2,
+    "vit": vit,
+    "bert-tiny": bert_tiny,
+    "bert-tiny-dynamic-batch": bert_tiny_dynamic_batch,
+    "lstm": lstm,
+    "gru": gru,
+    "convtranspose-decoder": conv_transpose_decoder,
+    "sklearn-scaler-mlp": sklearn_pipeline,
+    "fp16-cnn": fp16_cnn,
     "external-data-mlp": external_data_mlp,
 }
 

@@ -96,8 +96,10 @@ def test_pcm_chip_programs_within_bounds_and_runs_for_a_year(name, tmp_path, rec
     stored = sum(len(a) for a in chip.attachments.values())
     record_property("program_s", round(seconds, 2))
     record_property("disk_bytes", disk)
-    print(f"\n{name}: {len(chip.layers)} analog layers, {weights:,} weights, programmed in {seconds:.2f} s, "
-          f"{disk:,} B on disk ({disk / weights:.2f} B/weight; model+compiled {stored:,} B)")
+    print(
+        f"\n{name}: {len(chip.layers)} analog layers, {weights:,} weights, programmed in {seconds:.2f} s, "
+        f"{disk:,} B on disk ({disk / weights:.2f} B/weight; model+compiled {stored:,} B)"
+    )
     assert seconds <= PROGRAM_S_FIXED + PROGRAM_NS_PER_WEIGHT * 1e-9 * weights
     assert disk <= DISK_BYTES_PER_WEIGHT * weights + stored + 65536 * len(chip.layers)
     rt = ChipRuntime(chip)

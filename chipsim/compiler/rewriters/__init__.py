@@ -4,7 +4,13 @@ its rewriters)."""
 # Importing a module registers its rewriters: MatMul, Gemm (matmul); Conv, ConvTranspose (conv); LSTM, GRU, RNN.
 from chipsim.compiler.rewriters import conv, matmul, recurrent  # noqa: F401
 from chipsim.compiler.rewriters.registry import (
-    REWRITERS, UNMAPPABLE, OpRewriter, RewriteContext, node_attrs, register, rewriter_of,
+    REWRITERS,
+    UNMAPPABLE,
+    OpRewriter,
+    RewriteContext,
+    node_attrs,
+    register,
+    rewriter_of,
 )
 
 __all__ = ["REWRITERS", "UNMAPPABLE", "OpRewriter", "RewriteContext", "node_attrs", "register", "rewriter_of"]

@@ -66,15 +66,32 @@ def check_kernel(ctx: RewriteContext, node: onnx.NodeProto, kernel_shape: list[i
     return kernel
 
 
-def conv_layer(ctx: RewriteContext, node: onnx.NodeProto, kind: LayerKind, w: np.ndarray, groups: int,
-               out_shape: list[int], layout: str) -> LayerPlan:
+def conv_layer(
+    ctx: RewriteContext,
+    node: onnx.NodeProto,
+    kind: LayerKind,
+    w: np.ndarray,
+    groups: int,
+    out_shape: list[int],
+    layout: str,
+) -> LayerPlan:
     """The analog layer (or a new read of it) of Conv weights ``w`` (C_out, C_in/groups, *kernel)."""
     kernel = check_kernel(ctx, node, list(w.shape[2:]))
     tile_channels = channel_tiles(w.shape[1], kernel, ctx.profile.tile_rows)
     matrix = np.ascontiguousarray(w.reshape(w.shape[0], -1).T, dtype=np.float32)
-    return ctx.new_plan(node, kind, node.input[1], node.name or f"{kind}_{len(ctx.specs)}", matrix, out_shape,
-                        tiles=[(a * kernel, e * kernel) for a, e in tile_channels], layout=layout,
-                        conv_shape=list(w.shape), tile_channels=tile_channels, groups=groups)
+    return ctx.new_plan(
+        node,
+        kind,
+        node.input[1],
+        node.name or f"{kind}_{len(ctx.specs)}",
+        matrix,
+        out_shape,
+        tiles=[(a * kernel, e * kernel) for a, e in tile_channels],
+        layout=layout,
+        conv_shape=list(w.shape),
+        tile_channels=tile_channels,
+        groups=groups,
+    )
 
 
 def add_bias(ctx: RewriteContext, node: onnx.NodeProto, y: str, channels: int, spatial: int, prefix: str) -> str:
@@ -118,8 +135,9 @@ def transpose_conv_weights(w: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(wg.reshape(groups * cout_g, cin_g, *w.shape[2:]), dtype=np.float32)
 
 
-def transpose_pads(node: onnx.NodeProto, attrs: dict, in_sizes: list[int],
-                   kernel: list[int]) -> tuple[list[int], list[int]]:
+def transpose_pads(
+    node: onnx.NodeProto, attrs: dict, in_sizes: list[int], kernel: list[int]
+) -> tuple[list[int], list[int]]:
     """ConvTranspose's (begin, end) padding per spatial axis, from ``pads`` or ``output_shape``
     and ``auto_pad`` (ONNX ConvTranspose, opset 11+)."""
     n = len(kernel)
@@ -136,8 +154,10 @@ def transpose_pads(node: onnx.NodeProto, attrs: dict, in_sizes: list[int],
             target = [in_sizes[i] * strides[i] for i in range(n)]
         total = [full[i] - target[i] for i in range(n)]
         if any(t < 0 for t in total):
-            raise CompileError(f"model: ConvTranspose {node.name!r}: output_shape {target} is larger than the "
-                               "kernel, strides and output_padding can reach; use output_padding")
+            raise CompileError(
+                f"model: ConvTranspose {node.name!r}: output_shape {target} is larger than the "
+                "kernel, strides and output_padding can reach; use output_padding"
+            )
         if auto_pad == "SAME_UPPER":
             begin = [t // 2 for t in total]
         else:  # SAME_LOWER, and output_shape without auto_pad (onnxruntime's convention)
@@ -156,29 +176,37 @@ class ConvTransposeRewriter(OpRewriter):
     def rewrite(self, ctx: RewriteContext, node: onnx.NodeProto) -> bool:
         w = ctx.consts.get(node.input[1])
         if w is None:
-            raise CompileError(f"model: ConvTranspose {node.name!r} has dynamic weights (computed at run time); the "
-                               "chip maps only constant weights")
+            raise CompileError(
+                f"model: ConvTranspose {node.name!r} has dynamic weights (computed at run time); the "
+                "chip maps only constant weights"
+            )
         attrs = node_attrs(node)
         groups = int(attrs.get("group", 1))
         kernel = list(w.shape[2:])
         n = len(kernel)
         x_shape = ctx.shapes.get(node.input[0])
         if not x_shape or any(d is None for d in x_shape[1:]):
-            raise CompileError(f"model: cannot infer the input shape of ConvTranspose {node.name!r}; export with "
-                               "static non-batch dimensions")
+            raise CompileError(
+                f"model: cannot infer the input shape of ConvTranspose {node.name!r}; export with "
+                "static non-batch dimensions"
+            )
         in_sizes = [int(d) for d in x_shape[2:]]
         strides = list(attrs.get("strides", [1] * n))
         dil = list(attrs.get("dilations", [1] * n))
         # Spatial sizes symbolic in the export (recorded as 1 in ctx.shapes): the lowering then
         # reads them at run time; only pads given per side do not depend on them.
         fixed = ctx.fixed_dims().get(node.input[0]) or []
-        dynamic = not all(fixed[2:2 + n]) or len(fixed) < 2 + n
+        dynamic = not all(fixed[2 : 2 + n]) or len(fixed) < 2 + n
         auto_pad = attrs.get("auto_pad", b"NOTSET")
-        if dynamic and ("output_shape" in attrs or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad)
-                        in ("SAME_UPPER", "SAME_LOWER")):
-            raise CompileError(f"model: ConvTranspose {node.name!r} has symbolic spatial input sizes and pads that "
-                               "depend on them (output_shape or auto_pad SAME); export with static spatial sizes or "
-                               "explicit pads")
+        if dynamic and (
+            "output_shape" in attrs
+            or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) in ("SAME_UPPER", "SAME_LOWER")
+        ):
+            raise CompileError(
+                f"model: ConvTranspose {node.name!r} has symbolic spatial input sizes and pads that "
+                "depend on them (output_shape or auto_pad SAME); export with static spatial sizes or "
+                "explicit pads"
+            )
         begin, end = transpose_pads(node, attrs, in_sizes, kernel)
         # Conv of the zero-upsampled input (length s·(in−1)+1) with pads (k−1)·d − p (+ output_padding
         # at the end, via `end`): a negative pad crops the upsampled input instead.
@@ -187,17 +215,30 @@ class ConvTransposeRewriter(OpRewriter):
         conv_end = [(kernel[i] - 1) * dil[i] - end[i] + out_pad[i] for i in range(n)]
         up = [strides[i] * (in_sizes[i] - 1) + 1 for i in range(n)]
         crop = ([max(0, -p) for p in conv_begin], [up[i] - max(0, -conv_end[i]) for i in range(n)])
-        out_shape = [1, w.shape[1] * groups] + [up[i] + conv_begin[i] + conv_end[i] - (kernel[i] - 1) * dil[i]
-                                               for i in range(n)]
+        out_shape = [1, w.shape[1] * groups] + [
+            up[i] + conv_begin[i] + conv_end[i] - (kernel[i] - 1) * dil[i] for i in range(n)
+        ]
         if dynamic:  # per-sample sizes unknown until run time: recorded as 1, like a symbolic batch
             out_shape[2:] = [1] * n
         elif any(d <= 0 for d in out_shape[2:]):
             raise CompileError(f"model: ConvTranspose {node.name!r} has an empty output {out_shape[2:]}")
         inferred = ctx.shapes.get(node.output[0])
-        if not dynamic and inferred and all(d is not None for d in inferred[1:]) and list(inferred[1:]) != out_shape[1:]:
+        if (
+            not dynamic
+            and inferred
+            and all(d is not None for d in inferred[1:])
+            and list(inferred[1:]) != out_shape[1:]
+        ):
             raise RuntimeError(f"ConvTranspose {node.name!r}: computed output {out_shape} ≠ inferred {inferred}")
-        plan = conv_layer(ctx, node, LayerKind.CONV_TRANSPOSE, transpose_conv_weights(w, groups), groups, out_shape,
-                          layout=f"conv_transpose/g{groups}")
+        plan = conv_layer(
+            ctx,
+            node,
+            LayerKind.CONV_TRANSPOSE,
+            transpose_conv_weights(w, groups),
+            groups,
+            out_shape,
+            layout=f"conv_transpose/g{groups}",
+        )
         b = ctx.builder
         prefix = f"chip/l{plan.index}"
         xq = emit_dac(b, node.input[0], ctx.range_for(node.input[1]), ctx.profile, prefix)
@@ -207,16 +248,27 @@ class ConvTransposeRewriter(OpRewriter):
             xu = upsample_zeros_dynamic(b, xq, strides, crop[0], tail, prefix)
         else:
             xu = upsample_zeros(b, xq, int(x_shape[1]), in_sizes, strides, crop, prefix)
-        conv_attrs = {"kernel_shape": kernel, "dilations": dil, "strides": [1] * n,
-                      "pads": [max(0, p) for p in conv_begin] + [max(0, p) for p in conv_end]}
+        conv_attrs = {
+            "kernel_shape": kernel,
+            "dilations": dil,
+            "strides": [1] * n,
+            "pads": [max(0, p) for p in conv_begin] + [max(0, p) for p in conv_end],
+        }
         y = emit_conv_layer(b, xu, plan, ctx.profile, conv_attrs)
         y = add_bias(ctx, node, y, out_shape[1], n, prefix)
         b.op("Identity", [y], prefix, output=node.output[0])
         return True
 
 
-def upsample_zeros(b: GraphBuilder, x: str, channels: int, sizes: list[int], strides: list[int],
-                   crop: tuple[list[int], list[int]], prefix: str) -> str:
+def upsample_zeros(
+    b: GraphBuilder,
+    x: str,
+    channels: int,
+    sizes: list[int],
+    strides: list[int],
+    crop: tuple[list[int], list[int]],
+    prefix: str,
+) -> str:
     """``x`` with ``s − 1`` zeros between neighbours along each spatial axis (length s·(n−1)+1),
     then cropped to ``[crop_begin, crop_end)``: reshape to (…, n, 1, …), pad to (…, n, s, …),
     merge, slice."""
@@ -226,8 +278,11 @@ def upsample_zeros(b: GraphBuilder, x: str, channels: int, sizes: list[int], str
         x = b.op("Reshape", [x, b.const(prefix, split, np.int64)], prefix)
         pads = [0] * (2 + 2 * n) + [0, 0] + [p for s in strides for p in (0, s - 1)]
         x = b.op("Pad", [x, b.const(prefix, pads, np.int64)], prefix)
-        x = b.op("Reshape", [x, b.const(prefix, [0, channels] + [size * s for size, s in zip(sizes, strides)],
-                                         np.int64)], prefix)
+        x = b.op(
+            "Reshape",
+            [x, b.const(prefix, [0, channels] + [size * s for size, s in zip(sizes, strides)], np.int64)],
+            prefix,
+        )
     up = [s * (size - 1) + 1 for size, s in zip(sizes, strides)]
     starts, ends = crop
     if any(s > 1 for s in strides) or starts != [0] * n or ends != up:
@@ -235,17 +290,24 @@ def upsample_zeros(b: GraphBuilder, x: str, channels: int, sizes: list[int], str
     return x
 
 
-def upsample_zeros_dynamic(b: GraphBuilder, x: str, strides: list[int], crop_begin: list[int], crop_tail: list[int],
-                           prefix: str) -> str:
+def upsample_zeros_dynamic(
+    b: GraphBuilder, x: str, strides: list[int], crop_begin: list[int], crop_tail: list[int], prefix: str
+) -> str:
     """:func:`upsample_zeros` for spatial sizes known only at run time: unsqueeze a unit axis after
     each spatial axis, pad it to ``s``, merge (sizes read with ``Shape``), then drop ``crop_begin``
     elements at the start and ``crop_tail`` at the end of each axis (the trailing ``s − 1`` zeros
     included)."""
     n = len(strides)
     if any(s > 1 for s in strides):
-        merged = b.op("Concat", [b.const(prefix, [0, 0], np.int64),
-                                 b.op("Mul", [b.op("Shape", [x], prefix, start=2),
-                                              b.const(prefix, strides, np.int64)], prefix)], prefix, axis=0)
+        merged = b.op(
+            "Concat",
+            [
+                b.const(prefix, [0, 0], np.int64),
+                b.op("Mul", [b.op("Shape", [x], prefix, start=2), b.const(prefix, strides, np.int64)], prefix),
+            ],
+            prefix,
+            axis=0,
+        )
         x = b.op("Unsqueeze", [x, b.const(prefix, [3 + 2 * i for i in range(n)], np.int64)], prefix)
         pads = [0] * (2 + 2 * n) + [0, 0] + [p for s in strides for p in (0, s - 1)]
         x = b.op("Pad", [x, b.const(prefix, pads, np.int64)], prefix)

@@ -48,8 +48,9 @@ class MatMulRewriter(OpRewriter):
             return self.rewrite_left(ctx, node)
         b = ctx.builder
         name = node.name or f"matmul_{len(ctx.specs)}"
-        plan = ctx.new_plan(node, LayerKind.MATMUL, node.input[1], name, w.astype(np.float32), ctx.out_shape(node),
-                            layout="w")
+        plan = ctx.new_plan(
+            node, LayerKind.MATMUL, node.input[1], name, w.astype(np.float32), ctx.out_shape(node), layout="w"
+        )
         xq = emit_dac(b, node.input[0], ctx.range_for(node.input[1]), ctx.profile, f"chip/l{plan.index}")
         y = emit_analog_layer(b, xq, plan, ctx.profile, None)
         b.op("Identity", [y], f"chip/l{plan.index}", output=node.output[0])
@@ -61,18 +62,28 @@ class MatMulRewriter(OpRewriter):
             return False  # activation × activation (attention) or batched constant: digital
         x_shape = ctx.shapes.get(node.input[1])
         if not x_shape or len(x_shape) < 2:
-            raise CompileError(f"model: MatMul {node.name!r} multiplies its constant first operand by a tensor of "
-                               f"unknown or 1-D shape {x_shape}; the chip maps W·x for x of rank ≥ 2")
+            raise CompileError(
+                f"model: MatMul {node.name!r} multiplies its constant first operand by a tensor of "
+                f"unknown or 1-D shape {x_shape}; the chip maps W·x for x of rank ≥ 2"
+            )
         rank = len(x_shape)
         perm = [*range(rank - 2), rank - 1, rank - 2]
         b = ctx.builder
         name = node.name or f"matmul_{len(ctx.specs)}"
-        plan = ctx.new_plan(node, LayerKind.MATMUL_LEFT, node.input[0], name, np.ascontiguousarray(w.T, np.float32),
-                            swap_last(ctx.out_shape(node)), layout="w.T")
+        plan = ctx.new_plan(
+            node,
+            LayerKind.MATMUL_LEFT,
+            node.input[0],
+            name,
+            np.ascontiguousarray(w.T, np.float32),
+            swap_last(ctx.out_shape(node)),
+            layout="w.T",
+        )
         prefix = f"chip/l{plan.index}"
         xt = b.op("Transpose", [node.input[1]], prefix, perm=perm)
-        y = emit_analog_layer(b, emit_dac(b, xt, ctx.range_for(node.input[0]), ctx.profile, prefix), plan, ctx.profile,
-                              None)
+        y = emit_analog_layer(
+            b, emit_dac(b, xt, ctx.range_for(node.input[0]), ctx.profile, prefix), plan, ctx.profile, None
+        )
         b.op("Transpose", [y], prefix, output=node.output[0], perm=perm)
         return True
 
@@ -96,8 +107,9 @@ class GemmRewriter(OpRewriter):
         x = node.input[0]
         if attrs.get("transA", 0):
             x = b.op("Transpose", [x], prefix, perm=[1, 0])
-        y = emit_analog_layer(b, emit_dac(b, x, ctx.range_for(node.input[1]), ctx.profile, prefix), plan, ctx.profile,
-                              None)
+        y = emit_analog_layer(
+            b, emit_dac(b, x, ctx.range_for(node.input[1]), ctx.profile, prefix), plan, ctx.profile, None
+        )
         if len(node.input) > 2 and node.input[2]:
             c = node.input[2]
             if beta != 1.0:

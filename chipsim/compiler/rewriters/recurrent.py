@@ -30,7 +30,7 @@ from onnx import helper
 
 from chipsim.compiler.graph_builder import GraphBuilder
 from chipsim.compiler.lowering import emit_analog_layer, emit_dac
-from chipsim.compiler.plan import CompileError, LayerPlan
+from chipsim.compiler.plan import CompileError
 from chipsim.compiler.rewriters.registry import OpRewriter, RewriteContext, node_attrs, register
 from chipsim.modes import LayerKind
 
@@ -38,12 +38,23 @@ from chipsim.modes import LayerKind
 #: defines them; alpha/beta are consumed in order by the functions that take them, with these
 #: defaults when the lists run out (onnxruntime's rnn_helpers: 0 unless listed here).
 ACTIVATION_ARGS: dict[str, tuple[bool, bool]] = {
-    "affine": (True, True), "relu": (False, False), "leakyrelu": (True, False), "thresholdedrelu": (True, False),
-    "tanh": (False, False), "scaledtanh": (True, True), "sigmoid": (False, False), "hardsigmoid": (True, True),
-    "elu": (True, False), "softsign": (False, False), "softplus": (False, False),
+    "affine": (True, True),
+    "relu": (False, False),
+    "leakyrelu": (True, False),
+    "thresholdedrelu": (True, False),
+    "tanh": (False, False),
+    "scaledtanh": (True, True),
+    "sigmoid": (False, False),
+    "hardsigmoid": (True, True),
+    "elu": (True, False),
+    "softsign": (False, False),
+    "softplus": (False, False),
 }
-ACTIVATION_DEFAULTS: dict[str, tuple[float, float]] = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5),
-                                                       "elu": (1.0, 0.0)}
+ACTIVATION_DEFAULTS: dict[str, tuple[float, float]] = {
+    "leakyrelu": (0.01, 0.0),
+    "hardsigmoid": (0.2, 0.5),
+    "elu": (1.0, 0.0),
+}
 #: Longest static sequence unrolled; longer and dynamic ones run as a Scan. Measured with
 #: bench/compiler_ops.py (LSTM 28→128, batch 64, pcm, medians of interleaved runs, README): at 28
 #: steps the unrolled graph is 3.0 % [2.8, 3.4] faster per inference; at 112 steps it is not
@@ -64,22 +75,25 @@ def parse_activations(node: onnx.NodeProto, attrs: dict, defaults: list[str], n_
     """The activation functions of each direction (``len(defaults)`` per direction)."""
     names = [a.decode() if isinstance(a, bytes) else a for a in attrs.get("activations", [])] or defaults * n_dirs
     if len(names) != len(defaults) * n_dirs:
-        raise CompileError(f"model: {node.op_type} {node.name!r} lists {len(names)} activations; expected "
-                           f"{len(defaults) * n_dirs} ({len(defaults)} per direction)")
+        raise CompileError(
+            f"model: {node.op_type} {node.name!r} lists {len(names)} activations; expected "
+            f"{len(defaults) * n_dirs} ({len(defaults)} per direction)"
+        )
     alphas, betas = list(attrs.get("activation_alpha", [])), list(attrs.get("activation_beta", []))
     acts = []
     for name in names:
         key = name.lower()
         if key not in ACTIVATION_ARGS:
-            raise CompileError(f"model: {node.op_type} {node.name!r} uses activation {name!r}; known: "
-                               f"{sorted(ACTIVATION_ARGS)}")
+            raise CompileError(
+                f"model: {node.op_type} {node.name!r} uses activation {name!r}; known: {sorted(ACTIVATION_ARGS)}"
+            )
         needs_a, needs_b = ACTIVATION_ARGS[key]
         da, db = ACTIVATION_DEFAULTS.get(key, (0.0, 0.0))
         alpha = (alphas.pop(0) if alphas else da) if needs_a else 0.0
         beta = (betas.pop(0) if betas else db) if needs_b else 0.0
         acts.append(Activation(key, float(alpha), float(beta)))
     per = len(defaults)
-    return [acts[d * per:(d + 1) * per] for d in range(n_dirs)]
+    return [acts[d * per : (d + 1) * per] for d in range(n_dirs)]
 
 
 def static_dim(ctx: RewriteContext, tensor: str, axis: int) -> bool:
@@ -237,8 +251,10 @@ class RecurrentRewriter(OpRewriter):
     def rewrite(self, ctx: RewriteContext, node: onnx.NodeProto) -> bool:
         w_all, r_all = ctx.consts.get(node.input[1]), ctx.consts.get(node.input[2])
         if w_all is None or r_all is None:
-            raise CompileError(f"model: {node.op_type} {node.name!r} has weights computed at run time; the chip maps "
-                               "only constant W and R (export with constant folding)")
+            raise CompileError(
+                f"model: {node.op_type} {node.name!r} has weights computed at run time; the chip maps "
+                "only constant W and R (export with constant folding)"
+            )
         attrs = node_attrs(node)
         direction = attrs.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
@@ -255,8 +271,19 @@ class RecurrentRewriter(OpRewriter):
         scan = not isinstance(steps, int) or (steps > UNROLL_MAX_STEPS and steps > 1)
         inputs = list(node.input) + [""] * (8 - len(node.input))
         o = Ops(ctx.builder, f"chip/{base}")
-        job = Job(ctx, node, o, r_all, hidden, steps, layout, float(attrs["clip"]) if "clip" in attrs else None,
-                  attrs, base, scan)
+        job = Job(
+            ctx,
+            node,
+            o,
+            r_all,
+            hidden,
+            steps,
+            layout,
+            float(attrs["clip"]) if "clip" in attrs else None,
+            attrs,
+            base,
+            scan,
+        )
         acts = parse_activations(node, attrs, self.default_acts, len(dirs))
         x = node.input[0] if layout else o("Transpose", node.input[0], perm=[1, 0, 2])  # → [N, T, I]
         masks = self.masks(job, x, inputs[4]) if inputs[4] else None
@@ -265,9 +292,15 @@ class RecurrentRewriter(OpRewriter):
         for d, dname in enumerate(dirs):
             suffix = "" if len(dirs) == 1 else f"/{dname}"
             w_matrix = np.ascontiguousarray(np.asarray(w_all[d], np.float32).T)
-            w_plan = ctx.new_plan(node, self.kind, node.input[1], f"{base}/W{suffix}", w_matrix,
-                                  [1, steps if isinstance(steps, int) else 1, w_matrix.shape[1]],
-                                  layout=f"{self.kind}/W/{d}")
+            w_plan = ctx.new_plan(
+                node,
+                self.kind,
+                node.input[1],
+                f"{base}/W{suffix}",
+                w_matrix,
+                [1, steps if isinstance(steps, int) else 1, w_matrix.shape[1]],
+                layout=f"{self.kind}/W/{d}",
+            )
             if xq is None:  # one DAC conversion of X for both directions (the same range)
                 xq = emit_dac(ctx.builder, x, ctx.range_for(node.input[1]), ctx.profile, f"chip/l{w_plan.index}")
             xw = emit_analog_layer(ctx.builder, xq, w_plan, ctx.profile, None)
@@ -291,8 +324,11 @@ class RecurrentRewriter(OpRewriter):
             return [o("Less", o.const(np.int32(t), np.int32), lens) for t in range(int(job.steps))]
         t_len = o("Squeeze", o("Shape", x, start=1, end=2), o.const([0], np.int64))
         t_idx = o("Cast", o("Range", o.const(0, np.int64), t_len, o.const(1, np.int64)), to=onnx.TensorProto.INT32)
-        return o("Less", o("Unsqueeze", t_idx, o.const([1, 2], np.int64)),
-                 o("Unsqueeze", seq_name, o.const([0, 2], np.int64)))  # [T, N, 1]
+        return o(
+            "Less",
+            o("Unsqueeze", t_idx, o.const([1, 2], np.int64)),
+            o("Unsqueeze", seq_name, o.const([0, 2], np.int64)),
+        )  # [T, N, 1]
 
     def add_biases(self, ctx: RewriteContext, o: Ops, dr: Direction, b_name: str, hidden: int) -> None:
         """xw += Wb + Rb (the GRU's h-gate Rb stays apart: it sits inside the reset gate)."""
@@ -321,7 +357,7 @@ class RecurrentRewriter(OpRewriter):
         o = job.o
         ys: dict[int, str] = {}
         steps = int(job.steps)
-        for t in (range(steps - 1, -1, -1) if dr.reverse else range(steps)):
+        for t in range(steps - 1, -1, -1) if dr.reverse else range(steps):
             xt = o("Gather", dr.xw, o.const(t, np.int64), axis=1)  # [N, G·H]
             ys[t], h, c = self.step(job, dr, xt, h, c, None if masks is None else masks[t])
         axes = [1, 2] if job.layout else [0, 1]
@@ -347,8 +383,11 @@ class RecurrentRewriter(OpRewriter):
             job.scan_len = job.steps - 1 if isinstance(job.steps, int) else f"{job.steps}-1"
         if lstm and c0 is None:
             n = o("Shape", x, start=0, end=1)
-            c0 = o("ConstantOfShape", o("Concat", n, o.const([job.hidden], np.int64), axis=0),
-                   value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]))
+            c0 = o(
+                "ConstantOfShape",
+                o("Concat", n, o.const([job.hidden], np.int64), axis=0),
+                value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]),
+            )
         saved, n_inputs, n_inits = b.take_nodes(), len(b.inputs), len(b.inits)
         f = onnx.TensorProto.FLOAT
         h_in, x_t = b.name(o.p + "/h_in"), b.name(o.p + "/x_t")
@@ -395,16 +434,30 @@ class RecurrentRewriter(OpRewriter):
         scan_in = [helper.make_tensor_value_info(x_t, f, [None, cols])]
         if m_t is not None:
             scan_in.append(helper.make_tensor_value_info(m_t, onnx.TensorProto.BOOL, [None, 1]))
-        body = helper.make_graph(body_nodes, b.name(o.p + "/body"), state_in + scan_in + noise_body,
-                                 state_out + [helper.make_tensor_value_info(y_t, f, [None, job.hidden])])
+        body = helper.make_graph(
+            body_nodes,
+            b.name(o.p + "/body"),
+            state_in + scan_in + noise_body,
+            state_out + [helper.make_tensor_value_info(y_t, f, [None, job.hidden])],
+        )
         outer_scan = [xw] + ([masks] if masks is not None else []) + noise_outer
         axes = [1] + ([0] if masks is not None else []) + [1] * len(noise_outer)
         outs = [b.name(o.p + "/h_T")] + ([b.name(o.p + "/c_T")] if lstm else []) + [b.name(o.p + "/Y")]
         rev = int(dr.reverse)
-        b.nodes.append(helper.make_node(
-            "Scan", [h0] + ([c0] if lstm else []) + outer_scan, outs, name=b.name(o.p + "/n"), body=body,
-            num_scan_inputs=len(outer_scan), scan_input_axes=axes, scan_input_directions=[rev] * len(outer_scan),
-            scan_output_axes=[1 if job.layout else 0], scan_output_directions=[rev]))
+        b.nodes.append(
+            helper.make_node(
+                "Scan",
+                [h0] + ([c0] if lstm else []) + outer_scan,
+                outs,
+                name=b.name(o.p + "/n"),
+                body=body,
+                num_scan_inputs=len(outer_scan),
+                scan_input_axes=axes,
+                scan_input_directions=[rev] * len(outer_scan),
+                scan_output_axes=[1 if job.layout else 0],
+                scan_output_directions=[rev],
+            )
+        )
         y = o("Unsqueeze", outs[-1], o.const([2 if job.layout else 1], np.int64))
         if first_y is not None:
             axes = [1, 2] if job.layout else [0, 1]
@@ -498,13 +551,19 @@ class GRURewriter(RecurrentRewriter):
             r = o.act(f_act, o.clip(o("Add", xr, hrr), clip))
             hh = o.act(g_act, o.clip(o("Add", xh, o.mul(r, hh_lin)), clip))
         else:
-            hzr = self.r_read(job, h, np.ascontiguousarray(r_d[:2 * hidden].T), f"{base}/R_zr{suffix}",
-                              f"gru/R_zr/{dr.index}")
+            hzr = self.r_read(
+                job, h, np.ascontiguousarray(r_d[: 2 * hidden].T), f"{base}/R_zr{suffix}", f"gru/R_zr/{dr.index}"
+            )
             hz, hrr = o.split(hzr, 2, hidden)
             z = o.act(f_act, o.clip(o("Add", xz, hz), clip))
             r = o.act(f_act, o.clip(o("Add", xr, hrr), clip))
-            hh_r = self.r_read(job, o.mul(r, h), np.ascontiguousarray(r_d[2 * hidden:].T), f"{base}/R_h{suffix}",
-                               f"gru/R_h/{dr.index}")
+            hh_r = self.r_read(
+                job,
+                o.mul(r, h),
+                np.ascontiguousarray(r_d[2 * hidden :].T),
+                f"{base}/R_h{suffix}",
+                f"gru/R_h/{dr.index}",
+            )
             hh = o.act(g_act, o.clip(o.add(xh, hh_r, dr.r_bias_h), clip))
         # H = (1 − z)·h̃ + z·H_prev
         return o("Add", o.mul(o("Sub", o.const(1.0), z), hh), o.mul(z, h)), None

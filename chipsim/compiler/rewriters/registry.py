@@ -93,8 +93,18 @@ class RewriteContext:
     def range_for(self, weight_name: str) -> float:
         return float(self.ranges.get(weight_name, DEFAULT_INPUT_RANGE))
 
-    def new_plan(self, node: onnx.NodeProto, kind: LayerKind, weight_name: str, name: str, spec_weight: np.ndarray,
-                 out_shape: list[int], tiles=None, layout: str | None = None, **extra: Any) -> LayerPlan:
+    def new_plan(
+        self,
+        node: onnx.NodeProto,
+        kind: LayerKind,
+        weight_name: str,
+        name: str,
+        spec_weight: np.ndarray,
+        out_shape: list[int],
+        tiles=None,
+        layout: str | None = None,
+        **extra: Any,
+    ) -> LayerPlan:
         """Add an analog layer with weights ``spec_weight`` (rows = inputs, cols = outputs):
         its spec to program and its plan in the graph; returns the plan of its first read.
 
@@ -108,11 +118,26 @@ class RewriteContext:
             self.note_reader(self.shared[key], node)
             return self.add_read(self.plans[self.shared[key]], out_shape, spec_weight)
         tiles = tiles or tile_bounds(spec_weight.shape[0], self.profile.tile_rows)
-        plan = LayerPlan(index=len(self.specs), name=self.unique_name(name), node=node.name or node.op_type, kind=kind,
-                         weight_name=weight_name, tiles=tiles, cols=spec_weight.shape[1],
-                         out_shape=out_shape, **extra)
-        self.specs.append(LayerSpec(name=plan.name, weight=spec_weight, input_range=self.range_for(weight_name),
-                                    tiles=tiles, meta={"node": plan.node, "kind": plan.kind, "weight": weight_name}))
+        plan = LayerPlan(
+            index=len(self.specs),
+            name=self.unique_name(name),
+            node=node.name or node.op_type,
+            kind=kind,
+            weight_name=weight_name,
+            tiles=tiles,
+            cols=spec_weight.shape[1],
+            out_shape=out_shape,
+            **extra,
+        )
+        self.specs.append(
+            LayerSpec(
+                name=plan.name,
+                weight=spec_weight,
+                input_range=self.range_for(weight_name),
+                tiles=tiles,
+                meta={"node": plan.node, "kind": plan.kind, "weight": weight_name},
+            )
+        )
         self.plans.append(plan)
         self.note_reader(plan.index, node)
         if key is not None:
