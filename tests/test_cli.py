@@ -219,7 +219,9 @@ def test_no_service_says_how_to_start_one(capsys, tmp_path):
 
 # ------------------------------------------------------------------------------ Makefile
 def make_n(*args: str) -> str:
-    res = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["make", "--no-print-directory", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
     return res.stdout
 

@@ -90,9 +90,13 @@ def test_make_targets_named_in_the_docs_exist():
     targets |= {t for text in texts for t in re.findall(r"^make ([a-z][\w-]*)", text, re.M)}
     assert {"run", "test", "demo", "clean"} <= targets
     for target in sorted(targets):
-        done = subprocess.run(["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, f"make {target}: {done.stderr}"
-    clean = subprocess.run(["make", "-n", "clean"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    clean = subprocess.run(
+        ["make", "--no-print-directory", "-n", "clean"], cwd=REPO, capture_output=True, text=True, timeout=60
+    ).stdout
     assert all(env in clean for env in (".venv", ".venv-serve", ".venv-tools")), clean
 
 
