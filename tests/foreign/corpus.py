@@ -93,19 +93,19 @@ def _image_case(name: str, make, size: int, **kw) -> Case:
 
 
 def resnet18() -> Case:
-    from tests.foreign.architectures import ResNet18
+    from bench.architectures import ResNet18
 
     return _image_case("resnet18", ResNet18, 64)  # fully convolutional: 64×64 keeps CI fast, same weights
 
 
 def mobilenet_v2() -> Case:
-    from tests.foreign.architectures import MobileNetV2
+    from bench.architectures import MobileNetV2
 
     return _image_case("mobilenet_v2", MobileNetV2, 64, max_analog_layers=60)
 
 
 def vit() -> Case:
-    from tests.foreign.architectures import ViT
+    from bench.architectures import ViT
 
     return _image_case("vit", ViT, 32)
 
@@ -171,7 +171,7 @@ def bert_tiny_dynamic_batch() -> Case:
 def _recurrent(cell: str) -> Case:
     import torch
 
-    from tests.foreign.architectures import Recurrent
+    from bench.architectures import Recurrent
 
     torch.manual_seed(0)
     model = _export(Recurrent(cell), (torch.randn(2, 10, 16),), ["x"], ["y"], {"x": {0: "N", 1: "T"}, "y": {0: "N"}})
@@ -194,7 +194,7 @@ def gru() -> Case:
 def conv_transpose_decoder() -> Case:
     import torch
 
-    from tests.foreign.architectures import Decoder
+    from bench.architectures import Decoder
 
     torch.manual_seed(0)
     model = _export(Decoder(), (torch.randn(2, 8, 8, 8),), ["x"], ["y"], _batch_axes(["x", "y"]))

@@ -1,0 +1,343 @@
+"""Scale (issue 13 "Scale", issue 20 findings 7-8): programming time and peak memory, first request
+at a new age, and analog/digital throughput, for resnet18 and a large MLP.
+
+    python -m bench.scale [--mlp-widths 1750 2500 3500] [--rounds 5] [--max-peak-gb 18] [--replace]
+
+Each model runs in its own fresh process (its peak RSS is its own), reading the ONNX file the
+parent wrote (torch is never imported there):
+
+- programming on 'pcm': seconds per weight (target <= 200 ns/weight) and the process's peak RSS
+  (``VmHWM``) during programming next to the chip's size on disk, saved with ``ChipStore`` into a
+  temporary folder (target: peak <= 3x disk);
+- the first request at a new age (1 day; batch 1): building the serving runtime and the first
+  inference, then a second new age (1 year) on the built runtime, and the peak RSS of that step
+  (``VmHWM`` reset through ``/proc/self/clear_refs`` after programming);
+- throughput at batch 1 and 8, 1 thread each: the chip on 'pcm' at a fixed age (fresh per-MVM noise,
+  read-out cached: the runtime's cache is made large enough for one read-out, which the default
+  256 MiB is not for these models) vs onnxruntime on the original model, interleaved A,B,A,B in one
+  process over ``--rounds`` rounds; median and range of samples/s.
+
+The MLP (8 MatMul+Relu layers of width×width, random weights) runs at growing widths; a width whose
+peak RSS, extrapolated linearly in weights from the smaller ones, would exceed ``--max-peak-gb`` is
+not run and the extrapolation is reported instead.
+
+Results: bench/results/scale.{json,md} (with ``--replace``; else a new folder under runs/scale/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+from bench.common import machine, output_dir, write
+from models import outputs
+
+NAME = "scale"
+TARGET_NS_PER_WEIGHT = 200.0
+TARGET_PEAK_OVER_DISK = 3.0
+MLP_LAYERS = 8
+DAY_S = 86400.0
+YEAR_S = 365.25 * DAY_S
+
+
+def mlp(width: int, layers: int = MLP_LAYERS, seed: int = 0) -> bytes:
+    """``layers`` MatMul+Relu of width×width (He-scaled normal weights, float32), dynamic batch."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width), dtype=np.float32) * np.float32(np.sqrt(2.0 / width))).astype(
+            np.float32
+        )
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
+        prev = out
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])
+    m = helper.make_model(
+        helper.make_graph(nodes, "mlp", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def resnet18() -> bytes:
+    import torch
+
+    from bench.architectures import ResNet18
+    from bench.onnx_exports import export
+
+    torch.manual_seed(0)
+    return export(ResNet18(), torch.randn(1, 3, 224, 224))
+
+
+def _hwm_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def _reset_hwm() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def _rate(fn, batch: int, min_s: float) -> float:
+    """Samples per second of ``fn`` (called at least once, until ``min_s`` elapsed)."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        el = time.perf_counter() - t0
+        if el >= min_s:
+            return n * batch / el
+
+
+def child(path: Path, shape: list[int], rounds: int, min_s: float) -> dict:
+    """Everything measured on one model, in this fresh process."""
+    import onnxruntime as ort
+
+    from chipsim import get_profile
+    from chipsim.compiler import program_onnx
+    from chipsim.ort_session import session_options
+    from chipsim.runtime import ChipRuntime
+    from chipsim.store import ChipStore
+
+    model = path.read_bytes()
+    rss_before = _rss_bytes()
+    t0 = time.perf_counter()
+    chip = program_onnx(model, get_profile("pcm"), 0)
+    program_s = time.perf_counter() - t0
+    peak_program = _hwm_bytes()
+    weights = chip.n_weights
+    with tempfile.TemporaryDirectory() as tmp:
+        with ChipStore(tmp) as store:
+            t0 = time.perf_counter()
+            store.save(chip)
+            save_s = time.perf_counter() - t0
+            chip_bytes = store.disk_bytes(chip.chip_id)
+        store_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
+    reset = _reset_hwm()
+    rng = np.random.default_rng(0)
+    x1 = rng.standard_normal([1, *shape]).astype(np.float32)
+    t0 = time.perf_counter()
+    # one cached read-out (the one being served), sized to fit it whatever the model
+    rt = ChipRuntime(chip, threads=1, cache_entries=1, cache_bytes=1 << 40)
+    runtime_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rt.run(x1, DAY_S)
+    first_day_s = time.perf_counter() - t0
+    peak_first_age = _hwm_bytes() if reset else None
+    t0 = time.perf_counter()
+    rt.run(x1, YEAR_S)
+    first_year_s = time.perf_counter() - t0
+    peak_first = _hwm_bytes() if reset else None
+    t0 = time.perf_counter()
+    rt.run(x1, YEAR_S)
+    cached_s = time.perf_counter() - t0
+
+    so = session_options(1)
+    digital = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    name = digital.get_inputs()[0].name
+    ratios: dict[str, dict] = {}
+    for batch in (1, 8):
+        x = rng.standard_normal([batch, *shape]).astype(np.float32)
+        rt.run(x, YEAR_S)  # warm-up: shapes of this batch
+        digital.run(None, {name: x})
+        analog, dig = [], []
+        for _ in range(rounds):
+            analog.append(_rate(lambda x=x: rt.run(x, YEAR_S), batch, min_s))
+            dig.append(_rate(lambda x=x: digital.run(None, {name: x}), batch, min_s))
+        r = [a / d for a, d in zip(analog, dig, strict=True)]
+        ratios[str(batch)] = {
+            "analog_samples_per_s": analog,
+            "digital_samples_per_s": dig,
+            "ratio": r,
+            "ratio_median": statistics.median(r),
+            "ratio_range": [min(r), max(r)],
+        }
+    return {
+        "weights": weights,
+        "onnx_bytes": len(model),
+        "rss_before_program_bytes": rss_before,
+        "program_s": program_s,
+        "ns_per_weight": program_s / weights * 1e9,
+        "peak_rss_program_bytes": peak_program,
+        "save_s": save_s,
+        "chip_disk_bytes": chip_bytes,
+        "store_disk_bytes": store_bytes,
+        "peak_over_disk": peak_program / store_bytes,
+        "runtime_build_s": runtime_s,
+        "first_request_new_age_s": first_day_s,
+        "second_new_age_s": first_year_s,
+        "cached_age_request_s": cached_s,
+        "peak_rss_first_new_age_bytes": peak_first_age,
+        "peak_rss_first_requests_bytes": peak_first,
+        "peak_rss_process_bytes": _hwm_bytes() if not reset else max(peak_program, peak_first or 0),
+        "throughput": ratios,
+    }
+
+
+def run_child(label: str, model: bytes, shape: list[int], args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model)
+        del model
+        cmd = [sys.executable, "-m", "bench.scale", "--rounds", str(args.rounds), "--min-s", str(args.min_s)]
+        cmd += ["--child", str(path), *map(str, shape)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if res.returncode:
+        raise SystemExit(f"{label}: child failed ({res.returncode}):\n{res.stderr[-4000:]}")
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["model"] = label
+    print(json.dumps({k: v for k, v in out.items() if k != "throughput"}), flush=True)
+    for b, t in out["throughput"].items():
+        print(f"  batch {b}: analog/digital median {t['ratio_median']:.3f} range {t['ratio_range']}", flush=True)
+    return out
+
+
+def _predict(done: list[dict], weights: int) -> float:
+    """Peak RSS (bytes) at ``weights``: the line through the last two runs (proportional with one)."""
+    pts = [(d["weights"], d["peak_rss_process_bytes"]) for d in done]
+    if len(pts) == 1:
+        return pts[0][1] * weights / pts[0][0]
+    (w0, p0), (w1, p1) = pts[-2], pts[-1]
+    return p1 + (p1 - p0) / (w1 - w0) * (weights - w1)
+
+
+def _gib(b: int | None) -> str:
+    return "n/a" if b is None else f"{b / 2**30:.2f}"
+
+
+def _per_weight(m: dict) -> str:
+    """Peak RSS at the first new age over the RSS before programming, bytes per analog weight."""
+    b = m["peak_rss_first_new_age_bytes"]
+    return "n/a" if b is None else f"{(b - m['rss_before_program_bytes']) / m['weights']:.0f}"
+
+
+def markdown(data: dict) -> str:
+    info = data["machine"]
+    gb = 2**30
+    lines = [
+        "# Scale: programming, memory, first request, throughput\n",
+        f"`{info['command']}` · {info['date']} · {info['cpus']} CPUs (shared with other processes) · "
+        f"onnxruntime {info['onnxruntime']} · profile 'pcm' · one fresh process per model\n",
+        f"Targets: programming ≤ {TARGET_NS_PER_WEIGHT:.0f} ns/weight; peak RSS while programming ≤ "
+        f"{TARGET_PEAK_OVER_DISK:.0f}× the chip's size on disk.\n",
+        "| model | weights | program (s) | ns/weight | peak RSS program (GiB) | on disk (GiB) | peak/disk | "
+        "(peak − RSS before)/disk | runtime build (s) | first request, new age (s) | 2nd new age (s) | "
+        "peak RSS 1st new age (GiB) | B/weight | peak RSS through 2nd new age (GiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in data["models"]:
+        pf = m["peak_rss_first_requests_bytes"]
+        lines.append(
+            f"| {m['model']} | {m['weights'] / 1e6:.1f}M | {m['program_s']:.1f} | {m['ns_per_weight']:.0f}"
+            f"{' ✓' if m['ns_per_weight'] <= TARGET_NS_PER_WEIGHT else ' ✗'} | {m['peak_rss_program_bytes'] / gb:.2f} | "
+            f"{m['store_disk_bytes'] / gb:.2f} | {m['peak_over_disk']:.2f}"
+            f"{' ✓' if m['peak_over_disk'] <= TARGET_PEAK_OVER_DISK else ' ✗'} | "
+            f"{(m['peak_rss_program_bytes'] - m['rss_before_program_bytes']) / m['store_disk_bytes']:.2f} | "
+            f"{m['runtime_build_s']:.2f} | "
+            f"{m['first_request_new_age_s']:.2f} | {m['second_new_age_s']:.2f} | "
+            f"{_gib(m['peak_rss_first_new_age_bytes'])} | {_per_weight(m)} | {_gib(pf)} |"
+        )
+    lines += [
+        "",
+        "Peak RSS while programming includes the interpreter and imports (RSS before programming: "
+        + ", ".join(f"{m['model']} {m['rss_before_program_bytes'] / gb:.2f} GiB" for m in data["models"])
+        + "). On disk: the whole temporary ChipStore after `save` (the chip's files and its blobs).",
+        "",
+        "## Throughput, analog ('pcm', fixed age, fresh noise) / digital (onnxruntime, original model), "
+        f"1 thread, {data['rounds']} interleaved rounds\n",
+        "| model | batch | analog samples/s (median) | digital samples/s (median) | ratio median | ratio range |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for m in data["models"]:
+        for b, t in m["throughput"].items():
+            lines.append(
+                f"| {m['model']} | {b} | {statistics.median(t['analog_samples_per_s']):.2f} | "
+                f"{statistics.median(t['digital_samples_per_s']):.2f} | {t['ratio_median']:.3f} | "
+                f"{t['ratio_range'][0]:.3f}–{t['ratio_range'][1]:.3f} |"
+            )
+    if data.get("not_run"):
+        lines += ["", "## Not run\n"]
+        for s in data["not_run"]:
+            lines.append(
+                f"- MLP width {s['width']} ({s['weights'] / 1e6:.0f}M weights): predicted peak RSS "
+                f"{s['predicted_peak_bytes'] / gb:.1f} GiB > {data['max_peak_gb']} GB."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mlp-widths", type=int, nargs="*", default=[1750, 2500, 3500])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-s", type=float, default=0.5, help="seconds per throughput sample (at least 1 call)")
+    ap.add_argument("--max-peak-gb", type=float, default=18.0)
+    ap.add_argument("--no-resnet", action="store_true")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    outputs.add_arguments(ap, Path(__file__).resolve().parent / "results")
+    args = ap.parse_args()
+    if args.child:
+        res = child(Path(args.child[0]), [int(s) for s in args.child[1:]], args.rounds, args.min_s)
+        print(json.dumps(res))
+        return
+    out = output_dir(NAME, args)
+    models, not_run = [], []
+    if not args.no_resnet:
+        models.append(run_child("resnet18 (224×224)", resnet18(), [3, 224, 224], args))
+    mlps: list[dict] = []
+    for width in sorted(args.mlp_widths):
+        weights = MLP_LAYERS * width * width
+        if mlps:
+            pred = _predict(mlps, weights)
+            if pred > args.max_peak_gb * 1e9:
+                not_run.append({"width": width, "weights": weights, "predicted_peak_bytes": pred})
+                print(f"MLP width {width}: predicted peak {pred / 2**30:.1f} GiB, not run", flush=True)
+                continue
+        mlps.append(run_child(f"MLP {MLP_LAYERS}×{width}²", mlp(width), [width], args))
+    models += mlps
+    info = machine()
+    info["command"] = "python -m bench.scale " + " ".join(sys.argv[1:])
+    data = {
+        "machine": info,
+        "rounds": args.rounds,
+        "max_peak_gb": args.max_peak_gb,
+        "targets": {"ns_per_weight": TARGET_NS_PER_WEIGHT, "peak_over_disk": TARGET_PEAK_OVER_DISK},
+        "models": models,
+        "not_run": not_run,
+    }
+    if mlps:
+        data["mlp_peak_extrapolation_bytes"] = {
+            str(w): _predict(mlps, w) for w in (100_000_000, 500_000_000) if len(mlps) >= 1
+        }
+    for p in write(NAME, data, markdown(data), out):
+        print(p)
+
+
+if __name__ == "__main__":
+    main()
