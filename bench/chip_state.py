@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chipsim import ChipStore, LayerSpec, get_profile, program, read
+from chipsim import ChipState, ChipStore, LayerSpec, get_profile, program, read
 from models import outputs
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,6 +78,51 @@ def _profile(fn, *args, top: int = 12) -> str:
     return buf.getvalue()
 
 
+def _store_costs(out: Path, chip: ChipState, repeats: int) -> tuple[float, int, int, int, list[float]]:
+    """Save ``chip`` into a scratch store under ``out/tmp`` and load it ``repeats`` times; returns
+    the save time (s), the chip's own disk bytes, its per-device array bytes, the shared blob
+    bytes and the load times (s). The scratch store is removed."""
+    store_root = out / "tmp" / f"store-{os.getpid()}"
+    shutil.rmtree(store_root, ignore_errors=True)
+    store = ChipStore(store_root)
+    try:
+        _, save_s = _timed(store.save, chip)
+        own = store.disk_bytes("bench")
+        manifest = store.read_manifest("bench")
+        # Payload of the per-device arrays (G_prog deviation and ν, both devices of each pair).
+        device_bytes = sum(
+            int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize
+            for key, e in manifest["arrays"].items()
+            if key.rsplit("/", 1)[1] in ("dg_us", "nu")
+        )
+        shared = sum(p.stat().st_size for p in store.blobs_dir.iterdir())
+        load_times = []
+        for _ in range(repeats):
+            loaded, t = _timed(store.load, "bench")
+            load_times.append(t)
+        assert loaded.layers[0].dg_us.tobytes() == chip.layers[0].dg_us.tobytes()
+    finally:
+        shutil.rmtree(store_root, ignore_errors=True)
+        try:
+            (out / "tmp").rmdir()
+        except OSError:
+            pass
+    return save_s, own, device_bytes, shared, load_times
+
+
+def _machine(load_before: tuple[float, float, float]) -> dict:
+    """The machine, with the load averages before the run and now."""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
+        "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2048)
@@ -109,45 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
         read_cpu.append(_CPU.pop(id(r)))
         del r
 
-    store_root = args.out / "tmp" / f"store-{os.getpid()}"
-    shutil.rmtree(store_root, ignore_errors=True)
-    store = ChipStore(store_root)
-    try:
-        _, save_s = _timed(store.save, chip)
-        own = store.disk_bytes("bench")
-        manifest = store.read_manifest("bench")
-        # Payload of the per-device arrays (G_prog deviation and ν, both devices of each pair).
-        device_bytes = sum(
-            int(np.prod(e["shape"])) * np.dtype(e["dtype"]).itemsize
-            for key, e in manifest["arrays"].items()
-            if key.rsplit("/", 1)[1] in ("dg_us", "nu")
-        )
-        shared = sum(p.stat().st_size for p in store.blobs_dir.iterdir())
-        load_times = []
-        for _ in range(args.repeats):
-            loaded, t = _timed(store.load, "bench")
-            load_times.append(t)
-        assert loaded.layers[0].dg_us.tobytes() == chip.layers[0].dg_us.tobytes()
-    finally:
-        shutil.rmtree(store_root, ignore_errors=True)
-        try:
-            (args.out / "tmp").rmdir()
-        except OSError:
-            pass
+    save_s, own, device_bytes, shared, load_times = _store_costs(args.out, chip, args.repeats)
 
     result = {
         "benchmark": "chip_state",
         "command": "python -m bench.chip_state " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "nproc": os.cpu_count(),
-            "cpu": _cpu_model(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "platform": platform.platform(),
-            "loadavg_1_5_15_before": [round(v, 2) for v in load_before],
-            "loadavg_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
-        },
+        "machine": _machine(load_before),
         "model": {
             "layers": 1,
             "rows": rows,

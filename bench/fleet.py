@@ -45,6 +45,75 @@ def med_range(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
+def _start_executors(tasks: list, no_ray: bool) -> tuple[dict, dict[str, float]]:
+    """Local executors with 1 and 2 workers (and Ray's, unless ``no_ray``), each warmed up;
+    returns them by name and their start-up seconds."""
+    executors, startup = {}, {}
+    for w in (1, 2):
+        t = time.perf_counter()
+        ex = LocalProcessExecutor(workers=w)
+        ex.warm_up()
+        ex.map(tasks[: 2 * w])  # warm: each worker's imports, noise table and first session
+        startup[f"local({w})"] = time.perf_counter() - t
+        executors[f"local({w})"] = ex
+    if not no_ray and ray_available():
+        t = time.perf_counter()
+        ray2 = RayExecutor(address="local", workers=2)
+        ray2.start()
+        ray2.map(tasks[:2])  # warm: Ray starts its worker processes on first use
+        startup["ray(2)"] = time.perf_counter() - t
+        ray1 = RayExecutor(address="local", workers=1)
+        ray1.start()  # joins the cluster ray2 started (ray.is_initialized)
+        ray1.map(tasks[:2])
+        executors["ray(1)"], executors["ray(2)"] = ray1, ray2
+    elif not no_ray:
+        print("ray is not installed: local executors only (pip install -r requirements/ray.txt)")
+    return executors, startup
+
+
+def _interleaved_runs(executors: dict, tasks: list, repeat: int) -> dict[str, list[dict]]:
+    """Every executor maps all tasks, interleaved, ``repeat`` times; asserts identical rows."""
+    runs: dict[str, list[dict]] = {name: [] for name in executors}
+    reference = None
+    for rep in range(repeat):
+        for name, ex in executors.items():
+            t = time.perf_counter()
+            rows = ex.map(tasks)
+            wall = time.perf_counter() - t
+            if reference is None:
+                reference = rows
+            assert rows == reference, f"{name} returned different rows"
+            busy = sum(r.load_s + r.eval_s for r in ex.last_results)
+            workers = ex.workers
+            runs[name].append(
+                {
+                    "wall_s": wall,
+                    "busy_s": busy,
+                    "overhead_per_task_ms": (workers * wall - busy) / len(tasks) * 1e3,
+                    "workers_seen": len({r.worker for r in ex.last_results}),
+                }
+            )
+            print(
+                f"repeat {rep + 1}/{repeat} {name:9s} wall {wall:6.1f} s  busy {busy:6.1f} s  "
+                f"overhead/task {runs[name][-1]['overhead_per_task_ms']:7.1f} ms"
+            )
+    return runs
+
+
+def _summarise(runs: dict[str, list[dict]], startup: dict[str, float]) -> tuple[dict, dict]:
+    """Median [range] per executor, and the 1 → 2 worker speed-up per executor kind (paired repeats)."""
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {k: med_range([r[k] for r in rs]) for k in ("wall_s", "busy_s", "overhead_per_task_ms")}
+        summary[name]["startup_s"] = startup.get(name)
+    speedup = {}
+    for kind in ("local", "ray"):
+        if f"{kind}(1)" in runs:
+            pairs = zip(runs[f"{kind}(1)"], runs[f"{kind}(2)"])
+            speedup[kind] = med_range([a["wall_s"] / b["wall_s"] for a, b in pairs])
+    return summary, speedup
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="cnn-hwa")
@@ -80,66 +149,15 @@ def main() -> None:
         f"{args.ages} ages × {args.readouts} read-out(s) × GDC on/off on {fleet.eval_samples} samples"
     )
 
-    executors, startup = {}, {}
-    for w in (1, 2):
-        t = time.perf_counter()
-        ex = LocalProcessExecutor(workers=w)
-        ex.warm_up()
-        ex.map(tasks[: 2 * w])  # warm: each worker's imports, noise table and first session
-        startup[f"local({w})"] = time.perf_counter() - t
-        executors[f"local({w})"] = ex
-    if not args.no_ray and ray_available():
-        t = time.perf_counter()
-        ray2 = RayExecutor(address="local", workers=2)
-        ray2.start()
-        ray2.map(tasks[:2])  # warm: Ray starts its worker processes on first use
-        startup["ray(2)"] = time.perf_counter() - t
-        ray1 = RayExecutor(address="local", workers=1)
-        ray1.start()  # joins the cluster ray2 started (ray.is_initialized)
-        ray1.map(tasks[:2])
-        executors["ray(1)"], executors["ray(2)"] = ray1, ray2
-    elif not args.no_ray:
-        print("ray is not installed: local executors only (pip install -r requirements/ray.txt)")
-
-    runs: dict[str, list[dict]] = {name: [] for name in executors}
-    reference = None
+    executors, startup = _start_executors(tasks, args.no_ray)
     load0 = os.getloadavg()
-    for rep in range(args.repeat):
-        for name, ex in executors.items():
-            t = time.perf_counter()
-            rows = ex.map(tasks)
-            wall = time.perf_counter() - t
-            if reference is None:
-                reference = rows
-            assert rows == reference, f"{name} returned different rows"
-            busy = sum(r.load_s + r.eval_s for r in ex.last_results)
-            workers = ex.workers
-            runs[name].append(
-                {
-                    "wall_s": wall,
-                    "busy_s": busy,
-                    "overhead_per_task_ms": (workers * wall - busy) / len(tasks) * 1e3,
-                    "workers_seen": len({r.worker for r in ex.last_results}),
-                }
-            )
-            print(
-                f"repeat {rep + 1}/{args.repeat} {name:9s} wall {wall:6.1f} s  busy {busy:6.1f} s  "
-                f"overhead/task {runs[name][-1]['overhead_per_task_ms']:7.1f} ms"
-            )
+    runs = _interleaved_runs(executors, tasks, args.repeat)
     load1 = os.getloadavg()
     for ex in executors.values():  # ray(2) started the local cluster, so its close() stops it
         ex.close()
     tmp.cleanup()
 
-    summary = {}
-    for name, rs in runs.items():
-        summary[name] = {k: med_range([r[k] for r in rs]) for k in ("wall_s", "busy_s", "overhead_per_task_ms")}
-        summary[name]["startup_s"] = startup.get(name)
-    speedup = {}
-    for kind in ("local", "ray"):
-        if f"{kind}(1)" in runs:
-            pairs = zip(runs[f"{kind}(1)"], runs[f"{kind}(2)"])
-            speedup[kind] = med_range([a["wall_s"] / b["wall_s"] for a, b in pairs])
+    summary, speedup = _summarise(runs, startup)
     data = {
         "machine": machine(),
         "model": args.model,

@@ -448,7 +448,7 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="benchmark a running server (its chip 'default') instead of starting one")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per scenario (default 10)")
@@ -473,13 +473,47 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--note", default="", help="free text added to the Markdown report")
     ap.add_argument("--no-write", action="store_true", help="print, do not write any file")
     outputs.add_arguments(ap, RESULTS)
-    args = ap.parse_args(argv)
+    return ap
 
-    generator = args.generator
+
+def _generator(choice: str) -> str:
+    """The load generator for ``--generator``: ``auto`` takes wrk when it is installed."""
+    generator = choice
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "httpx"
     if generator == "wrk" and not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install -y wrk), or use --generator httpx")
+    return generator
+
+
+def _rounds(
+    args: argparse.Namespace, generator: str, url: str, chosen: list[dict], meter: CpuMeter, work: Path
+) -> dict[str, list[dict]]:
+    """``args.rounds`` rounds over the ``chosen`` scenarios, interleaved; returns each scenario's runs."""
+    runs: dict[str, list[dict]] = {}
+    for rnd in range(args.rounds):
+        for sc in chosen:
+            before = meter.snapshot()
+            if generator == "wrk":
+                r = run_wrk(url, sc, args.duration, args.connections, args.max_requests, work)
+            else:
+                r = run_httpx(url, sc, args.duration, args.connections, args.max_requests)
+            r.update(meter.usage(before, meter.snapshot()))
+            r["batch"] = sc["batch"]
+            r["paced_rate"] = sc.get("rate", 0)
+            runs.setdefault(sc["name"], []).append(r)
+            print(
+                f"round {rnd + 1} {sc['name']:>16}: {r['rps']:7.0f} req/s {r['samples_per_s']:8.0f} samples/s  "
+                f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  max {r['max_ms']:6.1f} ms  "
+                f"errors {r['errors']}  cores: server {r['server_cores']:.2f} other {r['other_cores']:.2f}",
+                flush=True,
+            )
+    return runs
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    generator = _generator(args.generator)
 
     proc = None
     server_env = {k: v for k, v in os.environ.items() if k.startswith("AGEDCHIP_") and "KEY" not in k}
@@ -507,7 +541,6 @@ def main(argv: list[str] | None = None) -> None:
         meta = httpx.get(url + "/v2/models/default", timeout=10).json()
         inp = meta["inputs"][0]
         shape = [int(d) for d in inp["shape"][1:]]
-        runs: dict[str, list[dict]] = {}
         rate = args.rate if generator == "wrk" else 0.0
         chosen = [
             sc for sc in scenarios(args.batch, shape, inp["name"], rate) if not args.only or sc["name"] in args.only
@@ -515,23 +548,7 @@ def main(argv: list[str] | None = None) -> None:
         for sc in chosen:
             warm_up(url, sc)
         meter = CpuMeter(proc.pid if proc is not None else None)
-        for rnd in range(args.rounds):
-            for sc in chosen:
-                before = meter.snapshot()
-                if generator == "wrk":
-                    r = run_wrk(url, sc, args.duration, args.connections, args.max_requests, work)
-                else:
-                    r = run_httpx(url, sc, args.duration, args.connections, args.max_requests)
-                r.update(meter.usage(before, meter.snapshot()))
-                r["batch"] = sc["batch"]
-                r["paced_rate"] = sc.get("rate", 0)
-                runs.setdefault(sc["name"], []).append(r)
-                print(
-                    f"round {rnd + 1} {sc['name']:>16}: {r['rps']:7.0f} req/s {r['samples_per_s']:8.0f} samples/s  "
-                    f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  max {r['max_ms']:6.1f} ms  "
-                    f"errors {r['errors']}  cores: server {r['server_cores']:.2f} other {r['other_cores']:.2f}",
-                    flush=True,
-                )
+        runs = _rounds(args, generator, url, chosen, meter, work)
         results = {name: summarise(rs) for name, rs in runs.items()}
         busy_after = cpu_busy()
     finally:

@@ -214,35 +214,22 @@ def _best(runs: list[dict[int, dict]]) -> dict[int, dict]:
     return best
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (best rate kept)")
-    ap.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, JSON rows on stdout
-    outputs.add_arguments(ap, RESULTS)
-    args = ap.parse_args(argv)
-    if args.job:
-        print(json.dumps(_job(json.loads(args.job))))
-        return
+def _jobs(threads: int, seconds: float) -> dict[tuple, dict]:
+    """Every measurement, by key: digital, the two ceiling forms, and the chip per profile and binding."""
     jobs = {}
     for name, _, _ in _models():
-        base = {"model": name, "threads": args.threads, "seconds": args.seconds}
+        base = {"model": name, "threads": threads, "seconds": seconds}
         jobs[(name, "digital")] = {**base, "kind": "digital"}
         for form in ("wide", "separate"):
             jobs[(name, "ceiling", form)] = {**base, "kind": "ceiling", "form": form}
         for pname in ("pcm", "weights-only"):
             for binding in ChipRuntime.BINDINGS:
                 jobs[(name, pname, binding)] = {**base, "kind": "chip", "profile": pname, "binding": binding}
-    # Round robin over all jobs, `repeat` times, each in a fresh process; the best rate of a job is
-    # kept. This machine shares its host: a slow spell lasts tens of seconds and halves every rate
-    # measured in it, so a job's repeats are spread over the whole run.
-    runs: dict[tuple, list] = {key: [] for key in jobs}
-    for rep in range(args.repeat):
-        for key, job in jobs.items():
-            runs[key].append(_run_job(job))
-        print(f"round {rep + 1}/{args.repeat} done", flush=True)
-    res = {key: _best(r) for key, r in runs.items()}
+    return jobs
+
+
+def _rows(res: dict[tuple, dict]) -> list[dict]:
+    """One table row per model, profile, binding and batch from the best rates ``res``; printed as made."""
     rows = []
     for name, _, _ in _models():
         digital = res[(name, "digital")]
@@ -272,6 +259,30 @@ def main(argv: list[str] | None = None) -> None:
                         f"{r['first_request_ms']:.1f} ms (spread over runs: digital {100 * d['spread']:.0f} %, "
                         f"analog {100 * a['spread']:.0f} %)"
                     )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--repeat", type=int, default=3, help="fresh processes per measurement (best rate kept)")
+    ap.add_argument("--job", help=argparse.SUPPRESS)  # internal: one measurement, JSON rows on stdout
+    outputs.add_arguments(ap, RESULTS)
+    args = ap.parse_args(argv)
+    if args.job:
+        print(json.dumps(_job(json.loads(args.job))))
+        return
+    jobs = _jobs(args.threads, args.seconds)
+    # Round robin over all jobs, `repeat` times, each in a fresh process; the best rate of a job is
+    # kept. This machine shares its host: a slow spell lasts tens of seconds and halves every rate
+    # measured in it, so a job's repeats are spread over the whole run.
+    runs: dict[tuple, list] = {key: [] for key in jobs}
+    for rep in range(args.repeat):
+        for key, job in jobs.items():
+            runs[key].append(_run_job(job))
+        print(f"round {rep + 1}/{args.repeat} done", flush=True)
+    rows = _rows({key: _best(r) for key, r in runs.items()})
     info = machine()
     lines = [
         "# Runtime throughput: chip vs plain onnxruntime",

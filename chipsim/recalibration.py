@@ -211,6 +211,28 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == y))
 
 
+def _check_label_count(y: np.ndarray, n_samples: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != n_samples or len(y) < 8:
+        raise RecalibrationError("labels: need one integer label per sample and at least 8 samples", "labels")
+    return y
+
+
+def _cross_entropy_grad(logits: np.ndarray, labels: np.ndarray, x_dac: np.ndarray, out_scale: np.ndarray) -> np.ndarray:
+    """Gradient of the mean softmax cross-entropy w.r.t. the normalised weights, straight-through the
+    periphery: ``x_dac`` are the batch's DAC inputs, ``out_scale`` the per-column output scale."""
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1.0
+    return x_dac.T @ (p / len(labels) * out_scale)
+
+
+def _run_fresh(chip: ChipState, x: np.ndarray, read_seed: int, seed: int, threads: int | None) -> np.ndarray:
+    """Logits of a just-derived chip at age 0 (s), through a runtime of its own."""
+    runtime = ChipRuntime(chip, binding=WeightBinding.INPUTS, threads=threads)
+    return runtime.run(x, 0.0, read_seed=read_seed, seed=seed)[0]
+
+
 def recalibrate(
     chip: ChipState,
     age_s: float,
@@ -233,9 +255,7 @@ def recalibrate(
     The accuracies are also recorded in the new chip's ``meta["recalibration"]``.
     """
     check_chip_id(new_chip_id)
-    y = np.asarray(y)
-    if y.ndim != 1 or len(y) != len(x) or len(y) < 8:
-        raise RecalibrationError("labels: need one integer label per sample and at least 8 samples", "labels")
+    y = _check_label_count(y, len(x))
     idx, tensor = find_layer(chip, config.layer)
     layer = chip.layers[idx]
     n_classes = layer.shape[1]
@@ -265,11 +285,7 @@ def recalibrate(
         b = rng.choice(train, size=min(config.batch_size, len(train)), replace=False)
         w = np.clip(opt.weights(), -1.0, 1.0)
         logits = _logits(feats[b], layer, w, n_tiles, chip, rng)
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        p[np.arange(len(b)), y[b]] -= 1.0
-        grad = x_dac_all[b].T @ (p / len(b) * out_scale)  # straight-through the periphery
-        opt.step(grad, rng)
+        opt.step(_cross_entropy_grad(logits, y[b], x_dac_all[b], out_scale), rng)
         if progress is not None and (step % 10 == 0 or step == config.steps - 1):
             progress(step + 1, config.steps)
         if step % max(1, config.steps // 10) == 0 or step == config.steps - 1:
@@ -277,12 +293,7 @@ def recalibrate(
             history.append({"step": step + 1, "holdout_accuracy": acc, "pulses": int(opt.pulses_used)})
     w_bar = np.clip(opt.weights(), -1.0, 1.0).astype(np.float32)
     new = _derive_chip(chip, idx, w_bar, age_s, config, new_chip_id, int(opt.pulses_used))
-    after = _accuracy(
-        ChipRuntime(new, binding=WeightBinding.INPUTS, threads=threads).run(
-            x[hold], 0.0, read_seed=read_seed, seed=config.seed
-        )[0],
-        y[hold],
-    )
+    after = _accuracy(_run_fresh(new, x[hold], read_seed, config.seed, threads), y[hold])
     new.meta["recalibration"].update(
         accuracy_before=before, accuracy_before_no_gdc=before_off, accuracy_after=after, holdout_samples=int(n_hold)
     )

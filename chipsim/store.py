@@ -365,34 +365,7 @@ class ChipStore:
         published = False
         try:
             tmp = self._new_tmp()
-            arrays: dict[str, dict[str, Any]] = {}
-            layers = []
-            for i, layer in enumerate(chip.layers):
-                for name in _CHIP_ARRAYS:
-                    arr = getattr(layer, name)
-                    data = _npy_bytes(arr)
-                    fname = f"l{i}_{name}.npy"
-                    _write_file(tmp / fname, data)
-                    arrays[f"layers/{i}/{name}"] = {
-                        "file": fname,
-                        "sha256": _sha256(data),
-                        "shape": list(arr.shape),
-                        "dtype": str(arr.dtype),
-                    }
-                for name in _SHARED_ARRAYS:
-                    arr = getattr(layer, name)
-                    if arr is None:
-                        continue
-                    digest = self._put_blob(share, _npy_bytes(arr), "npy", pins, created)
-                    arrays[f"layers/{i}/{name}"] = {"blob": digest, "shape": list(arr.shape), "dtype": str(arr.dtype)}
-                layers.append(
-                    {
-                        "name": layer.name,
-                        "input_range": layer.input_range,
-                        "tiles": [list(t) for t in layer.tiles],
-                        "meta": layer.meta,
-                    }
-                )
+            arrays, layers = self._write_layers(chip, tmp, share, pins, created)
             attachments = {
                 name: self._put_blob(share, data, "bin", pins, created) for name, data in chip.attachments.items()
             }
@@ -411,18 +384,7 @@ class ChipStore:
             }
             manifest["manifest_sha256"] = _manifest_digest(manifest)
             _write_file(tmp / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True).encode())
-            _fsync_dir(tmp)
-            try:
-                os.rename(tmp, final)  # atomic; fails if a concurrent writer published first
-            except OSError:
-                if final.exists():
-                    raise ChipExistsError(f"chip_id: chip {chip_id!r} already exists (chips are immutable)") from None
-                raise
-            try:
-                _fsync_dir(self.chips_dir)
-            except OSError:
-                self._unpublish(final)  # not known to be durable: the caller is told it failed
-                raise
+            self._publish(tmp, final, chip_id)
             published = True
         except OSError as err:
             raise StoreWriteError(f"saving chip {chip_id!r}", err, self._rel(err.filename)) from None
@@ -433,6 +395,56 @@ class ChipStore:
             if not published and created:
                 self._collect_quietly(share, only=set(created))
         return final
+
+    def _write_layers(
+        self, chip: ChipState, tmp: Path, share: store_lock.Share, pins: set[str], created: list[str]
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """Write the chip's own arrays into ``tmp`` and its shared ones as blobs (pinned in ``pins``,
+        new ones listed in ``created``); returns the manifest's ``arrays`` and ``layers``."""
+        arrays: dict[str, dict[str, Any]] = {}
+        layers = []
+        for i, layer in enumerate(chip.layers):
+            for name in _CHIP_ARRAYS:
+                arr = getattr(layer, name)
+                data = _npy_bytes(arr)
+                fname = f"l{i}_{name}.npy"
+                _write_file(tmp / fname, data)
+                arrays[f"layers/{i}/{name}"] = {
+                    "file": fname,
+                    "sha256": _sha256(data),
+                    "shape": list(arr.shape),
+                    "dtype": str(arr.dtype),
+                }
+            for name in _SHARED_ARRAYS:
+                arr = getattr(layer, name)
+                if arr is None:
+                    continue
+                digest = self._put_blob(share, _npy_bytes(arr), "npy", pins, created)
+                arrays[f"layers/{i}/{name}"] = {"blob": digest, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+            layers.append(
+                {
+                    "name": layer.name,
+                    "input_range": layer.input_range,
+                    "tiles": [list(t) for t in layer.tiles],
+                    "meta": layer.meta,
+                }
+            )
+        return arrays, layers
+
+    def _publish(self, tmp: Path, final: Path, chip_id: str) -> None:
+        """Rename the complete ``tmp`` folder to ``final`` and make the rename durable."""
+        _fsync_dir(tmp)
+        try:
+            os.rename(tmp, final)  # atomic; fails if a concurrent writer published first
+        except OSError:
+            if final.exists():
+                raise ChipExistsError(f"chip_id: chip {chip_id!r} already exists (chips are immutable)") from None
+            raise
+        try:
+            _fsync_dir(self.chips_dir)
+        except OSError:
+            self._unpublish(final)  # not known to be durable: the caller is told it failed
+            raise
 
     def _unpublish(self, final: Path) -> None:
         trash = self.tmp_dir / f"{os.getpid()}-del-{uuid.uuid4().hex}"

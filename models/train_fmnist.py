@@ -306,17 +306,7 @@ def train(
     arch_kwargs = arch_kwargs or {}
     model = FM.build(recipe.arch, recipe.seed, **arch_kwargs)
     gen = torch.Generator().manual_seed(recipe.seed)
-    ctx = None
-    if recipe.mode.chip_in_loop:
-        model.load_state_dict(teacher.state_dict())
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        H.calibrate_input_ranges(model, x_tr[:CALIBRATION_IMAGES])
-        H.set_learn_ranges(model, recipe.learn_ranges)
-        ctx = H.HwaContext(recipe.noise, torch.Generator().manual_seed(recipe.seed + 1))
-        if recipe.clip_sigma > 0:
-            H.clip_weights(model, recipe.clip_sigma)
+    ctx = _start_from_teacher(model, teacher, recipe, x_tr) if recipe.mode.chip_in_loop else None
     opt = _optimizer(model, recipe)
     ranges = [p for n, p in model.named_parameters() if n.endswith("input_range") and p.requires_grad]
     steps_per_epoch = math.ceil(len(x_tr) / recipe.batch_size)
@@ -325,14 +315,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup))
     step, first_epoch = 0, 0
     if resume and run.checkpoint.is_file():
-        ck = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        gen.set_state(ck["gen"])
-        if ctx is not None:
-            ctx.generator.set_state(ck["ctx_gen"])
-        step, first_epoch, run.history = ck["step"], ck["epoch"], ck["history"]
+        step, first_epoch = _restore_checkpoint(run, model, opt, sched, gen, ctx)
     limit = total if max_steps is None else min(total, max_steps)
     H.attach(model, ctx)
     name = model_name(recipe)
@@ -359,68 +342,167 @@ def train(
                 x = D.augment(x, gen)
             if ctx is not None:
                 ctx.new_batch(noise_strength(recipe.mode, step, round(recipe.ramp_epochs * steps_per_epoch)))
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            if teacher is not None and recipe.distill > 0:
-                with torch.no_grad():
-                    t_logits = teacher(x)
-                loss = (1 - recipe.distill) * loss + recipe.distill * kd_loss(
-                    logits, t_logits, recipe.distill_temperature
-                )
+            loss = _batch_loss(model, teacher, recipe, ctx, x, y)
+            _optimiser_step(model, recipe, opt, sched, loss)
             if ctx is not None:
-                loss = loss + H.range_decay_loss(model, recipe.range_decay)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            opt.step()
-            sched.step()
-            if ctx is not None:
-                if recipe.clip_sigma > 0:
-                    H.clip_weights(model, recipe.clip_sigma)
-                with torch.no_grad():  # a DAC range must stay positive
-                    for p in ranges:
-                        p.clamp_(min=1e-3)
+                _project_onto_chip(model, recipe, ranges)
             losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         bar.close()
-        train_s = time.perf_counter() - t0
         H.attach(model, None)
-        rec = {
-            "epoch": epoch + 1,
-            "steps": step,
-            "loss": float(np.mean(losses)),
-            "train_seconds": round(train_s, 2),
-            "seconds_per_step": round(train_s / len(losses), 4),
-            "val_fp": accuracy(model, x_va, y_va),
-        }
-        if ctx is not None and emu_val > 0:
-            rec[f"val_emu_{recipe.noise.profile}_1y"] = emulated_accuracy(
-                model, x_va[:emu_val], y_va[:emu_val], recipe.noise.profile
-            )
-        rec["seconds"] = round(time.perf_counter() - t0, 2)
+        rec = _epoch_record(model, recipe, ctx, x_va, y_va, emu_val, epoch, step, losses, t0)
         H.attach(model, ctx)
         model.train()
-        run.end_epoch(
-            rec,
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "sched": sched.state_dict(),
-                "gen": gen.get_state(),
-                "ctx_gen": ctx.generator.get_state() if ctx else None,
-                "step": step,
-                "epoch": epoch + 1,
-            },
-        )
-        msg = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items())
-        if progress:
-            tqdm.write(msg)
-        else:
-            print(msg, flush=True)
+        run.end_epoch(rec, _checkpoint_state(model, opt, sched, gen, ctx, step, epoch))
+        _print_record(rec, progress)
     H.attach(model, None)
+    _finish(model, recipe, arch_kwargs, x_tr, run)
+    return model
+
+
+def _start_from_teacher(model: nn.Module, teacher: nn.Module, recipe: FmnistRecipe, x_tr: torch.Tensor) -> H.HwaContext:
+    """Chip-in-the-loop start: copy and freeze the teacher, set the DAC ranges, clip; returns the noise context."""
+    model.load_state_dict(teacher.state_dict())
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    H.calibrate_input_ranges(model, x_tr[:CALIBRATION_IMAGES])
+    H.set_learn_ranges(model, recipe.learn_ranges)
+    ctx = H.HwaContext(recipe.noise, torch.Generator().manual_seed(recipe.seed + 1))
+    if recipe.clip_sigma > 0:
+        H.clip_weights(model, recipe.clip_sigma)
+    return ctx
+
+
+def _restore_checkpoint(
+    run: Run,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    ctx: H.HwaContext | None,
+) -> tuple[int, int]:
+    """Load ``run``'s checkpoint into the training state (and ``run.history``); returns (step, first epoch)."""
+    ck = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    gen.set_state(ck["gen"])
+    if ctx is not None:
+        ctx.generator.set_state(ck["ctx_gen"])
+    run.history = ck["history"]
+    return ck["step"], ck["epoch"]
+
+
+def _batch_loss(
+    model: nn.Module,
+    teacher: nn.Module | None,
+    recipe: FmnistRecipe,
+    ctx: H.HwaContext | None,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy, blended with distillation from ``teacher`` and the DAC range decay when they apply."""
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
+    if teacher is not None and recipe.distill > 0:
+        with torch.no_grad():
+            t_logits = teacher(x)
+        loss = (1 - recipe.distill) * loss + recipe.distill * kd_loss(logits, t_logits, recipe.distill_temperature)
+    if ctx is not None:
+        loss = loss + H.range_decay_loss(model, recipe.range_decay)
+    return loss
+
+
+def _optimiser_step(
+    model: nn.Module,
+    recipe: FmnistRecipe,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss: torch.Tensor,
+) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if recipe.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    opt.step()
+    sched.step()
+
+
+def _checkpoint_state(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    ctx: H.HwaContext | None,
+    step: int,
+    epoch: int,
+) -> dict:
+    """What :func:`_restore_checkpoint` reads back after ``epoch`` (0-based) ended at ``step``."""
+    return {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "sched": sched.state_dict(),
+        "gen": gen.get_state(),
+        "ctx_gen": ctx.generator.get_state() if ctx else None,
+        "step": step,
+        "epoch": epoch + 1,
+    }
+
+
+def _project_onto_chip(model: nn.Module, recipe: FmnistRecipe, ranges: list[nn.Parameter]) -> None:
+    """After a chip-in-the-loop step: clip the weights and keep the learned DAC ranges positive."""
+    if recipe.clip_sigma > 0:
+        H.clip_weights(model, recipe.clip_sigma)
+    with torch.no_grad():  # a DAC range must stay positive
+        for p in ranges:
+            p.clamp_(min=1e-3)
+
+
+def _epoch_record(
+    model: nn.Module,
+    recipe: FmnistRecipe,
+    ctx: H.HwaContext | None,
+    x_va: torch.Tensor,
+    y_va: torch.Tensor,
+    emu_val: int,
+    epoch: int,
+    step: int,
+    losses: list[float],
+    t0: float,
+) -> dict:
+    """The history row of a finished epoch; ``t0`` is its start (``time.perf_counter``, s)."""
+    train_s = time.perf_counter() - t0
+    rec = {
+        "epoch": epoch + 1,
+        "steps": step,
+        "loss": float(np.mean(losses)),
+        "train_seconds": round(train_s, 2),
+        "seconds_per_step": round(train_s / len(losses), 4),
+        "val_fp": accuracy(model, x_va, y_va),
+    }
+    if ctx is not None and emu_val > 0:
+        rec[f"val_emu_{recipe.noise.profile}_1y"] = emulated_accuracy(
+            model, x_va[:emu_val], y_va[:emu_val], recipe.noise.profile
+        )
+    rec["seconds"] = round(time.perf_counter() - t0, 2)
+    return rec
+
+
+def _print_record(rec: dict, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    msg = " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items())
+    if progress:
+        tqdm.write(msg)
+    else:
+        print(msg, flush=True)
+
+
+def _finish(model: nn.Module, recipe: FmnistRecipe, arch_kwargs: dict, x_tr: torch.Tensor, run: Run) -> None:
+    """Unfreeze the weights, freeze the DAC ranges (calibrated here for plain models), save ``model.pt``."""
     for p in model.parameters():
         p.requires_grad_(True)
     for _, m in H.analog_layers(model):
@@ -437,7 +519,6 @@ def train(
         },
         run.out / "model.pt",
     )
-    return model
 
 
 # --------------------------------------------------------------------------- export
@@ -468,7 +549,7 @@ def export(model: nn.Module, recipe: FmnistRecipe, out: Path, limit_val: int | N
     return {"onnx": f"{name}.onnx", "val_fp_onnx": val}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", required=True, choices=sorted(DEFAULTS))
     ap.add_argument("--mode", default=TrainMode.PLAIN, type=TrainMode, choices=list(TrainMode))
@@ -499,7 +580,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--no-export", action="store_true")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _teacher(args: argparse.Namespace, recipe: FmnistRecipe) -> tuple[nn.Module, dict | None]:
+    """The finished plain run ``--teacher`` and its architecture keywords, checked against ``recipe``."""
+    if args.teacher is None:
+        raise SystemExit(f"--mode {recipe.mode} fine-tunes a plain model: pass --teacher RUN_DIR of a plain run")
+    teacher, t_recipe, t_kwargs = load_model(args.teacher)
+    if t_recipe.arch != recipe.arch or t_recipe.mode is not TrainMode.PLAIN:
+        raise SystemExit(
+            f"--teacher {args.teacher}: a {t_recipe.arch} {t_recipe.mode} run, expected {recipe.arch} plain"
+        )
+    if args.arch_kwargs is not None and args.arch_kwargs != t_kwargs:
+        raise SystemExit(f"--arch-kwargs {args.arch_kwargs} differ from the teacher's {t_kwargs}")
+    return teacher, t_kwargs
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.resume and args.out is None:
         raise SystemExit("--resume needs --out (the run's folder)")
@@ -514,16 +613,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = replace(recipe, **overrides)
     teacher = None
     if recipe.mode.chip_in_loop:
-        if args.teacher is None:
-            raise SystemExit(f"--mode {recipe.mode} fine-tunes a plain model: pass --teacher RUN_DIR of a plain run")
-        teacher, t_recipe, t_kwargs = load_model(args.teacher)
-        if t_recipe.arch != recipe.arch or t_recipe.mode is not TrainMode.PLAIN:
-            raise SystemExit(
-                f"--teacher {args.teacher}: a {t_recipe.arch} {t_recipe.mode} run, expected {recipe.arch} plain"
-            )
-        if args.arch_kwargs is not None and args.arch_kwargs != t_kwargs:
-            raise SystemExit(f"--arch-kwargs {args.arch_kwargs} differ from the teacher's {t_kwargs}")
-        args.arch_kwargs = t_kwargs
+        teacher, args.arch_kwargs = _teacher(args, recipe)
     try:
         D.load_split("val", 1)
     except D.FashionMnistMissing as err:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -22,7 +23,7 @@ from service.durations import SCHEDULE
 from service.fleets import FleetService
 from service.memory import rss_bytes
 from service.registry import Registry
-from service.served_chip import GAUGE_GDC
+from service.served_chip import GAUGE_GDC, ServedChip
 
 #: Reasons of admission refusals (label values): the line is full, a request waited its longest,
 #: the memory budget has no room for a new read-out.
@@ -48,7 +49,51 @@ class ChipCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         chips = sorted(self.registry.ready(), key=lambda c: c.chip_id)
         counts = self.registry.counts()
+        usage, cache, health = _UsageSeries.new(), _CacheSeries.new(), _HealthSeries.new()
+        by_state = GaugeMetricFamily(PREFIX + "chips", "Chips in the store by state.", labels=["state"])
+        now = time.time()
+        for c in chips:
+            usage.add(c)
+            cache.add(c)
+            health.add(c, now)
+        for state in ("ready", "corrupt"):
+            by_state.add_metric([state], counts.get(state, 0))
+        # The exposition order of the families is part of the scrape output: keep it.
+        yield from (
+            usage.inferences,
+            usage.samples,
+            health.age,
+            health.eval_acc,
+            health.cur_acc,
+            usage.labelled,
+            usage.correct,
+            health.alpha,
+            health.werr,
+            health.gratio,
+            health.stuck,
+            cache.hits,
+            cache.misses,
+            cache.cache_bytes,
+            cache.cache_entries,
+            by_state,
+            health.info,
+            usage.energy,
+            health.breach_in,
+        )
 
+
+@dataclass
+class _UsageSeries:
+    """Per-chip traffic counters: requests, samples, labelled/correct samples, estimated energy."""
+
+    inferences: CounterMetricFamily
+    samples: CounterMetricFamily
+    labelled: CounterMetricFamily
+    correct: CounterMetricFamily
+    energy: CounterMetricFamily
+
+    @classmethod
+    def new(cls) -> _UsageSeries:
         inferences = CounterMetricFamily(PREFIX + "inferences", "Inference requests served per chip.", labels=["chip"])
         samples = CounterMetricFamily(
             PREFIX + "inference_samples", "Samples (batch items) inferred per chip.", labels=["chip"]
@@ -63,12 +108,80 @@ class ChipCollector(Collector):
             "Labelled inference samples the chip classified correctly, per chip.",
             labels=["chip"],
         )
+        energy = CounterMetricFamily(
+            PREFIX + "estimated_energy_joules",
+            "Estimated energy of the inferences served per chip, joules (chipsim.cost: "
+            "an estimate, not a measurement).",
+            labels=["chip"],
+        )
+        return cls(inferences, samples, labelled, correct, energy)
+
+    def add(self, c: ServedChip) -> None:
+        cid = c.chip_id
+        n_inf, n_samples, n_lab, n_correct = c.counters()
+        self.inferences.add_metric([cid], n_inf)
+        self.samples.add_metric([cid], n_samples)
+        self.labelled.add_metric([cid], n_lab)
+        self.correct.add_metric([cid], n_correct)
+        self.energy.add_metric([cid], c.energy_j)
+
+
+@dataclass
+class _CacheSeries:
+    """Per-chip read-out cache statistics: hits/misses of the serving runtime, size per runtime."""
+
+    hits: CounterMetricFamily
+    misses: CounterMetricFamily
+    cache_bytes: GaugeMetricFamily
+    cache_entries: GaugeMetricFamily
+
+    @classmethod
+    def new(cls) -> _CacheSeries:
         hits = CounterMetricFamily(
             PREFIX + "readout_cache_hits", "Read-out cache hits per chip (serving runtime).", labels=["chip"]
         )
         misses = CounterMetricFamily(
             PREFIX + "readout_cache_misses", "Read-out cache misses per chip (serving runtime).", labels=["chip"]
         )
+        cache_bytes = GaugeMetricFamily(
+            PREFIX + "readout_cache_bytes",
+            "Bytes of cached read-outs per chip and runtime, as the runtime accounts "
+            "them (weights only: sessions and arenas are not counted).",
+            labels=["chip", "runtime"],
+        )
+        cache_entries = GaugeMetricFamily(
+            PREFIX + "readout_cache_entries",
+            "Cached read-outs (ages x read seeds) per chip and runtime.",
+            labels=["chip", "runtime"],
+        )
+        return cls(hits, misses, cache_bytes, cache_entries)
+
+    def add(self, c: ServedChip) -> None:
+        cid = c.chip_id
+        stats = c.runtime.stats
+        self.hits.add_metric([cid], stats.hits)
+        self.misses.add_metric([cid], stats.misses)
+        for runtime, (n_bytes, n_entries) in c.cache_stats().items():
+            self.cache_bytes.add_metric([cid, runtime], n_bytes)
+            self.cache_entries.add_metric([cid, runtime], n_entries)
+
+
+@dataclass
+class _HealthSeries:
+    """Per-chip description and ageing gauges: age, accuracy, GDC alpha, weight error, stuck devices, SLO."""
+
+    age: GaugeMetricFamily
+    eval_acc: GaugeMetricFamily
+    cur_acc: GaugeMetricFamily
+    alpha: GaugeMetricFamily
+    werr: GaugeMetricFamily
+    gratio: GaugeMetricFamily
+    stuck: GaugeMetricFamily
+    info: GaugeMetricFamily
+    breach_in: GaugeMetricFamily
+
+    @classmethod
+    def new(cls) -> _HealthSeries:
         age = GaugeMetricFamily(
             PREFIX + "chip_age_seconds",
             "Current chip age in seconds: wall-clock age times the chip's time scale.",
@@ -105,24 +218,6 @@ class ChipCollector(Collector):
         info = GaugeMetricFamily(
             PREFIX + "chip_info", "Chip description (value 1).", labels=["chip", "model", "profile"]
         )
-        by_state = GaugeMetricFamily(PREFIX + "chips", "Chips in the store by state.", labels=["state"])
-        cache_bytes = GaugeMetricFamily(
-            PREFIX + "readout_cache_bytes",
-            "Bytes of cached read-outs per chip and runtime, as the runtime accounts "
-            "them (weights only: sessions and arenas are not counted).",
-            labels=["chip", "runtime"],
-        )
-        cache_entries = GaugeMetricFamily(
-            PREFIX + "readout_cache_entries",
-            "Cached read-outs (ages x read seeds) per chip and runtime.",
-            labels=["chip", "runtime"],
-        )
-        energy = CounterMetricFamily(
-            PREFIX + "estimated_energy_joules",
-            "Estimated energy of the inferences served per chip, joules (chipsim.cost: "
-            "an estimate, not a measurement).",
-            labels=["chip"],
-        )
         breach_in = GaugeMetricFamily(
             PREFIX + "chip_slo_breach_in_seconds",
             "Wall-clock seconds until the chip's predicted accuracy SLO breach (GDC on), "
@@ -130,69 +225,35 @@ class ChipCollector(Collector):
             "predicted.",
             labels=["chip"],
         )
-        now = time.time()
+        return cls(age, eval_acc, cur_acc, alpha, werr, gratio, stuck, info, breach_in)
 
-        for c in chips:
-            cid = c.chip_id
-            n_inf, n_samples, n_lab, n_correct = c.counters()
-            inferences.add_metric([cid], n_inf)
-            samples.add_metric([cid], n_samples)
-            labelled.add_metric([cid], n_lab)
-            correct.add_metric([cid], n_correct)
-            stats = c.runtime.stats
-            hits.add_metric([cid], stats.hits)
-            misses.add_metric([cid], stats.misses)
-            for runtime, (n_bytes, n_entries) in c.cache_stats().items():
-                cache_bytes.add_metric([cid, runtime], n_bytes)
-                cache_entries.add_metric([cid, runtime], n_entries)
-            stuck.add_metric([cid, "reset"], c.stuck_reset)
-            stuck.add_metric([cid, "set"], c.stuck_set)
-            info.add_metric([cid, c.model_name, c.preset], 1)
-            g = c.gauges
-            age.add_metric([cid], c.wall_age())
-            for label in SCHEDULE:
-                for mode in GAUGE_GDC:
-                    v = g.eval_accuracy.get((label, mode))
-                    if v is not None:
-                        eval_acc.add_metric([cid, label, mode], v)
+    def add(self, c: ServedChip, now: float) -> None:
+        """Add chip ``c``'s series; ``now`` is the scrape's wall-clock time (s since the epoch)."""
+        cid = c.chip_id
+        self.stuck.add_metric([cid, "reset"], c.stuck_reset)
+        self.stuck.add_metric([cid, "set"], c.stuck_set)
+        self.info.add_metric([cid, c.model_name, c.preset], 1)
+        g = c.gauges
+        self.age.add_metric([cid], c.wall_age())
+        for label in SCHEDULE:
             for mode in GAUGE_GDC:
-                v = g.current_accuracy.get(mode)
+                v = g.eval_accuracy.get((label, mode))
                 if v is not None:
-                    cur_acc.add_metric([cid, mode], v)
-            for layer, a in g.alpha.items():
-                alpha.add_metric([cid, layer], a)
-            if g.weight_error is not None:
-                werr.add_metric([cid, "off"], g.weight_error)
-            if g.weight_error_gdc is not None:
-                werr.add_metric([cid, "on"], g.weight_error_gdc)
-            if g.g_ratio is not None:
-                gratio.add_metric([cid], g.g_ratio)
-            energy.add_metric([cid], c.energy_j)
-            if g.slo_breach_at is not None:
-                breach_in.add_metric([cid], max(0.0, g.slo_breach_at - now))
-        for state in ("ready", "corrupt"):
-            by_state.add_metric([state], counts.get(state, 0))
-        yield from (
-            inferences,
-            samples,
-            age,
-            eval_acc,
-            cur_acc,
-            labelled,
-            correct,
-            alpha,
-            werr,
-            gratio,
-            stuck,
-            hits,
-            misses,
-            cache_bytes,
-            cache_entries,
-            by_state,
-            info,
-            energy,
-            breach_in,
-        )
+                    self.eval_acc.add_metric([cid, label, mode], v)
+        for mode in GAUGE_GDC:
+            v = g.current_accuracy.get(mode)
+            if v is not None:
+                self.cur_acc.add_metric([cid, mode], v)
+        for layer, a in g.alpha.items():
+            self.alpha.add_metric([cid, layer], a)
+        if g.weight_error is not None:
+            self.werr.add_metric([cid, "off"], g.weight_error)
+        if g.weight_error_gdc is not None:
+            self.werr.add_metric([cid, "on"], g.weight_error_gdc)
+        if g.g_ratio is not None:
+            self.gratio.add_metric([cid], g.g_ratio)
+        if g.slo_breach_at is not None:
+            self.breach_in.add_metric([cid], max(0.0, g.slo_breach_at - now))
 
 
 class FleetCollector(Collector):

@@ -57,7 +57,7 @@ from models import outputs
 from models.data import load_split
 from models.hwa import ChipSchedule, HwaConfig, HwaContext, analog_layers, attach
 from models.torch_chip import GradientMode
-from models.train import RECIPES, accuracy, emulated_accuracy, train
+from models.train import RECIPES, Recipe, accuracy, emulated_accuracy, train
 from studies import gradient_diagnostics
 from studies.diagnose_report import write_report
 from studies.perturbations import CLASSES, CONTROL, PerturbationClass
@@ -418,14 +418,7 @@ def run_study(cfg: StudyConfig) -> dict:
 
     # 1. the user's model: plain (floating-point) training; and a partly trained one
     t0 = time.perf_counter()
-    plain_recipe = replace(RECIPES[f"{cfg.arch}-plain"], epochs=cfg.plain_epochs, seed=cfg.seed)
-    plain = train(plain_recipe, progress=cfg.progress, desc=f"{cfg.arch}-plain", max_steps=cfg.max_steps).model
-    early = train(
-        replace(plain_recipe, epochs=cfg.diag_epochs),
-        progress=cfg.progress,
-        desc=f"{cfg.arch}-plain {cfg.diag_epochs} ep",
-        max_steps=cfg.max_steps,
-    ).model
+    plain_recipe, plain, early = _train_plain(cfg)
     timings["plain_training_s"] = time.perf_counter() - t0
     acc_clean_te = accuracy(plain, data.x_te, data.y_te)
     acc_clean_va = accuracy(plain, data.x_va, data.y_va)
@@ -462,15 +455,7 @@ def run_study(cfg: StudyConfig) -> dict:
 
     # 4. HWA under each class alone (and the control: the same recipe on an ideal chip)
     t0 = time.perf_counter()
-    runs = [(k, CLASSES[k], train_strength[k]) for k in cfg.classes]
-    if cfg.control:
-        runs.append(("none", CONTROL, 0.0))
-    hwa_acc: dict[str, dict] = {}
-    hwa_seconds: dict[str, float] = {}
-    for key, pc, s in tqdm(runs, desc="HWA per class", disable=not cfg.progress):
-        t_run = time.perf_counter()
-        hwa_acc[key] = _hwa_run(cfg, data, plain, key, pc, s)
-        hwa_seconds[key] = time.perf_counter() - t_run
+    hwa_acc, hwa_seconds = _hwa_per_class(cfg, data, plain, train_strength)
     timings["hwa_training_s"] = time.perf_counter() - t0
 
     # 5. verdicts
@@ -498,6 +483,39 @@ def run_study(cfg: StudyConfig) -> dict:
         "hwa_seconds": hwa_seconds,
         "table": rows,
     }
+
+
+def _train_plain(cfg: StudyConfig) -> tuple[Recipe, nn.Module, nn.Module]:
+    """The user's model: plain (floating-point) training, and a partly trained copy
+    (``cfg.diag_epochs``); returns (recipe, trained model, partly trained model)."""
+    plain_recipe = replace(RECIPES[f"{cfg.arch}-plain"], epochs=cfg.plain_epochs, seed=cfg.seed)
+    plain = train(plain_recipe, progress=cfg.progress, desc=f"{cfg.arch}-plain", max_steps=cfg.max_steps).model
+    early = train(
+        replace(plain_recipe, epochs=cfg.diag_epochs),
+        progress=cfg.progress,
+        desc=f"{cfg.arch}-plain {cfg.diag_epochs} ep",
+        max_steps=cfg.max_steps,
+    ).model
+    return plain_recipe, plain, early
+
+
+def _hwa_per_class(
+    cfg: StudyConfig, data: _Data, plain: nn.Module, train_strength: dict[str, float]
+) -> tuple[dict[str, dict], dict[str, float]]:
+    """HWA under each class alone (and the control: the same recipe on an ideal chip); returns
+    the accuracies and the wall-clock seconds (s) of each run."""
+    from tqdm.auto import tqdm
+
+    runs = [(k, CLASSES[k], train_strength[k]) for k in cfg.classes]
+    if cfg.control:
+        runs.append(("none", CONTROL, 0.0))
+    hwa_acc: dict[str, dict] = {}
+    hwa_seconds: dict[str, float] = {}
+    for key, pc, s in tqdm(runs, desc="HWA per class", disable=not cfg.progress):
+        t_run = time.perf_counter()
+        hwa_acc[key] = _hwa_run(cfg, data, plain, key, pc, s)
+        hwa_seconds[key] = time.perf_counter() - t_run
+    return hwa_acc, hwa_seconds
 
 
 def _config_json(cfg: StudyConfig) -> dict:

@@ -105,12 +105,6 @@ def compute_in_fp32(
     _fold_constant_casts(out)
     consts = constants(out)
     types = tensor_types(out)
-    inits = {t.name: t for t in out.graph.initializer}
-    const_nodes = {
-        n.output[0]: n
-        for n in out.graph.node
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
-    }
 
     def low_type(node: onnx.NodeProto) -> int | None:
         for name in [*node.input, *node.output]:
@@ -127,21 +121,7 @@ def compute_in_fp32(
     to_wrap = [wrapped(n) for n in out.graph.node]
     if not any(to_wrap):
         return out
-    widened: set[str] = set()  # constants converted to float32 in place
-    for node, wrap in zip(out.graph.node, to_wrap):
-        if not wrap:
-            continue
-        for name in node.input:
-            if name in widened or types.get(name) not in LOW_PRECISION:
-                continue
-            if name in inits:
-                t = inits[name]
-                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), name))
-                widened.add(name)
-            elif name in const_nodes:
-                attr = const_nodes[name].attribute[0]
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), name))
-                widened.add(name)
+    widened = _widen_constants(out, to_wrap, types)
 
     new_nodes: list[onnx.NodeProto] = []
     up: dict[str, str] = {}  # low-precision activation → its float32 cast
@@ -178,15 +158,46 @@ def compute_in_fp32(
                 new_nodes.append(helper.make_node("Cast", [node.output[i]], [name], name=f"{name}/cast_back", to=t))
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
-    # Stale declared types of values that are now float32 would fail the checker.
+    _declare_widened(out, widened)
+    _bf16_interface_as_fp32(out)
+    return out
+
+
+def _widen_constants(out: onnx.ModelProto, to_wrap: list[bool], types: dict[str, int]) -> set[str]:
+    """Convert, in place, the low-precision initializers and Constant values read by wrapped nodes
+    (``to_wrap`` is parallel to ``out.graph.node``) to float32; returns their names."""
+    inits = {t.name: t for t in out.graph.initializer}
+    const_nodes = {
+        n.output[0]: n
+        for n in out.graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    }
+    widened: set[str] = set()
+    for node, wrap in zip(out.graph.node, to_wrap):
+        if not wrap:
+            continue
+        for name in node.input:
+            if name in widened or types.get(name) not in LOW_PRECISION:
+                continue
+            if name in inits:
+                t = inits[name]
+                t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), name))
+                widened.add(name)
+            elif name in const_nodes:
+                attr = const_nodes[name].attribute[0]
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), name))
+                widened.add(name)
+    return widened
+
+
+def _declare_widened(out: onnx.ModelProto, widened: set[str]) -> None:
+    """Stale declared types of values that are now float32 would fail the checker."""
     keep = [vi for vi in out.graph.value_info if vi.name not in widened]
     del out.graph.value_info[:]
     out.graph.value_info.extend(keep)
     for vi in out.graph.input:  # an initializer also listed as an input (IR < 4 style)
         if vi.name in widened:
             vi.type.tensor_type.elem_type = TensorProto.FLOAT
-    _bf16_interface_as_fp32(out)
-    return out
 
 
 def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:

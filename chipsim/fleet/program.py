@@ -23,7 +23,9 @@ from chipsim.fleet.manifest import Fleet, FleetChip, FleetStore, chip_digest
 from chipsim.fleet.spec import FleetSpec
 from chipsim.model_inputs import InputError
 from chipsim.modes import WeightBinding
+from chipsim.profiles import ChipProfile
 from chipsim.runtime import ChipRuntime
+from chipsim.state import ChipState
 from chipsim.store import ChipExistsError, ChipStore
 
 #: progress(done, total): called after each chip is published (and once with 0 at the start).
@@ -36,6 +38,45 @@ def cancelled(cancel: Cancel | None) -> bool:
     if cancel is None:
         return False
     return cancel.is_set() if isinstance(cancel, threading.Event) else bool(cancel())
+
+
+def _check_free(store: ChipStore, fleets: FleetStore, fid: str, ids: list[str]) -> None:
+    """Raise :class:`FleetExistsError` if the fleet id or any of its chip ids is taken."""
+    if fleets.exists(fid):
+        raise FleetExistsError(f"fleet_id: fleet {fid!r} already exists or is being programmed", "fleet_id")
+    taken = [c for c in ids if store.exists(c)]
+    if taken:
+        raise FleetExistsError(
+            f"fleet_id: chip id {taken[0]!r} of fleet {fid!r} is taken by an existing chip; choose another fleet id",
+            "fleet_id",
+        )
+
+
+def _program_chip(
+    spec: FleetSpec,
+    profile: ChipProfile,
+    model_bytes: bytes,
+    index: int,
+    chip_id: str,
+    seed: int,
+    calibration: dict[str, np.ndarray] | np.ndarray | None,
+    meta: dict[str, Any] | None,
+) -> ChipState:
+    """Program chip ``index`` of the fleet (not saved); compiler and layer errors become :class:`FleetError`."""
+    chip_meta = {
+        "model_name": spec.model_name,
+        "profile_preset": spec.preset,
+        "profile_overrides": spec.overrides,
+        "time_scale": spec.time_scale,
+        **(meta or {}),
+        "fleet": {"id": spec.fleet_id, "index": index, "seed": spec.seed},
+    }
+    try:
+        return program_onnx(model_bytes, profile, seed, chip_id=chip_id, calibration=calibration, meta=chip_meta)
+    except CompileError as err:
+        raise FleetError(str(err), getattr(err, "field", "model")) from None
+    except ValueError as err:  # layer validation in chipsim.program
+        raise FleetError(f"model: {err}", "model") from None
 
 
 def program_fleet(
@@ -60,14 +101,7 @@ def program_fleet(
     profile = spec.profile()
     fid = spec.fleet_id
     ids, seeds = spec.chip_ids(), spec.chip_seeds()
-    if fleets.exists(fid):
-        raise FleetExistsError(f"fleet_id: fleet {fid!r} already exists or is being programmed", "fleet_id")
-    taken = [c for c in ids if store.exists(c)]
-    if taken:
-        raise FleetExistsError(
-            f"fleet_id: chip id {taken[0]!r} of fleet {fid!r} is taken by an existing chip; choose another fleet id",
-            "fleet_id",
-        )
+    _check_free(store, fleets, fid, ids)
     t0 = time.perf_counter()
     fleets.begin(fid, "program", ids)
     made: list[str] = []
@@ -79,22 +113,7 @@ def program_fleet(
         for i, (chip_id, seed) in enumerate(zip(ids, seeds)):
             if cancelled(cancel):
                 raise FleetCancelled(f"fleet_id: programming fleet {fid!r} was cancelled after {i} chip(s)", "fleet_id")
-            chip_meta = {
-                "model_name": spec.model_name,
-                "profile_preset": spec.preset,
-                "profile_overrides": spec.overrides,
-                "time_scale": spec.time_scale,
-                **(meta or {}),
-                "fleet": {"id": fid, "index": i, "seed": spec.seed},
-            }
-            try:
-                chip = program_onnx(
-                    model_bytes, profile, seed, chip_id=chip_id, calibration=calibration, meta=chip_meta
-                )
-            except CompileError as err:
-                raise FleetError(str(err), getattr(err, "field", "model")) from None
-            except ValueError as err:  # layer validation in chipsim.program
-                raise FleetError(f"model: {err}", "model") from None
+            chip = _program_chip(spec, profile, model_bytes, i, chip_id, seed, calibration, meta)
             if eval_bytes is not None:
                 if i == 0:  # the eval set is the same for every chip: check it once
                     fp_accuracy, eval_samples = _check_eval_set(chip, model_bytes, eval_bytes)

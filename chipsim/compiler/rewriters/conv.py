@@ -197,16 +197,8 @@ class ConvTransposeRewriter(OpRewriter):
         # reads them at run time; only pads given per side do not depend on them.
         fixed = ctx.fixed_dims().get(node.input[0]) or []
         dynamic = not all(fixed[2 : 2 + n]) or len(fixed) < 2 + n
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        if dynamic and (
-            "output_shape" in attrs
-            or (auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad) in ("SAME_UPPER", "SAME_LOWER")
-        ):
-            raise CompileError(
-                f"model: ConvTranspose {node.name!r} has symbolic spatial input sizes and pads that "
-                "depend on them (output_shape or auto_pad SAME); export with static spatial sizes or "
-                "explicit pads"
-            )
+        if dynamic:
+            _check_pads_size_free(node, attrs)
         begin, end = transpose_pads(node, attrs, in_sizes, kernel)
         # Conv of the zero-upsampled input (length s·(in−1)+1) with pads (k−1)·d − p (+ output_padding
         # at the end, via `end`): a negative pad crops the upsampled input instead.
@@ -220,16 +212,8 @@ class ConvTransposeRewriter(OpRewriter):
         ]
         if dynamic:  # per-sample sizes unknown until run time: recorded as 1, like a symbolic batch
             out_shape[2:] = [1] * n
-        elif any(d <= 0 for d in out_shape[2:]):
-            raise CompileError(f"model: ConvTranspose {node.name!r} has an empty output {out_shape[2:]}")
-        inferred = ctx.shapes.get(node.output[0])
-        if (
-            not dynamic
-            and inferred
-            and all(d is not None for d in inferred[1:])
-            and list(inferred[1:]) != out_shape[1:]
-        ):
-            raise RuntimeError(f"ConvTranspose {node.name!r}: computed output {out_shape} ≠ inferred {inferred}")
+        else:
+            _check_static_output(ctx, node, out_shape)
         plan = conv_layer(
             ctx,
             node,
@@ -316,3 +300,24 @@ def upsample_zeros_dynamic(
         end = np.iinfo(np.int64).max
         x = b.slice(x, crop_begin, [-t if t else end for t in crop_tail], list(range(2, 2 + n)), prefix)
     return x
+
+
+def _check_pads_size_free(node: onnx.NodeProto, attrs: dict) -> None:
+    """Symbolic spatial input sizes: refuse pads that depend on them (output_shape, auto_pad SAME)."""
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        raise CompileError(
+            f"model: ConvTranspose {node.name!r} has symbolic spatial input sizes and pads that "
+            "depend on them (output_shape or auto_pad SAME); export with static spatial sizes or "
+            "explicit pads"
+        )
+
+
+def _check_static_output(ctx: RewriteContext, node: onnx.NodeProto, out_shape: list[int]) -> None:
+    """A static output shape must be non-empty and agree with ONNX shape inference where it has one."""
+    if any(d <= 0 for d in out_shape[2:]):
+        raise CompileError(f"model: ConvTranspose {node.name!r} has an empty output {out_shape[2:]}")
+    inferred = ctx.shapes.get(node.output[0])
+    if inferred and all(d is not None for d in inferred[1:]) and list(inferred[1:]) != out_shape[1:]:
+        raise RuntimeError(f"ConvTranspose {node.name!r}: computed output {out_shape} ≠ inferred {inferred}")

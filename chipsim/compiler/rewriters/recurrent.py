@@ -382,12 +382,7 @@ class RecurrentRewriter(OpRewriter):
             masks = None if masks is None else b.slice(masks, *rest, [0], o.p)
             job.scan_len = job.steps - 1 if isinstance(job.steps, int) else f"{job.steps}-1"
         if lstm and c0 is None:
-            n = o("Shape", x, start=0, end=1)
-            c0 = o(
-                "ConstantOfShape",
-                o("Concat", n, o.const([job.hidden], np.int64), axis=0),
-                value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]),
-            )
+            c0 = _zero_state(o, x, job.hidden)
         saved, n_inputs, n_inits = b.take_nodes(), len(b.inputs), len(b.inits)
         f = onnx.TensorProto.FLOAT
         h_in, x_t = b.name(o.p + "/h_in"), b.name(o.p + "/x_t")
@@ -409,23 +404,7 @@ class RecurrentRewriter(OpRewriter):
         body_nodes += b.take_nodes()
         del b.inits[n_inits:]
         b.nodes = saved
-        noise_outer, noise_body = [], []
-        likes: dict[int, str] = {}  # R's columns → an outer tensor shaped [N, T', cols]
-        for vi in b.inputs[n_inputs:]:
-            if not vi.name.endswith("/noise"):
-                continue  # weights and scales: outer-scope inputs of the body
-            # The graph input stays flat (one draw per element, see lowering.emit_noise_like); the
-            # outer graph reshapes it to [N, T', cols] like the steps' W outputs, where NoiseShapes
-            # finds it, and the Scan hands each step its [N, cols] slice, which the body uses as
-            # is: its own Reshape(noise, Shape(y)) goes (ONNX shape inference does not propagate
-            # Shape values inside a subgraph, so it would leave every later dimension unknown).
-            step = vi.name + "/step"
-            body_nodes = drop_noise_reshape(body_nodes, vi.name, step)
-            cols = job.ctx.plans[layer_index(vi.name)].cols
-            if cols not in likes:
-                likes[cols] = xw if cols == self.gates * job.hidden else b.slice(xw, [0], [cols], [2], o.p)
-            noise_body.append(helper.make_tensor_value_info(step, f, [None, cols]))
-            noise_outer.append(b.op("Reshape", [vi.name, b.op("Shape", [likes[cols]], o.p)], o.p))
+        body_nodes, noise_outer, noise_body = self.scan_noise(job, body_nodes, b.inputs[n_inputs:], xw)
         state_in = [helper.make_tensor_value_info(h_in, f, [None, job.hidden])]
         state_out = [helper.make_tensor_value_info(h_out, f, [None, job.hidden])]
         if lstm:
@@ -464,6 +443,31 @@ class RecurrentRewriter(OpRewriter):
             y0 = o("Unsqueeze", first_y, o.const(axes, np.int64))
             y = o("Concat", *([y, y0] if dr.reverse else [y0, y]), axis=axes[0])
         return y, outs[0], outs[1] if lstm else None
+
+    def scan_noise(
+        self, job: Job, body_nodes: list[onnx.NodeProto], new_inputs: list[onnx.ValueInfoProto], xw: str
+    ) -> tuple[list[onnx.NodeProto], list[str], list[onnx.ValueInfoProto]]:
+        """R's noise inputs (among the graph inputs the body added) as scanned inputs: returns the body
+        nodes without their noise reshapes, the outer [N, T', cols] tensors and the body's inputs."""
+        o, b = job.o, job.ctx.builder
+        noise_outer, noise_body = [], []
+        likes: dict[int, str] = {}  # R's columns → an outer tensor shaped [N, T', cols]
+        for vi in new_inputs:
+            if not vi.name.endswith("/noise"):
+                continue  # weights and scales: outer-scope inputs of the body
+            # The graph input stays flat (one draw per element, see lowering.emit_noise_like); the
+            # outer graph reshapes it to [N, T', cols] like the steps' W outputs, where NoiseShapes
+            # finds it, and the Scan hands each step its [N, cols] slice, which the body uses as
+            # is: its own Reshape(noise, Shape(y)) goes (ONNX shape inference does not propagate
+            # Shape values inside a subgraph, so it would leave every later dimension unknown).
+            step = vi.name + "/step"
+            body_nodes = drop_noise_reshape(body_nodes, vi.name, step)
+            cols = job.ctx.plans[layer_index(vi.name)].cols
+            if cols not in likes:
+                likes[cols] = xw if cols == self.gates * job.hidden else b.slice(xw, [0], [cols], [2], o.p)
+            noise_body.append(helper.make_tensor_value_info(step, onnx.TensorProto.FLOAT, [None, cols]))
+            noise_outer.append(b.op("Reshape", [vi.name, b.op("Shape", [likes[cols]], o.p)], o.p))
+        return body_nodes, noise_outer, noise_body
 
     def cell(self, job: Job, dr: Direction, xt: str, h: str | None, c: str | None) -> tuple[str, str | None]:
         raise NotImplementedError
@@ -582,3 +586,13 @@ class RNNRewriter(RecurrentRewriter):
             r_matrix = np.ascontiguousarray(np.asarray(job.r_all[dr.index], np.float32).T)
             pre = o("Add", xt, self.r_read(job, h, r_matrix, f"{job.base}/R{dr.suffix}", f"rnn/R/{dr.index}"))
         return o.act(dr.acts[0], o.clip(pre, job.clip)), None
+
+
+def _zero_state(o: Ops, x: str, hidden: int) -> str:
+    """A [N, hidden] float zero tensor, N read from ``x``'s first dimension at run time."""
+    n = o("Shape", x, start=0, end=1)
+    return o(
+        "ConstantOfShape",
+        o("Concat", n, o.const([hidden], np.int64), axis=0),
+        value=helper.make_tensor("zero", onnx.TensorProto.FLOAT, [1], [0.0]),
+    )
