@@ -19,7 +19,7 @@ gives the median and range over repeats. Per configuration:
 - ``speedup`` (per executor, paired per repeat) = wall(1 worker) / wall(2 workers).
 
 Every configuration must return the very rows of the first one (checked). Writes
-bench/results/fleet.json and fleet.md.
+fleet.json and fleet.md into runs/fleet/<time>/ (``--replace``: bench/results/).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import machine, write
+from bench.common import RESULTS, machine, result_files, write
 from chipsim import ChipStore
 from chipsim.ages import STANDARD_AGES_S
 from chipsim.fleet import FleetEvalSpec, FleetSpec, FleetStore, LocalProcessExecutor, make_tasks, program_fleet
 from chipsim.fleet.ray_executor import RayExecutor, ray_available
+from models import outputs
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
 AGES_S = list(STANDARD_AGES_S.values())  # 1 s, 1 h, 1 d, 1 w, 30 d, 1 y, 10 y
@@ -122,7 +123,9 @@ def main() -> None:
     ap.add_argument("--readouts", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-ray", action="store_true")
+    outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args()
+    out = outputs.output_dir("fleet", RESULTS, args.out, args.replace, result_files("fleet"))
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-fleet-")
     store = ChipStore(Path(tmp.name) / "state")
@@ -191,7 +194,7 @@ def main() -> None:
     md.append("")
     for kind, s in speedup.items():
         md.append(f"- speed-up 1 → 2 workers, {kind}: {s['median']:.2f}× [{s['min']:.2f}–{s['max']:.2f}]")
-    write("fleet", data, "\n".join(md) + "\n")
+    write("fleet", data, "\n".join(md) + "\n", out)
     print("\n".join(md))
 
 
