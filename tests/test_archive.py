@@ -91,7 +91,7 @@ def test_archive_with_external_data_compiles_like_the_embedded_model(tmp_path, p
     assert compile_model(model, get_profile("ideal")).specs[0].weight.shape == (64, 32)
 
 
-def _refused(data: bytes, match: str, limits: ArchiveLimits = ArchiveLimits()) -> None:
+def assert_refused(data: bytes, match: str, limits: ArchiveLimits = ArchiveLimits()) -> None:
     with pytest.raises(CompileError, match=match):
         model_from_archive(data, limits)
 
@@ -101,7 +101,7 @@ def test_members_that_would_leave_the_folder_are_refused(tmp_path):
     victim = tmp_path / "victim.txt"
     for name in ("../victim.txt", "a/../../victim.txt", str(victim), "/etc/passwd", "C:/x.onnx", "a\\..\\b"):
         for pack in (_zip, _tar):
-            _refused(pack({**files, name: b"pwned"}), r"archive member .*(\.\.|absolute|backslash)")
+            assert_refused(pack({**files, name: b"pwned"}), r"archive member .*(\.\.|absolute|backslash)")
     assert not victim.exists()
 
 
@@ -109,35 +109,37 @@ def test_links_devices_and_fifos_are_refused(tmp_path):
     files = _external_files(tmp_path)
     link = tarfile.TarInfo("weights.bin")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    _refused(_tar({"model.onnx": files["model.onnx"]}, [link]), "symlink")
+    assert_refused(_tar({"model.onnx": files["model.onnx"]}, [link]), "symlink")
     hard = tarfile.TarInfo("weights.bin")
     hard.type, hard.linkname = tarfile.LNKTYPE, "model.onnx"
-    _refused(_tar({"model.onnx": files["model.onnx"]}, [hard]), "hardlink")
+    assert_refused(_tar({"model.onnx": files["model.onnx"]}, [hard]), "hardlink")
     for kind in (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE):
         dev = tarfile.TarInfo("weights.bin")
         dev.type = kind
-        _refused(_tar({"model.onnx": files["model.onnx"]}, [dev]), "device or FIFO")
-    _refused(_zip(files, modes={"weights.bin": stat.S_IFLNK | 0o777}), "symlink")
+        assert_refused(_tar({"model.onnx": files["model.onnx"]}, [dev]), "device or FIFO")
+    assert_refused(_zip(files, modes={"weights.bin": stat.S_IFLNK | 0o777}), "symlink")
 
 
 def test_sizes_counts_and_duplicates_are_bounded(tmp_path):
     files = _external_files(tmp_path)
     total = sum(len(v) for v in files.values())
-    _refused(_zip(files), "more than the limit", ArchiveLimits(max_bytes=total - 1))
-    _refused(
+    assert_refused(_zip(files), "more than the limit", ArchiveLimits(max_bytes=total - 1))
+    assert_refused(
         _zip({**files, **{f"pad/{i}": b"" for i in range(9)}}),
         "11 members, more than the limit of 10",
         ArchiveLimits(max_members=10),
     )
     # A bomb: 64 MiB of zeros deflate to ~64 kB; refused once the count passes the limit.
-    _refused(_zip({**files, "zeros.bin": bytes(64 << 20)}), "more than the limit", ArchiveLimits(max_bytes=1 << 20))
+    assert_refused(
+        _zip({**files, "zeros.bin": bytes(64 << 20)}), "more than the limit", ArchiveLimits(max_bytes=1 << 20)
+    )
     dup = io.BytesIO()
     with tarfile.open(fileobj=dup, mode="w") as tf:
         for name in ("model.onnx", "model.onnx"):
             info = tarfile.TarInfo(name)
             info.size = len(files[name])
             tf.addfile(info, io.BytesIO(files[name]))
-    _refused(dup.getvalue(), "given twice")
+    assert_refused(dup.getvalue(), "given twice")
 
 
 def test_a_member_holding_more_than_its_header_declares_is_refused(tmp_path):
@@ -149,7 +151,7 @@ def test_a_member_holding_more_than_its_header_declares_is_refused(tmp_path):
     central = data.find(b"big.bin", zf.start_dir) - 46  # its central-directory record (46-byte header)
     data[info.header_offset + 22 : info.header_offset + 26] = (16).to_bytes(4, "little")
     data[central + 24 : central + 28] = (16).to_bytes(4, "little")
-    _refused(bytes(data), "(more data than its header declares|cannot be unpacked)")
+    assert_refused(bytes(data), "(more data than its header declares|cannot be unpacked)")
 
 
 def test_external_data_locations_are_checked_before_reading(tmp_path):
@@ -161,7 +163,7 @@ def test_external_data_locations_are_checked_before_reading(tmp_path):
         for e in m.graph.initializer[0].external_data:
             if e.key == "location":
                 e.value = loc
-        _refused(
+        assert_refused(
             _zip({"model.onnx": m.SerializeToString(), "weights.bin": files["weights.bin"]}),
             r"external data location .*(\.\.|absolute|not a file of the archive)",
         )
@@ -171,12 +173,12 @@ def test_external_data_locations_are_checked_before_reading(tmp_path):
             e.value = str(1 << 20)
     if not any(e.key == "offset" for e in m.graph.initializer[0].external_data):
         m.graph.initializer[0].external_data.add(key="offset", value=str(1 << 20))
-    _refused(_zip({"model.onnx": m.SerializeToString(), "weights.bin": files["weights.bin"]}), "outside the")
+    assert_refused(_zip({"model.onnx": m.SerializeToString(), "weights.bin": files["weights.bin"]}), "outside the")
 
 
 def test_archives_without_exactly_one_model_and_garbage_are_refused(tmp_path):
     files = _external_files(tmp_path)
-    _refused(_zip({"weights.bin": files["weights.bin"]}), "exactly one .onnx file, it holds 0")
-    _refused(_zip({**files, "b/other.onnx": files["model.onnx"]}), "exactly one .onnx file, it holds 2")
-    _refused(b"PK\x03\x04" + b"\x00" * 100, "not a readable")
-    _refused(_zip({"model.onnx": b"not a protobuf at all \xff\xff"}), "not a valid ONNX")
+    assert_refused(_zip({"weights.bin": files["weights.bin"]}), "exactly one .onnx file, it holds 0")
+    assert_refused(_zip({**files, "b/other.onnx": files["model.onnx"]}), "exactly one .onnx file, it holds 2")
+    assert_refused(b"PK\x03\x04" + b"\x00" * 100, "not a readable")
+    assert_refused(_zip({"model.onnx": b"not a protobuf at all \xff\xff"}), "not a valid ONNX")

@@ -102,17 +102,23 @@ def add_bias(ctx: RewriteContext, node: onnx.NodeProto, y: str, channels: int, s
     return y
 
 
+def constant_weight(ctx: RewriteContext, node: onnx.NodeProto) -> np.ndarray:
+    """The node's weight (input 1), which the chip maps only when it is a constant of the model."""
+    w = ctx.consts.get(node.input[1])
+    if w is None:
+        raise CompileError(
+            f"model: {node.op_type} {node.name!r} has dynamic weights (computed at run time); the chip maps only "
+            "constant weights. Export with constant folding (torch.onnx.export(..., do_constant_folding=True))."
+        )
+    return w
+
+
 @register
 class ConvRewriter(OpRewriter):
     op_type = "Conv"
 
     def rewrite(self, ctx: RewriteContext, node: onnx.NodeProto) -> bool:
-        w = ctx.consts.get(node.input[1])
-        if w is None:
-            raise CompileError(
-                f"model: Conv {node.name!r} has dynamic weights (computed at run time); the chip maps only constant "
-                "weights. Export with constant folding (torch.onnx.export(..., do_constant_folding=True))."
-            )
+        w = constant_weight(ctx, node)
         attrs = node_attrs(node)
         groups = int(attrs.pop("group", 1))
         plan = conv_layer(ctx, node, LayerKind.CONV, w, groups, ctx.out_shape(node), layout=f"conv/g{groups}")
@@ -174,12 +180,7 @@ class ConvTransposeRewriter(OpRewriter):
     op_type = "ConvTranspose"
 
     def rewrite(self, ctx: RewriteContext, node: onnx.NodeProto) -> bool:
-        w = ctx.consts.get(node.input[1])
-        if w is None:
-            raise CompileError(
-                f"model: ConvTranspose {node.name!r} has dynamic weights (computed at run time); the "
-                "chip maps only constant weights"
-            )
+        w = constant_weight(ctx, node)
         attrs = node_attrs(node)
         groups = int(attrs.get("group", 1))
         kernel = list(w.shape[2:])
