@@ -17,6 +17,9 @@ Modes (:class:`TrainMode`):
             does — same epochs, start, channelwise remapping, DAC/ADC quantisation, IR drop,
             clipping, learned ranges, distillation — with the noise strength pinned at 0, so no
             programming or read noise, no drift, no stuck devices.
+``qat-constant``, ``qat-dynamic``, ``noisy``, ``noisy-then-qat``
+            the hardening study's arms (issue #18, :mod:`models.hardening_arms`): from scratch
+            on the plain recipe, with quantisation-aware training and/or activation noise.
 
 Every choice is made on the validation split (:mod:`models.fmnist_data`); this command never
 reads the test set. Each epoch appends a line to ``history.jsonl`` (loss, validation accuracy,
@@ -47,6 +50,8 @@ from torch import nn
 from models import fmnist_data as D
 from models import fmnist_models as FM
 from models import hwa as H
+from models.hardening_arms import Arm, HardeningConfig
+from models.qat import QatScaling
 from models.train import _kd_loss as kd_loss
 from models.train import accuracy
 
@@ -71,10 +76,30 @@ class TrainMode(StrEnum):
     PLAIN = "plain"
     HWA = "hwa"
     RECIPE = "recipe"  # HWA's recipe without noise (the control)
+    # the hardening arms (issue #18, models.hardening_arms): from scratch on the plain recipe
+    QAT_CONSTANT = "qat-constant"
+    QAT_DYNAMIC = "qat-dynamic"
+    NOISY = "noisy"
+    NOISY_THEN_QAT = "noisy-then-qat"
 
     @property
     def chip_in_loop(self) -> bool:
-        return self is not TrainMode.PLAIN
+        return self in (TrainMode.HWA, TrainMode.RECIPE)
+
+    @property
+    def qat(self) -> QatScaling | None:
+        """The QAT scaling this mode trains with (None: no QAT)."""
+        if self is TrainMode.QAT_DYNAMIC:
+            return QatScaling.DYNAMIC
+        return QatScaling.CONSTANT if self in (TrainMode.QAT_CONSTANT, TrainMode.NOISY_THEN_QAT) else None
+
+    @property
+    def noisy(self) -> bool:
+        return self in (TrainMode.NOISY, TrainMode.NOISY_THEN_QAT)
+
+    @property
+    def hardening(self) -> bool:
+        return self.noisy or self.qat is not None
 
 
 @dataclass(frozen=True)
@@ -106,6 +131,8 @@ class FmnistRecipe:
     clip_sigma: float = 2.5
     learn_ranges: bool = True
     range_decay: float = 1e-3
+    # hardening arms (qat-*, noisy*) ------------------------------------------------------------
+    hardening: HardeningConfig = field(default_factory=HardeningConfig)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -122,6 +149,8 @@ class FmnistRecipe:
                 "range_decay",
             ):
                 d.pop(k)
+        if not self.mode.hardening:
+            d.pop("hardening")
         return d
 
     @classmethod
@@ -130,6 +159,8 @@ class FmnistRecipe:
         d["mode"], d["optimizer"] = TrainMode(d["mode"]), Optimizer(d["optimizer"])
         if "noise" in d:
             d["noise"] = H.HwaConfig(**d["noise"])
+        if "hardening" in d:
+            d["hardening"] = HardeningConfig(**d["hardening"])
         return cls(**d)
 
 
@@ -151,8 +182,8 @@ def default_recipe(arch: str, mode: TrainMode) -> FmnistRecipe:
     if arch not in DEFAULTS:
         raise ValueError(f"arch: expected one of {sorted(DEFAULTS)}, got {arch!r}")
     base = DEFAULTS[arch]
-    if not mode.chip_in_loop:
-        return base
+    if not mode.chip_in_loop:  # plain and the hardening arms: the plain recipe from scratch
+        return replace(base, mode=mode)
     return replace(
         base,
         mode=mode,
@@ -307,6 +338,7 @@ def train(
     model = FM.build(recipe.arch, recipe.seed, **arch_kwargs)
     gen = torch.Generator().manual_seed(recipe.seed)
     ctx = _start_from_teacher(model, teacher, recipe, x_tr) if recipe.mode.chip_in_loop else None
+    arm = _hardening_arm(model, recipe, x_tr)
     opt = _optimizer(model, recipe)
     ranges = [p for n, p in model.named_parameters() if n.endswith("input_range") and p.requires_grad]
     steps_per_epoch = math.ceil(len(x_tr) / recipe.batch_size)
@@ -342,6 +374,8 @@ def train(
                 x = D.augment(x, gen)
             if ctx is not None:
                 ctx.new_batch(noise_strength(recipe.mode, step, round(recipe.ramp_epochs * steps_per_epoch)))
+            if arm is not None:
+                arm.before_step(step, total)
             loss = _batch_loss(model, teacher, recipe, ctx, x, y)
             _optimiser_step(model, recipe, opt, sched, loss)
             if ctx is not None:
@@ -358,8 +392,17 @@ def train(
         run.end_epoch(rec, _checkpoint_state(model, opt, sched, gen, ctx, step, epoch))
         _print_record(rec, progress)
     H.attach(model, None)
+    if arm is not None:
+        arm.finish()
     _finish(model, recipe, arch_kwargs, x_tr, run)
     return model
+
+
+def _hardening_arm(model: nn.Module, recipe: FmnistRecipe, x_tr: torch.Tensor) -> Arm | None:
+    """The QAT/noise of a hardening mode, attached to ``model`` before its optimiser and checkpoint."""
+    if not recipe.mode.hardening:
+        return None
+    return Arm(model, recipe.hardening, recipe.mode.qat, recipe.mode.noisy, x_tr[:CALIBRATION_IMAGES], recipe.seed)
 
 
 def _start_from_teacher(model: nn.Module, teacher: nn.Module, recipe: FmnistRecipe, x_tr: torch.Tensor) -> H.HwaContext:
@@ -558,6 +601,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--noise-scale", type=float, default=None, help="HWA: × the chip's noise (default 1.5)")
+    ap.add_argument(
+        "--train-sigma", type=float, default=None, help="noisy, noisy-then-qat: activation noise σ (default 0.1)"
+    )
     ap.add_argument("--teacher", type=Path, default=None, help="hwa/recipe: folder of the finished plain run")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: a new one under runs/fmnist/)")
     ap.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out")
@@ -610,6 +656,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.noise_scale is not None:
         overrides["noise"] = replace(recipe.noise, noise_scale=args.noise_scale)
+    if args.train_sigma is not None:
+        overrides["hardening"] = replace(recipe.hardening, train_sigma=args.train_sigma)
     recipe = replace(recipe, **overrides)
     teacher = None
     if recipe.mode.chip_in_loop:
