@@ -15,7 +15,7 @@ from models import fmnist_models as FM
 from models import hwa as H
 from models import qat as Q
 from models import train_fmnist as T
-from models.activation_noise import ActivationNoise
+from models.activation_noise import ActivationNoise, noise_sites
 from tests.test_fmnist import need_data
 
 TINY_RESNET = {"widths": [4, 8, 8], "blocks": 1}
@@ -130,7 +130,9 @@ def test_activation_noise_has_the_stated_sigma_and_is_off_in_eval():
     with torch.no_grad():
         clean = model(x)
         noise = ActivationNoise(model, 0.5, torch.Generator().manual_seed(0), training_only=False)
-        seen = _capture(model)
+        site, seen = noise_sites(model)[0], {}
+        assert isinstance(site, torch.nn.BatchNorm2d)  # the stem conv's BatchNorm: folded into it on the chip
+        site.register_forward_hook(lambda m, a, y: seen.update(y=y))
         model(x)
         noisy_first = seen["y"]
         noise.sigma = 0.0
@@ -142,6 +144,27 @@ def test_activation_noise_has_the_stated_sigma_and_is_off_in_eval():
         assert torch.equal(model(x), clean)
         ActivationNoise(model, 0.5, torch.Generator(), training_only=True)
         assert torch.equal(model(x), clean)  # eval mode: training noise is off
+
+
+def test_training_noise_is_the_sweeps_noise_on_the_folded_model():
+    # a second implementation: studies.activation_noise puts the noise on every weight layer of
+    # the BatchNorm-folded export copy; with the same generator both must give the same logits
+    from studies.activation_noise import noisy_logits
+
+    model = _tiny().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding matters
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 2.0)
+    x = _x(8, 3)
+    folded = noisy_logits(FM.export_copy(model), x, 0.3, torch.Generator().manual_seed(7))
+    noise = ActivationNoise(model, 0.3, torch.Generator().manual_seed(7), training_only=False)
+    with torch.no_grad():
+        ours = model(x)
+    noise.remove()
+    torch.testing.assert_close(ours, folded, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert not torch.allclose(ours, model(x), atol=1e-2)  # the noise is really there
 
 
 def test_removing_skips_keeps_every_activation_shape():

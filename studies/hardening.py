@@ -1,0 +1,182 @@
+"""The hardening study (issue #18, seed 003: Wang, Borras, Klein & Fröning, "On Hardening DNNs
+against Noisy Computations", arXiv:2501.14531): QAT vs noisy training, skip connections, µ.
+
+    python -m studies.hardening_train --seeds 0 1 2             # train every arm (hours; resumable)
+    python -m models.report --suite hardening --resume --out runs/hardening-report
+    python -m models.report --suite hardening --replace         # regenerate reports/hardening/
+
+It reads every finished training run under ``--runs`` (``model.pt`` and its ONNX file, from
+``python -m models.train_fmnist``, any arch and mode) and evaluates each on the Fashion-MNIST
+test set twice (:mod:`studies.hardening_eval`): the seed's protocol (activation noise σ on a log
+grid × noise seeds → logistic fit → µ, :mod:`studies.noise_midpoint`) and the aged chip
+(chipsim runtime, ``--chips`` chips, 1 s … 10 y, GDC on and off). Each run's raw result is kept
+in ``<out>/runs/<run folder name>.json``; ``--resume`` reuses those whose evaluation settings
+match, so a later session with more runs or more compute completes the report. The summary,
+intervals and verdicts (:mod:`studies.hardening_summary`) and the page (:mod:`studies.hardening_report`)
+are derived from the raw results alone; ``hardening.json`` holds both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import outputs
+from studies.common import REPORTS_DIR
+
+OUT_DIR = REPORTS_DIR / "hardening"
+RUNS_DIR = outputs.RUNS / "hardening"
+FILES = ("hardening.md", "hardening.json", "hardening.png")
+CHANCE = 0.1
+
+
+def eval_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluation settings a cached raw result must match to be reused."""
+    return {
+        "sigmas": [float(s) for s in np.logspace(np.log10(args.sigma_min), np.log10(args.sigma_max), args.sigmas)],
+        "noise_seeds": list(range(args.noise_seeds)),
+        "n_images": args.images,
+        "chip_images": 0 if args.no_chip else args.chip_images,
+        "n_chips": 0 if args.no_chip else args.chips,
+        "profile": args.profile,
+        "chance": CHANCE,
+    }
+
+
+def find_runs(runs_dir: Path) -> list[Path]:
+    """Finished training runs (a ``model.pt``) anywhere below ``runs_dir``, sorted."""
+    return sorted(p.parent for p in Path(runs_dir).rglob("model.pt"))
+
+
+def _onnx(run_dir: Path, model, recipe) -> bytes:
+    from models import train_fmnist as T
+
+    path = run_dir / f"{T.model_name(recipe)}.onnx"
+    if not path.is_file():  # trained with --no-export: export now (reads the validation split only)
+        T.export(model, recipe, run_dir)
+    return path.read_bytes()
+
+
+def evaluate_run(run_dir: Path, cfg: dict[str, Any], threads: int = 1) -> dict[str, Any]:
+    """The raw result of one training run: clean test accuracy, the σ sweep, the chip table."""
+    import torch
+
+    from models import fmnist_data as D
+    from models import train_fmnist as T
+    from studies.hardening_eval import chip_accuracies, noise_model_fn
+    from studies.noise_midpoint import sweep
+
+    torch.set_num_threads(threads)
+    model, recipe, _ = T.load_model(run_dir)
+    test = D.load_split("test", cfg["n_images"])
+    fn = noise_model_fn(model, test.x, test.y)
+    with torch.no_grad():
+        fp = float((model(torch.from_numpy(test.x)).argmax(1).numpy() == test.y).mean())
+    s = sweep(fn, cfg["sigmas"], cfg["noise_seeds"])
+    raw = {
+        "arch": recipe.arch,
+        "mode": str(recipe.mode),
+        "seed": recipe.seed,
+        "run": str(run_dir),
+        "eval": cfg,
+        "fp_accuracy": fp,
+        "sweep": s.to_json(),
+        "chip": None,
+    }
+    if cfg["n_chips"] > 0:
+        chip_test = D.load_split("test", cfg["chip_images"])
+        raw["chip"] = chip_accuracies(
+            _onnx(run_dir, model, recipe), chip_test.x, chip_test.y, cfg["n_chips"], cfg["profile"], threads=threads
+        )
+    return raw
+
+
+def collect(run_dirs: list[Path], out: Path, cfg: dict[str, Any], resume: bool, threads: int) -> dict[str, Any]:
+    """{run key: raw result} for every run, evaluating those without a matching cached result."""
+    from tqdm.auto import tqdm
+
+    from studies.hardening_summary import run_key
+
+    cache = out / "runs"
+    cache.mkdir(parents=True, exist_ok=True)
+    raw: dict[str, Any] = {}
+    for run_dir in tqdm(run_dirs, desc="hardening runs", unit="run"):
+        path = cache / f"{run_dir.name}.json"
+        r = json.loads(path.read_text()) if resume and path.is_file() else None
+        if r is None or r["eval"] != cfg or r["run"] != str(run_dir):
+            t0 = time.perf_counter()
+            r = evaluate_run(run_dir, cfg, threads)
+            r["eval_seconds"] = round(time.perf_counter() - t0, 1)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(r) + "\n")
+            tmp.replace(path)  # whole or not at all: a killed run leaves no half file
+        key = run_key(r["arch"], r["mode"], r["seed"])
+        if key in raw:
+            raise SystemExit(f"two runs of {key}: {raw[key]['run']} and {r['run']}; keep one under --runs")
+        raw[key] = r
+    return raw
+
+
+def write_report(raw: dict[str, Any], config: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Summarise ``raw`` and write the JSON, the page and the figure into ``out``; returns the JSON."""
+    from studies.hardening_report import markdown, plot
+    from studies.hardening_summary import public, summarise
+
+    doc = {"config": config, "raw": raw, "summary": public(summarise(raw, config["chance"]))}
+    (out / "hardening.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (out / "hardening.md").write_text(markdown(doc))
+    plot(doc, {k: r["sweep"] for k, r in raw.items()}, out / "hardening.png")
+    return doc
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m models.report --suite hardening",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--runs", type=Path, default=RUNS_DIR, help="folder of the training runs (default runs/hardening)")
+    outputs.add_arguments(ap, OUT_DIR)
+    ap.add_argument("--resume", action="store_true", help="reuse the raw results already in --out/runs/")
+    ap.add_argument("--sigmas", type=int, default=16, help="σ values of the log grid (default 16)")
+    ap.add_argument("--sigma-min", type=float, default=1e-2)
+    ap.add_argument("--sigma-max", type=float, default=10.0)
+    ap.add_argument("--noise-seeds", type=int, default=5)
+    ap.add_argument("--images", type=int, default=10_000, help="test images of the noise sweep (default all)")
+    ap.add_argument("--chips", type=int, default=10, help="chip instances per model (default 10)")
+    ap.add_argument("--chip-images", type=int, default=2_000, help="test images per chip read (default 2000)")
+    ap.add_argument("--profile", default="pcm")
+    ap.add_argument("--no-chip", action="store_true", help="skip the chip evaluation")
+    ap.add_argument("--label", default="", help="a line at the top of the page (e.g. SMOKE RUN)")
+    ap.add_argument("--threads", type=int, default=1)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.sigmas < 4 or args.noise_seeds < 1 or args.images < 1:
+        raise SystemExit("--sigmas ≥ 4, --noise-seeds ≥ 1 and --images ≥ 1 are needed for a fit")
+    runs = find_runs(args.runs)
+    if not runs:
+        raise SystemExit(
+            f"--runs {args.runs}: no finished training run (model.pt) there; see python -m studies.hardening_train"
+        )
+    if args.resume and args.out is None and not args.replace:
+        raise SystemExit("--resume continues a report: name its folder with --out (or --replace for reports/hardening)")
+    out = outputs.output_dir("hardening", OUT_DIR, args.out, args.replace, () if args.resume else FILES)
+    cfg = eval_config(args)
+    raw = collect(runs, out, cfg, args.resume, args.threads)
+    command = "python -m models.report --suite hardening " + " ".join(argv if argv is not None else sys.argv[1:])
+    config = {**cfg, "command": command.strip(), "runs": str(args.runs), "label": args.label}
+    doc = write_report(raw, config, out)
+    print(f"{len(raw)} runs, {len(doc['summary']['arms'])} arms → {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The hardening study's report (issue #18): verdicts on synthetic results whose truth is known,
+and a page and summary that recompute from the JSON alone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from studies import hardening as HS
+from studies import hardening_summary as HSum
+from studies import hardening_train as HT
+from studies.common import AGE_SCHEDULE
+from studies.hardening_report import markdown
+from studies.hardening_summary import kendall_tau, public, summarise, verdict
+from studies.noise_midpoint import Sweep, logistic
+
+SIGMAS = np.logspace(-2, 1, 16)
+#: True midpoints of the synthetic arms (σ units) and their chip accuracy at every age.
+TRUTH = {"plain": (0.1, 0.80), "qat-constant": (0.3, 0.85), "noisy": (0.1, 0.80)}
+
+
+def _raw(mode: str, seed: int, n: int = 300) -> dict:
+    mu, chip = TRUTH[mode]
+    rng = np.random.default_rng(10 * list(TRUTH).index(mode) + seed)
+    p = logistic(np.log(SIGMAS), 0.9, np.log(mu), 4.0, 0.1)  # accuracy 0.9 → chance 0.1
+    correct = rng.random((len(SIGMAS), 3, n)) < p[:, None, None]
+    table = {g: {a: list(rng.binomial(1000, chip, 4) / 1000) for a in AGE_SCHEDULE} for g in ("gdc_on", "gdc_off")}
+    return {
+        "arch": "resnet",
+        "mode": mode,
+        "seed": seed,
+        "run": f"runs/resnet-{mode}-s{seed}",
+        "eval": {},
+        "fp_accuracy": 0.9,
+        "sweep": Sweep(SIGMAS, (0, 1, 2), correct).to_json(),
+        "chip": table,
+    }
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    # 60 replicates instead of 200 keep the fast lane fast; percentile intervals of 60 replicates
+    # still separate µ ratios of 3 (the verdict test) and the page recomputes with the same number
+    mp = pytest.MonkeyPatch()
+    mp.setattr(HSum, "N_BOOT", 60)
+    out = tmp_path_factory.mktemp("hardening")
+    raw = {f"resnet-{m}-s{s}": _raw(m, s) for m in TRUTH for s in (0, 1)}
+    config = {
+        "sigmas": list(SIGMAS),
+        "noise_seeds": [0, 1, 2],
+        "n_images": 300,
+        "chip_images": 1000,
+        "n_chips": 4,
+        "profile": "pcm",
+        "chance": 0.1,
+        "command": "synthetic",
+        "runs": "runs",
+        "label": "synthetic",
+    }
+    HS.write_report(raw, config, out)
+    yield out
+    mp.undo()
+
+
+def test_verdicts_follow_the_known_truth(written):
+    doc = json.loads((written / "hardening.json").read_text())
+    claims = {c["id"]: c for c in doc["summary"]["claims"]}
+    arms = doc["summary"]["arms"]
+    for mode, (mu, _) in TRUTH.items():  # each arm's interval covers its true midpoint
+        lo, hi = arms[f"resnet/{mode}"]["mu_ci"]
+        assert lo < mu < hi, (mode, lo, hi)
+    # µ 0.3 vs 0.1 with 2 seeds × 3 noise seeds × 300 images: the ratio's interval is far from 1,
+    # and the chip gap (0.85 vs 0.80, 8 chips × 1000 images) is ~20 binomial σ
+    assert claims["qat-helps"]["verdict"] == "reproduced" and claims["qat-helps"]["chip_verdict"] == "reproduced"
+    assert 2.0 < claims["qat-helps"]["ratio"] < 4.5
+    assert (
+        claims["noisy-beats-qat"]["verdict"] == "reversed" and claims["noisy-beats-qat"]["chip_verdict"] == "reversed"
+    )
+    assert claims["qat-after-noise"]["verdict"] == "no data"  # noisy-then-qat was not run
+    assert claims["skips-plain"]["verdict"] == "no data"
+    assert verdict([0.9, 1.2], 1.0) == "not reproduced" and verdict([float("nan")] * 2, 1.0) == "no data"
+
+
+def test_report_recomputes_from_its_json(written):
+    doc = json.loads((written / "hardening.json").read_text())
+    assert json.dumps(public(summarise(doc["raw"], doc["config"]["chance"]))) == json.dumps(doc["summary"])
+    assert markdown(doc) == (written / "hardening.md").read_text()
+    assert (written / "hardening.png").stat().st_size > 10_000
+    doc["raw"]["resnet-plain-s0"]["fp_accuracy"] = 0.5  # an edited raw number changes the summary
+    assert json.dumps(public(summarise(doc["raw"], 0.1))) != json.dumps(doc["summary"])
+    text = (written / "hardening.md").read_text()
+    assert "| resnet | plain | 2 | 90.0 |" in text and "**reproduced**" in text and "**reversed**" in text
+
+
+def test_kendall_tau_of_known_orders():
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
+    assert kendall_tau([1, 2, 3], [30, 20, 10]) == -1.0
+    assert kendall_tau([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(4 / 6)
+
+
+def test_runner_trains_plain_first_and_resumes(tmp_path):
+    order = HT.plan(tmp_path, ["resnet"], ["hwa", "noisy", "plain"], [0])
+    assert [m for _, m, _, _ in order] == ["plain", "noisy", "hwa"]
+    (tmp_path / "resnet-noisy-s0").mkdir()
+    (tmp_path / "resnet-noisy-s0" / "checkpoint.pt").write_bytes(b"")
+    cmd = HT.command("resnet", "noisy", 0, tmp_path / "resnet-noisy-s0", tmp_path / "t", 1, ["--epochs", "1"])
+    assert "--resume" in cmd and "--teacher" not in cmd and cmd[-1] == "--resume"
+    cmd = HT.command("resnet", "hwa", 0, tmp_path / "resnet-hwa-s0", tmp_path / "t", 1, [])
+    assert cmd[-2:] == ["--teacher", str(tmp_path / "t")] and "--resume" not in cmd
+    with pytest.raises(SystemExit, match="include plain"):
+        HT.main(["--runs", str(tmp_path), "--modes", "hwa", "--dry-run"])
