@@ -366,7 +366,7 @@ class FleetService:
         except FleetError as err:
             raise _spec_problem(err) from None
         model_bytes, eval_bytes = zoo.model_bytes(req.model), zoo.eval_bytes(req.model)
-        self.registry._check_cost(model_bytes, profile, tile_rows_given="tile_rows" in req.overrides)
+        self.registry.inputs.check_cost(model_bytes, profile, tile_rows_given="tile_rows" in req.overrides)
         if self.store.exists(spec.fleet_id):
             raise Conflict("fleet_id", f"fleet_id: fleet {spec.fleet_id!r} already exists or is being programmed")
         self._claim(spec.fleet_id, "programming it")
