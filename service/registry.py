@@ -36,6 +36,7 @@ from chipsim import (
 from chipsim.compiler import program_onnx
 from chipsim.compiler.bounds import AllocationError
 from chipsim.store import ChipListing, ChipStoreError
+from service.chip_evaluation import EVAL_ATTACHMENT
 from service.chip_listing import chip_sizes, corrupt_entry, listing_signature, ready_entry
 from service.datasets import EvalSet, calibration_feeds, load_npz
 from service.ids import check_chip_id as _chip_id
@@ -44,7 +45,7 @@ from service.memory import MemoryGuard
 from service.problems import Conflict, InvalidField, NotFound, ReadOnly, invalid_value, storage_problem
 from service.program_inputs import ProgramInputs
 from service.program_request import ProgramSpec
-from service.served_chip import EVAL_ATTACHMENT, ServedChip
+from service.served_chip import ServedChip
 from service.settings import Settings
 from service.zoo import Zoo
 
