@@ -1,7 +1,7 @@
 """Request and response models of the HTTP API, every field documented with its unit, one module
 per route family: :mod:`~service.schemas.chips` (programming, chips, the zoo),
 :mod:`~service.schemas.inference`, :mod:`~service.schemas.evaluation` (evaluation, drift),
-:mod:`~service.schemas.oip` (Open Inference Protocol v2),
+:mod:`~service.schemas.fleets`, :mod:`~service.schemas.oip` (Open Inference Protocol v2),
 :mod:`~service.schemas.ops` (health), :mod:`~service.schemas.errors` (error bodies and the
 responses routes declare), and :mod:`~service.schemas.common` (what they share). Every name is
 importable from ``service.schemas``.
@@ -51,6 +51,17 @@ from service.schemas.evaluation import (
     EvaluateRequest,
     EvaluateResponse,
     SloBreach,
+)
+from service.schemas.fleets import (
+    FleetChipInfo,
+    FleetEvaluateRequest,
+    FleetJobError,
+    FleetJobProgress,
+    FleetJobStatus,
+    FleetList,
+    FleetListEntry,
+    FleetProgramRequest,
+    FleetSummary,
 )
 from service.schemas.inference import InferRequest, InferResponse, LayerAlpha
 from service.schemas.oip import (
@@ -120,4 +131,13 @@ __all__ = [
     "OipLive",
     "OipReady",
     "OipModelReady",
+    "FleetProgramRequest",
+    "FleetEvaluateRequest",
+    "FleetJobProgress",
+    "FleetJobError",
+    "FleetJobStatus",
+    "FleetChipInfo",
+    "FleetSummary",
+    "FleetListEntry",
+    "FleetList",
 ]
