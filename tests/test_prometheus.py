@@ -360,28 +360,28 @@ def test_alert_rules_loaded_and_healthy(prometheus) -> None:
 
 
 # ------------------------------------------------------------------------------ alert unit tests
-def _series(name: str, labels: str, values: str) -> dict:
-    """A promtool input series: ``values`` in promtool's expanding notation, one per minute."""
+def _ts(name: str, labels: str, values: str) -> dict:
+    """A promtool input time series: ``values`` in promtool's expanding notation, one per minute."""
     return {"series": f"{name}{{{labels}}}", "values": values}
 
 
 def _unhealthy_series() -> list[dict]:
     """Inputs on which every alert fires."""
     return [
-        _series("up", 'job="agedchip", instance="svc"', "1 1 0x30"),
-        _series("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0+10x30"),
-        _series("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+10x30"),
-        _series("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0x30"),
-        _series("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="1.0"', "0x30"),
-        _series("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="2.5"', "0+20x30"),
-        _series("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+20x30"),
-        _series("agedchip_chips", 'state="corrupt"', "0 0 1x30"),
-        _series("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.95 0.95 0.6x30"),
-        _series("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x32"),
-        _series("agedchip_labelled_samples_total", 'chip="c1"', "0+100x32"),  # 100 labelled samples a minute,
-        _series("agedchip_correct_samples_total", 'chip="c1"', "0+50x32"),  # half of them right
-        _series("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.7x32"),
-        _series("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "500000-60x32"),  # 5.8 days, counting down
+        _ts("up", 'job="agedchip", instance="svc"', "1 1 0x30"),
+        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0+10x30"),
+        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+10x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="1.0"', "0x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="2.5"', "0+20x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+20x30"),
+        _ts("agedchip_chips", 'state="corrupt"', "0 0 1x30"),
+        _ts("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.95 0.95 0.6x30"),
+        _ts("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x32"),
+        _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x32"),  # 100 labelled samples a minute,
+        _ts("agedchip_correct_samples_total", 'chip="c1"', "0+50x32"),  # half of them right
+        _ts("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.7x32"),
+        _ts("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "500000-60x32"),  # 5.8 days, counting down
     ]
 
 
@@ -403,20 +403,18 @@ def _expected_alerts() -> dict[str, list[dict]]:
 def _healthy_series() -> list[dict]:
     """Inputs on which every alert stays quiet."""
     return [
-        _series("up", 'job="agedchip", instance="svc"', "1x30"),
-        _series("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0x30"),
-        _series("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+100x30"),
-        _series("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0+100x30"),
-        _series(
-            "agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+100x30"
-        ),
-        _series("agedchip_chips", 'state="corrupt"', "0x30"),
-        _series("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.94x30"),
-        _series("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x30"),
-        _series("agedchip_labelled_samples_total", 'chip="c1"', "0+100x30"),
-        _series("agedchip_correct_samples_total", 'chip="c1"', "0+93x30"),
-        _series("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.1x30"),
-        _series("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "2592000-60x30"),  # 30 days away
+        _ts("up", 'job="agedchip", instance="svc"', "1x30"),
+        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0x30"),
+        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+100x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0+100x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+100x30"),
+        _ts("agedchip_chips", 'state="corrupt"', "0x30"),
+        _ts("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.94x30"),
+        _ts("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x30"),
+        _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x30"),
+        _ts("agedchip_correct_samples_total", 'chip="c1"', "0+93x30"),
+        _ts("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.1x30"),
+        _ts("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "2592000-60x30"),  # 30 days away
     ]
 
 
@@ -451,8 +449,8 @@ def _rule_unit_tests(rules_file: Path) -> dict:
                 "name": "live accuracy: a trickle of labels is not enough",
                 "interval": "1m",
                 "input_series": [
-                    _series("agedchip_labelled_samples_total", 'chip="c1"', "0+10x30"),  # 50 in 5 min, fewer than 100
-                    _series("agedchip_correct_samples_total", 'chip="c1"', "0+1x30"),
+                    _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+10x30"),  # 50 in 5 min, fewer than 100
+                    _ts("agedchip_correct_samples_total", 'chip="c1"', "0+1x30"),
                 ],
                 "alert_rule_test": [{"eval_time": "25m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []}],
             },
@@ -460,8 +458,8 @@ def _rule_unit_tests(rules_file: Path) -> dict:
                 "name": "live accuracy: a drop after a long healthy run fires within 10 minutes",
                 "interval": "1m",
                 "input_series": [  # 10 h at 95 %, then 50 %: a ratio since start would still read 94 %
-                    _series("agedchip_labelled_samples_total", 'chip="c1"', "0+100x610"),
-                    _series("agedchip_correct_samples_total", 'chip="c1"', "0+95x600 57050+50x9"),
+                    _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x610"),
+                    _ts("agedchip_correct_samples_total", 'chip="c1"', "0+95x600 57050+50x9"),
                 ],
                 "alert_rule_test": [
                     {"eval_time": "600m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []},
