@@ -162,12 +162,18 @@ def chip_correct(runtime, x: np.ndarray, y: np.ndarray, chip: int, age_s: float,
 
 
 def missing_cells(
-    store: CellStore, models: Sequence[TrainedModel], arms: Sequence[str], chips: int, ages: Sequence[str]
+    store: CellStore,
+    models: Sequence[TrainedModel],
+    arms: Sequence[str],
+    chips: int,
+    ages: Sequence[str],
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[int, TrainedModel, str, list[tuple[str, str]]]]:
     """(chip, model, arm, [(age, gdc) …]) still to compute, chip-major (every model gets chip 0
-    before any gets chip 1, so a stopped run leaves comparable data), ages by :data:`AGE_PRIORITY`."""
+    before any gets chip 1, so a stopped run leaves comparable data), ages by :data:`AGE_PRIORITY`.
+    ``shard = (i, n)``: only chips ``k`` with ``k % n == i`` (n processes share the work)."""
     order = [a for a in AGE_PRIORITY if a in ages] + [a for a in ages if a not in AGE_PRIORITY]
-    for chip in range(chips):
+    for chip in range(shard[0], chips, shard[1]):
         for m in models:
             for arm in arms:
                 todo = [(a, g) for a in order for g in GDC_KEYS if not store.path(m, arm, chip, a, g).is_file()]
@@ -193,6 +199,7 @@ def evaluate(
     threads: int = 1,
     budget_s: float | None = None,
     progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> EvalLog:
     """Compute every missing cell (and each model's ``fp`` cell), within ``budget_s`` seconds
     if given (the cell under way is finished; the rest is left for the next run)."""
@@ -207,7 +214,7 @@ def evaluate(
     for m in models:
         if not store.fp_path(m).is_file():
             store.save(store.fp_path(m), fp_correct(m, test.x, test.y, threads))
-    todo = list(missing_cells(store, models, arms, chips, ages))
+    todo = list(missing_cells(store, models, arms, chips, ages, shard))
     log = EvalLog(cell_seconds=[])
     total = sum(len(cells) for *_, cells in todo)
     profile = get_profile(store.profile_name)

@@ -46,6 +46,17 @@ def age_label(text: str) -> str:
     return compact[key]
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``I/N`` → (I, N) with 0 ≤ I < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: expected I/N, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: expected 0 <= I < N")
+    return i, n
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m studies.fmnist_study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", default="pcm")
     ap.add_argument("--budget-min", type=float, default=None, help="stop computing cells after this many minutes")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads per chip")
+    ap.add_argument(
+        "--shard",
+        type=shard,
+        default=(0, 1),
+        help="I/N: compute only chips k with k %% N == I (N processes in parallel)",
+    )
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
     ap.add_argument("--skip-mu", action="store_true", help="leave out the robustness midpoint (needs torch)")
     ap.add_argument("--mu-images", type=int, default=2000, help="test images of the µ sweeps (default 2000)")
@@ -86,7 +103,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
         raise SystemExit(f"no Fashion-MNIST models (ONNX with agedchip.recipe metadata) under {args.models}")
     store = CellStore(args.cache, args.profile, args.limit_images)
     budget = None if args.budget_min is None else 60 * args.budget_min
-    log = evaluate(store, models, args.arms, args.chips, args.ages, args.threads, budget, not args.no_progress)
+    log = evaluate(
+        store, models, args.arms, args.chips, args.ages, args.threads, budget, not args.no_progress, args.shard
+    )
     cells, fp, used = load_cells(store, models, args.arms, args.chips, args.ages)
     analysis = analyse(models, cells, fp, used, args.ages, args.arms, args.boot)
     mu = None
