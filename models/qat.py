@@ -19,6 +19,10 @@ Two ways to choose ``s`` (:class:`QatScaling`):
 ``dynamic``   the scale is recomputed at every forward from the tensor itself (max|·| of the
               batch's input and output, of the current weight): per-batch scaling.
 
+The quantisers sit on the layer as torch trains it, i.e. before its BatchNorm, as QAT libraries
+quantise a conv (the seed's setting); the chip quantises the exported layer with the BatchNorm
+folded in, whose per-channel factor changes the scale but not the number of levels.
+
 The weight quantiser is a :mod:`torch.nn.utils.parametrize` parametrisation, so the clean
 forward and the HWA noisy forward (:meth:`models.hwa.AnalogLayer.chip_weight`) both see the
 quantised weight: QAT composes with HWA noise injection. :func:`remove` bakes the quantised
@@ -30,6 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -42,6 +47,9 @@ from models.hwa import analog_layers
 #: :func:`models.hwa.calibrate_input_ranges` use the same: rare outliers clip rather than
 #: spreading the levels over a range nobody uses).
 CALIBRATION_QUANTILE = 0.9999
+#: Values per tensor the quantile is taken over (a random sample; the 0.9999 quantile of 2 M
+#: values has 200 above it, a relative error of ~7 % in its rank).
+CALIBRATION_SAMPLES = 2_000_000
 
 
 class QatScaling(StrEnum):
@@ -182,10 +190,19 @@ def calibrate(model: nn.Module, x: torch.Tensor, batch: int = 256, quantile: flo
     seen: dict[int, tuple[list, list]] = {id(q): ([], []) for q in qs}
     layers = [m for _, m in analog_layers(model) if getattr(m, "qat", None) is not None]
 
+    # a fixed random sample of each batch's values (with replacement), 2 M per tensor in all:
+    # holding every activation of 1024 images would take gigabytes
+    per_batch = CALIBRATION_SAMPLES // max(1, -(-len(x) // batch))
+    gen = torch.Generator().manual_seed(0)
+
+    def sample(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().abs().flatten()
+        return v if len(v) <= per_batch else v[torch.randint(0, len(v), (per_batch,), generator=gen)]
+
     def record(mod: nn.Module, args: tuple, y: torch.Tensor) -> None:
         ins, outs = seen[id(mod.qat)]
-        ins.append(args[0].abs().flatten())
-        outs.append(y.abs().flatten())
+        ins.append(sample(args[0]))
+        outs.append(sample(y))
 
     hooks = [m.register_forward_hook(record) for m in layers]
     was_training, flags = model.training, [bool(q.enabled) for q in qs]
@@ -208,9 +225,7 @@ def calibrate(model: nn.Module, x: torch.Tensor, batch: int = 256, quantile: flo
 
 
 def _quantile(v: torch.Tensor, q: float) -> float:
-    # torch.quantile takes at most 2^24 elements: a fixed random subsample of 2 M is plenty
-    keep = torch.randperm(len(v), generator=torch.Generator().manual_seed(0))[:2_000_000]
-    out = float(torch.quantile(v[keep].double(), q))
+    out = float(np.quantile(v.double().numpy(), q))  # numpy partitions (linear time); torch sorts
     return out if out > 0 else 1.0
 
 

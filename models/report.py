@@ -1,31 +1,45 @@
-"""Alias kept for existing commands: ``python -m models.report [...]`` runs ``python -m studies.accuracy [...]``.
+"""``python -m models.report [--suite digits|fmnist|hardening] [...]``: the accuracy studies, one command.
 
-The accuracy study moved to :mod:`studies.accuracy` (``models`` holds the torch library only);
-every argument is forwarded unchanged. ``--suite NAME`` picks another study's command instead:
-``--suite hardening`` runs ``python -m studies.hardening`` (issue #18) with the other arguments.
+``--suite digits`` (default; kept for existing commands) runs ``python -m studies.accuracy``, the
+zoo's digits models; ``--suite fmnist`` runs ``python -m studies.fmnist_study``, the
+Fashion-MNIST study of issue #12; ``--suite hardening`` runs ``python -m studies.hardening``,
+the hardening study of issue #18. Every other argument is forwarded unchanged.
 """
 
 from __future__ import annotations
 
 import sys
 
+SUITES = ("digits", "fmnist", "hardening")
+
+
+def split_suite(argv: list[str]) -> tuple[str, list[str]]:
+    """(suite, the other arguments) of a command line; ``SystemExit`` for an unknown suite."""
+    rest, suite, i = [], "digits", 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--suite" and i + 1 < len(argv):
+            suite, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--suite="):
+            suite = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    if suite not in SUITES:
+        raise SystemExit(f"--suite: expected one of {SUITES}, got {suite!r}")
+    return suite, rest
+
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    suite = "accuracy"
-    if "--suite" in argv:
-        i = argv.index("--suite")
-        if i + 1 >= len(argv):
-            raise SystemExit("--suite: expected a name (accuracy, hardening)")
-        suite = argv[i + 1]
-        del argv[i : i + 2]
-    if suite == "accuracy":
-        from studies.accuracy import main as run
+    suite, rest = split_suite(sys.argv[1:] if argv is None else argv)
+    if suite == "fmnist":
+        from studies.fmnist_study import main as run
     elif suite == "hardening":
         from studies.hardening import main as run
     else:
-        raise SystemExit(f"--suite: expected accuracy or hardening, got {suite!r}")
-    run(argv)
+        from studies.accuracy import main as run
+    run(rest)
 
 
 if __name__ == "__main__":

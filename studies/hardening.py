@@ -54,13 +54,12 @@ def find_runs(runs_dir: Path) -> list[Path]:
     return sorted(p.parent for p in Path(runs_dir).rglob("model.pt"))
 
 
-def _onnx(run_dir: Path, model, recipe) -> bytes:
+def _onnx(run_dir: Path, model, recipe) -> None:
+    """Export the run's ONNX file if it was trained with ``--no-export`` (reads the validation split only)."""
     from models import train_fmnist as T
 
-    path = run_dir / f"{T.model_name(recipe)}.onnx"
-    if not path.is_file():  # trained with --no-export: export now (reads the validation split only)
+    if not (run_dir / f"{T.model_name(recipe)}.onnx").is_file():
         T.export(model, recipe, run_dir)
-    return path.read_bytes()
 
 
 def evaluate_run(run_dir: Path, cfg: dict[str, Any], threads: int = 1) -> dict[str, Any]:
@@ -90,10 +89,8 @@ def evaluate_run(run_dir: Path, cfg: dict[str, Any], threads: int = 1) -> dict[s
         "chip": None,
     }
     if cfg["n_chips"] > 0:
-        chip_test = D.load_split("test", cfg["chip_images"])
-        raw["chip"] = chip_accuracies(
-            _onnx(run_dir, model, recipe), chip_test.x, chip_test.y, cfg["n_chips"], cfg["profile"], threads=threads
-        )
+        _onnx(run_dir, model, recipe)
+        raw["chip"] = chip_accuracies(run_dir, cfg["chip_images"], cfg["n_chips"], cfg["profile"], threads=threads)
     return raw
 
 

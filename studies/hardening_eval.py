@@ -5,24 +5,22 @@
    the same noise :mod:`models.activation_noise` trains with, a test checks they agree), as the
    ``model_fn`` of :func:`studies.noise_midpoint.sweep`.
 2. :func:`chip_accuracies` — the aged chip on the serving path: the exported ONNX file programmed
-   by ``chipsim.compiler.program_onnx`` onto ``n_chips`` instances of the ``pcm`` profile (chip
-   seed ``i``), run by ``chipsim.runtime.ChipRuntime`` at every age of
-   :data:`studies.common.AGE_SCHEDULE`, GDC on and off (read-out seed 0, per-MVM noise seed 0).
-   A small evaluation of its own, kept behind this one function so that the Fashion-MNIST study's
-   evaluation can replace it.
+   by ``chipsim.compiler.program_onnx`` onto ``n_chips`` instances of the ``pcm`` profile, run by
+   ``chipsim.runtime.ChipRuntime`` at every age of :data:`studies.common.AGE_SCHEDULE`, GDC on
+   and off — the Fashion-MNIST study's evaluation (:mod:`studies.fmnist_eval`) and its cell
+   cache, so both studies read the same chips.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from chipsim import get_profile
-from studies.common import AGE_SCHEDULE, chip_accuracy
-
-#: Keys of the chip table: GDC on, GDC off.
-GDC_KEYS = {"gdc_on": True, "gdc_off": False}
+from chipsim.modes import ColumnScaling
+from studies.common import AGE_SCHEDULE
+from studies.fmnist_eval import CACHE_DIR
 
 
 def noise_model_fn(model, x: np.ndarray, y: np.ndarray, batch: int = 500) -> Callable[[float, int], np.ndarray]:
@@ -36,23 +34,29 @@ def noise_model_fn(model, x: np.ndarray, y: np.ndarray, batch: int = 500) -> Cal
 
 
 def chip_accuracies(
-    onnx_bytes: bytes,
-    x: np.ndarray,
-    y: np.ndarray,
+    run_dir: Path,
+    n_images: int,
     n_chips: int,
     profile: str = "pcm",
-    ages: dict[str, float] = AGE_SCHEDULE,
+    cache: Path = CACHE_DIR,
     threads: int = 1,
 ) -> dict[str, dict[str, list[float]]]:
-    """{gdc_on/gdc_off: {age label: [accuracy of chip 0, 1, …]}} on the serving path."""
-    from chipsim.compiler import program_onnx
-    from chipsim.runtime import ChipRuntime
+    """{gdc_on/gdc_off: {age label: [accuracy of chip 0, 1, …]}} of the ONNX file in ``run_dir``
+    on the first ``n_images`` test images: the Fashion-MNIST study's cells (serving path, column
+    scaling ``max`` as deployed, chip ``k`` = programming and per-MVM noise seed ``k``), computed
+    once into its cell cache ``cache`` and shared with that study."""
+    from studies.fmnist_eval import CellStore, evaluate, find_models, load_cells
 
-    p = get_profile(profile)
-    out: dict[str, dict[str, list[float]]] = {k: {a: [] for a in ages} for k in GDC_KEYS}
-    for chip_seed in range(n_chips):
-        rt = ChipRuntime(program_onnx(onnx_bytes, p, seed=chip_seed, chip_id=f"hardening-{chip_seed}"), threads=threads)
-        for label, age in ages.items():
-            for key, gdc in GDC_KEYS.items():
-                out[key][label].append(chip_accuracy(rt, x, y, age, gdc))
-    return out
+    models = find_models([run_dir])
+    if len(models) != 1:
+        raise ValueError(f"{run_dir}: expected one exported model (ONNX with agedchip.recipe), found {len(models)}")
+    store, arm, ages = CellStore(Path(cache), profile, n_images), str(ColumnScaling.MAX), list(AGE_SCHEDULE)
+    evaluate(store, models, [arm], n_chips, ages, threads=threads, progress=False)
+    cells, _, complete = load_cells(store, models, [arm], n_chips, ages)
+    if len(complete) != n_chips:
+        raise RuntimeError(f"{run_dir}: {len(complete)} of {n_chips} chips evaluated")
+    key = models[0].key
+    return {
+        ours: {age: [float(v) for v in cells[(key, arm, age, theirs)].mean(axis=1)] for age in ages}
+        for ours, theirs in (("gdc_on", "on"), ("gdc_off", "off"))
+    }
