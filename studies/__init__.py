@@ -10,6 +10,9 @@ Each module is a command that regenerates a folder of ``reports/``:
   devices, least squares → ``reports/recalibration/least_squares.md``
 - :mod:`studies.recalibration_digits` — on-chip recalibration of the zoo's aged chips →
   ``reports/recalibration/digits.md``
+- :mod:`studies.hardening` — QAT vs noisy training vs HWA, skip connections, robustness
+  midpoint and aged chip (issue #18; trained by :mod:`studies.hardening_train`) →
+  ``reports/hardening/``
 
 :mod:`studies.common` holds what they share (time constants and age schedules, the zoo reader,
 Markdown cells, headless plots). The torch library they use is :mod:`models`; nothing in

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     out = outputs.output_dir("hardening", OUT_DIR, args.out, args.replace, () if args.resume else FILES)
     cfg = eval_config(args)
     raw = collect(runs, out, cfg, args.resume, args.threads)
-    command = "python -m models.report --suite hardening " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m models.report --suite hardening " + shlex.join(argv if argv is not None else sys.argv[1:])
     config = {**cfg, "command": command.strip(), "runs": str(args.runs), "label": args.label}
     doc = write_report(raw, config, out)
     print(f"{len(raw)} runs, {len(doc['summary']['arms'])} arms → {out}")

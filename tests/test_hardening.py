@@ -111,3 +111,23 @@ def test_runner_trains_plain_first_and_resumes(tmp_path):
     assert cmd[-2:] == ["--teacher", str(tmp_path / "t")] and "--resume" not in cmd
     with pytest.raises(SystemExit, match="include plain"):
         HT.main(["--runs", str(tmp_path), "--modes", "hwa", "--dry-run"])
+
+
+COMMITTED = HS.OUT_DIR / "hardening.json"
+
+
+def _committed() -> dict:
+    if not COMMITTED.is_file():
+        pytest.skip(f"{COMMITTED} not generated yet")
+    return json.loads(COMMITTED.read_text())
+
+
+def test_committed_page_renders_from_its_json():
+    doc = _committed()
+    assert markdown(doc) == (HS.OUT_DIR / "hardening.md").read_text()
+
+
+@pytest.mark.slow  # refits every committed run with 200 bootstrap replicates
+def test_committed_summary_recomputes_from_its_raw_results():
+    doc = _committed()
+    assert json.dumps(public(summarise(doc["raw"], doc["config"]["chance"]))) == json.dumps(doc["summary"])
