@@ -124,9 +124,10 @@ def collect(run_dirs: list[Path], out: Path, cfg: dict[str, Any], resume: bool, 
 def write_report(raw: dict[str, Any], config: dict[str, Any], out: Path) -> dict[str, Any]:
     """Summarise ``raw`` and write the JSON, the page and the figure into ``out``; returns the JSON."""
     from studies.hardening_report import markdown, plot
-    from studies.hardening_summary import public, summarise
+    from studies.hardening_summary import N_BOOT, public, summarise
 
-    doc = {"config": config, "raw": raw, "summary": public(summarise(raw, config["chance"]))}
+    config = {"n_boot": N_BOOT, **config}
+    doc = {"config": config, "raw": raw, "summary": public(summarise(raw, config["chance"], config["n_boot"]))}
     (out / "hardening.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "hardening.md").write_text(markdown(doc))
     plot(doc, {k: r["sweep"] for k, r in raw.items()}, out / "hardening.png")

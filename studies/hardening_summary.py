@@ -102,17 +102,17 @@ def verdict(ci: Sequence[float], null: float) -> str:
     return "not reproduced"
 
 
-def fit_run(raw: dict[str, Any], chance: float) -> dict[str, Any]:
+def fit_run(raw: dict[str, Any], chance: float, n_boot: int = N_BOOT) -> dict[str, Any]:
     """The logistic fit of one run's sweep, with its bootstrap µ replicates."""
     s = Sweep.from_json(raw["sweep"])
     try:
-        f = fit_logistic(np.log(s.sigmas), s.correct, chance=chance, n_boot=N_BOOT, seed=0, ci=CI)
+        f = fit_logistic(np.log(s.sigmas), s.correct, chance=chance, n_boot=n_boot, seed=0, ci=CI)
     except MidpointFitError as err:
         return {"error": str(err)}
     return {**f.to_json(), "boot_mu": [float(v) for v in f.boot_mu]}
 
 
-def pooled_mu(fits: list[dict[str, Any]], rng: np.random.Generator) -> dict[str, Any]:
+def pooled_mu(fits: list[dict[str, Any]], rng: np.random.Generator, n_boot: int = N_BOOT) -> dict[str, Any]:
     """Geometric mean µ over training seeds and its replicates (see the module docstring)."""
     ok = [f for f in fits if "mu" in f and f["boot_mu"]]
     if not ok:
@@ -120,13 +120,15 @@ def pooled_mu(fits: list[dict[str, Any]], rng: np.random.Generator) -> dict[str,
     logs = np.array([math.log(f["mu"]) for f in ok])
     boots = [np.log(np.asarray(f["boot_mu"])) for f in ok]
     reps = []
-    for _ in range(N_BOOT):
+    for _ in range(n_boot):
         pick = rng.integers(0, len(ok), len(ok))
         reps.append(float(np.mean([boots[i][rng.integers(0, len(boots[i]))] for i in pick])))
     return {"mu": float(np.exp(logs.mean())), "mu_ci": _interval(np.exp(reps)), "boot_log_mu": reps}
 
 
-def pooled_chip(tables: list[dict[str, dict[str, list[float]]]], rng: np.random.Generator) -> dict[str, Any]:
+def pooled_chip(
+    tables: list[dict[str, dict[str, list[float]]]], rng: np.random.Generator, n_boot: int = N_BOOT
+) -> dict[str, Any]:
     """{gdc key: {age: {mean, ci, boot}}} over training seeds × chips."""
     out: dict[str, Any] = {}
     for gdc in tables[0]:
@@ -134,7 +136,7 @@ def pooled_chip(tables: list[dict[str, dict[str, list[float]]]], rng: np.random.
         for age in tables[0][gdc]:
             per_seed = [np.asarray(t[gdc][age], float) for t in tables]
             reps = []
-            for _ in range(N_BOOT):
+            for _ in range(n_boot):
                 pick = rng.integers(0, len(per_seed), len(per_seed))
                 reps.append(
                     float(np.mean([per_seed[i][rng.integers(0, len(per_seed[i]), len(per_seed[i]))] for i in pick]))
@@ -144,18 +146,18 @@ def pooled_chip(tables: list[dict[str, dict[str, list[float]]]], rng: np.random.
     return out
 
 
-def summarise_arm(runs: list[dict[str, Any]], chance: float, seed: int) -> dict[str, Any]:
+def summarise_arm(runs: list[dict[str, Any]], chance: float, seed: int, n_boot: int = N_BOOT) -> dict[str, Any]:
     """Everything the report says about one arm, from its runs' raw results."""
     rng = np.random.default_rng(seed)
-    fits = {str(r["seed"]): fit_run(r, chance) for r in runs}
+    fits = {str(r["seed"]): fit_run(r, chance, n_boot) for r in runs}
     arm = {
         "seeds": [r["seed"] for r in runs],
         "fits": fits,
         "fp_accuracy": float(np.mean([r["fp_accuracy"] for r in runs])),
-        **pooled_mu(list(fits.values()), rng),
+        **pooled_mu(list(fits.values()), rng, n_boot),
     }
     if all(r.get("chip") for r in runs):
-        arm["chip"] = pooled_chip([r["chip"] for r in runs], rng)
+        arm["chip"] = pooled_chip([r["chip"] for r in runs], rng, n_boot)
     return arm
 
 
@@ -204,14 +206,15 @@ def ranking(arms: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def summarise(raw: dict[str, dict[str, Any]], chance: float) -> dict[str, Any]:
-    """The whole summary from ``raw`` ({run key: raw result}); a pure function of it."""
+def summarise(raw: dict[str, dict[str, Any]], chance: float, n_boot: int = N_BOOT) -> dict[str, Any]:
+    """The whole summary from ``raw`` ({run key: raw result}) with ``n_boot`` bootstrap replicates;
+    a pure function of them."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for key in sorted(raw):
         r = raw[key]
         groups.setdefault(f"{r['arch']}/{r['mode']}", []).append(r)
     arms = {
-        k: summarise_arm(sorted(v, key=lambda r: r["seed"]), chance, seed=i)
+        k: summarise_arm(sorted(v, key=lambda r: r["seed"]), chance, seed=i, n_boot=n_boot)
         for i, (k, v) in enumerate(sorted(groups.items()))
     }
     claims = [_claim(arms, *c) for c in CLAIMS]

@@ -41,10 +41,6 @@ def _raw(mode: str, seed: int, n: int = 300) -> dict:
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    # 60 replicates instead of 200 keep the fast lane fast; percentile intervals of 60 replicates
-    # still separate µ ratios of 3 (the verdict test) and the page recomputes with the same number
-    mp = pytest.MonkeyPatch()
-    mp.setattr(HSum, "N_BOOT", 60)
     out = tmp_path_factory.mktemp("hardening")
     raw = {f"resnet-{m}-s{s}": _raw(m, s) for m in TRUTH for s in (0, 1)}
     config = {
@@ -58,10 +54,12 @@ def written(tmp_path_factory):
         "command": "synthetic",
         "runs": "runs",
         "label": "synthetic",
+        # 60 replicates instead of 200 keep the fast lane fast; percentile intervals of 60
+        # replicates still separate µ ratios of 3 (the verdict test)
+        "n_boot": 60,
     }
     HS.write_report(raw, config, out)
-    yield out
-    mp.undo()
+    return out
 
 
 def test_verdicts_follow_the_known_truth(written):
@@ -85,11 +83,11 @@ def test_verdicts_follow_the_known_truth(written):
 
 def test_report_recomputes_from_its_json(written):
     doc = json.loads((written / "hardening.json").read_text())
-    assert json.dumps(public(summarise(doc["raw"], doc["config"]["chance"]))) == json.dumps(doc["summary"])
+    assert json.dumps(public(summarise(doc["raw"], 0.1, doc["config"]["n_boot"]))) == json.dumps(doc["summary"])
     assert markdown(doc) == (written / "hardening.md").read_text()
     assert (written / "hardening.png").stat().st_size > 10_000
     doc["raw"]["resnet-plain-s0"]["fp_accuracy"] = 0.5  # an edited raw number changes the summary
-    assert json.dumps(public(summarise(doc["raw"], 0.1))) != json.dumps(doc["summary"])
+    assert json.dumps(public(summarise(doc["raw"], 0.1, 60))) != json.dumps(doc["summary"])
     text = (written / "hardening.md").read_text()
     assert "| resnet | plain | 2 | 90.0 |" in text and "**reproduced**" in text and "**reversed**" in text
 
@@ -130,4 +128,5 @@ def test_committed_page_renders_from_its_json():
 @pytest.mark.slow  # refits every committed run with 200 bootstrap replicates
 def test_committed_summary_recomputes_from_its_raw_results():
     doc = _committed()
-    assert json.dumps(public(summarise(doc["raw"], doc["config"]["chance"]))) == json.dumps(doc["summary"])
+    n_boot = doc["config"].get("n_boot", HSum.N_BOOT)
+    assert json.dumps(public(summarise(doc["raw"], doc["config"]["chance"], n_boot))) == json.dumps(doc["summary"])
