@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.resume and args.out is None and not args.replace:
         raise SystemExit("--resume continues a report: name its folder with --out (or --replace for reports/hardening)")
-    out = outputs.output_dir("hardening", OUT_DIR, args.out, args.replace, () if args.resume else FILES)
+    out = outputs.output_dir("hardening-report", OUT_DIR, args.out, args.replace, () if args.resume else FILES)
     cfg = eval_config(args)
     raw = collect(runs, out, cfg, args.resume, args.threads)
     command = "python -m models.report --suite hardening " + shlex.join(argv if argv is not None else sys.argv[1:])
