@@ -10,7 +10,8 @@ It reads every finished training run under ``--runs`` (``model.pt`` and its ONNX
 test set twice (:mod:`studies.hardening_eval`): the seed's protocol (activation noise σ on a log
 grid × noise seeds → logistic fit → µ, :mod:`studies.noise_midpoint`) and the aged chip
 (chipsim runtime, ``--chips`` chips, 1 s … 10 y, GDC on and off). Each run's raw result is kept
-in ``<out>/runs/<run folder name>.json``; ``--resume`` reuses those whose evaluation settings
+in ``runs/hardening-cache/<run folder name>.json`` as soon as it is computed (and in the report's
+``hardening.json``); ``--resume`` reuses either when the run folder and the evaluation settings
 match, so a later session with more runs or more compute completes the report. The summary,
 intervals and verdicts (:mod:`studies.hardening_summary`) and the page (:mod:`studies.hardening_report`)
 are derived from the raw results alone; ``hardening.json`` holds both.
@@ -33,6 +34,8 @@ from studies.common import REPORTS_DIR
 
 OUT_DIR = REPORTS_DIR / "hardening"
 RUNS_DIR = outputs.RUNS / "hardening"
+#: One raw result per training run, written as soon as it is evaluated (git-ignored).
+CACHE_DIR = outputs.RUNS / "hardening-cache"
 FILES = ("hardening.md", "hardening.json", "hardening.png")
 CHANCE = 0.1
 
@@ -95,18 +98,28 @@ def evaluate_run(run_dir: Path, cfg: dict[str, Any], threads: int = 1) -> dict[s
     return raw
 
 
+def _previous(out: Path) -> dict[str, dict[str, Any]]:
+    """{run folder: raw result} of the report already in ``out`` (empty if none)."""
+    path = out / "hardening.json"
+    if not path.is_file():
+        return {}
+    return {r["run"]: r for r in json.loads(path.read_text())["raw"].values()}
+
+
 def collect(run_dirs: list[Path], out: Path, cfg: dict[str, Any], resume: bool, threads: int) -> dict[str, Any]:
     """{run key: raw result} for every run, evaluating those without a matching cached result."""
     from tqdm.auto import tqdm
 
     from studies.hardening_summary import run_key
 
-    cache = out / "runs"
-    cache.mkdir(parents=True, exist_ok=True)
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    previous = _previous(out) if resume else {}
     raw: dict[str, Any] = {}
     for run_dir in tqdm(run_dirs, desc="hardening runs", unit="run"):
-        path = cache / f"{run_dir.name}.json"
+        path = CACHE_DIR / f"{run_dir.name}.json"
         r = json.loads(path.read_text()) if resume and path.is_file() else None
+        if r is None or r["run"] != str(run_dir):
+            r = previous.get(str(run_dir))
         if r is None or r["eval"] != cfg or r["run"] != str(run_dir):
             t0 = time.perf_counter()
             r = evaluate_run(run_dir, cfg, threads)
@@ -142,7 +155,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--runs", type=Path, default=RUNS_DIR, help="folder of the training runs (default runs/hardening)")
     outputs.add_arguments(ap, OUT_DIR)
-    ap.add_argument("--resume", action="store_true", help="reuse the raw results already in --out/runs/")
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse raw results of runs already evaluated (runs/hardening-cache/, --out/hardening.json)",
+    )
     ap.add_argument("--sigmas", type=int, default=16, help="σ values of the log grid (default 16)")
     ap.add_argument("--sigma-min", type=float, default=1e-2)
     ap.add_argument("--sigma-max", type=float, default=10.0)

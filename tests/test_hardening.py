@@ -130,3 +130,14 @@ def test_committed_summary_recomputes_from_its_raw_results():
     doc = _committed()
     n_boot = doc["config"].get("n_boot", HSum.N_BOOT)
     assert json.dumps(public(summarise(doc["raw"], doc["config"]["chance"], n_boot))) == json.dumps(doc["summary"])
+
+
+def test_resume_reuses_the_raw_results_of_the_report_in_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(HS, "CACHE_DIR", tmp_path / "cache")
+    run = tmp_path / "runs" / "resnet-plain-s0"  # no model.pt: evaluating it would fail
+    cfg = {"sigmas": [0.1], "n_images": 3}
+    old = {**_raw("plain", 0), "run": str(run), "eval": cfg}
+    (tmp_path / "hardening.json").write_text(json.dumps({"raw": {"resnet-plain-s0": old}}))
+    assert HS.collect([run], tmp_path, cfg, resume=True, threads=1) == {"resnet-plain-s0": old}
+    with pytest.raises(SystemExit, match="model.pt"):  # other settings: evaluated again
+        HS.collect([run], tmp_path, {**cfg, "n_images": 4}, resume=True, threads=1)
