@@ -11,14 +11,19 @@ import torch
 
 from chipsim.periphery import dac
 from chipsim.profiles import get_profile
+from models import fmnist_data as D
 from models import fmnist_models as FM
 from models import hwa as H
 from models import qat as Q
 from models import train_fmnist as T
 from models.activation_noise import ActivationNoise, noise_sites
-from tests.test_fmnist import need_data
 
 TINY_RESNET = {"widths": [4, 8, 8], "blocks": 1}
+
+
+def need_data() -> None:
+    if not D.available():
+        pytest.skip(f"Fashion-MNIST not installed ({D.data_dir()}): bash docker/ci/install-fmnist.sh")
 
 
 def _tiny(seed: int = 0) -> torch.nn.Module:
