@@ -170,12 +170,14 @@ class Settings(BaseSettings):
     )
     # --- dynamic batching of POST /infer (service.batching)
     batch_max_queue_delay_ms: float = Field(
-        2.0,
+        0.0,
         ge=0,
         le=1000,
         description="Longest wait of an unseeded /infer request for others to share its run "
         "(same chip, age, read seed, GDC mode, input shape), milliseconds; a batch starts "
-        "sooner when it is full or reaches the largest preferred size.",
+        "sooner when it is full or reaches the largest preferred size. 0: no waiting, a batch "
+        "takes the requests that queued while the slots were busy (measured best on 2 cores: "
+        "bench/results/load_test.md).",
     )
     batch_max_size: int = Field(
         32,
