@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.registry import Registry, program_default_chip
+from service.default_chip import program_default_chip
+from service.registry import Registry
 from service.routes.infer import infer_json
 from service.settings import Settings
 
