@@ -133,10 +133,6 @@ class Batcher:
         self._queues: dict[Hashable, _Queue] = {}
         self._running: set[asyncio.Task] = set()
 
-    def queued(self) -> int:
-        """Requests waiting for a batch now (all keys)."""
-        return sum(len(q.items) for q in self._queues.values())
-
     async def submit(self, key: Hashable, item: Any, size: int, ticket: Ticket) -> Any:
         """``item``'s result once its batch has run (its exception re-raised); ``size`` is its
         samples, ``ticket`` its place in the lane's line (admitted when its batch starts).
@@ -180,8 +176,9 @@ class Batcher:
                 task = asyncio.create_task(self._execute(batch, started))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
-        except BaseException as err:  # a bug here must not leave requests waiting for ever
-            log.exception("dynamic batcher failed")
+        except BaseException as err:  # a bug, or the shutdown: no request may be left waiting for ever
+            if not isinstance(err, asyncio.CancelledError):
+                log.exception("dynamic batcher failed")
             for p in q.items:
                 _settle(p, err)
             q.items.clear()
@@ -204,8 +201,11 @@ class Batcher:
 
     async def _execute(self, batch: list[_Pending], started: float) -> None:
         """Run one batch in a worker thread of the lane, holding the slot taken for it."""
-        if self._observe is not None:
-            self._observe(sum(p.size for p in batch), len(batch), [time.monotonic() - p.enqueued for p in batch])
+        try:
+            if self._observe is not None:
+                self._observe(sum(p.size for p in batch), len(batch), [time.monotonic() - p.enqueued for p in batch])
+        except Exception:  # metrics must not fail requests
+            log.exception("dynamic batch observer failed")
         try:
             results = await self.lane.to_thread(self._run, [p.item for p in batch])
             if len(results) != len(batch):

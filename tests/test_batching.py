@@ -231,3 +231,18 @@ def test_the_batch_queue_counts_against_the_lanes_line():
     out, batches = asyncio.run(main())
     assert out == ["done 0", "done 1", "done 2", "done 3"]
     assert batches == [[0, 1], [2, 3]]
+
+
+def test_a_failing_observer_fails_no_request():
+    def broken(samples, requests, delays):
+        raise RuntimeError("metrics broke")
+
+    async def main():
+        lane = Lane("infer", 1, 8, 5.0, "AGEDCHIP_MAX_QUEUE_INFER")
+        batcher = Batcher(BatchConfig(0.0, 4), lane, Recorder(), broken)
+        out = await gather(lane, batcher, [("k", 1), ("k", 2)])
+        return out, lane
+
+    out, lane = asyncio.run(main())
+    assert out == ["done 1", "done 2"]
+    assert (lane.waiting, lane.running) == (0, 0)
