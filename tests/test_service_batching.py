@@ -18,7 +18,7 @@ from service.app import create_app
 from service.problems import InvalidField
 from service.settings import Settings
 from tests.service_helpers import err, make_settings
-from tests.test_service_hardening import metric
+from tests.service_helpers import metric_value as metric
 
 AGE = "1d"
 
