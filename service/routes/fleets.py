@@ -18,6 +18,7 @@ from service.routes.deps import (
 )
 from service.schemas import (
     ERROR_RESPONSES,
+    WRITER_ERROR_RESPONSES,
     FleetEvaluateRequest,
     FleetJobStatus,
     FleetList,
@@ -36,7 +37,7 @@ def _accepted(view: dict) -> JSONResponse:
     "/fleets",
     status_code=202,
     response_model=FleetJobStatus,
-    responses=ERROR_RESPONSES,
+    responses=WRITER_ERROR_RESPONSES,
     dependencies=[
         Depends(require_admin),
         Depends(require_writer("program fleets", allow=("GET",))),
@@ -79,7 +80,7 @@ async def get_fleet(fleet_id: str, request: Request) -> JSONResponse:
 @router.delete(
     "/fleets/{fleet_id}",
     status_code=204,
-    responses=ERROR_RESPONSES,
+    responses=WRITER_ERROR_RESPONSES,
     dependencies=[Depends(require_admin), Depends(require_writer("delete fleets", allow=("GET",)))],
     summary="Delete a fleet and its chips",
 )
