@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from chipsim.fleet import SerialExecutor, wilson_interval
 from service.app import create_app
 from tests.service_helpers import ZOO_MODEL, err, make_settings
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "docker" / "grafana" / "dashboards" / "agedchip.json"
 
 
 def _serial(client) -> None:
@@ -105,9 +109,14 @@ def test_fleet_breach_gauges_follow_the_report(client):
     assert job["status"] == "succeeded", job
     assert job["result"]["breach"]["gdc_on"]["chips_breached_at_first"] == 3
     m = _metrics(client)
-    for q in ("0.05", "0.5", "0.95"):
-        assert m[("agedchip_fleet_slo_breach_age_seconds", (("fleet", "br"), ("quantile", q)))] == 10.0
+    for pct in ("5", "50", "95"):
+        assert m[("agedchip_fleet_slo_breach_age_seconds", (("fleet", "br"), ("percentile", pct)))] == 10.0
     assert m[("agedchip_fleet_yield_ratio", (("age", "10s"), ("fleet", "br"), ("gdc", "off")))] == 0.0
+    # the Grafana dashboard's fleet panels query series this service really exports
+    dashboard = DASHBOARD.read_text()
+    queried = set(re.findall(r"agedchip_fleet_[a-z_]+", dashboard))
+    assert queried >= {"agedchip_fleet_yield_ratio", "agedchip_fleet_slo_breach_age_seconds"}
+    assert queried <= {name for name, _ in m}, queried - {name for name, _ in m}
 
 
 @pytest.mark.parametrize(
