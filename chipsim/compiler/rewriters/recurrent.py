@@ -29,7 +29,8 @@ import onnx
 from onnx import helper
 
 from chipsim.compiler.graph_builder import GraphBuilder
-from chipsim.compiler.lowering import emit_analog_layer, emit_dac
+from chipsim.compiler.layers import emit_analog_layer
+from chipsim.compiler.layers import emit_layer_dac as emit_dac
 from chipsim.compiler.plan import CompileError
 from chipsim.compiler.rewriters.registry import OpRewriter, RewriteContext, node_attrs, register
 from chipsim.modes import LayerKind
