@@ -110,15 +110,17 @@ def emit_lean_tile(
     terms = [y]
     if "r" in parts:
         r = y if free else _product(b, xk, plan, k, "r", prefix, conv_attrs, 0.0)
-        src = xk if opts.nonneg else b.op("Abs", [xk], prefix)
-        a = y if free else _product(b, src, plan, k, "a", prefix, conv_attrs, 0.0)
+        if free:
+            a = y
+        else:
+            a = _product(b, xk if opts.nonneg else b.op("Abs", [xk], prefix), plan, k, "a", prefix, conv_attrs, 0.0)
         terms.append(emit_ir_term(b, a, r, prefix))
     s = adc_scale_step(profile)
     if profile.w_noise > 0 or profile.out_noise > 0:
         xi = emit_noise_like(b, y, plan.input_names(k)["noise"], prefix)
         if "v" in parts:
-            sq = b.op("Mul", [xk, xk], prefix)
-            v = y if free else _product(b, sq, plan, k, "v", prefix, conv_attrs, (profile.out_noise / s) ** 2)
+            sigma2 = (profile.out_noise / s) ** 2
+            v = y if free else _product(b, b.op("Mul", [xk, xk], prefix), plan, k, "v", prefix, conv_attrs, sigma2)
             std = b.op("Sqrt", [v], prefix)
         else:
             std = b.const(prefix, profile.out_noise / s)
