@@ -121,7 +121,8 @@ class ChipRuntime:
         self.cache_entries = cache_entries
         self._cache: ReadoutCache[tuple[float, int, str], _Entry] = ReadoutCache(cache_bytes, cache_entries)
         self._lock = threading.Lock()
-        self._side_sessions: dict[str, ort.InferenceSession] = {}
+        self._side_sessions: dict[str, tuple[ort.InferenceSession, list]] = {}
+        self._full: tuple[bytes, list] | None = None  # the full lowering, for run_tensor
 
     def evict_readouts(self, keep: int = 0) -> int:
         """Drop cached read-outs (and their sessions), oldest first, until ``keep`` remain;
@@ -265,32 +266,53 @@ class ChipRuntime:
         chunk: int = 0,
     ) -> np.ndarray:
         """The value of an intermediate tensor of the compiled graph (e.g. the input of an analog
-        layer as the aged chip computes it). Uses a side session with weights fed as inputs."""
+        layer as the aged chip computes it). Uses a side session with weights fed as inputs, of the
+        full lowering where it has the tensor: the lean one folds the next layer's DAC scale (and a
+        Relu) into tensors between analog layers (:mod:`chipsim.compiler.folding`)."""
         feeds = self.check_inputs(inputs)
         if tensor in feeds:
             return feeds[tensor]
-        sess = self._side_session(tensor)
+        sess, plans = self._side_session(tensor)
         mode = self.gdc_mode(gdc)
         entry = self._entry(check_age(age_s), check_seed(read_seed, "read_seed"), mode)
-        feeds.update(entry.weights)
-        feeds.update(self._scales(entry, mode))
-        if self._has_noise:
+        if plans is self.plans:
+            feeds.update(entry.weights)
+            feeds.update(self._scales(entry, mode))
+        else:
+            feeds.update(weight_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))
+            feeds.update(scale_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))
+        if self._has_noise:  # both lowerings: the same noise inputs, shapes and order
             feeds.update(draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk)))
         return sess.run([tensor], feeds)[0]
 
-    def _side_session(self, tensor: str) -> ort.InferenceSession:
-        """A session of the compiled graph (weights as inputs) that also outputs ``tensor``."""
+    def _full_graph(self) -> tuple[bytes, list]:
+        """The chip's graph and plans in the full lowering (compiled once, for :meth:`run_tensor`)."""
+        if self.lowering == GraphLowering.FULL:
+            return self.graph, self.plans
+        if self._full is None:
+            ranges = {plan.weight_name: layer.input_range for plan, layer in zip(self.plans, self.chip.layers)}
+            compiled = compile_model(
+                self.chip.attachments["model.onnx"], self.profile, ranges=ranges, lowering=GraphLowering.FULL
+            )
+            self._full = (compiled.graph, compiled.plans)
+        return self._full
+
+    def _side_session(self, tensor: str) -> tuple[ort.InferenceSession, list]:
+        """A session (weights as inputs) that also outputs ``tensor``, and the plans of its graph."""
         with self._lock:
-            sess = self._side_sessions.get(tensor)
-        if sess is None:
-            model = onnx.load_from_string(self.graph)
-            if tensor not in {o for n in model.graph.node for o in n.output}:
+            hit = self._side_sessions.get(tensor)
+        if hit is None:
+            for graph, plans in (self._full_graph(), (self.graph, self.plans)):
+                model = onnx.load_from_string(graph)
+                if tensor in {o for n in model.graph.node for o in n.output}:
+                    break
+            else:
                 raise InputError(f"tensor: the compiled graph has no tensor {tensor!r}", field="tensor")
             model.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
-            sess = cpu_session(model.SerializeToString(), self.threads)
+            hit = (cpu_session(model.SerializeToString(), self.threads), plans)
             with self._lock:
-                self._side_sessions[tensor] = sess
-        return sess
+                self._side_sessions[tensor] = hit
+        return hit
 
     def run(
         self,

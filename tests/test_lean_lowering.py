@@ -210,3 +210,14 @@ def test_lean_equals_full_on_foreign_models(name):
         full, lean = (rts[k].run(feeds, age_s=AGE_S, seed=1) for k in ("full", "lean"))
         for a, b in zip(full, lean):
             _assert_same(a, b, f"{name} on {profile}")
+
+
+def test_run_tensor_reads_a_folded_tensor_with_the_models_own_values():
+    """Recalibration reads the last layer's input (a Relu output, folded in the lean graph: Relu
+    moved, DAC scale applied) with run_tensor: it must see the values the model computes."""
+    model, x = _zoo("mlp-hwa", 16)
+    rts = _pair(model, get_profile("pcm"), x)
+    tensor = [n for n in onnx.load_from_string(model).graph.node if n.op_type == "Gemm"][-1].input[0]
+    full, lean = (rts[k].run_tensor(x, tensor, age_s=AGE_S, seed=3) for k in ("full", "lean"))
+    assert full.min() >= 0 and full.max() > 0
+    np.testing.assert_array_equal(lean, full)
