@@ -100,10 +100,14 @@ def runners(model: bytes, x: np.ndarray, threads: int) -> dict[str, Callable[[np
         return feeds
 
     built: dict[int, dict] = {}  # by batch size: the session part runs on feeds built once
+
+    def session(xb: np.ndarray) -> object:
+        if len(xb) not in built:
+            built[len(xb)] = lean_feeds(xb)
+        return lean._entry(AGE_S, 0).session.run(lean.output_names, built[len(xb)])  # type: ignore[union-attr]
+
     out["noise"] = lambda xb: draw(lean.noise_shapes(xb), thread_generator())
-    out["session"] = lambda xb: lean._entry(AGE_S, 0).session.run(  # type: ignore[union-attr]
-        lean.output_names, built.setdefault(len(xb), lean_feeds(xb))
-    )
+    out["session"] = session
     for key, graph in (("digital", model), ("ceiling", product_ceiling(model, form="separate"))):
         sess = cpu_session(graph, threads)
         name = sess.get_inputs()[0].name

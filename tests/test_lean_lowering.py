@@ -195,7 +195,16 @@ def test_a_full_chip_and_an_old_format_chip_serve_the_lean_graph_with_the_same_o
     _assert_same(rt_full.run(x, age_s=AGE_S, seed=5)[0], rt_old.run(x, age_s=AGE_S, seed=5)[0], "old format")
 
 
-FOREIGN = ("vit", "mobilenet_v2", "convtranspose-decoder", "lstm")
+FOREIGN = (
+    "resnet18",
+    "vit",
+    "mobilenet_v2",
+    "bert-tiny",
+    "convtranspose-decoder",
+    "lstm",
+    "sklearn-scaler-mlp",
+    "fp16-cnn",
+)
 
 
 @pytest.mark.slow
