@@ -211,3 +211,39 @@ def test_shards_split_the_chips(tmp_path):
     chips = [c for c, *_ in E.missing_cells(store, [m], ["max"], 7, ["1 d"], shard=(1, 3))]
     assert chips == [1, 4]
     assert [c for c, *_ in E.missing_cells(store, [m], ["max"], 3, ["1 d"])] == [0, 1, 2]
+
+
+def test_midpoint_study_has_the_clip_only_control_and_caches(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from models import fmnist_data as D
+    from models.train_fmnist import FmnistRecipe
+    from studies import fmnist_midpoint as MU
+
+    if not D.available():
+        pytest.skip(f"Fashion-MNIST not installed ({D.data_dir()}): bash docker/ci/install-fmnist.sh")
+    kwargs = {"widths": [2, 4, 4], "blocks": 1}
+    _tiny_model(tmp_path / "m", "plain", 0)
+    from models import fmnist_models as FM
+
+    net = FM.build("resnet", 0, **kwargs)
+    torch.save(
+        {
+            "state_dict": net.state_dict(),
+            "recipe": json.dumps(FmnistRecipe("resnet").to_json()),
+            "arch_kwargs": json.dumps(kwargs),
+        },
+        tmp_path / "m" / "model.pt",
+    )
+    models = E.find_models([tmp_path / "m"])
+    sigmas = np.logspace(-2, 2, 9)
+    res = MU.midpoint_study(
+        models, tmp_path / "cache", n_images=60, n_boot=5, sigmas=sigmas, seeds=(0,), progress=False
+    )
+    assert [r["arm"] for r in res["rows"]] == ["plain", MU.CLIP_LABEL]
+    # at σ = 100 ≫ the layer outputs every answer is noise: accuracy near chance (60 images)
+    assert all(r["accuracy"][-1] < 40 for r in res["rows"])
+    monkeypatch.setattr(MU, "_model_sweep", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = MU.midpoint_study(
+        models, tmp_path / "cache", n_images=60, n_boot=5, sigmas=sigmas, seeds=(0,), progress=False
+    )
+    assert again["rows"] == res["rows"]
