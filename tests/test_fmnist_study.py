@@ -117,7 +117,8 @@ def _tiny_model(folder, mode: str, seed: int):
 
     m = FM.build("resnet", seed, widths=[2, 4, 4], blocks=1).eval()
     recipe = {"arch": "resnet", "mode": mode, "seed": seed, "clip_sigma": 2.5}
-    data, _ = build_onnx(FM.export_copy(m), {"agedchip.recipe": recipe}, example=torch.zeros(2, 1, 28, 28))
+    meta = {"agedchip.recipe": recipe, "agedchip.dataset": "Fashion-MNIST (test)"}
+    data, _ = build_onnx(FM.export_copy(m), meta, example=torch.zeros(2, 1, 28, 28))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"resnet-fmnist-{mode}.onnx").write_bytes(data)
     return data
@@ -128,6 +129,9 @@ def test_models_are_found_by_their_metadata(tmp_path):
     _tiny_model(tmp_path / "b", "hwa", 0)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "x.onnx").write_bytes((tmp_path / "a" / "resnet-fmnist-plain.onnx").read_bytes())
+    (tmp_path / "zoo").mkdir()  # the digits zoo's models carry a recipe too, but are no Fashion-MNIST models
+    for f in E.REPO.joinpath("models", "zoo").glob("*-plain.onnx"):
+        (tmp_path / "zoo" / f.name).write_bytes(f.read_bytes())
     ms = E.find_models([tmp_path])
     assert [(m.arch, m.mode, m.seed) for m in ms] == [("resnet", "hwa", 0), ("resnet", "plain", 0)]
     assert ms[0].clip_sigma == 2.5 and ms[0].torch_path is None
