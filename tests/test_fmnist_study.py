@@ -220,7 +220,7 @@ def test_shards_split_the_chips(tmp_path):
 def test_midpoint_study_has_the_clip_only_control_and_caches(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from models import fmnist_data as D
-    from models.train_fmnist import FmnistRecipe
+    from models.fmnist_recipe import FmnistRecipe
     from studies import fmnist_midpoint as MU
 
     if not D.available():
