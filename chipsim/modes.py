@@ -63,6 +63,17 @@ class WeightBinding(StrEnum):
     INITIALIZERS = "initializers"  # one session per cached age, the weights embedded as constants
 
 
+class GraphLowering(StrEnum):
+    """How the compiler writes an analog layer's periphery as ONNX ops (both exact, DESIGN §3.3)."""
+
+    #: One product per tile part on its own input form (``|x|``, ``x²``; a Conv tile's parts
+    #: stacked into one grouped Conv), each unit change an elementwise op: graph format 3.
+    FULL = "full"
+    #: Format 4 (:mod:`chipsim.compiler.lean`): sign analysis, the next layer's DAC scale folded
+    #: into this layer's ADC scale, MaxPool before the ADC rounding, one variadic Sum per tile.
+    LEAN = "lean"
+
+
 class LayerKind(StrEnum):
     """The ONNX op an analog layer was compiled from (``LayerPlan.kind``, stored in a chip's plans)."""
 

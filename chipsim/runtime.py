@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,10 +32,10 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from chipsim.compiler import GRAPH_FORMAT, WEIGHT_INPUTS, compile_model, is_linear
-from chipsim.compiler.plan import load_plans
+from chipsim.compiler.plan import load_plans, physical_plan
 from chipsim.compiler.weight_packing import scale_inputs, weight_inputs
 from chipsim.model_inputs import InputError, ModelInputs
-from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, GdcMode, MvmNoiseSource, WeightBinding
+from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, GdcMode, GraphLowering, MvmNoiseSource, WeightBinding
 from chipsim.mvm_noise import NoiseShapes, draw, seeded_generator, thread_generator
 from chipsim.ort_session import cpu_session
 from chipsim.readout import ChipReadout, check_age, read_layer
@@ -90,6 +90,7 @@ class ChipRuntime:
         cache_entries: int = 32,
         binding: str = WeightBinding.INITIALIZERS,
         noise: str = MvmNoiseSource.FRESH,
+        lowering: GraphLowering | str | None = None,
     ):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
@@ -109,7 +110,7 @@ class ChipRuntime:
         self.output_names = [o["name"] for o in self.outputs]
         self.binding = WeightBinding(binding).value
         self.threads = threads
-        self.graph = graph = self._graph(chip)  # the compiled graph this build runs (see _graph)
+        self.graph = graph = self._graph(chip, None if lowering is None else GraphLowering(lowering))
         self.session = cpu_session(graph, threads)
         self._graph_inputs = {i.name for i in self.session.get_inputs()}
         self._linear = is_linear(self.profile)
@@ -120,7 +121,8 @@ class ChipRuntime:
         self.cache_entries = cache_entries
         self._cache: ReadoutCache[tuple[float, int, str], _Entry] = ReadoutCache(cache_bytes, cache_entries)
         self._lock = threading.Lock()
-        self._side_sessions: dict[str, ort.InferenceSession] = {}
+        self._side_sessions: dict[str, tuple[ort.InferenceSession, list]] = {}
+        self._full: tuple[bytes, list] | None = None  # the full lowering, for run_tensor
 
     def evict_readouts(self, keep: int = 0) -> int:
         """Drop cached read-outs (and their sessions), oldest first, until ``keep`` remain;
@@ -132,16 +134,20 @@ class ChipRuntime:
         """Hits, misses and evictions of the read-out cache, and what it holds."""
         return self._cache.stats
 
-    def _graph(self, chip: ChipState) -> bytes:
-        """The chip's compiled graph; recompiled from its stored model when it was programmed
-        with another graph layout (the graph is derived from the model, the profile and the
-        layers' input ranges, none of which changed)."""
-        if chip.meta.get("graph_format", 1) == GRAPH_FORMAT:
+    def _graph(self, chip: ChipState, lowering: GraphLowering | None) -> bytes:
+        """The compiled graph this runtime runs: the chip's own if it has the current layout and
+        the requested ``lowering`` (None: whichever it stored), else recompiled from its stored
+        model (the graph is derived from the model, the profile and the layers' input ranges,
+        none of which changed; the plans follow the new graph)."""
+        stored = chip.meta.get("graph_lowering") if chip.meta.get("graph_format", 1) == GRAPH_FORMAT else None
+        self.lowering = lowering or GraphLowering(stored or GraphLowering.LEAN)
+        if stored == self.lowering:
             return chip.attachments["compiled.onnx"]
         ranges = {plan.weight_name: layer.input_range for plan, layer in zip(self.plans, chip.layers)}
-        compiled = compile_model(chip.attachments["model.onnx"], chip.profile, ranges=ranges)
-        if [asdict(p) for p in compiled.plans] != [asdict(p) for p in self.plans]:
+        compiled = compile_model(chip.attachments["model.onnx"], chip.profile, ranges=ranges, lowering=self.lowering)
+        if compiled.physical() != [physical_plan(p) for p in self.plans]:
             raise ValueError(f"chip {chip.chip_id!r}: its stored model no longer compiles to its programmed layers")
+        self.plans = compiled.plans
         return compiled.graph
 
     @staticmethod
@@ -211,7 +217,7 @@ class ChipRuntime:
         if feeds is None:
             feeds = dict(self._scales(entry, mode))
             if entry.session is None:
-                feeds.update(entry.weights)
+                feeds.update({k: v for k, v in entry.weights.items() if k in self._graph_inputs})
             entry.feeds[mode] = feeds  # benign race: both writers build the same dict
         return feeds
 
@@ -260,32 +266,53 @@ class ChipRuntime:
         chunk: int = 0,
     ) -> np.ndarray:
         """The value of an intermediate tensor of the compiled graph (e.g. the input of an analog
-        layer as the aged chip computes it). Uses a side session with weights fed as inputs."""
+        layer as the aged chip computes it). Uses a side session with weights fed as inputs, of the
+        full lowering where it has the tensor: the lean one folds the next layer's DAC scale (and a
+        Relu) into tensors between analog layers (:mod:`chipsim.compiler.folding`)."""
         feeds = self.check_inputs(inputs)
         if tensor in feeds:
             return feeds[tensor]
-        sess = self._side_session(tensor)
+        sess, plans = self._side_session(tensor)
         mode = self.gdc_mode(gdc)
         entry = self._entry(check_age(age_s), check_seed(read_seed, "read_seed"), mode)
-        feeds.update(entry.weights)
-        feeds.update(self._scales(entry, mode))
-        if self._has_noise:
+        if plans is self.plans:
+            feeds.update(entry.weights)
+            feeds.update(self._scales(entry, mode))
+        else:
+            feeds.update(weight_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))
+            feeds.update(scale_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))
+        if self._has_noise:  # both lowerings: the same noise inputs, shapes and order
             feeds.update(draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk)))
         return sess.run([tensor], feeds)[0]
 
-    def _side_session(self, tensor: str) -> ort.InferenceSession:
-        """A session of the compiled graph (weights as inputs) that also outputs ``tensor``."""
+    def _full_graph(self) -> tuple[bytes, list]:
+        """The chip's graph and plans in the full lowering (compiled once, for :meth:`run_tensor`)."""
+        if self.lowering == GraphLowering.FULL:
+            return self.graph, self.plans
+        if self._full is None:
+            ranges = {plan.weight_name: layer.input_range for plan, layer in zip(self.plans, self.chip.layers)}
+            compiled = compile_model(
+                self.chip.attachments["model.onnx"], self.profile, ranges=ranges, lowering=GraphLowering.FULL
+            )
+            self._full = (compiled.graph, compiled.plans)
+        return self._full
+
+    def _side_session(self, tensor: str) -> tuple[ort.InferenceSession, list]:
+        """A session (weights as inputs) that also outputs ``tensor``, and the plans of its graph."""
         with self._lock:
-            sess = self._side_sessions.get(tensor)
-        if sess is None:
-            model = onnx.load_from_string(self.graph)
-            if tensor not in {o for n in model.graph.node for o in n.output}:
+            hit = self._side_sessions.get(tensor)
+        if hit is None:
+            for graph, plans in (self._full_graph(), (self.graph, self.plans)):
+                model = onnx.load_from_string(graph)
+                if tensor in {o for n in model.graph.node for o in n.output}:
+                    break
+            else:
                 raise InputError(f"tensor: the compiled graph has no tensor {tensor!r}", field="tensor")
             model.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
-            sess = cpu_session(model.SerializeToString(), self.threads)
+            hit = (cpu_session(model.SerializeToString(), self.threads), plans)
             with self._lock:
-                self._side_sessions[tensor] = sess
-        return sess
+                self._side_sessions[tensor] = hit
+        return hit
 
     def run(
         self,

@@ -16,7 +16,7 @@ class FleetGauges:
     """A fleet's figures from its last evaluation, for /metrics (replaced whole, never edited)."""
 
     yield_ratio: dict[tuple[str, str], float] = field(default_factory=dict)  # (age label, gdc) → share
-    breach_age_s: dict[str, float] = field(default_factory=dict)  # quantile ("0.05") → age, s; GDC on
+    breach_age_s: dict[str, float] = field(default_factory=dict)  # percentile ("5") → age, s; GDC on
 
 
 def age_label(age_s: float) -> str:
@@ -37,11 +37,11 @@ def fleet_gauges(report: dict[str, Any]) -> FleetGauges:
         for entry in report["results"]
         for gdc in ("on", "off")
     }
-    quantiles = {}
+    ages = {}
     for q in PERCENTILES:
         b = report["breach"]["gdc_on"][f"p{q}"]
         if b["status"] == BreachStatus.BREACHED:
-            quantiles[f"{q / 100:g}"] = b["age_s"]
+            ages[f"{q}"] = b["age_s"]
         elif b["status"] == BreachStatus.BREACHED_AT_FIRST:
-            quantiles[f"{q / 100:g}"] = b["bracket_s"][1]
-    return FleetGauges(yield_ratio=yields, breach_age_s=quantiles)
+            ages[f"{q}"] = b["bracket_s"][1]
+    return FleetGauges(yield_ratio=yields, breach_age_s=ages)

@@ -39,6 +39,7 @@ from chipsim.fleet.executors import Executor
 from chipsim.modes import SloMetric
 from service.durations import DurationError, parse_age
 from service.fleet_gauges import FleetGauges, fleet_gauges
+from service.fleet_sources import model_source
 from service.jobs import Job, JobCancelled, JobTable
 from service.problems import Conflict, InvalidField, NotFound, Problem, fleet_problem
 from service.registry import Registry
@@ -191,13 +192,12 @@ class FleetService:
     def submit_program(self, req: FleetProgramRequest) -> dict[str, Any]:
         """Validate a POST /fleets request, reserve its chip ids and start the job (blocking: a worker thread)."""
         self.registry.require_writer("program fleets", allow=("GET",))
-        zoo = self.registry.zoo
-        zoo.check_name(req.model)
+        source = model_source(self.registry, req.model, req.from_chip)
         try:
             spec = FleetSpec.parse(
                 {
                     "fleet_id": req.fleet_id,
-                    "model_name": req.model,
+                    "model_name": source.name,
                     "preset": req.profile,
                     "overrides": req.overrides,
                     "n_chips": req.n_chips,
@@ -208,7 +208,7 @@ class FleetService:
             profile = spec.profile()
         except FleetError as err:
             raise _spec_problem(err) from None
-        model_bytes, eval_bytes = zoo.model_bytes(req.model), zoo.eval_bytes(req.model)
+        model_bytes, eval_bytes = source.model_bytes, source.eval_bytes
         self.registry.inputs.check_cost(model_bytes, profile, tile_rows_given="tile_rows" in req.overrides)
         if self.store.exists(spec.fleet_id):
             raise Conflict("fleet_id", f"fleet_id: fleet {spec.fleet_id!r} already exists or is being programmed")
@@ -236,7 +236,7 @@ class FleetService:
                     model_bytes,
                     eval_bytes,
                     fleets=self.store,
-                    meta={"model_source": "zoo", "service": "agedchip"},
+                    meta={**source.meta(), "service": "agedchip"},
                     progress=job.progress,
                     cancel=job.cancel,
                 )
@@ -250,7 +250,7 @@ class FleetService:
                 "programmed fleet %s: %d chips of %s (%s, seed %d)",
                 spec.fleet_id,
                 spec.n_chips,
-                req.model,
+                source.name,
                 req.profile,
                 req.seed,
             )

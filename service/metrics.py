@@ -275,15 +275,16 @@ class FleetCollector(Collector):
         )
         breach = GaugeMetricFamily(
             PREFIX + "fleet_slo_breach_age_seconds",
-            "Chip age by which a quantile of the fleet's chips breached its SLO (GDC on), "
+            "Chip age by which a percentile of the fleet's chips breached its SLO (GDC on), "
             "seconds; absent when not breached by the last evaluated age.",
-            labels=["fleet", "quantile"],
+            # not `quantile`: Prometheus reserves that label for summaries (promtool check metrics refuses it)
+            labels=["fleet", "percentile"],
         )
         for fleet_id, g in sorted(dict(self.fleets.gauges).items()):
             for (age, gdc), share in g.yield_ratio.items():
                 yields.add_metric([fleet_id, age, gdc], share)
-            for q, age_s in g.breach_age_s.items():
-                breach.add_metric([fleet_id, q], age_s)
+            for pct, age_s in g.breach_age_s.items():
+                breach.add_metric([fleet_id, pct], age_s)
         yield from (yields, breach)
 
 

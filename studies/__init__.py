@@ -4,6 +4,9 @@ Each module is a command that regenerates a folder of ``reports/``:
 
 - :mod:`studies.accuracy` — the zoo on aged chips (serving path), robustness midpoint, extended
   STE vs gradients through the noise model → ``reports/accuracy/``
+- :mod:`studies.fmnist_study` — the Fashion-MNIST models on aged chips with bootstrap intervals,
+  CAWS and the robustness midpoint (issue #12; also ``python -m models.report --suite fmnist``)
+  → ``reports/fmnist/``
 - :mod:`studies.diagnose` — which non-idealities hardware-aware training can compensate →
   ``reports/diagnose/``
 - :mod:`studies.recalibration_least_squares` — analog SGD vs residual learning on pulsed
@@ -15,6 +18,8 @@ Each module is a command that regenerates a folder of ``reports/``:
   ``reports/hardening/``
 
 :mod:`studies.common` holds what they share (time constants and age schedules, the zoo reader,
-Markdown cells, headless plots). The torch library they use is :mod:`models`; nothing in
-``models``, ``chipsim`` or ``service`` imports this package.
+Markdown cells, headless plots); :mod:`studies.noise_midpoint` the activation-noise sweep and
+logistic midpoint fit with bootstrap that the hardening studies share. The torch library they
+use is :mod:`models`; nothing in ``models``, ``chipsim`` or ``service`` imports this package
+(except the ``python -m models.report`` alias).
 """

@@ -39,6 +39,8 @@ AGE_PRIORITY = ("1 y", "1 d", "1 s", "10 y", "1 h", "1 w", "30 d")
 #: Analysis arms: how the chip is programmed.
 ARMS = tuple(str(c) for c in ColumnScaling)
 GDC_KEYS = ("on", "off")
+#: How models.train_fmnist's ``agedchip.dataset`` metadata starts.
+DATASET_PREFIX = "Fashion-MNIST"
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,11 @@ def _read_model(path: Path) -> TrainedModel | None:
     model = onnx.load(str(path), load_external_data=False)
     meta = {p.key: p.value for p in model.metadata_props}
     raw = meta.get("agedchip.recipe")
-    if raw is None:
-        return None
+    if raw is None or not meta.get("agedchip.dataset", "").startswith(DATASET_PREFIX):
+        return None  # not a model of models.train_fmnist (the digits zoo carries a recipe too)
     recipe = json.loads(raw)
+    if "mode" not in recipe:
+        return None
     return TrainedModel(
         arch=str(recipe["arch"]),
         mode=str(recipe["mode"]),
@@ -84,7 +88,8 @@ def _read_model(path: Path) -> TrainedModel | None:
 
 
 def find_models(paths: Sequence[Path], archs: Sequence[str] | None = None) -> list[TrainedModel]:
-    """Fashion-MNIST models (ONNX with ``agedchip.recipe`` metadata) under ``paths`` (files or
+    """Fashion-MNIST models (ONNX with ``agedchip.dataset`` = Fashion-MNIST and an
+    ``agedchip.recipe`` naming arch, mode and seed) under ``paths`` (files or
     folders, searched recursively), one per (arch, mode, seed), sorted. The same file found twice
     counts once; two different files for one (arch, mode, seed) raise ``ValueError`` naming them."""
     found: dict[str, TrainedModel] = {}

@@ -5,7 +5,8 @@ Noise: Gaussian, one absolute σ on every weight layer's output (:mod:`studies.a
 on the BatchNorm-folded network (the layers the chip computes), no other perturbation; accuracy on
 the first ``n_images`` test images at each σ of :data:`SIGMAS` and noise seed; logistic fit in
 ln σ with chance 0.1 (:mod:`studies.noise_midpoint`). The training seeds of one (arch, mode) are
-pooled: a bootstrap replicate resamples (model, noise seed) pairs and images.
+pooled: a bootstrap replicate resamples (model, noise seed) pairs and images, with one bootstrap
+seed for all arms, so that µ ratios between arms of equally many models are paired.
 
 Arms: each trained mode, and **plain + clip only** — the plain models with HWA's per-channel
 weight clipping (``clip_sigma`` of the HWA recipe, 2.5 σ by default) applied after training and
@@ -117,7 +118,9 @@ def midpoint_study(
 ) -> dict:
     """µ per (arch, arm) with bootstrap intervals, and µ ratios to plain (JSON-able)."""
     by = sweeps(models, cache, n_images, sigmas, seeds, progress)
-    fits = {k: _fit(v, n_boot, seed=i) for i, (k, v) in enumerate(sorted(by.items()))}
+    # one bootstrap seed for every fit: arms with the same number of models resample the same
+    # (model, noise seed) positions and images in each replicate, so their µ ratios are paired
+    fits = {k: _fit(v, n_boot, seed=0) for k, v in sorted(by.items())}
     rows = [
         {
             "arch": a,

@@ -31,6 +31,15 @@ def _status(met: bool | None) -> str:
     return "no data" if met is None else ("**met**" if met else "**missed**")
 
 
+def _cells_line(m: dict) -> str:
+    if m["cells_computed"] == 0:
+        return f"This run took every cell from the cache; cells still missing: {m['cells_left']}."
+    return (
+        f"Cells computed by this run: {m['cells_computed']} (median {m['cell_seconds_median']:.1f} s of wall time "
+        f"per cell on this host), cells still missing: {m['cells_left']}."
+    )
+
+
 def _header(res: dict) -> list[str]:
     m = res["meta"]
     out = ["# Fashion-MNIST on the aged chip: accuracy study (issue #12)", ""]
@@ -43,8 +52,7 @@ def _header(res: dict) -> list[str]:
         f"(complete chips only), ages {', '.join(m['ages'])}, GDC on and off. "
         f"Intervals: 95 % paired hierarchical bootstrap over training seeds, chip instances and test images, "
         f"{res['analysis']['n_boot']} replicates (`studies/fmnist_stats.py`); *significant* = the interval excludes 0. "
-        f"Cells computed by this run: {m['cells_computed']} (median {m['cell_seconds_median']:.1f} s per cell), "
-        f"cells still missing: {m['cells_left']}.",
+        + _cells_line(m),
         "",
         "Models:",
         "",

@@ -20,7 +20,8 @@ API (numpy/scipy only; :mod:`studies.activation_noise` builds ``model_fn`` for t
 The bootstrap is hierarchical and paired: each replicate resamples the noise seeds and, inside,
 the images (the same image indices at every σ, since the same images are read at every σ), then
 refits. Its 2.5/97.5 percentiles are ``mu_ci``. Replicates whose fit fails are counted in
-``n_failed`` and left out (a curve that never falls below halfway has no midpoint).
+``n_failed`` and left out of the percentiles (kept as NaN in ``boot_mu``, so that replicate j of
+two fits drawn with one seed stays paired).
 """
 
 from __future__ import annotations
@@ -197,21 +198,27 @@ def fit_logistic(
             _, blm, bk = _fit_curve(log_sigma, _mean_curve(_resample(acc, rng)), chance)
         except (RuntimeError, ValueError):
             failed += 1
+            mus.append(math.nan)  # kept in place: replicate j of two fits with one seed stays paired
+            ks.append(math.nan)
             continue
         mus.append(math.exp(blm))
         ks.append(bk)
     q = [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100]
-    mu_ci = tuple(float(v) for v in np.percentile(mus, q)) if mus else (math.nan, math.nan)
-    k_ci = tuple(float(v) for v in np.percentile(ks, q)) if ks else (math.nan, math.nan)
+    ok = failed < n_boot
+    mu_ci = tuple(float(v) for v in np.nanpercentile(mus, q)) if ok else (math.nan, math.nan)
+    k_ci = tuple(float(v) for v in np.nanpercentile(ks, q)) if ok else (math.nan, math.nan)
     return LogisticFit(**point, mu_ci=mu_ci, slope_ci=k_ci, n_boot=n_boot, n_failed=failed, boot_mu=np.asarray(mus))
 
 
 def midpoint_difference(a: LogisticFit, b: LogisticFit, ci: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """µ_a / µ_b and a percentile interval of the ratio from the two fits' bootstrap replicates
-    (independent models: replicates paired by index; both fits need ``n_boot`` > 0)."""
+    """µ_a / µ_b and a percentile interval of the ratio from the two fits' bootstrap replicates,
+    taken pairwise by replicate index. Fitted with the same ``seed`` on data of the same shape
+    (same number of models × noise seeds, same images), replicate j of both fits resampled the
+    same positions, so the ratio is a paired bootstrap; otherwise the pairs are independent
+    draws, which is conservative for positively correlated fits. Both need ``n_boot`` > 0."""
     n = min(len(a.boot_mu), len(b.boot_mu))
     if n == 0:
         raise MidpointFitError("midpoint_difference: both fits need bootstrap replicates (n_boot > 0)")
     ratio = a.boot_mu[:n] / b.boot_mu[:n]
-    lo, hi = np.percentile(ratio, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
+    lo, hi = np.nanpercentile(ratio, [(1 - ci) / 2 * 100, (1 + ci) / 2 * 100])
     return a.mu / b.mu, (float(lo), float(hi))

@@ -18,12 +18,7 @@ ROOTS = ("bench", "chipsim", "docs", "models", "service", "studies", "tests")
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 450
 #: Modules longer than MAX_MODULE_LINES, and why they are not split (yet).
-LONG_MODULES: dict[str, str] = {
-    "chipsim/cost/counts.py": "operation counts of one compiled model: shapes, per-node digital counts and "
-    "per-layer analog counts share the plan-to-node matching; not split in the issue #16 pass",
-    "models/torch_chip.py": "the chip on torch tensors, device level and periphery, mirroring chipsim's "
-    "formulas in one place (DESIGN §7); not split in the issue #16 pass",
-}
+LONG_MODULES: dict[str, str] = {}
 
 
 def python_files(repo: Path = REPO, roots: tuple[str, ...] = ROOTS) -> list[Path]:

@@ -605,6 +605,8 @@ REQUIRED_PANEL_METRICS = {
     "stuck devices": "agedchip_chip_stuck_devices",
     "requests/s": "agedchip_http_requests_total",
     "latency": "agedchip_http_request_duration_seconds_bucket",
+    "fleet yield vs age": "agedchip_fleet_yield_ratio",
+    "fleet time to SLO breach": "agedchip_fleet_slo_breach_age_seconds",
 }
 
 
@@ -624,7 +626,7 @@ def test_dashboard_structure():
                 assert (x, y) not in cells, f"panels {cells[(x, y)]!r} and {p['title']!r} overlap"
                 cells[(x, y)] = p["title"]
     variables = {v["name"] for v in dash["templating"]["list"]}
-    assert "chip" in variables
+    assert {"chip", "fleet"} <= variables
     for panel, target in dashboard_targets(dash):
         assert target.get("expr"), f"{panel['title']}: empty query"
         for var in re.findall(r"\$\{?([a-zA-Z_]\w*)", target["expr"]):
@@ -648,6 +650,29 @@ def test_dashboard_structure():
         if n == "agedchip_chip_eval_accuracy"
     ]
     assert ages == ["1s", "1h", "1d", "1w", "30d", "1y", "10y"]
+
+
+def test_dashboard_fleet_panels():
+    """Every fleet series is filtered by the Fleet selector; yield shows GDC on and off, breach ages are
+    seconds; the selector lists the fleets a metric of the contract carries."""
+    dash = json.loads(DASHBOARD.read_text())
+    fleet_sels = [
+        (p, name, labels)
+        for p, t in dashboard_targets(dash)
+        for name, labels in selectors(t["expr"])
+        if name.startswith("agedchip_fleet_")
+    ]
+    assert len(fleet_sels) >= 3
+    for panel, name, labels in fleet_sels:
+        assert labels.get("fleet") == "$fleet", f"{panel['title']}: {name} not filtered by $fleet"
+    gdc = {labels.get("gdc") for _, name, labels in fleet_sels if name == "agedchip_fleet_yield_ratio"}
+    assert {"on", "off"} <= gdc
+    for panel, name, _ in fleet_sels:
+        units = {"agedchip_fleet_yield_ratio": "percentunit", "agedchip_fleet_slo_breach_age_seconds": "s"}
+        assert panel["fieldConfig"]["defaults"]["unit"] == units.get(name), f"{panel['title']}: unit of {name}"
+    var = next(v for v in dash["templating"]["list"] if v["name"] == "fleet")
+    assert re.fullmatch(r"label_values\((agedchip_fleet_\w+),\s*fleet\)", var["definition"]), var["definition"]
+    assert "fleet" in metrics_contract()[re.search(r"agedchip_fleet_\w+", var["definition"]).group(0)]
 
 
 def test_dashboard_and_alerts_use_only_contract_metrics_and_labels():

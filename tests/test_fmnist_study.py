@@ -52,8 +52,8 @@ def test_chip_variation_widens_the_interval_and_pairing_narrows_a_gap():
 
 # ----------------------------------------------------------------------------- the committed report
 def _results() -> dict:
-    if not RESULTS.is_file():
-        pytest.skip(f"{RESULTS} not generated yet")
+    # committed with the repository (python -m models.report --suite fmnist --replace writes it)
+    assert RESULTS.is_file() and REPORT.is_file(), f"{OUT_DIR}: README.md and results.json are committed"
     return json.loads(RESULTS.read_text())
 
 
@@ -117,7 +117,8 @@ def _tiny_model(folder, mode: str, seed: int):
 
     m = FM.build("resnet", seed, widths=[2, 4, 4], blocks=1).eval()
     recipe = {"arch": "resnet", "mode": mode, "seed": seed, "clip_sigma": 2.5}
-    data, _ = build_onnx(FM.export_copy(m), {"agedchip.recipe": recipe}, example=torch.zeros(2, 1, 28, 28))
+    meta = {"agedchip.recipe": recipe, "agedchip.dataset": "Fashion-MNIST (test)"}
+    data, _ = build_onnx(FM.export_copy(m), meta, example=torch.zeros(2, 1, 28, 28))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"resnet-fmnist-{mode}.onnx").write_bytes(data)
     return data
@@ -128,6 +129,9 @@ def test_models_are_found_by_their_metadata(tmp_path):
     _tiny_model(tmp_path / "b", "hwa", 0)
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "x.onnx").write_bytes((tmp_path / "a" / "resnet-fmnist-plain.onnx").read_bytes())
+    (tmp_path / "zoo").mkdir()  # the digits zoo's models carry a recipe too, but are no Fashion-MNIST models
+    for f in E.REPO.joinpath("models", "zoo").glob("*-plain.onnx"):
+        (tmp_path / "zoo" / f.name).write_bytes(f.read_bytes())
     ms = E.find_models([tmp_path])
     assert [(m.arch, m.mode, m.seed) for m in ms] == [("resnet", "hwa", 0), ("resnet", "plain", 0)]
     assert ms[0].clip_sigma == 2.5 and ms[0].torch_path is None
@@ -211,3 +215,39 @@ def test_shards_split_the_chips(tmp_path):
     chips = [c for c, *_ in E.missing_cells(store, [m], ["max"], 7, ["1 d"], shard=(1, 3))]
     assert chips == [1, 4]
     assert [c for c, *_ in E.missing_cells(store, [m], ["max"], 3, ["1 d"])] == [0, 1, 2]
+
+
+def test_midpoint_study_has_the_clip_only_control_and_caches(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from models import fmnist_data as D
+    from models.fmnist_recipe import FmnistRecipe
+    from studies import fmnist_midpoint as MU
+
+    if not D.available():
+        pytest.skip(f"Fashion-MNIST not installed ({D.data_dir()}): bash docker/ci/install-fmnist.sh")
+    kwargs = {"widths": [2, 4, 4], "blocks": 1}
+    _tiny_model(tmp_path / "m", "plain", 0)
+    from models import fmnist_models as FM
+
+    net = FM.build("resnet", 0, **kwargs)
+    torch.save(
+        {
+            "state_dict": net.state_dict(),
+            "recipe": json.dumps(FmnistRecipe("resnet").to_json()),
+            "arch_kwargs": json.dumps(kwargs),
+        },
+        tmp_path / "m" / "model.pt",
+    )
+    models = E.find_models([tmp_path / "m"])
+    sigmas = np.logspace(-2, 2, 9)
+    res = MU.midpoint_study(
+        models, tmp_path / "cache", n_images=60, n_boot=5, sigmas=sigmas, seeds=(0,), progress=False
+    )
+    assert [r["arm"] for r in res["rows"]] == ["plain", MU.CLIP_LABEL]
+    # at σ = 100 ≫ the layer outputs every answer is noise: accuracy near chance (60 images)
+    assert all(r["accuracy"][-1] < 40 for r in res["rows"])
+    monkeypatch.setattr(MU, "_model_sweep", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    again = MU.midpoint_study(
+        models, tmp_path / "cache", n_images=60, n_boot=5, sigmas=sigmas, seeds=(0,), progress=False
+    )
+    assert again["rows"] == res["rows"]

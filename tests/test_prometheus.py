@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 #: What Grafana puts in place of its variables here: All chips, and the rate window it would
 #: pick for a 1 s scrape interval (4 × scrape interval, at least 1m with the 15s timeInterval).
-GRAFANA_VARS = {"chip": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+GRAFANA_VARS = {"chip": ".*", "fleet": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -197,12 +197,40 @@ def traffic(base: str, zoo: Path) -> None:
     assert status == 200, resp
 
 
+def _job(base: str, status: int, body: bytes) -> dict:
+    """Wait for the job a 202 started; its final view."""
+    assert status == 202, body
+    job_id = json.loads(body)["job_id"]
+
+    def done():
+        view = json.loads(http("GET", f"{base}/jobs/{job_id}")[1])
+        return view if view["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_until(done, 300, f"job {job_id}", interval=0.5)
+
+
+def fleet_traffic(base: str) -> None:
+    """A fleet of 2 chips evaluated against an SLO no chip meets (twice the FP accuracy), so the yield
+    gauges exist and every breach-age percentile is set (breached at the first age): data for the fleet panels."""
+    status, body = http("POST", f"{base}/fleets", {"fleet_id": "fl", "model": "mlp-hwa", "n_chips": 2, "seed": 1})
+    assert _job(base, status, body)["status"] == "succeeded"
+    slo = {"metric": "normalised_accuracy", "threshold": 2.0}
+    status, body = http(
+        "POST", f"{base}/fleets/fl/evaluate", {"ages": ["1h", "1d"], "readouts": 1, "samples": 64, "slo": slo}
+    )
+    job = _job(base, status, body)
+    assert job["status"] == "succeeded", job
+
+
 @pytest.fixture(scope="module")
 def metrics_text(service) -> str:
-    """/metrics once the background refresh has filled the chip gauges."""
+    """/metrics once the background refresh has filled the chip gauges, and a fleet was evaluated."""
     base = service["base"]
     traffic(base, service["zoo"])
+    fleet_traffic(base)
     needed = [
+        "agedchip_fleet_yield_ratio{",
+        "agedchip_fleet_slo_breach_age_seconds{",
         "agedchip_chip_eval_accuracy{",
         "agedchip_chip_current_accuracy{",
         "agedchip_chip_gdc_alpha{",
@@ -314,17 +342,19 @@ def test_dashboard_query(prometheus, title: str, ref: str, target: dict) -> None
     if target.get("range", True) and not target.get("instant"):
         series = api.query_range(expr)
         assert series and finite_values(series), f"panel {title!r} query {ref}: empty range query {expr}"
-    # a single chip selected instead of All
-    assert api.query(substitute(target["expr"], {**GRAFANA_VARS, "chip": "default"})), f"{title} with chip=default"
+    # a single chip (and fleet) selected instead of All
+    one = {**GRAFANA_VARS, "chip": "default", "fleet": "fl"}
+    assert api.query(substitute(target["expr"], one)), f"{title} with chip=default, fleet=fl"
 
 
-def test_dashboard_chip_variable(prometheus) -> None:
+@pytest.mark.parametrize("name,value", [("chip", "default"), ("fleet", "fl")])
+def test_dashboard_variable(prometheus, name: str, value: str) -> None:
     dash = json.loads(DASHBOARD.read_text())
-    var = next(v for v in dash["templating"]["list"] if v["name"] == "chip")
+    var = next(v for v in dash["templating"]["list"] if v["name"] == name)
     m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", var["definition"])
     assert m, var["definition"]
     data = prometheus["api"].get("/api/v1/series", **{"match[]": m.group(1)})
-    assert "default" in {s[m.group(2)] for s in data}
+    assert value in {s[m.group(2)] for s in data}
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=lambda r: r["alert"])

@@ -4,11 +4,14 @@ local-process and Ray executors are checked against it in tests/test_fleet*.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from chipsim.fleet import SerialExecutor, wilson_interval
 from service.app import create_app
 from tests.service_helpers import ZOO_MODEL, err, make_settings
+
+DASHBOARD = Path(__file__).resolve().parent.parent / "docker" / "grafana" / "dashboards" / "agedchip.json"
 
 
 def _serial(client) -> None:
@@ -105,9 +110,14 @@ def test_fleet_breach_gauges_follow_the_report(client):
     assert job["status"] == "succeeded", job
     assert job["result"]["breach"]["gdc_on"]["chips_breached_at_first"] == 3
     m = _metrics(client)
-    for q in ("0.05", "0.5", "0.95"):
-        assert m[("agedchip_fleet_slo_breach_age_seconds", (("fleet", "br"), ("quantile", q)))] == 10.0
+    for pct in ("5", "50", "95"):
+        assert m[("agedchip_fleet_slo_breach_age_seconds", (("fleet", "br"), ("percentile", pct)))] == 10.0
     assert m[("agedchip_fleet_yield_ratio", (("age", "10s"), ("fleet", "br"), ("gdc", "off")))] == 0.0
+    # the Grafana dashboard's fleet panels query series this service really exports
+    dashboard = DASHBOARD.read_text()
+    queried = set(re.findall(r"agedchip_fleet_[a-z_]+", dashboard))
+    assert queried >= {"agedchip_fleet_yield_ratio", "agedchip_fleet_slo_breach_age_seconds"}
+    assert queried <= {name for name, _ in m}, queried - {name for name, _ in m}
 
 
 @pytest.mark.parametrize(
@@ -267,3 +277,70 @@ def test_the_default_executor_is_local_processes_and_agrees_with_serial(tmp_path
         local = _wait(c, c.post("/fleets/lp/evaluate", json=body).json()["job_id"], timeout=300)["result"]
     assert local["executor"] == "local(1)" and serial["executor"] == "serial"
     assert local["results"] == serial["results"] and local["chips"] == serial["chips"]
+
+
+# ----------------------------------------------------------------------------------- a fleet from a chip
+def _infer(client, chip_id: str) -> list:
+    body = {"chip_id": chip_id, "inputs": [[[[0.1 * (i % 7)] * 8] * 8] for i in range(3)], "age": "1d", "seed": 4}
+    r = client.post("/infer", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()["outputs"]
+
+
+def test_a_fleet_from_a_programmed_chip_is_that_chips_model(client, zoo):
+    """`from_chip` programs the fleet from the chip's stored ONNX and eval set: with the same fleet seed,
+    its chips read exactly as the chips of a fleet made from the zoo model the chip came from."""
+    _serial(client)
+    r = client.post("/fleets", json={"fleet_id": "fc", "from_chip": "default", "n_chips": 2, "seed": 3})
+    assert r.status_code == 202, r.text
+    assert _wait(client, r.json()["job_id"])["status"] == "succeeded"
+    assert _program(client, "fz", n=2, seed=3)["status"] == "succeeded"
+    fc, fz = client.get("/fleets/fc").json(), client.get("/fleets/fz").json()
+    assert (
+        fc["model"]
+        == fz["model"]
+        == {"name": ZOO_MODEL, "digest": client.get("/chips/default").json()["model"]["digest"]}
+    )
+    assert fc["eval_samples"] == fz["eval_samples"] > 0 and fc["fp_accuracy"] == fz["fp_accuracy"]
+    assert [c["seed"] for c in fc["chips"]] == [c["seed"] for c in fz["chips"]]
+    assert _infer(client, "fc-001") == _infer(client, "fz-001")
+    assert _infer(client, "fc-001") != _infer(client, "fc-000")  # the chips differ: the comparison can fail
+    assert client.get("/chips/fc-000").json()["model"]["source"] == "chip"
+    assert client.get("/chips/fz-000").json()["model"]["source"] == "zoo"
+    # an uploaded model (no zoo name, no eval set) becomes a fleet without uploading it again
+    onnx = (zoo / f"{ZOO_MODEL}.onnx").read_bytes()
+    r = client.post(
+        "/program", files={"model": ("mine.onnx", onnx, "application/octet-stream")}, data={"chip_id": "up"}
+    )
+    assert r.status_code == 201, r.text
+    r = client.post("/fleets", json={"fleet_id": "fu", "from_chip": "up", "n_chips": 1, "seed": 3})
+    assert r.status_code == 202, r.text
+    assert _wait(client, r.json()["job_id"])["status"] == "succeeded"
+    fu = client.get("/fleets/fu").json()
+    assert fu["model"]["name"] == "mine.onnx" and fu["eval_samples"] == 0
+    assert _infer(client, "fu-000") == _infer(client, "fz-000")
+
+
+@pytest.mark.parametrize(
+    "body,status,field",
+    [
+        ({"fleet_id": "a", "n_chips": 2, "seed": 0}, 422, "model"),
+        ({"fleet_id": "a", "model": ZOO_MODEL, "from_chip": "default", "n_chips": 2, "seed": 0}, 422, "from_chip"),
+        ({"fleet_id": "a", "from_chip": "nope", "n_chips": 2, "seed": 0}, 404, "from_chip"),
+        ({"fleet_id": "a", "from_chip": "Bad!", "n_chips": 2, "seed": 0}, 422, "from_chip"),
+        ({"fleet_id": "a", "from_chip": 7, "n_chips": 2, "seed": 0}, 422, "from_chip"),
+    ],
+)
+def test_from_chip_validation(shared, body, status, field):
+    r = shared.post("/fleets", json=body)
+    assert err(r) == (status, field), r.text
+    assert r.json()["error"]["message"].startswith(f"{field}: ")
+    assert shared.get("/fleets").json()["fleets"] == []
+
+
+def test_a_recalibrated_chip_cannot_seed_a_fleet(client, monkeypatch):
+    """Its re-written layer is in no ONNX model: a fleet from it would silently be its parent's."""
+    served = client.app.state.registry.get("default")
+    monkeypatch.setattr(served, "chip", dataclasses.replace(served.chip, meta={**served.chip.meta, "parent": "p"}))
+    r = client.post("/fleets", json={"fleet_id": "a", "from_chip": "default", "n_chips": 2, "seed": 0})
+    assert err(r) == (422, "from_chip") and "recalibrating 'p'" in r.json()["error"]["message"], r.text

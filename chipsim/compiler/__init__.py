@@ -22,6 +22,9 @@ Modules, in the order a model passes through them:
 - :mod:`.rewriters` — the registry and one module per op family (matmul: MatMul/Gemm; conv:
   Conv/ConvTranspose; recurrent: LSTM/GRU/RNN);
 - :mod:`.lowering` — one analog layer's periphery as ONNX ops (with :mod:`.graph_builder`);
+  :mod:`.lean` and :mod:`.folding` the default, leaner form of the same arithmetic (graph format
+  4: sign analysis, the next DAC scale folded into the ADC scale, MaxPool before the ADC rounding),
+  :mod:`.layers` the choice between them (:class:`~chipsim.modes.GraphLowering`);
 - :mod:`.driver` — ``compile_model`` and ``program_onnx``;
 - :mod:`.plan` — layer plans and the compiled model (also read by the runtime);
 - :mod:`.weight_packing` — the runtime's weight and scale inputs, mirroring the lowering.

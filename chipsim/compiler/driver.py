@@ -19,12 +19,13 @@ from chipsim.caws import caws_specs
 from chipsim.compiler.bounds import AllocationLimits, check_allocations, refuse_sparse
 from chipsim.compiler.calibration import Calibration, resolve_ranges
 from chipsim.compiler.float_types import compute_in_fp32
+from chipsim.compiler.folding import Folds, find_folds
 from chipsim.compiler.graph_builder import GraphBuilder
 from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_model, probe_shapes, static_shapes
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
 from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext, rewriter_of
 from chipsim.compiler.runnable import check_runnable
-from chipsim.modes import ColumnScaling, RangeSource
+from chipsim.modes import ColumnScaling, GraphLowering, RangeSource
 from chipsim.profiles import ChipProfile
 from chipsim.programming import program
 from chipsim.state import ChipState
@@ -149,7 +150,7 @@ def rewrite_nodes(ctx: RewriteContext) -> tuple[list[onnx.NodeProto], int, set[i
             mapped.add(i)
         else:
             digital += node.op_type != "Constant"
-            new_nodes.append(node)
+            new_nodes.append(ctx.folds.rewrite_digital(node, lambda v: ctx.builder.const("chip/fold", v)))
     return new_nodes, digital, mapped
 
 
@@ -183,13 +184,21 @@ def compile_model(
     ranges: dict[str, float] | None = None,
     eval_inputs: Calibration | None = None,
     limits: AllocationLimits | None = None,
+    lowering: GraphLowering | str = GraphLowering.LEAN,
+    free_products: bool = False,
 ) -> CompiledModel:
     """Find the analog layers, resolve their input ranges and rewrite the graph. ``ranges``
     (weight initializer name → r) override metadata and calibration (recompiling a chip);
     ``eval_inputs`` (the model's eval set) calibrate when ``calibration`` is None. Each layer's
     spec records where its range came from (``meta["input_range_source"]``). ``limits`` bound
     what the model may allocate (:mod:`.bounds`), checked before anything runs it (calibration
-    included), on the model as the chip path runs it (fp16/bf16 widened to fp32)."""
+    included), on the model as the chip path runs it (fp16/bf16 widened to fp32). ``lowering``
+    chooses how the periphery is written (:class:`~chipsim.modes.GraphLowering`, both exact);
+    ``free_products`` is for benchmarks only (see :mod:`.lean`)."""
+    lowering = GraphLowering(lowering)
+    lean = lowering == GraphLowering.LEAN
+    if free_products and not lean:
+        raise ValueError("free_products: only with the lean lowering")
     model = load_model(model_bytes)
     refuse_sparse(model)  # before anything reads its initializers
     model = compute_in_fp32(model, maps_node)
@@ -219,7 +228,8 @@ def compile_model(
         shapes=shapes,
         profile=profile,
         ranges=ranges,
-        builder=GraphBuilder(),
+        builder=GraphBuilder(lean=lean, free_products=free_products),
+        folds=find_folds(model, consts, profile, ranges) if lean else Folds(),
     )
     new_nodes, digital, mapped = rewrite_nodes(ctx)
     if not ctx.plans:
@@ -241,6 +251,7 @@ def compile_model(
         digital_parameters=n_params,
         digital_weight_nodes=weight_nodes,
         layer_readers=[ctx.readers.get(i, []) for i in range(len(ctx.plans))],
+        lowering=lowering.value,
     )
 
 
@@ -254,13 +265,16 @@ def program_onnx(
     progress: bool = False,
     eval_inputs: Calibration | None = None,
     limits: AllocationLimits | None = None,
+    lowering: GraphLowering | str = GraphLowering.LEAN,
     column_scaling: ColumnScaling | str = ColumnScaling.MAX,
 ) -> ChipState:
     """Compile an ONNX model and program its analog layers onto a new chip (``calibration``,
-    ``eval_inputs`` and ``limits``: see :func:`compile_model`; ``column_scaling``: how each
-    column's scale is chosen, :class:`~chipsim.modes.ColumnScaling`)."""
+    ``eval_inputs``, ``limits`` and ``lowering``: see :func:`compile_model`; ``column_scaling``: how
+    each column's scale is chosen, :class:`~chipsim.modes.ColumnScaling`)."""
     scaling = ColumnScaling(column_scaling)
-    compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs, limits=limits)
+    compiled = compile_model(
+        model_bytes, profile, calibration, eval_inputs=eval_inputs, limits=limits, lowering=lowering
+    )
     specs = caws_specs(compiled.specs, profile) if scaling is ColumnScaling.CAWS else compiled.specs
     digest = hashlib.sha256(model_bytes).hexdigest()
     chip_meta = {
@@ -274,6 +288,7 @@ def program_onnx(
         "digital_weight_nodes": compiled.digital_weight_nodes,
         "uncalibrated_layers": compiled.uncalibrated_layers(),
         "graph_format": GRAPH_FORMAT,
+        "graph_lowering": compiled.lowering,
         "column_scaling": str(scaling),
         **(meta or {}),
     }

@@ -16,7 +16,11 @@ from onnx import TensorProto, helper, numpy_helper
 class GraphBuilder:
     """Collects new nodes and constant initializers with unique names."""
 
-    def __init__(self) -> None:
+    def __init__(self, lean: bool = False, free_products: bool = False) -> None:
+        #: the lean lowering (graph format 4, chipsim.compiler.lean) instead of the full one
+        self.lean = lean
+        #: benchmark only: the lean graph with its three extra products read from the ideal one
+        self.free_products = free_products
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []

@@ -195,19 +195,3 @@ def emit_tile_periphery(
         y = b.op("Clip", [y, b.const(prefix, -profile.out_bound), b.const(prefix, profile.out_bound)], prefix)
     b.graph_input(names["scale"], scale_shape(plan))
     return b.op("Mul", [y, names["scale"]], prefix)
-
-
-def emit_analog_layer(b: GraphBuilder, xq: str, plan: LayerPlan, profile: ChipProfile, conv_attrs: dict | None) -> str:
-    """The tiles of one analog layer on the DAC output ``xq``; returns Σ_k tile outputs."""
-    prefix = f"chip/l{plan.index}"
-    outs: list[str] = []
-    for k, (a, e) in enumerate(plan.tiles):
-        if len(plan.tiles) == 1:
-            xk = xq
-        elif plan.is_conv:
-            ca, cb = plan.tile_channels[k]  # type: ignore[index]
-            xk = b.slice(xq, [ca], [cb], [1], prefix)  # whole input channels
-        else:
-            xk = b.slice(xq, [a], [e], [-1], prefix)  # input rows
-        outs.append(emit_tile_periphery(b, xk, plan, k, profile, prefix, conv_attrs))
-    return outs[0] if len(outs) == 1 else b.op("Sum", outs, prefix)

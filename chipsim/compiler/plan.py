@@ -15,10 +15,15 @@ from chipsim.modes import CONV_KINDS, LayerKind
 from chipsim.state import ChipState, LayerSpec
 
 #: Layout of the compiled graph (one product per tile part, integer DAC/ADC units; 3: flat per-MVM
-#: noise inputs, reshaped in the graph to each tile's output as it is shaped in a run). A chip stores
+#: noise inputs, reshaped in the graph to each tile's output as it is shaped in a run; 4: either
+#: lowering of :class:`~chipsim.modes.GraphLowering`, named in the chip's ``meta["graph_lowering"]``,
+#: the plans saying what the weight packing must match: ``lean`` and ``out_factor``). A chip stores
 #: the graph it was programmed with; a runtime recompiles chips of another layout from their
 #: stored model (their physical state does not depend on it).
-GRAPH_FORMAT = 3
+GRAPH_FORMAT = 4
+
+#: LayerPlan fields that describe the graph, not the devices: a recompiled chip may change them.
+GRAPH_FIELDS = ("lean", "out_factor")
 
 #: Per-tile weight inputs of the compiled graph, one per product (see lowering.tile_parts).
 WEIGHT_INPUTS = ("w", "r", "a", "v")
@@ -58,6 +63,11 @@ class LayerPlan:
     reads: list[list[int]] = field(default_factory=list)
     #: Which read this plan describes: 0 in a stored plan, j in :meth:`read_view` ``(j)``.
     read: int = 0
+    #: Lowered by :mod:`chipsim.compiler.lean` (its weight inputs: one per part, the IR ramp negated).
+    lean: bool = False
+    #: Positive factor on the layer's outputs (ADC scales and digital bias): the next layer's DAC
+    #: scale ``1/(r·step)`` folded in (:mod:`chipsim.compiler.folding`); 1 when nothing is folded.
+    out_factor: float = 1.0
 
     def __post_init__(self) -> None:
         self.kind = LayerKind(self.kind).value  # a plain string, as stored in the chip's JSON
@@ -109,6 +119,12 @@ class CompiledModel:
     #: Per layer, the nodes reading it (``node.name or op_type``; the first holds it): a weight
     #: shared by several nodes is one layer with several readers. Not stored in the chip.
     layer_readers: list[list[str]] = field(default_factory=list)
+    #: the GraphLowering the graph was written with (stored as the chip's ``meta["graph_lowering"]``)
+    lowering: str = "lean"
+
+    def physical(self) -> list[dict[str, Any]]:
+        """The plans without their :data:`GRAPH_FIELDS`: what must match a chip's programmed layers."""
+        return [physical_plan(p) for p in self.plans]
 
     def plan_json(self) -> list[dict[str, Any]]:
         return [asdict(p) for p in self.plans]
@@ -133,6 +149,11 @@ class CompiledModel:
     def uncalibrated_layers(self) -> list[str]:
         """Layers whose DAC input range is the default (no metadata, calibration or eval data)."""
         return [s.name for s in self.specs if s.meta.get("input_range_source") == "default"]
+
+
+def physical_plan(plan: LayerPlan) -> dict[str, Any]:
+    """``plan`` as a dict without the fields that describe the graph (:data:`GRAPH_FIELDS`)."""
+    return {k: v for k, v in asdict(plan).items() if k not in GRAPH_FIELDS}
 
 
 def load_plans(chip: ChipState) -> list[LayerPlan]:

@@ -4,7 +4,9 @@ Mirrors :mod:`chipsim.compiler.lowering` exactly: one array per product of
 :func:`~chipsim.compiler.lowering.tile_parts` (a Conv tile's parts stacked along its outputs),
 carrying the factors of :func:`~chipsim.compiler.lowering.part_factors`, and one scale per tile
 ``α_k·r·s_col·step`` shaped by :func:`~chipsim.compiler.lowering.scale_shape`. A change of the
-graph layout changes both modules and ``GRAPH_FORMAT``.
+graph layout changes both modules and ``GRAPH_FORMAT``. A plan of the lean lowering
+(:mod:`chipsim.compiler.lean`, ``plan.lean``) takes one input per part for Conv tiles too, the
+IR ramp negated (:func:`~chipsim.compiler.lean.lean_factors`), and scales times ``plan.out_factor``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from chipsim.compiler.lean import lean_factors
 from chipsim.compiler.lowering import adc_scale_step, is_linear, part_factors, scale_shape, tile_parts
 from chipsim.compiler.plan import LayerPlan
 from chipsim.modes import GdcMode
@@ -33,13 +36,15 @@ def tile_weights(plan: LayerPlan, profile: ChipProfile, w: np.ndarray, input_ran
     if is_linear(profile):
         mats = [w]
     else:
-        f = part_factors(profile, input_range, w.shape[0])
+        f = (lean_factors if plan.lean else part_factors)(profile, input_range, w.shape[0])
         mats = []
         for p in parts:
             if p == "r":  # the IR-drop position ramp, per row
                 mats.append(w * (ir_drop_ramp(w.shape[0], w) * f[p])[:, None])
             else:
                 mats.append((w if p == "w" else np.abs(w)) * f[p])
+    if plan.is_conv and plan.lean:
+        return {p: np.ascontiguousarray(conv_form(m), dtype=np.float32) for p, m in zip(parts, mats)}
     if plan.is_conv:
         return {"w": np.ascontiguousarray(np.concatenate([conv_form(m) for m in mats], axis=0), dtype=np.float32)}
     return {p: np.ascontiguousarray(m, dtype=np.float32) for p, m in zip(parts, mats)}
@@ -74,7 +79,9 @@ def scale_inputs(
     scales = {}
     for plan, layer, layer_readout in zip(plans, layers, readout.layers):
         alpha = layer_readout.alpha(mode)
-        base = np.float32(layer.input_range * adc_scale_step(profile)) * layer.col_scale
+        # out_factor: the next layer's DAC scale, folded in (compiler.folding); ≥ 0 like α and s_col,
+        # which a MaxPool moved before the ADC needs (max commutes with non-decreasing maps only)
+        base = np.float32(layer.input_range * adc_scale_step(profile) * plan.out_factor) * layer.col_scale
         shape = scale_shape(plan)
         for k in range(len(plan.tiles)):
             scales[plan.input_names(k)["scale"]] = (alpha[k] * base).astype(np.float32).reshape(shape)

@@ -7,8 +7,9 @@ priced by a cost model calibrated on published analog chips (docs/energy.md).
     CostEstimator(chip).request(batch=8)          # (energy_j, latency_s) of one request, cached
 
 Modules: :mod:`~chipsim.cost.cost_model` (constants and their sources), :mod:`~chipsim.cost.counts`
-(tile MVMs, MACs, conversions and digital operations from the graph), :mod:`~chipsim.cost.estimate`
-(pricing, schedule, JSON).
+(tile MVMs, MACs, conversions and digital operations from the graph; over
+:mod:`~chipsim.cost.shapes`, :mod:`~chipsim.cost.analog_layers` and :mod:`~chipsim.cost.digital_ops`),
+:mod:`~chipsim.cost.estimate` (pricing, schedule, JSON).
 """
 
 from chipsim.cost.cost_model import (

@@ -21,17 +21,11 @@ from typing import Any
 
 import onnx
 
+from chipsim.cost.analog_layers import AnalogLayerCounts, chip_plans
 from chipsim.cost.cost_model import OPS_PER_MAC, CostModel, cost_model_for, profile_warnings
-from chipsim.cost.counts import (
-    AnalogLayerCounts,
-    GraphCounts,
-    check_batch,
-    check_shape,
-    chip_plans,
-    count_graph,
-    data_inputs,
-)
+from chipsim.cost.counts import GraphCounts, count_graph
 from chipsim.cost.errors import CostError
+from chipsim.cost.shapes import check_batch, check_shape, data_inputs
 from chipsim.state import ChipState
 
 #: The label every serialised estimate carries.

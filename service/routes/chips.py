@@ -26,6 +26,7 @@ from service.routes.deps import (
 from service.schemas import (
     ERROR_RESPONSES,
     GDC_ON_MODES,
+    WRITER_ERROR_RESPONSES,
     ChipList,
     ChipSummary,
     DriftResponse,
@@ -52,7 +53,7 @@ async def _program_spec(request: Request) -> program_request.ProgramSpec:
     "/program",
     status_code=201,
     response_model=ChipSummary,
-    responses=ERROR_RESPONSES,
+    responses=WRITER_ERROR_RESPONSES,
     openapi_extra=program_request.OPENAPI,
     dependencies=[Depends(require_admin), Depends(require_writer("program chips"))],
     summary="Program a new chip from an ONNX upload or a zoo model",
@@ -93,7 +94,7 @@ async def get_chip(chip_id: str, request: Request) -> JSONResponse:
 @router.delete(
     "/chips/{chip_id}",
     status_code=204,
-    responses=ERROR_RESPONSES,
+    responses=WRITER_ERROR_RESPONSES,
     dependencies=[Depends(require_admin), Depends(require_writer("delete chips", allow=("GET",)))],
     summary="Delete a chip",
 )

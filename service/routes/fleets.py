@@ -18,6 +18,7 @@ from service.routes.deps import (
 )
 from service.schemas import (
     ERROR_RESPONSES,
+    WRITER_ERROR_RESPONSES,
     FleetEvaluateRequest,
     FleetJobStatus,
     FleetList,
@@ -36,16 +37,17 @@ def _accepted(view: dict) -> JSONResponse:
     "/fleets",
     status_code=202,
     response_model=FleetJobStatus,
-    responses=ERROR_RESPONSES,
+    responses=WRITER_ERROR_RESPONSES,
     dependencies=[
         Depends(require_admin),
         Depends(require_writer("program fleets", allow=("GET",))),
         Depends(require_json_body),
     ],
-    summary="Program a fleet: N chips of a zoo model, each with its own seed (a job)",
+    summary="Program a fleet: N chips of a zoo model or of a chip's model, each with its own seed (a job)",
 )
 async def create_fleet(req: FleetProgramRequest, request: Request) -> JSONResponse:
-    """Programs `n_chips` chips `<fleet_id>-000` … of the zoo model and publishes the fleet atomically:
+    """Programs `n_chips` chips `<fleet_id>-000` … of the zoo model (`model`), or of the model an existing
+    chip was programmed from (`from_chip`), and publishes the fleet atomically:
     it appears in GET /fleets, and its chips in GET /chips, only once the job succeeded; a cancelled,
     failed or interrupted job leaves neither (rolled back at the next start). Returns 202 and the job
     (`Location: /jobs/{job_id}`; progress = chips programmed; DELETE /jobs/{job_id} cancels)."""
@@ -79,7 +81,7 @@ async def get_fleet(fleet_id: str, request: Request) -> JSONResponse:
 @router.delete(
     "/fleets/{fleet_id}",
     status_code=204,
-    responses=ERROR_RESPONSES,
+    responses=WRITER_ERROR_RESPONSES,
     dependencies=[Depends(require_admin), Depends(require_writer("delete fleets", allow=("GET",)))],
     summary="Delete a fleet and its chips",
 )

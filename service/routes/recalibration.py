@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from service import recalibration_jobs as recal
 from service.forms import read_form, require_form
 from service.routes.deps import jobs_of, registry_of, require_admin, require_infer, require_writer, settings_of
-from service.schemas import ERROR_RESPONSES, FleetJobStatus
+from service.schemas import ERROR_RESPONSES, WRITER_ERROR_RESPONSES, FleetJobStatus
 
 router = APIRouter(tags=["recalibration"])
 #: Any job of the table: a recalibration, or a fleet's programming or evaluation.
@@ -28,7 +28,7 @@ class AnyJobList(BaseModel):
     "/chips/{chip_id}/recalibrate",
     status_code=202,
     response_model=recal.JobStatus,
-    responses=ERROR_RESPONSES,
+    responses=WRITER_ERROR_RESPONSES,
     openapi_extra=recal.OPENAPI,
     dependencies=[Depends(require_admin), Depends(require_writer("recalibrate chips"))],
     summary="Recalibrate a chip's last layer on-chip into a new chip (a job)",

@@ -50,7 +50,10 @@ class ProgramJson(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str = Field(description="Zoo name or uploaded file name.")
-    source: str = Field(description="'zoo' or 'upload'.")
+    source: str = Field(
+        description="'zoo', 'upload', or 'chip' (a fleet's chip programmed from another chip's model: "
+        "POST /fleets with from_chip)."
+    )
     digest: str | None = Field(description="sha256 of the ONNX file; the file is stored once under this digest.")
     bytes: int = Field(description="Size of the ONNX file, bytes.")
 

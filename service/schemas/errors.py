@@ -58,6 +58,22 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         507: "The store is full, over quota or read-only; nothing was changed.",
     }.items()
 }
+#: The 405 of a route that changes the store, on a read-only replica (``AGEDCHIP_READ_ONLY=true``):
+#: refused before the body is read, with the ``Allow`` header of RFC 9110 §15.5.6.
+READ_ONLY_RESPONSE: dict[str, Any] = {
+    "model": ErrorResponse,
+    "description": "This service is a read-only replica (AGEDCHIP_READ_ONLY=true): it changes no chip or "
+    "fleet; send the request to the writer of the state folder.",
+    "headers": {
+        "Allow": {
+            "description": "The methods the resource still serves on this replica (RFC 9110 §15.5.6): "
+            "'GET' where the path also reads (a chip, a fleet, the fleet list); empty where it only writes.",
+            "schema": {"type": "string"},
+        }
+    },
+}
+#: Error responses of the native routes that change the store (program, delete, recalibrate, fleets).
+WRITER_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {**ERROR_RESPONSES, 405: READ_ONLY_RESPONSE}
 #: Error responses under /v2 (Open Inference Protocol): invalid input is 400, the body's ``error`` a string.
 OIP_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": OipErrorResponse, "description": text}

@@ -12,16 +12,25 @@ from service.schemas.common import AGE_DOC
 
 
 class FleetProgramRequest(BaseModel):
-    """POST /fleets: a zoo model programmed `n_chips` times, each chip with its own seed."""
+    """POST /fleets: a model programmed `n_chips` times, each chip with its own seed. The model is a
+    zoo model (`model`) or the one an existing chip was programmed from (`from_chip`): exactly one."""
 
     model_config = ConfigDict(extra="forbid")
 
     fleet_id: str = Field(
         description="Id of the fleet (1-59 of a-z, 0-9, '-', '_'); its chips are '<fleet_id>-000' … in GET /chips."
     )
-    model: str = Field(
+    model: str | None = Field(
+        None,
         description="Zoo model name (GET /zoo lists them); its eval set, if any, is stored with "
-        "every chip (needed to evaluate the fleet)."
+        "every chip (needed to evaluate the fleet). Give this or `from_chip`.",
+    )
+    from_chip: str | None = Field(
+        None,
+        description="Id of a chip already programmed (GET /chips; an upload or a zoo model): the fleet is "
+        "programmed from the ONNX model and eval set stored with that chip, under this request's profile "
+        "and seeds (the chip itself is unchanged). Not a chip made by recalibration, whose re-written layer "
+        "is in no model. Give this or `model`.",
     )
     profile: str = Field(
         "pcm", description="Chip profile preset ('ideal', 'pcm-reference', 'pcm', 'pcm-faulty', 'reram')."

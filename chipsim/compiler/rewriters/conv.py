@@ -23,7 +23,8 @@ import numpy as np
 import onnx
 
 from chipsim.compiler.graph_builder import GraphBuilder
-from chipsim.compiler.lowering import emit_analog_layer, emit_dac, emit_tile_periphery
+from chipsim.compiler.layers import FULL_TILE, emit_analog_layer, emit_layer_dac, emit_tile
+from chipsim.compiler.lean import TileOptions
 from chipsim.compiler.plan import CompileError, LayerPlan
 from chipsim.compiler.rewriters.registry import OpRewriter, RewriteContext, node_attrs, register
 from chipsim.modes import LayerKind
@@ -40,19 +41,21 @@ def channel_tiles(channels: int, kernel: int, tile_rows: int) -> list[tuple[int,
     return [(int(a), int(e)) for a, e in zip(ch_edges[:-1], ch_edges[1:])]
 
 
-def emit_conv_layer(b: GraphBuilder, xq: str, plan: LayerPlan, profile: ChipProfile, conv_attrs: dict) -> str:
+def emit_conv_layer(
+    b: GraphBuilder, xq: str, plan: LayerPlan, profile: ChipProfile, conv_attrs: dict, opts: TileOptions = FULL_TILE
+) -> str:
     """The tiles of a Conv layer (``conv_attrs`` without ``group``) on the DAC output ``xq``;
     returns Σ_k tile outputs. A grouped layer's tile k reads its channel slice of every group."""
     attrs = {**conv_attrs, "group": plan.groups} if plan.groups > 1 else conv_attrs
     if plan.groups == 1 or len(plan.tiles) == 1:
-        return emit_analog_layer(b, xq, plan, profile, attrs)
+        return emit_analog_layer(b, xq, plan, profile, attrs, opts)
     prefix = f"chip/l{plan.index}"
     cin_g = plan.conv_shape[1]  # type: ignore[index]
     outs = []
     for k, (ca, cb) in enumerate(plan.tile_channels):  # type: ignore[arg-type]
         idx = np.concatenate([np.arange(g * cin_g + ca, g * cin_g + cb) for g in range(plan.groups)])
         xk = b.op("Gather", [xq, b.const(prefix, idx, np.int64)], prefix, axis=1)
-        outs.append(emit_tile_periphery(b, xk, plan, k, profile, prefix, attrs))
+        outs.append(emit_tile(b, xk, plan, k, profile, prefix, attrs, opts))
     return b.op("Sum", outs, prefix)
 
 
@@ -74,6 +77,7 @@ def conv_layer(
     groups: int,
     out_shape: list[int],
     layout: str,
+    out_factor: float = 1.0,
 ) -> LayerPlan:
     """The analog layer (or a new read of it) of Conv weights ``w`` (C_out, C_in/groups, *kernel)."""
     kernel = check_kernel(ctx, node, list(w.shape[2:]))
@@ -91,14 +95,21 @@ def conv_layer(
         conv_shape=list(w.shape),
         tile_channels=tile_channels,
         groups=groups,
+        out_factor=out_factor,
     )
 
 
-def add_bias(ctx: RewriteContext, node: onnx.NodeProto, y: str, channels: int, spatial: int, prefix: str) -> str:
+def add_bias(
+    ctx: RewriteContext, node: onnx.NodeProto, y: str, channels: int, spatial: int, prefix: str, factor: float = 1.0
+) -> str:
+    """``y`` plus the node's bias (times ``factor``: a folded DAC scale, see :mod:`..folding`)."""
     if len(node.input) > 2 and node.input[2]:
         b = ctx.builder
         shape = b.const(prefix, [1, channels] + [1] * spatial, np.int64)
-        y = b.op("Add", [y, b.op("Reshape", [node.input[2], shape], prefix)], prefix)
+        bias = node.input[2]
+        if factor != 1.0:  # a constant product: onnxruntime folds it when the session is built
+            bias = b.op("Mul", [bias, b.const(prefix, factor)], prefix)
+        y = b.op("Add", [y, b.op("Reshape", [bias, shape], prefix)], prefix)
     return y
 
 
@@ -121,11 +132,14 @@ class ConvRewriter(OpRewriter):
         w = constant_weight(ctx, node)
         attrs = node_attrs(node)
         groups = int(attrs.pop("group", 1))
-        plan = conv_layer(ctx, node, LayerKind.CONV, w, groups, ctx.out_shape(node), layout=f"conv/g{groups}")
+        factor = ctx.out_factor(node)
+        plan = conv_layer(
+            ctx, node, LayerKind.CONV, w, groups, ctx.out_shape(node), layout=f"conv/g{groups}", out_factor=factor
+        )
         prefix = f"chip/l{plan.index}"
-        xq = emit_dac(ctx.builder, node.input[0], ctx.range_for(node.input[1]), ctx.profile, prefix)
-        y = emit_conv_layer(ctx.builder, xq, plan, ctx.profile, attrs)
-        y = add_bias(ctx, node, y, w.shape[0], w.ndim - 2, prefix)
+        xq = ctx.dac(node, node.input[0], node.input[1], prefix)
+        y = emit_conv_layer(ctx.builder, xq, plan, ctx.profile, attrs, ctx.tile_options(node, node.input[0]))
+        y = add_bias(ctx, node, y, w.shape[0], w.ndim - 2, prefix, factor)
         ctx.builder.op("Identity", [y], prefix, output=node.output[0])
         return True
 
@@ -226,7 +240,7 @@ class ConvTransposeRewriter(OpRewriter):
         )
         b = ctx.builder
         prefix = f"chip/l{plan.index}"
-        xq = emit_dac(b, node.input[0], ctx.range_for(node.input[1]), ctx.profile, prefix)
+        xq = emit_layer_dac(b, node.input[0], ctx.range_for(node.input[1]), ctx.profile, prefix)
         if dynamic:
             # Crop ends counted from the end of the upsampled length s·n − (s − 1): size-free.
             tail = [(s - 1) + max(0, -conv_end[i]) for i, s in enumerate(strides)]

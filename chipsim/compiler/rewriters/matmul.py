@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from chipsim.compiler.lowering import emit_analog_layer, emit_dac
+from chipsim.compiler.layers import emit_analog_layer, emit_layer_dac
 from chipsim.compiler.plan import CompileError
 from chipsim.compiler.rewriters.registry import OpRewriter, RewriteContext, node_attrs, register
 from chipsim.modes import LayerKind
@@ -49,10 +49,17 @@ class MatMulRewriter(OpRewriter):
         b = ctx.builder
         name = node.name or f"matmul_{len(ctx.specs)}"
         plan = ctx.new_plan(
-            node, LayerKind.MATMUL, node.input[1], name, w.astype(np.float32), ctx.out_shape(node), layout="w"
+            node,
+            LayerKind.MATMUL,
+            node.input[1],
+            name,
+            w.astype(np.float32),
+            ctx.out_shape(node),
+            layout="w",
+            out_factor=ctx.out_factor(node),
         )
-        xq = emit_dac(b, node.input[0], ctx.range_for(node.input[1]), ctx.profile, f"chip/l{plan.index}")
-        y = emit_analog_layer(b, xq, plan, ctx.profile, None)
+        xq = ctx.dac(node, node.input[0], node.input[1], f"chip/l{plan.index}")
+        y = emit_analog_layer(b, xq, plan, ctx.profile, None, ctx.tile_options(node, node.input[0]))
         b.op("Identity", [y], f"chip/l{plan.index}", output=node.output[0])
         return True
 
@@ -82,7 +89,7 @@ class MatMulRewriter(OpRewriter):
         prefix = f"chip/l{plan.index}"
         xt = b.op("Transpose", [node.input[1]], prefix, perm=perm)
         y = emit_analog_layer(
-            b, emit_dac(b, xt, ctx.range_for(node.input[0]), ctx.profile, prefix), plan, ctx.profile, None
+            b, emit_layer_dac(b, xt, ctx.range_for(node.input[0]), ctx.profile, prefix), plan, ctx.profile, None
         )
         b.op("Transpose", [y], prefix, output=node.output[0], perm=perm)
         return True
@@ -102,18 +109,21 @@ class GemmRewriter(OpRewriter):
         layout = ("w.T" if attrs.get("transB", 0) else "w") + ("" if alpha == 1.0 else f"*{alpha!r}")
         b = ctx.builder
         name = node.name or f"gemm_{len(ctx.specs)}"
-        plan = ctx.new_plan(node, LayerKind.GEMM, node.input[1], name, weight, ctx.out_shape(node), layout=layout)
+        factor = ctx.out_factor(node)
+        plan = ctx.new_plan(
+            node, LayerKind.GEMM, node.input[1], name, weight, ctx.out_shape(node), layout=layout, out_factor=factor
+        )
         prefix = f"chip/l{plan.index}"
         x = node.input[0]
         if attrs.get("transA", 0):
             x = b.op("Transpose", [x], prefix, perm=[1, 0])
         y = emit_analog_layer(
-            b, emit_dac(b, x, ctx.range_for(node.input[1]), ctx.profile, prefix), plan, ctx.profile, None
+            b, ctx.dac(node, x, node.input[1], prefix), plan, ctx.profile, None, ctx.tile_options(node, x)
         )
         if len(node.input) > 2 and node.input[2]:
             c = node.input[2]
-            if beta != 1.0:
-                c = b.op("Mul", [c, b.const(prefix, beta)], prefix)
+            if beta * factor != 1.0:  # a constant product: onnxruntime folds it when the session is built
+                c = b.op("Mul", [c, b.const(prefix, beta * factor)], prefix)
             y = b.op("Add", [y, c], prefix)
         b.op("Identity", [y], prefix, output=node.output[0])
         return True

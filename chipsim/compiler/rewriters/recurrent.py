@@ -33,7 +33,8 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from chipsim.compiler.lowering import emit_analog_layer, emit_dac
+from chipsim.compiler.layers import emit_analog_layer
+from chipsim.compiler.layers import emit_layer_dac as emit_dac
 from chipsim.compiler.plan import CompileError
 from chipsim.compiler.rewriters.recurrent_parts import Direction, Job, Ops, parse_activations, static_dim
 from chipsim.compiler.rewriters.recurrent_scan import ScanLowering

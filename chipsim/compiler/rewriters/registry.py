@@ -18,7 +18,10 @@ import onnx
 from onnx import helper
 
 from chipsim.compiler.calibration import DEFAULT_INPUT_RANGE
+from chipsim.compiler.folding import Folds, nonnegative
 from chipsim.compiler.graph_builder import GraphBuilder
+from chipsim.compiler.layers import emit_layer_dac
+from chipsim.compiler.lean import TileOptions
 from chipsim.compiler.plan import CompileError, LayerPlan
 from chipsim.mapping import tile_bounds
 from chipsim.modes import LayerKind
@@ -53,7 +56,33 @@ class RewriteContext:
     shared: dict[tuple[str, str], int] = field(default_factory=dict)
     #: layer index → the nodes reading it (``node.name or op_type``), the one holding it first.
     readers: dict[int, list[str]] = field(default_factory=dict)
+    #: the lean lowering's folds across layers (empty for the full lowering)
+    folds: Folds = field(default_factory=Folds)
     _fixed: dict[str, list[bool]] | None = None
+
+    def out_factor(self, node: onnx.NodeProto) -> float:
+        """The factor folded into ``node``'s outputs (the next layer's DAC scale), or 1."""
+        return self.folds.out_factor.get(node.output[0], 1.0)
+
+    def dac(self, node: onnx.NodeProto, x: str, weight_name: str, prefix: str) -> str:
+        """The DAC of ``node``'s analog layer on ``x`` (its input already scaled when folded)."""
+        out = node.output[0]
+        return emit_layer_dac(
+            self.builder,
+            x,
+            self.range_for(weight_name),
+            self.profile,
+            prefix,
+            self.folds.prescaled.get(out),
+            self.folds.relu_clip.get(out, False),
+        )
+
+    def tile_options(self, node: onnx.NodeProto, x: str) -> TileOptions:
+        """What the lean lowering knows of ``node``'s input ``x`` (sign) and output (a moved MaxPool)."""
+        if not self.builder.lean:
+            return TileOptions()
+        nonneg = self.folds.relu_clip.get(node.output[0], False) or nonnegative(x, self.producers, self.consts)
+        return TileOptions(nonneg=nonneg, pool=self.folds.pool.get(node.output[0]))
 
     def fixed_dims(self) -> dict[str, list[bool]]:
         """Per tensor, which dimensions have a fixed size in the model as exported (shape
@@ -127,6 +156,7 @@ class RewriteContext:
             tiles=tiles,
             cols=spec_weight.shape[1],
             out_shape=out_shape,
+            lean=self.builder.lean,
             **extra,
         )
         self.specs.append(
