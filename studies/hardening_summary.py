@@ -114,11 +114,13 @@ def fit_run(raw: dict[str, Any], chance: float, n_boot: int = N_BOOT) -> dict[st
 
 def pooled_mu(fits: list[dict[str, Any]], rng: np.random.Generator, n_boot: int = N_BOOT) -> dict[str, Any]:
     """Geometric mean µ over training seeds and its replicates (see the module docstring)."""
-    ok = [f for f in fits if "mu" in f and f["boot_mu"]]
+    # failed bootstrap fits are NaN in boot_mu (kept there for pairing): draw from the others
+    finite = [np.asarray(f.get("boot_mu", []), float) for f in fits]
+    ok = [(f, b[np.isfinite(b)]) for f, b in zip(fits, finite, strict=True) if "mu" in f and np.isfinite(b).any()]
     if not ok:
         return {"mu": math.nan, "mu_ci": [math.nan, math.nan], "boot_log_mu": []}
-    logs = np.array([math.log(f["mu"]) for f in ok])
-    boots = [np.log(np.asarray(f["boot_mu"])) for f in ok]
+    logs = np.array([math.log(f["mu"]) for f, _ in ok])
+    boots = [np.log(b) for _, b in ok]
     reps = []
     for _ in range(n_boot):
         pick = rng.integers(0, len(ok), len(ok))

@@ -4,6 +4,7 @@ and a page and summary that recompute from the JSON alone."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -141,3 +142,12 @@ def test_resume_reuses_the_raw_results_of_the_report_in_out(tmp_path, monkeypatc
     assert HS.collect([run], tmp_path, cfg, resume=True, threads=1) == {"resnet-plain-s0": old}
     with pytest.raises(SystemExit, match="model.pt"):  # other settings: evaluated again
         HS.collect([run], tmp_path, {**cfg, "n_images": 4}, resume=True, threads=1)
+
+
+def test_pooled_mu_draws_only_from_successful_bootstrap_fits():
+    # noise_midpoint keeps failed replicates as NaN (for pairing); the pooled µ must skip them
+    fits = [{"mu": 1.0, "boot_mu": [math.nan, 1.0, 1.0]}, {"mu": 4.0, "boot_mu": [4.0, math.nan, 4.0]}]
+    pooled = HSum.pooled_mu(fits, np.random.default_rng(0), n_boot=50)
+    assert pooled["mu"] == pytest.approx(2.0)  # geometric mean of 1 and 4
+    assert all(np.isfinite(pooled["boot_log_mu"])) and 1.0 <= pooled["mu_ci"][0] <= pooled["mu_ci"][1] <= 4.0
+    assert HSum.pooled_mu([{"mu": 1.0, "boot_mu": [math.nan]}], np.random.default_rng(0))["boot_log_mu"] == []
