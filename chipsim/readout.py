@@ -94,13 +94,18 @@ class ChipReadout:
 
 
 def conductances_at(
-    layer: LayerState, profile: ChipProfile, age_s: float, rng: np.random.Generator | None
+    layer: LayerState,
+    profile: ChipProfile,
+    age_s: float,
+    rng: np.random.Generator | None,
+    keep_decoded: bool = True,
 ) -> np.ndarray:
     """G(t) (2, rows, cols) in µS: drift ``G_prog·((t+t0)/t0)^−ν`` then 1/f noise
     ``max(0, G_drift + |G_drift|·σ_read·ξ)``. Stuck devices (ν < 0 code) do not drift.
-    ``rng=None`` gives the noise-free drifted conductances."""
+    ``rng=None`` gives the noise-free drifted conductances. ``keep_decoded``: cache the decoded
+    devices on the layer (see :func:`~chipsim.state.decode_devices`)."""
     device = profile.device_model
-    dec = decode_devices(layer, device)
+    dec = decode_devices(layer, device, keep=keep_decoded)
     g = dec.g_prog_us
     if profile.drift_scale > 0 and age_s > 0:
         g = g * device.drift_factor(dec.nu, age_s)
@@ -125,13 +130,20 @@ def read_stream(chip_seed: int, read_seed: int, layer_index: int, age_s: float) 
 
 
 def read_layer(
-    layer: LayerState, profile: ChipProfile, chip_seed: int, layer_index: int, age_s: float, read_seed: int
+    layer: LayerState,
+    profile: ChipProfile,
+    chip_seed: int,
+    layer_index: int,
+    age_s: float,
+    read_seed: int,
+    keep_decoded: bool = True,
 ) -> LayerReadout:
-    """One layer read out at chip age ``age_s`` (seconds) with read seed ``read_seed``."""
+    """One layer read out at chip age ``age_s`` (seconds) with read seed ``read_seed``;
+    ``keep_decoded`` as in :func:`conductances_at` (the same values either way)."""
     device_age = layer_age(layer, age_s)
     rng = read_stream(chip_seed, read_seed, layer_index, device_age)
     g_max = profile.device_model.g_max_us
-    w = pair_weight(conductances_at(layer, profile, device_age, rng), g_max)
+    w = pair_weight(conductances_at(layer, profile, device_age, rng, keep_decoded), g_max)
     n_tiles = len(layer.tiles)
     cur = np.zeros(n_tiles)
     cur_col = np.zeros((n_tiles, w.shape[1]), np.float32)

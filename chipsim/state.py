@@ -109,15 +109,17 @@ class DecodedDevices:
     read_q: np.ndarray  # (2, rows, cols), 1/f amplitude Q_s(G_prog)
 
 
-def decode_devices(layer: LayerState, device: Any) -> DecodedDevices:
-    """The cached decoded arrays of ``layer`` for a device model."""
+def decode_devices(layer: LayerState, device: Any, keep: bool = True) -> DecodedDevices:
+    """The decoded arrays of ``layer`` for a device model, cached on the layer when ``keep``
+    (24 bytes per weight; a large chip's runtime decodes per read-out instead)."""
     cached = layer._decoded.get(device.name)
     if cached is None:
         g_prog = layer.g_prog_us(device.g_max_us)
         nu = layer.nu.astype(np.float32)
         np.maximum(nu, 0, out=nu)  # fault codes (< 0) → no drift
         cached = DecodedDevices(g_prog, nu, np.asarray(device.read_noise_q(g_prog), dtype=np.float32))
-        layer._decoded[device.name] = cached
+        if keep:
+            layer._decoded[device.name] = cached
     return cached
 
 
