@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from chipsim.half import to_float32
 from chipsim.mapping import column_scales, normalise, pair_targets_us
 from chipsim.profiles import ChipProfile
 
@@ -95,7 +96,7 @@ class LayerState:
     def g_prog_us(self, g_max_us: float) -> np.ndarray:
         """Programmed conductances (2, rows, cols), µS, decoded from the stored deviation."""
         g = self.g_target_us(g_max_us)
-        g += self.dg_us.astype(np.float32)
+        g += to_float32(self.dg_us)
         return np.maximum(g, 0, out=g)
 
 
@@ -115,7 +116,7 @@ def decode_devices(layer: LayerState, device: Any, keep: bool = True) -> Decoded
     cached = layer._decoded.get(device.name)
     if cached is None:
         g_prog = layer.g_prog_us(device.g_max_us)
-        nu = layer.nu.astype(np.float32)
+        nu = to_float32(layer.nu)
         np.maximum(nu, 0, out=nu)  # fault codes (< 0) → no drift
         cached = DecodedDevices(g_prog, nu, np.asarray(device.read_noise_q(g_prog), dtype=np.float32))
         if keep:
