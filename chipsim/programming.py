@@ -45,10 +45,18 @@ def _nu(mu: np.ndarray, sd: np.ndarray, xi: np.ndarray, profile: ChipProfile) ->
     return xi
 
 
-def gdc_baselines(layer: LayerState, w_prog: np.ndarray, profile: ChipProfile, seed: int, layer_index: int) -> None:
-    """Fill the layer's GDC baselines from its programmed weights ``w_prog`` (normalised)."""
+def gdc_baselines(
+    layer: LayerState,
+    w_prog: np.ndarray,
+    profile: ChipProfile,
+    seed: int,
+    layer_index: int,
+    w_norm: np.ndarray | None = None,
+) -> None:
+    """Fill the layer's GDC baselines from its programmed weights ``w_prog`` (normalised);
+    ``w_norm``: the layer's normalised targets when the caller has them."""
     rng = stream(seed, Stream.GDC_BASELINE, layer_index)
-    w_norm = layer.w_norm
+    w_norm = layer.w_norm if w_norm is None else w_norm
     for k, (a, b) in enumerate(layer.tiles):
         layer.gdc_baseline[k], layer.gdc_baseline_col[k] = gdc.references(w_prog[a:b], profile, rng)
         layer.gdc_baseline_exact[k] = gdc.exact_reference(w_norm[a:b])  # of the targets
@@ -154,12 +162,11 @@ def program_layer(spec: LayerSpec, profile: ChipProfile, seed: int, layer_index:
         meta=dict(spec.meta),
     )
     del nu
-    layer.__dict__["w_norm"] = w_norm  # the cached property's value, computed the same way
     # Baselines from the state as stored (float16-decoded), at programming: no drift, no 1/f
     # noise. Decoded as LayerState.g_prog_us does, reusing the targets.
     g_target += to_float32(dg)
     np.maximum(g_target, 0, out=g_target)
-    gdc_baselines(layer, pair_weight(g_target, g_max), profile, seed, layer_index)
+    gdc_baselines(layer, pair_weight(g_target, g_max), profile, seed, layer_index, w_norm)
     return layer
 
 

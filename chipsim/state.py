@@ -86,8 +86,10 @@ class LayerState:
     def col_scale(self) -> np.ndarray:
         return column_scales(self.weight)
 
-    @cached_property
+    @property
     def w_norm(self) -> np.ndarray:
+        """The normalised target weights, computed at each use rather than kept (4 bytes per
+        weight for a division per read-out of a layer whose devices are not cached)."""
         return normalise(self.weight, self.col_scale)
 
     def g_target_us(self, g_max_us: float) -> np.ndarray:

@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from chipsim import heap
 from chipsim.compiler.bounds import AllocationLimits, check_allocations, refuse_sparse
 from chipsim.compiler.calibration import Calibration, resolve_ranges
 from chipsim.compiler.float_types import compute_in_fp32
@@ -257,6 +258,7 @@ def program_onnx(
     """Compile an ONNX model and program its analog layers onto a new chip (``calibration``,
     ``eval_inputs`` and ``limits``: see :func:`compile_model`)."""
     compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs, limits=limits)
+    heap.trim()  # the parsed model's memory, before the chip's arrays are allocated
     digest = hashlib.sha256(model_bytes).hexdigest()
     chip_meta = {
         "model_digest": digest,
