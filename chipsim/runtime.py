@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -93,12 +94,12 @@ class _Entry:
         return int(SESSION_CHARGE * (n + self.weight_bytes))
 
 
-def weight_input_bytes(inputs: list[Any]) -> int:
-    """Bytes of the float32 weight inputs among a session's ``inputs`` (their shapes are static)."""
+def weight_input_bytes(inputs: Iterable[onnx.ValueInfoProto]) -> int:
+    """Bytes of the float32 weight inputs among a compiled graph's ``inputs`` (static shapes)."""
     total = 0
     for i in inputs:
         if i.name.startswith("chip/") and i.name.rsplit("/", 1)[-1] in WEIGHT_INPUTS:
-            total += 4 * int(np.prod(i.shape))
+            total += 4 * int(np.prod([d.dim_value for d in i.type.tensor_type.shape.dim]))
     return total
 
 
@@ -137,10 +138,9 @@ class ChipRuntime:
         self.output_names = [o["name"] for o in self.outputs]
         self.threads = threads
         self.graph = graph = self._graph(chip)  # the compiled graph this build runs (see _graph)
-        self.session = cpu_session(graph, threads)
-        self._graph_inputs = {i.name for i in self.session.get_inputs()}
+        proto = onnx.load_from_string(graph)
         #: Bytes of the weight inputs of one read-out (all tiles, float32).
-        self.weight_bytes = weight_input_bytes(self.session.get_inputs())
+        self.weight_bytes = weight_input_bytes(proto.graph.input)
         #: The binding asked for and the one used (``inputs`` above ``initializers_max_bytes``).
         self.requested_binding = WeightBinding(binding).value
         self.lean = self.weight_bytes > initializers_max_bytes
@@ -149,7 +149,8 @@ class ChipRuntime:
         self._linear = is_linear(self.profile)
         self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
         self._has_noise = len(self._noise_shapes) > 0
-        self._init_graph = self._initializer_graph(graph) if binding == WeightBinding.INITIALIZERS else None
+        self._init_graph = self._initializer_graph(proto) if binding == WeightBinding.INITIALIZERS else None
+        self._session: ort.InferenceSession | None = None
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
         self._cache: ReadoutCache[tuple[float, int, str], _Entry] = ReadoutCache(cache_bytes, cache_entries)
@@ -178,12 +179,22 @@ class ChipRuntime:
             raise ValueError(f"chip {chip.chip_id!r}: its stored model no longer compiles to its programmed layers")
         return compiled.graph
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The session of the compiled graph, weights fed as inputs; built on first use (an
+        ``initializers`` runtime runs a session per cached age and never needs it, so programming
+        a chip builds none)."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = cpu_session(self.graph, self.threads)
+        return self._session
+
     @staticmethod
-    def _initializer_graph(graph: bytes) -> onnx.ModelProto:
-        """The compiled graph without its weight inputs: per age, the read-out weights are added
-        to a copy as initializers (constants, so onnxruntime prepacks them and applies its
-        layout optimisations)."""
-        model = onnx.load_from_string(graph)
+    def _initializer_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+        """The compiled graph without its weight inputs (in place): per age, the read-out weights
+        are added to a copy as initializers (constants, so onnxruntime prepacks them and applies
+        its layout optimisations)."""
         keep = [
             vi
             for vi in model.graph.input

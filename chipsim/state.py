@@ -112,15 +112,23 @@ class DecodedDevices:
     read_q: np.ndarray  # (2, rows, cols), 1/f amplitude Q_s(G_prog)
 
 
+def decode_rows(layer: LayerState, device: Any, a: int, b: int) -> DecodedDevices:
+    """The decoded arrays of rows ``a:b`` of ``layer`` (each device's values depend on it alone,
+    so rows decode as they would within the whole layer)."""
+    g_prog = pair_targets_us(normalise(layer.weight[a:b], layer.col_scale), device.g_max_us)
+    g_prog += to_float32(layer.dg_us[:, a:b])
+    np.maximum(g_prog, 0, out=g_prog)
+    nu = to_float32(layer.nu[:, a:b])
+    np.maximum(nu, 0, out=nu)  # fault codes (< 0) → no drift
+    return DecodedDevices(g_prog, nu, np.asarray(device.read_noise_q(g_prog), dtype=np.float32))
+
+
 def decode_devices(layer: LayerState, device: Any, keep: bool = True) -> DecodedDevices:
     """The decoded arrays of ``layer`` for a device model, cached on the layer when ``keep``
-    (24 bytes per weight; a large chip's runtime decodes per read-out instead)."""
+    (24 bytes per weight; a large chip's runtime decodes rows per read-out instead)."""
     cached = layer._decoded.get(device.name)
     if cached is None:
-        g_prog = layer.g_prog_us(device.g_max_us)
-        nu = to_float32(layer.nu)
-        np.maximum(nu, 0, out=nu)  # fault codes (< 0) → no drift
-        cached = DecodedDevices(g_prog, nu, np.asarray(device.read_noise_q(g_prog), dtype=np.float32))
+        cached = decode_rows(layer, device, 0, layer.weight.shape[0])
         if keep:
             layer._decoded[device.name] = cached
     return cached

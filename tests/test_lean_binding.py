@@ -63,3 +63,34 @@ def test_an_embedded_entry_drops_its_weight_arrays_and_run_tensor_packs_them_aga
     w = plain.plans[0].input_names(0)["w"]
     tensor = next(n.output[0] for n in onnx.load_from_string(rt.graph).graph.node if w in n.input)
     np.testing.assert_array_equal(rt.run_tensor(x, tensor, DAY, seed=3), plain.run_tensor(x, tensor, DAY, seed=3))
+
+
+def test_an_initializers_runtime_never_builds_the_inputs_session():
+    chip, x = _chip("matmul")
+    rt = ChipRuntime(chip, threads=1)
+    rt.run(x, DAY, seed=1)
+    rt.run(x, 2 * DAY, seed=1)
+    assert rt._session is None  # one session per cached age, none for the graph with weight inputs
+    lean = ChipRuntime(chip, threads=1, initializers_max_bytes=0)
+    assert lean._session is None  # built on first use, not with the runtime
+    lean.run(x, DAY, seed=1)
+    assert lean._session is not None and lean.session is lean._session
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_read_out_in_row_blocks_equals_the_whole_layer_formula(monkeypatch, keep):
+    from chipsim import readout
+    from chipsim.mapping import pair_weight
+    from chipsim.readout import conductances_at, read_stream, read_weights
+
+    chip, _ = _chip("matmul")
+    layer, profile = chip.layers[0], chip.profile
+    monkeypatch.setattr(readout, "READ_CHUNK", 5000)  # blocks of 104 rows of 24 columns, the last partial
+    got = read_weights(layer, profile, DAY, read_stream(chip.seed, 3, 0, DAY), keep_decoded=keep)
+    assert (layer._decoded != {}) == keep
+    whole = conductances_at(layer, profile, DAY, read_stream(chip.seed, 3, 0, DAY))  # decodes and caches
+    np.testing.assert_array_equal(got, pair_weight(whole, profile.device_model.g_max_us))
+    np.testing.assert_array_equal(
+        read_weights(layer, profile, 0.0, None),
+        pair_weight(conductances_at(layer, profile, 0.0, None), profile.device_model.g_max_us),
+    )
