@@ -124,12 +124,13 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float) -> dict:
     """Everything measured on one model, in this fresh process."""
     import onnxruntime as ort
 
-    from chipsim import get_profile
+    from chipsim import get_profile, heap
     from chipsim.compiler import program_onnx
     from chipsim.ort_session import session_options
     from chipsim.runtime import ChipRuntime
     from chipsim.store import ChipStore
 
+    heap.limit_retention()  # as the service does at start
     model = path.read_bytes()
     rss_before = _rss_bytes()
     t0 = time.perf_counter()
