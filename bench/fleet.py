@@ -115,7 +115,7 @@ def _summarise(runs: dict[str, list[dict]], startup: dict[str, float]) -> tuple[
     return summary, speedup
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="cnn-hwa")
     ap.add_argument("--chips", type=int, default=32)
@@ -124,7 +124,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-ray", action="store_true")
     outputs.add_arguments(ap, RESULTS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
     out = outputs.output_dir("fleet", RESULTS, args.out, args.replace, result_files("fleet"))
 
     tmp = tempfile.TemporaryDirectory(prefix="bench-fleet-")

@@ -120,13 +120,39 @@ def _rate(fn, batch: int, min_s: float) -> float:
             return n * batch / el
 
 
-def child(path: Path, shape: list[int], rounds: int, min_s: float) -> dict:
-    """Everything measured on one model, in this fresh process."""
+def _throughput(rt, model: bytes, shape: list[int], rng: np.random.Generator, rounds: int, min_s: float) -> dict:
+    """Samples/s of the chip (``rt``, at 1 year) and of the digital model under onnxruntime, at
+    batch 1 and 8, interleaved over ``rounds``; the ratios with their median and range."""
     import onnxruntime as ort
 
+    from chipsim.ort_session import session_options
+
+    digital = ort.InferenceSession(model, session_options(1), providers=["CPUExecutionProvider"])
+    name = digital.get_inputs()[0].name
+    ratios: dict[str, dict] = {}
+    for batch in (1, 8):
+        x = rng.standard_normal([batch, *shape]).astype(np.float32)
+        rt.run(x, YEAR_S)  # warm-up: shapes of this batch
+        digital.run(None, {name: x})
+        analog, dig = [], []
+        for _ in range(rounds):
+            analog.append(_rate(lambda x=x: rt.run(x, YEAR_S), batch, min_s))
+            dig.append(_rate(lambda x=x: digital.run(None, {name: x}), batch, min_s))
+        r = [a / d for a, d in zip(analog, dig, strict=True)]
+        ratios[str(batch)] = {
+            "analog_samples_per_s": analog,
+            "digital_samples_per_s": dig,
+            "ratio": r,
+            "ratio_median": statistics.median(r),
+            "ratio_range": [min(r), max(r)],
+        }
+    return ratios
+
+
+def child(path: Path, shape: list[int], rounds: int, min_s: float) -> dict:
+    """Everything measured on one model, in this fresh process."""
     from chipsim import get_profile, heap
     from chipsim.compiler import program_onnx
-    from chipsim.ort_session import session_options
     from chipsim.runtime import ChipRuntime
     from chipsim.store import ChipStore
 
@@ -164,26 +190,7 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float) -> dict:
     rt.run(x1, YEAR_S)
     cached_s = time.perf_counter() - t0
 
-    so = session_options(1)
-    digital = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    name = digital.get_inputs()[0].name
-    ratios: dict[str, dict] = {}
-    for batch in (1, 8):
-        x = rng.standard_normal([batch, *shape]).astype(np.float32)
-        rt.run(x, YEAR_S)  # warm-up: shapes of this batch
-        digital.run(None, {name: x})
-        analog, dig = [], []
-        for _ in range(rounds):
-            analog.append(_rate(lambda x=x: rt.run(x, YEAR_S), batch, min_s))
-            dig.append(_rate(lambda x=x: digital.run(None, {name: x}), batch, min_s))
-        r = [a / d for a, d in zip(analog, dig, strict=True)]
-        ratios[str(batch)] = {
-            "analog_samples_per_s": analog,
-            "digital_samples_per_s": dig,
-            "ratio": r,
-            "ratio_median": statistics.median(r),
-            "ratio_range": [min(r), max(r)],
-        }
+    ratios = _throughput(rt, model, shape, rng, rounds, min_s)
     return {
         "weights": weights,
         "onnx_bytes": len(model),

@@ -109,7 +109,8 @@ def refresh_case(refreshes: int) -> dict:
     from pathlib import Path
 
     from service.background import Refresher
-    from service.registry import Registry, program_default_chip
+    from service.default_chip import program_default_chip
+    from service.registry import Registry
     from service.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:

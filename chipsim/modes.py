@@ -106,3 +106,12 @@ class SloMetric(StrEnum):
     # chip accuracy ÷ the model's floating-point (digital) accuracy on the same eval set
     # (Rasch et al. 2023, Nature Communications 14:5282, "normalised accuracy")
     NORMALISED_ACCURACY = "normalised_accuracy"
+
+
+class ColumnScaling(StrEnum):
+    """How programming picks each weight column's digital scale ``s_col`` (chipsim.caws)."""
+
+    MAX = "max"  # s_col = max|W[:, col]| (DESIGN §3.1): no weight is clipped
+    # channel-wise adaptive weight scaling: per column the clip bound that minimises the expected
+    # squared error of the programmed weights (clipping + programming noise), W clipped to it
+    CAWS = "caws"

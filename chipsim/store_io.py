@@ -1,5 +1,6 @@
-"""Bounded reads of the store's files: whatever is on disk, a read returns bytes or raises
+"""The store's file access. Bounded reads: whatever is on disk, a read returns bytes or raises
 :class:`UnreadableFile`, never an OS error, a hang or a recursion error (issue #15 finding 6).
+Durable writes: a file or a folder entry is fsynced before the store relies on it.
 
 A chip folder may have been altered by anything: a file replaced by a folder, a pipe (whose read
 would block forever), a symbolic link, a sparse file of many GiB, an unreadable file, or JSON
@@ -10,13 +11,18 @@ chip and lists the others.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# The store's logger: these messages are the chip store's, whichever module writes them.
+log = logging.getLogger("chipsim.store")
 
 # A manifest holds per layer its tile list (~20 bytes a tile) and a few hundred bytes of fields;
 # 64 MiB is several million tiles, far beyond any chip this project programs, yet small enough
@@ -92,3 +98,43 @@ def loads_bounded(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     if depth > max_depth:
         raise ValueError(f"nested {depth} levels deep, more than {max_depth}")
     return json.loads(text)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it (durable before the store publishes it)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (0 for what cannot be read)."""
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.lstat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def remove_entry(entry: Path) -> None:
+    """Remove a file or a folder, ignoring what cannot be removed (it is garbage either way)."""
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    except OSError as err:
+        log.warning("could not remove %s: %s", entry, err)

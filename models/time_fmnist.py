@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from models.fmnist_data import N_TRAIN_FILE, N_VAL
-from models.train_fmnist import DEFAULTS, TrainMode
+from models.fmnist_recipe import DEFAULTS, TrainMode
 
 
 def time_run(arch: str, mode: TrainMode, steps: int, out: Path, teacher: Path | None) -> dict:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from models import hwa as H
 from models.fmnist_models import build
-from models.train_fmnist import TrainMode, default_recipe
+from models.fmnist_recipe import TrainMode, default_recipe
 
 
 def _use_unfolded(model: torch.nn.Module, unfolded: bool) -> None:

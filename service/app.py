@@ -27,11 +27,12 @@ from chipsim import heap
 from service import __version__, errors, openapi_doc
 from service.admission import lanes_for
 from service.background import Refresher
+from service.default_chip import program_default_chip
 from service.fleets import EVAL_LANE, FleetService
 from service.jobs import JobTable
 from service.metrics import Metrics
 from service.middleware import ServiceMiddleware
-from service.registry import Registry, program_default_chip
+from service.registry import Registry
 from service.replica import follow_writer
 from service.routes import chips, docs, fleets, infer, oip, ops, recalibration
 from service.settings import Settings

@@ -34,10 +34,11 @@ import anyio
 import numpy as np
 
 from service.admission import Lanes
+from service.chip_gauges import GAUGE_GDC
 from service.durations import SCHEDULE
 from service.problems import Cancelled, Unavailable
 from service.registry import Registry
-from service.served_chip import GAUGE_GDC, ServedChip
+from service.served_chip import ServedChip
 from service.settings import Settings
 
 log = logging.getLogger("agedchip.service")

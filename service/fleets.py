@@ -21,15 +21,10 @@ deleted only with their fleet: ``DELETE /chips/{id}`` answers 409 naming the fle
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
 from chipsim.fleet import (
-    BreachStatus,
     FleetCancelled,
     FleetError,
     FleetEvalSpec,
@@ -37,175 +32,23 @@ from chipsim.fleet import (
     FleetSpec,
     FleetStore,
     LocalProcessExecutor,
-    SloSpec,
     evaluate_fleet,
     program_fleet,
 )
 from chipsim.fleet.executors import Executor
-from chipsim.fleet.stats import PERCENTILES
 from chipsim.modes import SloMetric
 from service.durations import DurationError, parse_age
+from service.fleet_gauges import FleetGauges, fleet_gauges
 from service.jobs import Job, JobCancelled, JobTable
 from service.problems import Conflict, InvalidField, NotFound, Problem, fleet_problem
 from service.registry import Registry
-from service.schemas import AGE_DOC
+from service.schemas import FleetEvaluateRequest, FleetProgramRequest
 from service.settings import Settings
 
 log = logging.getLogger("agedchip.service")
 
 PROGRAM_KIND, EVALUATE_KIND = "fleet_program", "fleet_evaluate"
 EVAL_LANE = "eval"
-
-
-# ----------------------------------------------------------------------------------- request / response models
-class FleetProgramRequest(BaseModel):
-    """POST /fleets: a zoo model programmed `n_chips` times, each chip with its own seed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    fleet_id: str = Field(
-        description="Id of the fleet (1-59 of a-z, 0-9, '-', '_'); its chips are '<fleet_id>-000' … in GET /chips."
-    )
-    model: str = Field(
-        description="Zoo model name (GET /zoo lists them); its eval set, if any, is stored with "
-        "every chip (needed to evaluate the fleet)."
-    )
-    profile: str = Field(
-        "pcm", description="Chip profile preset ('ideal', 'pcm-reference', 'pcm', 'pcm-faulty', 'reram')."
-    )
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, description="Profile fields to override, units as in the profile."
-    )
-    n_chips: int = Field(
-        ge=1, le=1000, description="Chips to program (count); together with the other chips at most AGEDCHIP_MAX_CHIPS."
-    )
-    seed: int = Field(
-        ge=0, le=2**63 - 1, description="Fleet seed; chip i's programming seed is derived from it (docs/fleets.md)."
-    )
-    time_scale: float = Field(1.0, ge=0, le=1e9, description="Chip seconds per wall-clock second, every chip.")
-
-
-class FleetEvaluateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ages: list[int | float | str] = Field(min_length=1, max_length=20, description="1-20 distinct ages > 0. " + AGE_DOC)
-    readouts: int = Field(
-        5, ge=1, description="Read-outs per chip and age (read seeds 0…n−1); at most AGEDCHIP_MAX_EVAL_READOUTS."
-    )
-    slo: SloSpec = Field(description="The accuracy SLO yield and breach are judged on.")
-    gdc_mode: Literal["global", "column", "exact"] | None = Field(
-        None, description="GDC mode of the 'GDC on' numbers (default: the profile's)."
-    )
-    samples: int | None = Field(None, ge=1, description="Use only the first n eval samples (default: all).")
-
-
-class FleetJobProgress(BaseModel):
-    step: int = Field(description="Chips programmed, or evaluation tasks (chips) done (count).")
-    steps: int = Field(description="Chips, or tasks, in total (count).")
-    fraction: float = Field(description="step / steps, ratio in [0, 1].")
-
-
-class FleetJobError(BaseModel):
-    message: str = Field(description="Why the job failed or was cancelled.")
-    field: str | None = Field(None, description="The request field at fault, if any.")
-
-
-class FleetJobStatus(BaseModel):
-    job_id: str = Field(description="Id of the job (GET /jobs/{job_id}; DELETE cancels it).")
-    kind: Literal["fleet_program", "fleet_evaluate"] = Field(description="What the job does.")
-    status: Literal["queued", "running", "succeeded", "failed", "cancelled"] = Field(
-        description="Where the job is; the last three are final."
-    )
-    fleet_id: str = Field(description="The fleet.")
-    request: dict[str, Any] = Field(description="The request, validated (ages in seconds).")
-    cancel_requested: bool = Field(description="True once DELETE /jobs/{job_id} asked it to stop.")
-    progress: FleetJobProgress = Field(description="Work done so far.")
-    created_at: float = Field(description="Submission time, Unix seconds.")
-    started_at: float | None = Field(description="Start time, Unix seconds (null while queued).")
-    finished_at: float | None = Field(description="End time, Unix seconds (null until final).")
-    result: dict[str, Any] | None = Field(
-        description="When succeeded: the fleet (fleet_program, as GET "
-        "/fleets/{fleet_id}) or the evaluation report (fleet_evaluate: "
-        "per age the accuracy distribution over chips, yield with its "
-        "95 % Wilson interval, GDC on and off; time to breach per chip "
-        "and fleet percentiles; docs/fleets.md). Ages in seconds, "
-        "accuracies and yields ratios."
-    )
-    error: FleetJobError | None = Field(description="Set when the job failed (or why it was cancelled).")
-
-
-class FleetChipInfo(BaseModel):
-    index: int = Field(description="Position of the chip in the fleet (count from 0).")
-    chip_id: str = Field(description="The chip's id (every chip route serves it).")
-    seed: int = Field(description="The chip's programming seed, derived from the fleet seed.")
-    digest: str = Field(description="sha256 of the chip's manifest when programmed.")
-
-
-class FleetSummary(BaseModel):
-    fleet_id: str = Field(description="Id of the fleet.")
-    state: Literal["ready"] = Field(description="Only ready fleets have a summary.")
-    model: dict[str, Any] = Field(description="'name' (zoo name) and 'digest' (sha256 of the ONNX file).")
-    profile: dict[str, Any] = Field(description="'preset', 'overrides' and 'values' (every profile field).")
-    n_chips: int = Field(description="Chips in the fleet (count).")
-    seed: int = Field(description="Fleet seed.")
-    time_scale: float = Field(description="Chip seconds per wall-clock second (ratio of seconds).")
-    fp_accuracy: float | None = Field(description="The floating-point model's accuracy on the eval set (ratio).")
-    eval_samples: int = Field(description="Samples of the eval set (0: none; the fleet cannot be evaluated).")
-    created_at: float = Field(description="Publication time, Unix seconds.")
-    programming_s: float = Field(description="Time programming took, seconds.")
-    chips: list[FleetChipInfo] = Field(description="The chips, by index.")
-
-
-class FleetListEntry(BaseModel):
-    fleet_id: str = Field(description="Id of the fleet.")
-    state: Literal["ready", "corrupt", "pending"] = Field(
-        description="'ready', 'corrupt' (manifest unreadable or altered) or 'pending' (being programmed or deleted)."
-    )
-    model: str | None = Field(description="Model name (null unless ready).")
-    n_chips: int | None = Field(description="Chips (count; null unless ready).")
-    seed: int | None = Field(description="Fleet seed (null unless ready).")
-    error: str | None = Field(description="Why a corrupt fleet cannot be used.")
-
-
-class FleetList(BaseModel):
-    fleets: list[FleetListEntry] = Field(description="Every fleet of the store, by id.")
-
-
-# ----------------------------------------------------------------------------------- gauges
-@dataclass(frozen=True)
-class FleetGauges:
-    """A fleet's figures from its last evaluation, for /metrics (replaced whole, never edited)."""
-
-    yield_ratio: dict[tuple[str, str], float] = field(default_factory=dict)  # (age label, gdc) → share
-    breach_age_s: dict[str, float] = field(default_factory=dict)  # quantile ("0.05") → age, s; GDC on
-
-
-def age_label(age_s: float) -> str:
-    """A compact label for an age in seconds ('1y', '30d', '1h', '90s'), exact where it can be."""
-    for unit, seconds in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
-        n = age_s / seconds
-        if n >= 1 and math.isclose(n, round(n), rel_tol=0, abs_tol=1e-9):
-            return f"{round(n)}{unit}"
-    return f"{age_s:g}s"
-
-
-def fleet_gauges(report: dict[str, Any]) -> FleetGauges:
-    """Yield per (age, gdc) and the GDC-on breach-age percentiles of an evaluation report; a
-    percentile that is not breached by the last age is left out, one breached at the first age is
-    reported at its bracket's upper end (the first age)."""
-    yields = {
-        (age_label(entry["age_s"]), gdc): entry[f"gdc_{gdc}"]["yield"]["share"]
-        for entry in report["results"]
-        for gdc in ("on", "off")
-    }
-    quantiles = {}
-    for q in PERCENTILES:
-        b = report["breach"]["gdc_on"][f"p{q}"]
-        if b["status"] == BreachStatus.BREACHED:
-            quantiles[f"{q / 100:g}"] = b["age_s"]
-        elif b["status"] == BreachStatus.BREACHED_AT_FIRST:
-            quantiles[f"{q / 100:g}"] = b["bracket_s"][1]
-    return FleetGauges(yield_ratio=yields, breach_age_s=quantiles)
 
 
 # ----------------------------------------------------------------------------------- the service
@@ -366,7 +209,7 @@ class FleetService:
         except FleetError as err:
             raise _spec_problem(err) from None
         model_bytes, eval_bytes = zoo.model_bytes(req.model), zoo.eval_bytes(req.model)
-        self.registry._check_cost(model_bytes, profile, tile_rows_given="tile_rows" in req.overrides)
+        self.registry.inputs.check_cost(model_bytes, profile, tile_rows_given="tile_rows" in req.overrides)
         if self.store.exists(spec.fleet_id):
             raise Conflict("fleet_id", f"fleet_id: fleet {spec.fleet_id!r} already exists or is being programmed")
         self._claim(spec.fleet_id, "programming it")

@@ -19,11 +19,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from service.admission import Lanes
+from service.chip_gauges import GAUGE_GDC
 from service.durations import SCHEDULE
 from service.fleets import FleetService
 from service.memory import rss_bytes
 from service.registry import Registry
-from service.served_chip import GAUGE_GDC, ServedChip
+from service.served_chip import ServedChip
 
 #: Reasons of admission refusals (label values): the line is full, a request waited its longest,
 #: the memory budget has no room for a new read-out.

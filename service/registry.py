@@ -9,9 +9,8 @@ chip stays, intact and served. Deletes of one chip id are serialized. Chips them
 immutable (ages are read-outs), so requests that hold a chip keep working even if it is deleted
 meanwhile. A read-only replica (``AGEDCHIP_READ_ONLY``) opens the store read-only, refuses every
 mutation with :class:`~service.problems.ReadOnly` and follows the writer by
-:meth:`Registry.relist`. The cost of programming (tiles, devices) is bounded before any work.
-Errors are
-:mod:`service.problems`.
+:meth:`Registry.relist`. The cost of programming (tiles, devices) is bounded before any work
+(:mod:`service.program_inputs`). Errors are :mod:`service.problems`.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,49 +32,24 @@ from chipsim import (
     ChipNotFoundError,
     ChipState,
     ChipStore,
-    ProfileError,
-    get_profile,
 )
-from chipsim.compiler import model_inputs, program_onnx
-from chipsim.compiler.archive import ArchiveLimits, is_archive, model_from_archive
-from chipsim.compiler.bounds import AllocationError, AllocationLimits
-from chipsim.compiler.inspection import inspect_model
-from chipsim.model_inputs import ModelInputs
-from chipsim.profiles import ChipProfile
+from chipsim.compiler import program_onnx
+from chipsim.compiler.bounds import AllocationError
 from chipsim.store import ChipListing, ChipStoreError
-from service import program_cost
-from service.datasets import EvalSet, calibration_feeds, check_eval_set, load_npz, parse_eval_set
+from service.chip_evaluation import EVAL_ATTACHMENT
+from service.chip_listing import chip_sizes, corrupt_entry, listing_signature, ready_entry
+from service.datasets import EvalSet, calibration_feeds, load_npz
 from service.ids import check_chip_id as _chip_id
+from service.keyed_locks import KeyedLocks
 from service.memory import MemoryGuard
-from service.problems import Conflict, InvalidField, NotFound, Problem, ReadOnly, invalid_value, storage_problem
+from service.problems import Conflict, InvalidField, NotFound, ReadOnly, invalid_value, storage_problem
+from service.program_inputs import ProgramInputs
 from service.program_request import ProgramSpec
-from service.served_chip import EVAL_ATTACHMENT, ServedChip
+from service.served_chip import ServedChip
 from service.settings import Settings
 from service.zoo import Zoo
 
 log = logging.getLogger("agedchip.service")
-
-
-class KeyedLocks:
-    """One lock per key, alive while someone holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        with self._lock:
-            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
-            users[0] += 1
-        try:
-            with lock:
-                yield
-        finally:
-            with self._lock:
-                users[0] -= 1
-                if users[0] == 0:
-                    del self._locks[key]
 
 
 class Registry:
@@ -88,6 +61,8 @@ class Registry:
         # Raises StoreLockedError when another process writes the folder (service.__main__ says so).
         self.store = ChipStore(settings.state_dir, read_only=settings.read_only)
         self.zoo = Zoo(settings.zoo_dir)
+        #: The checks of a program request before any work (shared with service.fleets).
+        self.inputs = ProgramInputs(settings, self.zoo)
         self._lock = threading.Lock()
         self._chips: dict[str, ServedChip] = {}
         self._corrupt: dict[str, str] = {}
@@ -102,7 +77,8 @@ class Registry:
         self.owner_of: Callable[[str], str | None] = lambda chip_id: None
 
     def _served(self, chip: ChipState, eval_set: EvalSet | None = None) -> ServedChip:
-        return ServedChip(chip, self.settings, *self._sizes(chip.chip_id), eval_set=eval_set, memory=self.memory)
+        sizes = chip_sizes(self.store, chip.chip_id)
+        return ServedChip(chip, self.settings, *sizes, eval_set=eval_set, memory=self.memory)
 
     def close(self) -> None:
         """Release the store (the writer's lock) at shutdown; the chips in memory still serve."""
@@ -159,55 +135,10 @@ class Registry:
     def listing(self) -> list[dict[str, Any]]:
         with self._lock:
             chips, corrupt = list(self._chips.values()), dict(self._corrupt)
-        out: list[dict[str, Any]] = []
-        for c in chips:
-            out.append(
-                {
-                    "chip_id": c.chip_id,
-                    "state": "ready",
-                    "model": c.model_name,
-                    "profile": c.preset,
-                    "seed": c.chip.seed,
-                    "programmed_at": c.chip.programmed_at,
-                    "time_scale": c.time_scale,
-                    "age_s": c.wall_age(),
-                    "error": None,
-                }
-            )
-        for chip_id, err in corrupt.items():
-            out.append(
-                {
-                    "chip_id": chip_id,
-                    "state": "corrupt",
-                    "model": None,
-                    "profile": None,
-                    "seed": None,
-                    "programmed_at": None,
-                    "time_scale": None,
-                    "age_s": None,
-                    "error": err,
-                }
-            )
+        out = [ready_entry(c) for c in chips] + [corrupt_entry(chip_id, err) for chip_id, err in corrupt.items()]
         return sorted(out, key=lambda e: e["chip_id"])
 
     # ------------------------------------------------------------------ loading
-    def _shared_bytes(self, manifest: dict[str, Any]) -> int:
-        total = 0
-        for entry in manifest.get("arrays", {}).values():
-            if isinstance(entry, dict) and "blob" in entry:
-                p = self.store.blobs_dir / f"{entry['blob']}.npy"
-                total += p.stat().st_size if p.is_file() else 0
-        for digest in manifest.get("attachments", {}).values():
-            p = self.store.blobs_dir / f"{digest}.bin"
-            total += p.stat().st_size if p.is_file() else 0
-        return total
-
-    def _sizes(self, chip_id: str) -> tuple[int, int]:
-        try:
-            return self.store.disk_bytes(chip_id), self._shared_bytes(self.store.read_manifest(chip_id))
-        except Exception:  # sizes are informative only
-            return 0, 0
-
     def load_all(self) -> None:
         """(Re)load every chip of the store; unreadable ones are listed as corrupt."""
         for listing in self.store.list(verify=False):
@@ -215,16 +146,10 @@ class Registry:
         self.loaded = True
         log.info("loaded %d chip(s), %d corrupt", *self.counts().values())
 
-    @staticmethod
-    def _signature(listing: ChipListing) -> str:
-        if listing.status == "ready" and listing.manifest is not None:
-            return "sha256:" + str(listing.manifest.get("manifest_sha256"))
-        return "corrupt:" + str(listing.error)
-
     def _load_listed(self, listing: ChipListing) -> None:
         """Load (or mark corrupt) one chip of a store listing."""
         chip_id = listing.chip_id
-        signature = self._signature(listing)
+        signature = listing_signature(listing)
         if listing.status != "ready":
             self._mark_corrupt(chip_id, listing.error or "unreadable", signature)
             return
@@ -274,7 +199,7 @@ class Registry:
         gone = [chip_id for chip_id in known if chip_id not in listings]
         for chip_id in gone:
             self._forget(chip_id)
-        changed = [listing for chip_id, listing in listings.items() if known.get(chip_id) != self._signature(listing)]
+        changed = [listing for chip_id, listing in listings.items() if known.get(chip_id) != listing_signature(listing)]
         for listing in changed:
             self._load_listed(listing)
         if gone or changed:
@@ -323,60 +248,10 @@ class Registry:
             self._pending.add(chip_id)
             return chip_id
 
-    def _profile(self, spec: ProgramSpec) -> ChipProfile:
-        try:
-            return get_profile(spec.preset, **spec.overrides)
-        except ProfileError as err:
-            raise InvalidField(f"profile.{err.field}" if err.field else "profile", str(err)) from None
-
-    def _model_bytes(self, spec: ProgramSpec) -> tuple[bytes, bytes | None]:
-        """The ONNX model of a request (a zoo model, an upload, or the model of an uploaded
-        archive with its external data inside) and its eval set's bytes (or None)."""
-        if spec.zoo_model is not None:
-            return self.zoo.model_bytes(spec.zoo_model), spec.eval_data or self.zoo.eval_bytes(spec.zoo_model)
-        assert spec.model_bytes is not None
-        model_bytes = spec.model_bytes
-        if is_archive(model_bytes):
-            limits = ArchiveLimits(
-                max_members=self.settings.max_archive_members, max_bytes=self.settings.max_archive_bytes
-            )
-            try:
-                model_bytes = model_from_archive(model_bytes, limits)
-            except ValueError as err:  # CompileError
-                raise invalid_value(err, default_field="model") from None
-        return model_bytes, spec.eval_data
-
-    def _check_source(self, spec: ProgramSpec) -> None:
-        if spec.zoo_model is not None:
-            self.zoo.check_name(spec.zoo_model)
-        elif not spec.model_bytes:
-            raise InvalidField(
-                "model",
-                "model: upload an ONNX file (multipart field 'model') or name a zoo model "
-                f"(available: {self.zoo.names()})",
-            )
-
     def dry_run(self, spec: ProgramSpec) -> dict[str, Any]:
-        """What programming the request would do (analog and digital nodes, refusals), as JSON;
-        nothing is programmed or stored. Blocking: call from a worker thread."""
-        self._check_source(spec)
-        profile = self._profile(spec)
-        model_bytes, eval_bytes = self._model_bytes(spec)
-        self._check_cost(model_bytes, profile, tile_rows_given="tile_rows" in spec.overrides)
-        calib = calibration_feeds(load_npz(spec.calibration, "calibration")) if spec.calibration is not None else None
-        eval_set = self._eval_set(model_bytes, eval_bytes) if eval_bytes is not None else None
-        try:
-            report = inspect_model(
-                model_bytes,
-                profile,
-                spec.preset,
-                calibration=calib,
-                eval_inputs=eval_set.feeds if eval_set is not None else None,
-                limits=self.allocation_limits(),
-            )
-        except ValueError as err:  # calibration data that does not fit the model
-            raise invalid_value(err, default_field="model") from None
-        return {"dry_run": True, **report.to_json()}
+        """What programming the request would do, as JSON; nothing is programmed or stored
+        (:meth:`ProgramInputs.dry_run`). Blocking: call from a worker thread."""
+        return self.inputs.dry_run(spec)
 
     def program(self, spec: ProgramSpec) -> ServedChip:
         """Compile, program, publish and load a chip. Blocking: call from a worker thread.
@@ -384,10 +259,11 @@ class Registry:
         Everything the request carries is validated before the chip is programmed, the eval set
         against the inputs the model declares, and the chip's size against the limits."""
         self.require_writer("program chips")
-        self._check_source(spec)
-        profile = self._profile(spec)
-        model_bytes, eval_bytes = self._model_bytes(spec)
-        self._check_cost(model_bytes, profile, tile_rows_given="tile_rows" in spec.overrides)
+        inputs = self.inputs
+        inputs.check_source(spec)
+        profile = inputs.profile(spec)
+        model_bytes, eval_bytes = inputs.model_bytes(spec)
+        inputs.check_cost(model_bytes, profile, tile_rows_given="tile_rows" in spec.overrides)
         seed = spec.seed if spec.seed is not None else secrets.randbits(31)
         hint = spec.zoo_model or Path(spec.model_filename or "chip").stem
         chip_id = self._reserve(spec.chip_id, hint)
@@ -395,7 +271,7 @@ class Registry:
             calib = None
             if spec.calibration is not None:
                 calib = calibration_feeds(load_npz(spec.calibration, "calibration"))
-            eval_set = self._eval_set(model_bytes, eval_bytes) if eval_bytes is not None else None
+            eval_set = inputs.eval_set(model_bytes, eval_bytes) if eval_bytes is not None else None
             meta = {
                 "time_scale": spec.time_scale,
                 "model_name": spec.zoo_model or (spec.model_filename or "upload")[:64],
@@ -414,7 +290,7 @@ class Registry:
                     calibration=calib,
                     meta=meta,
                     eval_inputs=eval_set.feeds if eval_set is not None else None,
-                    limits=self.allocation_limits(),
+                    limits=inputs.allocation_limits(),
                 )
             except AllocationError as err:
                 setting = {"tensor": "AGEDCHIP_MAX_TENSOR_ELEMENTS", "total": "AGEDCHIP_MAX_GRAPH_ELEMENTS"}[err.limit]
@@ -440,35 +316,6 @@ class Registry:
             with self._lock:
                 self._pending.discard(chip_id)
 
-    def allocation_limits(self) -> AllocationLimits:
-        """What a model may allocate (issue #15): its tensors at the largest batch served."""
-        s = self.settings
-        return AllocationLimits(
-            batch=s.max_batch, max_tensor_elements=s.max_tensor_elements, max_total_elements=s.max_graph_elements
-        )
-
-    def _check_cost(self, model_bytes: bytes, profile: ChipProfile, tile_rows_given: bool) -> None:
-        """Refuse a chip over AGEDCHIP_MAX_TILES or AGEDCHIP_MAX_DEVICES before any work. Tiles
-        are blamed on ``profile.tile_rows`` when the request set it, else on the model."""
-        cost = program_cost.estimate(model_bytes, profile.tile_rows)
-        if cost is None:
-            return
-        limit = self.settings.max_tiles
-        if cost.tiles > limit:
-            field = "profile.tile_rows" if tile_rows_given else "model"
-            raise InvalidField(
-                field,
-                f"{field}: the model maps onto {cost.tiles} tiles with tile_rows="
-                f"{profile.tile_rows}, more than the limit of {limit} (AGEDCHIP_MAX_TILES); raise "
-                "tile_rows or use a smaller model",
-            )
-        if cost.devices > self.settings.max_devices:
-            raise InvalidField(
-                "model",
-                f"model: its analog weights need {cost.devices} devices, more than the limit "
-                f"of {self.settings.max_devices} (AGEDCHIP_MAX_DEVICES)",
-            )
-
     def _save(self, chip: ChipState) -> None:
         """Publish a chip in the store; storage failures are problems naming their cause."""
         try:
@@ -478,16 +325,6 @@ class Registry:
         except (OSError, ChipStoreError) as err:
             log.warning("could not write chip %s: %s", chip.chip_id, err)
             raise storage_problem(err, f"cannot write chip {chip.chip_id!r}") from None
-
-    def _eval_set(self, model_bytes: bytes, eval_bytes: bytes) -> EvalSet:
-        """The eval set of a chip to program, checked against the inputs its model declares."""
-        try:
-            declared = model_inputs(model_bytes)
-        except ValueError as err:  # CompileError
-            raise invalid_value(err, default_field="model") from None
-        eval_set = parse_eval_set(eval_bytes, [i["name"] for i in declared], self.settings.max_eval_samples)
-        check_eval_set(eval_set, ModelInputs(declared))
-        return eval_set
 
     # ------------------------------------------------------------------ derived chips (recalibration)
     def taken(self, chip_id: str) -> bool:
@@ -549,43 +386,3 @@ class Registry:
                 log.warning("could not delete chip %s: %s", chip_id, err)
                 raise storage_problem(err, f"cannot delete chip {chip_id!r}") from None
             self._forget(chip_id)
-
-
-def program_default_chip(registry: Registry, settings: Settings) -> None:
-    """Program the zoo's default model as chip `default_chip_id` when the store has no such chip."""
-    if not settings.default_model or registry.read_only:  # a replica only serves what the writer made
-        return
-    chip_id = settings.default_chip_id
-    if chip_id in registry.corrupt():
-        log.warning("default chip %r is corrupt; not re-programming it (delete it to get a fresh one)", chip_id)
-        return
-    if any(c.chip_id == chip_id for c in registry.ready()):
-        return
-    if settings.default_model not in registry.zoo.names():
-        log.warning(
-            "default model %r is not in the zoo at %s; no default chip (POST /program to create chips)",
-            settings.default_model,
-            settings.zoo_dir,
-        )
-        return
-    try:
-        registry.program(
-            ProgramSpec(
-                zoo_model=settings.default_model,
-                chip_id=chip_id,
-                preset=settings.default_profile,
-                seed=settings.default_seed,
-                time_scale=settings.default_time_scale,
-            )
-        )
-        log.info(
-            "programmed the default chip %r from zoo model %r (%s, time scale %g)",
-            chip_id,
-            settings.default_model,
-            settings.default_profile,
-            settings.default_time_scale,
-        )
-    except Problem as err:
-        log.error("could not program the default chip: %s", err.message)
-    except Exception:
-        log.exception("could not program the default chip")

@@ -1,4 +1,5 @@
-"""A chip the service serves: its immutable state, runtimes, eval set, counters and gauges.
+"""A chip the service serves: its immutable state, runtimes, description, inference, counters and
+gauges; its evaluations (eval set, accuracy, SLO breach, drift) are :mod:`service.chip_evaluation`.
 
 Every method is blocking (onnxruntime, numpy): call it from a worker thread. Bad requests raise
 :mod:`service.problems`; the chip itself never changes (ages are read-outs), so a request holding
@@ -13,41 +14,30 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from chipsim import ChipState, drift_metrics
+from chipsim import ChipState
 from chipsim import faults as fl
 from chipsim.cost import CostError, CostEstimator
-from chipsim.fleet import BreachTime, breach_from_evaluation, seconds_until_breach
-from chipsim.fleet.evalset import EvalSet as FleetEvalSet
-from chipsim.fleet.evalset import digital_accuracy
-from chipsim.modes import GdcMode, SloMetric
+from chipsim.modes import GdcMode
 from chipsim.readout import ChipReadout, LayerReadout
 from chipsim.runtime import ChipRuntime, InputError
-from service.datasets import EvalSet, parse_eval_set
+from service.chip_evaluation import ChipEvaluation
+from service.chip_gauges import ChipGauges
+from service.datasets import EvalSet
 from service.durations import DurationError, parse_age, quantise_age
 from service.memory import MemoryGuard, readout_cost
-from service.problems import Cancelled, Conflict, InvalidField, Problem
+from service.problems import InvalidField
 from service.settings import Settings
 
 log = logging.getLogger("agedchip.service")
 
-#: The chip attachment holding its labelled eval set (the uploaded ``.npz`` as is).
-EVAL_ATTACHMENT = "eval.npz"
-#: Samples per onnxruntime call when evaluating (bounds memory for large eval sets).
-EVAL_CHUNK = 512
 #: Read-out cache of a chip's evaluation runtime: bytes and entries (ages × read seeds).
 EVAL_CACHE_BYTES, EVAL_CACHE_ENTRIES = 64 << 20, 4
-Cancel = Callable[[], bool]
-
-
-def _cancelled() -> Cancelled:
-    return Cancelled(None, "cancelled: nobody waits for the result any more")
 
 
 def reported_alpha(layer: LayerReadout, mode: GdcMode) -> np.ndarray:
@@ -67,27 +57,6 @@ def io_meta(meta: dict[str, Any]) -> dict[str, Any]:
         "dtype": str(meta["dtype"]),
         "shape": [d if isinstance(d, int) and d > 0 else None for d in meta["shape"]],
     }
-
-
-#: The gauges' ``gdc`` label → the GDC request it stands for (the profile's mode, or off).
-GAUGE_GDC: dict[str, bool] = {"on": True, "off": False}
-
-
-@dataclass
-class ChipGauges:
-    """The background refresher's latest numbers for one chip (read by /metrics)."""
-
-    age_s: float | None = None
-    alpha: dict[str, float] = field(default_factory=dict)
-    weight_error: float | None = None
-    weight_error_gdc: float | None = None
-    g_ratio: float | None = None
-    current_accuracy: dict[str, float] = field(default_factory=dict)  # GAUGE_GDC label → accuracy
-    eval_accuracy: dict[tuple[str, str], float] = field(default_factory=dict)  # (age label, gdc) → accuracy
-    refreshed_at: float | None = None
-    # Unix time of the predicted SLO breach (GDC on) from the last evaluation with an SLO; None when
-    # that evaluation predicted none up to its last age (or there was none).
-    slo_breach_at: float | None = None
 
 
 @dataclass
@@ -116,7 +85,7 @@ def _runtime(chip: ChipState, settings: Settings, binding: str, cache_bytes: int
     )
 
 
-class ServedChip:
+class ServedChip(ChipEvaluation):
     """A ready chip: its state, serving runtime, counters and refreshed gauges.
 
     ``eval_set`` is the chip's parsed eval set when the caller has it (just programmed); otherwise
@@ -283,17 +252,6 @@ class ServedChip:
             raise InvalidField(err.field, str(err)) from None
 
     # ------------------------------------------------------------------ evaluation
-    def eval_set(self) -> EvalSet | None:
-        if self._eval_set is None and EVAL_ATTACHMENT in self.chip.attachments:
-            try:
-                self._eval_set = parse_eval_set(
-                    self.chip.attachments[EVAL_ATTACHMENT], [i["name"] for i in self.runtime.inputs], 1 << 62
-                )
-            except Problem as err:
-                log.warning("chip %s: unusable eval set: %s", self.chip_id, err.message)
-                return None
-        return self._eval_set
-
     @property
     def eval_runtime(self) -> ChipRuntime:
         """A second runtime for evaluations and the refresher: its read-out cache does not evict
@@ -332,152 +290,6 @@ class ServedChip:
         if self.memory is None or rt.peek(age_s, read_seed) is not None:
             return nullcontext()
         return self.memory.reserve(readout_cost(self.chip.n_weights, rt.binding), field_name, workload)
-
-    def eval_outputs(
-        self,
-        eval_set: EvalSet,
-        age_s: float,
-        read_seed: int,
-        gdc: bool | str,
-        cancelled: Cancel | None = None,
-        rt: ChipRuntime | None = None,
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """(first sample, first output) of each chunk of ``eval_set`` run at an age, read-out
-        ``read_seed``. The per-MVM noise is seeded with the read seed and keyed by the chunk's
-        index, so it is reproducible and chunks do not repeat each other's noise. ``cancelled``
-        is polled between chunks (Cancelled)."""
-        rt = rt or self.eval_runtime
-        for chunk, start in enumerate(range(0, len(eval_set), EVAL_CHUNK)):
-            if cancelled is not None and cancelled():
-                raise _cancelled()
-            feeds = {k: v[start : start + EVAL_CHUNK] for k, v in eval_set.feeds.items()}
-            yield start, rt.run(feeds, age_s, read_seed=read_seed, gdc=gdc, seed=read_seed, chunk=chunk)[0]
-
-    def accuracy(
-        self,
-        eval_set: EvalSet,
-        age_s: float,
-        read_seed: int,
-        gdc: bool | str,
-        cancelled: Cancel | None = None,
-        age_field: str = "age",
-        workload: str = "eval",
-    ) -> float:
-        """Accuracy of the chip on ``eval_set`` at an age, read-out ``read_seed`` (reproducible);
-        the read-out is admitted against the memory budget first."""
-        rt = self.eval_runtime
-        correct = 0
-        with self.new_readout(rt, age_s, read_seed, age_field, workload):
-            for start, out in self.eval_outputs(eval_set, age_s, read_seed, gdc, cancelled, rt):
-                pred = np.asarray(out).reshape(out.shape[0], -1).argmax(axis=1)
-                correct += int(np.count_nonzero(pred == eval_set.labels[start : start + len(pred)]))
-        return correct / len(eval_set)
-
-    def evaluate(
-        self,
-        ages: list[Any],
-        readouts: int,
-        samples: int | None,
-        gdc: str | None,
-        cancelled: Cancel | None = None,
-        slo: tuple[SloMetric, float] | None = None,
-    ) -> dict[str, Any]:
-        """Accuracy on the eval set at each age, mean ± std over ``readouts`` read-outs (read seeds
-        0…n−1), with GDC (``gdc``, default the profile's mode) and without. ``cancelled`` is
-        polled before every read-out and chunk: a True stops the work (Cancelled). With ``slo``
-        (metric, threshold) the result adds the time to SLO breach (:meth:`slo_breach`)."""
-        t0 = time.perf_counter()
-        parsed = [(str(a), self.age_of(a, f"ages.{i}")[0]) for i, a in enumerate(ages)]
-        limit = self.settings.max_eval_readouts
-        if readouts > limit:
-            raise InvalidField("readouts", f"readouts: at most {limit} (AGEDCHIP_MAX_EVAL_READOUTS)")
-        eval_set = self.eval_set()
-        if eval_set is None or not self.classifier:
-            why = "has no labelled eval set" if eval_set is None else "is not a classifier"
-            raise Conflict(
-                "chip_id",
-                f"chip_id: chip {self.chip_id!r} {why}; program it with labelled eval data "
-                "(multipart field 'eval': .npz with 'x' and integer labels 'y') or from a zoo model "
-                "that ships one",
-            )
-        if samples is not None:
-            eval_set = eval_set.subset(samples)
-        on_mode = self.gdc_mode(gdc)
-        results = []
-        for i, (label, age_s) in enumerate(parsed):
-            stats = {}
-            for key, mode in (("gdc_on", on_mode), ("gdc_off", GdcMode.OFF)):
-                vals = []
-                for r in range(readouts):
-                    if cancelled is not None and cancelled():
-                        raise _cancelled()
-                    vals.append(self.accuracy(eval_set, age_s, r, mode, cancelled=cancelled, age_field=f"ages.{i}"))
-                stats[key] = {
-                    "mean": float(np.mean(vals)),
-                    "std": float(np.std(vals)),
-                    "min": float(min(vals)),
-                    "max": float(max(vals)),
-                    "values": vals,
-                }
-            results.append({"age": label, "age_s": age_s, **stats})
-        out = {
-            "chip_id": self.chip_id,
-            "samples": len(eval_set),
-            "readouts": readouts,
-            "gdc_mode": on_mode,
-            "results": results,
-        }
-        if slo is not None:
-            out.update(self.slo_breach(results, eval_set, *slo))
-        out["seconds"] = time.perf_counter() - t0
-        return out
-
-    def fp_accuracy(self, eval_set: EvalSet) -> float:
-        """Accuracy of the chip's floating-point model (no chip) on the first ``len(eval_set)``
-        samples: the reference of normalised accuracy. Cached per sample count."""
-        n = len(eval_set)
-        if n not in self._fp_accuracy:
-            model = self.chip.attachments["model.onnx"]
-            self._fp_accuracy[n] = digital_accuracy(model, FleetEvalSet(eval_set.feeds, eval_set.labels))
-        return self._fp_accuracy[n]
-
-    def slo_breach(
-        self, results: list[dict[str, Any]], eval_set: EvalSet, metric: SloMetric, threshold: float
-    ) -> dict[str, Any]:
-        """Time to SLO breach from evaluation ``results`` (chipsim.fleet.breach: log-age
-        interpolation, bracketed), GDC on and off, and the wall-clock seconds until the GDC-on
-        breach at the chip's time scale; records the latter for /metrics."""
-        if not any(r["age_s"] > 0 for r in results):
-            raise InvalidField(
-                "ages", "ages: the time to SLO breach interpolates on log-age: evaluate at least one age > 0 s"
-            )
-        fp = self.fp_accuracy(eval_set) if metric == SloMetric.NORMALISED_ACCURACY else None
-        if fp == 0:
-            raise InvalidField(
-                "slo.metric",
-                "slo.metric: the floating-point model scores 0 on the eval set; normalised accuracy is undefined",
-            )
-        now, age_now = time.time(), self.wall_age()
-        breach: dict[str, Any] = {}
-        for key in ("gdc_on", "gdc_off"):
-            b: BreachTime = breach_from_evaluation(results, threshold, key=key, fp_accuracy=fp)
-            until = seconds_until_breach(b, age_now, self.time_scale)
-            breach[key] = {**b.as_dict(), "seconds_until": until}
-            if key == "gdc_on":
-                self.gauges.slo_breach_at = None if until is None else now + until
-        return {
-            "slo": {"metric": str(metric), "threshold": threshold},
-            "fp_accuracy": fp,
-            "breach": breach,
-            "chip_age_s": age_now,
-        }
-
-    def drift(self, age_s: float, read_seed: int = 0, gdc: str | None = None, workload: str = "eval") -> dict[str, Any]:
-        mode = self.gdc_mode(gdc)
-        rt = self.eval_runtime
-        with self.new_readout(rt, age_s, read_seed, "age", workload):
-            readout = rt.readout(age_s, read_seed)
-        return drift_metrics(self.chip, age_s, read_seed=read_seed, gdc=mode, readout=readout)
 
     # ------------------------------------------------------------------ inference
     def infer(

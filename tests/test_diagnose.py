@@ -20,6 +20,7 @@ from models.data import load_split  # noqa: E402
 from models.torch_chip import adc_expected_derivative  # noqa: E402
 from studies import (  # noqa: E402
     diagnose,
+    diagnose_setting,
     gradient_diagnostics,
 )
 from studies.perturbations import CLASSES, PerturbationClass  # noqa: E402
@@ -155,8 +156,8 @@ def pclass(fields: dict, ramp: bool = True) -> PerturbationClass:
 
 
 def diag(model, x, y, fields: dict, draws: int = 8):
-    g_clean = diagnose.clean_gradient(model, x, y)
-    return diagnose.diagnose_setting(model, pclass(fields), 1.0, x, y, g_clean, draws, seed=0)
+    g_clean = diagnose_setting.clean_gradient(model, x, y)
+    return diagnose_setting.diagnose_setting(model, pclass(fields), 1.0, x, y, g_clean, draws, seed=0)
 
 
 def test_zero_mean_additive_output_noise_keeps_the_gradient(tiny):
@@ -192,11 +193,11 @@ def test_one_step_adc_collapses_sensitivity(tiny):
 
 def test_context_follows_the_trainer_ramp():
     pc = CLASSES["stuck"]
-    ctx = diagnose.make_context(pc, 0.1, seed=0)
+    ctx = diagnose_setting.make_context(pc, 0.1, seed=0)
     ctx.new_batch(0.5)
     assert ctx.profile.p_stuck_reset == pytest.approx(0.04) and ctx.profile.gdc == "off"
     assert ctx.age_s == pc.age_s
-    adc_ctx = diagnose.make_context(CLASSES["adc"], 6, seed=0)
+    adc_ctx = diagnose_setting.make_context(CLASSES["adc"], 6, seed=0)
     adc_ctx.new_batch(0.0)  # quantisation is not ramped
     assert adc_ctx.profile.out_levels == 6
 

@@ -22,6 +22,8 @@ from models import fmnist_models as FM
 from models import hwa as H
 from models import train_fmnist as T
 from models.export import ANALOG_OPS, PREFIX, build_onnx, metadata, onnx_logits
+from models.fmnist_recipe import TrainMode, default_recipe
+from models.fmnist_training import lr_factor, noise_strength
 
 torch.set_num_threads(1)
 # ONNX vs torch and ideal chip vs onnxruntime, float32: the bound. Measured on these
@@ -195,8 +197,8 @@ def test_model_sizes_match_the_documented_ones():
 
 # -------------------------------------------------------------------------------- training
 def test_noise_strength_ramps_for_hwa_and_stays_zero_for_the_recipe_control():
-    assert [T.noise_strength(T.TrainMode.HWA, s, 4) for s in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
-    assert all(T.noise_strength(T.TrainMode.RECIPE, s, 4) == 0.0 for s in (0, 3, 10))
+    assert [noise_strength(TrainMode.HWA, s, 4) for s in (0, 1, 3, 10)] == [0.25, 0.5, 1.0, 1.0]
+    assert all(noise_strength(TrainMode.RECIPE, s, 4) == 0.0 for s in (0, 3, 10))
 
 
 def test_the_recipe_control_chip_is_deterministic_and_the_hwa_chip_is_not():
@@ -208,7 +210,7 @@ def test_the_recipe_control_chip_is_deterministic_and_the_hwa_chip_is_not():
     outs = {}
     for strength in (0.0, 1.0):
         for seed in (1, 2):
-            ctx = H.HwaContext(T.default_recipe("resnet", T.TrainMode.HWA).noise, torch.Generator().manual_seed(seed))
+            ctx = H.HwaContext(default_recipe("resnet", TrainMode.HWA).noise, torch.Generator().manual_seed(seed))
             ctx.new_batch(strength, age_s=86400.0)
             H.attach(m, ctx)
             with torch.no_grad():
@@ -222,11 +224,11 @@ def test_the_recipe_control_chip_is_deterministic_and_the_hwa_chip_is_not():
 
 
 def test_learning_rate_warms_up_linearly_then_decays_as_a_cosine():
-    f = [T.lr_factor(s, total=100, warmup=10) for s in range(101)]
+    f = [lr_factor(s, total=100, warmup=10) for s in range(101)]
     np.testing.assert_allclose(f[:10], np.arange(1, 11) / 10)
     assert f[10] == 1.0 and f[100] == 0.0
     assert f[55] == pytest.approx(0.5)  # halfway through the 90 cosine steps: cos(π/2) = 0
-    assert T.lr_factor(0, total=100, warmup=0) == 1.0
+    assert lr_factor(0, total=100, warmup=0) == 1.0
 
 
 def _cli(tmp_path, name: str, *extra: str) -> list[str]:
@@ -268,7 +270,7 @@ def test_cli_trains_plain_then_hwa_into_new_folders(tmp_path, capsys):
     assert 0.0 <= rec["val_emu_pcm_1y"] <= 1.0 and rec["steps"] == 4
     model, recipe, kwargs = T.load_model(tmp_path / "hwa")
     teacher, _, _ = T.load_model(out)
-    assert recipe.mode is T.TrainMode.HWA and kwargs == TINY_RESNET
+    assert recipe.mode is TrainMode.HWA and kwargs == TINY_RESNET
     # both start from ranges calibrated on the same images; HWA learns all but the first
     learned, calibrated = list(H.input_ranges(model).values()), list(H.input_ranges(teacher).values())
     assert learned[0] == calibrated[0] and learned[1:] != calibrated[1:]

@@ -150,7 +150,7 @@ def matmul_classifier(c: int = 8, cols: int = 16) -> tuple[bytes, np.ndarray]:
 def test_chunks_of_one_evaluation_get_independent_noise(monkeypatch, zoo, tmp_path):
     """POST /evaluate runs the eval set in chunks with one seed: sample k of every chunk must not
     get the same noise (it did: 100 % of samples), and the evaluation stays reproducible."""
-    from service import served_chip
+    from service import chip_evaluation, served_chip
     from service.datasets import EvalSet
     from tests.service_helpers import make_settings
 
@@ -159,7 +159,7 @@ def test_chunks_of_one_evaluation_get_independent_noise(monkeypatch, zoo, tmp_pa
     x = np.random.default_rng(5).uniform(-1, 1, (32, 8)).astype(np.float32)
     x = np.concatenate([x, x])  # two chunks of 32 identical samples
     eval_set = EvalSet({"x": x}, np.zeros(len(x), np.int64))
-    monkeypatch.setattr(served_chip, "EVAL_CHUNK", 32)
+    monkeypatch.setattr(chip_evaluation, "EVAL_CHUNK", 32)
     served = served_chip.ServedChip(chip, make_settings(tmp_path / "state", zoo), eval_set=eval_set)
     outs = [out for _, out in served.eval_outputs(eval_set, 0.0, read_seed=1, gdc=False)]
     assert [len(o) for o in outs] == [32, 32]

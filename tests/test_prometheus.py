@@ -360,29 +360,34 @@ def test_alert_rules_loaded_and_healthy(prometheus) -> None:
 
 
 # ------------------------------------------------------------------------------ alert unit tests
-def _rule_unit_tests(rules_file: Path) -> dict:
-    """promtool unit tests: each alert fires on bad input and stays quiet on healthy input."""
+def _ts(name: str, labels: str, values: str) -> dict:
+    """A promtool input time series: ``values`` in promtool's expanding notation, one per minute."""
+    return {"series": f"{name}{{{labels}}}", "values": values}
 
-    def s(name: str, labels: str, values: str) -> dict:
-        return {"series": f"{name}{{{labels}}}", "values": values}
 
-    bad = [
-        s("up", 'job="agedchip", instance="svc"', "1 1 0x30"),
-        s("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0+10x30"),
-        s("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+10x30"),
-        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0x30"),
-        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="1.0"', "0x30"),
-        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="2.5"', "0+20x30"),
-        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+20x30"),
-        s("agedchip_chips", 'state="corrupt"', "0 0 1x30"),
-        s("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.95 0.95 0.6x30"),
-        s("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x32"),
-        s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x32"),  # 100 labelled samples a minute,
-        s("agedchip_correct_samples_total", 'chip="c1"', "0+50x32"),  # half of them right
-        s("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.7x32"),
-        s("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "500000-60x32"),  # 5.8 days, counting down
+def _unhealthy_series() -> list[dict]:
+    """Inputs on which every alert fires."""
+    return [
+        _ts("up", 'job="agedchip", instance="svc"', "1 1 0x30"),
+        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0+10x30"),
+        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+10x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="1.0"', "0x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="2.5"', "0+20x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+20x30"),
+        _ts("agedchip_chips", 'state="corrupt"', "0 0 1x30"),
+        _ts("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.95 0.95 0.6x30"),
+        _ts("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x32"),
+        _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x32"),  # 100 labelled samples a minute,
+        _ts("agedchip_correct_samples_total", 'chip="c1"', "0+50x32"),  # half of them right
+        _ts("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.7x32"),
+        _ts("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "500000-60x32"),  # 5.8 days, counting down
     ]
-    fires = {
+
+
+def _expected_alerts() -> dict[str, list[dict]]:
+    """What each alert fires with on :func:`_unhealthy_series`."""
+    return {
         "AgedchipDown": [{"exp_labels": {"severity": "critical", "job": "agedchip", "instance": "svc"}}],
         "AgedchipHighErrorRate": [{"exp_labels": {"severity": "critical"}}],
         "AgedchipHighInferenceLatencyP99": [{"exp_labels": {"severity": "warning", "route": "/infer"}}],
@@ -393,20 +398,29 @@ def _rule_unit_tests(rules_file: Path) -> dict:
         "AgedchipWeightErrorHigh": [{"exp_labels": {"severity": "info", "chip": "c1", "gdc": "on"}}],
         "AgedchipSloBreachSoon": [{"exp_labels": {"severity": "warning", "chip": "c1"}}],
     }
-    healthy = [
-        s("up", 'job="agedchip", instance="svc"', "1x30"),
-        s("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0x30"),
-        s("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+100x30"),
-        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0+100x30"),
-        s("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+100x30"),
-        s("agedchip_chips", 'state="corrupt"', "0x30"),
-        s("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.94x30"),
-        s("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x30"),
-        s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x30"),
-        s("agedchip_correct_samples_total", 'chip="c1"', "0+93x30"),
-        s("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.1x30"),
-        s("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "2592000-60x30"),  # 30 days away
+
+
+def _healthy_series() -> list[dict]:
+    """Inputs on which every alert stays quiet."""
+    return [
+        _ts("up", 'job="agedchip", instance="svc"', "1x30"),
+        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0x30"),
+        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+100x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0+100x30"),
+        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+100x30"),
+        _ts("agedchip_chips", 'state="corrupt"', "0x30"),
+        _ts("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.94x30"),
+        _ts("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x30"),
+        _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x30"),
+        _ts("agedchip_correct_samples_total", 'chip="c1"', "0+93x30"),
+        _ts("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.1x30"),
+        _ts("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "2592000-60x30"),  # 30 days away
     ]
+
+
+def _rule_unit_tests(rules_file: Path) -> dict:
+    """promtool unit tests: each alert fires on bad input and stays quiet on healthy input."""
+    bad, fires, healthy = _unhealthy_series(), _expected_alerts(), _healthy_series()
     names = [r["alert"] for r in alert_rules()]
     assert set(fires) == set(names), "add a promtool unit test for each alert"
     return {
@@ -435,8 +449,8 @@ def _rule_unit_tests(rules_file: Path) -> dict:
                 "name": "live accuracy: a trickle of labels is not enough",
                 "interval": "1m",
                 "input_series": [
-                    s("agedchip_labelled_samples_total", 'chip="c1"', "0+10x30"),  # 50 in 5 min, fewer than 100
-                    s("agedchip_correct_samples_total", 'chip="c1"', "0+1x30"),
+                    _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+10x30"),  # 50 in 5 min, fewer than 100
+                    _ts("agedchip_correct_samples_total", 'chip="c1"', "0+1x30"),
                 ],
                 "alert_rule_test": [{"eval_time": "25m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []}],
             },
@@ -444,8 +458,8 @@ def _rule_unit_tests(rules_file: Path) -> dict:
                 "name": "live accuracy: a drop after a long healthy run fires within 10 minutes",
                 "interval": "1m",
                 "input_series": [  # 10 h at 95 %, then 50 %: a ratio since start would still read 94 %
-                    s("agedchip_labelled_samples_total", 'chip="c1"', "0+100x610"),
-                    s("agedchip_correct_samples_total", 'chip="c1"', "0+95x600 57050+50x9"),
+                    _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x610"),
+                    _ts("agedchip_correct_samples_total", 'chip="c1"', "0+95x600 57050+50x9"),
                 ],
                 "alert_rule_test": [
                     {"eval_time": "600m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []},

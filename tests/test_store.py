@@ -31,7 +31,7 @@ from chipsim import (
     program,
     read,
 )
-from chipsim.store import FORMAT_VERSION, _manifest_digest
+from chipsim.store_format import FORMAT_VERSION, manifest_digest
 from tests.store_chips import clipped_normal, make_chip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,12 +219,12 @@ def test_inconsistent_manifest(saved):
     mpath.write_text(json.dumps(manifest))
     assert "checksum" in _corrupt_error(store, chip.chip_id).reason
     # Re-signed (a consistent but wrong manifest): the structural checks still catch it.
-    manifest["manifest_sha256"] = _manifest_digest(manifest)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     mpath.write_text(json.dumps(manifest))
     assert _corrupt_error(store, chip.chip_id).path.endswith("manifest.json")
     # A manifest that points outside the chip folder is rejected, not followed.
     manifest["arrays"]["layers/1/nu"] = {"file": "../../x.npy", "sha256": "0" * 64, "shape": [1], "dtype": "float16"}
-    manifest["manifest_sha256"] = _manifest_digest(manifest)
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     mpath.write_text(json.dumps(manifest))
     assert "invalid file name" in _corrupt_error(store, chip.chip_id).reason
 
@@ -265,7 +265,7 @@ def test_pickled_array_is_refused_not_executed(saved, tmp_path, monkeypatch):
     mpath = chip_file(store, chip.chip_id, "manifest.json")
     manifest = json.loads(mpath.read_text())
     manifest["arrays"]["layers/0/nu"].update(sha256=hashlib.sha256(data).hexdigest(), shape=[1], dtype="object")
-    manifest["manifest_sha256"] = _manifest_digest(manifest)  # a fully consistent, signed attack
+    manifest["manifest_sha256"] = manifest_digest(manifest)  # a fully consistent, signed attack
     mpath.write_text(json.dumps(manifest))
     err = _corrupt_error(store, chip.chip_id)
     assert err.path.endswith("l0_nu.npy")

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import chipsim.store as store_mod
-from chipsim import ChipStore
+from chipsim import ChipStore, store_io
 from tests.store_chips import fresh_chip, make_chip
 
 
@@ -87,7 +86,7 @@ def test_a_save_in_progress_keeps_its_blobs_through_a_delete_and_a_collection(st
     only chip using those blobs is deleted and the store collected twice."""
     store.save(make_chip("old"))
     reached, go_on = threading.Event(), threading.Event()
-    real = store_mod._write_file
+    real = store_io.write_file
 
     def pausing(path, data):
         if Path(path).name == "manifest.json":
@@ -95,7 +94,7 @@ def test_a_save_in_progress_keeps_its_blobs_through_a_delete_and_a_collection(st
             assert go_on.wait(60)
         real(path, data)
 
-    monkeypatch.setattr(store_mod, "_write_file", pausing)
+    monkeypatch.setattr(store_io, "write_file", pausing)
     errors = []
     saver = threading.Thread(target=lambda: _catch(errors, store.save, make_chip("new", seed=4)))
     saver.start()

@@ -22,7 +22,17 @@ from pathlib import Path
 import pytest
 
 import chipsim.store as store_mod
-from chipsim import ChipCorruptError, ChipNotFoundError, ChipStore, LayerSpec, check_chip_id, get_profile, program
+from chipsim import (
+    ChipCorruptError,
+    ChipNotFoundError,
+    ChipStore,
+    LayerSpec,
+    check_chip_id,
+    get_profile,
+    program,
+    store_format,
+    store_io,
+)
 from chipsim.store import StoreWriteError
 from tests.store_chips import clipped_normal, fresh_chip, make_chip
 
@@ -123,14 +133,14 @@ def test_failing_delete_keeps_the_chip(store, monkeypatch, code):
 def test_delete_whose_directory_sync_fails_is_undone(store, monkeypatch):
     """The rename out of ``chips/`` is the commit; if making it durable fails, it is renamed back."""
     store.save(make_chip("keep"))
-    real = store_mod._fsync_dir
+    real = store_io.fsync_dir
 
     def fsync_dir(path):
         if Path(path) == store.chips_dir:
             raise OSError(errno.EIO, "I/O error")
         real(path)
 
-    monkeypatch.setattr(store_mod, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(store_io, "fsync_dir", fsync_dir)
     with pytest.raises(StoreWriteError) as info:
         store.delete("keep")
     assert info.value.errno == errno.EIO
@@ -157,14 +167,14 @@ def test_delete_whose_cleanup_fails_still_deletes(store, monkeypatch):
 # ---------------------------------------------------------------- disk full / read-only during save (finding 9)
 def _count_writes(store, monkeypatch) -> int:
     n = [0]
-    real = store_mod._write_file
+    real = store_io.write_file
 
     def counting(path, data):
         n[0] += 1
         real(path, data)
 
     with monkeypatch.context() as m:
-        m.setattr(store_mod, "_write_file", counting)
+        m.setattr(store_io, "write_file", counting)
         store.save(fresh_chip("probe", 999))
     store.delete("probe")
     return n[0]
@@ -177,7 +187,7 @@ def test_failing_save_raises_a_typed_error_and_leaves_nothing(store, monkeypatch
     n_writes = _count_writes(store, monkeypatch)
     before = blob_names(store)
     assert n_writes == 15  # 2 layers × 5 own arrays, 2 weights, 1 bias, 1 model file, the manifest
-    real = store_mod._write_file
+    real = store_io.write_file
     for k in range(n_writes):
         calls = [0]
 
@@ -189,7 +199,7 @@ def test_failing_save_raises_a_typed_error_and_leaves_nothing(store, monkeypatch
                 raise OSError(code, os.strerror(code), str(path))
             real(path, data)
 
-        monkeypatch.setattr(store_mod, "_write_file", failing)
+        monkeypatch.setattr(store_io, "write_file", failing)
         with pytest.raises(StoreWriteError) as info:
             store.save(fresh_chip("new", k))
         assert info.value.errno == code, k
@@ -197,7 +207,7 @@ def test_failing_save_raises_a_typed_error_and_leaves_nothing(store, monkeypatch
         assert not store.exists("new"), k
         assert list(store.tmp_dir.iterdir()) == [], k  # no partial temp files
         assert blob_names(store) == before, k  # no blob left without a chip
-    monkeypatch.setattr(store_mod, "_write_file", real)
+    monkeypatch.setattr(store_io, "write_file", real)
     assert store.load("other").chip_id == "other"
     store.save(fresh_chip("new", 0))
 
@@ -367,7 +377,7 @@ def test_manifest_with_wrong_inner_types_is_corrupt(store):
     mpath = store.chips_dir / "bad" / "manifest.json"
     manifest = json.loads(mpath.read_text())
     manifest["attachments"] = ["not-an-object"]
-    manifest["manifest_sha256"] = store_mod._manifest_digest(manifest)
+    manifest["manifest_sha256"] = store_format.manifest_digest(manifest)
     mpath.write_text(json.dumps(manifest))
     with pytest.raises(ChipCorruptError):
         store.load("bad")
@@ -377,7 +387,7 @@ def test_chip_deleted_while_a_replica_loads_it_is_not_found(store, monkeypatch):
     """A replica reading a chip the writer deletes meanwhile reports it gone, not corrupt."""
     store.save(make_chip("going"))
     replica = ChipStore(store.root, read_only=True)
-    real = store_mod.read_regular_file
+    real = store_io.read_regular_file
 
     def read_then_delete(path, *a, **k):
         data = real(path, *a, **k)
@@ -385,6 +395,6 @@ def test_chip_deleted_while_a_replica_loads_it_is_not_found(store, monkeypatch):
             store.delete("going")  # the writer, between the replica's manifest and array reads
         return data
 
-    monkeypatch.setattr(store_mod, "read_regular_file", read_then_delete)
+    monkeypatch.setattr(store_io, "read_regular_file", read_then_delete)
     with pytest.raises(ChipNotFoundError):
         replica.load("going")

@@ -16,6 +16,7 @@ import onnx
 from onnx import helper
 
 from chipsim import heap
+from chipsim.caws import caws_specs
 from chipsim.compiler.bounds import AllocationLimits, check_allocations, refuse_sparse
 from chipsim.compiler.calibration import Calibration, resolve_ranges
 from chipsim.compiler.float_types import compute_in_fp32
@@ -24,7 +25,7 @@ from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_mode
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
 from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext, rewriter_of
 from chipsim.compiler.runnable import check_runnable
-from chipsim.modes import RangeSource
+from chipsim.modes import ColumnScaling, RangeSource
 from chipsim.profiles import ChipProfile
 from chipsim.programming import program
 from chipsim.state import ChipState
@@ -254,11 +255,15 @@ def program_onnx(
     progress: bool = False,
     eval_inputs: Calibration | None = None,
     limits: AllocationLimits | None = None,
+    column_scaling: ColumnScaling | str = ColumnScaling.MAX,
 ) -> ChipState:
     """Compile an ONNX model and program its analog layers onto a new chip (``calibration``,
-    ``eval_inputs`` and ``limits``: see :func:`compile_model`)."""
+    ``eval_inputs`` and ``limits``: see :func:`compile_model`; ``column_scaling``: how each
+    column's scale is chosen, :class:`~chipsim.modes.ColumnScaling`)."""
+    scaling = ColumnScaling(column_scaling)
     compiled = compile_model(model_bytes, profile, calibration, eval_inputs=eval_inputs, limits=limits)
     heap.trim()  # the parsed model's memory, before the chip's arrays are allocated
+    specs = caws_specs(compiled.specs, profile) if scaling is ColumnScaling.CAWS else compiled.specs
     digest = hashlib.sha256(model_bytes).hexdigest()
     chip_meta = {
         "model_digest": digest,
@@ -271,10 +276,11 @@ def program_onnx(
         "digital_weight_nodes": compiled.digital_weight_nodes,
         "uncalibrated_layers": compiled.uncalibrated_layers(),
         "graph_format": GRAPH_FORMAT,
+        "column_scaling": str(scaling),
         **(meta or {}),
     }
     return program(
-        compiled.specs,
+        specs,
         profile,
         seed,
         chip_id=chip_id,

@@ -8,7 +8,6 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.fleets import FleetEvaluateRequest, FleetJobStatus, FleetList, FleetProgramRequest, FleetSummary
 from service.routes.deps import (
     fleets_of,
     lanes_of,
@@ -17,7 +16,14 @@ from service.routes.deps import (
     require_json_body,
     require_writer,
 )
-from service.schemas import ERROR_RESPONSES
+from service.schemas import (
+    ERROR_RESPONSES,
+    FleetEvaluateRequest,
+    FleetJobStatus,
+    FleetList,
+    FleetProgramRequest,
+    FleetSummary,
+)
 
 router = APIRouter(tags=["fleets"])
 

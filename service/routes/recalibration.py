@@ -11,10 +11,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service import recalibration_jobs as recal
-from service.fleets import FleetJobStatus
 from service.forms import read_form, require_form
 from service.routes.deps import jobs_of, registry_of, require_admin, require_infer, require_writer, settings_of
-from service.schemas import ERROR_RESPONSES
+from service.schemas import ERROR_RESPONSES, FleetJobStatus
 
 router = APIRouter(tags=["recalibration"])
 #: Any job of the table: a recalibration, or a fleet's programming or evaluation.

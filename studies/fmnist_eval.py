@@ -1,0 +1,264 @@
+"""The Fashion-MNIST study's measurements: trained models found on disk, and per-cell results on
+the serving path, cached so that a rerun (or a later session) computes only what is missing.
+
+A *cell* is (model, arm, chip instance, age, GDC on/off): the per-image correctness of that
+chip at that age on the first ``n_images`` test images, stored as packed bits (1 bit per image,
+1 250 bytes for the 10 000 test images) in ``<cache>/<digest>/<arm>-<profile hash>-n<N>/``.
+The model's floating-point (digital ONNX, onnxruntime) correctness is cell ``fp``. Every number
+comes from ``chipsim.compiler.program_onnx`` + ``chipsim.runtime.ChipRuntime`` (no torch):
+chip instance ``k`` is programming seed ``k``, read-out seed 0, per-MVM noise seed ``k`` with
+one noise chunk per batch (so batches get independent noise, and a cell is reproducible).
+Files are written whole and renamed, so an interrupted run leaves no half cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chipsim import get_profile
+from chipsim.modes import ColumnScaling
+from studies.common import AGE_SCHEDULE, REPO
+
+#: Default cache of cells (git-ignored ``runs/``).
+CACHE_DIR = REPO / "runs" / "fmnist-cells"
+#: Bump when what a cell means changes (seeding, batching): old cells are then not reused.
+CELL_VERSION = 1
+#: Images per runtime call (one per-MVM noise chunk each).
+BATCH = 500
+#: Order in which ages are computed: the targets' ages first, so that a run stopped by its
+#: time budget has the cells the issue's targets need.
+AGE_PRIORITY = ("1 y", "1 d", "1 s", "10 y", "1 h", "1 w", "30 d")
+#: Analysis arms: how the chip is programmed.
+ARMS = tuple(str(c) for c in ColumnScaling)
+GDC_KEYS = ("on", "off")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """One trained model: its ONNX bytes' digest, architecture, training mode and seed (from
+    the ``agedchip.recipe`` metadata written by ``models.train_fmnist``), and its files."""
+
+    arch: str
+    mode: str
+    seed: int
+    onnx_path: Path
+    digest: str
+    clip_sigma: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.arch}-{self.mode}-s{self.seed}"
+
+    @property
+    def torch_path(self) -> Path | None:
+        """``model.pt`` beside the ONNX file (the µ study needs it), if there."""
+        p = self.onnx_path.parent / "model.pt"
+        return p if p.is_file() else None
+
+
+def _read_model(path: Path) -> TrainedModel | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    raw = meta.get("agedchip.recipe")
+    if raw is None:
+        return None
+    recipe = json.loads(raw)
+    return TrainedModel(
+        arch=str(recipe["arch"]),
+        mode=str(recipe["mode"]),
+        seed=int(recipe["seed"]),
+        onnx_path=path,
+        digest=hashlib.sha256(path.read_bytes()).hexdigest()[:16],
+        clip_sigma=recipe.get("clip_sigma"),
+    )
+
+
+def find_models(paths: Sequence[Path], archs: Sequence[str] | None = None) -> list[TrainedModel]:
+    """Fashion-MNIST models (ONNX with ``agedchip.recipe`` metadata) under ``paths`` (files or
+    folders, searched recursively), one per (arch, mode, seed), sorted. The same file found twice
+    counts once; two different files for one (arch, mode, seed) raise ``ValueError`` naming them."""
+    found: dict[str, TrainedModel] = {}
+    for root in paths:
+        root = Path(root)
+        files = [root] if root.is_file() else sorted(root.rglob("*.onnx")) if root.is_dir() else []
+        for f in files:
+            m = _read_model(f)
+            if m is None or (archs and m.arch not in archs):
+                continue
+            old = found.get(m.key)
+            if old is not None and old.digest != m.digest:
+                raise ValueError(
+                    f"two models for {m.key}: {old.onnx_path} and {m.onnx_path}; pass --models to pick one"
+                )
+            found[m.key] = m
+    return sorted(found.values(), key=lambda m: (m.arch, m.mode, m.seed))
+
+
+# --------------------------------------------------------------------------- the cache
+def profile_hash(profile_name: str) -> str:
+    dump = json.dumps(get_profile(profile_name).model_dump(), sort_keys=True, default=str)
+    return hashlib.sha256(f"{dump}|v{CELL_VERSION}|b{BATCH}".encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class CellStore:
+    """Where the cells of one profile and image count live."""
+
+    root: Path
+    profile_name: str
+    n_images: int
+
+    def folder(self, model: TrainedModel, arm: str) -> Path:
+        return self.root / model.digest / f"{arm}-{profile_hash(self.profile_name)}-n{self.n_images}"
+
+    def path(self, model: TrainedModel, arm: str, chip: int, age: str, gdc: str) -> Path:
+        return self.folder(model, arm) / f"c{chip:03d}-{age.replace(' ', '')}-gdc{gdc}.npy"
+
+    def fp_path(self, model: TrainedModel) -> Path:
+        return self.root / model.digest / f"fp-n{self.n_images}.npy"
+
+    @staticmethod
+    def save(path: Path, correct: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, np.packbits(np.asarray(correct, bool)))
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> np.ndarray | None:
+        if not path.is_file():
+            return None
+        return np.unpackbits(np.load(path), count=self.n_images).astype(bool)
+
+
+# --------------------------------------------------------------------------- evaluation
+def fp_correct(model: TrainedModel, x: np.ndarray, y: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Per-image correctness of the floating-point model (the ONNX file under onnxruntime)."""
+    from chipsim.ort_session import cpu_session
+
+    sess = cpu_session(model.onnx_path.read_bytes(), threads)
+    name = sess.get_inputs()[0].name
+    out = [sess.run(None, {name: x[i : i + BATCH]})[0].argmax(1) for i in range(0, len(x), BATCH)]
+    return np.concatenate(out) == y
+
+
+def chip_correct(runtime, x: np.ndarray, y: np.ndarray, chip: int, age_s: float, gdc: bool) -> np.ndarray:
+    """Per-image correctness of one programmed chip (``ChipRuntime``) at ``age_s`` seconds."""
+    hits = []
+    for j, i in enumerate(range(0, len(x), BATCH)):
+        logits = runtime.run(x[i : i + BATCH], age_s, read_seed=0, gdc=gdc, seed=chip, chunk=j)[0]
+        hits.append(logits.argmax(1) == y[i : i + BATCH])
+    return np.concatenate(hits)
+
+
+def missing_cells(
+    store: CellStore,
+    models: Sequence[TrainedModel],
+    arms: Sequence[str],
+    chips: int,
+    ages: Sequence[str],
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[int, TrainedModel, str, list[tuple[str, str]]]]:
+    """(chip, model, arm, [(age, gdc) …]) still to compute, chip-major (every model gets chip 0
+    before any gets chip 1, so a stopped run leaves comparable data), ages by :data:`AGE_PRIORITY`.
+    ``shard = (i, n)``: only chips ``k`` with ``k % n == i`` (n processes share the work)."""
+    order = [a for a in AGE_PRIORITY if a in ages] + [a for a in ages if a not in AGE_PRIORITY]
+    for chip in range(shard[0], chips, shard[1]):
+        for m in models:
+            for arm in arms:
+                todo = [(a, g) for a in order for g in GDC_KEYS if not store.path(m, arm, chip, a, g).is_file()]
+                if todo:
+                    yield chip, m, arm, todo
+
+
+@dataclass
+class EvalLog:
+    """What :func:`evaluate` did: cells computed, cells left for lack of time, seconds per cell."""
+
+    computed: int = 0
+    left: int = 0
+    cell_seconds: list[float] | None = None
+
+
+def evaluate(
+    store: CellStore,
+    models: Sequence[TrainedModel],
+    arms: Sequence[str],
+    chips: int,
+    ages: Sequence[str],
+    threads: int = 1,
+    budget_s: float | None = None,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+) -> EvalLog:
+    """Compute every missing cell (and each model's ``fp`` cell), within ``budget_s`` seconds
+    if given (the cell under way is finished; the rest is left for the next run)."""
+    from tqdm.auto import tqdm
+
+    from chipsim.compiler import program_onnx
+    from chipsim.runtime import ChipRuntime
+    from models import fmnist_data as D
+
+    test = D.load_split("test", store.n_images)
+    t0 = time.perf_counter()
+    for m in models:
+        if not store.fp_path(m).is_file():
+            store.save(store.fp_path(m), fp_correct(m, test.x, test.y, threads))
+    todo = list(missing_cells(store, models, arms, chips, ages, shard))
+    log = EvalLog(cell_seconds=[])
+    total = sum(len(cells) for *_, cells in todo)
+    profile = get_profile(store.profile_name)
+    with tqdm(total=total, desc="fmnist cells", unit="cell", disable=not progress) as bar:
+        for chip, m, arm, cells in todo:
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                break
+            state = program_onnx(
+                m.onnx_path.read_bytes(), profile, seed=chip, chip_id=f"fmnist-{chip}", column_scaling=arm
+            )
+            rt = ChipRuntime(state, threads=threads)
+            for age, gdc in cells:
+                if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                    break
+                t = time.perf_counter()
+                c = chip_correct(rt, test.x, test.y, chip, AGE_SCHEDULE[age], gdc == "on")
+                store.save(store.path(m, arm, chip, age, gdc), c)
+                log.cell_seconds.append(time.perf_counter() - t)
+                log.computed += 1
+                bar.set_postfix(model=m.key, arm=arm, chip=chip, age=age, gdc=gdc)
+                bar.update(1)
+    log.left = total - log.computed
+    return log
+
+
+def load_cells(
+    store: CellStore, models: Sequence[TrainedModel], arms: Sequence[str], chips: int, ages: Sequence[str]
+) -> tuple[dict, dict[str, np.ndarray], list[int]]:
+    """({(model key, arm, age, gdc): bool (K, N)}, {model key: fp bool (N,)}, chips used): the
+    chips used are those whose every cell of every model and arm is cached (complete chips), so
+    that every comparison is paired over the same chip instances."""
+    complete = [
+        k
+        for k in range(chips)
+        if all(store.path(m, a, k, age, g).is_file() for m in models for a in arms for age in ages for g in GDC_KEYS)
+    ]
+    cells = {
+        (m.key, a, age, g): np.stack([store.load(store.path(m, a, k, age, g)) for k in complete])
+        if complete
+        else np.zeros((0, store.n_images), bool)
+        for m in models
+        for a in arms
+        for age in ages
+        for g in GDC_KEYS
+    }
+    fp = {m.key: store.load(store.fp_path(m)) for m in models if store.fp_path(m).is_file()}
+    return cells, fp, complete

@@ -1,0 +1,167 @@
+"""The Fashion-MNIST accuracy study (issue #12): trained models on aged chips, with intervals.
+
+    python -m models.report --suite fmnist                      # = python -m studies.fmnist_study
+    python -m studies.fmnist_study --models /work/train --replace          # → reports/fmnist/
+    python -m studies.fmnist_study --chips 2 --ages 1d 1y --limit-images 500 --skip-mu   # a quick look
+
+Finds the trained models (ONNX files written by ``models.train_fmnist``, with arch, mode and seed
+in their metadata) under ``--models``; computes every missing cell (model × arm × chip × age ×
+GDC) on the serving path into the cache (:mod:`studies.fmnist_eval`; a rerun or a later session
+computes only what is missing, ``--budget-min`` stops early and keeps what is done); bootstraps
+the tables (:mod:`studies.fmnist_analysis`, :mod:`studies.fmnist_stats`); measures the
+robustness midpoint µ with the clip-only control (:mod:`studies.fmnist_midpoint`, torch); writes
+``README.md``, ``results.json`` and two PNGs (:mod:`studies.fmnist_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models import outputs
+from studies.common import AGE_SCHEDULE, REPO, REPORTS_DIR
+from studies.fmnist_analysis import analyse
+from studies.fmnist_eval import ARMS, CACHE_DIR, CellStore, evaluate, find_models, load_cells
+from studies.fmnist_report import plot_ages, plot_midpoint, render_markdown
+
+OUT_DIR = REPORTS_DIR / "fmnist"
+FILES = ("README.md", "results.json", "accuracy_vs_age.png", "midpoint.png")
+DEFAULT_MODELS = (REPO / "runs" / "fmnist", REPO / "models" / "zoo")
+N_TEST = 10_000
+
+
+def age_label(text: str) -> str:
+    """``1y`` or ``1 y`` → ``1 y`` (a key of :data:`AGE_SCHEDULE`); ``ValueError`` names the known ones."""
+    compact = {k.replace(" ", ""): k for k in AGE_SCHEDULE}
+    key = text.replace(" ", "")
+    if key not in compact:
+        raise argparse.ArgumentTypeError(f"age {text!r}: expected one of {sorted(compact)}")
+    return compact[key]
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``I/N`` → (I, N) with 0 ≤ I < N."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: expected I/N, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: expected 0 <= I < N")
+    return i, n
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m studies.fmnist_study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--models", nargs="+", type=Path, default=list(DEFAULT_MODELS), help="folders/ONNX files to search")
+    ap.add_argument("--archs", nargs="+", default=None, help="only these architectures")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="column scaling arms")
+    ap.add_argument("--chips", type=int, default=10, help="chip instances per model (default 10)")
+    ap.add_argument("--ages", nargs="+", type=age_label, default=list(AGE_SCHEDULE), help="e.g. 1d 1y (default all)")
+    ap.add_argument("--limit-images", type=int, default=N_TEST, help="first N test images (default all 10 000)")
+    ap.add_argument("--cache", type=Path, default=CACHE_DIR, help=f"cell cache (default {CACHE_DIR})")
+    ap.add_argument("--profile", default="pcm")
+    ap.add_argument("--budget-min", type=float, default=None, help="stop computing cells after this many minutes")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads per chip")
+    ap.add_argument(
+        "--shard",
+        type=shard,
+        default=(0, 1),
+        help="I/N: compute only chips k with k %% N == I (N processes in parallel)",
+    )
+    ap.add_argument("--boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    ap.add_argument("--skip-mu", action="store_true", help="leave out the robustness midpoint (needs torch)")
+    ap.add_argument("--mu-images", type=int, default=2000, help="test images of the µ sweeps (default 2000)")
+    ap.add_argument("--mu-boot", type=int, default=200)
+    ap.add_argument("--demonstration", default=None, help="label the page a pipeline demonstration, with this text")
+    ap.add_argument("--render-only", action="store_true", help="re-render README.md and PNGs from results.json")
+    ap.add_argument("--no-progress", action="store_true")
+    outputs.add_arguments(ap, OUT_DIR)
+    return ap
+
+
+def write(res: dict, out: Path) -> None:
+    """results.json, README.md and the PNGs of ``res`` into ``out``."""
+    (out / "results.json").write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+    (out / "README.md").write_text(render_markdown(res))
+    plot_ages(res, out / "accuracy_vs_age.png")
+    plot_midpoint(res, out / "midpoint.png")
+
+
+def run(args: argparse.Namespace, command: str) -> dict:
+    t0 = time.perf_counter()
+    models = find_models(args.models, args.archs)
+    if not models:
+        raise SystemExit(f"no Fashion-MNIST models (ONNX with agedchip.recipe metadata) under {args.models}")
+    store = CellStore(args.cache, args.profile, args.limit_images)
+    budget = None if args.budget_min is None else 60 * args.budget_min
+    log = evaluate(
+        store, models, args.arms, args.chips, args.ages, args.threads, budget, not args.no_progress, args.shard
+    )
+    cells, fp, used = load_cells(store, models, args.arms, args.chips, args.ages)
+    analysis = analyse(models, cells, fp, used, args.ages, args.arms, args.boot)
+    mu = None
+    if not args.skip_mu:
+        from studies.fmnist_midpoint import midpoint_study
+
+        mu = midpoint_study(
+            models, args.cache, min(args.mu_images, args.limit_images), args.mu_boot, progress=not args.no_progress
+        )
+    secs = log.cell_seconds or []
+    meta = {
+        "command": command,
+        "demonstration": args.demonstration,
+        "profile": args.profile,
+        "n_images": args.limit_images,
+        "chips": args.chips,
+        "chips_used": used,
+        "ages": args.ages,
+        "arms": args.arms,
+        "cells_computed": log.computed,
+        "cells_left": log.left,
+        "cell_seconds_median": float(np.median(secs)) if secs else 0.0,
+        "machine": f"{platform.machine()}, Python {platform.python_version()}, {args.threads} onnxruntime thread(s)",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    public = [
+        {
+            "arch": m.arch,
+            "mode": m.mode,
+            "seed": m.seed,
+            "digest": m.digest,
+            "file": str(m.onnx_path.relative_to(REPO) if m.onnx_path.is_relative_to(REPO) else m.onnx_path),
+        }
+        for m in models
+    ]
+    return {"meta": meta, "models": public, "analysis": analysis, "midpoint": mu}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    if args.render_only:
+        out = args.out or OUT_DIR
+        if out == OUT_DIR and not args.replace:
+            raise SystemExit(f"--render-only rewrites the committed report in {OUT_DIR}: pass --replace (or --out)")
+        write(json.loads((out / "results.json").read_text()), out)
+        print(f"re-rendered {out} from results.json")
+        return
+    out = outputs.output_dir("fmnist", OUT_DIR, args.out, args.replace, FILES)
+    argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    res = run(args, f"python -m studies.fmnist_study {argv_text}".strip())
+    write(res, out)
+    m = res["meta"]
+    print(
+        f"report written to {out} in {m['seconds']:.0f} s; cells computed {m['cells_computed']}, left {m['cells_left']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

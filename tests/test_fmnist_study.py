@@ -1,0 +1,213 @@
+"""The Fashion-MNIST study (issue #12): bootstrap, cell cache, model discovery, and the committed
+report re-derived from its JSON. Tiny models and a few dozen images only."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import numpy as np
+import pytest
+
+from models.report import split_suite
+from studies import fmnist_eval as E
+from studies.fmnist_report import render_markdown
+from studies.fmnist_stats import binomial_coverage, chip_mean, draw
+from studies.fmnist_study import OUT_DIR, age_label
+
+REPORT = OUT_DIR / "README.md"
+RESULTS = OUT_DIR / "results.json"
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def test_bootstrap_interval_of_a_binomial_covers_its_truth_at_the_stated_rate():
+    # 200 samples of 400 Bernoulli(0.9) images, 200 replicates each. A correct 95 % interval covers
+    # p in Binomial(200, 0.95) of them: mean 190, sd 3.1; [180, 198] (0.90–0.99) holds with
+    # probability > 99.5 % (P(X < 180) ≈ 0.1 %, P(X > 198) ≈ 0.04 %). Seeded, so deterministic;
+    # the percentile bootstrap of a proportion runs slightly below nominal, inside that band.
+    rate = binomial_coverage(p=0.9, n=400, trials=200, b=200, seed=0)
+    assert 0.90 <= rate <= 0.99
+
+
+def test_chip_variation_widens_the_interval_and_pairing_narrows_a_gap():
+    rng = np.random.default_rng(0)
+    n = 2000
+    # 4 chips with true accuracies 0.6 … 0.9: the chip level dominates the uncertainty
+    p = np.array([0.6, 0.7, 0.8, 0.9])
+    c = rng.random((1, 4, n)) < p[None, :, None]
+    rep = draw(n, 4, [0], 400, rng)
+    est = chip_mean(c, [0], rep)
+    lo, hi = est.interval()
+    # images alone: sd of a mean of 8000 Bernoulli ≈ 0.005 → width ≈ 0.02; chips: sd of the mean
+    # of 4 chips spread ±0.11 ≈ 0.056 → width ≈ 0.2. Require well above the image-only width.
+    assert hi - lo > 0.1
+    # the same chips with 1 % of images flipped to correct: the paired gap is known to be ≤ 1 %
+    d = c.copy()
+    d[:, :, : n // 100] = True
+    gap = chip_mean(d, [0], rep) - est
+    glo, ghi = gap.interval()
+    assert 0 <= glo <= gap.value <= ghi <= 0.01
+
+
+# ----------------------------------------------------------------------------- the committed report
+def _results() -> dict:
+    if not RESULTS.is_file():
+        pytest.skip(f"{RESULTS} not generated yet")
+    return json.loads(RESULTS.read_text())
+
+
+def test_committed_page_is_rendered_from_committed_json():
+    # every number of the page comes from results.json: an edited number fails here
+    assert render_markdown(_results()) == REPORT.read_text()
+
+
+def test_an_edited_number_changes_the_page():
+    res = _results()
+    page = render_markdown(res)
+    edited = copy.deepcopy(res)
+    edited["analysis"]["rows"][0]["accuracy"]["mean"] += 0.01
+    assert render_markdown(edited) != page
+    # and the page carries the row's number
+    r = res["analysis"]["rows"][0]["accuracy"]
+    assert f"{r['mean']:.2f} [{r['lo']:.2f}, {r['hi']:.2f}]" in page
+
+
+def test_committed_numbers_are_consistent_with_their_definitions():
+    a = _results()["analysis"]
+    fp = {(r["arch"], r["mode"]): r["accuracy"]["mean"] for r in a["fp"]}
+    for r in a["rows"]:
+        own = fp[(r["arch"], r["mode"])]
+        acc = r["accuracy"]["mean"]
+        assert r["robustness"]["mean"] == pytest.approx(own - acc, abs=0.011)  # two roundings of 0.005
+        assert r["normalised"]["mean"] == pytest.approx(acc / own, abs=2e-4)
+        for v in (r["accuracy"], r["robustness"]):
+            assert v["lo"] <= v["hi"] and v["significant"] == (v["lo"] > 0 or v["hi"] < 0)
+    rows = {(r["arch"], r["mode"], r["arm"], r["age"], r["gdc"]): r for r in a["rows"]}
+    for g in a["gaps"]:
+        if g["kind"] == "gap_to_fp":
+            acc = rows[(g["arch"], "hwa", "max", g["age"], "on")]["accuracy"]["mean"]
+            assert g["value"]["mean"] == pytest.approx(fp[(g["arch"], "plain")] - acc, abs=0.011)
+    t = {x["name"].split(":")[0]: x for x in a["targets"]}
+    for name, x in t.items():
+        if x["met"] is None:
+            continue
+        v = x["value"]
+        if "1 y without GDC" in name:
+            assert x["met"] == (v["lo"] > 0)
+        elif "1 y" in name:
+            assert x["met"] == (v["hi"] <= 1.0)
+        else:
+            assert x["met"] == (v["mean"] >= 92.0)
+
+
+def test_page_says_demonstration_when_it_is_one():
+    res = _results()
+    page = REPORT.read_text()
+    if res["meta"]["demonstration"]:
+        assert "Pipeline demonstration, not a result" in page
+    assert re.search(r"Rasch et al\., Nat\. Commun\. 14:5282 \(2023\)", page)
+
+
+# ----------------------------------------------------------------------------- discovery and cache
+def _tiny_model(folder, mode: str, seed: int):
+    torch = pytest.importorskip("torch")
+    from models import fmnist_models as FM
+    from models.export import build_onnx
+
+    m = FM.build("resnet", seed, widths=[2, 4, 4], blocks=1).eval()
+    recipe = {"arch": "resnet", "mode": mode, "seed": seed, "clip_sigma": 2.5}
+    data, _ = build_onnx(FM.export_copy(m), {"agedchip.recipe": recipe}, example=torch.zeros(2, 1, 28, 28))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"resnet-fmnist-{mode}.onnx").write_bytes(data)
+    return data
+
+
+def test_models_are_found_by_their_metadata(tmp_path):
+    _tiny_model(tmp_path / "a", "plain", 0)
+    _tiny_model(tmp_path / "b", "hwa", 0)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x.onnx").write_bytes((tmp_path / "a" / "resnet-fmnist-plain.onnx").read_bytes())
+    ms = E.find_models([tmp_path])
+    assert [(m.arch, m.mode, m.seed) for m in ms] == [("resnet", "hwa", 0), ("resnet", "plain", 0)]
+    assert ms[0].clip_sigma == 2.5 and ms[0].torch_path is None
+    _tiny_model(tmp_path / "d", "plain", 1)
+    (tmp_path / "d" / "resnet-fmnist-plain.onnx").rename(tmp_path / "d" / "y.onnx")
+    _tiny_model(tmp_path / "e", "plain", 1)
+    other = (tmp_path / "e" / "resnet-fmnist-plain.onnx").read_bytes()
+    (tmp_path / "e" / "resnet-fmnist-plain.onnx").write_bytes(other + b"")  # same bytes: deduplicated
+    assert len(E.find_models([tmp_path])) == 3
+    (tmp_path / "f").mkdir()
+    _tiny_model(tmp_path / "f", "plain", 0)
+    import onnx
+
+    m = onnx.load(str(tmp_path / "f" / "resnet-fmnist-plain.onnx"))
+    m.doc_string = "another training run"
+    onnx.save(m, str(tmp_path / "f" / "resnet-fmnist-plain.onnx"))
+    with pytest.raises(ValueError, match="two models for resnet-plain-s0"):
+        E.find_models([tmp_path])
+
+
+def test_cache_resumes_without_recomputing(tmp_path, monkeypatch):
+    from models import fmnist_data as D
+
+    if not D.available():
+        pytest.skip(f"Fashion-MNIST not installed ({D.data_dir()}): bash docker/ci/install-fmnist.sh")
+    _tiny_model(tmp_path / "m", "plain", 0)
+    models = E.find_models([tmp_path / "m"])
+    store = E.CellStore(tmp_path / "cache", "pcm", 40)
+    ages = ["1 d", "1 y"]
+    first = E.evaluate(store, models, ["max", "caws"], 2, ages, progress=False)
+    assert first.computed == 2 * 2 * 2 * 2 and first.left == 0  # arms × chips × ages × GDC
+    cells, fp, used = E.load_cells(store, models, ["max", "caws"], 2, ages)
+    assert used == [0, 1] and cells[("resnet-plain-s0", "caws", "1 y", "off")].shape == (2, 40)
+    assert fp["resnet-plain-s0"].shape == (40,)
+
+    def refuse(*a, **k):
+        raise AssertionError("a cached cell was recomputed")
+
+    monkeypatch.setattr(E, "chip_correct", refuse)
+    again = E.evaluate(store, models, ["max", "caws"], 2, ages, progress=False)
+    assert again.computed == 0 and again.left == 0
+    # one lost cell: exactly that one is computed again, and gives the same bits (seeded)
+    monkeypatch.undo()
+    lost = store.path(models[0], "max", 1, "1 y", "on")
+    before = store.load(lost)
+    lost.unlink()
+    third = E.evaluate(store, models, ["max", "caws"], 2, ages, progress=False)
+    assert third.computed == 1
+    np.testing.assert_array_equal(store.load(lost), before)
+    # an exhausted time budget computes nothing and says what is left
+    lost.unlink()
+    assert E.evaluate(store, models, ["max"], 2, ages, budget_s=0.0, progress=False).left == 1
+
+
+# ----------------------------------------------------------------------------- command line
+def test_report_dispatches_on_suite():
+    assert split_suite(["--suite", "fmnist", "--chips", "2"]) == ("fmnist", ["--chips", "2"])
+    assert split_suite(["--chips", "3"]) == ("digits", ["--chips", "3"])
+    assert split_suite(["--suite=fmnist"]) == ("fmnist", [])
+    with pytest.raises(SystemExit, match="suite"):
+        split_suite(["--suite", "cifar"])
+
+
+def test_age_labels():
+    import argparse
+
+    assert age_label("1y") == "1 y" and age_label("30 d") == "30 d"
+    with pytest.raises(argparse.ArgumentTypeError, match="2y"):
+        age_label("2y")
+
+
+def test_shards_split_the_chips(tmp_path):
+    from studies.fmnist_study import shard
+
+    assert shard("1/3") == (1, 3)
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(Exception, match="shard"):
+            shard(bad)
+    m = E.TrainedModel("resnet", "plain", 0, tmp_path / "m.onnx", "0" * 16)
+    store = E.CellStore(tmp_path, "pcm", 10)
+    chips = [c for c, *_ in E.missing_cells(store, [m], ["max"], 7, ["1 d"], shard=(1, 3))]
+    assert chips == [1, 4]
+    assert [c for c, *_ in E.missing_cells(store, [m], ["max"], 3, ["1 d"])] == [0, 1, 2]
