@@ -1,15 +1,21 @@
-"""HTTP load test of the service on loopback with a real load generator (wrk).
+"""HTTP load test of the service on loopback with a real load generator (wrk), and the A/B of
+dynamic batching.
 
-    python -m bench.load_test [--url URL] [--duration 10] [--rounds 3] [--connections 8] [--max-requests 200000]
+    python -m bench.load_test [--url URL] [--duration 10] [--rounds 3] [--connections 8 32] [--no-ab]
 
-Starts ``python -m service`` itself (state in bench/results/tmp/, port chosen free) unless
-``--url`` points at a running server, then runs four scenarios against the ``default`` chip, each
-bounded in time (``--duration`` seconds) and count (``--max-requests``), in ``--rounds`` interleaved
-rounds (the report gives the median of each metric, so a burst of load from another process on a
-shared machine spoils one round rather than the result):
+Starts two ``python -m service`` (state in bench/results/tmp/, ports chosen free) unless ``--url``
+points at a running server: one with dynamic batching as configured by default
+(``AGEDCHIP_BATCH_*``), one without (``AGEDCHIP_BATCH_MAX_SIZE=1``; ``--no-ab``: only the first).
+Every scenario runs against both, interleaved in one process (A, B in even rounds, B, A in odd
+ones), each bounded in time (``--duration`` seconds) and count (``--max-requests``), in
+``--rounds`` rounds; the report gives the median of each metric, and per round the ratio
+batching / no batching of throughput and of server CPU per request (median and range), so a
+burst of load from another process on a shared machine spoils one round rather than the result:
 
-- ``/infer`` JSON, batch 1 and batch 64;
-- ``/v2/models/default/infer`` (Open Inference Protocol) with binary tensors in and out, batch 1 and 64.
+- ``/infer`` JSON, batch 1 (as fast as the connections allow, once per ``--connections``
+  count: more connections give batches room to grow) and batch 64;
+- ``/v2/models/default/infer`` (Open Inference Protocol) with binary tensors in and out, batch 1 and 64;
+- batch 1 of both routes also paced at ``--rate`` requests/s (the latency target's load).
 
 Every request carries an explicit age (``1d``) and no seed (fresh per-MVM noise, as a real client),
 so the read-out is cached and the numbers measure serving, not read-out computation. wrk runs
@@ -21,7 +27,8 @@ The default chip is the zoo's ``cnn-hwa`` when ``models/zoo`` has it; otherwise 
 the same architecture (untrained; exported with torch, which the benchmark, not the server,
 imports) is built under bench/results/tmp/zoo. Results: load_test.{json,md} in a new folder runs/load_test/<time>/
 (``--replace``: the committed bench/results/; models.outputs).
-Targets (2 cores): batch 1 ≥ 400 requests/s with p99 ≤ 25 ms and no errors.
+Targets (2 cores): batch 1 ≥ 400 requests/s with p99 ≤ 25 ms and no errors; with dynamic
+batching, batch-1 throughput ≥ 3× without it at p99 ≤ 25 ms under 400 requests/s (issue 14).
 """
 
 from __future__ import annotations
@@ -29,430 +36,90 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from bench.common import RESULTS, machine, output_dir, write
+from bench.load_generators import run_httpx, run_wrk, warm_up
+from bench.load_report import (
+    AGE,
+    BATCHING,
+    NO_BATCHING,
+    TARGET_BATCH_SPEEDUP,
+    TARGET_P99_MS,
+    TARGET_RPS,
+    markdown,
+    ratios,
+    summarise,
+)
+from bench.load_server import (
+    MODEL,
+    TMP,
+    ZOO,
+    CpuMeter,
+    batch_counts,
+    cpu_busy,
+    standin_zoo,
+    start_server,
+    stop_server,
+    wait_refreshed,
+)
 from models import outputs
 
-REPO = Path(__file__).resolve().parent.parent
-TMP = RESULTS / "tmp"
-ZOO = REPO / "models" / "zoo"
-MODEL = "cnn-hwa"
-AGE = "1d"
-TARGET_RPS, TARGET_P99_MS = 400.0, 25.0
-
-LUA = r"""
-wrk.method = "POST"
-local f = assert(io.open("{body}", "rb"))
-wrk.body = f:read("*a")
-f:close()
-{headers}
-local max_requests = {max_requests}
-local count = 0
-local rate = {rate}  -- requests/s for the whole thread; 0 = as fast as the connections allow
-if rate > 0 then
-  local ffi = require("ffi")
-  ffi.cdef[[ typedef struct {{ long tv_sec; long tv_usec; }} agedchip_tv;
-             int gettimeofday(agedchip_tv *tv, void *tz); ]]
-  local tv = ffi.new("agedchip_tv")
-  local function now_ms()
-    ffi.C.gettimeofday(tv, nil)
-    return tonumber(tv.tv_sec) * 1000 + tonumber(tv.tv_usec) / 1000
-  end
-  local start, sent = nil, 0
-  -- paced arrivals on a fixed schedule (start + k/rate), so the rate holds whatever the latency
-  function delay()
-    local t = now_ms()
-    if start == nil then start = t end
-    local due = start + sent * 1000 / rate
-    sent = sent + 1
-    if due > t then return due - t end
-    return 0
-  end
-end
-function response(status, headers, body)
-  count = count + 1
-  if count >= max_requests then wrk.thread:stop() end
-end
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'JSON:{{"requests":%d,"duration_us":%d,"bytes":%d,"errors":{{"connect":%d,"read":%d,"write":%d,"status":%d,' ..
-    '"timeout":%d}},"latency_us":{{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f}}}}\n',
-    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
-end
-"""
+#: The environment of the server without dynamic batching (the other one gets none).
+NO_BATCHING_ENV = {"AGEDCHIP_BATCH_MAX_SIZE": "1"}
 
 
-# ----------------------------------------------------------------------------------- the model
-def standin_zoo(root: Path) -> Path:
-    """A zoo with an untrained model of the cnn-hwa architecture (same shapes, same cost)."""
-    import io
-    import warnings
-
-    import torch
-
-    from models.zoo_models import build
-
-    root.mkdir(parents=True, exist_ok=True)
-    if (root / f"{MODEL}.onnx").exists():
-        return root
-    net = build("cnn", seed=0).eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, 1, 8, 8),),
-            buf,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}},
-            opset_version=17,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    (root / f"{MODEL}.onnx").write_bytes(buf.getvalue())
-    x = np.random.default_rng(0).random((450, 1, 8, 8)).astype(np.float32)
-    with torch.no_grad():
-        y = net(torch.from_numpy(x)).argmax(1).numpy()
-    np.savez(root / f"{MODEL}.eval.npz", x=x, y=y.astype(np.int64))
-    return root
+def _infer_json(b: int, x: np.ndarray) -> dict:
+    body = json.dumps({"chip_id": "default", "inputs": x.tolist(), "age": AGE}).encode()
+    return {"route": "/infer", "batch": b, "body": body, "headers": {"Content-Type": "application/json"}}
 
 
-# ----------------------------------------------------------------------------------- the server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(zoo: Path, state: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    import httpx
-
-    port = free_port()
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {
-        **os.environ,
-        "PYTHONPATH": pythonpath,
-        "AGEDCHIP_PORT": str(port),
-        "AGEDCHIP_HOST": "127.0.0.1",
-        "AGEDCHIP_STATE_DIR": str(state),
-        "AGEDCHIP_ZOO_DIR": str(zoo),
-        "AGEDCHIP_DEFAULT_MODEL": MODEL,
-        "AGEDCHIP_LOG_LEVEL": "warning",
-        **extra_env,
+def _oip_binary(b: int, x: np.ndarray, shape: list[int], input_name: str) -> dict:
+    tensor = {
+        "name": input_name,
+        "shape": [b, *shape],
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": x.nbytes},
     }
-    log = open(state.parent / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {(state.parent / 'server.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not become ready in 120 s")
+    header = json.dumps({"inputs": [tensor], "parameters": {"age": AGE, "binary_data_output": True}}).encode()
+    return {
+        "route": "/v2/models/default/infer",
+        "batch": b,
+        "body": header + x.tobytes(),
+        "headers": {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))},
+    }
 
 
-# ----------------------------------------------------------------------------------- scenarios
-def scenarios(batch_sizes: list[int], shape: list[int], input_name: str, rate: float) -> list[dict]:
-    """Per route and batch: as fast as the connections allow (max throughput); at batch 1 also
-    paced at ``rate`` requests/s (the latency target's load)."""
+def scenarios(
+    batch_sizes: list[int], shape: list[int], input_name: str, rate: float, connections: list[int]
+) -> list[dict]:
+    """Per route and batch: as fast as the connections allow (max throughput; batch 1 once per
+    connection count, named ``-c<n>`` beyond the first); at batch 1 also paced at ``rate``
+    requests/s (the latency target's load)."""
     out = []
     rng = np.random.default_rng(0)
-    for b in batch_sizes:
-        x = rng.random((b, *shape)).astype(np.float32)
-        body = json.dumps({"chip_id": "default", "inputs": x.tolist(), "age": AGE}).encode()
-        out.append(
-            {
-                "name": f"infer-json-b{b}",
-                "route": "/infer",
-                "batch": b,
-                "body": body,
-                "headers": {"Content-Type": "application/json"},
-            }
-        )
-        if b == 1 and rate > 0:
-            out.append({**out[-1], "name": f"infer-json-b{b}@{rate:g}/s", "rate": rate})
-    for b in batch_sizes:
-        x = rng.random((b, *shape)).astype("<f4")
-        header = json.dumps(
-            {
-                "inputs": [
-                    {
-                        "name": input_name,
-                        "shape": [b, *shape],
-                        "datatype": "FP32",
-                        "parameters": {"binary_data_size": x.nbytes},
-                    }
-                ],
-                "parameters": {"age": AGE, "binary_data_output": True},
-            }
-        ).encode()
-        out.append(
-            {
-                "name": f"oip-binary-b{b}",
-                "route": "/v2/models/default/infer",
-                "batch": b,
-                "body": header + x.tobytes(),
-                "headers": {
-                    "Content-Type": "application/octet-stream",
-                    "Inference-Header-Content-Length": str(len(header)),
-                },
-            }
-        )
-        if b == 1 and rate > 0:
-            out.append({**out[-1], "name": f"oip-binary-b{b}@{rate:g}/s", "rate": rate})
+    for route in ("infer-json", "oip-binary"):
+        for b in batch_sizes:
+            x = rng.random((b, *shape)).astype("<f4")
+            sc = _infer_json(b, x) if route == "infer-json" else _oip_binary(b, x, shape, input_name)
+            counts = connections if b == 1 else connections[:1]
+            for i, n in enumerate(counts):
+                out.append({**sc, "name": f"{route}-b{b}" + (f"-c{n}" if i else ""), "connections": n})
+            if b == 1 and rate > 0:
+                out.append({**sc, "name": f"{route}-b{b}@{rate:g}/s", "rate": rate, "connections": connections[0]})
     return out
-
-
-def run_wrk(url: str, sc: dict, duration: float, connections: int, max_requests: int, workdir: Path) -> dict:
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", sc["name"])
-    body_path = workdir / f"{stem}.body"
-    body_path.write_bytes(sc["body"])
-    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in sc["headers"].items())
-    script = workdir / f"{stem}.lua"
-    script.write_text(LUA.format(body=body_path, headers=headers, max_requests=max_requests, rate=sc.get("rate", 0)))
-    cmd = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{max(1, int(round(duration)))}s",
-        "--timeout",
-        "5s",
-        "-s",
-        str(script),
-        url + sc["route"],
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    m = re.search(r"^JSON:(.*)$", res.stdout, flags=re.M)
-    if not m:
-        raise SystemExit(f"wrk failed: {res.stdout}\n{res.stderr}")
-    raw = json.loads(m.group(1))
-    seconds = raw["duration_us"] / 1e6
-    errors = sum(raw["errors"].values())
-    lat = raw["latency_us"]
-    return {
-        "requests": raw["requests"],
-        "seconds": seconds,
-        "rps": raw["requests"] / seconds,
-        "samples_per_s": raw["requests"] * sc["batch"] / seconds,
-        "errors": errors,
-        "error_kinds": raw["errors"],
-        "p50_ms": lat["p50"] / 1e3,
-        "p90_ms": lat["p90"] / 1e3,
-        "p99_ms": lat["p99"] / 1e3,
-        "max_ms": lat["max"] / 1e3,
-        "mean_ms": lat["mean"] / 1e3,
-    }
-
-
-def run_httpx(url: str, sc: dict, duration: float, connections: int, max_requests: int) -> dict:
-    """Fallback generator: ``connections`` asyncio workers over one httpx client."""
-    import asyncio
-
-    import httpx
-
-    async def main() -> dict:
-        lat: list[float] = []
-        errors = 0
-        stop = time.perf_counter() + duration
-        async with httpx.AsyncClient(
-            base_url=url, timeout=5, limits=httpx.Limits(max_connections=connections)
-        ) as client:
-
-            async def worker() -> None:
-                nonlocal errors
-                while time.perf_counter() < stop and len(lat) + errors < max_requests:
-                    t0 = time.perf_counter()
-                    try:
-                        r = await client.post(sc["route"], content=sc["body"], headers=sc["headers"])
-                        ok = 200 <= r.status_code < 300
-                    except httpx.HTTPError:
-                        ok = False
-                    if ok:
-                        lat.append(time.perf_counter() - t0)
-                    else:
-                        errors += 1
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(connections)))
-            seconds = time.perf_counter() - t0
-        a = np.asarray(lat) * 1e3 if lat else np.zeros(1)
-        n = len(lat) + errors
-        return {
-            "requests": n,
-            "seconds": seconds,
-            "rps": n / seconds,
-            "samples_per_s": n * sc["batch"] / seconds,
-            "errors": errors,
-            "error_kinds": {},
-            "p50_ms": float(np.percentile(a, 50)),
-            "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)),
-            "max_ms": float(a.max()),
-            "mean_ms": float(a.mean()),
-        }
-
-    return asyncio.run(main())
-
-
-def summarise(rs: list[dict]) -> dict:
-    """Median of each metric over rounds; max latency, requests and errors over all rounds."""
-    out = {
-        k: float(np.median([r[k] for r in rs]))
-        for k in (
-            "rps",
-            "samples_per_s",
-            "p50_ms",
-            "p90_ms",
-            "p99_ms",
-            "max_ms",
-            "mean_ms",
-            "seconds",
-            "server_cores",
-            "other_cores",
-        )
-    }
-    out["max_ms"] = max(r["max_ms"] for r in rs)
-    out.update(
-        requests=sum(r["requests"] for r in rs),
-        errors=sum(r["errors"] for r in rs),
-        batch=rs[0]["batch"],
-        paced_rate=rs[0].get("paced_rate", 0),
-        rounds=rs,
-    )
-    return out
-
-
-def warm_up(url: str, sc: dict, n: int = 30) -> None:
-    import httpx
-
-    with httpx.Client(base_url=url, timeout=30) as c:
-        for _ in range(n):
-            r = c.post(sc["route"], content=sc["body"], headers=sc["headers"])
-            if r.status_code != 200:
-                raise SystemExit(f"{sc['name']}: warm-up request failed: {r.status_code} {r.text[:500]}")
-
-
-class CpuMeter:
-    """CPU seconds used by everything, by the server process and by this process's children
-    (the load generator) between ``start`` and ``stop``: the rest is other tenants' load."""
-
-    def __init__(self, server_pid: int | None):
-        self.server_pid = server_pid
-        self.tick = os.sysconf("SC_CLK_TCK")
-
-    def _total_busy(self) -> float:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return (sum(v) - v[3] - (v[4] if len(v) > 4 else 0)) / self.tick
-
-    def _server(self) -> float:
-        if self.server_pid is None:
-            return 0.0
-        with open(f"/proc/{self.server_pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
-
-    def _own(self) -> float:
-        import resource
-
-        ru, rc = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return ru.ru_utime + ru.ru_stime + rc.ru_utime + rc.ru_stime
-
-    def snapshot(self) -> tuple[float, float, float, float]:
-        try:
-            return time.perf_counter(), self._total_busy(), self._server(), self._own()
-        except OSError:
-            return time.perf_counter(), 0.0, 0.0, 0.0
-
-    def usage(self, a: tuple, b: tuple) -> dict:
-        """Cores used on average: server, generator (+ this script), other processes."""
-        dt = max(b[0] - a[0], 1e-9)
-        server, own, total = (b[2] - a[2]) / dt, (b[3] - a[3]) / dt, (b[1] - a[1]) / dt
-        return {"server_cores": server, "generator_cores": own, "other_cores": max(0.0, total - server - own)}
-
-
-def cpu_busy(seconds: float = 2.0) -> float | None:
-    """Fraction of all CPUs busy over ``seconds`` (from /proc/stat): other tenants' load when idle."""
-
-    def snap() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)
-        return sum(v), idle
-
-    try:
-        t0, i0 = snap()
-        time.sleep(seconds)
-        t1, i1 = snap()
-    except OSError:
-        return None
-    return 1 - (i1 - i0) / max(t1 - t0, 1)
-
-
-# ----------------------------------------------------------------------------------- report
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{100 * v:.0f} %"
-
-
-def markdown(data: dict) -> str:
-    m = data["machine"]
-    lines = [
-        "# HTTP load test",
-        "",
-        f"`{data['command']}` · {m['date']} · {m['cpus']} CPUs (shared by server and generator) · "
-        f"generator: {data['generator']} ({data['connections']} connections, {data['duration_s']:g} s per scenario "
-        f"and round, ≤ {data['max_requests']} requests) · median of {data['rounds']} interleaved rounds · model: {data['model']} ({data['model_source']}) · profile pcm · "
-        f"age {AGE} · onnxruntime threads per request: {data['server_env'].get('AGEDCHIP_ORT_THREADS', '1')} · "
-        f"CPU busy from other processes before / after the run: {_pct(data['cpu_busy_before'])} / "
-        f"{_pct(data['cpu_busy_after'])}",
-        "",
-        "| scenario | batch | requests (all rounds) | requests/s | samples/s | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) "
-        "| errors | server cores | other processes' cores | target |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, r in data["scenarios"].items():
-        target = ""
-        if r["batch"] == 1 and r.get("paced_rate"):
-            ok = r["p99_ms"] <= TARGET_P99_MS and r["errors"] == 0 and r["rps"] >= 0.97 * r["paced_rate"]
-            target = f"p99 ≤ {TARGET_P99_MS:g} ms at {r['paced_rate']:g}/s, 0 errors {'✅' if ok else '❌'}"
-        elif r["batch"] == 1:
-            ok = r["rps"] >= TARGET_RPS and r["errors"] == 0
-            target = f"max ≥ {TARGET_RPS:g}/s, 0 errors {'✅' if ok else '❌'}"
-        lines.append(
-            f"| {name} | {r['batch']} | {r['requests']} | {r['rps']:.0f} | {r['samples_per_s']:.0f} | "
-            f"{r['p50_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['errors']} | "
-            f"{r['server_cores']:.2f} | {r['other_cores']:.2f} | {target} |"
-        )
-    if data.get("note"):
-        lines += ["", data["note"]]
-    return "\n".join(lines) + "\n"
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", help="benchmark a running server (its chip 'default') instead of starting one")
+    ap.add_argument("--url", help="benchmark a running server (its chip 'default') instead of starting two")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per scenario (default 10)")
-    ap.add_argument("--connections", type=int, default=8, help="concurrent connections (default 8)")
+    ap.add_argument("--connections", type=int, nargs="+", default=[8, 32], help="concurrent connections (default 8 32)")
     ap.add_argument("--max-requests", type=int, default=200_000, help="request cap per scenario")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
     ap.add_argument(
@@ -465,9 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         "--rounds",
         type=int,
         default=3,
-        help="rounds over all scenarios (interleaved); the report gives the median per metric, so a "
-        "burst of load from other processes on a shared machine spoils one round, not the result",
+        help="rounds over all scenarios and servers (interleaved); the report gives the median per metric",
     )
+    ap.add_argument("--no-ab", action="store_true", help="only the server with dynamic batching as configured")
     ap.add_argument("--only", nargs="*", help="run only these scenarios (names as in the table)")
     ap.add_argument("--generator", choices=["auto", "wrk", "httpx"], default="auto")
     ap.add_argument("--note", default="", help="free text added to the Markdown report")
@@ -486,78 +153,99 @@ def _generator(choice: str) -> str:
     return generator
 
 
-def _rounds(
-    args: argparse.Namespace, generator: str, url: str, chosen: list[dict], meter: CpuMeter, work: Path
-) -> dict[str, list[dict]]:
-    """``args.rounds`` rounds over the ``chosen`` scenarios, interleaved; returns each scenario's runs."""
-    runs: dict[str, list[dict]] = {}
+def _one_run(args, generator: str, url: str, sc: dict, meter: CpuMeter, work: Path) -> dict:
+    before, batches_before = meter.snapshot(), batch_counts(url)
+    if generator == "wrk":
+        r = run_wrk(url, sc, args.duration, sc["connections"], args.max_requests, work)
+    else:
+        r = run_httpx(url, sc, args.duration, sc["connections"], args.max_requests)
+    r.update(meter.usage(before, meter.snapshot()))
+    n_batches, n_merged = (a - b for a, b in zip(batch_counts(url), batches_before))
+    r.update(
+        batch=sc["batch"],
+        connections=sc["connections"],
+        paced_rate=sc.get("rate", 0),
+        # server CPU per request, ms: insensitive to how much CPU other processes leave the server
+        cpu_ms_per_request=1e3 * r["server_cores"] * r["seconds"] / r["requests"] if r["requests"] else None,
+        mean_batch=n_merged / n_batches if n_batches else None,
+    )
+    return r
+
+
+def _rounds(args, generator: str, servers: dict[str, tuple[str, CpuMeter]], chosen: list[dict], work: Path):
+    """``args.rounds`` rounds over the scenarios, each on every server (alternating the order);
+    returns scenario → server → its runs."""
+    runs: dict[str, dict[str, list[dict]]] = {}
     for rnd in range(args.rounds):
         for sc in chosen:
-            before = meter.snapshot()
-            if generator == "wrk":
-                r = run_wrk(url, sc, args.duration, args.connections, args.max_requests, work)
-            else:
-                r = run_httpx(url, sc, args.duration, args.connections, args.max_requests)
-            r.update(meter.usage(before, meter.snapshot()))
-            r["batch"] = sc["batch"]
-            r["paced_rate"] = sc.get("rate", 0)
-            runs.setdefault(sc["name"], []).append(r)
-            print(
-                f"round {rnd + 1} {sc['name']:>16}: {r['rps']:7.0f} req/s {r['samples_per_s']:8.0f} samples/s  "
-                f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  max {r['max_ms']:6.1f} ms  "
-                f"errors {r['errors']}  cores: server {r['server_cores']:.2f} other {r['other_cores']:.2f}",
-                flush=True,
-            )
-    return runs
+            order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
+            for label in order:
+                url, meter = servers[label]
+                r = _one_run(args, generator, url, sc, meter, work)
+                runs.setdefault(sc["name"], {}).setdefault(label, []).append(r)
+                batch = f"{r['mean_batch']:4.1f}" if r["mean_batch"] else "   –"
+                print(
+                    f"round {rnd + 1} {sc['name']:>20} {label:>11}: {r['rps']:7.0f} req/s "
+                    f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms  errors {r['errors']}  "
+                    f"CPU/request {r['cpu_ms_per_request'] or 0:5.2f} ms  batch {batch}  "
+                    f"cores: server {r['server_cores']:.2f} other {r['other_cores']:.2f}",
+                    flush=True,
+                )
+    # the no-batching server is listed second, as B
+    return {name: {k: by[k] for k in servers if k in by} for name, by in runs.items()}
+
+
+def _start(args, work: Path) -> tuple[dict[str, tuple[str, CpuMeter]], list, str]:
+    """The servers to measure (label → (url, CPU meter)), their processes, and the model's source."""
+    if args.url:
+        return {"running server": (args.url.rstrip("/"), CpuMeter(None))}, [], "running server"
+    if (ZOO / f"{MODEL}.onnx").exists():
+        zoo, source = ZOO, "zoo"
+    else:
+        zoo, source = standin_zoo(TMP / "zoo"), "stand-in: untrained, same architecture (zoo absent)"
+    wanted = {BATCHING: {}} if args.no_ab else {BATCHING: {}, NO_BATCHING: NO_BATCHING_ENV}
+    servers, procs = {}, []
+    for label, env in wanted.items():
+        state = work / label.replace(" ", "-") / "state"
+        state.mkdir(parents=True)
+        proc, url = start_server(zoo, state, env)
+        procs.append(proc)
+        servers[label] = (url, CpuMeter(proc.pid))
+    return servers, procs, source
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     generator = _generator(args.generator)
-
-    proc = None
     server_env = {k: v for k, v in os.environ.items() if k.startswith("AGEDCHIP_") and "KEY" not in k}
     TMP.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=TMP, prefix="load-"))
+    procs: list = []
     try:
-        if args.url:
-            url, model_source = args.url.rstrip("/"), "running server"
-        else:
-            if (ZOO / f"{MODEL}.onnx").exists():
-                zoo, model_source = ZOO, "zoo"
-            else:
-                zoo, model_source = standin_zoo(TMP / "zoo"), "stand-in: untrained, same architecture (zoo absent)"
-            (work / "state").mkdir()
-            proc, url = start_server(zoo, work / "state", {})
+        servers, procs, model_source = _start(args, work)
         import httpx
 
-        # let the background refresher finish its one-off work (the accuracy schedule) first
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if "agedchip_chip_eval_accuracy{" in httpx.get(url + "/metrics", timeout=10).text:
-                break
-            time.sleep(0.5)
+        for url, _ in servers.values():
+            wait_refreshed(url)
         busy_before = cpu_busy()
-        meta = httpx.get(url + "/v2/models/default", timeout=10).json()
+        first = next(iter(servers.values()))[0]
+        meta = httpx.get(first + "/v2/models/default", timeout=10).json()
         inp = meta["inputs"][0]
         shape = [int(d) for d in inp["shape"][1:]]
         rate = args.rate if generator == "wrk" else 0.0
         chosen = [
-            sc for sc in scenarios(args.batch, shape, inp["name"], rate) if not args.only or sc["name"] in args.only
+            sc
+            for sc in scenarios(args.batch, shape, inp["name"], rate, args.connections)
+            if not args.only or sc["name"] in args.only
         ]
         for sc in chosen:
-            warm_up(url, sc)
-        meter = CpuMeter(proc.pid if proc is not None else None)
-        runs = _rounds(args, generator, url, chosen, meter, work)
-        results = {name: summarise(rs) for name, rs in runs.items()}
+            for url, _ in servers.values():
+                warm_up(url, sc)
+        runs = _rounds(args, generator, servers, chosen, work)
         busy_after = cpu_busy()
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for proc in procs:
+            stop_server(proc)
         shutil.rmtree(work, ignore_errors=True)
     data = {
         "command": "python -m bench.load_test " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -571,8 +259,10 @@ def main(argv: list[str] | None = None) -> None:
         "model_source": model_source,
         "age": AGE,
         "server_env": server_env,
-        "targets": {"batch1_rps": TARGET_RPS, "batch1_p99_ms": TARGET_P99_MS},
-        "scenarios": results,
+        "batching": "A/B (defaults vs AGEDCHIP_BATCH_MAX_SIZE=1)" if len(servers) == 2 else "as configured",
+        "targets": {"batch1_rps": TARGET_RPS, "batch1_p99_ms": TARGET_P99_MS, "batching_speedup": TARGET_BATCH_SPEEDUP},
+        "scenarios": {name: {label: summarise(rs) for label, rs in by.items()} for name, by in runs.items()},
+        "ratios": ratios(runs),
         "note": args.note,
         "cpu_busy_before": busy_before,
         "cpu_busy_after": busy_after,

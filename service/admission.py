@@ -82,8 +82,13 @@ class Lane:
             if not ticket.admitted:
                 self.waiting -= 1
 
-    async def _acquire(self, ticket: Ticket) -> None:
-        with anyio.move_on_after(self.timeout_s) as scope:
+    async def acquire_slot(self, timeout_s: float | None = None) -> float:
+        """Wait for a slot, at most ``timeout_s`` (never more than the lane's timeout; then
+        Overloaded), and hold it until :meth:`release_slot` with the returned start time
+        (``time.monotonic()``). A dynamic batch (:mod:`service.batching`) takes one slot for all
+        its members, and :meth:`admit` s each of their tickets."""
+        wait_s = self.timeout_s if timeout_s is None else max(0.0, min(timeout_s, self.timeout_s))
+        with anyio.move_on_after(wait_s) as scope:
             await self._slots.acquire()
         if scope.cancelled_caught:
             raise self._refuse(
@@ -91,9 +96,22 @@ class Lane:
                 f"{self.workload} request waited {self.timeout_s:g} s in line "
                 "(AGEDCHIP_QUEUE_TIMEOUT_S) without a free slot; retry later",
             )
+        self.running += 1
+        return time.monotonic()
+
+    def admit(self, ticket: Ticket) -> None:
+        """Count a ticket's request as computing, in a slot acquired for it (or for its batch)."""
+        if ticket.admitted:
+            raise RuntimeError("a ticket runs one job")
         ticket.admitted = True
         self.waiting -= 1
-        self.running += 1
+
+    def release_slot(self, started: float) -> None:
+        self._release(time.monotonic() - started)
+
+    async def to_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in one of this lane's worker threads (the caller holds a slot)."""
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._threads)
 
     def _release(self, seconds: float) -> None:
         self.running -= 1
@@ -111,12 +129,12 @@ class Ticket:
         lane = self.lane
         if self.admitted:
             raise RuntimeError("a ticket runs one job")
-        await lane._acquire(self)
-        t0 = time.monotonic()
+        started = await lane.acquire_slot()
+        lane.admit(self)
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=lane._threads)
+            return await lane.to_thread(fn, *args)
         finally:
-            lane._release(time.monotonic() - t0)
+            lane.release_slot(started)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from chipsim import heap
 from service import __version__, errors, openapi_doc
 from service.admission import lanes_for
 from service.background import Refresher
+from service.batched_infer import run_batch
+from service.batching import Batcher
 from service.default_chip import program_default_chip
 from service.fleets import EVAL_LANE, FleetService
 from service.jobs import JobTable
@@ -94,6 +96,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.fleets = FleetService(registry, settings, app.state.recalibration_jobs)
     app.state.metrics = Metrics(registry, lanes, app.state.fleets)
+    batching = settings.batch_config()
+    app.state.batcher = (
+        Batcher(batching, lanes.infer, run_batch, app.state.metrics.observe_batch) if batching.enabled else None
+    )
     app.state.started = False
     app.state.stopping = threading.Event()
     add_routers(app)

@@ -11,7 +11,7 @@ label sets stay bounded by the chips in the store. :class:`ServiceCollector` rep
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -34,6 +34,10 @@ PREFIX = "agedchip_"
 #: The status recorded for a request whose client left before the answer (nginx's "client closed
 #: request"): a 4xx, so that it never feeds the 5xx error-rate alert.
 CLIENT_CLOSED = 499
+#: Batch sizes (samples, requests): powers of two up to the largest AGEDCHIP_BATCH_MAX_SIZE.
+BATCH_BUCKETS = tuple(float(2**k) for k in range(13))
+#: Queue delays: around the default AGEDCHIP_BATCH_MAX_QUEUE_DELAY_MS and up to the queue timeout.
+QUEUE_DELAY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -342,10 +346,36 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            PREFIX + "batch_size",
+            "Samples per dynamic batch of /infer requests (AGEDCHIP_BATCH_*).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_requests = Histogram(
+            PREFIX + "batch_requests",
+            "Requests merged per dynamic batch of /infer requests.",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_delay = Histogram(
+            PREFIX + "batch_queue_delay_seconds",
+            "Wait of an /infer request in the dynamic batch queue, from its arrival to its batch's start "
+            "(the wait for company and for a free slot), seconds.",
+            buckets=QUEUE_DELAY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(ChipCollector(registry))
         self.registry.register(ServiceCollector(registry, lanes))
         if fleets is not None:
             self.registry.register(FleetCollector(fleets))
+
+    def observe_batch(self, samples: int, requests: int, delays_s: Sequence[float]) -> None:
+        """A dynamic batch starts: its samples, its requests and each request's queue delay."""
+        self.batch_size.observe(samples)
+        self.batch_requests.observe(requests)
+        for d in delays_s:
+            self.batch_delay.observe(d)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, status_class(status)).inc()

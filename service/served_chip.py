@@ -306,21 +306,9 @@ class ServedChip(ChipEvaluation):
         age and gdc under ``parameters``)."""
         age_s, source = self.age_of(age, age_field)
         rt = self.runtime
-        try:
-            feeds = rt.check_inputs(inputs)
-        except InputError as err:
-            raise InvalidField(err.field, str(err)) from None
-        except OverflowError:  # an integer beyond any float or int the model takes (chipsim lets it through)
-            names = [i["name"] for i in rt.inputs]
-            where = f"inputs.{names[0]}" if len(names) == 1 else "inputs"
-            raise InvalidField(where, f"{where}: a number is too large for the input's dtype") from None
+        feeds = self.check_feeds(inputs)
         mode = self.gdc_mode(gdc, gdc_field)
         batch = int(next(iter(feeds.values())).shape[0])
-        if batch > self.settings.max_batch:
-            name = f"inputs.{next(iter(feeds))}"
-            raise InvalidField(
-                name, f"{name}: batch {batch} exceeds the limit of {self.settings.max_batch} (AGEDCHIP_MAX_BATCH)"
-            )
         energy_j, latency_s = self.request_cost(feeds)
         with self.new_readout(rt, age_s, read_seed, age_field, "infer"):
             outputs, readout = rt.run_with_readout(feeds, age_s, read_seed=read_seed, gdc=mode, seed=seed)
@@ -336,6 +324,25 @@ class ServedChip(ChipEvaluation):
             energy_j=energy_j,
             latency_s=latency_s,
         )
+
+    def check_feeds(self, inputs: Any) -> dict[str, np.ndarray]:
+        """A request's inputs as the model's arrays (batch first), within AGEDCHIP_MAX_BATCH."""
+        rt = self.runtime
+        try:
+            feeds = rt.check_inputs(inputs)
+        except InputError as err:
+            raise InvalidField(err.field, str(err)) from None
+        except OverflowError:  # an integer beyond any float or int the model takes (chipsim lets it through)
+            names = [i["name"] for i in rt.inputs]
+            where = f"inputs.{names[0]}" if len(names) == 1 else "inputs"
+            raise InvalidField(where, f"{where}: a number is too large for the input's dtype") from None
+        batch = int(next(iter(feeds.values())).shape[0])
+        if batch > self.settings.max_batch:
+            name = f"inputs.{next(iter(feeds))}"
+            raise InvalidField(
+                name, f"{name}: batch {batch} exceeds the limit of {self.settings.max_batch} (AGEDCHIP_MAX_BATCH)"
+            )
+        return feeds
 
     def _alpha(self, readout: ChipReadout, mode: GdcMode) -> list[dict[str, Any]]:
         """GDC α per layer of a read-out (cached: a chip is immutable, so α of an age never changes)."""

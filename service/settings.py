@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chipsim import PRESETS
 from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, MvmNoiseSource
 from chipsim.runtime import CACHE_BYTES, INITIALIZERS_MAX_BYTES
+from service.batching import BatchConfig, BatchConfigError
 from service.durations import DAY
 from service.ids import CHIP_ID_RULE, is_chip_id
 from service.memory import DEFAULT_BUDGET_SHARE, memory_limit
@@ -185,6 +186,29 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Longest wait in a line, seconds; then 429 + Retry-After."
     )
+    # --- dynamic batching of POST /infer (service.batching)
+    batch_max_queue_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="Longest wait of an unseeded /infer request for others to share its run "
+        "(same chip, age, read seed, GDC mode, input shape), milliseconds; a batch starts "
+        "sooner when it is full or reaches the largest preferred size. 0: no waiting, a batch "
+        "takes the requests that queued while the slots were busy (measured best on 2 cores: "
+        "bench/results/load_test.md).",
+    )
+    batch_max_size: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Most samples of a dynamic batch (1 = no batching); capped at AGEDCHIP_MAX_BATCH. "
+        "Requests with a seed, or of this many samples, always run alone.",
+    )
+    batch_preferred_sizes: str = Field(
+        "",
+        description="Batch sizes (samples) a batch starts at without waiting for the delay, "
+        "comma-separated and increasing, e.g. '8,16' ('' = only the largest batch).",
+    )
     memory_budget: int = Field(
         0,
         ge=0,
@@ -264,6 +288,32 @@ class Settings(BaseSettings):
             logging.getLogger("agedchip.service").warning("AGEDCHIP_MVM_NOISE: %s", MVM_NOISE_TABLE_DEPRECATION)
             return MvmNoiseSource.FRESH.value
         return v
+
+    @field_validator("batch_preferred_sizes")
+    @classmethod
+    def _preferred(cls, v: str) -> str:
+        try:
+            sizes = [int(p) for p in v.replace(" ", "").split(",") if p]
+        except ValueError:
+            raise ValueError(f"batch_preferred_sizes: {v!r} is not a comma-separated list of integers") from None
+        return ",".join(map(str, sizes))
+
+    @model_validator(mode="after")
+    def _batching(self) -> Settings:
+        try:
+            self.batch_config()
+        except BatchConfigError as err:
+            name = "batch_max_queue_delay_ms" if err.field == "max_queue_delay_s" else f"batch_{err.field}"
+            raise ValueError(f"{name}: {err}") from None
+        return self
+
+    def batch_config(self) -> BatchConfig:
+        """The dynamic batching of POST /infer these settings describe."""
+        return BatchConfig(
+            max_queue_delay_s=self.batch_max_queue_delay_ms / 1000,
+            max_size=min(self.batch_max_size, self.max_batch),
+            preferred_sizes=tuple(int(p) for p in self.batch_preferred_sizes.split(",") if p),
+        )
 
     @field_validator("log_level")
     @classmethod

@@ -87,3 +87,14 @@ def err(resp) -> tuple[int, str | None]:
     assert set(body) == {"error"}, body
     assert body["error"]["status"] == resp.status_code and body["error"]["message"]
     return resp.status_code, body["error"]["field"]
+
+
+def metric_value(client, name: str, **labels) -> float | None:
+    """The value of one sample of the client's /metrics (None when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return s.value
+    return None

@@ -416,7 +416,7 @@ def test_metrics_contract_after_refresh(client):
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {s.name: s for f in families.values() for s in f.samples}
     names = _contract_names()
-    assert len(names) == 29
+    assert len(names) == 32
     # series that exist only after an evaluation with an SLO (tests/test_service_energy.py) or of a
     # fleet (tests/test_service_fleets.py)
     later = {

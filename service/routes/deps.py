@@ -49,8 +49,10 @@ def stopping(request: Request) -> threading.Event:
     return request.app.state.stopping
 
 
-def require_admin(request: Request) -> None:
-    """Dependency of management routes (program, delete, recalibrate, cancel)."""
+async def require_admin(request: Request) -> None:
+    """Dependency of management routes (program, delete, recalibrate, cancel). The checks here
+    are async so that FastAPI runs them on the event loop: a sync dependency costs every request
+    a round trip through a worker thread."""
     check_admin(settings_of(request), request.headers)
 
 
@@ -58,19 +60,19 @@ def require_writer(action: str, allow: tuple[str, ...] = ()):
     """Dependency of the routes that change the store: a read-only replica refuses them (405)
     before their body is read."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         registry_of(request).require_writer(action, allow)
 
     return check
 
 
-def require_infer(request: Request) -> None:
+async def require_infer(request: Request) -> None:
     """Dependency of every other route that computes or shows chips: inference, evaluation,
     drift, chip listing and summaries, the zoo, OIP model metadata, jobs."""
     check_infer(settings_of(request), request.headers)
 
 
-def require_json_body(request: Request) -> None:
+async def require_json_body(request: Request) -> None:
     """Dependency of JSON routes: another declared content type is a 415 (before the body is read)."""
     require_json(request.headers.get("content-type", ""))
 

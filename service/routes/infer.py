@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from pydantic import ValidationError
 
-from chipsim.modes import GdcMode
-from service.jsonio import dumps, finite_list
-from service.problems import InvalidField, invalid_request
+from service.batched_infer import PARSE_ON_LOOP_BYTES, batch_job, parse_request
+from service.batching import Batcher
+from service.infer_response import infer_response
 from service.registry import Registry
 from service.routes.deps import lanes_of, registry_of, require_infer, require_json_body
 from service.schemas import ERROR_RESPONSES, InferRequest, InferResponse, inline_schema
@@ -19,53 +15,12 @@ from service.schemas import ERROR_RESPONSES, InferRequest, InferResponse, inline
 router = APIRouter(tags=["inference"])
 
 
-def infer_json(registry: Registry, body: bytes) -> bytes:
-    """A JSON request → the JSON response; parsing, inference and encoding all off the event loop."""
-    try:
-        req = InferRequest.model_validate_json(body)
-    except ValidationError as err:
-        raise invalid_request(err) from None
+def infer_json(registry: Registry, body: bytes | InferRequest) -> bytes:
+    """A JSON request (or one parsed already) → the JSON response, off the event loop."""
+    req = body if isinstance(body, InferRequest) else parse_request(body)
     chip = registry.get(req.chip_id)
     res = chip.infer(req.inputs, req.age, read_seed=req.read_seed, gdc=req.gdc, seed=req.seed)
-    content: dict[str, Any] = {
-        "chip_id": chip.chip_id,
-        "age_s": res.age_s,
-        "age_source": res.age_source,
-        "gdc": res.gdc,
-        "gdc_applied": res.gdc is not GdcMode.OFF,
-        "read_seed": res.read_seed,
-        "seed": res.seed,
-        "batch": res.batch,
-        "outputs": {o["name"]: finite_list(np.asarray(v)) for o, v in zip(chip.runtime.outputs, res.outputs)},
-        "argmax": None,
-        "accuracy": None,
-        "alpha": res.alpha,
-        "energy_j": res.energy_j,
-        "latency_s": res.latency_s,
-        "cost_model": chip.cost.cost_model.name,
-    }
-    labelled = correct = 0
-    if chip.classifier:
-        logits = np.asarray(res.outputs[0])
-        pred = logits.argmax(axis=1)
-        content["argmax"] = pred.tolist()
-        if req.labels is not None:
-            if len(req.labels) != res.batch:
-                raise InvalidField("labels", f"labels: {len(req.labels)} labels for a batch of {res.batch}")
-            classes = logits.shape[1]
-            # checked as Python ints: a label beyond int64 (2^63, 10^30) must not reach numpy
-            bad = next((i for i, v in enumerate(req.labels) if not 0 <= v < classes), None)
-            if bad is not None:
-                raise InvalidField(
-                    f"labels.{bad}", f"labels.{bad}: class indices must be in [0, {classes - 1}], got {req.labels[bad]}"
-                )
-            y = np.asarray(req.labels, dtype=np.int64)
-            labelled, correct = res.batch, int(np.count_nonzero(pred == y))
-            content["accuracy"] = correct / labelled
-    elif req.labels is not None:
-        raise InvalidField("labels", "labels: the model is not a classifier ((batch, classes) output); omit labels")
-    chip.count(res.batch, labelled, correct, res.energy_j)
-    return dumps(content)
+    return infer_response(chip, req, res)
 
 
 @router.post(
@@ -81,7 +36,17 @@ def infer_json(registry: Registry, body: bytes) -> bytes:
 async def infer(request: Request) -> Response:
     """Inference on a chip at an age (default: its wall-clock age × time scale). The same request
     with the same `seed` returns identical outputs. `labels` update the chip's live accuracy.
-    The JSON body is parsed off the event loop. A full line answers 429 with Retry-After."""
+    Unseeded requests may run merged with others of the same chip, age, read seed and GDC mode
+    (dynamic batching, AGEDCHIP_BATCH_*); each still gets its own per-MVM noise. A full line
+    answers 429 with Retry-After."""
+    registry = registry_of(request)
     async with lanes_of(request).infer.ticket() as ticket:  # a place in line before the body is read
-        body = await ticket.run(infer_json, registry_of(request), await request.body())
-    return Response(body, media_type="application/json")
+        body: bytes | InferRequest = await request.body()
+        batcher: Batcher | None = request.app.state.batcher
+        if batcher is not None and len(body) <= PARSE_ON_LOOP_BYTES:
+            body = parse_request(body)  # small: cheaper here than a worker thread's round trip
+            job = batch_job(registry, body, batcher.config.max_size)
+            if job is not None:
+                return Response(await batcher.submit(job.key, job, job.batch, ticket), media_type="application/json")
+        out = await ticket.run(infer_json, registry, body)
+    return Response(out, media_type="application/json")
