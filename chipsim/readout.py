@@ -28,7 +28,7 @@ from chipsim.mapping import pair_weight
 from chipsim.modes import GdcMode
 from chipsim.profiles import ChipProfile
 from chipsim.rng import Stream, check_seed, stream
-from chipsim.state import ChipState, LayerState, decode_devices
+from chipsim.state import ChipState, DecodedDevices, LayerState, decode_devices, decode_rows
 
 
 def layer_age(layer: LayerState, chip_age_s: float) -> float:
@@ -99,20 +99,59 @@ def conductances_at(
     """G(t) (2, rows, cols) in µS: drift ``G_prog·((t+t0)/t0)^−ν`` then 1/f noise
     ``max(0, G_drift + |G_drift|·σ_read·ξ)``. Stuck devices (ν < 0 code) do not drift.
     ``rng=None`` gives the noise-free drifted conductances."""
+    dec = decode_devices(layer, profile.device_model)
+    return _aged(dec, profile, age_s, _read_draw(dec.g_prog_us.shape, profile, rng))
+
+
+def _read_draw(shape: tuple[int, ...], profile: ChipProfile, rng: np.random.Generator | None) -> np.ndarray | None:
+    """The 1/f draw ξ of every device of a layer (None without read noise)."""
+    if rng is None or profile.read_noise_scale <= 0:
+        return None
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _aged(dec: DecodedDevices, profile: ChipProfile, age_s: float, xi: np.ndarray | None) -> np.ndarray:
+    """:func:`conductances_at` from decoded devices and their draw ξ (consumed)."""
     device = profile.device_model
-    dec = decode_devices(layer, device)
     g = dec.g_prog_us
     if profile.drift_scale > 0 and age_s > 0:
         g = g * device.drift_factor(dec.nu, age_s)
-    if rng is not None and profile.read_noise_scale > 0:
+    if xi is not None:
         sigma_t = np.float32(profile.read_noise_scale * device.read_noise_time_factor(age_s))
-        xi = rng.standard_normal(g.shape, dtype=np.float32)
         xi *= dec.read_q
         xi *= sigma_t
         xi *= np.abs(g)
         g = g + xi
         np.maximum(g, 0, out=g)
     return g.astype(np.float32, copy=False)
+
+
+#: Devices per step of a read-out (:func:`read_weights`): a step's temporaries stay in the cache.
+READ_CHUNK = 1 << 16
+
+
+def read_weights(
+    layer: LayerState, profile: ChipProfile, age_s: float, rng: np.random.Generator | None, keep_decoded: bool = True
+) -> np.ndarray:
+    """``pair_weight(conductances_at(...))``, the layer's normalised weights at ``age_s``, bit for
+    bit, in blocks of rows: a layer whose devices are not cached (``keep_decoded=False`` and
+    none yet) never holds more than its ξ, its result and one block (12 instead of ~56 bytes
+    per weight at once)."""
+    device = profile.device_model
+    rows, cols = layer.weight.shape
+    dec = decode_devices(layer, device) if keep_decoded or device.name in layer._decoded else None
+    xi = _read_draw((2, rows, cols), profile, rng)
+    w = np.empty((rows, cols), np.float32)
+    step = max(1, READ_CHUNK // (2 * cols))
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        part = (
+            decode_rows(layer, device, a, b)
+            if dec is None
+            else DecodedDevices(dec.g_prog_us[:, a:b], dec.nu[:, a:b], dec.read_q[:, a:b])
+        )
+        w[a:b] = pair_weight(_aged(part, profile, age_s, None if xi is None else xi[:, a:b]), device.g_max_us)
+    return w
 
 
 def read_stream(chip_seed: int, read_seed: int, layer_index: int, age_s: float) -> np.random.Generator:
@@ -125,13 +164,19 @@ def read_stream(chip_seed: int, read_seed: int, layer_index: int, age_s: float) 
 
 
 def read_layer(
-    layer: LayerState, profile: ChipProfile, chip_seed: int, layer_index: int, age_s: float, read_seed: int
+    layer: LayerState,
+    profile: ChipProfile,
+    chip_seed: int,
+    layer_index: int,
+    age_s: float,
+    read_seed: int,
+    keep_decoded: bool = True,
 ) -> LayerReadout:
-    """One layer read out at chip age ``age_s`` (seconds) with read seed ``read_seed``."""
+    """One layer read out at chip age ``age_s`` (seconds) with read seed ``read_seed``;
+    ``keep_decoded`` as in :func:`conductances_at` (the same values either way)."""
     device_age = layer_age(layer, age_s)
     rng = read_stream(chip_seed, read_seed, layer_index, device_age)
-    g_max = profile.device_model.g_max_us
-    w = pair_weight(conductances_at(layer, profile, device_age, rng), g_max)
+    w = read_weights(layer, profile, device_age, rng, keep_decoded)
     n_tiles = len(layer.tiles)
     cur = np.zeros(n_tiles)
     cur_col = np.zeros((n_tiles, w.shape[1]), np.float32)

@@ -10,6 +10,14 @@ chosen per runtime (never mixed, so a seeded request is bit-identical however of
 - ``inputs``: one session per chip; the weights of an age are fed with every run. A new age
   costs only the numpy read-out (2–20 ms for the zoo models): for one-off ages.
 
+An ``initializers`` runtime whose weight inputs together exceed ``initializers_max_bytes`` binds
+them as ``inputs`` instead (``binding`` says which it uses): embedding them costs three transient
+copies (the protobuf initializers, their serialisation, onnxruntime's parse) beside onnxruntime's
+own and its prepacked ones, ~100 bytes per analog weight at a new age against ~20 as inputs, and a
+serialised model cannot exceed protobuf's 2 GiB (reached near 134M weights on 'pcm'). Such a
+runtime also decodes the devices afresh at every read-out rather than caching them (24 bytes per
+weight; see :func:`chipsim.state.decode_devices`). Outputs are those of the ``inputs`` binding.
+
 Read-outs per (age, read seed) live in a bounded LRU with a memory limit
 (:mod:`chipsim.readout_cache`), together with their session in ``initializers`` mode; the
 weights and scales fed to the graph are packed by :mod:`chipsim.compiler.weight_packing`.
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +58,15 @@ __all__ = ["CacheStats", "ChipRuntime", "InputError", "load_plans"]
 #: Measured RSS of a cached age with its session over the bytes of its arrays (82 / 36, the
 #: largest ratio measured; see ``_Entry.nbytes``).
 SESSION_CHARGE = 2.3
+#: Weight inputs (bytes, all tiles) above which an ``initializers`` runtime binds them as inputs:
+#: 4M analog weights on 'pcm' (four float32 products per weight), 16M on a linear profile. Above it
+#: the embedded copies cost more than the few percent of speed they buy (resnet18, 11.7M weights:
+#: 2.96 vs 3.76 samples/s at batch 1, 3.06 vs 2.89 at batch 8, initializers vs inputs, 3
+#: interleaved rounds), and the serialised graph nears protobuf's 2 GiB limit.
+INITIALIZERS_MAX_BYTES = 64 << 20
+#: Default bound of the read-out cache, bytes: two ages of resnet18 on 'pcm' (0.23 GB each as
+#: inputs) fit, so a client alternating two ages does not pay a read-out per request.
+CACHE_BYTES = 1 << 30
 
 
 @dataclass
@@ -56,7 +74,8 @@ class _Entry:
     """A cached read-out with what the graph needs of it."""
 
     readout: ChipReadout
-    weights: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]  # empty once embedded in the session (it holds its own copy)
+    weight_bytes: int = 0
     scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per GDC mode
     feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # scales + weights, per GDC mode
     session: ort.InferenceSession | None = None
@@ -69,10 +88,19 @@ class _Entry:
         # the weights, so an entry with a session is charged SESSION_CHARGE times that
         # (python -m bench.arena_rss: enable_cpu_mem_arena on and off, interleaved: off
         # saved nothing at batch 1 and was worse after the first age at batch 1024, so it stays on).
-        n = self.readout.nbytes + sum(a.nbytes for a in self.weights.values())
+        n = self.readout.nbytes + self.weight_bytes
         if self.session is None:
             return n
-        return int(SESSION_CHARGE * (n + sum(a.nbytes for a in self.weights.values())))
+        return int(SESSION_CHARGE * (n + self.weight_bytes))
+
+
+def weight_input_bytes(inputs: Iterable[onnx.ValueInfoProto]) -> int:
+    """Bytes of the float32 weight inputs among a compiled graph's ``inputs`` (static shapes)."""
+    total = 0
+    for i in inputs:
+        if i.name.startswith("chip/") and i.name.rsplit("/", 1)[-1] in WEIGHT_INPUTS:
+            total += 4 * int(np.prod([d.dim_value for d in i.type.tensor_type.shape.dim]))
+    return total
 
 
 class ChipRuntime:
@@ -86,11 +114,12 @@ class ChipRuntime:
         chip: ChipState,
         *,
         threads: int | None = None,
-        cache_bytes: int = 256 << 20,
+        cache_bytes: int = CACHE_BYTES,
         cache_entries: int = 32,
         binding: str = WeightBinding.INITIALIZERS,
         noise: str = MvmNoiseSource.FRESH,
         lowering: GraphLowering | str | None = None,
+        initializers_max_bytes: int = INITIALIZERS_MAX_BYTES,
     ):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
@@ -108,15 +137,22 @@ class ChipRuntime:
         self._model_inputs = ModelInputs(self.inputs)
         self.outputs: list[dict[str, Any]] = chip.meta["outputs"]
         self.output_names = [o["name"] for o in self.outputs]
-        self.binding = WeightBinding(binding).value
         self.threads = threads
         self.graph = graph = self._graph(chip, None if lowering is None else GraphLowering(lowering))
-        self.session = cpu_session(graph, threads)
-        self._graph_inputs = {i.name for i in self.session.get_inputs()}
+        proto = onnx.load_from_string(graph)
+        self._graph_inputs = {i.name for i in proto.graph.input}
+        #: Bytes of the weight inputs of one read-out (all tiles, float32).
+        self.weight_bytes = weight_input_bytes(proto.graph.input)
+        #: The binding asked for and the one used (``inputs`` above ``initializers_max_bytes``).
+        self.requested_binding = WeightBinding(binding).value
+        self.large = self.weight_bytes > initializers_max_bytes
+        self.binding = WeightBinding.INPUTS.value if self.large else self.requested_binding
+        binding = self.binding
         self._linear = is_linear(self.profile)
         self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
         self._has_noise = len(self._noise_shapes) > 0
-        self._init_graph = self._initializer_graph(graph) if binding == WeightBinding.INITIALIZERS else None
+        self._init_graph = self._initializer_graph(proto) if binding == WeightBinding.INITIALIZERS else None
+        self._session: ort.InferenceSession | None = None
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
         self._cache: ReadoutCache[tuple[float, int, str], _Entry] = ReadoutCache(cache_bytes, cache_entries)
@@ -150,12 +186,22 @@ class ChipRuntime:
         self.plans = compiled.plans
         return compiled.graph
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The session of the compiled graph, weights fed as inputs; built on first use (an
+        ``initializers`` runtime runs a session per cached age and never needs it, so programming
+        a chip builds none)."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = cpu_session(self.graph, self.threads)
+        return self._session
+
     @staticmethod
-    def _initializer_graph(graph: bytes) -> onnx.ModelProto:
-        """The compiled graph without its weight inputs: per age, the read-out weights are added
-        to a copy as initializers (constants, so onnxruntime prepacks them and applies its
-        layout optimisations)."""
-        model = onnx.load_from_string(graph)
+    def _initializer_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+        """The compiled graph without its weight inputs (in place): per age, the read-out weights
+        are added to a copy as initializers (constants, so onnxruntime prepacks them and applies
+        its layout optimisations)."""
         keep = [
             vi
             for vi in model.graph.input
@@ -166,24 +212,38 @@ class ChipRuntime:
         return model
 
     # ------------------------------------------------------------------ read-outs
+    def _weights(self, readout: ChipReadout, mode: GdcMode) -> dict[str, np.ndarray]:
+        return weight_inputs(self.plans, self.chip.layers, readout, self.profile, mode)
+
     def _prepare(self, readout: ChipReadout, mode: GdcMode) -> _Entry:
-        weights = weight_inputs(self.plans, self.chip.layers, readout, self.profile, mode)
-        entry = _Entry(readout, weights)
+        weights = self._weights(readout, mode)
+        entry = _Entry(readout, weights, sum(a.nbytes for a in weights.values()))
         if self._init_graph is not None:
-            # The weights are embedded in a copy of the graph rather than passed with
-            # SessionOptions.add_initializer: with onnxruntime 1.32, ORT_ENABLE_ALL's Conv layout
-            # transformation (NCHWc) packed the graph's placeholder values instead of the
-            # add_initializer ones (wrong Conv outputs), and without that optimisation Conv runs
-            # ~10x slower. Embedding costs one serialisation of the weights per cached age.
-            model = onnx.ModelProto()
-            model.CopyFrom(self._init_graph)
-            model.graph.initializer.extend(numpy_helper.from_array(arr, name) for name, arr in weights.items())
-            entry.session = cpu_session(model.SerializeToString(), self.threads)
+            entry.weights = {}  # the session keeps its own copy; run_tensor packs them again
+            entry.session = self._embedded_session(weights)
         return entry
 
+    def _embedded_session(self, weights: dict[str, np.ndarray]) -> ort.InferenceSession:
+        """A session of the graph with ``weights`` embedded as initializers; empties ``weights``.
+
+        The weights are embedded in a copy of the graph rather than passed with
+        SessionOptions.add_initializer: with onnxruntime 1.32, ORT_ENABLE_ALL's Conv layout
+        transformation (NCHWc) packed the graph's placeholder values instead of the add_initializer
+        ones (wrong Conv outputs), and without that optimisation Conv runs ~10x slower. Each copy
+        is dropped once the next exists (arrays, protobuf, serialised bytes), so at most two are
+        alive besides onnxruntime's."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self._init_graph)
+        for name in list(weights):  # in order: the graph bytes are those of earlier versions
+            model.graph.initializer.append(numpy_helper.from_array(weights.pop(name), name))
+        data = model.SerializeToString()
+        del model
+        return cpu_session(data, self.threads)
+
     def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> _Entry:
+        keep = not self.large  # a large chip decodes its devices per read-out (see module doc)
         layers = [
-            read_layer(layer, self.profile, self.chip.seed, i, age_s, read_seed)
+            read_layer(layer, self.profile, self.chip.seed, i, age_s, read_seed, keep_decoded=keep)
             for i, layer in enumerate(self.chip.layers)
         ]
         return self._prepare(ChipReadout(age_s, read_seed, layers), mode)
@@ -276,7 +336,7 @@ class ChipRuntime:
         mode = self.gdc_mode(gdc)
         entry = self._entry(check_age(age_s), check_seed(read_seed, "read_seed"), mode)
         if plans is self.plans:
-            feeds.update(entry.weights)
+            feeds.update(entry.weights or self._weights(entry.readout, mode))
             feeds.update(self._scales(entry, mode))
         else:
             feeds.update(weight_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))

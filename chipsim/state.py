@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from chipsim.half import to_float32
 from chipsim.mapping import column_scales, normalise, pair_targets_us
 from chipsim.profiles import ChipProfile
 
@@ -85,8 +86,10 @@ class LayerState:
     def col_scale(self) -> np.ndarray:
         return column_scales(self.weight)
 
-    @cached_property
+    @property
     def w_norm(self) -> np.ndarray:
+        """The normalised target weights, computed at each use rather than kept (4 bytes per
+        weight for a division per read-out of a layer whose devices are not cached)."""
         return normalise(self.weight, self.col_scale)
 
     def g_target_us(self, g_max_us: float) -> np.ndarray:
@@ -95,7 +98,7 @@ class LayerState:
     def g_prog_us(self, g_max_us: float) -> np.ndarray:
         """Programmed conductances (2, rows, cols), µS, decoded from the stored deviation."""
         g = self.g_target_us(g_max_us)
-        g += self.dg_us.astype(np.float32)
+        g += to_float32(self.dg_us)
         return np.maximum(g, 0, out=g)
 
 
@@ -109,15 +112,25 @@ class DecodedDevices:
     read_q: np.ndarray  # (2, rows, cols), 1/f amplitude Q_s(G_prog)
 
 
-def decode_devices(layer: LayerState, device: Any) -> DecodedDevices:
-    """The cached decoded arrays of ``layer`` for a device model."""
+def decode_rows(layer: LayerState, device: Any, a: int, b: int) -> DecodedDevices:
+    """The decoded arrays of rows ``a:b`` of ``layer`` (each device's values depend on it alone,
+    so rows decode as they would within the whole layer)."""
+    g_prog = pair_targets_us(normalise(layer.weight[a:b], layer.col_scale), device.g_max_us)
+    g_prog += to_float32(layer.dg_us[:, a:b])
+    np.maximum(g_prog, 0, out=g_prog)
+    nu = to_float32(layer.nu[:, a:b])
+    np.maximum(nu, 0, out=nu)  # fault codes (< 0) → no drift
+    return DecodedDevices(g_prog, nu, np.asarray(device.read_noise_q(g_prog), dtype=np.float32))
+
+
+def decode_devices(layer: LayerState, device: Any, keep: bool = True) -> DecodedDevices:
+    """The decoded arrays of ``layer`` for a device model, cached on the layer when ``keep``
+    (24 bytes per weight; a large chip's runtime decodes rows per read-out instead)."""
     cached = layer._decoded.get(device.name)
     if cached is None:
-        g_prog = layer.g_prog_us(device.g_max_us)
-        nu = layer.nu.astype(np.float32)
-        np.maximum(nu, 0, out=nu)  # fault codes (< 0) → no drift
-        cached = DecodedDevices(g_prog, nu, np.asarray(device.read_noise_q(g_prog), dtype=np.float32))
-        layer._decoded[device.name] = cached
+        cached = decode_rows(layer, device, 0, layer.weight.shape[0])
+        if keep:
+            layer._decoded[device.name] = cached
     return cached
 
 

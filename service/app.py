@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, FastAPI
 
+from chipsim import heap
 from service import __version__, errors, openapi_doc
 from service.admission import lanes_for
 from service.background import Refresher
@@ -152,6 +153,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.registry.load_all()
         program_default_chip(state.registry, state.settings)
 
+    heap.limit_retention()  # a chip's temporaries are unmapped when freed (chipsim.heap)
     await anyio.to_thread.run_sync(startup)
     gc.collect()
     gc.freeze()  # long-lived startup objects leave the GC's generations: shorter pauses under load

@@ -15,6 +15,10 @@ each chip it computes:
 - once per chip (a chip is immutable, so the numbers never change): the accuracy at the fixed
   schedule 1s, 1h, 1d, 1w, 30d, 1y, 10y, mean over ``AGEDCHIP_SCHEDULE_READOUTS`` read-outs.
 
+Its CPU over time is bounded by ``AGEDCHIP_REFRESH_CPU_SHARE``: a pass that computed for ``b``
+seconds is followed by a wait of at least ``b·(1/share − 1)`` (a chip's age moves on between
+passes, so each pass reads it out afresh: a resnet18 chip costs seconds per pass).
+
 Failures are logged and never stop the loop or the server; a chip whose read-out does not fit
 the memory budget is skipped until the next pass.
 """
@@ -46,6 +50,12 @@ YIELD_POLL_S = 0.05
 WORKLOAD = "refresh"
 
 
+def pause_s(period_s: float, elapsed_s: float, busy_s: float, cpu_share: float) -> float:
+    """Seconds to wait after a pass that took ``elapsed_s`` (``busy_s`` of them computing):
+    the rest of the period, and at least what keeps the computing share at ``cpu_share``."""
+    return max(0.5, period_s - elapsed_s, busy_s * (1.0 / cpu_share - 1.0))
+
+
 class Refresher:
     def __init__(self, registry: Registry, settings: Settings, lanes: Lanes | None = None):
         self.registry = registry
@@ -57,6 +67,8 @@ class Refresher:
         self._stop = threading.Event()
         self._cursor = 0
         self._thread = anyio.CapacityLimiter(1)
+        #: Seconds the last pass spent refreshing chips (its waits for requests not counted).
+        self.last_busy_s = 0.0
 
     # ------------------------------------------------------------------ one chip
     def refresh_chip(self, chip: ServedChip) -> None:
@@ -137,11 +149,14 @@ class Refresher:
 
     async def run_pass(self) -> None:
         """Refresh the next chips, one worker-thread call per chip, yielding to requests before each."""
+        self.last_busy_s = 0.0
         for chip in self.next_chips():
             await self._yield_to_requests()
             if self._stop.is_set():
                 return
+            t0 = time.monotonic()
             await anyio.to_thread.run_sync(self._refresh, chip, limiter=self._thread)
+            self.last_busy_s += time.monotonic() - t0
         self.runs += 1
 
     async def run(self) -> None:
@@ -156,7 +171,8 @@ class Refresher:
                 raise
             except Exception:
                 log.exception("gauge refresh failed")
-            await asyncio.sleep(max(0.5, period - (time.monotonic() - t0)))
+            elapsed = time.monotonic() - t0
+            await asyncio.sleep(pause_s(period, elapsed, self.last_busy_s, self.settings.refresh_cpu_share))
 
     def stop(self) -> None:
         self._stop.set()

@@ -81,6 +81,7 @@ def _runtime(chip: ChipState, settings: Settings, binding: str, cache_bytes: int
         cache_entries=cache_entries,
         binding=binding,
         noise=settings.mvm_noise,
+        initializers_max_bytes=settings.initializers_max_bytes,
     )
 
 

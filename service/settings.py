@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chipsim import PRESETS
 from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, MvmNoiseSource
+from chipsim.runtime import CACHE_BYTES, INITIALIZERS_MAX_BYTES
 from service.batching import BatchConfig, BatchConfigError
 from service.durations import DAY
 from service.ids import CHIP_ID_RULE, is_chip_id
@@ -84,7 +85,12 @@ class Settings(BaseSettings):
     )
 
     # --- limits
-    max_upload_bytes: int = Field(64 << 20, ge=1024, description="Largest POST /program body (multipart), bytes.")
+    max_upload_bytes: int = Field(
+        256 << 20,
+        ge=1024,
+        description="Largest POST /program body (multipart), bytes (default: resnet18 with its calibration "
+        "and eval sets, 75.6 MB, three times over).",
+    )
     max_request_bytes: int = Field(16 << 20, ge=1024, description="Largest body of any other request, bytes.")
     max_batch: int = Field(4096, ge=1, description="Largest batch (first dimension) of an inference request.")
     max_chips: int = Field(64, ge=1, description="Most chips in the store (ready + corrupt + being programmed).")
@@ -104,10 +110,10 @@ class Settings(BaseSettings):
         "tiles, 7.7 s at 512, 62 s at 2048).",
     )
     max_devices: int = Field(
-        32 << 20,
+        128 << 20,
         ge=1,
         description="Most devices (2 per analog weight) of a chip to program, "
-        "checked before any work (default: what a 64 MiB upload of "
+        "checked before any work (default: what a 256 MiB upload of "
         "float32 weights holds).",
     )
     max_tensor_elements: int = Field(
@@ -143,7 +149,19 @@ class Settings(BaseSettings):
         "output and request, ~8 ns each). 'table' is accepted, logged as deprecated "
         "and served as 'fresh' (its windows overlapped between requests).",
     )
-    cache_bytes: int = Field(256 << 20, ge=0, description="Read-out cache per chip, bytes.")
+    cache_bytes: int = Field(
+        CACHE_BYTES,
+        ge=0,
+        description="Read-out cache per chip, bytes (default: two ages of resnet18 on 'pcm'; "
+        "`memory_budget` bounds all chips together).",
+    )
+    initializers_max_bytes: int = Field(
+        INITIALIZERS_MAX_BYTES,
+        ge=0,
+        description="With binding 'initializers', a chip whose read-out weights (all tiles, float32) "
+        "exceed this many bytes binds them as 'inputs' (no session per age, ~20 instead of "
+        "~100 bytes per weight at a new age).",
+    )
     cache_entries: int = Field(32, ge=1, description="Read-out cache per chip, entries (ages × read seeds).")
     infer_concurrency: int = Field(
         0,
@@ -221,6 +239,14 @@ class Settings(BaseSettings):
         ge=1,
         le=10_000,
         description="Chips refreshed per period (round robin): bounds the refresher's CPU with many chips.",
+    )
+    refresh_cpu_share: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="Largest share of one core the refresher uses over time: after a pass that "
+        "computed for b seconds it waits at least b·(1/share − 1) s, beyond `refresh_seconds` "
+        "(1 = no bound).",
     )
     refresh_eval_samples: int = Field(256, ge=1, description="Eval samples used for the refreshed accuracy gauges.")
     schedule_readouts: int = Field(

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from chipsim import get_profile
 from chipsim.compiler import program_onnx
+from chipsim.compiler.weight_packing import weight_inputs
 from chipsim.readout_cache import ReadoutCache
 from chipsim.runtime import SESSION_CHARGE, ChipRuntime
 from service.app import create_app
@@ -40,8 +41,11 @@ def test_an_entry_with_a_session_is_charged_the_measured_ratio():
         rt = ChipRuntime(chip, threads=1, binding=binding)
         rt.run(x, 3600.0, seed=1)
         entry = rt._cache.find(lambda key: True)
-        arrays = entry.readout.nbytes + sum(a.nbytes for a in entry.weights.values())
-        weights = sum(a.nbytes for a in entry.weights.values())
+        # the packed weights, packed again here: an entry with a session no longer holds them
+        packed = weight_inputs(rt.plans, chip.layers, entry.readout, chip.profile, rt.gdc_mode(True))
+        weights = sum(a.nbytes for a in packed.values())
+        arrays = entry.readout.nbytes + weights
+        assert (len(entry.weights) == 0) == has_session
         expected = int(SESSION_CHARGE * (arrays + weights)) if has_session else arrays
         assert (entry.session is not None) == has_session
         assert rt.stats.bytes == expected > 0

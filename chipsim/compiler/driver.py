@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from chipsim import heap
 from chipsim.caws import caws_specs
 from chipsim.compiler.bounds import AllocationLimits, check_allocations, refuse_sparse
 from chipsim.compiler.calibration import Calibration, resolve_ranges
@@ -275,6 +276,7 @@ def program_onnx(
     compiled = compile_model(
         model_bytes, profile, calibration, eval_inputs=eval_inputs, limits=limits, lowering=lowering
     )
+    heap.trim()  # the parsed model's memory, before the chip's arrays are allocated
     specs = caws_specs(compiled.specs, profile) if scaling is ColumnScaling.CAWS else compiled.specs
     digest = hashlib.sha256(model_bytes).hexdigest()
     chip_meta = {

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from chipsim.compiler.light_copy import as_inputs
 from chipsim.compiler.plan import CompileError
 
 MIN_OPSET = 13
@@ -115,9 +116,11 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Shapes of every tensor with symbolic input dims set to 1 (per-sample shapes)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    init_names = {t.name for t in m.graph.initializer}
+    # the large weights as inputs of their shape: inference reads no more of them, and its
+    # serialisation of the model no longer copies them
+    declared = {i.name for i in model.graph.input}
+    init_names = {t.name for t in model.graph.initializer}
+    m = as_inputs(model)
     for inp in m.graph.input:
         if inp.name in init_names:
             continue
@@ -131,6 +134,8 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
         raise CompileError(f"model: shape inference failed ({str(err).splitlines()[0][:200]})") from None
     shapes: dict[str, list[int | None]] = {}
     for vi in [*m.graph.value_info, *m.graph.output, *m.graph.input]:
+        if vi.name in init_names and vi.name not in declared:
+            continue  # a weight made an input here: not listed, as before
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
     return shapes

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from chipsim.compiler import light_copy
 from chipsim.compiler.plan import CompileError
 from chipsim.ort_session import PROVIDERS, session_options
 
@@ -65,14 +66,11 @@ def runnable_error(model: onnx.ModelProto, err: Exception) -> CompileError:
 def without(model: onnx.ModelProto, replaced: Callable[[onnx.NodeProto], bool]) -> onnx.ModelProto:
     """A copy of ``model`` without the nodes ``replaced`` selects, their outputs graph inputs of
     unknown shape: the nodes onnxruntime will run, with what the chip computes in their place."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    gone = [n for n in out.graph.node if replaced(n)]
+    gone = [n for n in model.graph.node if replaced(n)]
+    # the weights only the replaced nodes read are left out: onnxruntime would parse them for nothing
+    out = light_copy.keep(model, [n for n in model.graph.node if not replaced(n)])
     if not gone:
         return out
-    keep = [n for n in out.graph.node if not replaced(n)]
-    del out.graph.node[:]
-    out.graph.node.extend(keep)
     # Analog layers compute in float32 (compute_in_fp32 ran before), whatever the op
     out.graph.input.extend(
         helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for n in gone for o in n.output if o
