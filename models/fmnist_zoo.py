@@ -63,7 +63,9 @@ def zoo_entry(run_dir: Path, out: Path, n_eval: int) -> dict:
         "sha256": hashlib.sha256(model_bytes).hexdigest(),
         "bytes": len(model_bytes),
         "n_weights": result["n_weights"],
-        "train_seconds": result["seconds"],
+        # every epoch's wall time, also those before a --resume (result.json's "seconds" counts
+        # only the last process); on a shared host this includes the waits for a core
+        "train_seconds": round(sum(h["seconds"] for h in history), 1) if history else result["seconds"],
         "train_steps": history[-1]["steps"] if history else None,
         "train_threads": result.get("threads"),
     }
