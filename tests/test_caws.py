@@ -60,6 +60,7 @@ def test_bulk_weights_are_barely_clipped():
     assert np.abs(caws_weight(w, get_profile("pcm"))).max() <= c.max() + 1e-7
 
 
+@pytest.mark.slow  # trains a digits MLP, then programs it twice
 def test_program_onnx_option_clips_and_records():
     from chipsim.compiler import program_onnx
 

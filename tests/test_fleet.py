@@ -295,6 +295,7 @@ def test_rows_use_the_single_chip_routes_seeds(fleet_store, serial_rows):
     assert {r.gdc_mode for r in serial_rows} == {"global", "off"}
 
 
+@pytest.mark.slow  # a pool of worker processes
 def test_local_processes_equal_serial_bit_for_bit(fleet_store, serial_rows):
     store, fleets, fleet = fleet_store
     done = []

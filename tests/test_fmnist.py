@@ -252,6 +252,7 @@ def _cli(tmp_path, name: str, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # trains, exports and emulates two models through the CLI
 def test_cli_trains_plain_then_hwa_into_new_folders(tmp_path, capsys):
     need_data()
     T.main(_cli(tmp_path, "plain"))
@@ -286,6 +287,7 @@ def test_cli_refuses_to_overwrite_and_needs_a_teacher_for_hwa(tmp_path):
         T.main(_cli(tmp_path, "hwa", "--mode", "hwa"))
 
 
+@pytest.mark.slow  # three training runs through the CLI
 def test_resume_continues_to_the_same_weights(tmp_path):
     need_data()
     two = ["--epochs", "2", "--no-export"]

@@ -21,6 +21,7 @@ RESULTS = OUT_DIR / "results.json"
 
 
 # ----------------------------------------------------------------------------- bootstrap
+@pytest.mark.slow  # 200 × 200 bootstrap replicates
 def test_bootstrap_interval_of_a_binomial_covers_its_truth_at_the_stated_rate():
     # 200 samples of 400 Bernoulli(0.9) images, 200 replicates each. A correct 95 % interval covers
     # p in Binomial(200, 0.95) of them: mean 190, sd 3.1; [180, 198] (0.90–0.99) holds with

@@ -63,6 +63,7 @@ def written(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # runs the hardening study on synthetic runs (the `written` fixture)
 def test_verdicts_follow_the_known_truth(written):
     doc = json.loads((written / "hardening.json").read_text())
     claims = {c["id"]: c for c in doc["summary"]["claims"]}
@@ -82,6 +83,7 @@ def test_verdicts_follow_the_known_truth(written):
     assert verdict([0.9, 1.2], 1.0) == "not reproduced" and verdict([float("nan")] * 2, 1.0) == "no data"
 
 
+@pytest.mark.slow  # recomputes the whole report's bootstraps
 def test_report_recomputes_from_its_json(written):
     doc = json.loads((written / "hardening.json").read_text())
     assert json.dumps(public(summarise(doc["raw"], 0.1, doc["config"]["n_boot"]))) == json.dumps(doc["summary"])

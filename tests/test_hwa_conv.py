@@ -155,6 +155,7 @@ def test_conv_layer_in_float32_differs_from_the_unfolded_layer_only_by_rare_adc_
     assert float((diff > 1e-4 * y_ref.abs().max()).to(torch.float64).mean()) <= 0.01
 
 
+@pytest.mark.slow  # 80 HWA training steps
 def test_tiny_resnet_learns_through_the_convolution_path():
     """A few HWA steps (extended STE) of a tiny ResNet on 8×8 digits with 32-row tiles, so that
     most convolutions span several tiles cut inside a kernel: the loss on a fixed chip instance

@@ -28,6 +28,7 @@ def test_fit_recovers_an_exact_curve():
     assert fit.rmse < 1e-6 and fit.r2 > 0.999999
 
 
+@pytest.mark.slow  # 20 data sets × 100 bootstrap refits
 def test_bootstrap_interval_covers_the_true_midpoint():
     # 20 independent data sets of 5 seeds × 400 images; a 95 % interval misses the truth in a
     # data set with p = 0.05, so ≥ 17/20 covered fails a correct interval with probability

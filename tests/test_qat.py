@@ -208,6 +208,7 @@ def _cli(tmp_path, name: str, mode: str, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # three training runs per mode
 @pytest.mark.parametrize("mode", ["noisy-then-qat", "qat-dynamic"])
 def test_a_hardening_run_resumes_to_the_same_weights(tmp_path, mode):
     # noisy-then-qat switches to QAT at step 4 of 8, exactly where the cut run stops: the resumed

@@ -76,6 +76,7 @@ def test_symmetric_noiseless_analog_sgd_is_sgd_up_to_one_pulse_per_step():
     assert analog.pulses_used > 0
 
 
+@pytest.mark.slow  # 2 × 4000 pulsed training steps
 def test_residual_learning_beats_analog_sgd_on_strongly_asymmetric_soft_bounds():
     # Strong soft bounds (tau = 1, up_down = 0.2, so G(w) ≈ w − 0.2 on [-1, 1]): analog SGD settles
     # where the gradient balances the asymmetric drift E|Δ|·G(w), measured ≈ 0.23 from W_opt here

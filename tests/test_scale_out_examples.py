@@ -180,6 +180,7 @@ def test_kserve_example_names_real_routes_and_settings(tmp_path):
 
 
 # ----------------------------------------------------------------------------- Ray Serve
+@pytest.mark.slow  # runs `serve build` in a subprocess
 def test_ray_serve_app_builds(tmp_path):
     serve = pytest.importorskip("ray.serve", reason="Ray Serve is optional (requirements/ray.txt)")
     from docs.examples import ray_serve_app as mod

@@ -98,6 +98,7 @@ def pair_correlations(out: np.ndarray) -> np.ndarray:
     return np.einsum("kil,kjl->ij", z, z) / (out.shape[0] * out.shape[2])
 
 
+@pytest.mark.slow  # 40 rounds of 8 merged requests
 def test_merged_requests_draw_independent_noise(tmp_path, zoo, monkeypatch):
     rng = np.random.Generator(np.random.SFC64(2024))  # fixed seed for the unseeded draws
     monkeypatch.setattr(chipsim.runtime, "thread_generator", lambda: rng)

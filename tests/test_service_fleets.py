@@ -264,6 +264,7 @@ def test_shutdown_cancels_a_running_evaluation_and_publishes_nothing(tmp_path, z
     assert os.path.exists(tmp_path / "state" / "fleets" / "sd.json")  # the fleet itself is untouched
 
 
+@pytest.mark.slow  # spawns a worker process
 def test_the_default_executor_is_local_processes_and_agrees_with_serial(tmp_path, zoo):
     """AGEDCHIP_FLEET_WORKERS=1: a spawned worker process evaluates; the report equals the serial one."""
     settings = make_settings(tmp_path / "state", zoo, fleet_workers=1)

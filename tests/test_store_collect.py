@@ -134,6 +134,7 @@ def _delete_and_die(root: str, op: str, n: int, chip_id: str) -> None:
     os._exit(0)  # survived: n was past the last call
 
 
+@pytest.mark.slow  # forks ~300 writers, each killed at one step of a delete
 def test_sigkill_at_every_step_of_a_delete_loses_nothing(tmp_path):
     pristine = tmp_path / "pristine"
     with ChipStore(pristine) as store:

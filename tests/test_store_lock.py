@@ -88,6 +88,7 @@ def holder(tmp_path):
     h.kill()
 
 
+@pytest.mark.slow  # starts writer subprocesses
 def test_second_writer_process_is_refused_naming_folder_and_holder(tmp_path):
     root = tmp_path / "state"
     store = ChipStore(root)

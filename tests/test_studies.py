@@ -66,6 +66,7 @@ def test_accuracy_study_reproduces_the_committed_report():
         assert [v[0] for v in ages[gdc].values()] == [committed[gdc][a][0] for a in common.AGE_SCHEDULE], gdc
 
 
+@pytest.mark.slow  # two interpreter subprocesses
 def test_models_report_is_an_alias_of_studies_accuracy():
     out = [
         subprocess.run([sys.executable, "-m", mod, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -91,6 +92,7 @@ def test_accuracy_command_small(tmp_path):
 
 
 # --------------------------------------------------------------------------- recalibration studies
+@pytest.mark.slow  # the whole study: 200 steps per run, report and plot
 def test_recalibration_least_squares_command_small(tmp_path):
     from studies.recalibration_least_squares import main, run_specs
 
