@@ -1,0 +1,36 @@
+"""Helpers shared by the static checks of the container set-up: the repository's compose,
+Prometheus, Grafana and metrics-contract files, a small PromQL reader (selectors, grouping
+labels), and the lookup of optional lint tools (a missing tool skips loudly)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from tests.dockerfile import (
+    REPO,
+)
+
+TOOLS = REPO / ".venv-tools"
+
+
+COMPOSE = REPO / "docker-compose.yml"
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    kw.setdefault("timeout", 120)
+    return subprocess.run(cmd, **kw)
+
+
+def loud_skip(reason: str) -> None:
+    print(f"\n*** SKIPPED: {reason}\n")
+    pytest.skip(reason)
+
+
+# ================================================================================ compose
+def compose_doc() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
