@@ -121,7 +121,6 @@ async def asgi_request(
     return (start["status"] if start else None), head, body, time.monotonic() - t0
 
 
-# =================================================================================== 8. admission control
 def _block_inference(client: TestClient, monkeypatch) -> threading.Event:
     """Inference on the default chip waits for the returned event (at most 20 s)."""
     chip = client.app.state.registry.get("default")

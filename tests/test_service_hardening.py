@@ -9,11 +9,13 @@ full disks)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
@@ -188,6 +190,25 @@ def test_parallel_deletes_of_one_chip(client, monkeypatch):
     assert (
         metric(client, "agedchip_http_requests_total", route="/chips/{chip_id}", method="DELETE", status="5xx") is None
     )
+
+
+# =================================================================================== 9. no 500
+def test_huge_integers_are_4xx(shared):
+    x = np.zeros((1, 1, 8, 8)).tolist()
+    x[0][0][0][0] = 10**400
+    r = shared.post(
+        "/infer", content=json.dumps({"chip_id": "default", "inputs": x}), headers={"content-type": "application/json"}
+    )
+    assert err(r) == (422, "inputs.x"), r.text
+    for label in (2**63, 10**30, -(2**63) - 1):
+        r = shared.post(
+            "/infer",
+            content=json.dumps({"chip_id": "default", "inputs": x_batch(1), "labels": [label]}),
+            headers={"content-type": "application/json"},
+        )
+        assert err(r) == (422, "labels.0"), r.text
+    oip = {"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [10**400] + [0] * 63}]}
+    assert err(shared.post("/v2/models/default/infer", json=oip)) == (400, "inputs.0.data")
 
 
 @pytest.mark.parametrize("shape", [[2**32, 2**32], [2**62, 4, 0], [2**64, 1, 8, 8], [0, 2**63, 8, 8]])

@@ -164,6 +164,17 @@ def test_refresher_bounds_chips_per_pass_and_yields_to_evaluations(tmp_path, zoo
         assert refresher.chips_refreshed > before
 
 
+# =================================================================================== 3. memory
+def test_memory_gauges(client):
+    client.post("/infer", json={"chip_id": "default", "inputs": x_batch(1), "age": "1d"})
+    client.get("/chips/default/drift?age=1h")
+    assert metric(client, "agedchip_process_resident_memory_bytes") > 10 << 20
+    assert metric(client, "agedchip_memory_budget_bytes") == client.app.state.settings.memory_budget > 0
+    assert metric(client, "agedchip_readout_cache_entries", chip="default", runtime="serving") == 1
+    assert metric(client, "agedchip_readout_cache_entries", chip="default", runtime="eval") == 1
+    assert metric(client, "agedchip_readout_cache_bytes", chip="default", runtime="serving") > 4 * 2368
+
+
 def test_memory_budget_default_is_a_share_of_the_memory_limit(tmp_path, monkeypatch):
     from service import memory
 

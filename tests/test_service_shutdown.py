@@ -170,14 +170,3 @@ def test_sigterm_during_an_evaluation_answers_json_503(tmp_path, zoo):
         assert proc.wait(30) in (0, -signal.SIGTERM)
         log = (tmp_path / "log").read_text()
         assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
-
-
-# =================================================================================== 3. memory
-def test_memory_gauges(client):
-    client.post("/infer", json={"chip_id": "default", "inputs": x_batch(1), "age": "1d"})
-    client.get("/chips/default/drift?age=1h")
-    assert metric(client, "agedchip_process_resident_memory_bytes") > 10 << 20
-    assert metric(client, "agedchip_memory_budget_bytes") == client.app.state.settings.memory_budget > 0
-    assert metric(client, "agedchip_readout_cache_entries", chip="default", runtime="serving") == 1
-    assert metric(client, "agedchip_readout_cache_entries", chip="default", runtime="eval") == 1
-    assert metric(client, "agedchip_readout_cache_bytes", chip="default", runtime="serving") > 4 * 2368
