@@ -13,6 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.settings import Settings
 
+#: The repository root (test data and docs are read from it).
+REPO = Path(__file__).resolve().parent.parent
 ZOO_MODEL = "tiny"
 
 

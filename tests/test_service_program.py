@@ -1,31 +1,51 @@
 """In-process tests of the HTTP service (FastAPI TestClient): programming chips (upload, zoo
 model, evaluation set, bad requests), deleting them, the chip limit and API keys."""
 
-
 from __future__ import annotations
-
-
 
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.durations import quantise_age
-from service.settings import Settings
 from tests.service_helpers import ZOO_MODEL, err, eval_npz, make_settings, tiny_model, x_batch
+
+
+# ----------------------------------------------------------------------------------- programming
+def test_program_upload_shares_model_blob_and_serves(client, tmp_path):
+    model = tiny_model()  # same bytes as the zoo's model → the same blob
+    files = {
+        "model": ("tiny.onnx", model, "application/octet-stream"),
+        "eval": ("eval.npz", eval_npz(model, n=50), "application/octet-stream"),
+    }
+    data = {
+        "chip_id": "mine",
+        "profile": "pcm-faulty",
+        "overrides": json.dumps({"drift_scale": 2.0}),
+        "seed": "7",
+        "time_scale": "3600",
+    }
+    r = client.post("/program", files=files, data=data)
+    assert r.status_code == 201, r.text
+    s = r.json()
+    assert s["chip_id"] == "mine" and s["seed"] == 7 and s["time_scale"] == 3600.0
+    assert s["profile"]["preset"] == "pcm-faulty" and s["profile"]["values"]["drift_scale"] == 2.0
+    assert s["profile"]["overrides"] == {"drift_scale": 2.0} and s["eval_samples"] == 50
+    assert s["stuck_reset"] + s["stuck_set"] > 0  # 2.5 % faulty devices
+    assert r.headers["location"] == "/chips/mine"
+    default = client.get("/chips/default").json()
+    assert s["model"]["digest"] == default["model"]["digest"]
+    blobs = list((tmp_path / "state" / "blobs").glob(s["model"]["digest"] + ".*"))
+    assert len(blobs) == 1  # stored once, shared by both chips
+    assert client.post("/infer", json={"chip_id": "mine", "inputs": x_batch(2), "age": "1h"}).status_code == 200
+    # ids are unique and chips immutable
+    assert err(client.post("/program", files=files, data=data)) == (409, "chip_id")
 
 
 def test_program_json_zoo_model_with_generated_id(client):
@@ -164,20 +184,3 @@ def test_inference_open_when_only_admin_key(tmp_path, zoo):
     with TestClient(create_app(make_settings(tmp_path, zoo, api_key="k"))) as c:
         assert c.post("/infer", json={"chip_id": "default", "inputs": x_batch(1)}).status_code == 200
         assert c.post("/program", json={"model": ZOO_MODEL}).status_code == 401
-
-
-# ----------------------------------------------------------------------------------- evaluation
-def test_evaluate_accuracy_vs_age(shared):
-    r = shared.post("/chips/default/evaluate", json={"ages": ["1s", "1y", 3600], "readouts": 3})
-    assert r.status_code == 200, r.text
-    b = r.json()
-    assert b["samples"] == 120 and b["readouts"] == 3 and b["gdc_mode"] == "global"
-    assert [x["age_s"] for x in b["results"]] == [1.0, 365 * 86400.0, 3600.0]
-    for x in b["results"]:
-        for key in ("gdc_on", "gdc_off"):
-            st = x[key]
-            assert len(st["values"]) == 3 and 0 <= st["min"] <= st["mean"] <= st["max"] <= 1 and st["std"] >= 0
-    assert b["results"][0]["gdc_on"]["mean"] > 0.8  # labels are the digital model's own predictions
-    # reproducible: read seeds seed the per-MVM noise too
-    again = shared.post("/chips/default/evaluate", json={"ages": ["1s", "1y", 3600], "readouts": 3}).json()
-    assert again["results"] == b["results"]

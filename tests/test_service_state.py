@@ -1,33 +1,18 @@
 """In-process tests of the HTTP service (FastAPI TestClient): the metrics contract, the refresher,
 corrupt chips, restarts that reload chips, and a missing default model."""
 
-
 from __future__ import annotations
 
-
-
-import io
-import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-import pytest
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.durations import quantise_age
-from service.settings import Settings
-from tests.service_helpers import ZOO_MODEL, err, eval_npz, make_settings, tiny_model, x_batch
-from tests.service_helpers_local import REPO
-
+from tests.service_helpers import REPO, ZOO_MODEL, err, make_settings, x_batch
 
 # ----------------------------------------------------------------------------------- live accuracy & metrics
 CONTRACT = Path(REPO / "docs" / "metrics.md")
@@ -140,18 +125,3 @@ def test_missing_default_model_is_not_fatal(tmp_path, zoo):
     with TestClient(create_app(make_settings(tmp_path, zoo, default_model="absent"))) as c:
         assert c.get("/chips").json()["chips"] == []
         assert c.get("/readyz").status_code == 200
-
-
-# ----------------------------------------------------------------------------------- OIP v2
-def test_oip_metadata_and_health(shared):
-    assert shared.get("/v2/health/live").status_code == 200
-    assert shared.get("/v2/health/ready").json() == {"ready": True}
-    meta = shared.get("/v2").json()
-    assert meta["name"] == "agedchip" and "binary_tensor_data" in meta["extensions"]
-    m = shared.get("/v2/models/default").json()
-    assert m["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
-    assert m["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 10]}] and m["versions"] == ["1"]
-    assert shared.get("/v2/models/default/versions/1").status_code == 200
-    assert shared.get("/v2/models/default/ready").json()["ready"] is True
-    assert err(shared.get("/v2/models/nope")) == (404, "chip_id")
-    assert err(shared.get("/v2/models/default/versions/2/ready")) == (404, "model_version")
