@@ -1,13 +1,17 @@
-"""Fixtures shared by the service tests: a tiny model zoo and in-process clients of the app."""
+"""Fixtures shared by the tests: a tiny model zoo, in-process clients of the app, and the Prometheus
+binaries (or a loud skip when they are missing)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from tests.prometheus_helpers import loud_skip
 from tests.service_helpers import make_settings, make_zoo
 
 
@@ -32,3 +36,18 @@ def shared(tmp_path_factory, zoo):
     with TestClient(create_app(make_settings(state, zoo))) as c:
         c.state_dir = state
         yield c
+
+
+# Shared by test_prometheus and test_prometheus_rules (module scope: one lookup per module).
+@pytest.fixture(scope="module")
+def binaries() -> dict[str, str]:
+    found = {name: shutil.which(name) for name in ("prometheus", "promtool")}
+    missing = [n for n, p in found.items() if p is None]
+    if missing:
+        loud_skip(
+            f"{' and '.join(missing)} not installed: run `bash docker/ci/install-prometheus.sh` "
+            "(apt-get install prometheus, as root); the Prometheus integration tests did NOT run"
+        )
+    res = subprocess.run([found["prometheus"], "--version"], capture_output=True, text=True)
+    print(f"\nusing {(res.stdout or res.stderr).splitlines()[0]}")
+    return found  # type: ignore[return-value]

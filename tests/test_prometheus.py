@@ -5,11 +5,12 @@ a 1 s gauge refresh; it gets labelled and unlabelled inferences, a bad request a
 Prometheus runs on 127.0.0.1 with docker/prometheus/prometheus.yml, only its targets rewritten
 to the test ports and its intervals shortened to 1 s. After it has scraped, every PromQL query
 of the Grafana dashboard and every alert rule is evaluated through Prometheus' HTTP API: no
-errors, and data for every dashboard query. `promtool` checks the configuration, the rules (and
-unit-tests the alert thresholds) and the service's /metrics output.
+errors, and data for every dashboard query. `promtool` checks the configuration, the rules and
+the service's /metrics output (test_prometheus_rules unit-tests the alert thresholds).
 
 Install the binaries with `bash docker/ci/install-prometheus.sh` (what `make test` runs); if
-they are still missing, these tests skip with the reason printed.
+they are still missing, these tests skip with the reason printed (the ``binaries`` fixture in
+tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -27,23 +27,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.prometheus_helpers import ALERTS, alert_rules, boolify
 from tests.service_process import REPO, free_port, http, run_service, sample_batch, stop, wait_until, zoo_dir
 
+pytestmark = pytest.mark.slow
+
+
 PROM_CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
-ALERTS = REPO / "docker" / "prometheus" / "alerts.yml"
+
+
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "agedchip.json"
 
-pytestmark = pytest.mark.slow
 
 #: What Grafana puts in place of its variables here: All chips, and the rate window it would
 #: pick for a 1 s scrape interval (4 × scrape interval, at least 1m with the 15s timeInterval).
 GRAFANA_VARS = {"chip": ".*", "fleet": ".*", "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
-
-
-# ------------------------------------------------------------------------------ helpers
-def loud_skip(reason: str) -> None:
-    print(f"\n*** SKIPPED: {reason}\n", file=sys.stderr)
-    pytest.skip(reason)
 
 
 # ------------------------------------------------------------------------------ PromQL helpers
@@ -54,41 +52,6 @@ def substitute(expr: str, values: dict[str, str] = GRAFANA_VARS) -> str:
         return values[name]
 
     return re.sub(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)", repl, expr)
-
-
-def boolify(expr: str) -> str:
-    """``expr`` with every comparison turned into its ``bool`` form (0/1 for every input series),
-    so an alert expression that is not firing still shows whether its inputs exist."""
-    out, i, depth, quote = [], 0, 0, ""
-    while i < len(expr):
-        c = expr[i]
-        if quote:
-            out.append(c)
-            if c == "\\":
-                out.append(expr[i + 1])
-                i += 1
-            elif c == quote:
-                quote = ""
-            i += 1
-            continue
-        if c in "\"'`":
-            quote = c
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-        elif depth == 0:
-            m = re.match(r"(==|!=|>=|<=|>|<)", expr[i:])
-            if m:
-                op = m.group(1)
-                out.append(op)
-                i += len(op)
-                if not re.match(r"\s*bool\b", expr[i:]):
-                    out.append(" bool")
-                continue
-        out.append(c)
-        i += 1
-    return "".join(out)
 
 
 class PromAPI:
@@ -134,23 +97,7 @@ def dashboard_queries() -> list[tuple[str, str, dict]]:
     return out
 
 
-def alert_rules() -> list[dict]:
-    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
-
-
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def binaries() -> dict[str, str]:
-    found = {name: shutil.which(name) for name in ("prometheus", "promtool")}
-    missing = [n for n, p in found.items() if p is None]
-    if missing:
-        loud_skip(
-            f"{' and '.join(missing)} not installed: run `bash docker/ci/install-prometheus.sh` "
-            "(apt-get install prometheus, as root); the Prometheus integration tests did NOT run"
-        )
-    res = subprocess.run([found["prometheus"], "--version"], capture_output=True, text=True)
-    print(f"\nusing {(res.stdout or res.stderr).splitlines()[0]}")
-    return found  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="module")
@@ -387,140 +334,3 @@ def test_alert_rules_loaded_and_healthy(prometheus) -> None:
         assert r["state"] in ("inactive", "pending"), f"{r['name']} is {r['state']}"
         if r["name"] in ("AgedchipDown", "AgedchipHighErrorRate", "AgedchipCorruptChips"):
             assert r["state"] == "inactive", f"{r['name']} is {r['state']} against a healthy test service"
-
-
-# ------------------------------------------------------------------------------ alert unit tests
-def _ts(name: str, labels: str, values: str) -> dict:
-    """A promtool input time series: ``values`` in promtool's expanding notation, one per minute."""
-    return {"series": f"{name}{{{labels}}}", "values": values}
-
-
-def _unhealthy_series() -> list[dict]:
-    """Inputs on which every alert fires."""
-    return [
-        _ts("up", 'job="agedchip", instance="svc"', "1 1 0x30"),
-        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0+10x30"),
-        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+10x30"),
-        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0x30"),
-        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="1.0"', "0x30"),
-        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="2.5"', "0+20x30"),
-        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+20x30"),
-        _ts("agedchip_chips", 'state="corrupt"', "0 0 1x30"),
-        _ts("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.95 0.95 0.6x30"),
-        _ts("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x32"),
-        _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x32"),  # 100 labelled samples a minute,
-        _ts("agedchip_correct_samples_total", 'chip="c1"', "0+50x32"),  # half of them right
-        _ts("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.7x32"),
-        _ts("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "500000-60x32"),  # 5.8 days, counting down
-    ]
-
-
-def _expected_alerts() -> dict[str, list[dict]]:
-    """What each alert fires with on :func:`_unhealthy_series`."""
-    return {
-        "AgedchipDown": [{"exp_labels": {"severity": "critical", "job": "agedchip", "instance": "svc"}}],
-        "AgedchipHighErrorRate": [{"exp_labels": {"severity": "critical"}}],
-        "AgedchipHighInferenceLatencyP99": [{"exp_labels": {"severity": "warning", "route": "/infer"}}],
-        "AgedchipCorruptChips": [{"exp_labels": {"severity": "warning", "state": "corrupt"}}],
-        "AgedchipChipAccuracyLow": [{"exp_labels": {"severity": "warning", "chip": "c1", "gdc": "on"}}],
-        "AgedchipChipAccuracyDropped": [{"exp_labels": {"severity": "warning", "chip": "c1", "gdc": "on"}}],
-        "AgedchipLiveAccuracyLow": [{"exp_labels": {"severity": "warning", "chip": "c1"}}],
-        "AgedchipWeightErrorHigh": [{"exp_labels": {"severity": "info", "chip": "c1", "gdc": "on"}}],
-        "AgedchipSloBreachSoon": [{"exp_labels": {"severity": "warning", "chip": "c1"}}],
-    }
-
-
-def _healthy_series() -> list[dict]:
-    """Inputs on which every alert stays quiet."""
-    return [
-        _ts("up", 'job="agedchip", instance="svc"', "1x30"),
-        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="5xx"', "0x30"),
-        _ts("agedchip_http_requests_total", 'route="/infer", method="POST", status="2xx"', "0+100x30"),
-        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="0.5"', "0+100x30"),
-        _ts("agedchip_http_request_duration_seconds_bucket", 'route="/infer", method="POST", le="+Inf"', "0+100x30"),
-        _ts("agedchip_chips", 'state="corrupt"', "0x30"),
-        _ts("agedchip_chip_current_accuracy", 'chip="c1", gdc="on"', "0.94x30"),
-        _ts("agedchip_chip_eval_accuracy", 'chip="c1", age="1s", gdc="on"', "0.95x30"),
-        _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x30"),
-        _ts("agedchip_correct_samples_total", 'chip="c1"', "0+93x30"),
-        _ts("agedchip_chip_weight_error", 'chip="c1", gdc="on"', "0.1x30"),
-        _ts("agedchip_chip_slo_breach_in_seconds", 'chip="c1"', "2592000-60x30"),  # 30 days away
-    ]
-
-
-def _rule_unit_tests(rules_file: Path) -> dict:
-    """promtool unit tests: each alert fires on bad input and stays quiet on healthy input."""
-    bad, fires, healthy = _unhealthy_series(), _expected_alerts(), _healthy_series()
-    names = [r["alert"] for r in alert_rules()]
-    assert set(fires) == set(names), "add a promtool unit test for each alert"
-    return {
-        "rule_files": [str(rules_file)],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "name": "alerts fire",
-                "interval": "1m",
-                "input_series": bad,
-                "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": fires[n]} for n in names],
-            },
-            {
-                "name": "healthy: quiet",
-                "interval": "1m",
-                "input_series": healthy,
-                "alert_rule_test": [{"eval_time": "25m", "alertname": n, "exp_alerts": []} for n in names],
-            },
-            {
-                "name": "not before `for`",
-                "interval": "1m",
-                "input_series": bad,
-                "alert_rule_test": [{"eval_time": "2m", "alertname": n, "exp_alerts": []} for n in names],
-            },
-            {
-                "name": "live accuracy: a trickle of labels is not enough",
-                "interval": "1m",
-                "input_series": [
-                    _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+10x30"),  # 50 in 5 min, fewer than 100
-                    _ts("agedchip_correct_samples_total", 'chip="c1"', "0+1x30"),
-                ],
-                "alert_rule_test": [{"eval_time": "25m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []}],
-            },
-            {
-                "name": "live accuracy: a drop after a long healthy run fires within 10 minutes",
-                "interval": "1m",
-                "input_series": [  # 10 h at 95 %, then 50 %: a ratio since start would still read 94 %
-                    _ts("agedchip_labelled_samples_total", 'chip="c1"', "0+100x610"),
-                    _ts("agedchip_correct_samples_total", 'chip="c1"', "0+95x600 57050+50x9"),
-                ],
-                "alert_rule_test": [
-                    {"eval_time": "600m", "alertname": "AgedchipLiveAccuracyLow", "exp_alerts": []},
-                    {
-                        "eval_time": "610m",
-                        "alertname": "AgedchipLiveAccuracyLow",
-                        "exp_alerts": [{"exp_labels": {"severity": "warning", "chip": "c1"}}],
-                    },
-                ],
-            },
-        ],
-    }
-
-
-def test_promtool_rule_unit_tests(binaries, tmp_path) -> None:
-    """Thresholds and `for` durations (annotations are checked by `promtool check rules`; they are
-    left out here because promtool compares rendered annotations literally)."""
-    doc = yaml.safe_load(ALERTS.read_text())
-    for g in doc["groups"]:
-        for r in g["rules"]:
-            r.pop("annotations", None)
-    rules = tmp_path / "alerts.yml"
-    rules.write_text(yaml.safe_dump(doc, sort_keys=False))
-    tests = tmp_path / "alerts_test.yml"
-    tests.write_text(yaml.safe_dump(_rule_unit_tests(rules), sort_keys=False))
-    res = subprocess.run([binaries["promtool"], "test", "rules", str(tests)], capture_output=True, text=True)
-    assert res.returncode == 0, f"promtool test rules:\n{res.stdout}{res.stderr}"
-
-
-def test_boolify() -> None:
-    assert boolify('a{x!="1"} > 0.5') == 'a{x!="1"} > bool 0.5'
-    assert boolify("a < on (c) 0.9 * b") == "a < bool on (c) 0.9 * b"
-    assert boolify("a < 1 and on (c) b >= 100") == "a < bool 1 and on (c) b >= bool 100"
-    assert boolify("a == bool 0") == "a == bool 0"
