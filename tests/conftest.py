@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from chipsim import ChipStore
 from service.app import create_app
 from tests.prometheus_helpers import loud_skip
 from tests.service_helpers import make_settings, make_zoo
+from tests.store_chips import make_chip
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +53,16 @@ def binaries() -> dict[str, str]:
     res = subprocess.run([found["prometheus"], "--version"], capture_output=True, text=True)
     print(f"\nusing {(res.stdout or res.stderr).splitlines()[0]}")
     return found  # type: ignore[return-value]
+
+
+# The chip store tests (test_store, test_store_corruption): an empty store, and one holding a chip.
+@pytest.fixture
+def store(tmp_path):
+    return ChipStore(tmp_path / "state")
+
+
+@pytest.fixture
+def saved(store):
+    chip = make_chip()
+    store.save(chip)
+    return store, chip

@@ -33,3 +33,7 @@ def fresh_chip(chip_id: str, k: int):
         LayerSpec("fc", clipped_normal((40, 10), 200 + k), bias=np.full(10, k, np.float32)),
     ]
     return program(layers, get_profile("pcm"), seed=k, chip_id=chip_id, attachments={"model.onnx": b"model %d" % k})
+
+
+def chip_file(store, chip_id, name):
+    return store.chips_dir / chip_id / name
