@@ -1,6 +1,5 @@
-"""Helpers shared by the static checks of the container set-up: the repository's compose,
-Prometheus, Grafana and metrics-contract files, a small PromQL reader (selectors, grouping
-labels), and the lookup of optional lint tools (a missing tool skips loudly)."""
+"""Shared by the static checks of the container set-up: the compose file, and running optional
+lint tools (a missing tool skips loudly, with the reason printed)."""
 
 from __future__ import annotations
 
@@ -9,13 +8,9 @@ import subprocess
 import pytest
 import yaml
 
-from tests.dockerfile import (
-    REPO,
-)
+from tests.dockerfile import REPO
 
 TOOLS = REPO / ".venv-tools"
-
-
 COMPOSE = REPO / "docker-compose.yml"
 
 
@@ -31,6 +26,5 @@ def loud_skip(reason: str) -> None:
     pytest.skip(reason)
 
 
-# ================================================================================ compose
 def compose_doc() -> dict:
     return yaml.safe_load(COMPOSE.read_text())

@@ -17,12 +17,7 @@ import pytest
 
 from service.settings import Settings
 from tests.docker_config import COMPOSE, TOOLS, compose_doc, loud_skip, run
-from tests.dockerfile import (
-    DOCKERFILE,
-    REPO,
-    env_of,
-    runtime_stage,
-)
+from tests.dockerfile import DOCKERFILE, REPO, env_of, runtime_stage
 
 
 def compose_validators() -> list[tuple[str, list[str], dict[str, str]]]:

@@ -14,9 +14,7 @@ from pathlib import Path
 import yaml
 
 from tests.docker_config import compose_doc
-from tests.dockerfile import (
-    REPO,
-)
+from tests.dockerfile import REPO
 
 PROM_CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
 

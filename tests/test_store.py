@@ -21,15 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chipsim import (
-    ChipExistsError,
-    ChipNotFoundError,
-    ChipStore,
-    LayerSpec,
-    get_profile,
-    program,
-    read,
-)
+from chipsim import ChipExistsError, ChipNotFoundError, ChipStore, LayerSpec, get_profile, program, read
 from chipsim.store_format import FORMAT_VERSION
 from tests.store_chips import chip_file, clipped_normal, make_chip
 

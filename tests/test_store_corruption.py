@@ -13,10 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chipsim import (
-    ChipCorruptError,
-    ChipVersionError,
-)
+from chipsim import ChipCorruptError, ChipVersionError
 from chipsim.store_format import FORMAT_VERSION, manifest_digest
 from tests.store_chips import chip_file, make_chip
 
