@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from chipsim.compiler import GRAPH_FORMAT, WEIGHT_INPUTS, compile_model, is_linear
+from chipsim.compiler import GRAPH_FORMAT, compile_model, is_linear
 from chipsim.compiler.plan import load_plans, physical_plan
 from chipsim.compiler.weight_packing import scale_inputs, weight_inputs
 from chipsim.model_inputs import InputError, ModelInputs
@@ -51,19 +50,14 @@ from chipsim.readout import ChipReadout, check_age, read_layer
 from chipsim.readout_cache import CacheStats, ReadoutCache
 from chipsim.rng import check_seed
 from chipsim.state import ChipState
+from chipsim.weight_binding import INITIALIZERS_MAX_BYTES, embedded_session, initializer_graph, weight_input_bytes
 
-__all__ = ["CacheStats", "ChipRuntime", "InputError", "load_plans"]
+__all__ = ["INITIALIZERS_MAX_BYTES", "CacheStats", "ChipRuntime", "InputError", "load_plans"]
 
 
 #: Measured RSS of a cached age with its session over the bytes of its arrays (82 / 36, the
 #: largest ratio measured; see ``_Entry.nbytes``).
 SESSION_CHARGE = 2.3
-#: Weight inputs (bytes, all tiles) above which an ``initializers`` runtime binds them as inputs:
-#: 4M analog weights on 'pcm' (four float32 products per weight), 16M on a linear profile. Above it
-#: the embedded copies cost more than the few percent of speed they buy (resnet18, 11.7M weights:
-#: 2.96 vs 3.76 samples/s at batch 1, 3.06 vs 2.89 at batch 8, initializers vs inputs, 3
-#: interleaved rounds), and the serialised graph nears protobuf's 2 GiB limit.
-INITIALIZERS_MAX_BYTES = 64 << 20
 #: Default bound of the read-out cache, bytes: two ages of resnet18 on 'pcm' (0.23 GB each as
 #: inputs) fit, so a client alternating two ages does not pay a read-out per request.
 CACHE_BYTES = 1 << 30
@@ -92,15 +86,6 @@ class _Entry:
         if self.session is None:
             return n
         return int(SESSION_CHARGE * (n + self.weight_bytes))
-
-
-def weight_input_bytes(inputs: Iterable[onnx.ValueInfoProto]) -> int:
-    """Bytes of the float32 weight inputs among a compiled graph's ``inputs`` (static shapes)."""
-    total = 0
-    for i in inputs:
-        if i.name.startswith("chip/") and i.name.rsplit("/", 1)[-1] in WEIGHT_INPUTS:
-            total += 4 * int(np.prod([d.dim_value for d in i.type.tensor_type.shape.dim]))
-    return total
 
 
 class ChipRuntime:
@@ -151,7 +136,7 @@ class ChipRuntime:
         self._linear = is_linear(self.profile)
         self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
         self._has_noise = len(self._noise_shapes) > 0
-        self._init_graph = self._initializer_graph(proto) if binding == WeightBinding.INITIALIZERS else None
+        self._init_graph = initializer_graph(proto) if binding == WeightBinding.INITIALIZERS else None
         self._session: ort.InferenceSession | None = None
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
@@ -197,20 +182,6 @@ class ChipRuntime:
                     self._session = cpu_session(self.graph, self.threads)
         return self._session
 
-    @staticmethod
-    def _initializer_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-        """The compiled graph without its weight inputs (in place): per age, the read-out weights
-        are added to a copy as initializers (constants, so onnxruntime prepacks them and applies
-        its layout optimisations)."""
-        keep = [
-            vi
-            for vi in model.graph.input
-            if not (vi.name.startswith("chip/") and vi.name.rsplit("/", 1)[-1] in WEIGHT_INPUTS)
-        ]
-        del model.graph.input[:]
-        model.graph.input.extend(keep)
-        return model
-
     # ------------------------------------------------------------------ read-outs
     def _weights(self, readout: ChipReadout, mode: GdcMode) -> dict[str, np.ndarray]:
         return weight_inputs(self.plans, self.chip.layers, readout, self.profile, mode)
@@ -220,25 +191,8 @@ class ChipRuntime:
         entry = _Entry(readout, weights, sum(a.nbytes for a in weights.values()))
         if self._init_graph is not None:
             entry.weights = {}  # the session keeps its own copy; run_tensor packs them again
-            entry.session = self._embedded_session(weights)
+            entry.session = embedded_session(self._init_graph, weights, self.threads)
         return entry
-
-    def _embedded_session(self, weights: dict[str, np.ndarray]) -> ort.InferenceSession:
-        """A session of the graph with ``weights`` embedded as initializers; empties ``weights``.
-
-        The weights are embedded in a copy of the graph rather than passed with
-        SessionOptions.add_initializer: with onnxruntime 1.32, ORT_ENABLE_ALL's Conv layout
-        transformation (NCHWc) packed the graph's placeholder values instead of the add_initializer
-        ones (wrong Conv outputs), and without that optimisation Conv runs ~10x slower. Each copy
-        is dropped once the next exists (arrays, protobuf, serialised bytes), so at most two are
-        alive besides onnxruntime's."""
-        model = onnx.ModelProto()
-        model.CopyFrom(self._init_graph)
-        for name in list(weights):  # in order: the graph bytes are those of earlier versions
-            model.graph.initializer.append(numpy_helper.from_array(weights.pop(name), name))
-        data = model.SerializeToString()
-        del model
-        return cpu_session(data, self.threads)
 
     def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> _Entry:
         keep = not self.large  # a large chip decodes its devices per read-out (see module doc)
