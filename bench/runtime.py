@@ -8,7 +8,8 @@ this shared host hits both sides of a ratio. Reported: the median and the range 
 of analog/digital speed (digital time / analog time per sample), in CPU time (the process's) and
 wall time. Every session has the same thread settings (``chipsim.ort_session``, ``--threads``).
 
-Variants, all on the ``pcm`` profile at a cached age (``initializers`` binding):
+Variants, all on the ``pcm`` profile at a cached age (``initializers`` binding; ``inputs`` for chips
+over ``AGEDCHIP_INITIALIZERS_MAX_BYTES``, such as resnet18):
 
 - ``digital``: the original model;
 - ``full``: the chip with the full lowering (graph format 3's layout);
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +106,9 @@ def runners(model: bytes, x: np.ndarray, threads: int) -> dict[str, Callable[[np
     def session(xb: np.ndarray) -> object:
         if len(xb) not in built:
             built[len(xb)] = lean_feeds(xb)
-        return lean._entry(AGE_S, 0).session.run(lean.output_names, built[len(xb)])  # type: ignore[union-attr]
+        # a chip over AGEDCHIP_INITIALIZERS_MAX_BYTES (resnet18) has no session per read-out: its
+        # weights are inputs of the runtime's one session, and lean_feeds holds them
+        return (lean._entry(AGE_S, 0).session or lean.session).run(lean.output_names, built[len(xb)])
 
     out["noise"] = lambda xb: draw(lean.noise_shapes(xb), thread_generator())
     out["session"] = session
@@ -176,8 +180,9 @@ def markdown(rows: list[dict], args, info: dict) -> str:
         "# Runtime throughput: chip vs plain onnxruntime (one process, interleaved)",
         "",
         f"`python -m bench.runtime --threads {args.threads} --rounds {args.rounds} --seconds {args.seconds}` · "
-        f"{info['date']} · {info['cpus']} CPUs, **shared with other jobs (loaded host: absolute times are "
-        f"indicative only)** · onnxruntime {info['onnxruntime']} · `pcm` profile, cached age, `initializers` binding",
+        f"{info['date']} · {info['cpus']} CPUs, load average {info['load']:.1f} at the start (on a shared host "
+        f"absolute times are indicative only) · onnxruntime {info['onnxruntime']} · `pcm` profile, cached age, "
+        "`initializers` binding (`inputs` for chips over `AGEDCHIP_INITIALIZERS_MAX_BYTES`: resnet18)",
         "",
         f"Speed relative to the digital model (digital time / analog time) per round; median [min–max] over "
         f"{args.rounds} interleaved rounds. `free`: the lean graph with its 3 extra products for free; "
@@ -221,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args(argv)
+    load = os.getloadavg()[0]  # before this process adds its own
     rows = []
     for name in args.models.split(","):
         model, data = _model(name)
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
         del run
-    info = machine()
+    info = {**machine(), "load": load}
     text = markdown(rows, args, info)
     data = {"machine": info, "threads": args.threads, "rounds": args.rounds, "seconds": args.seconds, "rows": rows}
     for p in write("runtime", data, text, output_dir("runtime", args)):
