@@ -320,6 +320,20 @@ def input_ranges(model: nn.Module) -> dict[str, float]:
     return {name: float(m.input_range.detach()) for name, m in analog_layers(model)}
 
 
+def run_with_hooks(model: nn.Module, x: torch.Tensor, batch: int, hooks: list) -> None:
+    """Run ``model`` in eval mode on ``x``, ``batch`` rows at a time, for what its forward ``hooks``
+    record; then remove the hooks and give the model back its training flag (calibration)."""
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(x), batch):
+            model(x[i : i + batch])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 @torch.no_grad()
 def calibrate_input_ranges(
     model: nn.Module, x: torch.Tensor, quantile: float = 0.9999, batch: int = 256
@@ -337,15 +351,7 @@ def calibrate_input_ranges(
             seen.setdefault(name, []).append(args[0].abs().flatten())
 
         hooks.append(m.register_forward_pre_hook(record))
-    was_training = model.training
-    model.eval()
-    try:
-        for i in range(0, len(x), batch):
-            model(x[i : i + batch])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    run_with_hooks(model, x, batch, hooks)
     out = {}
     for name, m in analog_layers(model):
         v = torch.cat(seen[name]).double()

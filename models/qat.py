@@ -41,7 +41,7 @@ from torch.nn.utils import parametrize
 
 from chipsim.periphery import quantize
 from chipsim.profiles import get_profile
-from models.hwa import analog_layers
+from models.hwa import analog_layers, run_with_hooks
 
 #: Quantile of |activation| a constant scale is calibrated to (chipsim's compiler and
 #: :func:`models.hwa.calibrate_input_ranges` use the same: rare outliers clip rather than
@@ -205,16 +205,9 @@ def calibrate(model: nn.Module, x: torch.Tensor, batch: int = 256, quantile: flo
         outs.append(sample(y))
 
     hooks = [m.register_forward_hook(record) for m in layers]
-    was_training, flags = model.training, [bool(q.enabled) for q in qs]
+    flags = [bool(q.enabled) for q in qs]
     set_enabled(model, False)
-    model.eval()
-    try:
-        for i in range(0, len(x), batch):
-            model(x[i : i + batch])
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    run_with_hooks(model, x, batch, hooks)
     for m, q, flag in zip(layers, qs, flags, strict=True):
         ins, outs = seen[id(q)]
         q.in_scale.fill_(_quantile(torch.cat(ins), quantile))
