@@ -58,6 +58,7 @@ class InferJob(Generic[T]):
     read_seed: int
     mode: GdcMode
     batch: int
+    age_field: str  # the request's age field, named by errors of the run (a refused new read-out)
     answer: Callable[[InferResult], T]
 
     @property
@@ -107,7 +108,7 @@ def batch_job(
         return None
     age_s, source = chip.age_of(age, age_field)
     mode = chip.gdc_mode(gdc, gdc_field)
-    return InferJob(chip, feeds, age_s, source, read_seed, mode, batch, answer)
+    return InferJob(chip, feeds, age_s, source, read_seed, mode, batch, age_field, answer)
 
 
 def infer_job(registry: Registry, req: InferRequest, max_size: int) -> InferJob[bytes] | None:
@@ -133,7 +134,7 @@ def run_batch(jobs: list[InferJob[T]]) -> list[T | Exception]:
 
 
 def _run(job: InferJob, feeds: dict[str, np.ndarray]) -> InferResult:
-    return job.chip.infer(feeds, job.age_s, read_seed=job.read_seed, gdc=job.mode)
+    return job.chip.infer(feeds, job.age_s, read_seed=job.read_seed, gdc=job.mode, age_field=job.age_field)
 
 
 def _merged(jobs: list[InferJob]) -> InferResult:
