@@ -43,7 +43,14 @@ from chipsim.compiler import GRAPH_FORMAT, compile_model, is_linear
 from chipsim.compiler.plan import load_plans, physical_plan
 from chipsim.compiler.weight_packing import scale_inputs, weight_inputs
 from chipsim.model_inputs import InputError, ModelInputs
-from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, GdcMode, GraphLowering, MvmNoiseSource, WeightBinding
+from chipsim.modes import (
+    DEFAULT_MVM_NOISE,
+    MVM_NOISE_TABLE_DEPRECATION,
+    GdcMode,
+    GraphLowering,
+    MvmNoiseSource,
+    WeightBinding,
+)
 from chipsim.mvm_noise import NoiseShapes, draw, seeded_generator, thread_generator
 from chipsim.ort_session import cpu_session
 from chipsim.readout import ChipReadout, check_age, read_layer
@@ -102,7 +109,7 @@ class ChipRuntime:
         cache_bytes: int = CACHE_BYTES,
         cache_entries: int = 32,
         binding: str = WeightBinding.INITIALIZERS,
-        noise: str = MvmNoiseSource.FRESH,
+        noise: str = DEFAULT_MVM_NOISE,
         lowering: GraphLowering | str | None = None,
         initializers_max_bytes: int = INITIALIZERS_MAX_BYTES,
     ):
@@ -112,7 +119,9 @@ class ChipRuntime:
             raise ValueError(f"noise: expected one of {self.NOISE_SOURCES}, got {noise!r}")
         if noise == MvmNoiseSource.TABLE:
             warnings.warn(MVM_NOISE_TABLE_DEPRECATION, DeprecationWarning, stacklevel=2)
-        self.noise_source = MvmNoiseSource.FRESH.value
+            noise = MvmNoiseSource.FRESH
+        #: The sampler of per-MVM noise (``fresh`` exact ziggurat, ``fresh-q16`` quantile bins).
+        self.noise_source = MvmNoiseSource(noise).value
         if "compiled.onnx" not in chip.attachments:
             raise ValueError(f"chip {chip.chip_id!r} was not programmed from an ONNX model")
         self.chip = chip
@@ -255,7 +264,7 @@ class ChipRuntime:
         """Standard normal per-MVM noise of every tile for a run on ``inputs``, each shaped like
         the tile's output (what :meth:`run` takes as ``noise``)."""
         shapes = self.noise_shapes(inputs)
-        flat = draw(shapes, rng)
+        flat = draw(shapes, rng, self.noise_source)
         return {name: flat[name].reshape(shape) for name, shape in shapes}
 
     # ------------------------------------------------------------------ inference
@@ -296,7 +305,7 @@ class ChipRuntime:
             feeds.update(weight_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))
             feeds.update(scale_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))
         if self._has_noise:  # both lowerings: the same noise inputs, shapes and order
-            feeds.update(draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk)))
+            feeds.update(draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk), self.noise_source))
         return sess.run([tensor], feeds)[0]
 
     def _full_graph(self) -> tuple[bytes, list]:
@@ -366,7 +375,7 @@ class ChipRuntime:
         mode = self.gdc_mode(gdc)
         entry = self._entry(age_s, read_seed, mode)
         if noise is None and self._has_noise:
-            noise = draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk))
+            noise = draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk), self.noise_source)
         feeds.update(self._static_feeds(entry, mode))
         if noise:
             feeds.update({k: np.ravel(v) for k, v in noise.items()})

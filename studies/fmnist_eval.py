@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from chipsim import get_profile
-from chipsim.modes import ColumnScaling
+from chipsim.modes import ColumnScaling, MvmNoiseSource
 from studies.common import AGE_SCHEDULE, REPO
 
 #: Default cache of cells (git-ignored ``runs/``).
@@ -230,7 +230,8 @@ def evaluate(
             state = program_onnx(
                 m.onnx_path.read_bytes(), profile, seed=chip, chip_id=f"fmnist-{chip}", column_scaling=arm
             )
-            rt = ChipRuntime(state, threads=threads)
+            # the exact sampler: the cached cells (and any added later) share one noise model
+            rt = ChipRuntime(state, threads=threads, noise=MvmNoiseSource.FRESH)
             for age, gdc in cells:
                 if budget_s is not None and time.perf_counter() - t0 > budget_s:
                     break
