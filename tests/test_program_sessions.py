@@ -14,7 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from chipsim import get_profile
-from chipsim.compiler import compile_model
+from chipsim.compiler import CompileError, compile_model
+from tests.compiler_op_helpers import recurrent_model
 from tests.service_helpers import err, eval_npz, tiny_model
 
 
@@ -96,6 +97,17 @@ def test_an_op_onnxruntime_refuses_is_named_with_calibration_data(client):
     )
     assert err(r) == (422, "model")
     assert "'mystery' (example.custom.Frob) cannot run in onnxruntime" in r.json()["error"]["message"]
+
+
+def test_a_model_onnxruntime_runs_only_on_the_chip_path_is_a_calibration_error():
+    """An LSTM with ``layout = 1``: the chip maps it, onnxruntime refuses to build it as exported,
+    so calibration cannot run the model: a CompileError naming the field (a 422), not
+    onnxruntime's own exception (a 500)."""
+    model, feeds = recurrent_model("LSTM", T=5, N=3, layout=1)
+    with pytest.raises(CompileError, match="could not run the model on the calibration data") as caught:
+        compile_model(model, get_profile("pcm"), calibration=feeds)
+    assert caught.value.field == "calibration"
+    assert compile_model(model, get_profile("pcm")).uncalibrated_layers()  # programs without calibration
 
 
 def test_calibration_and_the_shape_probe_share_the_session(builds):

@@ -216,9 +216,8 @@ def ranges_and_shapes(
         if n.output and n.output[0] and maps_node(n, consts) and not shapes.get(n.output[0])
     ]
     session = None
-    if plan.tensors:
+    if plan.tensors:  # built by calibration's run: its build is the runnable check
         session = ModelSession(model, [*plan.tensors, *rankless], lambda node: maps_node(node, consts))
-        session.session()  # the runnable check: a CompileError names the node onnxruntime refuses
     ranges, sources = finish_ranges(model, plan, session)
     if rankless:
         shapes.update(probe_shapes(model, rankless, session))
