@@ -18,10 +18,9 @@ serialised model cannot exceed protobuf's 2 GiB (reached near 134M weights on 'p
 runtime also decodes the devices afresh at every read-out rather than caching them (24 bytes per
 weight; see :func:`chipsim.state.decode_devices`). Outputs are those of the ``inputs`` binding.
 
-With the ``lean`` lowering, an ``initializers`` runtime's session of a read-out leaves out the
-IR drop's cubic term and the ADC clip of every tile where that read-out's weights prove them below
-1e-5 of the term they belong to, or never reached (:mod:`chipsim.compiler.tile_bounds`,
-``tile_drops=False`` keeps them); the session of each age has its own decision.
+With the ``lean`` lowering, an ``initializers`` runtime's session of a read-out leaves out each
+tile's IR cubic term and ADC clip where that read-out's weights prove them below 1e-5 of their
+term, or never reached (:mod:`chipsim.compiler.tile_bounds`; ``tile_drops=False`` keeps them).
 
 Read-outs per (age, read seed) live in a bounded LRU with a memory limit
 (:mod:`chipsim.readout_cache`), together with their session in ``initializers`` mode; the
@@ -46,8 +45,8 @@ from onnx import TensorProto, helper
 
 from chipsim.compiler import GRAPH_FORMAT, compile_model, is_linear
 from chipsim.compiler.plan import load_plans, physical_plan
-from chipsim.compiler.tile_bounds import XI_MAX, decide_drops
-from chipsim.compiler.tile_drops import drop_ops, rescale_ramps
+from chipsim.compiler.tile_bounds import XI_MAX
+from chipsim.compiler.tile_drops import read_out_graph
 from chipsim.compiler.weight_packing import scale_inputs, weight_inputs
 from chipsim.model_inputs import InputError, ModelInputs
 from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, GdcMode, GraphLowering, MvmNoiseSource, WeightBinding
@@ -147,9 +146,8 @@ class ChipRuntime:
         self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
         self._has_noise = len(self._noise_shapes) > 0
         self._init_graph = initializer_graph(proto) if binding == WeightBinding.INITIALIZERS else None
-        #: Whether a read-out's session drops the ops its weights prove negligible (the ``lean``
-        #: lowering in the ``initializers`` binding only: the ``inputs`` one shares one session
-        #: across ages; see :mod:`chipsim.compiler.tile_drops`).
+        #: A read-out's session drops the ops its weights prove negligible (chipsim.compiler.tile_drops):
+        #: lean lowering, ``initializers`` binding only (``inputs`` shares one session across ages).
         self.tile_drops = bool(tile_drops) and self._init_graph is not None and self.lowering == GraphLowering.LEAN
         self._session: ort.InferenceSession | None = None
         self.cache_bytes = cache_bytes
@@ -208,10 +206,7 @@ class ChipRuntime:
             graph = self._init_graph
             if self.tile_drops:
                 ranges = [layer.input_range for layer in self.chip.layers]
-                drops = decide_drops(self.plans, ranges, weights, self.profile)
-                if drops:
-                    graph, entry.drops = drop_ops(graph, drops)
-                    rescale_ramps(weights, entry.drops)
+                graph, entry.drops = read_out_graph(graph, self.plans, ranges, weights, self.profile)
             entry.session = embedded_session(graph, weights, self.threads)
         return entry
 

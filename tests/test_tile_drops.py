@@ -123,7 +123,7 @@ def test_forced_drops_on_the_big_tile_are_caught_by_the_same_comparison(monkeypa
         _, off = _pair(model, get_profile("pcm", **CONTINUOUS, **extra), x)
         ref = off.run(xs, age_s=AGE_S)[0]
         forced = frozenset({(1, 0, what)})
-        monkeypatch.setattr("chipsim.runtime.decide_drops", lambda *args, forced=forced: forced)
+        monkeypatch.setattr("chipsim.compiler.tile_drops.decide_drops", lambda *args, forced=forced: forced)
         rt = ChipRuntime(off.chip, threads=1)
         assert rt.dropped_ops(AGE_S) == forced
         assert _max_rel(rt.run(xs, age_s=AGE_S)[0], ref) > 5 * TOLERANCE, what
@@ -211,7 +211,7 @@ def test_the_adc_clip_goes_exactly_when_the_worst_output_fits_the_range(margin, 
     if margin > 1:
         assert _max_rel(on.run(xs, age_s=AGE_S)[0], off.run(xs, age_s=AGE_S)[0]) <= TOLERANCE
     else:
-        monkeypatch.setattr("chipsim.runtime.decide_drops", lambda *args: frozenset({clip}))
+        monkeypatch.setattr("chipsim.compiler.tile_drops.decide_drops", lambda *args: frozenset({clip}))
         forced = ChipRuntime(chip, threads=1)
         assert forced.dropped_ops(AGE_S) == {clip}
         assert _max_rel(forced.run(xs, age_s=AGE_S)[0], off.run(xs, age_s=AGE_S)[0]) > 5 * TOLERANCE

@@ -19,15 +19,17 @@ A layer read several times drops the op at every read (its weights, hence its bo
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from chipsim.compiler.tile_bounds import Drop
+from chipsim.compiler.plan import LayerPlan
+from chipsim.compiler.tile_bounds import Drop, decide_drops
 from chipsim.modes import TileDrop
 from chipsim.periphery import IR_DROP_POLY
+from chipsim.profiles import ChipProfile
 
 #: Factor on the ramp product's weights when the cubic term is dropped (c2/c3: the quadratic
 #: coefficient moves to the front, see the module docstring).
@@ -155,3 +157,20 @@ def rescale_ramps(weights: dict[str, np.ndarray], applied: Iterable[Drop]) -> No
         if what == TileDrop.IR_CUBIC:
             name = f"chip/l{layer}/t{tile}/r"
             weights[name] = weights[name] * np.float32(RAMP_FACTOR_QUADRATIC)
+
+
+def read_out_graph(
+    graph: onnx.ModelProto,
+    plans: Sequence[LayerPlan],
+    ranges: Sequence[float],
+    weights: dict[str, np.ndarray],
+    profile: ChipProfile,
+) -> tuple[onnx.ModelProto, frozenset[Drop]]:
+    """The lean ``graph`` for one read-out's packed ``weights`` (rescaled in place to match): the
+    ops :func:`~chipsim.compiler.tile_bounds.decide_drops` allows left out, and those dropped."""
+    drops = decide_drops(plans, ranges, weights, profile)
+    if not drops:
+        return graph, frozenset()
+    out, applied = drop_ops(graph, drops)
+    rescale_ramps(weights, applied)
+    return out, applied
