@@ -86,6 +86,13 @@ class GraphLowering(StrEnum):
     LEAN = "lean"
 
 
+class TileDrop(StrEnum):
+    """An op of a lean tile that a read-out's weights prove negligible (chipsim.compiler.tile_bounds)."""
+
+    IR_CUBIC = "ir_cubic"  # the cubic term of the IR-drop factor c(a)
+    ADC_CLIP = "adc_clip"  # the ADC's clip, never reached
+
+
 class LayerKind(StrEnum):
     """The ONNX op an analog layer was compiled from (``LayerPlan.kind``, stored in a chip's plans)."""
 

@@ -18,6 +18,10 @@ serialised model cannot exceed protobuf's 2 GiB (reached near 134M weights on 'p
 runtime also decodes the devices afresh at every read-out rather than caching them (24 bytes per
 weight; see :func:`chipsim.state.decode_devices`). Outputs are those of the ``inputs`` binding.
 
+With the ``lean`` lowering, an ``initializers`` runtime's session of a read-out leaves out each
+tile's IR cubic term and ADC clip where that read-out's weights prove them below 1e-5 of their
+term, or never reached (:mod:`chipsim.compiler.tile_bounds`; ``tile_drops=False`` keeps them).
+
 Read-outs per (age, read seed) live in a bounded LRU with a memory limit
 (:mod:`chipsim.readout_cache`), together with their session in ``initializers`` mode; the
 weights and scales fed to the graph are packed by :mod:`chipsim.compiler.weight_packing`.
@@ -41,6 +45,8 @@ from onnx import TensorProto, helper
 
 from chipsim.compiler import GRAPH_FORMAT, compile_model, is_linear
 from chipsim.compiler.plan import load_plans, physical_plan
+from chipsim.compiler.tile_bounds import XI_MAX
+from chipsim.compiler.tile_drops import read_out_graph
 from chipsim.compiler.weight_packing import scale_inputs, weight_inputs
 from chipsim.model_inputs import InputError, ModelInputs
 from chipsim.modes import (
@@ -80,6 +86,8 @@ class _Entry:
     scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per GDC mode
     feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # scales + weights, per GDC mode
     session: ort.InferenceSession | None = None
+    #: the ops its session dropped (chipsim.compiler.tile_drops; initializers binding, lean graph)
+    drops: frozenset = frozenset()
 
     @property
     def nbytes(self) -> int:
@@ -112,6 +120,7 @@ class ChipRuntime:
         noise: str = DEFAULT_MVM_NOISE,
         lowering: GraphLowering | str | None = None,
         initializers_max_bytes: int = INITIALIZERS_MAX_BYTES,
+        tile_drops: bool = True,
     ):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
@@ -146,6 +155,9 @@ class ChipRuntime:
         self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
         self._has_noise = len(self._noise_shapes) > 0
         self._init_graph = initializer_graph(proto) if binding == WeightBinding.INITIALIZERS else None
+        #: A read-out's session drops the ops its weights prove negligible (chipsim.compiler.tile_drops):
+        #: lean lowering, ``initializers`` binding only (``inputs`` shares one session across ages).
+        self.tile_drops = bool(tile_drops) and self._init_graph is not None and self.lowering == GraphLowering.LEAN
         self._session: ort.InferenceSession | None = None
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
@@ -200,7 +212,11 @@ class ChipRuntime:
         entry = _Entry(readout, weights, sum(a.nbytes for a in weights.values()))
         if self._init_graph is not None:
             entry.weights = {}  # the session keeps its own copy; run_tensor packs them again
-            entry.session = embedded_session(self._init_graph, weights, self.threads)
+            graph = self._init_graph
+            if self.tile_drops:
+                ranges = [layer.input_range for layer in self.chip.layers]
+                graph, entry.drops = read_out_graph(graph, self.plans, ranges, weights, self.profile)
+            entry.session = embedded_session(graph, weights, self.threads)
         return entry
 
     def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> _Entry:
@@ -221,6 +237,11 @@ class ChipRuntime:
     def readout(self, age_s: float, read_seed: int = 0) -> ChipReadout:
         """The (cached) read-out of the chip at an age."""
         return self._entry(check_age(age_s), check_seed(read_seed, "read_seed")).readout
+
+    def dropped_ops(self, age_s: float, read_seed: int = 0) -> frozenset:
+        """The (layer, tile, :class:`~chipsim.modes.TileDrop`) ops the session of a read-out
+        dropped (:mod:`chipsim.compiler.tile_bounds`); empty with ``tile_drops=False``."""
+        return self._entry(check_age(age_s), check_seed(read_seed, "read_seed")).drops
 
     def peek(self, age_s: float, read_seed: int = 0) -> ChipReadout | None:
         """The cached read-out if there is one, without counting a hit or changing LRU order."""
@@ -374,9 +395,14 @@ class ChipRuntime:
         read_seed = check_seed(read_seed, "read_seed")
         mode = self.gdc_mode(gdc)
         entry = self._entry(age_s, read_seed, mode)
+        session = entry.session or self.session
         if noise is None and self._has_noise:
             noise = draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk), self.noise_source)
+        elif noise and entry.drops and any(np.max(np.abs(v), initial=0.0) > XI_MAX for v in noise.values()):
+            # noise beyond the bound the drops assume: the undropped graph, weights fed
+            session = self.session
+            feeds.update(self._weights(entry.readout, mode))
         feeds.update(self._static_feeds(entry, mode))
         if noise:
             feeds.update({k: np.ravel(v) for k, v in noise.items()})
-        return (entry.session or self.session).run(self.output_names, feeds), entry.readout
+        return session.run(self.output_names, feeds), entry.readout
