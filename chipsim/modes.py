@@ -44,7 +44,7 @@ class MvmNoiseSource(StrEnum):
 
     - ``fresh``: numpy's ziggurat, an exact N(0, 1) (~8 ns per draw here);
     - ``fresh-q16`` (the default): 16 fresh random bits per draw pick one of 2^16 equiprobable
-      bins of N(0, 1), whose conditional mean is the draw (~1.4 ns per draw here). Draws are as
+      bins of N(0, 1), whose conditional mean is the draw (~1.3 ns per draw here). Draws are as
       independent as ``fresh``'s; the marginal differs from N(0, 1) by at most 2^-16 in CDF
       (Kolmogorov distance), has unit variance and stops at ±4.39 σ (chipsim.mvm_noise).
 

@@ -22,7 +22,7 @@ seed plus the node index, so every session built from one graph draws the same s
 float32 N(0, 1) (7.8 ns per draw here). ``fresh-q16`` (the default): each draw takes 16 fresh
 bits of the generator's raw output (four draws per 64-bit word) as the index of one of 2^16
 equiprobable bins of N(0, 1) and returns that bin's conditional mean E[Z | Z in bin] =
-2^16 (φ(a) − φ(b)) for the bin [a, b] (:func:`q16_table`; ~1.4 ns per draw here, 5× faster).
+2^16 (φ(a) − φ(b)) for the bin [a, b] (:func:`q16_table`; 1.2–1.3 ns per draw here vs 7.7–8.1, ``bench.mvm_noise``).
 Its draws are exactly as independent as ``fresh``'s (every draw reads bits no other draw
 reads). Its marginal is a 2^16-point distribution: every atom lies inside its own bin, so its
 CDF differs from Φ by at most 2^-16 ≈ 1.5e-5 (Kolmogorov distance; 9.5e-6 computed); it is

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         DEFAULT_MVM_NOISE.value,
         description="The sampler of per-MVM noise (one new Gaussian per analog output and "
         "request, independent across outputs, samples and requests): 'fresh-q16' (default: 16 "
-        "fresh random bits pick one of 2^16 equiprobable bins of N(0,1), ~1.4 ns per draw, CDF "
+        "fresh random bits pick one of 2^16 equiprobable bins of N(0,1), ~1.3 ns per draw, CDF "
         "within 1.5e-5 of the Gaussian) or 'fresh' (numpy's exact ziggurat, ~8 ns per draw). "
         "'table' is deprecated: accepted, logged and served as 'fresh' (its windows overlapped "
         "between requests).",

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from chipsim import get_profile
-from chipsim.modes import ColumnScaling, MvmNoiseSource
-from studies.common import AGE_SCHEDULE, REPO
+from chipsim.modes import ColumnScaling
+from studies.common import AGE_SCHEDULE, REPO, STUDY_NOISE
 
 #: Default cache of cells (git-ignored ``runs/``).
 CACHE_DIR = REPO / "runs" / "fmnist-cells"
@@ -231,7 +231,7 @@ def evaluate(
                 m.onnx_path.read_bytes(), profile, seed=chip, chip_id=f"fmnist-{chip}", column_scaling=arm
             )
             # the exact sampler: the cached cells (and any added later) share one noise model
-            rt = ChipRuntime(state, threads=threads, noise=MvmNoiseSource.FRESH)
+            rt = ChipRuntime(state, threads=threads, noise=STUDY_NOISE)
             for age, gdc in cells:
                 if budget_s is not None and time.perf_counter() - t0 > budget_s:
                     break

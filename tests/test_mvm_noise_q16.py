@@ -17,7 +17,7 @@ from chipsim.compiler import program_onnx
 from chipsim.modes import DEFAULT_MVM_NOISE, MvmNoiseSource
 from chipsim.mvm_noise import Q16_BINS, q16_table, seeded_generator, standard_normal
 from chipsim.runtime import ChipRuntime
-from tests.test_mvm_noise import SIGMA, _xi, matmul_classifier
+from tests.mvm_noise_helpers import SIGMA, _xi, matmul_classifier
 
 N = 1 << 20  # draws per sample below
 
