@@ -189,12 +189,12 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Longest wait in a line, seconds; then 429 + Retry-After."
     )
-    # --- dynamic batching of POST /infer (service.batching)
+    # --- dynamic batching of POST /infer and OIP /v2/models/{name}/infer (service.batching)
     batch_max_queue_delay_ms: float = Field(
         0.0,
         ge=0,
         le=1000,
-        description="Longest wait of an unseeded /infer request for others to share its run "
+        description="Longest wait of an unseeded inference request (/infer or OIP) for others to share its run "
         "(same chip, age, read seed, GDC mode, input shape), milliseconds; a batch starts "
         "sooner when it is full or reaches the largest preferred size. 0: no waiting, a batch "
         "takes the requests that queued while the slots were busy (measured best on 2 cores: "
@@ -311,7 +311,7 @@ class Settings(BaseSettings):
         return self
 
     def batch_config(self) -> BatchConfig:
-        """The dynamic batching of POST /infer these settings describe."""
+        """The dynamic batching of inference requests (/infer and OIP) these settings describe."""
         return BatchConfig(
             max_queue_delay_s=self.batch_max_queue_delay_ms / 1000,
             max_size=min(self.batch_max_size, self.max_batch),

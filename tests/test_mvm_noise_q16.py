@@ -101,3 +101,20 @@ def test_the_service_setting_takes_both_samplers():
     assert Settings(mvm_noise="fresh").mvm_noise == "fresh"
     with pytest.raises(ValueError, match="mvm_noise"):
         Settings(mvm_noise="q8")
+
+
+def test_sampler_accuracy_benchmark_pairs_chips_and_writes_its_table(tmp_path):
+    """bench.sampler_accuracy on 2 chips of one zoo model: one row per age, paired intervals."""
+    import json
+
+    from bench.sampler_accuracy import main
+
+    main(["--chips", "2", "--ages", "1y", "--models", "mlp-plain", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "sampler_accuracy.json").read_text())["rows"]
+    assert [(r["model"], r["age"], r["chips"]) for r in rows] == [("mlp-plain", "1y", 2)]
+    r = rows[0]
+    # paired: the difference's mean is the difference of the means
+    diff = r["accuracy_q16"]["mean"] - r["accuracy_fresh"]["mean"]
+    assert r["accuracy_diff_pp"]["mean"] == pytest.approx(diff, abs=1e-9)
+    assert r["rms_error_ratio"]["lo"] <= r["rms_error_ratio"]["mean"] <= r["rms_error_ratio"]["hi"]
+    assert "| mlp-plain | 1y | 2 × 450 |" in (tmp_path / "sampler_accuracy.md").read_text()
