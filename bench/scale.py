@@ -23,7 +23,10 @@ parent wrote (torch is never imported there):
 The MLP (8 MatMul+Relu layers of width×width, random weights: 10.0M and 100.0M weights by default)
 runs at growing widths; a width whose
 peak RSS, extrapolated linearly in weights from the smaller ones, would exceed ``--max-peak-gb`` is
-not run and the extrapolation is reported instead.
+not run and the extrapolation is reported instead. Models above ``--first-age-only-above``
+weights (default 200M) stop after the first new age: the second age and the digital
+throughput session would hold a second copy of the weights, which a 24 GB host cannot give
+a 500M-weight model; their guard extrapolates the first-age peak, not the process peak.
 
 Results: bench/results/scale.{json,md} (with ``--replace``; else a new folder under runs/scale/).
 """
@@ -149,8 +152,9 @@ def _throughput(rt, model: bytes, shape: list[int], rng: np.random.Generator, ro
     return ratios
 
 
-def child(path: Path, shape: list[int], rounds: int, min_s: float) -> dict:
-    """Everything measured on one model, in this fresh process."""
+def child(path: Path, shape: list[int], rounds: int, min_s: float, first_age_only: bool = False) -> dict:
+    """Everything measured on one model, in this fresh process (``first_age_only``: stop after
+    the first request at a new age)."""
     from chipsim import get_profile, heap
     from chipsim.compiler import program_onnx
     from chipsim.runtime import ChipRuntime
@@ -182,16 +186,7 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float) -> dict:
     rt.run(x1, DAY_S)
     first_day_s = time.perf_counter() - t0
     peak_first_age = _hwm_bytes() if reset else None
-    t0 = time.perf_counter()
-    rt.run(x1, YEAR_S)
-    first_year_s = time.perf_counter() - t0
-    peak_first = _hwm_bytes() if reset else None
-    t0 = time.perf_counter()
-    rt.run(x1, YEAR_S)
-    cached_s = time.perf_counter() - t0
-
-    ratios = _throughput(rt, model, shape, rng, rounds, min_s)
-    return {
+    first = {
         "weights": weights,
         "onnx_bytes": len(model),
         "rss_before_program_bytes": rss_before,
@@ -207,21 +202,36 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float) -> dict:
         "binding": rt.binding,
         "runtime_build_s": runtime_s,
         "first_request_new_age_s": first_day_s,
+        "peak_rss_first_new_age_bytes": peak_first_age,
+    }
+    if first_age_only:
+        return {**first, "first_age_only": True, "peak_rss_process_bytes": _hwm_bytes(), "throughput": {}}
+    t0 = time.perf_counter()
+    rt.run(x1, YEAR_S)
+    first_year_s = time.perf_counter() - t0
+    peak_first = _hwm_bytes() if reset else None
+    t0 = time.perf_counter()
+    rt.run(x1, YEAR_S)
+    cached_s = time.perf_counter() - t0
+
+    ratios = _throughput(rt, model, shape, rng, rounds, min_s)
+    return {
+        **first,
         "second_new_age_s": first_year_s,
         "cached_age_request_s": cached_s,
-        "peak_rss_first_new_age_bytes": peak_first_age,
         "peak_rss_first_requests_bytes": peak_first,
         "peak_rss_process_bytes": _hwm_bytes() if not reset else max(peak_program, peak_first or 0),
         "throughput": ratios,
     }
 
 
-def run_child(label: str, model: bytes, shape: list[int], args) -> dict:
+def run_child(label: str, model: bytes, shape: list[int], args, first_age_only: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(model)
         del model
         cmd = [sys.executable, "-m", "bench.scale", "--rounds", str(args.rounds), "--min-s", str(args.min_s)]
+        cmd += ["--first-age-only"] if first_age_only else []
         cmd += ["--child", str(path), *map(str, shape)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -235,9 +245,9 @@ def run_child(label: str, model: bytes, shape: list[int], args) -> dict:
     return out
 
 
-def _predict(done: list[dict], weights: int) -> float:
+def _predict(done: list[dict], weights: int, key: str = "peak_rss_process_bytes") -> float:
     """Peak RSS (bytes) at ``weights``: the line through the last two runs (proportional with one)."""
-    pts = [(d["weights"], d["peak_rss_process_bytes"]) for d in done]
+    pts = [(d["weights"], d[key]) for d in done]
     if len(pts) == 1:
         return pts[0][1] * weights / pts[0][0]
     (w0, p0), (w1, p1) = pts[-2], pts[-1]
@@ -263,6 +273,10 @@ def _cpu_ns(m: dict) -> str:
     return "n/a" if cpu is None else f"{cpu:.0f}{_mark(cpu, TARGET_NS_PER_WEIGHT)}"
 
 
+def _seconds(s: float | None) -> str:
+    return "not run" if s is None else f"{s:.2f}"
+
+
 def _mark(value: float, target: float) -> str:
     return " ✓" if value <= target else " ✗"
 
@@ -284,7 +298,7 @@ def markdown(data: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for m in data["models"]:
-        pf = m["peak_rss_first_requests_bytes"]
+        pf = m.get("peak_rss_first_requests_bytes")
         own = m["peak_rss_program_bytes"] / m["chip_disk_bytes"]
         grown = (m["peak_rss_program_bytes"] - m["rss_before_program_bytes"]) / m["chip_disk_bytes"]
         lines.append(
@@ -294,7 +308,7 @@ def markdown(data: dict) -> str:
             f"{grown:.2f}{_mark(grown, TARGET_PEAK_OVER_DISK)} | "
             f"{m['store_disk_bytes'] / gb:.2f} | {m['peak_over_disk']:.2f} | {m.get('binding', 'n/a')} | "
             f"{m['runtime_build_s']:.2f} | "
-            f"{m['first_request_new_age_s']:.2f} | {m['second_new_age_s']:.2f} | "
+            f"{m['first_request_new_age_s']:.2f} | {_seconds(m.get('second_new_age_s'))} | "
             f"{_gib(m['peak_rss_first_new_age_bytes'])} | {_per_weight(m)} | {_gib(pf)} |"
         )
     lines += [
@@ -306,7 +320,9 @@ def markdown(data: dict) -> str:
         "shared blobs: the model and its target weights). ns/weight is wall time; CPU ns/weight the "
         "process's CPU time while programming (on a host shared with other jobs, wall time also "
         "counts the waits for a core). B/weight: peak RSS at the first request at a new age minus "
-        "the RSS before programming, per analog weight (the chip's state included).",
+        "the RSS before programming, per analog weight (the chip's state included). 'not run': a "
+        f"model above {data.get('first_age_only_above', 0) / 1e6:.0f}M weights stops after its first "
+        "new age (no second age, no throughput session: see the module docstring).",
         "",
         "## Throughput, analog ('pcm', fixed age, fresh noise) / digital (onnxruntime, original model), "
         f"1 thread, {data['rounds']} interleaved rounds\n",
@@ -337,11 +353,19 @@ def main() -> None:
     ap.add_argument("--min-s", type=float, default=0.5, help="seconds per throughput sample (at least 1 call)")
     ap.add_argument("--max-peak-gb", type=float, default=18.0)
     ap.add_argument("--no-resnet", action="store_true")
+    ap.add_argument(
+        "--first-age-only-above",
+        type=float,
+        default=200e6,
+        help="weights above which a model stops after its first new age (no throughput)",
+    )
+    ap.add_argument("--first-age-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     outputs.add_arguments(ap, Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
     if args.child:
-        res = child(Path(args.child[0]), [int(s) for s in args.child[1:]], args.rounds, args.min_s)
+        shape = [int(s) for s in args.child[1:]]
+        res = child(Path(args.child[0]), shape, args.rounds, args.min_s, args.first_age_only)
         print(json.dumps(res))
         return
     out = output_dir(NAME, args)
@@ -351,13 +375,15 @@ def main() -> None:
     mlps: list[dict] = []
     for width in sorted(args.mlp_widths):
         weights = MLP_LAYERS * width * width
+        first_only = weights > args.first_age_only_above
         if mlps:
-            pred = _predict(mlps, weights)
+            key = "peak_rss_first_new_age_bytes" if first_only else "peak_rss_process_bytes"
+            pred = _predict(mlps, weights, key)
             if pred > args.max_peak_gb * 1e9:
                 not_run.append({"width": width, "weights": weights, "predicted_peak_bytes": pred})
                 print(f"MLP width {width}: predicted peak {pred / 2**30:.1f} GiB, not run", flush=True)
                 continue
-        mlps.append(run_child(f"MLP {MLP_LAYERS}×{width}²", mlp(width), [width], args))
+        mlps.append(run_child(f"MLP {MLP_LAYERS}×{width}²", mlp(width), [width], args, first_only))
     models += mlps
     info = machine()
     info["command"] = "python -m bench.scale " + " ".join(sys.argv[1:])
@@ -365,6 +391,7 @@ def main() -> None:
         "machine": info,
         "rounds": args.rounds,
         "max_peak_gb": args.max_peak_gb,
+        "first_age_only_above": args.first_age_only_above,
         "targets": {"ns_per_weight": TARGET_NS_PER_WEIGHT, "peak_over_disk": TARGET_PEAK_OVER_DISK},
         "models": models,
         "not_run": not_run,
