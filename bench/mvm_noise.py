@@ -1,6 +1,6 @@
 """Per-request cost of each candidate source of per-MVM noise (issue 14), interleaved in one process.
 
-    python -m bench.mvm_noise [--rounds 7] [--requests 20] [--batch 64] [--threads 1]
+    python -m bench.mvm_noise [--rounds 7] [--requests 20] [--batch 64] [--threads 1] [--replace]
 
 For the zoo CNN and transformer on the ``pcm`` profile (``initializers`` binding, a cached age),
 one request = the noise of every tile for a batch + one onnxruntime run of the compiled graph.
@@ -18,6 +18,9 @@ the range (min–max) of the per-round medians, and per round the ratio to ``phi
 - ``sfc64-keyed`` (chipsim's seeded path, ``mvm_noise.seeded_generator``: SFC64 from a
   SeedSequence of the request's key, creation included) and ``philox-keyed`` (Philox with the
   key set directly, counter (0, 0, chunk, tag));
+- ``sfc64-q16-thread`` and ``sfc64-q16-keyed`` (chipsim's default sampler ``fresh-q16``): the
+  same generators, 16 raw bits per draw into a table of 2^16 equiprobable bins of N(0, 1)
+  (``mvm_noise.standard_normal``); the others use numpy's ziggurat (``fresh``);
 - ``ort-randomnormallike``: noise drawn inside the graph (onnxruntime's RandomNormalLike in
   place of each noise input).
 
@@ -33,14 +36,16 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from bench.common import machine, write
+from bench.common import RESULTS, machine, output_dir, write
 from chipsim import get_profile
 from chipsim.compiler import program_onnx
-from chipsim.mvm_noise import draw, seeded_generator, thread_generator
+from chipsim.modes import MvmNoiseSource
+from chipsim.mvm_noise import draw, seeded_generator, standard_normal, thread_generator
 from chipsim.ort_session import cpu_session
 from chipsim.runtime import ChipRuntime
+from models import outputs
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
 MODELS = ("cnn-hwa", "transformer-hwa")
@@ -65,11 +70,11 @@ class _Table:
         return out
 
 
-def _in_graph_session(rt: ChipRuntime, entry) -> tuple:
+def _in_graph_session(rt: ChipRuntime):
     """A session of the chip's graph with RandomNormalLike(tile output) in place of each noise
-    input, the read-out weights embedded as in the runtime's ``initializers`` binding."""
-    model = onnx.ModelProto()
-    model.CopyFrom(rt._init_graph)
+    input; ``rt`` uses the ``inputs`` binding, so the read-out weights are fed with each run
+    (embedded initializers are consumed by the runtime's own session)."""
+    model = onnx.load_from_string(rt.graph)
     noise_inputs = {name for name, _ in rt._noise_shapes.noise_of}
     producers = {o: n for n in model.graph.node for o in n.output}
     nodes = []
@@ -84,7 +89,6 @@ def _in_graph_session(rt: ChipRuntime, entry) -> tuple:
     keep = [i for i in model.graph.input if i.name not in noise_inputs]
     del model.graph.input[:]
     model.graph.input.extend(keep)
-    model.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in entry.weights.items())
     return cpu_session(model.SerializeToString(), rt.threads)
 
 
@@ -111,9 +115,9 @@ def _candidates(rt: ChipRuntime, x: np.ndarray) -> dict:
     """name → a function running one request."""
     table = _Table()
     zeros = {name: np.zeros(int(np.prod(s)), np.float32) for name, s in rt.noise_shapes(x)}
-    entry = rt._entry(AGE_S, 0)
-    sess = _in_graph_session(rt, entry)
-    static = rt._static_feeds(entry, rt.gdc_mode(True))
+    fed = ChipRuntime(rt.chip, threads=rt.threads, binding="inputs")
+    sess = _in_graph_session(fed)
+    static = fed._static_feeds(fed._entry(AGE_S, 0), fed.gdc_mode(True))
     in_name = rt.inputs[0]["name"]
 
     def run(noise_of):
@@ -121,7 +125,12 @@ def _candidates(rt: ChipRuntime, x: np.ndarray) -> dict:
 
     cands = {"zeros": run(lambda sh: zeros), "table": run(table.feeds)}
     for name, make in _sources(rt.chip.seed).items():
-        cands[name] = run(lambda sh, make=make: draw(sh, make()))
+        cands[name] = run(lambda sh, make=make: draw(sh, make(), MvmNoiseSource.FRESH))
+    for name in ("sfc64-thread", "sfc64-keyed"):
+        make = _sources(rt.chip.seed)[name]
+        cands[name.replace("sfc64", "sfc64-q16")] = run(
+            lambda sh, make=make: draw(sh, make(), MvmNoiseSource.FRESH_Q16)
+        )
     cands["ort-randomnormallike"] = lambda: sess.run(rt.output_names, {in_name: rt.check_inputs(x)[in_name], **static})
     return cands
 
@@ -156,6 +165,9 @@ def draw_costs(rounds: int, n: int) -> list[dict]:
     """ns per standard normal (``n`` per call) and µs to create a keyed generator, per source."""
     sources = _sources(12345)
     fns = {k: (lambda make=make: make().standard_normal(n, dtype=np.float32)) for k, make in sources.items()}
+    for k in ("sfc64-thread", "sfc64-keyed"):
+        q16 = MvmNoiseSource.FRESH_Q16
+        fns[k.replace("sfc64", "sfc64-q16")] = lambda make=sources[k]: standard_normal(make(), n, q16)
     make_only = {f"create {k}": make for k, make in sources.items() if k.endswith("keyed")}
     res = _interleave({**fns, **make_only}, rounds, 20, f"draws of {n}")
     rows = []
@@ -218,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args(argv)
     rows = []
     for name in MODELS:
@@ -234,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} onnxruntime thread(s). One process; candidates interleaved in each of {args.rounds} "
         f"rounds, {args.requests} requests each; per request: noise draw + onnxruntime run. Each cell: median "
         "over rounds of the per-round median [min–max of the per-round medians]; ratios are taken within a "
-        "round. chipsim serves `sfc64-thread` (unseeded) and `sfc64-keyed` (seeded).",
+        "round. chipsim serves `sfc64-q16-thread` (unseeded) and `sfc64-q16-keyed` (seeded) by default, `sfc64-thread` and `sfc64-keyed` with `AGEDCHIP_MVM_NOISE=fresh`.",
         "",
         "| model | draws/request | candidate | CPU ms/request | wall ms/request | CPU ÷ table | CPU ÷ sfc64-thread |",
         "|---|---:|---|---:|---:|---:|---:|",
@@ -262,12 +275,13 @@ def main(argv: list[str] | None = None) -> None:
         "mvm_noise",
         {
             "machine": info,
-            "args": vars(args),
+            "args": {k: v for k, v in vars(args).items() if k != "out"},
             "rows": rows,
             "draw_costs": costs,
             "randomnormallike_sessions_repeat": repeats,
         },
         "\n".join(lines) + "\n",
+        output_dir("mvm_noise", args),
     )
     print("\n".join(lines))
 

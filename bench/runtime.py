@@ -13,7 +13,13 @@ over ``AGEDCHIP_INITIALIZERS_MAX_BYTES``, such as resnet18):
 
 - ``digital``: the original model;
 - ``full``: the chip with the full lowering (graph format 3's layout);
-- ``lean``: the chip with the lean lowering (the default, :mod:`chipsim.compiler.lean`);
+- ``lean``: the chip with the lean lowering (the default, :mod:`chipsim.compiler.lean`), each
+  read-out's session without the IR cubic terms and ADC clips its weights prove negligible
+  (:mod:`chipsim.compiler.tile_bounds`);
+- ``nodrop``: the same with ``tile_drops=False`` (every tile keeps them); lean/nodrop is what the
+  drops buy (resnet18 binds ``inputs``, which drops nothing: its ratio is 1 by construction);
+- ``exact``: ``lean`` with the exact ziggurat sampler (``noise="fresh"``) in place of the default
+  ``fresh-q16`` (:mod:`chipsim.mvm_noise`); lean/exact is what the faster sampler buys;
 - ``free``: the lean graph with its three extra products (IR ramp, IR load, noise variance) read
   from the ideal product — the same periphery with those products for free. lean/free says how
   much of the remaining cost is the products (target: lean ≥ 0.8 × free);
@@ -44,6 +50,7 @@ from bench.common import RESULTS, machine, output_dir, write
 from bench.product_ceiling import product_ceiling
 from chipsim import get_profile
 from chipsim.compiler import compile_model, program_onnx
+from chipsim.modes import MvmNoiseSource
 from chipsim.mvm_noise import draw, thread_generator
 from chipsim.ort_session import cpu_session
 from chipsim.runtime import ChipRuntime
@@ -53,7 +60,7 @@ __all__ = ["main", "product_ceiling"]
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
 MODELS = ("mlp-hwa", "cnn-hwa", "transformer-hwa", "resnet18")
-VARIANTS = ("digital", "full", "lean", "free", "ceiling")
+VARIANTS = ("digital", "full", "lean", "nodrop", "exact", "free", "ceiling")
 #: parts of a lean request, measured in the same rounds (see the module docstring)
 PARTS = ("noise", "session")
 #: #14's targets at batch 64: lean/digital ≥ this floor (the prototype's ratios; resnet18: the CNN's)
@@ -87,6 +94,8 @@ def runners(model: bytes, x: np.ndarray, threads: int) -> dict[str, Callable[[np
     rts = {
         "full": ChipRuntime(chip, threads=threads, lowering="full"),
         "lean": ChipRuntime(chip, threads=threads, lowering="lean"),
+        "nodrop": ChipRuntime(chip, threads=threads, lowering="lean", tile_drops=False),
+        "exact": ChipRuntime(chip, threads=threads, lowering="lean", noise=MvmNoiseSource.FRESH),
         "free": ChipRuntime(free_chip, threads=threads),
     }
     out: dict[str, Callable[[np.ndarray], object]] = {
@@ -153,6 +162,12 @@ def summarise(times: dict[str, list[tuple]]) -> dict[str, dict]:
             row[clock] = {"median": float(np.median(ratios)), "min": float(min(ratios)), "max": float(max(ratios))}
         row["ms_per_batch_cpu"] = 1e3 * float(np.median([t[0] for t in ts]))
         out[k] = row
+    for name, other in (("drop_gain", "nodrop"), ("sampler_gain", "exact")):
+        gain = {}  # lean's speed over the other's (its time / lean time), per round
+        for i, clock in enumerate(("cpu", "wall")):
+            r = [n[i] / t[i] for n, t in zip(times[other], times["lean"])]
+            gain[clock] = {"median": float(np.median(r)), "min": float(min(r)), "max": float(max(r))}
+        out[name] = gain
     for k in PARTS:  # share of a lean request, CPU time, per round
         shares = [p[0] / t[0] for p, t in zip(times[k], times["lean"])]
         out[k]["share_of_lean"] = {"median": float(np.median(shares)), "min": min(shares), "max": max(shares)}
@@ -186,12 +201,14 @@ def markdown(rows: list[dict], args, info: dict) -> str:
         "",
         f"Speed relative to the digital model (digital time / analog time) per round; median [min–max] over "
         f"{args.rounds} interleaved rounds. `free`: the lean graph with its 3 extra products for free; "
-        "`ceiling`: the 4 products and nothing else. Targets at batch 64 (#14): lean ≥ "
+        "`ceiling`: the 4 products and nothing else; lean ÷ no drops: lean's speed over the same runtime "
+        "with `tile_drops=False`, per round; lean ÷ exact: lean's speed over the same runtime with the exact "
+        "ziggurat sampler (`fresh`) instead of the default `fresh-q16`, per round. Targets at batch 64 (#14): lean ≥ "
         f"{FREE_SHARE} × free and ≥ the floor.",
         "",
         "| model | batch | clock | full | lean | free | ceiling | digital ms/batch (CPU) | lean/free "
-        "| lean request: noise draw, onnxruntime | target |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| lean request: noise draw, onnxruntime | lean ÷ no drops | lean ÷ exact | target |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in rows:
         s = r["ratios"]
@@ -212,7 +229,8 @@ def markdown(rows: list[dict], args, info: dict) -> str:
             lines.append(
                 f"| {r['model']} | {r['batch']} | {clock} | {_cell(s['full'][clock])} | {_cell(s['lean'][clock])} | "
                 f"{_cell(s['free'][clock])} | {_cell(s['ceiling'][clock])} | {s['digital']['ms_per_batch_cpu']:.2f} | "
-                f"{s['lean'][clock]['median'] / s['free'][clock]['median']:.2f} | {parts} | {tgt} |"
+                f"{s['lean'][clock]['median'] / s['free'][clock]['median']:.2f} | {parts} | "
+                f"{_cell(s['drop_gain'][clock])} | {_cell(s['sampler_gain'][clock])} | {tgt} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -238,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(
                 f"{name:16s} b={batch:3d} cpu: "
-                + " ".join(f"{k} {_cell(s[k]['cpu'])}" for k in VARIANTS if k != "digital"),
+                + " ".join(f"{k} {_cell(s[k]['cpu'])}" for k in VARIANTS if k != "digital")
+                + f" | lean/nodrop {_cell(s['drop_gain']['cpu'])} lean/exact {_cell(s['sampler_gain']['cpu'])}",
                 flush=True,
             )
         del run

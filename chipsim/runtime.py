@@ -18,6 +18,10 @@ serialised model cannot exceed protobuf's 2 GiB (reached near 134M weights on 'p
 runtime also decodes the devices afresh at every read-out rather than caching them (24 bytes per
 weight; see :func:`chipsim.state.decode_devices`). Outputs are those of the ``inputs`` binding.
 
+With the ``lean`` lowering, an ``initializers`` runtime's session of a read-out leaves out each
+tile's IR cubic term and ADC clip where that read-out's weights prove them below 1e-5 of their
+term, or never reached (:mod:`chipsim.compiler.tile_bounds`; ``tile_drops=False`` keeps them).
+
 Read-outs per (age, read seed) live in a bounded LRU with a memory limit
 (:mod:`chipsim.readout_cache`), together with their session in ``initializers`` mode; the
 weights and scales fed to the graph are packed by :mod:`chipsim.compiler.weight_packing`.
@@ -41,9 +45,18 @@ from onnx import TensorProto, helper
 
 from chipsim.compiler import GRAPH_FORMAT, compile_model, is_linear
 from chipsim.compiler.plan import load_plans, physical_plan
+from chipsim.compiler.tile_bounds import XI_MAX
+from chipsim.compiler.tile_drops import read_out_graph
 from chipsim.compiler.weight_packing import scale_inputs, weight_inputs
 from chipsim.model_inputs import InputError, ModelInputs
-from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, GdcMode, GraphLowering, MvmNoiseSource, WeightBinding
+from chipsim.modes import (
+    DEFAULT_MVM_NOISE,
+    MVM_NOISE_TABLE_DEPRECATION,
+    GdcMode,
+    GraphLowering,
+    MvmNoiseSource,
+    WeightBinding,
+)
 from chipsim.mvm_noise import NoiseShapes, draw, seeded_generator, thread_generator
 from chipsim.ort_session import cpu_session
 from chipsim.readout import ChipReadout, check_age, read_layer
@@ -73,6 +86,8 @@ class _Entry:
     scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per GDC mode
     feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # scales + weights, per GDC mode
     session: ort.InferenceSession | None = None
+    #: the ops its session dropped (chipsim.compiler.tile_drops; initializers binding, lean graph)
+    drops: frozenset = frozenset()
 
     @property
     def nbytes(self) -> int:
@@ -102,9 +117,10 @@ class ChipRuntime:
         cache_bytes: int = CACHE_BYTES,
         cache_entries: int = 32,
         binding: str = WeightBinding.INITIALIZERS,
-        noise: str = MvmNoiseSource.FRESH,
+        noise: str = DEFAULT_MVM_NOISE,
         lowering: GraphLowering | str | None = None,
         initializers_max_bytes: int = INITIALIZERS_MAX_BYTES,
+        tile_drops: bool = True,
     ):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
@@ -112,7 +128,9 @@ class ChipRuntime:
             raise ValueError(f"noise: expected one of {self.NOISE_SOURCES}, got {noise!r}")
         if noise == MvmNoiseSource.TABLE:
             warnings.warn(MVM_NOISE_TABLE_DEPRECATION, DeprecationWarning, stacklevel=2)
-        self.noise_source = MvmNoiseSource.FRESH.value
+            noise = MvmNoiseSource.FRESH
+        #: The sampler of per-MVM noise (``fresh`` exact ziggurat, ``fresh-q16`` quantile bins).
+        self.noise_source = MvmNoiseSource(noise).value
         if "compiled.onnx" not in chip.attachments:
             raise ValueError(f"chip {chip.chip_id!r} was not programmed from an ONNX model")
         self.chip = chip
@@ -137,6 +155,9 @@ class ChipRuntime:
         self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
         self._has_noise = len(self._noise_shapes) > 0
         self._init_graph = initializer_graph(proto) if binding == WeightBinding.INITIALIZERS else None
+        #: A read-out's session drops the ops its weights prove negligible (chipsim.compiler.tile_drops):
+        #: lean lowering, ``initializers`` binding only (``inputs`` shares one session across ages).
+        self.tile_drops = bool(tile_drops) and self._init_graph is not None and self.lowering == GraphLowering.LEAN
         self._session: ort.InferenceSession | None = None
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
@@ -191,7 +212,11 @@ class ChipRuntime:
         entry = _Entry(readout, weights, sum(a.nbytes for a in weights.values()))
         if self._init_graph is not None:
             entry.weights = {}  # the session keeps its own copy; run_tensor packs them again
-            entry.session = embedded_session(self._init_graph, weights, self.threads)
+            graph = self._init_graph
+            if self.tile_drops:
+                ranges = [layer.input_range for layer in self.chip.layers]
+                graph, entry.drops = read_out_graph(graph, self.plans, ranges, weights, self.profile)
+            entry.session = embedded_session(graph, weights, self.threads)
         return entry
 
     def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> _Entry:
@@ -212,6 +237,11 @@ class ChipRuntime:
     def readout(self, age_s: float, read_seed: int = 0) -> ChipReadout:
         """The (cached) read-out of the chip at an age."""
         return self._entry(check_age(age_s), check_seed(read_seed, "read_seed")).readout
+
+    def dropped_ops(self, age_s: float, read_seed: int = 0) -> frozenset:
+        """The (layer, tile, :class:`~chipsim.modes.TileDrop`) ops the session of a read-out
+        dropped (:mod:`chipsim.compiler.tile_bounds`); empty with ``tile_drops=False``."""
+        return self._entry(check_age(age_s), check_seed(read_seed, "read_seed")).drops
 
     def peek(self, age_s: float, read_seed: int = 0) -> ChipReadout | None:
         """The cached read-out if there is one, without counting a hit or changing LRU order."""
@@ -255,7 +285,7 @@ class ChipRuntime:
         """Standard normal per-MVM noise of every tile for a run on ``inputs``, each shaped like
         the tile's output (what :meth:`run` takes as ``noise``)."""
         shapes = self.noise_shapes(inputs)
-        flat = draw(shapes, rng)
+        flat = draw(shapes, rng, self.noise_source)
         return {name: flat[name].reshape(shape) for name, shape in shapes}
 
     # ------------------------------------------------------------------ inference
@@ -296,7 +326,7 @@ class ChipRuntime:
             feeds.update(weight_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))
             feeds.update(scale_inputs(plans, self.chip.layers, entry.readout, self.profile, mode))
         if self._has_noise:  # both lowerings: the same noise inputs, shapes and order
-            feeds.update(draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk)))
+            feeds.update(draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk), self.noise_source))
         return sess.run([tensor], feeds)[0]
 
     def _full_graph(self) -> tuple[bytes, list]:
@@ -365,9 +395,14 @@ class ChipRuntime:
         read_seed = check_seed(read_seed, "read_seed")
         mode = self.gdc_mode(gdc)
         entry = self._entry(age_s, read_seed, mode)
+        session = entry.session or self.session
         if noise is None and self._has_noise:
-            noise = draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk))
+            noise = draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk), self.noise_source)
+        elif noise and entry.drops and any(np.max(np.abs(v), initial=0.0) > XI_MAX for v in noise.values()):
+            # noise beyond the bound the drops assume: the undropped graph, weights fed
+            session = self.session
+            feeds.update(self._weights(entry.readout, mode))
         feeds.update(self._static_feeds(entry, mode))
         if noise:
             feeds.update({k: np.ravel(v) for k, v in noise.items()})
-        return (entry.session or self.session).run(self.output_names, feeds), entry.readout
+        return session.run(self.output_names, feeds), entry.readout

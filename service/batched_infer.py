@@ -1,5 +1,8 @@
-"""POST /infer requests as members of dynamic batches (:mod:`service.batching`): which requests
-may share one run, the merged run, and each member's own answer.
+"""Inference requests as members of dynamic batches (:mod:`service.batching`): which requests
+may share one run, the merged run, and each member's own answer. Both inference routes use it,
+``POST /infer`` (:func:`infer_job`) and the Open Inference Protocol's ``/v2/models/{name}/infer``
+(:mod:`service.oip_infer`); a job carries its protocol's encoder (``answer``), so members of
+either route share a run when their key agrees.
 
 Requests share a run only when everything but their samples agrees: the chip (the loaded object,
 so a chip deleted and programmed again under its id is another chip), the effective age, the
@@ -18,8 +21,10 @@ a member's own answer (its labels, say) fails only that member.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -31,6 +36,9 @@ from service.registry import Registry
 from service.schemas import InferRequest
 from service.served_chip import InferResult, ServedChip
 
+#: A member's response, as its protocol encodes it.
+T = TypeVar("T")
+
 #: Largest body parsed on the event loop to join a batch, bytes (larger ones are parsed in a
 #: worker thread and run alone). A batch-1 request of the zoo's models is ~1.4 KiB; parsing and
 #: checking one of 64 KiB takes ~0.3 ms of the loop.
@@ -38,22 +46,26 @@ PARSE_ON_LOOP_BYTES = 64 << 10
 
 
 @dataclass(frozen=True, eq=False)
-class InferJob:
-    """One checked request waiting for, or running in, a batch."""
+class InferJob(Generic[T]):
+    """One checked request waiting for, or running in, a batch. ``answer`` turns its share of a
+    run into its response (its protocol's encoder): it counts the request on the chip and may
+    raise the request's own errors (labels that do not fit, say), which fail only this member."""
 
     chip: ServedChip
-    req: InferRequest
     feeds: dict[str, np.ndarray]
     age_s: float
     age_source: str
+    read_seed: int
     mode: GdcMode
     batch: int
+    age_field: str  # the request's age field, named by errors of the run (a refused new read-out)
+    answer: Callable[[InferResult], T]
 
     @property
     def key(self) -> tuple[Any, ...]:
         """What a batch's members share: everything that decides outputs, but the samples."""
         signature = tuple((name, a.dtype.str, a.shape[1:]) for name, a in self.feeds.items())
-        return (self.chip, self.age_s, self.req.read_seed, self.mode, signature)
+        return (self.chip, self.age_s, self.read_seed, self.mode, signature)
 
 
 def parse_request(body: bytes) -> InferRequest:
@@ -72,24 +84,43 @@ def mergeable(chip: ServedChip) -> bool:
     return len(first) == 1 and isinstance(next(iter(first)), str)
 
 
-def batch_job(registry: Registry, req: InferRequest, max_size: int) -> InferJob | None:
-    """``req`` checked as a batch member, or None when it runs alone: it has a seed, fills a
-    batch by itself (``max_size`` samples), or its chip's model cannot be merged. Bad requests
-    raise the same errors as :meth:`ServedChip.infer`."""
-    if req.seed is not None:
+def batch_job(
+    chip: ServedChip,
+    inputs: Any,
+    max_size: int,
+    answer: Callable[[InferResult], T],
+    *,
+    age: Any = None,
+    read_seed: int = 0,
+    gdc: bool | str = True,
+    seed: int | None = None,
+    age_field: str = "age",
+    gdc_field: str = "gdc",
+) -> InferJob[T] | None:
+    """A request (the arguments of :meth:`ServedChip.infer`) checked as a batch member, or None
+    when it runs alone: it has a seed, fills a batch by itself (``max_size`` samples), or its
+    chip's model cannot be merged. Bad requests raise the same errors as :meth:`ServedChip.infer`."""
+    if seed is not None or not mergeable(chip):
         return None
-    chip = registry.get(req.chip_id)
-    if not mergeable(chip):
-        return None
-    feeds = chip.check_feeds(req.inputs)
+    feeds = chip.check_feeds(inputs)
     batch = int(next(iter(feeds.values())).shape[0])
     if batch >= max_size:
         return None
-    age_s, source = chip.age_of(req.age)
-    return InferJob(chip, req, feeds, age_s, source, chip.gdc_mode(req.gdc), batch)
+    age_s, source = chip.age_of(age, age_field)
+    mode = chip.gdc_mode(gdc, gdc_field)
+    return InferJob(chip, feeds, age_s, source, read_seed, mode, batch, age_field, answer)
 
 
-def run_batch(jobs: list[InferJob]) -> list[bytes | Exception]:
+def infer_job(registry: Registry, req: InferRequest, max_size: int) -> InferJob[bytes] | None:
+    """A POST /infer request as a batch member (:func:`batch_job`), answered in JSON."""
+    if req.seed is not None:  # runs alone: no need to look its chip up here
+        return None
+    chip = registry.get(req.chip_id)
+    answer = partial(infer_response, chip, req)
+    return batch_job(chip, req.inputs, max_size, answer, age=req.age, read_seed=req.read_seed, gdc=req.gdc)
+
+
+def run_batch(jobs: list[InferJob[T]]) -> list[T | Exception]:
     """Each job's response body, or the exception that answers it, from one merged run (jobs
     share a key). Blocking: call from a worker thread."""
     if len(jobs) > 1:
@@ -103,7 +134,7 @@ def run_batch(jobs: list[InferJob]) -> list[bytes | Exception]:
 
 
 def _run(job: InferJob, feeds: dict[str, np.ndarray]) -> InferResult:
-    return job.chip.infer(feeds, job.age_s, read_seed=job.req.read_seed, gdc=job.mode)
+    return job.chip.infer(feeds, job.age_s, read_seed=job.read_seed, gdc=job.mode, age_field=job.age_field)
 
 
 def _merged(jobs: list[InferJob]) -> InferResult:
@@ -117,8 +148,8 @@ def _merged(jobs: list[InferJob]) -> InferResult:
     return res
 
 
-def _split(jobs: list[InferJob], merged: InferResult) -> list[bytes | Exception]:
-    out: list[bytes | Exception] = []
+def _split(jobs: list[InferJob[T]], merged: InferResult) -> list[T | Exception]:
+    out: list[T | Exception] = []
     start = 0
     for j in jobs:
         rows = slice(start, start + j.batch)
@@ -133,15 +164,14 @@ def _split(jobs: list[InferJob], merged: InferResult) -> list[bytes | Exception]
                 energy_j=energy_j,
                 latency_s=latency_s,
             )
-            out.append(infer_response(j.chip, j.req, res))
+            out.append(j.answer(res))
         except Exception as err:
             out.append(err)
     return out
 
 
-def _alone(job: InferJob) -> bytes | Exception:
+def _alone(job: InferJob[T]) -> T | Exception:
     try:
-        res = dataclasses.replace(_run(job, job.feeds), age_source=job.age_source)
-        return infer_response(job.chip, job.req, res)
+        return job.answer(dataclasses.replace(_run(job, job.feeds), age_source=job.age_source))
     except Exception as err:
         return err

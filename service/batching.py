@@ -1,8 +1,9 @@
 """Dynamic batching, as Triton's dynamic batcher: requests that may share one run wait briefly in
 a queue per key, and run together as one job of an admission lane.
 
-A key names everything that decides a request's outputs besides its samples (for /infer: the
-chip, age, read seed, GDC mode and input signature, :mod:`service.batched_infer`); requests of
+A key names everything that decides a request's outputs besides its samples (for inference,
+/infer and OIP alike: the chip, age, read seed, GDC mode and input signature,
+:mod:`service.batched_infer`); requests of
 one key are merged, never requests of different keys. Per key, one dispatcher task forms a batch
 and hands it to the lane:
 

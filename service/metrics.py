@@ -357,19 +357,19 @@ class Metrics:
         )
         self.batch_size = Histogram(
             PREFIX + "batch_size",
-            "Samples per dynamic batch of /infer requests (AGEDCHIP_BATCH_*).",
+            "Samples per dynamic batch of inference requests, /infer and OIP (AGEDCHIP_BATCH_*).",
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.batch_requests = Histogram(
             PREFIX + "batch_requests",
-            "Requests merged per dynamic batch of /infer requests.",
+            "Requests merged per dynamic batch of inference requests (/infer and OIP).",
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.batch_delay = Histogram(
             PREFIX + "batch_queue_delay_seconds",
-            "Wait of an /infer request in the dynamic batch queue, from its arrival to its batch's start "
+            "Wait of an inference request in the dynamic batch queue, from its arrival to its batch's start "
             "(the wait for company and for a free slot), seconds.",
             buckets=QUEUE_DELAY_BUCKETS,
             registry=self.registry,

@@ -205,6 +205,7 @@ class ServedChip(ChipEvaluation):
             "analog_layers": len(chip.layers),
             "digital_nodes": int(meta.get("digital_nodes", 0)),
             "digital_parameters": int(meta.get("digital_parameters", 0)),
+            "digital_weight_nodes": list(meta.get("digital_weight_nodes", [])),
             "tiles": sum(layer["tiles"] for layer in self.layers),
             "weights": chip.n_weights,
             "devices": devices,

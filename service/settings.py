@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chipsim import PRESETS
-from chipsim.modes import MVM_NOISE_TABLE_DEPRECATION, MvmNoiseSource
+from chipsim.modes import DEFAULT_MVM_NOISE, MVM_NOISE_TABLE_DEPRECATION, MvmNoiseSource
 from chipsim.runtime import CACHE_BYTES, INITIALIZERS_MAX_BYTES
 from service.batching import BatchConfig, BatchConfigError
 from service.durations import DAY
@@ -144,10 +144,13 @@ class Settings(BaseSettings):
         "per new age) or 'inputs' (weights fed per run: cheap new ages).",
     )
     mvm_noise: str = Field(
-        MvmNoiseSource.FRESH.value,
-        description="Deprecated: per-MVM noise is always 'fresh' (one new Gaussian per analog "
-        "output and request, ~8 ns each). 'table' is accepted, logged as deprecated "
-        "and served as 'fresh' (its windows overlapped between requests).",
+        DEFAULT_MVM_NOISE.value,
+        description="The sampler of per-MVM noise (one new Gaussian per analog output and "
+        "request, independent across outputs, samples and requests): 'fresh-q16' (default: 16 "
+        "fresh random bits pick one of 2^16 equiprobable bins of N(0,1), ~1.3 ns per draw, CDF "
+        "within 1.5e-5 of the Gaussian) or 'fresh' (numpy's exact ziggurat, ~8 ns per draw). "
+        "'table' is deprecated: accepted, logged and served as 'fresh' (its windows overlapped "
+        "between requests).",
     )
     cache_bytes: int = Field(
         CACHE_BYTES,
@@ -186,12 +189,12 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="Longest wait in a line, seconds; then 429 + Retry-After."
     )
-    # --- dynamic batching of POST /infer (service.batching)
+    # --- dynamic batching of POST /infer and OIP /v2/models/{name}/infer (service.batching)
     batch_max_queue_delay_ms: float = Field(
         0.0,
         ge=0,
         le=1000,
-        description="Longest wait of an unseeded /infer request for others to share its run "
+        description="Longest wait of an unseeded inference request (/infer or OIP) for others to share its run "
         "(same chip, age, read seed, GDC mode, input shape), milliseconds; a batch starts "
         "sooner when it is full or reaches the largest preferred size. 0: no waiting, a batch "
         "takes the requests that queued while the slots were busy (measured best on 2 cores: "
@@ -308,7 +311,7 @@ class Settings(BaseSettings):
         return self
 
     def batch_config(self) -> BatchConfig:
-        """The dynamic batching of POST /infer these settings describe."""
+        """The dynamic batching of inference requests (/infer and OIP) these settings describe."""
         return BatchConfig(
             max_queue_delay_s=self.batch_max_queue_delay_ms / 1000,
             max_size=min(self.batch_max_size, self.max_batch),

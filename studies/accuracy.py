@@ -38,7 +38,7 @@ import numpy as np
 from chipsim import get_profile
 from models import outputs
 from studies.accuracy_report import plot_ages, plot_robustness, write_markdown
-from studies.common import AGE_SCHEDULE, REPORTS_DIR, ZOO_DIR, ZooModel, chip_accuracy, read_zoo
+from studies.common import AGE_SCHEDULE, REPORTS_DIR, STUDY_NOISE, ZOO_DIR, ZooModel, chip_accuracy, read_zoo
 from studies.gradient_cost import ste_study
 from studies.robustness import SIGMAS, fit_midpoint, robustness_study
 
@@ -57,7 +57,7 @@ def age_study(model: ZooModel, n_chips: int, profile_name: str = "pcm", threads:
     }
     for chip_seed in range(n_chips):
         chip = program_onnx(model.onnx, profile, seed=chip_seed, chip_id=f"report-{chip_seed}")
-        rt = ChipRuntime(chip, threads=threads)
+        rt = ChipRuntime(chip, threads=threads, noise=STUDY_NOISE)
         for label, age in AGE_SCHEDULE.items():
             for key, gdc in (("gdc_on", True), ("gdc_off", False)):
                 out[key][label].append(chip_accuracy(rt, model.x, model.y, age, gdc))

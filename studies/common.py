@@ -13,10 +13,16 @@ from typing import Any
 import numpy as np
 
 from chipsim.ages import STANDARD_AGES_S
+from chipsim.modes import MvmNoiseSource
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO_DIR = REPO / "models" / "zoo"
 REPORTS_DIR = REPO / "reports"
+
+#: The per-MVM noise sampler of every study: the exact ziggurat, so committed reports and cached
+#: cells stay one noise model and reproduce bit for bit (the service's default is the faster
+#: ``fresh-q16``, whose marginal is within 2^-16 of it in CDF: chipsim.mvm_noise).
+STUDY_NOISE = MvmNoiseSource.FRESH
 
 # --------------------------------------------------------------------------- time
 #: Ages (s since programming) at which the accuracy study reads every chip: chipsim's standard

@@ -25,7 +25,7 @@ import numpy as np
 
 from chipsim import get_profile
 from chipsim.modes import ColumnScaling
-from studies.common import AGE_SCHEDULE, REPO
+from studies.common import AGE_SCHEDULE, REPO, STUDY_NOISE
 
 #: Default cache of cells (git-ignored ``runs/``).
 CACHE_DIR = REPO / "runs" / "fmnist-cells"
@@ -230,7 +230,8 @@ def evaluate(
             state = program_onnx(
                 m.onnx_path.read_bytes(), profile, seed=chip, chip_id=f"fmnist-{chip}", column_scaling=arm
             )
-            rt = ChipRuntime(state, threads=threads)
+            # the exact sampler: the cached cells (and any added later) share one noise model
+            rt = ChipRuntime(state, threads=threads, noise=STUDY_NOISE)
             for age, gdc in cells:
                 if budget_s is not None and time.perf_counter() - t0 > budget_s:
                     break

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from chipsim import get_profile
 from chipsim.ages import YEAR_S
+from studies.common import STUDY_NOISE
 from studies.fmnist_eval import ARMS, chip_correct, find_models, fp_correct
 
 N_TEST = 10_000
@@ -56,7 +57,10 @@ def measure(model_path: Path, n_images: int, age_s: float = YEAR_S) -> dict:
     }
     for arm in ARMS:
         c = time.process_time()
-        rt = ChipRuntime(program_onnx(model.onnx_path.read_bytes(), get_profile("pcm"), seed=0, column_scaling=arm))
+        rt = ChipRuntime(
+            program_onnx(model.onnx_path.read_bytes(), get_profile("pcm"), seed=0, column_scaling=arm),
+            noise=STUDY_NOISE,
+        )
         out[f"program_cpu_s_{arm}"] = round(time.process_time() - c, 2)
         for gdc in (True, False):
             c, w = time.process_time(), time.perf_counter()

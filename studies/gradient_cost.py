@@ -19,7 +19,7 @@ import numpy as np
 
 from chipsim import get_profile
 from chipsim.ages import YEAR_S
-from studies.common import chip_accuracy
+from studies.common import STUDY_NOISE, chip_accuracy
 
 
 class RssSampler:
@@ -179,6 +179,6 @@ def age_study_at(model_bytes: bytes, x: np.ndarray, y: np.ndarray, n_chips: int,
 
     out = []
     for chip_seed in range(n_chips):
-        rt = ChipRuntime(program_onnx(model_bytes, get_profile("pcm"), seed=chip_seed), threads=1)
+        rt = ChipRuntime(program_onnx(model_bytes, get_profile("pcm"), seed=chip_seed), threads=1, noise=STUDY_NOISE)
         out.append(chip_accuracy(rt, x, y, age_s, True))
     return out

@@ -41,7 +41,7 @@ from chipsim.compiler import program_onnx
 from chipsim.recalibration import ALGORITHMS, RecalibrationConfig, RecalibrationError, recalibrate
 from chipsim.runtime import ChipRuntime
 from models import outputs
-from studies.common import ZooModel, md_row, mean_std, pyplot, read_zoo
+from studies.common import STUDY_NOISE, ZooModel, md_row, mean_std, pyplot, read_zoo
 
 DEFAULT_OUT = outputs.REPO / "reports" / "recalibration"
 
@@ -120,7 +120,7 @@ def run(
             args.n_eval = len(ye)
             for seed in args.seeds:
                 chip = program_onnx(mb, profile, seed=seed, calibration=None, chip_id=f"{name}-{seed}")
-                rt = ChipRuntime(chip, binding="inputs", cache_entries=4)
+                rt = ChipRuntime(chip, binding="inputs", cache_entries=4, noise=STUDY_NOISE)
                 fresh.setdefault((label, name), []).append(accuracy(rt, xe, ye, 1.0, args.readouts))
                 for age_label, age in AGES:
                     base = cells.setdefault((label, name, age_label, GDC_ONLY), Cell())
@@ -135,7 +135,7 @@ def run(
                         cell.seconds.append(time.perf_counter() - t0)
                         cell.pulses.append(res.pulses)
                         cell.holdout.append((res.accuracy_before, res.accuracy_after))
-                        nrt = ChipRuntime(res.chip, binding="inputs", cache_entries=4)
+                        nrt = ChipRuntime(res.chip, binding="inputs", cache_entries=4, noise=STUDY_NOISE)
                         for f_label, dt in FURTHER:
                             cell.further.setdefault(f_label, []).append(accuracy(nrt, xe, ye, dt, args.readouts))
                         bar.update(1)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from chipsim import get_profile
-from studies.common import ZooModel, chip_accuracy
+from studies.common import STUDY_NOISE, ZooModel, chip_accuracy
 
 #: Additive output-noise grid, normalised units (log-spaced, 3 decades; 10 is the profile maximum).
 SIGMAS = np.logspace(-2, 1, 16)
@@ -31,7 +31,7 @@ def robustness_study(
     accs = []
     for sigma in sigmas:
         chip = program_onnx(model.onnx, get_profile("ideal", out_noise=float(sigma)), seed=0, chip_id="mu")
-        rt = ChipRuntime(chip, threads=threads)
+        rt = ChipRuntime(chip, threads=threads, noise=STUDY_NOISE)
         accs.append([chip_accuracy(rt, model.x, model.y, 0.0, False, seed=s) for s in range(repeats)])
     return accs
 

@@ -10,7 +10,6 @@ independent derivation from DESIGN §3.3, not from the compiled graph — and th
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -18,20 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from chipsim import get_profile
 from chipsim.compiler import program_onnx
 from chipsim.runtime import ChipRuntime
-
-SIGMA = 0.05  # ADC output noise, normalised units
-
-
-def _model(x_shape: list, y_shape: list, nodes: list, inits: dict[str, np.ndarray]) -> bytes:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)
-    m = helper.make_model(
-        helper.make_graph(nodes, "g", [x], [y], initializer=[numpy_helper.from_array(v, k) for k, v in inits.items()]),
-        opset_imports=[helper.make_opsetid("", 17)],
-    )
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m.SerializeToString()
+from tests.mvm_noise_helpers import SIGMA, _model, _xi, matmul_classifier
 
 
 def conv1x1_dynamic_hw(cin: int = 4, cols: int = 16) -> tuple[bytes, np.ndarray]:
@@ -71,17 +57,6 @@ def gemm_trans_a(rows: int = 8, cols: int = 16) -> tuple[bytes, np.ndarray]:
 
 def _runtime(model: bytes) -> ChipRuntime:
     return ChipRuntime(program_onnx(model, get_profile("ideal", out_noise=SIGMA), seed=3))
-
-
-def _xi(rt: ChipRuntime, model: bytes, matrix: np.ndarray, x: np.ndarray, channel_axis: int, **kw) -> np.ndarray:
-    """ξ of one request: (chip − digital)/(σ·r·s_col), s_col = max|W[:, col]| (DESIGN §3.1)."""
-    digital = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = rt.run(x, age_s=0.0, gdc=False, **kw)[0]
-    assert got.shape == digital.shape
-    scale = SIGMA * 1.0 * np.abs(matrix).max(axis=0)
-    shape = [1] * got.ndim
-    shape[channel_axis] = -1
-    return (got - digital) / scale.reshape(shape)
 
 
 def _var_along(z: np.ndarray, axis: int | tuple[int, ...]) -> float:
@@ -139,12 +114,6 @@ def test_gemm_trans_a_with_the_batch_on_axis_1():
     # 640 draws per sample: correlations ~N(0, 1/640), SE 0.04; 0.2 is 5 SE.
     assert np.abs(corr[~np.eye(3, dtype=bool)]).max() < 0.2
     assert abs(float(zs.var()) - 1) < 0.15  # 1920 values: SE 3.2 %
-
-
-def matmul_classifier(c: int = 8, cols: int = 16) -> tuple[bytes, np.ndarray]:
-    """One MatMul on (N, C): a classifier head, so a chip of it can be evaluated."""
-    w = np.random.default_rng(4).standard_normal((c, cols)).astype(np.float32)
-    return _model(["N", c], ["N", cols], [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], {"w": w}), w
 
 
 def test_chunks_of_one_evaluation_get_independent_noise(monkeypatch, zoo, tmp_path):

@@ -163,3 +163,48 @@ def test_archive_upload_with_external_data(client, tmp_path):
         zf.writestr("../../escape.data", b"x")
     r = client.post("/program", files={"model": ("evil.zip", hostile.getvalue(), "application/zip")})
     assert err(r) == (422, "model") and ".." in r.json()["error"]["message"]
+
+
+def test_program_response_reports_what_stays_digital_and_shares_weights(client):
+    """#20.5: ``MatMul(W, x)`` (the constant first) is mapped, transposed; a weight read by two
+    nodes is one set of devices; an embedding table stays digital and is reported by node, and
+    the parameters left digital (table and bias) are counted."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((6, 16)).astype(np.float32)  # y = W · x + bias, x [N, 16, 5]
+    bias = rng.standard_normal((6, 1)).astype(np.float32)
+    table = rng.standard_normal((10, 16)).astype(np.float32)
+    v = rng.standard_normal((16, 4)).astype(np.float32)  # read by two MatMuls
+    nodes = [
+        helper.make_node("MatMul", ["w", "x"], ["wx"], name="left"),
+        helper.make_node("Add", ["wx", "bias"], ["y"]),
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "v"], ["a"], name="first"),
+        helper.make_node("MatMul", ["e", "v"], ["b"], name="second"),
+    ]
+    f = TensorProto.FLOAT
+    model = _model(
+        nodes,
+        [numpy_helper.from_array(a, n) for a, n in ((w, "w"), (bias, "bias"), (table, "table"), (v, "v"))],
+        [
+            helper.make_tensor_value_info("x", f, ["N", 16, 5]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3]),
+        ],
+        [
+            helper.make_tensor_value_info(n, f, s)
+            for n, s in (("y", ["N", 6, 5]), ("a", ["N", 3, 4]), ("b", ["N", 3, 4]))
+        ],
+    )
+    r = client.post("/program", files={"model": ("mixed.onnx", model, "x")}, data={"chip_id": "mixed"})
+    assert r.status_code == 201, r.text
+    for body in (r.json(), client.get("/chips/mixed").json()):
+        assert [(layer["name"], layer["kind"], layer["rows"], layer["cols"]) for layer in body["layers"]] == [
+            ("left", "matmul_left", 16, 6),
+            ("first", "matmul", 16, 4),
+        ]
+        assert body["devices"] == 2 * (w.size + v.size)  # v once, though two nodes read it
+        assert body["digital_parameters"] == table.size + bias.size
+        assert body["digital_weight_nodes"] == [{"node": "embed", "op": "Gather", "parameters": table.size}]
+    feeds = {"x": rng.standard_normal((2, 16, 5)).tolist(), "ids": rng.integers(0, 10, (2, 3)).tolist()}
+    out = client.post("/infer", json={"chip_id": "mixed", "inputs": feeds, "age": "1d"})
+    assert out.status_code == 200, out.text
+    assert [np.shape(out.json()["outputs"][n]) for n in "yab"] == [(2, 6, 5), (2, 3, 4), (2, 3, 4)]

@@ -16,12 +16,20 @@ from tests.service_helpers import err, make_settings, tiny_model, x_batch
 
 #: resnet18 (float32) with its calibration and eval sets, as uploaded in issue #20's study, bytes.
 RESNET18_UPLOAD = 75_600_000
+#: One cached read-out of resnet18 on 'pcm' (issue #20's study, before the binding by size), bytes.
+RESNET18_READOUT = 420_000_000
 
 
 def test_the_default_upload_limit_takes_resnet18_with_calibration_and_eval(tmp_path):
     s = Settings(state_dir=tmp_path)
     assert s.max_upload_bytes >= RESNET18_UPLOAD
     assert s.max_devices >= 2 * 11_700_000  # resnet18's analog weights, two devices each
+
+
+def test_the_default_read_out_cache_keeps_two_ages_of_resnet18(tmp_path):
+    """#20.7: one resnet18 read-out (420 MB, measured in the issue) exceeded the old 256 MiB
+    default, so a client alternating two ages paid a full read-out on every request."""
+    assert Settings(state_dir=tmp_path).cache_bytes >= 2 * RESNET18_READOUT
 
 
 def test_a_streamed_upload_over_the_limit_gets_413_naming_the_setting(tmp_path, zoo):

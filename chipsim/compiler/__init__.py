@@ -27,7 +27,8 @@ Modules, in the order a model passes through them:
   :mod:`.layers` the choice between them (:class:`~chipsim.modes.GraphLowering`);
 - :mod:`.driver` — ``compile_model`` and ``program_onnx``;
 - :mod:`.plan` — layer plans and the compiled model (also read by the runtime);
-- :mod:`.weight_packing` — the runtime's weight and scale inputs, mirroring the lowering.
+- :mod:`.weight_packing` — the runtime's weight and scale inputs, mirroring the lowering;
+- :mod:`.tile_bounds`, :mod:`.tile_drops` — per read-out, the lean ops its weights prove negligible.
 """
 
 from chipsim.compiler.calibration import (

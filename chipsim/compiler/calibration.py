@@ -15,15 +15,15 @@ the dtype the model declares when that loses nothing, else refused naming the in
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from chipsim.compiler.loader import io_specs
+from chipsim.compiler.model_session import ModelSession
 from chipsim.compiler.plan import CompileError
 from chipsim.modes import RangeSource
-from chipsim.ort_session import cpu_session
 
 #: DAC input range for layers with neither metadata nor calibration data: aihwkit's default
 #: ``inp_bound = 1.0`` (inputs assumed normalised to [−1, 1]).
@@ -41,20 +41,18 @@ Calibration = dict[str, np.ndarray] | np.ndarray
 
 
 def calibrate_ranges(
-    model: onnx.ModelProto, inputs: dict[str, np.ndarray], weight_to_input: dict[str, str | list[str]]
+    model: onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    weight_to_input: dict[str, str | list[str]],
+    session: ModelSession | None = None,
 ) -> dict[str, float]:
     """Per analog layer, the CALIBRATION_QUANTILE of |input| on user data, by weight name. A
     weight read by several nodes (or a recurrence's hidden states) is calibrated on all the
-    tensors it multiplies together."""
+    tensors it multiplies together. ``session``: the compiler's shared session of ``model``
+    exposing those tensors (one is built when None)."""
     tensors = {w: [t] if isinstance(t, str) else list(t) for w, t in weight_to_input.items()}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    for t in {t for ts in tensors.values() for t in ts} - existing:
-        m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    sess = cpu_session(m.SerializeToString())
-    names = [o.name for o in sess.get_outputs()]
-    values = dict(zip(names, sess.run(names, inputs)))
+    needed = list(dict.fromkeys(t for ts in tensors.values() for t in ts))
+    values = (session or ModelSession(model, needed)).run(needed, inputs)
     out = {}
     for w, ts in tensors.items():
         v = np.concatenate([np.abs(np.asarray(values[t], dtype=np.float64)).ravel() for t in ts])
@@ -124,6 +122,79 @@ def calibration_feeds(model: onnx.ModelProto, data: Calibration, field: str = "c
     return feeds
 
 
+@dataclass
+class RangePlan:
+    """Input ranges before anything runs: those given or learned (with their sources), and the
+    weights left to calibrate on ``data`` (from the request's ``field``)."""
+
+    ranges: dict[str, float]
+    sources: dict[str, RangeSource]
+    missing: dict[str, list[str]]  # weight → the tensors it multiplies
+    data: Calibration | None
+    source: RangeSource
+    field: str
+
+    @property
+    def tensors(self) -> list[str]:
+        """The tensors calibration reads when it runs the model (empty: it does not run it)."""
+        if self.data is None:
+            return []
+        return list(dict.fromkeys(t for ts in self.missing.values() for t in ts))
+
+
+def plan_ranges(
+    metadata: dict[str, str],
+    weight_to_input: dict[str, list[str]],
+    calibration: Calibration | None,
+    given: dict[str, float] | None,
+    eval_inputs: Calibration | None = None,
+) -> RangePlan:
+    """The precedence of the module docstring up to the data: given ranges, then the model's
+    metadata; the weights left, with the data that calibrates them (the calibration data, else
+    the first :data:`EVAL_CALIBRATION_SAMPLES` of the eval set, else none)."""
+    ranges: dict[str, float] = {}
+    sources: dict[str, RangeSource] = {}
+    for found, source in ((given or {}, RangeSource.GIVEN), (metadata_ranges(metadata), RangeSource.METADATA)):
+        for w, r in found.items():
+            if w not in ranges:
+                ranges[w], sources[w] = r, source
+    missing = {w: t for w, t in weight_to_input.items() if w not in ranges}
+    data, source, field = calibration, RangeSource.CALIBRATION, "calibration"
+    if data is None and eval_inputs is not None:
+        data, source, field = eval_inputs, RangeSource.EVAL, "eval"
+        data = (
+            {k: np.asarray(v)[:EVAL_CALIBRATION_SAMPLES] for k, v in data.items()}
+            if isinstance(data, dict)
+            else np.asarray(data)[:EVAL_CALIBRATION_SAMPLES]
+        )
+    return RangePlan(ranges, sources, missing, data if missing else None, source, field)
+
+
+def finish_ranges(
+    model: onnx.ModelProto, plan: RangePlan, session: ModelSession | None = None
+) -> tuple[dict[str, float], dict[str, RangeSource]]:
+    """Input range and its source by weight name: ``plan``'s, its missing weights calibrated on
+    its data (on ``session``, the compiler's shared session exposing :attr:`RangePlan.tensors`;
+    one is built when None), and :data:`DEFAULT_INPUT_RANGE` for any left."""
+    ranges, sources = dict(plan.ranges), dict(plan.sources)
+    if plan.data is not None:
+        feeds = calibration_feeds(model, plan.data, plan.field)
+        try:
+            found = calibrate_ranges(model, feeds, plan.missing, session)
+        except CompileError:  # the runnable check named a node onnxruntime cannot run
+            raise
+        except Exception as err:
+            raise calibration_error(
+                plan.field, f"could not run the model on the {plan.field} data ({str(err)[:200]})"
+            ) from None
+        for w, r in found.items():
+            ranges[w], sources[w] = r, plan.source
+    for w in plan.missing:
+        if w not in ranges:
+            ranges[w], sources[w] = DEFAULT_INPUT_RANGE, RangeSource.DEFAULT
+    return ranges, sources
+
+
 def resolve_ranges(
     model: onnx.ModelProto,
     metadata: dict[str, str],
@@ -135,34 +206,5 @@ def resolve_ranges(
     """Input range and its source by weight name, for every analog weight of ``weight_to_input``
     (weight → the tensors it multiplies). ``calibration`` and ``eval_inputs`` (the model's eval
     set, used only without calibration data): one array for a single-input model or
-    {input name: array}."""
-    ranges: dict[str, float] = {}
-    sources: dict[str, RangeSource] = {}
-
-    def take(found: dict[str, float], source: RangeSource) -> None:
-        for w, r in found.items():
-            if w not in ranges:
-                ranges[w], sources[w] = r, source
-
-    take(given or {}, RangeSource.GIVEN)
-    take(metadata_ranges(metadata), RangeSource.METADATA)
-    missing = {w: t for w, t in weight_to_input.items() if w not in ranges}
-    data, source, field = calibration, RangeSource.CALIBRATION, "calibration"
-    if data is None and eval_inputs is not None:
-        data, source, field = eval_inputs, RangeSource.EVAL, "eval"
-        data = (
-            {k: np.asarray(v)[:EVAL_CALIBRATION_SAMPLES] for k, v in data.items()}
-            if isinstance(data, dict)
-            else np.asarray(data)[:EVAL_CALIBRATION_SAMPLES]
-        )
-    if missing and data is not None:
-        feeds = calibration_feeds(model, data, field)
-        try:
-            found = calibrate_ranges(model, feeds, missing)
-        except Exception as err:
-            raise calibration_error(field, f"could not run the model on the {field} data ({str(err)[:200]})") from None
-        take(found, source)
-    for w in weight_to_input:
-        if w not in ranges:
-            ranges[w], sources[w] = DEFAULT_INPUT_RANGE, RangeSource.DEFAULT
-    return ranges, sources
+    {input name: array}. :func:`plan_ranges` then :func:`finish_ranges`."""
+    return finish_ranges(model, plan_ranges(metadata, weight_to_input, calibration, given, eval_inputs))

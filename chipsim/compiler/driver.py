@@ -18,11 +18,12 @@ from onnx import helper
 from chipsim import heap
 from chipsim.caws import caws_specs
 from chipsim.compiler.bounds import AllocationLimits, check_allocations, refuse_sparse
-from chipsim.compiler.calibration import Calibration, resolve_ranges
+from chipsim.compiler.calibration import Calibration, RangePlan, finish_ranges, plan_ranges
 from chipsim.compiler.float_types import compute_in_fp32
 from chipsim.compiler.folding import Folds, find_folds
 from chipsim.compiler.graph_builder import GraphBuilder
 from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_model, probe_shapes, static_shapes
+from chipsim.compiler.model_session import ModelSession
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
 from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext, rewriter_of
 from chipsim.compiler.runnable import check_runnable
@@ -178,6 +179,53 @@ def assemble(ctx: RewriteContext, new_nodes: list[onnx.NodeProto]) -> bytes:
     return out.SerializeToString()
 
 
+def check_runnable_and_bounded(
+    model: onnx.ModelProto, consts: dict[str, Any], limits: AllocationLimits | None, shared: bool
+) -> None:
+    """Refuse a model onnxruntime cannot run (naming the node) or over ``limits``. ``shared``: a
+    :class:`ModelSession` will run the model after the bounds, and its build is the runnable
+    check (one session of the model, not two); the check runs here only when the bounds refuse
+    the model, so that a node onnxruntime cannot run is still named first."""
+
+    def replaced(node: onnx.NodeProto) -> bool:
+        return maps_node(node, consts)
+
+    if not shared:
+        # A session build without optimisations allocates no intermediate: safe before the
+        # bounds, whose trial run needs a model onnxruntime runs (and would blame no node).
+        check_runnable(model, replaced)
+        check_allocations(model, limits)
+        return
+    try:
+        check_allocations(model, limits)
+    except CompileError:
+        check_runnable(model, replaced)
+        raise
+
+
+def ranges_and_shapes(
+    model: onnx.ModelProto, consts: dict[str, Any], plan: RangePlan
+) -> tuple[dict[str, float], dict[str, RangeSource], dict[str, list[int | None]]]:
+    """Input ranges and their sources (``plan`` finished: calibration runs the model), and the
+    static shapes, with the outputs of mapped nodes that shape inference leaves without a rank
+    measured by a run on zeros. Both runs share one :class:`ModelSession`, built once."""
+    shapes = static_shapes(model)
+    rankless = [
+        n.output[0]
+        for n in model.graph.node
+        if n.output and n.output[0] and maps_node(n, consts) and not shapes.get(n.output[0])
+    ]
+    session = None
+    if plan.tensors:  # built by calibration's run: its build is the runnable check
+        session = ModelSession(model, [*plan.tensors, *rankless], lambda node: maps_node(node, consts))
+    ranges, sources = finish_ranges(model, plan, session)
+    if rankless:
+        shapes.update(probe_shapes(model, rankless, session))
+    if session is not None:
+        session.close()
+    return ranges, sources, shapes
+
+
 def compile_model(
     model_bytes: bytes,
     profile: ChipProfile,
@@ -206,22 +254,10 @@ def compile_model(
     consts = constants(model)
     init_names = {t.name for t in model.graph.initializer}
     refuse_unmappable(model, consts)
-    # A session build without optimisations allocates no intermediate: safe before the bounds,
-    # whose trial run needs a model onnxruntime runs (and would blame no node).
-    check_runnable(model, lambda node: maps_node(node, consts))
-    check_allocations(model, limits)
     metadata = {p.key: p.value for p in model.metadata_props}
-    ranges, sources = resolve_ranges(
-        model, metadata, analog_weight_inputs(model, consts), calibration, ranges, eval_inputs
-    )
-    shapes = static_shapes(model)
-    rankless = [
-        n.output[0]
-        for n in model.graph.node
-        if n.output and n.output[0] and maps_node(n, consts) and not shapes.get(n.output[0])
-    ]
-    if rankless:
-        shapes.update(probe_shapes(model, rankless))
+    plan = plan_ranges(metadata, analog_weight_inputs(model, consts), calibration, ranges, eval_inputs)
+    check_runnable_and_bounded(model, consts, limits, shared=bool(plan.tensors))
+    ranges, sources, shapes = ranges_and_shapes(model, consts, plan)
     ctx = RewriteContext(
         model=model,
         consts=consts,

@@ -9,7 +9,7 @@ belong here: everything after this module sees a checked ``onnx.ModelProto``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -17,6 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from chipsim.compiler.light_copy import as_inputs
 from chipsim.compiler.plan import CompileError
+
+if TYPE_CHECKING:
+    from chipsim.compiler.model_session import ModelSession
 
 MIN_OPSET = 13
 MAX_MODEL_BYTES = 1 << 30
@@ -141,12 +144,13 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return shapes
 
 
-def probe_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
+def probe_shapes(model: onnx.ModelProto, names: list[str], session: ModelSession | None = None) -> dict[str, list[int]]:
     """Shapes of ``names`` from one onnxruntime run on zeros, symbolic input dims set to 1 (as
     :func:`static_shapes` sets them). For tensors ONNX shape inference leaves without a rank
     (after an op it has no inference for, e.g. ``ai.onnx.ml.Scaler``); empty if the model has an
-    input of unknown rank or the run fails on zeros."""
-    from chipsim.ort_session import cpu_session  # onnxruntime only on this fallback path
+    input of unknown rank or the run fails on zeros. ``session``: the compiler's shared session of
+    ``model`` exposing ``names`` (one is built when None)."""
+    from chipsim.compiler.model_session import ModelSession  # onnxruntime only on this fallback path
 
     init_names = {t.name for t in model.graph.initializer}
     feeds = {}
@@ -157,16 +161,11 @@ def probe_shapes(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int
         feeds[spec["name"]] = np.zeros(
             [d if isinstance(d, int) and d > 0 else 1 for d in spec["shape"]], np.dtype(spec["dtype"])
         )
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    existing = {o.name for o in m.graph.output}
-    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in existing)
     try:
-        sess = cpu_session(m.SerializeToString(), 1)
-        values = sess.run(names, feeds)
+        values = (session or ModelSession(model, names)).run(names, feeds)
     except Exception:  # a model that cannot run on zeros keeps its unknown ranks
         return {}
-    return {n: list(v.shape) for n, v in zip(names, values)}
+    return {n: list(v.shape) for n, v in values.items()}
 
 
 def io_specs(values, init_names: set[str]) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from chipsim.fleet.evalset import EVAL_ATTACHMENT, EvalSet, correct_count, load_
 from chipsim.fleet.manifest import Fleet, chip_digest, open_chip_store
 from chipsim.fleet.spec import FleetEvalSpec
 from chipsim.fleet.stats import PERCENTILES, distribution, yield_summary
-from chipsim.modes import GdcMode, MvmNoiseSource, SloMetric, WeightBinding
+from chipsim.modes import GdcMode, SloMetric, WeightBinding
 from chipsim.runtime import ChipRuntime
 from chipsim.store import ChipStoreError
 
@@ -114,7 +114,6 @@ def _load(task: EvalTask) -> tuple[ChipRuntime, EvalSet]:
         binding=WeightBinding.INPUTS,
         cache_entries=2,
         cache_bytes=256 << 20,
-        noise=MvmNoiseSource.TABLE,
     )
     ev = load_eval_set(chip.attachments[EVAL_ATTACHMENT], [i["name"] for i in rt.inputs]).subset(task.samples)
     return rt, ev

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from service.batched_infer import PARSE_ON_LOOP_BYTES, batch_job, parse_request
+from service.batched_infer import PARSE_ON_LOOP_BYTES, infer_job, parse_request
 from service.batching import Batcher
 from service.infer_response import infer_response
 from service.registry import Registry
@@ -45,7 +45,7 @@ async def infer(request: Request) -> Response:
         batcher: Batcher | None = request.app.state.batcher
         if batcher is not None and len(body) <= PARSE_ON_LOOP_BYTES:
             body = parse_request(body)  # small: cheaper here than a worker thread's round trip
-            job = batch_job(registry, body, batcher.config.max_size)
+            job = infer_job(registry, body, batcher.config.max_size)
             if job is not None:
                 return Response(await batcher.submit(job.key, job, job.batch, ticket), media_type="application/json")
         out = await ticket.run(infer_json, registry, body)

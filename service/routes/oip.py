@@ -14,17 +14,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from service import __version__
-from service.ids import is_chip_id
-from service.oip_protocol import (
-    HEADER_LENGTH,
-    encode_response,
-    oip_datatype,
-    parse_request,
-    run_parameters,
-    split_body,
-    wanted_outputs,
-)
-from service.problems import NotFound
+from service.batched_infer import PARSE_ON_LOOP_BYTES
+from service.batching import Batcher
+from service.oip_infer import Encoded, chip_of, infer_sync, oip_job, parse_call, run_alone
+from service.oip_protocol import HEADER_LENGTH, oip_datatype
 from service.registry import Registry
 from service.routes.deps import lanes_of, registry_of, require_infer, stopping
 from service.schemas import (
@@ -38,19 +31,10 @@ from service.schemas import (
     OipServerMetadata,
     inline_schema,
 )
-from service.served_chip import ServedChip
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 #: Model routes show chips: the inference key guards them.
 KEYED = [Depends(require_infer)]
-
-
-def chip_of(registry: Registry, name: str, version: str | None = None) -> ServedChip:
-    if version is not None and version != "1":
-        raise NotFound("model_version", f"model_version: chip {name!r} has only version '1'")
-    if not is_chip_id(name):  # for OIP clients, a name that cannot be a chip id is no such model
-        raise NotFound("chip_id", f"chip_id: {name!r} is not a valid chip id, so no model of this server")
-    return registry.get(name)
 
 
 def _metadata(registry: Registry, name: str, version: str | None) -> dict[str, Any]:
@@ -79,19 +63,6 @@ def _metadata(registry: Registry, name: str, version: str | None) -> dict[str, A
             "age_s": chip.wall_age(),
         },
     }
-
-
-def infer_sync(
-    registry: Registry, name: str, version: str | None, body: bytes, header_len: str | None
-) -> tuple[bytes, dict[str, str]]:
-    """One inference request (blocking: parsing, inference and encoding in a worker thread)."""
-    chip = chip_of(registry, name, version)
-    req, feeds = parse_request(*split_body(body, header_len), chip.runtime.inputs)
-    kwargs, binary_all = run_parameters(dict(req.parameters or {}))
-    res = chip.infer(feeds, **kwargs)
-    chip.count(res.batch, energy_j=res.energy_j)
-    wanted = wanted_outputs(req, [o["name"] for o in chip.runtime.outputs], binary_all)
-    return encode_response(chip, req, res, wanted)
 
 
 @router.get("", response_model=OipServerMetadata, summary="Server metadata")
@@ -179,22 +150,33 @@ INFER_DOC: dict[str, Any] = dict(
 
 
 async def _infer(request: Request, model_name: str, model_version: str | None) -> Response:
+    registry = registry_of(request)
     async with lanes_of(request).infer.ticket() as ticket:  # a place in line before the body is read
-        content, headers = await ticket.run(
-            infer_sync,
-            registry_of(request),
-            model_name,
-            model_version,
-            await request.body(),
-            request.headers.get(HEADER_LENGTH),
-        )
+        body, header_len = await request.body(), request.headers.get(HEADER_LENGTH)
+        batcher: Batcher | None = request.app.state.batcher
+        out: Encoded
+        if batcher is not None and len(body) <= PARSE_ON_LOOP_BYTES:
+            call = parse_call(registry, model_name, model_version, body, header_len)  # small: cheap here
+            job = oip_job(call, batcher.config.max_size)
+            if job is not None:
+                out = await batcher.submit(job.key, job, job.batch, ticket)
+            else:
+                out = await ticket.run(run_alone, call)
+        else:
+            out = await ticket.run(infer_sync, registry, model_name, model_version, body, header_len)
+    content, headers = out
+    headers = dict(headers)
     media = headers.pop("content-type")
     return Response(content, media_type=media, headers=headers)
 
 
 @router.post("/models/{model_name}/infer", summary="Inference (OIP v2)", **INFER_DOC)
 async def infer(request: Request, model_name: str) -> Response:
-    """Inference on chip `model_name`; `parameters.age` sets the age (default wall clock × time scale)."""
+    """Inference on chip `model_name`; `parameters.age` sets the age (default wall clock × time scale).
+    The same request with the same `parameters.seed` returns identical outputs. Unseeded requests
+    may run merged with others of the same chip, age, read seed and GDC mode (dynamic batching,
+    AGEDCHIP_BATCH_*, as POST /infer); each still gets its own per-MVM noise. A full line answers
+    429 with Retry-After."""
     return await _infer(request, model_name, None)
 
 

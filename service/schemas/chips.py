@@ -88,6 +88,12 @@ class LayerInfo(BaseModel):
     stuck_set: int = Field(description="Devices stuck at g_max.")
 
 
+class DigitalWeightNode(BaseModel):
+    node: str = Field(description="ONNX node name (its op type when unnamed).")
+    op: str = Field(description="Its op type, e.g. Gather or Einsum.")
+    parameters: int = Field(description="Elements of the weights it reads that are not on the chip.")
+
+
 class TensorInfo(BaseModel):
     name: str = Field(description="Tensor name in the ONNX graph (the key of `inputs`/`outputs` in /infer).")
     dtype: str = Field(description="numpy dtype name, e.g. float32.")
@@ -137,6 +143,11 @@ class ChipSummary(BaseModel):
         0,
         description="Float constants of the model not on the chip (biases, norms, "
         "embeddings, weights of ops left digital), elements.",
+    )
+    digital_weight_nodes: list[DigitalWeightNode] = Field(
+        default_factory=list,
+        description="Weight-bearing nodes left digital (e.g. an embedding Gather), with their weights' "
+        "parameters (counted in `digital_parameters`).",
     )
     tiles: int = Field(description="Crossbar tiles in total.")
     weights: int = Field(description="Analog weights in total.")
