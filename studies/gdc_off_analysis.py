@@ -33,7 +33,7 @@ import numpy as np
 
 from chipsim import get_profile
 from chipsim.fleet.stats import wilson_interval
-from studies.common import AGE_SCHEDULE, REPO
+from studies.common import AGE_SCHEDULE, REPO, STUDY_NOISE
 from studies.drift_decay import chip_decays, naive_decay, predicted_decay
 from studies.gdc_off_transform import OffsetScaling, rescale_offsets
 
@@ -92,7 +92,9 @@ def chip_logits(model_bytes: bytes, profile, chip: int, x: np.ndarray, age_s: fl
     from chipsim.compiler import program_onnx
     from chipsim.runtime import ChipRuntime
 
-    rt = ChipRuntime(program_onnx(model_bytes, profile, seed=chip, chip_id=f"gdc-off-{chip}"), threads=1)
+    rt = ChipRuntime(
+        program_onnx(model_bytes, profile, seed=chip, chip_id=f"gdc-off-{chip}"), threads=1, noise=STUDY_NOISE
+    )
     out = [
         rt.run(x[i : i + BATCH], age_s, read_seed=0, gdc=gdc, seed=chip, chunk=j)[0]
         for j, i in enumerate(range(0, len(x), BATCH))
@@ -184,7 +186,7 @@ def layer_table(model_bytes: bytes, key: str, age: str, x: np.ndarray) -> list[d
     profile, t = profile_of(key), AGE_SCHEDULE[age]
     m = onnx.load_from_string(model_bytes)
     inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
-    rt = ChipRuntime(program_onnx(model_bytes, profile, seed=0), threads=1)
+    rt = ChipRuntime(program_onnx(model_bytes, profile, seed=0), threads=1, noise=STUDY_NOISE)
     nodes = {n.name: n for n in m.graph.node}
     layers = [nodes[p.node] for p in rt.plans]
     names = [n.output[0] for n in layers]
