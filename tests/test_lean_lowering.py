@@ -30,8 +30,9 @@ ZOO_MODELS = ("mlp-hwa", "cnn-hwa", "transformer-hwa")
 AGE_S = 86400.0
 #: Fraction of outputs allowed to differ (beyond float rounding, 1e-5 of the largest output)
 #: between the lowerings for the same noise: a difference needs a pre-rounding value within a few
-#: ulp (~1e-7 relative) of a rounding boundary in some layer, ~1e-6 per element and layer; 1e-3
-#: leaves a wide margin and still fails for any systematic difference.
+#: ulp (~1e-7 relative) of a rounding boundary in some layer, ~1e-6 per element and layer: rare
+#: on the zoo's small models (~1e4-1e5 noise values per run), but see the foreign-model test for
+#: deep ones; 1e-3 still fails for any systematic difference.
 FLIP_FRACTION = 1e-3
 
 
@@ -46,10 +47,15 @@ def _pair(model: bytes, profile, calibration) -> dict[str, ChipRuntime]:
     return {low: ChipRuntime(chip, threads=1, lowering=low) for low in ("full", "lean")}
 
 
-def _assert_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
+def _off_fraction(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of outputs that differ by more than 1e-5 of the largest output."""
     scale = max(float(np.max(np.abs(a))), 1e-30)
-    off = np.abs(a.astype(np.float64) - b) > 1e-5 * scale
-    assert off.mean() <= FLIP_FRACTION, f"{what}: {off.mean():.2%} of outputs differ"
+    return float((np.abs(a.astype(np.float64) - b) > 1e-5 * scale).mean())
+
+
+def _assert_same(a: np.ndarray, b: np.ndarray, what: str) -> None:
+    off = _off_fraction(a, b)
+    assert off <= FLIP_FRACTION, f"{what}: {off:.2%} of outputs differ"
 
 
 @pytest.mark.parametrize("name", ZOO_MODELS)
@@ -208,18 +214,37 @@ FOREIGN = (
 )
 
 
+#: The pcm profile without DAC/ADC rounding: the lowerings then differ by float rounding only,
+#: which no layer amplifies.
+PCM_CONTINUOUS = {"in_levels": 0, "out_levels": 0}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FOREIGN)
 def test_lean_equals_full_on_foreign_models(name):
+    """Same noise, same outputs. With DAC/ADC rounding a deep model is compared over three noise
+    draws and judged by the median: resnet18 draws 1.8M per-MVM noise values per run, so a
+    pre-rounding value within an ulp of a rounding boundary (~1e-6 per element) turns up in
+    about one run in seven, with either sampler (seen: ziggurat seed 3, q16 seed 5), and its
+    one-step flip then spreads to ~10 % of the outputs; a systematic difference shows in every
+    draw. Without rounding (pcm-continuous) every output must agree."""
     from tests.foreign.corpus import case
 
     c = case(name)
     feeds = c.inputs(4, np.random.default_rng(0))
-    for profile in ("ideal", "pcm"):
-        rts = _pair(c.upload, get_profile(profile), feeds)
-        full, lean = (rts[k].run(feeds, age_s=AGE_S, seed=1) for k in ("full", "lean"))
-        for a, b in zip(full, lean):
-            _assert_same(a, b, f"{name} on {profile}")
+    for profile in ("ideal", "pcm-continuous", "pcm"):
+        prof = get_profile("pcm", **PCM_CONTINUOUS) if profile == "pcm-continuous" else get_profile(profile)
+        rts = _pair(c.upload, prof, feeds)
+        if profile != "pcm":
+            full, lean = (rts[k].run(feeds, age_s=AGE_S, seed=1) for k in ("full", "lean"))
+            for a, b in zip(full, lean):
+                _assert_same(a, b, f"{name} on {profile}")
+            continue
+        fractions = []
+        for seed in (1, 2, 3):
+            full, lean = (rts[k].run(feeds, age_s=AGE_S, seed=seed) for k in ("full", "lean"))
+            fractions.append(max(_off_fraction(a, b) for a, b in zip(full, lean)))
+        assert float(np.median(fractions)) <= FLIP_FRACTION, f"{name} on pcm: {fractions} of outputs differ"
 
 
 def test_run_tensor_reads_a_folded_tensor_with_the_models_own_values():
