@@ -17,6 +17,8 @@ class FleetGauges:
 
     yield_ratio: dict[tuple[str, str], float] = field(default_factory=dict)  # (age label, gdc) → share
     breach_age_s: dict[str, float] = field(default_factory=dict)  # percentile ("5") → age, s; GDC on
+    # age label → its age, s: what the dashboard orders the yield bars by (labels sort as text)
+    age_s: dict[str, float] = field(default_factory=dict)
 
 
 def age_label(age_s: float) -> str:
@@ -44,4 +46,5 @@ def fleet_gauges(report: dict[str, Any]) -> FleetGauges:
             ages[f"{q}"] = b["age_s"]
         elif b["status"] == BreachStatus.BREACHED_AT_FIRST:
             ages[f"{q}"] = b["bracket_s"][1]
-    return FleetGauges(yield_ratio=yields, breach_age_s=ages)
+    age_s = {age_label(entry["age_s"]): float(entry["age_s"]) for entry in report["results"]}
+    return FleetGauges(yield_ratio=yields, breach_age_s=ages, age_s=age_s)

@@ -300,12 +300,35 @@ def test_dashboard_fleet_panels():
         assert labels.get("fleet") == "$fleet", f"{panel['title']}: {name} not filtered by $fleet"
     gdc = {labels.get("gdc") for _, name, labels in fleet_sels if name == "agedchip_fleet_yield_ratio"}
     assert {"on", "off"} <= gdc
+    units = {"agedchip_fleet_yield_ratio": "percentunit", "agedchip_fleet_slo_breach_age_seconds": "s"}
     for panel, name, _ in fleet_sels:
-        units = {"agedchip_fleet_yield_ratio": "percentunit", "agedchip_fleet_slo_breach_age_seconds": "s"}
-        assert panel["fieldConfig"]["defaults"]["unit"] == units.get(name), f"{panel['title']}: unit of {name}"
+        if name in units:  # agedchip_fleet_eval_age_seconds only orders the yield bars
+            assert panel["fieldConfig"]["defaults"]["unit"] == units[name], f"{panel['title']}: unit of {name}"
     var = next(v for v in dash["templating"]["list"] if v["name"] == "fleet")
     assert re.fullmatch(r"label_values\((agedchip_fleet_\w+),\s*fleet\)", var["definition"]), var["definition"]
     assert "fleet" in metrics_contract()[re.search(r"agedchip_fleet_\w+", var["definition"]).group(0)]
+
+
+#: A yield query: the seconds-valued age gauge, sorted, on the left of a join on (fleet, age).
+YIELD_ORDERED = re.compile(
+    r"sort\(agedchip_fleet_eval_age_seconds\{([^}]*)\}\) \* 0 \+ on\(fleet, age\) agedchip_fleet_yield_ratio\{([^}]*)\}"
+)
+
+
+def test_fleet_yield_bars_are_ordered_by_age_in_seconds():
+    """Prometheus returns a plain selector's series sorted by their label values as text, so the
+    bars of ``agedchip_fleet_yield_ratio{…}`` alone would read 10y, 1d, 1h, 1y, 30d, 90s. The
+    panel's order must come from ``sort()`` of the age in seconds: an instant query keeps the
+    order of sort(), and a join the order of its left side (tests/test_prometheus.py checks it
+    on a real Prometheus)."""
+    dash = json.loads(DASHBOARD.read_text())
+    panel = next(p for p in dash["panels"] if p["title"] == "Fleet yield vs age")
+    assert panel["type"] == "bargauge" and len(panel["targets"]) == 2
+    for t in panel["targets"]:
+        m = YIELD_ORDERED.fullmatch(t["expr"])
+        assert m, f"yield query not ordered by age in seconds: {t['expr']}"
+        assert t.get("instant") is True and t.get("range") is False, "sort() orders instant queries only"
+        assert 'fleet=~"$fleet"' in m.group(1) and 'fleet=~"$fleet"' in m.group(2)
 
 
 def test_dashboard_and_alerts_use_only_contract_metrics_and_labels():

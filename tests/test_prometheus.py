@@ -294,6 +294,17 @@ def test_dashboard_query(prometheus, title: str, ref: str, target: dict) -> None
     assert api.query(substitute(target["expr"], one)), f"{title} with chip=default, fleet=fl"
 
 
+def test_fleet_yield_bars_in_age_order(prometheus) -> None:
+    """The yield panel's queries return the fleet's ages youngest first (fleet_traffic evaluates
+    1h and 1d), not in the text order of their labels (1d before 1h), which a plain selector gets."""
+    api: PromAPI = prometheus["api"]
+    panel = next(p for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"] == "Fleet yield vs age")
+    for t in panel["targets"]:
+        assert [r["metric"]["age"] for r in api.query(substitute(t["expr"]))] == ["1h", "1d"], t["expr"]
+    plain = api.query('agedchip_fleet_yield_ratio{gdc="on"}')
+    assert [r["metric"]["age"] for r in plain] == ["1d", "1h"], "the text order this panel must not show"
+
+
 @pytest.mark.parametrize("name,value", [("chip", "default"), ("fleet", "fl")])
 def test_dashboard_variable(prometheus, name: str, value: str) -> None:
     dash = json.loads(DASHBOARD.read_text())

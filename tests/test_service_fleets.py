@@ -91,6 +91,9 @@ def test_program_list_get_evaluate_delete(client):
     m = _metrics(client)
     share = rep["results"][2]["gdc_on"]["yield"]["share"]
     assert m[("agedchip_fleet_yield_ratio", (("age", "1y"), ("fleet", "fl"), ("gdc", "on")))] == share
+    # each age label's seconds, by which the dashboard orders the yield bars
+    ages = {dict(k[1])["age"]: v for k, v in m.items() if k[0] == "agedchip_fleet_eval_age_seconds"}
+    assert ages == {"1s": 1.0, "1d": 86400.0, "1y": 365 * 86400.0}
 
     assert client.delete("/fleets/fl").status_code == 204
     assert err(client.get("/fleets/fl")) == (404, "fleet_id")

@@ -33,13 +33,14 @@ def test_metrics_contract_after_refresh(client):
     families = {f.name: f for f in text_string_to_metric_families(text)}
     samples = {s.name: s for f in families.values() for s in f.samples}
     names = _contract_names()
-    assert len(names) == 32
+    assert len(names) == 33
     # series that exist only after an evaluation with an SLO (tests/test_service_energy.py) or of a
     # fleet (tests/test_service_fleets.py)
     later = {
         "agedchip_chip_slo_breach_in_seconds",
         "agedchip_fleet_yield_ratio",
         "agedchip_fleet_slo_breach_age_seconds",
+        "agedchip_fleet_eval_age_seconds",
     }
     for name in (n for n in names if n not in later):
         assert name in samples or name.removesuffix("_total") in families, f"{name} missing from /metrics"
