@@ -100,3 +100,24 @@ def metric_value(client, name: str, **labels) -> float | None:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
     return None
+
+
+#: The input value that :func:`poison_infer` refuses.
+POISON = 7.0
+
+
+def poison_infer(chip, monkeypatch) -> list[int]:
+    """Make ``chip.infer`` refuse any batch holding a sample equal to :data:`POISON` (a 4xx on
+    ``inputs.x``) and run the others; returns the list of batch sizes it is called with."""
+    from service.problems import InvalidField
+
+    real, calls = chip.infer, []
+
+    def infer(inputs, *a, **k):
+        calls.append(len(next(iter(inputs.values()))))
+        if np.any(next(iter(inputs.values())) == POISON):
+            raise InvalidField("inputs.x", "inputs.x: the poisoned sample")
+        return real(inputs, *a, **k)
+
+    monkeypatch.setattr(chip, "infer", infer)
+    return calls

@@ -15,9 +15,8 @@ from pydantic import ValidationError
 
 import chipsim.runtime
 from service.app import create_app
-from service.problems import InvalidField
 from service.settings import Settings
-from tests.service_helpers import err, make_settings
+from tests.service_helpers import POISON, err, make_settings, poison_infer
 from tests.service_helpers import metric_value as metric
 
 AGE = "1d"
@@ -135,18 +134,9 @@ def test_a_bad_member_fails_alone(tmp_path, zoo):
 
 def test_a_member_that_breaks_the_merged_run_fails_alone(tmp_path, zoo, monkeypatch):
     with app(tmp_path, zoo, batch_max_queue_delay_ms=1000, batch_max_size=4) as c:
-        chip = c.app.state.registry.get("default")
-        real, calls = chip.infer, []
-
-        def infer(inputs, *a, **k):
-            calls.append(len(next(iter(inputs.values()))))
-            if np.any(next(iter(inputs.values())) == 7.0):
-                raise InvalidField("inputs.x", "inputs.x: the poisoned sample")
-            return real(inputs, *a, **k)
-
-        monkeypatch.setattr(chip, "infer", infer)
+        calls = poison_infer(c.app.state.registry.get("default"), monkeypatch)
         good = {"chip_id": "default", "inputs": x(1, 0), "age": AGE}
-        poison = {**good, "inputs": np.full((1, 1, 8, 8), 7.0).tolist()}
+        poison = {**good, "inputs": np.full((1, 1, 8, 8), POISON).tolist()}
         out = post_all(c, [good, poison, good, good])
     assert [r.status_code for r in out] == [200, 422, 200, 200]
     assert err(out[1]) == (422, "inputs.x")

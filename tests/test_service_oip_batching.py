@@ -15,8 +15,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.problems import InvalidField
-from tests.service_helpers import err, make_settings
+from tests.service_helpers import POISON, err, make_settings, poison_infer
 from tests.service_helpers import metric_value as metric
 
 AGE = "1d"
@@ -155,17 +154,8 @@ def test_a_bad_request_fails_alone(tmp_path, zoo):
 
 def test_a_member_that_breaks_the_merged_run_fails_alone(tmp_path, zoo, monkeypatch):
     with app(tmp_path, zoo, batch_max_queue_delay_ms=1000, batch_max_size=4) as c:
-        chip = c.app.state.registry.get("default")
-        real, calls = chip.infer, []
-
-        def infer(inputs, *a, **k):
-            calls.append(len(next(iter(inputs.values()))))
-            if np.any(next(iter(inputs.values())) == 7.0):
-                raise InvalidField("inputs.x", "inputs.x: the poisoned sample")
-            return real(inputs, *a, **k)
-
-        monkeypatch.setattr(chip, "infer", infer)
-        good, poison = oip_binary(x(1, 0)), oip_binary(np.full((1, 1, 8, 8), 7.0, np.float32))
+        calls = poison_infer(c.app.state.registry.get("default"), monkeypatch)
+        good, poison = oip_binary(x(1, 0)), oip_binary(np.full((1, 1, 8, 8), POISON, np.float32))
         out = post_all(c, [(URL, good), (URL, poison), (URL, good), (URL, good)])
     assert [r.status_code for r in out] == [200, 400, 200, 200]
     assert err(out[1]) == (400, "inputs.x")
