@@ -124,10 +124,12 @@ def _candidates(rt: ChipRuntime, x: np.ndarray) -> dict:
         return lambda: rt.run(x, AGE_S, noise=noise_of(rt.noise_shapes(x)))
 
     cands = {"zeros": run(lambda sh: zeros), "table": run(table.feeds)}
-    for name, make in _sources(rt.chip.seed).items():
+    # one set of generators: the keyed candidates share one counter, so no two draw the same key
+    sources = _sources(rt.chip.seed)
+    for name, make in sources.items():
         cands[name] = run(lambda sh, make=make: draw(sh, make(), MvmNoiseSource.FRESH))
     for name in ("sfc64-thread", "sfc64-keyed"):
-        make = _sources(rt.chip.seed)[name]
+        make = sources[name]
         cands[name.replace("sfc64", "sfc64-q16")] = run(
             lambda sh, make=make: draw(sh, make(), MvmNoiseSource.FRESH_Q16)
         )

@@ -15,6 +15,7 @@ Results: bench/results/sampler_accuracy.{md,json} with ``--replace``, else runs/
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -117,9 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     for model in read_zoo(names=args.models):
         rows += measure(model, args.chips, args.ages)
     info = machine()
-    info["command"] = "python -m bench.sampler_accuracy " + " ".join(
-        argv if argv is not None else __import__("sys").argv[1:]
-    )
+    info["command"] = "python -m bench.sampler_accuracy " + " ".join(argv if argv is not None else sys.argv[1:])
     for p in write(
         "sampler_accuracy", {"machine": info, "rows": rows}, markdown(rows, info), output_dir("sampler_accuracy", args)
     ):

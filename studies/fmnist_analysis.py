@@ -85,6 +85,8 @@ def _gap(kind: str, arch: str, age: str, gdc: str, arm: str, est: Estimate, defi
 
 
 def _gaps(fps, chips, archs, ages, arms) -> list[dict]:
+    if "max" not in arms:  # every gap compares max-scaling cells
+        return []
     out = []
     for arch in archs:
         have = {m for (a, m) in fps if a == arch}
@@ -96,8 +98,6 @@ def _gaps(fps, chips, archs, ages, arms) -> list[dict]:
             for g in GDC_KEYS
         }
         for age in ages:
-            if "max" not in arms:  # every gap below compares max-scaling cells
-                break
             if {"plain", "hwa"} <= have:
                 e = fps[(arch, "plain")] - chips[(arch, "hwa", "max", age, "on")]
                 out.append(_gap("gap_to_fp", arch, age, "on", "max", e, "FP(plain) − chip(HWA + GDC)"))
