@@ -11,7 +11,7 @@ from typing import Any
 
 from chipsim import ProfileError, get_profile
 from chipsim.compiler import model_inputs
-from chipsim.compiler.archive import ArchiveLimits, is_archive, model_from_archive
+from chipsim.compiler.archive import ArchiveLimitError, ArchiveLimits, is_archive, model_from_archive
 from chipsim.compiler.bounds import AllocationLimits
 from chipsim.compiler.inspection import inspect_model
 from chipsim.model_inputs import ModelInputs
@@ -22,6 +22,9 @@ from service.problems import InvalidField, invalid_value
 from service.program_request import ProgramSpec
 from service.settings import Settings
 from service.zoo import Zoo
+
+#: The setting behind each bound of an uploaded archive, named in the error that it refuses.
+ARCHIVE_SETTINGS = {"max_members": "AGEDCHIP_MAX_ARCHIVE_MEMBERS", "max_bytes": "AGEDCHIP_MAX_ARCHIVE_BYTES"}
 
 
 class ProgramInputs:
@@ -51,6 +54,8 @@ class ProgramInputs:
             )
             try:
                 model_bytes = model_from_archive(model_bytes, limits)
+            except ArchiveLimitError as err:
+                raise InvalidField("model", f"{err} ({ARCHIVE_SETTINGS[err.limit]})") from None
             except ValueError as err:  # CompileError
                 raise invalid_value(err, default_field="model") from None
         return model_bytes, spec.eval_data

@@ -15,7 +15,10 @@ external-data locations are checked the same way before anything is read:
   archive, in the model's folder or below it, and its offset and length lie inside that file.
 
 The result is the model with its weights inside (plain ONNX bytes): the chip stores and digests
-that, so a chip never depends on the archive's layout.
+that, so a chip never depends on the archive's layout. Its size is bounded by protobuf's limit on
+one message (:data:`~chipsim.compiler.loader.MAX_MODEL_BYTES`, 2 GiB: ~536M float32 weights), not
+by the archive's, so a model too large for one upload file still programs from an archive. Going
+over an :class:`ArchiveLimits` bound raises :class:`ArchiveLimitError`, which names the bound.
 """
 
 from __future__ import annotations
@@ -47,6 +50,15 @@ class ArchiveLimits:
 
     max_members: int = 256
     max_bytes: int = MAX_MODEL_BYTES
+
+
+class ArchiveLimitError(CompileError):
+    """An archive over one of its :class:`ArchiveLimits`; ``limit`` names the field
+    (``max_members`` or ``max_bytes``), so a caller can name the setting that sets it."""
+
+    def __init__(self, message: str, limit: str):
+        super().__init__(message)
+        self.limit = limit
 
 
 def is_archive(data: bytes) -> bool:
@@ -123,7 +135,9 @@ def _copy_bounded(src: BinaryIO, dst: BinaryIO, member: _Member, budget: int) ->
         if n > member.size:
             raise _refuse(str(member.path), "holds more data than its header declares")
         if n > budget:
-            raise CompileError(f"model: the archive holds more than its limit of {budget} bytes uncompressed")
+            raise ArchiveLimitError(
+                f"model: the archive holds more than its limit of {budget} bytes uncompressed", "max_bytes"
+            )
         dst.write(chunk)
 
 
@@ -145,8 +159,9 @@ def extract(data: bytes, folder: Path, limits: ArchiveLimits) -> list[PurePosixP
     ``folder``; returns the files' relative paths."""
     archive, members = _members(data)
     if len(members) > limits.max_members:
-        raise CompileError(
-            f"model: the archive has {len(members)} members, more than the limit of {limits.max_members}"
+        raise ArchiveLimitError(
+            f"model: the archive has {len(members)} members, more than the limit of {limits.max_members}",
+            "max_members",
         )
     seen: set[PurePosixPath] = set()
     for m in members:
@@ -155,8 +170,9 @@ def extract(data: bytes, folder: Path, limits: ArchiveLimits) -> list[PurePosixP
         seen.add(m.path)
     declared = sum(m.size for m in members if not m.is_dir)
     if declared > limits.max_bytes:
-        raise CompileError(
-            f"model: the archive declares {declared} bytes uncompressed, more than the limit of {limits.max_bytes}"
+        raise ArchiveLimitError(
+            f"model: the archive declares {declared} bytes uncompressed, more than the limit of {limits.max_bytes}",
+            "max_bytes",
         )
     files, budget = [], limits.max_bytes
     try:
@@ -232,6 +248,9 @@ def model_from_archive(data: bytes, limits: ArchiveLimits = ArchiveLimits()) -> 
         for t in all_tensors(model):
             t.data_location = TensorProto.DEFAULT
             del t.external_data[:]
-        if model.ByteSize() > MAX_MODEL_BYTES:
-            raise CompileError(f"model: larger than {MAX_MODEL_BYTES >> 30} GiB with its weights inside")
+        if (size := model.ByteSize()) > MAX_MODEL_BYTES:
+            raise CompileError(
+                f"model: {size} bytes with its weights inside, more than protobuf's limit of "
+                f"{MAX_MODEL_BYTES} bytes on one ONNX model"
+            )
         return model.SerializeToString()

@@ -22,7 +22,15 @@ from chipsim.compiler.calibration import Calibration, RangePlan, finish_ranges, 
 from chipsim.compiler.float_types import compute_in_fp32
 from chipsim.compiler.folding import Folds, find_folds
 from chipsim.compiler.graph_builder import GraphBuilder
-from chipsim.compiler.loader import ONNX_DOMAINS, constants, io_specs, load_model, probe_shapes, static_shapes
+from chipsim.compiler.loader import (
+    MAX_MODEL_BYTES,
+    ONNX_DOMAINS,
+    constants,
+    io_specs,
+    load_model,
+    probe_shapes,
+    static_shapes,
+)
 from chipsim.compiler.model_session import ModelSession
 from chipsim.compiler.plan import GRAPH_FORMAT, CompiledModel, CompileError
 from chipsim.compiler.rewriters import REWRITERS, UNMAPPABLE, RewriteContext, rewriter_of
@@ -226,6 +234,17 @@ def ranges_and_shapes(
     return ranges, sources, shapes
 
 
+def widened_within_limit(widened: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """``widened`` (an fp16/bf16 model computing in float32), refused when its float32 weights
+    take it over protobuf's limit: the passes after this one serialise it."""
+    if widened is not original and (size := widened.ByteSize()) > MAX_MODEL_BYTES:
+        raise CompileError(
+            f"model: with its fp16/bf16 weights widened to float32 it is {size} bytes, more than "
+            f"protobuf's limit of {MAX_MODEL_BYTES} bytes on one ONNX model"
+        )
+    return widened
+
+
 def compile_model(
     model_bytes: bytes,
     profile: ChipProfile,
@@ -250,7 +269,7 @@ def compile_model(
         raise ValueError("free_products: only with the lean lowering")
     model = load_model(model_bytes)
     refuse_sparse(model)  # before anything reads its initializers
-    model = compute_in_fp32(model, maps_node)
+    model = widened_within_limit(compute_in_fp32(model, maps_node), model)
     consts = constants(model)
     init_names = {t.name for t in model.graph.initializer}
     refuse_unmappable(model, consts)

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
     from chipsim.compiler.model_session import ModelSession
 
 MIN_OPSET = 13
-MAX_MODEL_BYTES = 1 << 30
+#: protobuf's limit on one serialised message (2 GiB − 1 bytes), which every ONNX model the chip
+#: parses, stores and recompiles is: ~536M float32 weights. 500M float32 weights (2.0e9 bytes)
+#: parse, check and serialise on this host's onnx 1.23 / protobuf 7.36 (upb).
+MAX_MODEL_BYTES = (1 << 31) - 1
 #: The default ONNX operator domain, by either of its names: only its nodes are candidates for the
 #: chip's rewriters. Nodes of other domains pass through digitally when onnxruntime runs them
 #: (checked by :mod:`chipsim.compiler.runnable`).
@@ -34,7 +37,9 @@ def load_model(model_bytes: bytes) -> onnx.ModelProto:
     if not isinstance(model_bytes, (bytes, bytearray)) or not model_bytes:
         raise CompileError("model: empty upload; expected an ONNX file")
     if len(model_bytes) > MAX_MODEL_BYTES:
-        raise CompileError("model: larger than 1 GiB")
+        raise CompileError(
+            f"model: {len(model_bytes)} bytes, more than protobuf's limit of {MAX_MODEL_BYTES} bytes on one ONNX model"
+        )
     try:
         model = onnx.load_from_string(bytes(model_bytes))
     except Exception as err:  # protobuf raises several types
