@@ -36,14 +36,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bench.common import machine, output_dir, write
@@ -58,15 +62,24 @@ DAY_S = 86400.0
 YEAR_S = 365.25 * DAY_S
 
 
-def mlp(width: int, layers: int = MLP_LAYERS, seed: int = 0) -> bytes:
-    """``layers`` MatMul+Relu of width×width (He-scaled normal weights, float32), dynamic batch."""
+def _mlp_weights(width: int, layers: int, seed: int) -> Iterator[np.ndarray]:
+    """The MLP's weight matrices in order (He-scaled normal, float32), one at a time."""
     rng = np.random.default_rng(seed)
-    nodes, inits, prev = [], [], "x"
-    for i in range(layers):
-        w = (rng.standard_normal((width, width), dtype=np.float32) * np.float32(np.sqrt(2.0 / width))).astype(
+    for _ in range(layers):
+        yield (rng.standard_normal((width, width), dtype=np.float32) * np.float32(np.sqrt(2.0 / width))).astype(
             np.float32
         )
-        inits.append(numpy_helper.from_array(w, f"w{i}"))
+
+
+def mlp(width: int, layers: int = MLP_LAYERS, seed: int = 0) -> bytes:
+    """``layers`` MatMul+Relu of width×width (He-scaled normal weights, float32), dynamic batch."""
+    inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(_mlp_weights(width, layers, seed))]
+    return _mlp_graph(width, inits).SerializeToString()
+
+
+def _mlp_graph(width: int, inits: list[TensorProto]) -> onnx.ModelProto:
+    nodes, prev, layers = [], "x", len(inits)
+    for i in range(layers):
         out = "y" if i == layers - 1 else f"h{i}"
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
         nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
@@ -77,7 +90,30 @@ def mlp(width: int, layers: int = MLP_LAYERS, seed: int = 0) -> bytes:
         helper.make_graph(nodes, "mlp", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
     )
     m.ir_version = 8
-    return m.SerializeToString()
+    return m
+
+
+def mlp_archive(width: int, path: Path, layers: int = MLP_LAYERS, seed: int = 0) -> None:
+    """The same MLP as :func:`mlp` (same weights) saved as a user uploads a model too large for one
+    file: ``mlp.onnx`` with its weights as external data in ``mlp.bin``, both in the tar ``path``.
+    Holds one layer's weights at a time."""
+    folder = path.parent / "mlp"
+    folder.mkdir()
+    inits, offset = [], 0
+    with open(folder / "mlp.bin", "wb") as f:
+        for i, w in enumerate(_mlp_weights(width, layers, seed)):
+            f.write(w.tobytes())
+            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=w.shape)
+            t.data_location = TensorProto.EXTERNAL
+            for key, value in (("location", "mlp.bin"), ("offset", offset), ("length", w.nbytes)):
+                t.external_data.add(key=key, value=str(value))
+            inits.append(t)
+            offset += w.nbytes
+    onnx.save(_mlp_graph(width, inits), folder / "mlp.onnx")
+    with tarfile.open(path, "w") as tf:
+        for name in ("mlp.onnx", "mlp.bin"):
+            tf.add(folder / name, f"mlp/{name}")
+    shutil.rmtree(folder)
 
 
 def resnet18() -> bytes:
@@ -161,7 +197,7 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float, first_age_onl
     from chipsim.store import ChipStore
 
     heap.limit_retention()  # as the service does at start
-    model = path.read_bytes()
+    model, unpacked = _read_model(path)
     rss_before = _rss_bytes()
     t0, cpu0 = time.perf_counter(), time.process_time()
     chip = program_onnx(model, get_profile("pcm"), 0)
@@ -189,6 +225,7 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float, first_age_onl
     first = {
         "weights": weights,
         "onnx_bytes": len(model),
+        **unpacked,
         "rss_before_program_bytes": rss_before,
         "program_s": program_s,
         "ns_per_weight": program_s / weights * 1e9,
@@ -225,11 +262,34 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float, first_age_onl
     }
 
 
-def run_child(label: str, model: bytes, shape: list[int], args, first_age_only: bool = False) -> dict:
+def _read_model(path: Path) -> tuple[bytes, dict]:
+    """The model's ONNX bytes, and for a ``.tar`` upload (external data) the seconds and peak RSS
+    of :func:`~chipsim.compiler.archive.model_from_archive` (the service's path for it), after which
+    the peak is reset so that programming's own is measured."""
+    if path.suffix != ".tar":
+        return path.read_bytes(), {}
+    from chipsim.compiler import MAX_MODEL_BYTES
+    from chipsim.compiler.archive import ArchiveLimits, model_from_archive
+
+    data = path.read_bytes()
+    t0 = time.perf_counter()
+    model = model_from_archive(data, ArchiveLimits(max_bytes=MAX_MODEL_BYTES))
+    archive_s = time.perf_counter() - t0
+    out = {"archive_bytes": len(data), "archive_s": archive_s, "peak_rss_archive_bytes": _hwm_bytes()}
+    del data
+    _reset_hwm()
+    return model, out
+
+
+def run_child(
+    label: str, save: Callable[[Path], None], suffix: str, shape: list[int], args, first_age_only: bool = False
+) -> dict:
+    """Measure one model in a fresh process; ``save(path)`` writes it to a ``model{suffix}`` file
+    (``.onnx``, or ``.tar`` for an archive with external data), so that the parent holds none of
+    it while the child runs."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(model)
-        del model
+        path = Path(tmp) / f"model{suffix}"
+        save(path)
         cmd = [sys.executable, "-m", "bench.scale", "--rounds", str(args.rounds), "--min-s", str(args.min_s)]
         cmd += ["--first-age-only"] if first_age_only else []
         cmd += ["--child", str(path), *map(str, shape)]
@@ -243,6 +303,11 @@ def run_child(label: str, model: bytes, shape: list[int], args, first_age_only: 
     for b, t in out["throughput"].items():
         print(f"  batch {b}: analog/digital median {t['ratio_median']:.3f} range {t['ratio_range']}", flush=True)
     return out
+
+
+def _writer(build: Callable[[], bytes]) -> Callable[[Path], None]:
+    """Write the ONNX bytes ``build()`` returns to a path (dropped once written)."""
+    return lambda path: path.write_bytes(build())
 
 
 def _predict(done: list[dict], weights: int, key: str = "peak_rss_process_bytes") -> float:
@@ -279,6 +344,20 @@ def _seconds(s: float | None) -> str:
 
 def _mark(value: float, target: float) -> str:
     return " ✓" if value <= target else " ✗"
+
+
+def _archive_notes(models: list[dict]) -> list[str]:
+    """A line per model uploaded as an archive: what unpacking it cost, before programming."""
+    gb = 2**30
+    return [
+        f"\n{m['model']}: uploaded as a .tar of {m['archive_bytes'] / gb:.2f} GiB (the model with its weights as "
+        f"external data, as a user uploads a model too large for one file), unpacked by "
+        f"`chipsim.compiler.archive.model_from_archive` in {m['archive_s']:.1f} s at a peak RSS of "
+        f"{m['peak_rss_archive_bytes'] / gb:.2f} GiB; the RSS before programming holds the model's "
+        f"{m['onnx_bytes'] / gb:.2f} GiB of ONNX bytes it returned."
+        for m in models
+        if "archive_s" in m
+    ]
 
 
 def markdown(data: dict) -> str:
@@ -323,6 +402,7 @@ def markdown(data: dict) -> str:
         "the RSS before programming, per analog weight (the chip's state included). 'not run': a "
         f"model above {data.get('first_age_only_above', 0) / 1e6:.0f}M weights stops after its first "
         "new age (no second age, no throughput session: see the module docstring).",
+        *_archive_notes(data["models"]),
         "",
         "## Throughput, analog ('pcm', fixed age, fresh noise) / digital (onnxruntime, original model), "
         f"1 thread, {data['rounds']} interleaved rounds\n",
@@ -359,6 +439,12 @@ def main() -> None:
         default=200e6,
         help="weights above which a model stops after its first new age (no throughput)",
     )
+    ap.add_argument(
+        "--archive-above",
+        type=float,
+        default=300e6,
+        help="weights above which an MLP is saved with external data in a .tar and read through the archive path",
+    )
     ap.add_argument("--first-age-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     outputs.add_arguments(ap, Path(__file__).resolve().parent / "results")
@@ -371,7 +457,7 @@ def main() -> None:
     out = output_dir(NAME, args)
     models, not_run = [], []
     if not args.no_resnet:
-        models.append(run_child("resnet18 (224×224)", resnet18(), [3, 224, 224], args))
+        models.append(run_child("resnet18 (224×224)", _writer(resnet18), ".onnx", [3, 224, 224], args))
     mlps: list[dict] = []
     for width in sorted(args.mlp_widths):
         weights = MLP_LAYERS * width * width
@@ -383,7 +469,11 @@ def main() -> None:
                 not_run.append({"width": width, "weights": weights, "predicted_peak_bytes": pred})
                 print(f"MLP width {width}: predicted peak {pred / 2**30:.1f} GiB, not run", flush=True)
                 continue
-        mlps.append(run_child(f"MLP {MLP_LAYERS}×{width}²", mlp(width), [width], args, first_only))
+        if weights > args.archive_above:
+            label, save, suffix = f"MLP {MLP_LAYERS}×{width}² (archive)", lambda p, w=width: mlp_archive(w, p), ".tar"
+        else:
+            label, save, suffix = f"MLP {MLP_LAYERS}×{width}²", _writer(lambda w=width: mlp(w)), ".onnx"
+        mlps.append(run_child(label, save, suffix, [width], args, first_only))
     models += mlps
     info = machine()
     info["command"] = "python -m bench.scale " + " ".join(sys.argv[1:])
