@@ -28,7 +28,14 @@ weights (default 200M) stop after the first new age: the second age and the digi
 throughput session would hold a second copy of the weights, which a 24 GB host cannot give
 a 500M-weight model; their guard extrapolates the first-age peak, not the process peak.
 
-Results: bench/results/scale.{json,md} (with ``--replace``; else a new folder under runs/scale/).
+An MLP above ``--archive-above`` weights (default 300M) is saved with its weights as external
+data in a ``.tar`` and read as the service reads such an upload
+(:func:`chipsim.compiler.archive.model_from_archive`), its unpacking timed and its peak RSS
+reported before programming's.
+
+Results: bench/results/scale.{json,md} (with ``--replace``; else a new folder under runs/scale/);
+``--merge`` keeps the rows already there for models this run does not measure (each row says
+which command measured it and when), e.g. ``--replace --merge --mlp-widths`` reruns resnet18 alone.
 """
 
 from __future__ import annotations
@@ -36,94 +43,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from bench.common import machine, output_dir, write
+from bench.scale_models import MLP_LAYERS, mlp, mlp_archive, resnet18
+from bench.scale_report import TARGET_NS_PER_WEIGHT, TARGET_PEAK_OVER_DISK, markdown, merged_models
 from models import outputs
 
 NAME = "scale"
-TARGET_NS_PER_WEIGHT = 200.0
-TARGET_PEAK_OVER_DISK = 3.0
-TARGET_FIRST_B_PER_WEIGHT = 40.0
-MLP_LAYERS = 8
 DAY_S = 86400.0
 YEAR_S = 365.25 * DAY_S
-
-
-def _mlp_weights(width: int, layers: int, seed: int) -> Iterator[np.ndarray]:
-    """The MLP's weight matrices in order (He-scaled normal, float32), one at a time."""
-    rng = np.random.default_rng(seed)
-    for _ in range(layers):
-        yield (rng.standard_normal((width, width), dtype=np.float32) * np.float32(np.sqrt(2.0 / width))).astype(
-            np.float32
-        )
-
-
-def mlp(width: int, layers: int = MLP_LAYERS, seed: int = 0) -> bytes:
-    """``layers`` MatMul+Relu of width×width (He-scaled normal weights, float32), dynamic batch."""
-    inits = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(_mlp_weights(width, layers, seed))]
-    return _mlp_graph(width, inits).SerializeToString()
-
-
-def _mlp_graph(width: int, inits: list[TensorProto]) -> onnx.ModelProto:
-    nodes, prev, layers = [], "x", len(inits)
-    for i in range(layers):
-        out = "y" if i == layers - 1 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]))
-        nodes.append(helper.make_node("Relu", [f"m{i}"], [out]))
-        prev = out
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])
-    m = helper.make_model(
-        helper.make_graph(nodes, "mlp", [x], [y], initializer=inits), opset_imports=[helper.make_opsetid("", 17)]
-    )
-    m.ir_version = 8
-    return m
-
-
-def mlp_archive(width: int, path: Path, layers: int = MLP_LAYERS, seed: int = 0) -> None:
-    """The same MLP as :func:`mlp` (same weights) saved as a user uploads a model too large for one
-    file: ``mlp.onnx`` with its weights as external data in ``mlp.bin``, both in the tar ``path``.
-    Holds one layer's weights at a time."""
-    folder = path.parent / "mlp"
-    folder.mkdir()
-    inits, offset = [], 0
-    with open(folder / "mlp.bin", "wb") as f:
-        for i, w in enumerate(_mlp_weights(width, layers, seed)):
-            f.write(w.tobytes())
-            t = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=w.shape)
-            t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", "mlp.bin"), ("offset", offset), ("length", w.nbytes)):
-                t.external_data.add(key=key, value=str(value))
-            inits.append(t)
-            offset += w.nbytes
-    onnx.save(_mlp_graph(width, inits), folder / "mlp.onnx")
-    with tarfile.open(path, "w") as tf:
-        for name in ("mlp.onnx", "mlp.bin"):
-            tf.add(folder / name, f"mlp/{name}")
-    shutil.rmtree(folder)
-
-
-def resnet18() -> bytes:
-    import torch
-
-    from bench.architectures import ResNet18
-    from bench.onnx_exports import export
-
-    torch.manual_seed(0)
-    return export(ResNet18(), torch.randn(1, 3, 224, 224))
 
 
 def _hwm_bytes() -> int:
@@ -319,113 +256,6 @@ def _predict(done: list[dict], weights: int, key: str = "peak_rss_process_bytes"
     return p1 + (p1 - p0) / (w1 - w0) * (weights - w1)
 
 
-def _gib(b: int | None) -> str:
-    return "n/a" if b is None else f"{b / 2**30:.2f}"
-
-
-def _per_weight(m: dict) -> str:
-    """Peak RSS at the first new age over the RSS before programming, bytes per analog weight."""
-    b = m["peak_rss_first_new_age_bytes"]
-    if b is None:
-        return "n/a"
-    per = (b - m["rss_before_program_bytes"]) / m["weights"]
-    return f"{per:.0f}{_mark(per, TARGET_FIRST_B_PER_WEIGHT)}"
-
-
-def _cpu_ns(m: dict) -> str:
-    """Programming's CPU time per weight: on a host shared with other jobs, what an idle core would take."""
-    cpu = m.get("cpu_ns_per_weight")
-    return "n/a" if cpu is None else f"{cpu:.0f}{_mark(cpu, TARGET_NS_PER_WEIGHT)}"
-
-
-def _seconds(s: float | None) -> str:
-    return "not run" if s is None else f"{s:.2f}"
-
-
-def _mark(value: float, target: float) -> str:
-    return " ✓" if value <= target else " ✗"
-
-
-def _archive_notes(models: list[dict]) -> list[str]:
-    """A line per model uploaded as an archive: what unpacking it cost, before programming."""
-    gb = 2**30
-    return [
-        f"\n{m['model']}: uploaded as a .tar of {m['archive_bytes'] / gb:.2f} GiB (the model with its weights as "
-        f"external data, as a user uploads a model too large for one file), unpacked by "
-        f"`chipsim.compiler.archive.model_from_archive` in {m['archive_s']:.1f} s at a peak RSS of "
-        f"{m['peak_rss_archive_bytes'] / gb:.2f} GiB; the RSS before programming holds the model's "
-        f"{m['onnx_bytes'] / gb:.2f} GiB of ONNX bytes it returned."
-        for m in models
-        if "archive_s" in m
-    ]
-
-
-def markdown(data: dict) -> str:
-    info = data["machine"]
-    gb = 2**30
-    lines = [
-        "# Scale: programming, memory, first request, throughput\n",
-        f"`{info['command']}` · {info['date']} · {info['cpus']} CPUs (shared with other processes) · "
-        f"onnxruntime {info['onnxruntime']} · profile 'pcm' · one fresh process per model\n",
-        f"Targets: programming ≤ {TARGET_NS_PER_WEIGHT:.0f} ns/weight; peak RSS while programming ≤ "
-        f"{TARGET_PEAK_OVER_DISK:.0f}× the chip's own files on disk; peak RSS at the first request ≤ "
-        f"{TARGET_FIRST_B_PER_WEIGHT:.0f} B/weight over the RSS before programming.\n",
-        "| model | weights | program (s) | ns/weight | CPU ns/weight | peak RSS program (GiB) | chip files (GiB) | peak/chip files | "
-        "(peak − RSS before)/chip files | store (GiB) | peak/store | binding | runtime build (s) | "
-        "first request, new age (s) | 2nd new age (s) | peak RSS 1st new age (GiB) | B/weight | "
-        "peak RSS through 2nd new age (GiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for m in data["models"]:
-        pf = m.get("peak_rss_first_requests_bytes")
-        own = m["peak_rss_program_bytes"] / m["chip_disk_bytes"]
-        grown = (m["peak_rss_program_bytes"] - m["rss_before_program_bytes"]) / m["chip_disk_bytes"]
-        lines.append(
-            f"| {m['model']} | {m['weights'] / 1e6:.1f}M | {m['program_s']:.1f} | {m['ns_per_weight']:.0f}"
-            f"{_mark(m['ns_per_weight'], TARGET_NS_PER_WEIGHT)} | {_cpu_ns(m)} | {m['peak_rss_program_bytes'] / gb:.2f} | "
-            f"{m['chip_disk_bytes'] / gb:.2f} | {own:.2f}{_mark(own, TARGET_PEAK_OVER_DISK)} | "
-            f"{grown:.2f}{_mark(grown, TARGET_PEAK_OVER_DISK)} | "
-            f"{m['store_disk_bytes'] / gb:.2f} | {m['peak_over_disk']:.2f} | {m.get('binding', 'n/a')} | "
-            f"{m['runtime_build_s']:.2f} | "
-            f"{m['first_request_new_age_s']:.2f} | {_seconds(m.get('second_new_age_s'))} | "
-            f"{_gib(m['peak_rss_first_new_age_bytes'])} | {_per_weight(m)} | {_gib(pf)} |"
-        )
-    lines += [
-        "",
-        "Peak RSS while programming includes the interpreter and imports (RSS before programming: "
-        + ", ".join(f"{m['model']} {m['rss_before_program_bytes'] / gb:.2f} GiB" for m in data["models"])
-        + "), and the model's bytes read from its file. Chip files: the chip's own folder (its two "
-        "device arrays, 8 B/weight); store: the whole temporary ChipStore after `save` (with the "
-        "shared blobs: the model and its target weights). ns/weight is wall time; CPU ns/weight the "
-        "process's CPU time while programming (on a host shared with other jobs, wall time also "
-        "counts the waits for a core). B/weight: peak RSS at the first request at a new age minus "
-        "the RSS before programming, per analog weight (the chip's state included). 'not run': a "
-        f"model above {data.get('first_age_only_above', 0) / 1e6:.0f}M weights stops after its first "
-        "new age (no second age, no throughput session: see the module docstring).",
-        *_archive_notes(data["models"]),
-        "",
-        "## Throughput, analog ('pcm', fixed age, fresh noise) / digital (onnxruntime, original model), "
-        f"1 thread, {data['rounds']} interleaved rounds\n",
-        "| model | batch | analog samples/s (median) | digital samples/s (median) | ratio median | ratio range |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for m in data["models"]:
-        for b, t in m["throughput"].items():
-            lines.append(
-                f"| {m['model']} | {b} | {statistics.median(t['analog_samples_per_s']):.2f} | "
-                f"{statistics.median(t['digital_samples_per_s']):.2f} | {t['ratio_median']:.3f} | "
-                f"{t['ratio_range'][0]:.3f}–{t['ratio_range'][1]:.3f} |"
-            )
-    if data.get("not_run"):
-        lines += ["", "## Not run\n"]
-        for s in data["not_run"]:
-            lines.append(
-                f"- MLP width {s['width']} ({s['weights'] / 1e6:.0f}M weights): predicted peak RSS "
-                f"{s['predicted_peak_bytes'] / gb:.1f} GiB > {data['max_peak_gb']} GB."
-            )
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mlp-widths", type=int, nargs="*", default=[1118, 3536])
@@ -444,6 +274,11 @@ def main() -> None:
         type=float,
         default=300e6,
         help="weights above which an MLP is saved with external data in a .tar and read through the archive path",
+    )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of the results already in the output folder for models this run does not measure",
     )
     ap.add_argument("--first-age-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -477,6 +312,10 @@ def main() -> None:
     models += mlps
     info = machine()
     info["command"] = "python -m bench.scale " + " ".join(sys.argv[1:])
+    for m in models:
+        m["measured"] = {"date": info["date"], "command": info["command"]}
+    if args.merge:
+        models = merged_models(out / f"{NAME}.json", models)
     data = {
         "machine": info,
         "rounds": args.rounds,

@@ -3,10 +3,13 @@ programs as one file (same graph, same weights), read through the service's arch
 
 from __future__ import annotations
 
+import json
+
 import onnx
 from onnx import numpy_helper
 
 from bench.scale import mlp, mlp_archive
+from bench.scale_report import merged_models
 from chipsim.compiler.archive import model_from_archive
 
 
@@ -21,3 +24,19 @@ def test_the_archived_mlp_is_the_plain_mlp(tmp_path):
         assert g.name == w.name
         assert (numpy_helper.to_array(g) == numpy_helper.to_array(w)).all()
     assert not (tmp_path / "mlp").exists()  # the unpacked folder is removed
+
+
+def test_merge_keeps_rows_it_does_not_rerun_with_their_command(tmp_path):
+    path = tmp_path / "scale.json"
+    old = {
+        "machine": {"date": "d0", "command": "c0"},
+        "models": [{"model": "resnet18", "v": 1}, {"model": "MLP big", "v": 2}],
+    }
+    path.write_text(json.dumps(old))
+    new = [{"model": "resnet18", "v": 3, "measured": {"date": "d1", "command": "c1"}}]
+    got = merged_models(path, new)
+    assert [(m["model"], m["v"], m["measured"]["command"]) for m in got] == [
+        ("resnet18", 3, "c1"),
+        ("MLP big", 2, "c0"),
+    ]
+    assert merged_models(tmp_path / "absent.json", new) == new
