@@ -40,7 +40,7 @@ class _Endpoint:
         await response(scope, receive, send)
 
 
-class _HotRoute(Route):
+class HotRoute(Route):
     """A POST route that names itself in the scope (``scope["route"]``) as FastAPI's routes do:
     the metrics label requests by its template without searching the table."""
 
@@ -57,7 +57,7 @@ class _HotRoute(Route):
 def hot_routes() -> list[Route]:
     """The inference routes, to put first in the app's route table."""
     return [
-        _HotRoute("/infer", _Endpoint((require_infer, require_json_body), infer.infer)),
-        _HotRoute("/v2/models/{model_name}/infer", _Endpoint((require_infer,), oip.infer)),
-        _HotRoute("/v2/models/{model_name}/versions/{model_version}/infer", _Endpoint((require_infer,), oip.infer_v)),
+        HotRoute("/infer", _Endpoint((require_infer, require_json_body), infer.infer)),
+        HotRoute("/v2/models/{model_name}/infer", _Endpoint((require_infer,), oip.infer)),
+        HotRoute("/v2/models/{model_name}/versions/{model_version}/infer", _Endpoint((require_infer,), oip.infer_v)),
     ]
