@@ -105,7 +105,8 @@ class FmnistRecipe:
         if "noise" in d:
             d["noise"] = H.HwaConfig(**d["noise"])
         if "hardening" in d:
-            d["hardening"] = HardeningConfig(**d["hardening"])
+            # runs saved before the QAT delay existed quantised from the first step
+            d["hardening"] = HardeningConfig(**{"qat_delay_fraction": 0.0, **d["hardening"]})
         return cls(**d)
 
 

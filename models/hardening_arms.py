@@ -6,8 +6,9 @@ learning-rate schedule, augmentation); only what the forward pass does differs:
 ==================  =======================================================================
 arm                 forward pass during training
 ==================  =======================================================================
-``qat-constant``    :mod:`models.qat`, constant scales calibrated on the initial model
-``qat-dynamic``     :mod:`models.qat`, scales recomputed from every batch
+``qat-constant``    floating point for the first ``qat_delay_fraction`` of the steps, then
+                    :mod:`models.qat` with constant scales calibrated at that step and frozen
+``qat-dynamic``     the same delay, then :mod:`models.qat` with scales recomputed from every batch
 ``noisy``           :mod:`models.activation_noise` at ``train_sigma`` on every analog layer
 ``noisy-then-qat``  the first ``noisy_fraction`` of the steps noisy, the rest constant-scale
                     QAT (calibrated on the noisy-trained model at the switch, noise off)
@@ -45,6 +46,9 @@ class HardeningConfig:
     train_sigma: float = NOISY_SIGMA
     #: ``noisy-then-qat``: fraction of the optimiser steps trained with noise before QAT starts.
     noisy_fraction: float = 0.5
+    #: ``qat-*``: fraction of the optimiser steps trained in floating point before QAT starts (a
+    #: constant scale is calibrated at that step). Our choice, not tuned: see the module docstring.
+    qat_delay_fraction: float = 0.25
     #: chipsim profile whose DAC/ADC level counts the quantisers use.
     qat_profile: str = "pcm"
 
@@ -53,6 +57,8 @@ class HardeningConfig:
             raise ValueError(f"train_sigma: expected σ ≥ 0, got {self.train_sigma}")
         if not 0 < self.noisy_fraction < 1:
             raise ValueError(f"noisy_fraction: expected a fraction in (0, 1), got {self.noisy_fraction}")
+        if not 0 <= self.qat_delay_fraction < 1:
+            raise ValueError(f"qat_delay_fraction: expected a fraction in [0, 1), got {self.qat_delay_fraction}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -79,18 +85,22 @@ class Arm:
     ):
         self.model, self.config, self.x_cal, self.seed = model, config, x_cal, seed
         self.sequential = noisy and qat is not None
+        self.delayed = qat is not None and (self.sequential or config.qat_delay_fraction > 0)
         self.noise = (
             ActivationNoise(model, config.train_sigma, torch.Generator(), training_only=True) if noisy else None
         )
         self.quantizers = []
         if qat is not None:
-            # noisy-then-qat: quantisers present from the start (their state is in every
+            # a delayed QAT phase: quantisers present from the start (their state is in every
             # checkpoint) but off until the switch
-            self.quantizers = Q.attach(model, Q.QatConfig.from_profile(qat, config.qat_profile), not self.sequential)
+            self.quantizers = Q.attach(model, Q.QatConfig.from_profile(qat, config.qat_profile), not self.delayed)
 
     def switch_step(self, total: int) -> int:
-        """The first step of the QAT phase (``total`` steps in all; 0 without a noisy phase)."""
-        return round(self.config.noisy_fraction * total) if self.sequential else 0
+        """The first step of the QAT phase (``total`` steps in all): after the noisy phase of
+        ``noisy-then-qat``, after the floating-point delay of the QAT arms, 0 otherwise."""
+        if self.sequential:
+            return round(self.config.noisy_fraction * total)
+        return round(self.config.qat_delay_fraction * total) if self.quantizers else 0
 
     def before_step(self, step: int, total: int) -> None:
         """Set the model up for optimiser step ``step`` (from 0) of ``total``."""

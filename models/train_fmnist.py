@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--train-sigma", type=float, default=None, help="noisy, noisy-then-qat: activation noise σ (default 0.1)"
     )
+    ap.add_argument(
+        "--qat-delay",
+        type=float,
+        default=None,
+        help="qat-constant, qat-dynamic: fraction of the steps in floating point before QAT starts (default 0.25)",
+    )
     ap.add_argument("--teacher", type=Path, default=None, help="hwa/recipe: folder of the finished plain run")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: a new one under runs/fmnist/)")
     ap.add_argument("--overwrite", action="store_true", help="replace the files of an existing --out")
@@ -178,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
         overrides["noise"] = replace(recipe.noise, noise_scale=args.noise_scale)
     if args.train_sigma is not None:
         overrides["hardening"] = replace(recipe.hardening, train_sigma=args.train_sigma)
+    if args.qat_delay is not None:
+        base = overrides.get("hardening", recipe.hardening)
+        overrides["hardening"] = replace(base, qat_delay_fraction=args.qat_delay)
     recipe = replace(recipe, **overrides)
     teacher = None
     if recipe.mode.chip_in_loop:

@@ -66,6 +66,25 @@ def _onnx(run_dir: Path, model, recipe) -> None:
         T.export(model, recipe, run_dir)
 
 
+def training_record(run_dir: Path) -> dict[str, Any]:
+    """How a run was trained, for the page: architecture arguments, epochs, training images,
+    weights, seconds and final validation accuracy (from ``model.pt`` and ``result.json``)."""
+    from models import train_fmnist as T
+
+    _, recipe, kwargs = T.load_model(run_dir)
+    result = json.loads((Path(run_dir) / "result.json").read_text())
+    hist = result.get("history") or [{}]
+    return {
+        "arch_kwargs": kwargs,
+        "epochs": recipe.epochs,
+        "steps": hist[-1].get("steps"),
+        "n_weights": result.get("n_weights"),
+        "train_seconds": result.get("seconds"),
+        "val_fp": hist[-1].get("val_fp"),
+        "hardening": recipe.hardening.to_json() if recipe.hardening is not None else None,
+    }
+
+
 def evaluate_run(run_dir: Path, cfg: dict[str, Any], threads: int = 1) -> dict[str, Any]:
     """The raw result of one training run: clean test accuracy, the σ sweep, the chip table."""
     import torch
@@ -127,6 +146,8 @@ def collect(run_dirs: list[Path], out: Path, cfg: dict[str, Any], resume: bool, 
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(r) + "\n")
             tmp.replace(path)  # whole or not at all: a killed run leaves no half file
+        if "training" not in r:  # results cached before the record existed
+            r["training"] = training_record(run_dir)
         key = run_key(r["arch"], r["mode"], r["seed"])
         if key in raw:
             raise SystemExit(f"two runs of {key}: {raw[key]['run']} and {r['run']}; keep one under --runs")

@@ -122,6 +122,65 @@ def _ranking(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _training_table(doc: dict[str, Any]) -> list[str]:
+    """One row per arm: how its runs were trained (from each raw result's ``training`` record;
+    results without one, from before it existed, are left out)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in doc["raw"].values():
+        if r.get("training"):
+            groups.setdefault(f"{r['arch']}/{r['mode']}", []).append(r)
+    if not groups:
+        return []
+    lines = [
+        md_row(
+            [
+                "arch",
+                "training",
+                "seeds",
+                "layers (widths × blocks)",
+                "weights",
+                "epochs",
+                "steps",
+                "QAT delay",
+                "σ train",
+                "train s (mean)",
+                "val. acc. % (mean)",
+            ]
+        ),
+        md_row(["---"] * 3 + ["---"] + ["---:"] * 7),
+    ]
+    for arm in _ordered(groups):
+        rs = sorted(groups[arm], key=lambda r: r["seed"])
+        t = rs[0]["training"]
+        ak = t["arch_kwargs"] or {}
+        h = t.get("hardening") or {}
+        qat = "qat" in arm.split("/")[1]
+        lines.append(
+            md_row(
+                [
+                    *arm.split("/"),
+                    ", ".join(str(r["seed"]) for r in rs),
+                    f"{ak.get('widths', 'default')} × {ak.get('blocks', 'default')}",
+                    str(t["n_weights"]),
+                    str(t["epochs"]),
+                    str(t["steps"]),
+                    fixed(h.get("qat_delay_fraction", 0), 2) if qat else "–",
+                    fixed(h.get("train_sigma", 0), 2) if "noisy" in arm else "–",
+                    fixed(float(np.mean([r["training"]["train_seconds"] for r in rs])), 0),
+                    _pct(float(np.mean([r["training"]["val_fp"] for r in rs]))),
+                ]
+            )
+        )
+    return [
+        "## Training",
+        "",
+        "Validation split (carved from the training set); the test set is read only here.",
+        "",
+        *lines,
+        "",
+    ]
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The report page for the JSON document ``doc`` (``config`` and ``summary``)."""
     cfg = doc["config"]
@@ -138,6 +197,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"noise seeds; logistic fit in ln σ with chance {cfg['chance']} fixed. Chip: `{cfg['profile']}` profile, "
         f"{cfg['n_chips']} chips per model, ages 1 s … 10 y, GDC on and off (serving path).",
         "",
+        *_training_table(doc),
         "## Robustness midpoint µ",
         "",
         "µ: the σ at which accuracy has fallen halfway from its noise-free value to chance; arm µ = geometric "

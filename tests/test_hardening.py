@@ -37,6 +37,15 @@ def _raw(mode: str, seed: int, n: int = 300) -> dict:
         "fp_accuracy": 0.9,
         "sweep": Sweep(SIGMAS, (0, 1, 2), correct).to_json(),
         "chip": table,
+        "training": {
+            "arch_kwargs": {"widths": [8, 16, 32], "blocks": 1},
+            "epochs": 3,
+            "steps": 1290,
+            "n_weights": 18824,
+            "train_seconds": 100.0 + 10 * seed,
+            "val_fp": 0.85 + 0.01 * seed,
+            "hardening": {"train_sigma": 0.1, "qat_delay_fraction": 0.25},
+        },
     }
 
 
@@ -153,3 +162,18 @@ def test_pooled_mu_draws_only_from_successful_bootstrap_fits():
     assert pooled["mu"] == pytest.approx(2.0)  # geometric mean of 1 and 4
     assert all(np.isfinite(pooled["boot_log_mu"])) and 1.0 <= pooled["mu_ci"][0] <= pooled["mu_ci"][1] <= 4.0
     assert HSum.pooled_mu([{"mu": 1.0, "boot_mu": [math.nan]}], np.random.default_rng(0))["boot_log_mu"] == []
+
+
+def test_training_table_gives_each_arms_recipe_and_seed_means():
+    raw = {f"resnet-{m}-s{s}": _raw(m, s, n=10) for m in ("plain", "qat-constant") for s in (0, 1)}
+    from studies.hardening_report import _training_table
+
+    rows = [r for r in _training_table({"raw": raw}) if r.startswith("| resnet")]
+    # seeds 0 and 1: train seconds 100 and 110 → 105; validation 85 % and 86 % → 85.5
+    assert rows == [
+        "| resnet | plain | 0, 1 | [8, 16, 32] × 1 | 18824 | 3 | 1290 | – | – | 105 | 85.5 |",
+        "| resnet | qat-constant | 0, 1 | [8, 16, 32] × 1 | 18824 | 3 | 1290 | 0.25 | – | 105 | 85.5 |",
+    ]
+    for r in raw.values():
+        del r["training"]  # results from before the record: no table rather than a wrong one
+    assert _training_table({"raw": raw}) == []

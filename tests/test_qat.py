@@ -223,3 +223,36 @@ def test_a_hardening_run_resumes_to_the_same_weights(tmp_path, mode):
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
     assert set(a.state_dict()) == set(_tiny().state_dict())  # a plain model: QAT baked in and removed
+
+
+@pytest.mark.parametrize("scaling", [Q.QatScaling.CONSTANT, Q.QatScaling.DYNAMIC])
+def test_qat_arms_start_after_a_float_delay_and_calibrate_there(scaling):
+    # 8 steps at delay 0.25: steps 0–1 floating point, QAT from step 2; a constant scale is
+    # calibrated at step 2 on the model as it is then (not on the initial one) and then frozen
+    from models.hardening_arms import Arm, HardeningConfig
+
+    model, x_cal = _tiny(), _x(32, 1)
+    arm = Arm(model, HardeningConfig(qat_delay_fraction=0.25), scaling, False, x_cal, seed=0)
+    assert arm.switch_step(8) == 2
+    for step in (0, 1):
+        arm.before_step(step, 8)
+        assert not any(bool(q.enabled) for q in arm.quantizers)
+    first = next(m for _, m in H.analog_layers(model)).parametrizations.weight.original
+    with torch.no_grad():  # the model moves during the float phase: scales must follow it
+        first.mul_(3.0)
+    arm.before_step(2, 8)
+    assert all(bool(q.enabled) for q in arm.quantizers)
+    if scaling is Q.QatScaling.CONSTANT:
+        assert float(arm.quantizers[0].weight_scale) == pytest.approx(float(first.detach().abs().max()), rel=1e-6)
+        frozen = [q.state_dict() for q in arm.quantizers]
+        arm.before_step(3, 8)
+        model(x_cal[:4])
+        for before, q in zip(frozen, arm.quantizers, strict=True):
+            assert all(torch.equal(v, q.state_dict()[k]) for k, v in before.items())
+
+
+def test_recipes_saved_before_the_qat_delay_load_without_one():
+    d = T.default_recipe("resnet", T.TrainMode.QAT_CONSTANT).to_json()
+    assert T.FmnistRecipe.from_json(d).hardening.qat_delay_fraction == 0.25
+    d["hardening"].pop("qat_delay_fraction")
+    assert T.FmnistRecipe.from_json(d).hardening.qat_delay_fraction == 0.0
