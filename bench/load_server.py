@@ -65,11 +65,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(zoo: Path, state: Path, extra_env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_server(zoo: Path, state: Path, extra_env: dict[str, str], repo: Path = REPO) -> tuple[subprocess.Popen, str]:
+    """``python -m service`` from the source tree ``repo`` (default: this one), and its URL once ready."""
     import httpx
 
     port = free_port()
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    pythonpath = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)
     env = {
         **os.environ,
         "PYTHONPATH": pythonpath,
@@ -82,7 +83,7 @@ def start_server(zoo: Path, state: Path, extra_env: dict[str, str]) -> tuple[sub
         **extra_env,
     }
     log = open(state.parent / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -37,6 +37,7 @@ from service.middleware import ServiceMiddleware
 from service.registry import Registry
 from service.replica import follow_writer
 from service.routes import chips, docs, fleets, infer, oip, ops, recalibration
+from service.routes.hot import hot_routes
 from service.settings import Settings
 
 #: In the order they are matched (and listed in the OpenAPI document).
@@ -84,6 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=_lifespan,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's OpenTelemetry hooks look up the global providers and environment on every
+        # request (seen in a profile); the service exports Prometheus metrics instead
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )  # service.routes.docs serves both offline
     app.state.settings = settings
     app.state.registry = registry
@@ -112,7 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def add_routers(app: FastAPI) -> None:
     """The routes of every router, in the app's own route table: FastAPI matches an included
     router as a nested layer on every request, and the middleware labels requests refused
-    before routing by the template of an app-level route."""
+    before routing by the template of an app-level route. The inference routes' hot path
+    (:mod:`service.routes.hot`) comes first."""
+    app.router.routes.extend(hot_routes())
     for router in ROUTERS:
         app.router.routes.extend(router.routes)
 
