@@ -13,7 +13,8 @@ parent wrote (torch is never imported there):
 - the first request at a new age (1 day; batch 1): building the serving runtime and the first
   inference, then a second new age (1 year) on the built runtime, and the peak RSS of that step
   (``VmHWM`` reset through ``/proc/self/clear_refs`` after programming), in bytes per analog
-  weight over the RSS before programming (target <= 40 B/weight), with the weight binding the
+  weight over the RSS before programming (target <= 40 B/weight), and over the RSS just before
+  the read-out (the chip programmed: what ``service.memory.BYTES_PER_WEIGHT`` estimates), with the weight binding the
   runtime chose (``initializers`` up to ``chipsim.runtime.INITIALIZERS_MAX_BYTES``, else ``inputs``);
 - throughput at batch 1 and 8, 1 thread each: the chip on 'pcm' at a fixed age (fresh per-MVM noise,
   read-out cached: the runtime's cache is made large enough for one read-out whatever the model)
@@ -149,6 +150,7 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float, first_age_onl
             chip_bytes = store.disk_bytes(chip.chip_id)
         store_bytes = sum(p.stat().st_size for p in Path(tmp).rglob("*") if p.is_file())
     reset = _reset_hwm()
+    rss_before_readout = _rss_bytes()  # what the service's memory guard sees as resident
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal([1, *shape]).astype(np.float32)
     t0 = time.perf_counter()
@@ -177,6 +179,7 @@ def child(path: Path, shape: list[int], rounds: int, min_s: float, first_age_onl
         "runtime_build_s": runtime_s,
         "first_request_new_age_s": first_day_s,
         "peak_rss_first_new_age_bytes": peak_first_age,
+        "rss_before_first_new_age_bytes": rss_before_readout,
     }
     if first_age_only:
         return {**first, "first_age_only": True, "peak_rss_process_bytes": _hwm_bytes(), "throughput": {}}

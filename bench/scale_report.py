@@ -25,6 +25,15 @@ def _per_weight(m: dict) -> str:
     return f"{per:.0f}{_mark(per, TARGET_FIRST_B_PER_WEIGHT)}"
 
 
+def _readout_per_weight(m: dict) -> str:
+    """Peak RSS at the first new age over the RSS just before it (the chip programmed), bytes per
+    analog weight: the read-out's own increment, which ``service.memory.readout_cost`` estimates."""
+    before = m.get("rss_before_first_new_age_bytes")
+    if before is None or m["peak_rss_first_new_age_bytes"] is None:
+        return "n/a"
+    return f"{(m['peak_rss_first_new_age_bytes'] - before) / m['weights']:.1f}"
+
+
 def _cpu_ns(m: dict) -> str:
     """Programming's CPU time per weight: on a host shared with other jobs, what an idle core would take."""
     cpu = m.get("cpu_ns_per_weight")
@@ -66,8 +75,8 @@ def markdown(data: dict) -> str:
         "| model | weights | program (s) | ns/weight | CPU ns/weight | peak RSS program (GiB) | chip files (GiB) | peak/chip files | "
         "(peak − RSS before)/chip files | store (GiB) | peak/store | binding | runtime build (s) | "
         "first request, new age (s) | 2nd new age (s) | peak RSS 1st new age (GiB) | B/weight | "
-        "peak RSS through 2nd new age (GiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "read-out B/weight | peak RSS through 2nd new age (GiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in data["models"]:
         pf = m.get("peak_rss_first_requests_bytes")
@@ -81,7 +90,7 @@ def markdown(data: dict) -> str:
             f"{m['store_disk_bytes'] / gb:.2f} | {m['peak_over_disk']:.2f} | {m.get('binding', 'n/a')} | "
             f"{m['runtime_build_s']:.2f} | "
             f"{m['first_request_new_age_s']:.2f} | {_seconds(m.get('second_new_age_s'))} | "
-            f"{_gib(m['peak_rss_first_new_age_bytes'])} | {_per_weight(m)} | {_gib(pf)} |"
+            f"{_gib(m['peak_rss_first_new_age_bytes'])} | {_per_weight(m)} | {_readout_per_weight(m)} | {_gib(pf)} |"
         )
     lines += [
         "",
@@ -92,7 +101,9 @@ def markdown(data: dict) -> str:
         "shared blobs: the model and its target weights). ns/weight is wall time; CPU ns/weight the "
         "process's CPU time while programming (on a host shared with other jobs, wall time also "
         "counts the waits for a core). B/weight: peak RSS at the first request at a new age minus "
-        "the RSS before programming, per analog weight (the chip's state included). 'not run': a "
+        "the RSS before programming, per analog weight (the chip's state included); read-out B/weight: "
+        "over the RSS just before the first request instead (the chip programmed; n/a: not recorded "
+        "by the run that measured the row). 'not run': a "
         f"model above {data.get('first_age_only_above', 0) / 1e6:.0f}M weights stops after its first "
         "new age (no second age, no throughput session: see the module docstring).",
         *_archive_notes(data["models"]),
