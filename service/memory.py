@@ -8,7 +8,9 @@ resident size, plus the read-outs being computed, plus this one's estimated cost
 (the evaluation runtimes), then refuses with :class:`~service.problems.Unavailable` and a
 ``Retry-After``. Read-outs already cached are always served: they cost nothing new.
 
-The estimate is per analog weight, measured (``BYTES_PER_WEIGHT``). The runtime's cache charges
+The estimate is the read-out's own increment over the resident size the check already reads (the
+chip's state, 12-15 B/weight, is in it): a fixed part plus a part per analog weight, measured
+(``FIXED_BYTES``, ``BYTES_PER_WEIGHT``). The runtime's cache charges
 an entry with a session 2.3x its arrays (``chipsim.runtime.SESSION_CHARGE``, calibrated on the
 same measurement), so its per-chip bounds (``AGEDCHIP_CACHE_BYTES``) cover sessions too; when the
 budget is short the registry evicts every chip's cached read-outs but its newest.
@@ -28,11 +30,31 @@ from service.problems import Unavailable
 #: The default budget's share of the memory limit: the rest is headroom for what the check does
 #: not see (parsed request bodies, a batch's activations, a chip being compiled and programmed).
 DEFAULT_BUDGET_SHARE = 0.75
-#: Resident bytes added per analog weight by one read-out at a new age, by weight binding: the
-#: largest measured, rounded up. ``python -m bench.serving_costs`` (bench/results/serving_costs.md;
-#: a 2000×2000 MatMul on 'pcm', 1-4 new ages, batch 1 and 1024): initializers 57.6-77.4 B,
-#: inputs 17.2-35.4 B (the runtime's cache charged 49-62 % of the former before SESSION_CHARGE).
-BYTES_PER_WEIGHT = {"initializers": 80, "inputs": 36}
+#: Measured increments are multiplied by this before they become the estimate. Not for noise:
+#: repeated runs agree within 0.1 % (resnet18 and the 10M MLP's peaks at the first new age,
+#: bench/results/scale.json at d71d6fb and now). For what the rows do not vary: they are batch
+#: 1, and ``python -m bench.serving_costs``'s 4M-weight chip grew 14 % more at batch 1024 than at
+#: batch 1 on its first new age (32.6 vs 28.5 B/weight, 'inputs').
+SAFETY_MARGIN = 1.15
+#: Peak resident bytes one read-out at a new age adds over the RSS just before it, by weight
+#: binding: ``FIXED_BYTES[b] + BYTES_PER_WEIGHT[b]`` × analog weights.
+#: 'inputs': ``python -m bench.scale`` (bench/results/scale.json, batch 1, 'pcm'; peak RSS at the
+#: first new age minus the RSS just before it): resnet18 24.5 B/weight (286 MB), 10M MLP 20.8
+#: (208 MB), 100M MLP 20.3 (2.03 GB); for the 250M and 500M MLPs, which predate that column,
+#: peak minus (RSS before programming + 12 B/weight: the chip's devices and float32 target
+#: weights; the three rows above grew 12.3-14.7 B/weight while programming) bounds it: 20.3 and
+#: 20.3 B/weight. Slope: the largest of the 100M-500M rows (20.3 B) × SAFETY_MARGIN → 24 B; fixed
+#: part: what the rows need beyond it, resnet18's 286 − 20.3 × 11.7M = 49 MB, × SAFETY_MARGIN
+#: → 64 MiB.
+#: tests/test_memory_estimate.py checks every row against it. It also covers the 4M-weight chip
+#: of ``python -m bench.serving_costs``: 163 MB, over its largest growth per new age, 142 MB
+#: (35.4 B/weight, batch 1024).
+#: 'initializers' (a session per age; no scale.json row binds so: ``python -m
+#: bench.serving_costs``, a 2000×2000 MatMul, 1-4 new ages, batch 1 and 1024): the largest RSS
+#: growth, 57.6-77.4 B/weight, rounded up (the runtime's cache charged 49-62 % of it before
+#: SESSION_CHARGE).
+BYTES_PER_WEIGHT = {"initializers": 80, "inputs": 24}
+FIXED_BYTES = {"initializers": 0, "inputs": 64 << 20}
 #: Suggested wait when refused: memory frees when requests in flight finish and evaluation
 #: runtimes are dropped, which is a matter of seconds.
 RETRY_AFTER_S = 5.0
@@ -72,9 +94,12 @@ def memory_limit() -> int:
 
 
 def readout_cost(n_weights: int, binding: str) -> int:
-    """Estimated resident bytes of one read-out at a new age of a chip of ``n_weights`` analog
-    weights, in a runtime with weight ``binding`` ('initializers' or 'inputs')."""
-    return int(n_weights) * BYTES_PER_WEIGHT.get(binding, max(BYTES_PER_WEIGHT.values()))
+    """Estimated peak bytes one read-out at a new age of a chip of ``n_weights`` analog weights
+    adds to the process's resident size (the chip already in it), in a runtime with weight
+    ``binding`` ('initializers' or 'inputs'; another: the larger of both)."""
+    if binding not in BYTES_PER_WEIGHT:
+        return max(readout_cost(n_weights, b) for b in BYTES_PER_WEIGHT)
+    return FIXED_BYTES[binding] + int(n_weights) * BYTES_PER_WEIGHT[binding]
 
 
 class MemoryGuard:

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.background import Refresher, pause_s
-from service.memory import BYTES_PER_WEIGHT, readout_cost
+from service.memory import BYTES_PER_WEIGHT, FIXED_BYTES, readout_cost
 from service.settings import Settings
 from tests.service_helpers import err, make_settings, tiny_model, x_batch
 
@@ -60,7 +60,8 @@ def test_a_chip_over_initializers_max_bytes_is_served_with_weights_as_inputs(tmp
         rt = c.app.state.registry.get("default").runtime
         assert rt.requested_binding == "initializers" and rt.binding == "inputs"
         n = c.app.state.registry.get("default").chip.n_weights
-        assert readout_cost(n, rt.binding) == n * BYTES_PER_WEIGHT["inputs"]  # the memory guard's estimate
+        # the memory guard's estimate
+        assert readout_cost(n, rt.binding) == FIXED_BYTES["inputs"] + n * BYTES_PER_WEIGHT["inputs"]
     with TestClient(create_app(make_settings(tmp_path / "b", zoo))) as c:
         again = c.post("/infer", json={"chip_id": "default", "inputs": x_batch(2), "age": "1d", "seed": 1})
         assert c.app.state.registry.get("default").runtime.binding == "initializers"
