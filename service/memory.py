@@ -31,10 +31,10 @@ from service.problems import Unavailable
 #: not see (parsed request bodies, a batch's activations, a chip being compiled and programmed).
 DEFAULT_BUDGET_SHARE = 0.75
 #: Measured increments are multiplied by this before they become the estimate. Not for noise:
-#: repeated runs agree within 0.1 % (resnet18 and the 10M MLP's peaks at the first new age,
-#: bench/results/scale.json at d71d6fb and now). For what the rows do not vary: they are batch
-#: 1, and ``python -m bench.serving_costs``'s 4M-weight chip grew 14 % more at batch 1024 than at
-#: batch 1 on its first new age (32.6 vs 28.5 B/weight, 'inputs').
+#: repeated runs agree within 0.1 % (the peaks at the first new age of resnet18, the 10M and
+#: 100M MLPs, bench/results/scale.json at d71d6fb and now). For what the rows do not vary: they
+#: are batch 1, and ``python -m bench.serving_costs``'s 4M-weight chip grew 14 % more at batch
+#: 1024 than at batch 1 on its first new age (32.6 vs 28.5 B/weight, 'inputs').
 SAFETY_MARGIN = 1.15
 #: Peak resident bytes one read-out at a new age adds over the RSS just before it, by weight
 #: binding: ``FIXED_BYTES[b] + BYTES_PER_WEIGHT[b]`` × analog weights.
