@@ -174,7 +174,8 @@ def _training_table(doc: dict[str, Any]) -> list[str]:
     return [
         "## Training",
         "",
-        "Validation split (carved from the training set); the test set is read only here.",
+        "Validation accuracy on the split carved from the training set (the test set is read only by this report). "
+        "train s: wall seconds of the training process on the host it ran on; a resumed run counts only its last process.",
         "",
         *lines,
         "",
