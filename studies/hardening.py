@@ -139,15 +139,16 @@ def collect(run_dirs: list[Path], out: Path, cfg: dict[str, Any], resume: bool, 
         r = json.loads(path.read_text()) if resume and path.is_file() else None
         if r is None or r["run"] != str(run_dir):
             r = previous.get(str(run_dir))
-        if r is None or r["eval"] != cfg or r["run"] != str(run_dir):
+        stale = r is None or r["eval"] != cfg or r["run"] != str(run_dir)
+        if stale:
             t0 = time.perf_counter()
             r = evaluate_run(run_dir, cfg, threads)
             r["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        if stale or "training" not in r:  # results cached before the record existed gain it once
+            r.setdefault("training", training_record(run_dir))
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(r) + "\n")
             tmp.replace(path)  # whole or not at all: a killed run leaves no half file
-        if "training" not in r:  # results cached before the record existed
-            r["training"] = training_record(run_dir)
         key = run_key(r["arch"], r["mode"], r["seed"])
         if key in raw:
             raise SystemExit(f"two runs of {key}: {raw[key]['run']} and {r['run']}; keep one under --runs")
