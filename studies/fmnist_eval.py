@@ -18,7 +18,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,9 @@ class TrainedModel:
     onnx_path: Path
     digest: str
     clip_sigma: float | None = None
+    #: ``model.pt`` of a copy of the same ONNX file found elsewhere (e.g. the zoo's file and its
+    #: training run's folder), when none lies beside ``onnx_path``
+    torch_file: Path | None = None
 
     @property
     def key(self) -> str:
@@ -61,9 +64,9 @@ class TrainedModel:
 
     @property
     def torch_path(self) -> Path | None:
-        """``model.pt`` beside the ONNX file (the µ study needs it), if there."""
+        """``model.pt`` beside the ONNX file or beside a copy of it (the µ study needs it), if there."""
         p = self.onnx_path.parent / "model.pt"
-        return p if p.is_file() else None
+        return p if p.is_file() else self.torch_file
 
 
 def _read_model(path: Path) -> TrainedModel | None:
@@ -91,7 +94,9 @@ def find_models(paths: Sequence[Path], archs: Sequence[str] | None = None) -> li
     """Fashion-MNIST models (ONNX with ``agedchip.dataset`` = Fashion-MNIST and an
     ``agedchip.recipe`` naming arch, mode and seed) under ``paths`` (files or
     folders, searched recursively), one per (arch, mode, seed), sorted. The same file found twice
-    counts once; two different files for one (arch, mode, seed) raise ``ValueError`` naming them."""
+    counts once, under the path found first (list the zoo first to report the committed files) and
+    with the ``model.pt`` of any of its copies; two different files for one (arch, mode, seed) raise
+    ``ValueError`` naming them."""
     found: dict[str, TrainedModel] = {}
     for root in paths:
         root = Path(root)
@@ -105,7 +110,10 @@ def find_models(paths: Sequence[Path], archs: Sequence[str] | None = None) -> li
                 raise ValueError(
                     f"two models for {m.key}: {old.onnx_path} and {m.onnx_path}; pass --models to pick one"
                 )
-            found[m.key] = m
+            if old is None:
+                found[m.key] = m
+            elif old.torch_path is None and m.torch_path is not None:
+                found[m.key] = replace(old, torch_file=m.torch_path)
     return sorted(found.values(), key=lambda m: (m.arch, m.mode, m.seed))
 
 

@@ -153,6 +153,20 @@ def test_models_are_found_by_their_metadata(tmp_path):
         E.find_models([tmp_path])
 
 
+def test_a_copy_keeps_the_first_path_and_lends_its_model_pt(tmp_path):
+    # the zoo holds the ONNX file alone; its training run's folder holds the same bytes and model.pt
+    _tiny_model(tmp_path / "zoo", "plain", 0)
+    _tiny_model(tmp_path / "run", "plain", 0)
+    (tmp_path / "run" / "model.pt").write_bytes(b"state")
+    ms = E.find_models([tmp_path / "zoo", tmp_path / "run"])
+    assert len(ms) == 1
+    assert ms[0].onnx_path == tmp_path / "zoo" / "resnet-fmnist-plain.onnx"
+    assert ms[0].torch_path == tmp_path / "run" / "model.pt"
+    # listed the other way round, the run's own path and model.pt
+    ms = E.find_models([tmp_path / "run", tmp_path / "zoo"])
+    assert ms[0].onnx_path.parent == tmp_path / "run" and ms[0].torch_path == tmp_path / "run" / "model.pt"
+
+
 def test_cache_resumes_without_recomputing(tmp_path, monkeypatch):
     from models import fmnist_data as D
 
