@@ -10,6 +10,7 @@ from models import fmnist_models as FM
 from models import hwa as H
 from models.hardening_arms import HardeningConfig
 from models.qat import QatScaling
+from models.torch_chip import GradientMode
 
 
 class Optimizer(StrEnum):
@@ -119,6 +120,10 @@ DEFAULTS: dict[str, FmnistRecipe] = {
     "vit": FmnistRecipe("vit", epochs=40, optimizer=Optimizer.ADAMW, lr=1e-3, weight_decay=0.05, warmup_epochs=2),
     "lstm": FmnistRecipe("lstm", epochs=30, optimizer=Optimizer.ADAMW, lr=2e-3, weight_decay=1e-4, grad_clip=1.0),
 }
+#: The gradients a chip-in-the-loop run can train with (``--gradient``): the extended STE (the
+#: default) and autograd through the noise model. ``THROUGH_CHIP`` is a diagnostic that gives the
+#: learned DAC ranges no gradient, so it is no training option.
+TRAINING_GRADIENTS: tuple[GradientMode, ...] = (GradientMode.STE, GradientMode.THROUGH_NOISE)
 #: HWA and its control fine-tune the plain model at a tenth of its rate for a third of its epochs.
 CHIP_LR_FACTOR = 0.1
 CHIP_EPOCH_FRACTION = 1 / 3

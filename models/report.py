@@ -1,8 +1,9 @@
-"""``python -m models.report [--suite digits|fmnist|hardening] [...]``: the accuracy studies, one command.
+"""``python -m models.report [--suite digits|fmnist|fmnist-ste|hardening] [...]``: the accuracy studies, one command.
 
 ``--suite digits`` (default; kept for existing commands) runs ``python -m studies.accuracy``, the
 zoo's digits models; ``--suite fmnist`` runs ``python -m studies.fmnist_study``, the
-Fashion-MNIST study of issue #12; ``--suite hardening`` runs ``python -m studies.hardening``,
+Fashion-MNIST study of issue #12; ``--suite fmnist-ste`` runs ``python -m studies.fmnist_ste``,
+its extended-STE cost comparison; ``--suite hardening`` runs ``python -m studies.hardening``,
 the hardening study of issue #18. Every other argument is forwarded unchanged.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-SUITES = ("digits", "fmnist", "hardening")
+SUITES = ("digits", "fmnist", "fmnist-ste", "hardening")
 
 
 def split_suite(argv: list[str]) -> tuple[str, list[str]]:
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     suite, rest = split_suite(sys.argv[1:] if argv is None else argv)
     if suite == "fmnist":
         from studies.fmnist_study import main as run
+    elif suite == "fmnist-ste":
+        from studies.fmnist_ste import main as run
     elif suite == "hardening":
         from studies.hardening import main as run
     else:

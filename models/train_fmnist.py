@@ -21,6 +21,10 @@ Modes (:class:`TrainMode`):
             the hardening study's arms (issue #18, :mod:`models.hardening_arms`): from scratch
             on the plain recipe, with quantisation-aware training and/or activation noise.
 
+``--gradient`` (hwa, recipe; :data:`~models.fmnist_recipe.TRAINING_GRADIENTS`) picks the noisy
+forward's gradient: ``ste`` (default, the extended straight-through estimator) or ``through``
+(autograd through the noise model); it is recorded in the recipe (``noise.mode``).
+
 Every choice is made on the validation split (:mod:`models.fmnist_data`); this command never
 reads the test set. Each epoch appends a line to ``history.jsonl`` (loss, validation accuracy,
 seconds) and saves ``checkpoint.pt`` (``--resume`` continues from it). At the end: ``model.pt``
@@ -44,8 +48,16 @@ from torch import nn
 
 from models import fmnist_data as D
 from models import fmnist_models as FM
-from models.fmnist_recipe import DEFAULTS, FmnistRecipe, TrainMode, default_recipe, model_name
+from models.fmnist_recipe import (
+    DEFAULTS,
+    TRAINING_GRADIENTS,
+    FmnistRecipe,
+    TrainMode,
+    default_recipe,
+    model_name,
+)
 from models.fmnist_training import Run, train
+from models.torch_chip import GradientMode
 
 #: Default home of training runs: ``runs/`` at the repository root (git-ignored).
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs" / "fmnist"
@@ -122,6 +134,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--noise-scale", type=float, default=None, help="HWA: × the chip's noise (default 1.5)")
     ap.add_argument(
+        "--gradient",
+        type=GradientMode,
+        choices=list(TRAINING_GRADIENTS),
+        default=None,
+        help="hwa/recipe: the noisy forward's gradient (default ste, the extended straight-through estimator)",
+    )
+    ap.add_argument(
         "--train-sigma", type=float, default=None, help="noisy, noisy-then-qat: activation noise σ (default 0.1)"
     )
     ap.add_argument(
@@ -182,6 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.noise_scale is not None:
         overrides["noise"] = replace(recipe.noise, noise_scale=args.noise_scale)
+    if args.gradient is not None:
+        if not recipe.mode.chip_in_loop:
+            raise SystemExit(
+                f"--gradient applies to the chip-in-the-loop modes (hwa, recipe), not --mode {recipe.mode}"
+            )
+        overrides["noise"] = replace(overrides.get("noise", recipe.noise), mode=args.gradient)
     if args.train_sigma is not None:
         overrides["hardening"] = replace(recipe.hardening, train_sigma=args.train_sigma)
     if args.qat_delay is not None:
