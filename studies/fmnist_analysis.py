@@ -16,7 +16,7 @@ Definitions (all accuracies on the Fashion-MNIST test images, chip = serving pat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -156,26 +156,40 @@ def targets(rows: list[dict], gaps: list[dict], arch: str = "resnet") -> list[di
     return out
 
 
+def _analyse_arch(
+    models: Sequence[TrainedModel], cells: dict, fp: dict, n_chips: int, ages, arms, n_boot: int, seed: int
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(fp rows, chip rows, gaps) of one architecture's models, on its own bootstrap replicates."""
+    n_images = fp[models[0].key].shape[0]
+    rep = draw(n_images, n_chips, sorted({m.seed for m in models}), n_boot, np.random.default_rng(seed))
+    fps, chips, seeds = _estimates(models, cells, fp, ages, arms, rep)
+    fp_rows, rows = _rows(fps, chips, seeds)
+    return fp_rows, rows, _gaps(fps, chips, [models[0].arch], ages, arms)
+
+
 def analyse(
     models: Sequence[TrainedModel],
     cells: dict,
     fp: dict[str, np.ndarray],
-    chips_used: Sequence[int],
+    chips_used: Mapping[str, Sequence[int]],
     ages: Sequence[str],
     arms: Sequence[str],
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """The study's tables as JSON-able data (``rows``, ``fp``, ``gaps``, ``targets``)."""
-    if not chips_used:
-        return {"fp": [], "rows": [], "gaps": [], "targets": targets([], []), "n_boot": n_boot}
-    n_images = next(iter(fp.values())).shape[0]
-    all_seeds = sorted({m.seed for m in models})
-    rep = draw(n_images, len(chips_used), all_seeds, n_boot, np.random.default_rng(seed))
-    fps, chips, seeds = _estimates(models, cells, fp, ages, arms, rep)
-    fp_rows, rows = _rows(fps, chips, seeds)
-    archs = sorted({m.arch for m in models})
-    gaps = _gaps(fps, chips, archs, ages, arms)
+    """The study's tables as JSON-able data (``rows``, ``fp``, ``gaps``, ``targets``). Every
+    comparison stays within one architecture, so each architecture is bootstrapped over its own
+    complete chips (``chips_used[arch]``; an architecture without any is left out), with the same
+    bootstrap ``seed``."""
+    fp_rows, rows, gaps = [], [], []
+    for arch in sorted({m.arch for m in models}):
+        ms = [m for m in models if m.arch == arch]
+        if not chips_used.get(arch):
+            continue
+        f, r, g = _analyse_arch(ms, cells, fp, len(chips_used[arch]), ages, arms, n_boot, seed)
+        fp_rows += f
+        rows += r
+        gaps += g
     return {
         "fp": fp_rows,
         "rows": rows,

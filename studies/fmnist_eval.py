@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -174,11 +174,20 @@ def chip_correct(runtime, x: np.ndarray, y: np.ndarray, chip: int, age_s: float,
     return np.concatenate(hits)
 
 
+#: Chip instances per model: one count for every architecture, or a count per architecture.
+ChipCounts = int | Mapping[str, int]
+
+
+def chips_for(chips: ChipCounts, arch: str) -> int:
+    """How many chip instances ``arch``'s models get under ``chips``."""
+    return chips if isinstance(chips, int) else chips[arch]
+
+
 def missing_cells(
     store: CellStore,
     models: Sequence[TrainedModel],
     arms: Sequence[str],
-    chips: int,
+    chips: ChipCounts,
     ages: Sequence[str],
     shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[int, TrainedModel, str, list[tuple[str, str]]]]:
@@ -186,8 +195,11 @@ def missing_cells(
     before any gets chip 1, so a stopped run leaves comparable data), ages by :data:`AGE_PRIORITY`.
     ``shard = (i, n)``: only chips ``k`` with ``k % n == i`` (n processes share the work)."""
     order = [a for a in AGE_PRIORITY if a in ages] + [a for a in ages if a not in AGE_PRIORITY]
-    for chip in range(shard[0], chips, shard[1]):
+    most = max((chips_for(chips, m.arch) for m in models), default=0)
+    for chip in range(shard[0], most, shard[1]):
         for m in models:
+            if chip >= chips_for(chips, m.arch):
+                continue
             for arm in arms:
                 todo = [(a, g) for a in order for g in GDC_KEYS if not store.path(m, arm, chip, a, g).is_file()]
                 if todo:
@@ -207,7 +219,7 @@ def evaluate(
     store: CellStore,
     models: Sequence[TrainedModel],
     arms: Sequence[str],
-    chips: int,
+    chips: ChipCounts,
     ages: Sequence[str],
     threads: int = 1,
     budget_s: float | None = None,
@@ -255,19 +267,31 @@ def evaluate(
 
 
 def load_cells(
-    store: CellStore, models: Sequence[TrainedModel], arms: Sequence[str], chips: int, ages: Sequence[str]
-) -> tuple[dict, dict[str, np.ndarray], list[int]]:
-    """({(model key, arm, age, gdc): bool (K, N)}, {model key: fp bool (N,)}, chips used): the
-    chips used are those whose every cell of every model and arm is cached (complete chips), so
-    that every comparison is paired over the same chip instances."""
-    complete = [
-        k
-        for k in range(chips)
-        if all(store.path(m, a, k, age, g).is_file() for m in models for a in arms for age in ages for g in GDC_KEYS)
-    ]
+    store: CellStore, models: Sequence[TrainedModel], arms: Sequence[str], chips: ChipCounts, ages: Sequence[str]
+) -> tuple[dict, dict[str, np.ndarray], dict[str, list[int]]]:
+    """({(model key, arm, age, gdc): bool (K, N)}, {model key: fp bool (N,)}, {arch: chips used}):
+    an architecture's chips used are those whose every cell of every model of that architecture
+    and every arm is cached (complete chips), so that every comparison, which stays within one
+    architecture, is paired over the same chip instances."""
+    archs = sorted({m.arch for m in models})
+    used = {
+        arch: [
+            k
+            for k in range(chips_for(chips, arch))
+            if all(
+                store.path(m, a, k, age, g).is_file()
+                for m in models
+                if m.arch == arch
+                for a in arms
+                for age in ages
+                for g in GDC_KEYS
+            )
+        ]
+        for arch in archs
+    }
     cells = {
-        (m.key, a, age, g): np.stack([store.load(store.path(m, a, k, age, g)) for k in complete])
-        if complete
+        (m.key, a, age, g): np.stack([store.load(store.path(m, a, k, age, g)) for k in used[m.arch]])
+        if used[m.arch]
         else np.zeros((0, store.n_images), bool)
         for m in models
         for a in arms
@@ -275,4 +299,4 @@ def load_cells(
         for g in GDC_KEYS
     }
     fp = {m.key: store.load(store.fp_path(m)) for m in models if store.fp_path(m).is_file()}
-    return cells, fp, complete
+    return cells, fp, used

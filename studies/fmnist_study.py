@@ -57,6 +57,28 @@ def shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def arch_chips(text: str) -> tuple[str, int]:
+    """``lstm=10`` → ("lstm", 10), the count ≥ 1."""
+    arch, _, n = text.partition("=")
+    try:
+        count = int(n)
+    except ValueError:
+        count = 0
+    if not arch or count < 1:
+        raise argparse.ArgumentTypeError(f"--arch-chips {text!r}: expected ARCH=N with N >= 1, e.g. resnet=3")
+    return arch, count
+
+
+def chip_counts(models, default: int, overrides: list[tuple[str, int]] | None) -> dict[str, int]:
+    """Chip instances per architecture of ``models``: ``default`` unless ``overrides`` names it."""
+    given = dict(overrides or [])
+    archs = {m.arch for m in models}
+    unknown = sorted(set(given) - archs)
+    if unknown:
+        raise SystemExit(f"--arch-chips names {unknown}, not among the models' architectures {sorted(archs)}")
+    return {a: given.get(a, default) for a in sorted(archs)}
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m studies.fmnist_study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--archs", nargs="+", default=None, help="only these architectures")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="column scaling arms")
     ap.add_argument("--chips", type=int, default=10, help="chip instances per model (default 10)")
+    ap.add_argument(
+        "--arch-chips",
+        nargs="+",
+        type=arch_chips,
+        default=None,
+        metavar="ARCH=N",
+        help="another chip count for an architecture's models, e.g. resnet=3 (its cells cost more)",
+    )
     ap.add_argument("--ages", nargs="+", type=age_label, default=list(AGE_SCHEDULE), help="e.g. 1d 1y (default all)")
     ap.add_argument("--limit-images", type=int, default=N_TEST, help="first N test images (default all 10 000)")
     ap.add_argument("--cache", type=Path, default=CACHE_DIR, help=f"cell cache (default {CACHE_DIR})")
@@ -101,12 +131,11 @@ def run(args: argparse.Namespace, command: str) -> dict:
     models = find_models(args.models, args.archs)
     if not models:
         raise SystemExit(f"no Fashion-MNIST models (ONNX with agedchip.recipe metadata) under {args.models}")
+    chips = chip_counts(models, args.chips, args.arch_chips)
     store = CellStore(args.cache, args.profile, args.limit_images)
     budget = None if args.budget_min is None else 60 * args.budget_min
-    log = evaluate(
-        store, models, args.arms, args.chips, args.ages, args.threads, budget, not args.no_progress, args.shard
-    )
-    cells, fp, used = load_cells(store, models, args.arms, args.chips, args.ages)
+    log = evaluate(store, models, args.arms, chips, args.ages, args.threads, budget, not args.no_progress, args.shard)
+    cells, fp, used = load_cells(store, models, args.arms, chips, args.ages)
     analysis = analyse(models, cells, fp, used, args.ages, args.arms, args.boot)
     mu = None
     if not args.skip_mu:
@@ -121,7 +150,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "demonstration": args.demonstration,
         "profile": args.profile,
         "n_images": args.limit_images,
-        "chips": args.chips,
+        "chips": chips,
         "chips_used": used,
         "ages": args.ages,
         "arms": args.arms,

@@ -52,7 +52,8 @@ def chip_accuracies(
         raise ValueError(f"{run_dir}: expected one exported model (ONNX with agedchip.recipe), found {len(models)}")
     store, arm, ages = CellStore(Path(cache), profile, n_images), str(ColumnScaling.MAX), list(AGE_SCHEDULE)
     evaluate(store, models, [arm], n_chips, ages, threads=threads, progress=False)
-    cells, _, complete = load_cells(store, models, [arm], n_chips, ages)
+    cells, _, used = load_cells(store, models, [arm], n_chips, ages)
+    complete = used[models[0].arch]
     if len(complete) != n_chips:
         raise RuntimeError(f"{run_dir}: {len(complete)} of {n_chips} chips evaluated")
     key = models[0].key

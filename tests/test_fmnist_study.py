@@ -179,7 +179,7 @@ def test_cache_resumes_without_recomputing(tmp_path, monkeypatch):
     first = E.evaluate(store, models, ["max", "caws"], 2, ages, progress=False)
     assert first.computed == 2 * 2 * 2 * 2 and first.left == 0  # arms × chips × ages × GDC
     cells, fp, used = E.load_cells(store, models, ["max", "caws"], 2, ages)
-    assert used == [0, 1] and cells[("resnet-plain-s0", "caws", "1 y", "off")].shape == (2, 40)
+    assert used == {"resnet": [0, 1]} and cells[("resnet-plain-s0", "caws", "1 y", "off")].shape == (2, 40)
     assert fp["resnet-plain-s0"].shape == (40,)
 
     def refuse(*a, **k):
@@ -230,6 +230,29 @@ def test_shards_split_the_chips(tmp_path):
     chips = [c for c, *_ in E.missing_cells(store, [m], ["max"], 7, ["1 d"], shard=(1, 3))]
     assert chips == [1, 4]
     assert [c for c, *_ in E.missing_cells(store, [m], ["max"], 3, ["1 d"])] == [0, 1, 2]
+
+
+def test_each_architecture_gets_its_own_chip_count(tmp_path):
+    from studies.fmnist_study import arch_chips, chip_counts
+
+    r = E.TrainedModel("resnet", "plain", 0, tmp_path / "r.onnx", "1" * 16)
+    lstm = E.TrainedModel("lstm", "plain", 0, tmp_path / "l.onnx", "2" * 16)
+    counts = chip_counts([r, lstm], 4, [arch_chips("resnet=2")])
+    assert counts == {"lstm": 4, "resnet": 2}
+    with pytest.raises(SystemExit, match="vit"):
+        chip_counts([r, lstm], 4, [("vit", 3)])
+    for bad in ("resnet", "resnet=0", "=3", "resnet=x"):
+        with pytest.raises(Exception, match="arch-chips"):
+            arch_chips(bad)
+    store = E.CellStore(tmp_path, "pcm", 10)
+    todo = [(c, m.arch) for c, m, *_ in E.missing_cells(store, [r, lstm], ["max"], counts, ["1 d"])]
+    assert todo == [(0, "resnet"), (0, "lstm"), (1, "resnet"), (1, "lstm"), (2, "lstm"), (3, "lstm")]
+    # complete chips are counted per architecture: all of the LSTM's chips, none of the ResNet's
+    for k in range(4):
+        for g in E.GDC_KEYS:
+            E.CellStore.save(store.path(lstm, "max", k, "1 d", g), np.ones(10, bool))
+    _, _, used = E.load_cells(store, [r, lstm], ["max"], counts, ["1 d"])
+    assert used == {"lstm": [0, 1, 2, 3], "resnet": []}
 
 
 def test_midpoint_study_has_the_clip_only_control_and_caches(tmp_path, monkeypatch):

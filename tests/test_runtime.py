@@ -385,3 +385,18 @@ def test_inputs_are_checked_against_a_model_before_it_is_programmed():
     with pytest.raises(InputError) as err:
         check(np.zeros((2, 63)))
     assert err.value.field == "inputs.x" and "dimension 1 must be 64" in str(err.value)
+
+
+def test_benchmark_targets_floor_only_the_issue_models():
+    """#14 sets floors for the digits zoo (and resnet18 by the CNN's); the Fashion-MNIST models
+    are reported without one, and their files are found in models/zoo/fmnist."""
+    from bench import runtime as B
+
+    s = {"lean": {"cpu": {"median": 0.18}}, "free": {"cpu": {"median": 0.2}}}
+    v = B.verdict("mlp-hwa", s)
+    assert v["floor"] == 0.19 and v["met_floor"] is False and v["met_free"] is True  # 0.18 ≥ 0.8·0.2
+    assert "≥ 0.19 ❌" in B._target(v)
+    v = B.verdict("resnet-fmnist-hwa", s)
+    assert v["floor"] is None and v["met_floor"] is None and "no floor" in B._target(v)
+    model, x = B._model("resnet-fmnist-hwa")
+    assert model[:2] and x.shape[1:] == (1, 28, 28)
