@@ -50,7 +50,7 @@ def _model_sweep(m: TrainedModel, label: str, clip_sigma: float | None, x, y, si
     from studies.activation_noise import clipped_copy, torch_model_fn
 
     torch.set_num_threads(1)
-    model, _, _ = load_model(m.onnx_path.parent)
+    model, _, _ = load_model(m.torch_path.parent)
     if clip_sigma is not None:
         model = clipped_copy(model, clip_sigma)
     return sweep(torch_model_fn(FM.export_copy(model).eval(), x, y), sigmas, seeds)
