@@ -61,7 +61,7 @@ from models import outputs
 __all__ = ["main", "product_ceiling"]
 
 ZOO = Path(__file__).resolve().parent.parent / "models" / "zoo"
-MODELS = ("mlp-hwa", "cnn-hwa", "transformer-hwa", "resnet18", "resnet-fmnist-hwa")
+MODELS = ("mlp-hwa", "cnn-hwa", "transformer-hwa", "resnet18", "resnet-fmnist-hwa", "lstm-fmnist-hwa", "vit-fmnist-hwa")
 VARIANTS = ("digital", "full", "lean", "nodrop", "exact", "free", "ceiling")
 #: parts of a lean request, measured in the same rounds (see the module docstring)
 PARTS = ("noise", "session")
