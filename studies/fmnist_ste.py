@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing as mp
-import queue
 import shlex
 import shutil
 import sys
@@ -35,6 +33,7 @@ from models.fmnist_recipe import TRAINING_GRADIENTS
 from studies.common import AGE_SCHEDULE, REPO, REPORTS_DIR, STUDY_NOISE
 from studies.fmnist_ste_report import analyse, render_markdown
 from studies.fmnist_ste_worker import WARMUP_STEPS, worker
+from studies.gradient_cost import run_in_child
 
 OUT_DIR = REPORTS_DIR / "fmnist-ste"
 CACHE_DIR = REPO / "runs" / "fmnist-ste"
@@ -71,18 +70,7 @@ def run_folder(cache: Path, digest: str, mode: str, seed: int, max_steps: int, e
 
 def _spawn(spec: RunSpec) -> dict:
     """Train ``spec`` in a fresh spawned process (its peak memory is its own); its result."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=worker, args=(asdict(spec), q))
-    p.start()
-    r = None
-    while r is None:
-        try:
-            r = q.get(timeout=5)
-        except queue.Empty:
-            if not p.is_alive():
-                raise RuntimeError(f"fmnist-ste: run {spec.mode} s{spec.seed} died (exit code {p.exitcode})") from None
-    p.join()
+    r = run_in_child(worker, (asdict(spec),), f"fmnist-ste: run {spec.mode} s{spec.seed}")
     if "error" in r:
         raise RuntimeError(f"fmnist-ste: run {spec.mode} s{spec.seed} failed: {r['error']}")
     return r["ok"]

@@ -67,6 +67,24 @@ class RssSampler:
         return max(0, self.peak - self.base)
 
 
+def run_in_child(target, args: tuple, what: str) -> Any:
+    """Run ``target(*args, queue)`` in a fresh spawned process (its peak memory is its own) and
+    return the one object it puts on the queue; ``RuntimeError`` naming ``what`` if it dies first."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    while True:
+        try:
+            r = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"{what} died (exit code {p.exitcode})") from None
+    p.join()
+    return r
+
+
 def _ste_worker(mode: str, init_state: dict, steps: int | None, out_q) -> None:  # pragma: no cover - subprocess
     """Train the cnn-hwa recipe with gradient ``mode`` (a ``GradientMode`` name) in this (fresh)
     process; report back."""
@@ -149,22 +167,9 @@ def ste_study(steps: int | None, n_chips: int, eval_x: np.ndarray, eval_y: np.nd
     plain = train(RECIPES["cnn-plain"], progress=False)
     # numpy, not tensors: torch would pass tensors to the child through shared memory
     init = {k: v.detach().numpy().copy() for k, v in plain.model.state_dict().items()}
-    ctx = mp.get_context("spawn")
     results = []
     for mode in (GradientMode.STE, GradientMode.THROUGH_NOISE):
-        q = ctx.Queue()
-        p = ctx.Process(target=_ste_worker, args=(mode, init, steps, q))
-        p.start()
-        r = None
-        while r is None:
-            try:
-                r = q.get(timeout=5)
-            except queue.Empty:
-                if not p.is_alive():
-                    raise RuntimeError(
-                        f"STE study: the {mode!r} training process died (exit code {p.exitcode})"
-                    ) from None
-        p.join()
+        r = run_in_child(_ste_worker, (mode, init, steps), f"STE study: the {mode!r} training process")
         model_bytes = r.pop("onnx")
         r["fp_accuracy"] = float((onnx_logits(model_bytes, eval_x).argmax(1) == eval_y).mean())
         r["chip_1y_gdc"] = age_study_at(model_bytes, eval_x, eval_y, n_chips, YEAR_S)
