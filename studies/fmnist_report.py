@@ -41,11 +41,8 @@ def _cells_line(m: dict) -> str:
 
 
 def _chips_text(m: dict) -> str:
-    """How many chips each architecture used of how many asked (results.json written before the
-    per-architecture counts hold one list and one number)."""
+    """How many chips each architecture used of how many asked."""
     used, asked = m["chips_used"], m["chips"]
-    if isinstance(used, list):
-        return f"{len(used)} chip instances used of {asked} asked"
     parts = [f"{arch} {len(used[arch])} of {asked[arch]} asked" for arch in sorted(used)]
     return "chip instances used per architecture: " + ", ".join(parts)
 
