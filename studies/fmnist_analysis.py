@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from studies.fmnist_eval import GDC_KEYS, TrainedModel
+from studies.common import AGE_SCHEDULE
+from studies.fmnist_eval import GDC_KEYS, NO_CURVE, Curve, TrainedModel
 from studies.fmnist_stats import Estimate, Replicates, chip_mean, draw, fp_mean
 
 MODES = ("plain", "recipe", "hwa")
@@ -36,7 +37,7 @@ def _groups(models: Sequence[TrainedModel]) -> dict[tuple[str, str], list[Traine
     return {k: sorted(v, key=lambda m: m.seed) for k, v in sorted(out.items())}
 
 
-def _estimates(models, cells, fp, ages, arms, rep: Replicates):
+def _estimates(models, cells, fp, ages, arms, rep: Replicates, curve: Curve = NO_CURVE):
     """({(arch, mode): FP Estimate}, {(arch, mode, arm, age, gdc): chip Estimate}, seeds per group)."""
     fps, chips, seeds = {}, {}, {}
     for (arch, mode), ms in _groups(models).items():
@@ -44,7 +45,7 @@ def _estimates(models, cells, fp, ages, arms, rep: Replicates):
         seeds[(arch, mode)] = s
         fps[(arch, mode)] = fp_mean(np.stack([fp[m.key] for m in ms]), s, rep)
         for arm in arms:
-            for age in ages:
+            for age in curve.ages_for(arch, arm, ages):
                 for g in GDC_KEYS:
                     c = np.stack([cells[(m.key, arm, age, g)] for m in ms])
                     chips[(arch, mode, arm, age, g)] = chip_mean(c, s, rep)
@@ -84,19 +85,19 @@ def _gap(kind: str, arch: str, age: str, gdc: str, arm: str, est: Estimate, defi
     }
 
 
-def _gaps(fps, chips, archs, ages, arms) -> list[dict]:
+def _gaps(fps, chips, archs, arms) -> list[dict]:
+    """Every gap whose cells exist: HWA vs FP and vs the controls at each age with max-scaling
+    cells (the curve's ages included), CAWS vs max scaling where both arms were evaluated."""
     if "max" not in arms:  # every gap compares max-scaling cells
         return []
     out = []
     for arch in archs:
         have = {m for (a, m) in fps if a == arch}
-        rob = {
-            (m, arm, age, g): fps[(arch, m)] - chips[(arch, m, arm, age, g)]
-            for m in have
-            for arm in arms
-            for age in ages
-            for g in GDC_KEYS
-        }
+        ages = sorted({k[3] for k in chips if k[0] == arch and k[2] == "max"}, key=AGE_SCHEDULE.__getitem__)
+
+        def rob(m: str, arm: str, age: str, g: str, arch: str = arch) -> Estimate:
+            return fps[(arch, m)] - chips[(arch, m, arm, age, g)]
+
         for age in ages:
             if {"plain", "hwa"} <= have:
                 e = fps[(arch, "plain")] - chips[(arch, "hwa", "max", age, "on")]
@@ -104,14 +105,14 @@ def _gaps(fps, chips, archs, ages, arms) -> list[dict]:
             for g in GDC_KEYS:
                 for ctrl in ("recipe", "plain"):
                     if {ctrl, "hwa"} <= have:
-                        e = rob[(ctrl, "max", age, g)] - rob[("hwa", "max", age, g)]
+                        e = rob(ctrl, "max", age, g) - rob("hwa", "max", age, g)
                         out.append(
                             _gap(
                                 f"robustness_vs_{ctrl}", arch, age, g, "max", e, f"robustness({ctrl}) − robustness(HWA)"
                             )
                         )
-                if "caws" in arms:
-                    for m in sorted(have, key=MODES.index):
+                for m in sorted(have, key=MODES.index):
+                    if (arch, m, "caws", age, g) in chips:
                         e = chips[(arch, m, "caws", age, g)] - chips[(arch, m, "max", age, g)]
                         out.append(_gap("caws", arch, age, g, "caws", e, "chip(CAWS) − chip(max scaling)", mode=m))
     return out
@@ -157,14 +158,14 @@ def targets(rows: list[dict], gaps: list[dict], arch: str = "resnet") -> list[di
 
 
 def _analyse_arch(
-    models: Sequence[TrainedModel], cells: dict, fp: dict, n_chips: int, ages, arms, n_boot: int, seed: int
+    models: Sequence[TrainedModel], cells: dict, fp: dict, n_chips: int, ages, arms, n_boot: int, seed: int, curve
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """(fp rows, chip rows, gaps) of one architecture's models, on its own bootstrap replicates."""
     n_images = fp[models[0].key].shape[0]
     rep = draw(n_images, n_chips, sorted({m.seed for m in models}), n_boot, np.random.default_rng(seed))
-    fps, chips, seeds = _estimates(models, cells, fp, ages, arms, rep)
+    fps, chips, seeds = _estimates(models, cells, fp, ages, arms, rep, curve)
     fp_rows, rows = _rows(fps, chips, seeds)
-    return fp_rows, rows, _gaps(fps, chips, [models[0].arch], ages, arms)
+    return fp_rows, rows, _gaps(fps, chips, [models[0].arch], arms)
 
 
 def analyse(
@@ -176,17 +177,19 @@ def analyse(
     arms: Sequence[str],
     n_boot: int = 1000,
     seed: int = 0,
+    curve: Curve = NO_CURVE,
 ) -> dict:
     """The study's tables as JSON-able data (``rows``, ``fp``, ``gaps``, ``targets``). Every
     comparison stays within one architecture, so each architecture is bootstrapped over its own
     complete chips (``chips_used[arch]``; an architecture without any is left out), with the same
-    bootstrap ``seed``."""
+    bootstrap ``seed``. ``curve``: the ages beyond ``ages`` that some architectures' first arm
+    was evaluated at (rows and gaps for them too)."""
     fp_rows, rows, gaps = [], [], []
     for arch in sorted({m.arch for m in models}):
         ms = [m for m in models if m.arch == arch]
         if not chips_used.get(arch):
             continue
-        f, r, g = _analyse_arch(ms, cells, fp, len(chips_used[arch]), ages, arms, n_boot, seed)
+        f, r, g = _analyse_arch(ms, cells, fp, len(chips_used[arch]), ages, arms, n_boot, seed, curve)
         fp_rows += f
         rows += r
         gaps += g

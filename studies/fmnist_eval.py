@@ -178,6 +178,27 @@ def chip_correct(runtime, x: np.ndarray, y: np.ndarray, chip: int, age_s: float,
 ChipCounts = int | Mapping[str, int]
 
 
+@dataclass(frozen=True)
+class Curve:
+    """Ages beyond the tables' for the accuracy-vs-age figure, evaluated for one arm only (the
+    first, max scaling by default) and, when ``archs`` is given, only those architectures: the
+    figure's long age axis at a fraction of the cells every arm at every age would cost."""
+
+    ages: tuple[str, ...] = ()
+    archs: frozenset[str] | None = None  # None: every architecture
+    arm: str = "max"
+
+    def ages_for(self, arch: str, arm: str, ages: Sequence[str]) -> list[str]:
+        """The ages of ``arch``'s cells of ``arm``: the tables' ``ages``, and the curve's."""
+        if arm != self.arm or (self.archs is not None and arch not in self.archs):
+            return list(ages)
+        return list(ages) + [a for a in self.ages if a not in ages]
+
+
+#: No ages beyond the tables'.
+NO_CURVE = Curve()
+
+
 def chips_for(chips: ChipCounts, arch: str) -> int:
     """How many chip instances ``arch``'s models get under ``chips``."""
     return chips if isinstance(chips, int) else chips[arch]
@@ -190,20 +211,26 @@ def missing_cells(
     chips: ChipCounts,
     ages: Sequence[str],
     shard: tuple[int, int] = (0, 1),
+    curve: Curve = NO_CURVE,
 ) -> Iterator[tuple[int, TrainedModel, str, list[tuple[str, str]]]]:
     """(chip, model, arm, [(age, gdc) …]) still to compute, chip-major (every model gets chip 0
-    before any gets chip 1, so a stopped run leaves comparable data), ages by :data:`AGE_PRIORITY`.
-    ``shard = (i, n)``: only chips ``k`` with ``k % n == i`` (n processes share the work)."""
-    order = [a for a in AGE_PRIORITY if a in ages] + [a for a in ages if a not in AGE_PRIORITY]
+    before any gets chip 1, so a stopped run leaves comparable data), ages by :data:`AGE_PRIORITY`
+    (the curve's ages after the tables'). ``shard = (i, n)``: only chips ``k`` with ``k % n == i``
+    (n processes share the work)."""
     most = max((chips_for(chips, m.arch) for m in models), default=0)
     for chip in range(shard[0], most, shard[1]):
         for m in models:
             if chip >= chips_for(chips, m.arch):
                 continue
             for arm in arms:
+                order = _priority(ages) + _priority([a for a in curve.ages_for(m.arch, arm, ages) if a not in ages])
                 todo = [(a, g) for a in order for g in GDC_KEYS if not store.path(m, arm, chip, a, g).is_file()]
                 if todo:
                     yield chip, m, arm, todo
+
+
+def _priority(ages: Sequence[str]) -> list[str]:
+    return [a for a in AGE_PRIORITY if a in ages] + [a for a in ages if a not in AGE_PRIORITY]
 
 
 @dataclass
@@ -225,6 +252,7 @@ def evaluate(
     budget_s: float | None = None,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
+    curve: Curve = NO_CURVE,
 ) -> EvalLog:
     """Compute every missing cell (and each model's ``fp`` cell), within ``budget_s`` seconds
     if given (the cell under way is finished; the rest is left for the next run)."""
@@ -239,7 +267,7 @@ def evaluate(
     for m in models:
         if not store.fp_path(m).is_file():
             store.save(store.fp_path(m), fp_correct(m, test.x, test.y, threads))
-    todo = list(missing_cells(store, models, arms, chips, ages, shard))
+    todo = list(missing_cells(store, models, arms, chips, ages, shard, curve))
     log = EvalLog(cell_seconds=[])
     total = sum(len(cells) for *_, cells in todo)
     profile = get_profile(store.profile_name)
@@ -267,12 +295,17 @@ def evaluate(
 
 
 def load_cells(
-    store: CellStore, models: Sequence[TrainedModel], arms: Sequence[str], chips: ChipCounts, ages: Sequence[str]
+    store: CellStore,
+    models: Sequence[TrainedModel],
+    arms: Sequence[str],
+    chips: ChipCounts,
+    ages: Sequence[str],
+    curve: Curve = NO_CURVE,
 ) -> tuple[dict, dict[str, np.ndarray], dict[str, list[int]]]:
     """({(model key, arm, age, gdc): bool (K, N)}, {model key: fp bool (N,)}, {arch: chips used}):
-    an architecture's chips used are those whose every cell of every model of that architecture
-    and every arm is cached (complete chips), so that every comparison, which stays within one
-    architecture, is paired over the same chip instances."""
+    an architecture's chips used are those whose every cell of every model of that architecture,
+    every arm and every age (the curve's included) is cached (complete chips), so that every
+    comparison, which stays within one architecture, is paired over the same chip instances."""
     archs = sorted({m.arch for m in models})
     used = {
         arch: [
@@ -283,7 +316,7 @@ def load_cells(
                 for m in models
                 if m.arch == arch
                 for a in arms
-                for age in ages
+                for age in curve.ages_for(arch, a, ages)
                 for g in GDC_KEYS
             )
         ]
@@ -295,7 +328,7 @@ def load_cells(
         else np.zeros((0, store.n_images), bool)
         for m in models
         for a in arms
-        for age in ages
+        for age in curve.ages_for(m.arch, a, ages)
         for g in GDC_KEYS
     }
     fp = {m.key: store.load(store.fp_path(m)) for m in models if store.fp_path(m).is_file()}

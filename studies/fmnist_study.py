@@ -3,6 +3,8 @@
     python -m models.report --suite fmnist                      # = python -m studies.fmnist_study
     python -m studies.fmnist_study --models /work/train --replace          # → reports/fmnist/
     python -m studies.fmnist_study --chips 2 --ages 1d 1y --limit-images 500 --skip-mu   # a quick look
+    python -m studies.fmnist_study --ages 1d 1y --curve-ages 1s 10y --curve-archs lstm    # tables at 1 d and
+        # 1 y for every arm; the LSTM's accuracy-vs-age curve also at 1 s and 10 y, max scaling only
 
 Finds the trained models (ONNX files written by ``models.train_fmnist``, with arch, mode and seed
 in their metadata) under ``--models``; computes every missing cell (model × arm × chip × age ×
@@ -28,7 +30,7 @@ import numpy as np
 from models import outputs
 from studies.common import AGE_SCHEDULE, REPO, REPORTS_DIR
 from studies.fmnist_analysis import analyse
-from studies.fmnist_eval import ARMS, CACHE_DIR, CellStore, evaluate, find_models, load_cells
+from studies.fmnist_eval import ARMS, CACHE_DIR, CellStore, Curve, evaluate, find_models, load_cells
 from studies.fmnist_report import plot_ages, plot_midpoint, render_markdown
 
 OUT_DIR = REPORTS_DIR / "fmnist"
@@ -79,6 +81,16 @@ def chip_counts(models, default: int, overrides: list[tuple[str, int]] | None) -
     return {a: given.get(a, default) for a in sorted(archs)}
 
 
+def curve_of(models, arms: list[str], ages: list[str], curve_ages: list[str] | None, archs: list[str] | None) -> Curve:
+    """The accuracy-vs-age curve's extra ages (for the first arm); ``archs`` must be among the models'."""
+    known = {m.arch for m in models}
+    unknown = sorted(set(archs or ()) - known)
+    if unknown:
+        raise SystemExit(f"--curve-archs names {unknown}, not among the models' architectures {sorted(known)}")
+    extra = tuple(a for a in dict.fromkeys(curve_ages or ()) if a not in ages)
+    return Curve(extra, frozenset(archs) if archs else None, arms[0])
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m studies.fmnist_study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,6 +108,17 @@ def _parser() -> argparse.ArgumentParser:
         help="another chip count for an architecture's models, e.g. resnet=3 (its cells cost more)",
     )
     ap.add_argument("--ages", nargs="+", type=age_label, default=list(AGE_SCHEDULE), help="e.g. 1d 1y (default all)")
+    ap.add_argument(
+        "--curve-ages",
+        nargs="+",
+        type=age_label,
+        default=None,
+        help="more ages for the accuracy-vs-age figure, evaluated for the first arm only (max scaling), "
+        "e.g. 1s 10y: the long age axis for a fraction of the cells",
+    )
+    ap.add_argument(
+        "--curve-archs", nargs="+", default=None, help="only these architectures get the --curve-ages (default all)"
+    )
     ap.add_argument("--limit-images", type=int, default=N_TEST, help="first N test images (default all 10 000)")
     ap.add_argument("--cache", type=Path, default=CACHE_DIR, help=f"cell cache (default {CACHE_DIR})")
     ap.add_argument("--profile", default="pcm")
@@ -132,11 +155,13 @@ def run(args: argparse.Namespace, command: str) -> dict:
     if not models:
         raise SystemExit(f"no Fashion-MNIST models (ONNX with agedchip.recipe metadata) under {args.models}")
     chips = chip_counts(models, args.chips, args.arch_chips)
+    curve = curve_of(models, args.arms, args.ages, args.curve_ages, args.curve_archs)
     store = CellStore(args.cache, args.profile, args.limit_images)
     budget = None if args.budget_min is None else 60 * args.budget_min
-    log = evaluate(store, models, args.arms, chips, args.ages, args.threads, budget, not args.no_progress, args.shard)
-    cells, fp, used = load_cells(store, models, args.arms, chips, args.ages)
-    analysis = analyse(models, cells, fp, used, args.ages, args.arms, args.boot)
+    progress = not args.no_progress
+    log = evaluate(store, models, args.arms, chips, args.ages, args.threads, budget, progress, args.shard, curve)
+    cells, fp, used = load_cells(store, models, args.arms, chips, args.ages, curve)
+    analysis = analyse(models, cells, fp, used, args.ages, args.arms, args.boot, curve=curve)
     mu = None
     if not args.skip_mu:
         from studies.fmnist_midpoint import midpoint_study
@@ -154,6 +179,11 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "chips_used": used,
         "ages": args.ages,
         "arms": args.arms,
+        "curve": {
+            "ages": list(curve.ages),
+            "arm": curve.arm,
+            "archs": sorted(curve.archs) if curve.archs is not None else sorted({m.arch for m in models}),
+        },
         "cells_computed": log.computed,
         "cells_left": log.left,
         "cell_seconds_median": float(np.median(secs)) if secs else 0.0,

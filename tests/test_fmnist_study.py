@@ -289,3 +289,81 @@ def test_midpoint_study_has_the_clip_only_control_and_caches(tmp_path, monkeypat
         models, tmp_path / "cache", n_images=60, n_boot=5, sigmas=sigmas, seeds=(0,), progress=False
     )
     assert again["rows"] == res["rows"]
+
+
+# ----------------------------------------------------------------------------- the age curve
+def test_curve_ages_are_cells_of_the_first_arm_of_the_named_architectures(tmp_path):
+    from studies.fmnist_study import curve_of
+
+    r = E.TrainedModel("resnet", "plain", 0, tmp_path / "r.onnx", "1" * 16)
+    lstm = E.TrainedModel("lstm", "plain", 0, tmp_path / "l.onnx", "2" * 16)
+    curve = curve_of([r, lstm], ["max", "caws"], ["1 d"], ["1 s", "1 d", "10 y"], ["lstm"])
+    assert curve == E.Curve(("1 s", "10 y"), frozenset({"lstm"}), "max")  # 1 d is a table age already
+    with pytest.raises(SystemExit, match="vit"):
+        curve_of([r, lstm], ["max"], ["1 d"], ["1 s"], ["vit"])
+    store = E.CellStore(tmp_path, "pcm", 10)
+    todo = {
+        (m.arch, arm): [a for a, g in cells if g == "on"]
+        for _, m, arm, cells in E.missing_cells(store, [r, lstm], ["max", "caws"], 1, ["1 d"], curve=curve)
+    }
+    # the tables' age first, then the curve's (AGE_PRIORITY: 1 s before 10 y); CAWS and the ResNet: 1 d only
+    assert todo == {
+        ("resnet", "max"): ["1 d"],
+        ("resnet", "caws"): ["1 d"],
+        ("lstm", "max"): ["1 d", "1 s", "10 y"],
+        ("lstm", "caws"): ["1 d"],
+    }
+    # the LSTM's chip is complete only with its curve cells
+    for arm, age in [("max", "1 d"), ("caws", "1 d"), ("max", "1 s")]:
+        for g in E.GDC_KEYS:
+            E.CellStore.save(store.path(lstm, arm, 0, age, g), np.ones(10, bool))
+    assert E.load_cells(store, [lstm], ["max", "caws"], 1, ["1 d"], curve)[2] == {"lstm": []}
+    for g in E.GDC_KEYS:
+        E.CellStore.save(store.path(lstm, "max", 0, "10 y", g), np.ones(10, bool))
+    cells, _, used = E.load_cells(store, [lstm], ["max", "caws"], 1, ["1 d"], curve)
+    assert used == {"lstm": [0]} and ("lstm-plain-s0", "max", "10 y", "off") in cells
+    assert ("lstm-plain-s0", "caws", "10 y", "off") not in cells
+
+
+def test_curve_ages_get_rows_and_gaps_but_no_caws_gap(tmp_path):
+    from studies.fmnist_analysis import analyse
+    from studies.fmnist_report import render_markdown as render
+
+    rng = np.random.default_rng(1)
+    n, k = 200, 3
+    models = [
+        E.TrainedModel("lstm", mode, 0, tmp_path / f"{mode}.onnx", str(i) * 16)
+        for i, mode in enumerate(("plain", "recipe", "hwa"))
+    ]
+    curve = E.Curve(("10 y",), None, "max")
+    cells = {
+        (m.key, arm, age, g): rng.random((k, n)) < 0.8
+        for m in models
+        for arm in ("max", "caws")
+        for age in curve.ages_for("lstm", arm, ["1 d"])
+        for g in E.GDC_KEYS
+    }
+    fp = {m.key: rng.random(n) < 0.9 for m in models}
+    res = analyse(models, cells, fp, {"lstm": list(range(k))}, ["1 d"], ["max", "caws"], n_boot=50, curve=curve)
+    ages = {(r["arm"], r["age"]) for r in res["rows"]}
+    assert ages == {("max", "1 d"), ("caws", "1 d"), ("max", "10 y")}
+    kinds = {(g["kind"], g["age"]) for g in res["gaps"]}
+    assert ("gap_to_fp", "10 y") in kinds and ("robustness_vs_recipe", "10 y") in kinds
+    assert ("caws", "1 d") in kinds and ("caws", "10 y") not in kinds
+    # the page's age columns run youngest first, with the curve's age after the tables'
+    meta = {
+        "command": "x",
+        "demonstration": None,
+        "seconds": 1,
+        "machine": "m",
+        "profile": "pcm",
+        "n_images": n,
+        "chips": {"lstm": k},
+        "chips_used": {"lstm": [0, 1, 2]},
+        "ages": ["1 d"],
+        "cells_computed": 0,
+        "cells_left": 0,
+        "curve": {"ages": ["10 y"], "arm": "max", "archs": ["lstm"]},
+    }
+    page = render({"meta": meta, "models": [], "analysis": res, "midpoint": None})
+    assert "| arch | mode | arm | 1 d | 10 y |" in page and "also 10 y, max scaling only" in page
