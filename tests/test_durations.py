@@ -94,3 +94,15 @@ def test_schedule_and_labels():
     for label, seconds in SCHEDULE.items():
         assert parse_age(label) == seconds and format_age(seconds) == label
     assert format_age(5400.0) == "1.5h" and format_age(12.0) == "12s" and format_age(2 * YEAR) == "2y"
+
+
+def test_parsed_strings_are_cached_but_errors_are_raised_every_time():
+    from service.durations import DurationError, _text_seconds, parse_duration
+
+    _text_seconds.cache_clear()
+    assert parse_duration("1d") == parse_duration(" 1d ") == 86400.0
+    assert _text_seconds.cache_info().hits == 0 and _text_seconds.cache_info().misses == 2  # keyed by the text
+    assert parse_duration("1d") == 86400.0 and _text_seconds.cache_info().hits == 1
+    for _ in range(2):
+        with pytest.raises(DurationError, match="when"):
+            parse_duration("3 fortnights", "when")
