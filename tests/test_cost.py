@@ -7,6 +7,7 @@ under test; prices (the cost model's constants) are inputs of the formula.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -369,3 +370,24 @@ def test_malformed_shapes_are_domain_errors():
         assert err.value.field == "inputs.x"
         with pytest.raises(CostError):
             CostEstimator(chip).request(1, shapes)
+
+
+@pytest.mark.parametrize(
+    "path", ["models/zoo/cnn-hwa.onnx", "models/zoo/transformer-hwa.onnx", "models/zoo/fmnist/lstm-fmnist-hwa.onnx"]
+)
+def test_the_estimator_holds_a_skeleton_and_counts_what_the_whole_model_counts(path):
+    from chipsim.cost import count_graph
+    from chipsim.cost.analog_layers import chip_plans
+
+    with open(path, "rb") as f:
+        data = f.read()
+    chip = _chip(data)
+    est = CostEstimator(chip)
+    # the weights' values are gone (a 2 GB model stays 2 GB resident otherwise) ...
+    assert est._model.ByteSize() < len(data) / 4
+    # ... and every count, taken on the whole model parsed again, is the same
+    whole = count_graph(onnx.load_from_string(data), chip_plans(chip), 3)
+    assert [dataclasses.astuple(layer) for layer in whole.layers] == [
+        dataclasses.astuple(layer) for layer in count_chip(chip, 3).layers
+    ]
+    assert whole.digital == count_chip(chip, 3).digital

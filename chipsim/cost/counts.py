@@ -44,7 +44,7 @@ from chipsim.cost.analog_layers import (
 )
 from chipsim.cost.digital_ops import node_ops
 from chipsim.cost.errors import CostError
-from chipsim.cost.shapes import fix_input_shapes, static_shapes
+from chipsim.cost.shapes import fix_input_shapes, shape_skeleton, static_shapes
 from chipsim.state import ChipState
 
 
@@ -121,4 +121,5 @@ def count_chip(
 ) -> GraphCounts:
     """:func:`count_graph` of a programmed chip."""
     plans = chip_plans(chip)
-    return count_graph(onnx.load_from_string(chip.attachments["model.onnx"]), plans, batch, input_shapes)
+    model = shape_skeleton(onnx.load_from_string(chip.attachments["model.onnx"]))
+    return count_graph(model, plans, batch, input_shapes)

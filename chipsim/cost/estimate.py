@@ -25,7 +25,7 @@ from chipsim.cost.analog_layers import AnalogLayerCounts, chip_plans
 from chipsim.cost.cost_model import OPS_PER_MAC, CostModel, cost_model_for, profile_warnings
 from chipsim.cost.counts import GraphCounts, count_graph
 from chipsim.cost.errors import CostError
-from chipsim.cost.shapes import check_batch, check_shape, data_inputs
+from chipsim.cost.shapes import check_batch, check_shape, data_inputs, shape_skeleton
 from chipsim.state import ChipState
 
 #: The label every serialised estimate carries.
@@ -289,7 +289,7 @@ class CostEstimator:
         self.chip_id = chip.chip_id
         self.cost_model = cost_model_for(chip.profile, cost_model)
         self._plans = chip_plans(chip)
-        self._model = onnx.load_from_string(chip.attachments["model.onnx"])
+        self._model = shape_skeleton(onnx.load_from_string(chip.attachments["model.onnx"]))
         self._input_names = [i.name for i in data_inputs(self._model)]
         self._warnings = tuple(profile_warnings(chip.profile, self.cost_model))
         self._cache: dict[Any, tuple[float, float]] = {}

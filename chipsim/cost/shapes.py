@@ -30,6 +30,30 @@ def check_shape(shape: Any, field: str) -> list[int]:
     return dims
 
 
+#: Initializers larger than this (bytes) lose their values in :func:`shape_skeleton`.
+SKELETON_MIN_BYTES = 4096
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    return len(t.raw_data) + 4 * (len(t.float_data) + len(t.int32_data)) + 8 * (len(t.int64_data) + len(t.double_data))
+
+
+def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (changed in place) without the values of its large initializers: each keeps its
+    name, type and dims, its data marked external as ``onnx.load(..., load_external_data=False)``
+    leaves a model. Shape inference needs only those (the values it propagates are shape tensors,
+    a few bytes each), so a cost estimate of a 500M-weight model holds kilobytes, not its 2 GB
+    (bench/results/scale_http.md measured the whole model parsed and copied per estimate)."""
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL or _tensor_bytes(t) <= SKELETON_MIN_BYTES:
+            continue
+        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
+            t.ClearField(name)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        t.external_data.add(key="location", value="values-dropped-for-the-cost-estimate")
+    return model
+
+
 def data_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     init = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in init]
