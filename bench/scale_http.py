@@ -85,14 +85,15 @@ class RssMeter:
         self._stop.set()
 
 
-def settings_for(weights: int, archive_bytes: int) -> dict[str, str]:
+def settings_for(weights: int, archive_bytes: int, memory_budget: int = 22 * 10**9) -> dict[str, str]:
     """The README's settings for a model of ``weights`` float32 weights in an archive of
-    ``archive_bytes`` (upload and archive limits above its size, two devices per weight)."""
+    ``archive_bytes`` (upload and archive limits above its size, two devices per weight) and the
+    memory guard's budget, bytes."""
     return {
         "AGEDCHIP_MAX_UPLOAD_BYTES": str(archive_bytes + (64 << 20)),
         "AGEDCHIP_MAX_ARCHIVE_BYTES": str(archive_bytes + (32 << 20)),
         "AGEDCHIP_MAX_DEVICES": str(2 * weights + 1_000_000),
-        "AGEDCHIP_MEMORY_BUDGET": str(22 * 10**9),
+        "AGEDCHIP_MEMORY_BUDGET": str(memory_budget),
         "AGEDCHIP_REFRESH_SECONDS": "0",  # the refresher's own read-outs would mix into the phases
     }
 
@@ -103,7 +104,7 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def run(width: int, layers: int, work: Path) -> dict:
+def run(width: int, layers: int, work: Path, memory_budget: int = 22 * 10**9) -> dict:
     import httpx
 
     weights = width * width * layers
@@ -111,7 +112,7 @@ def run(width: int, layers: int, work: Path) -> dict:
     _, build_s = _timed(lambda: mlp_archive(width, tar, layers))
     state = work / "state"
     state.mkdir()
-    env = settings_for(weights, tar.stat().st_size)
+    env = settings_for(weights, tar.stat().st_size, memory_budget)
     proc, url = start_server(REPO / "models" / "zoo", state, env)
     meter = RssMeter(proc.pid)
     out: dict = {
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.scale_http", description=__doc__)
     ap.add_argument("--width", type=int, default=7906, help="MLP width (default 7906: 500M weights with 8 layers)")
     ap.add_argument("--layers", type=int, default=MLP_LAYERS)
+    ap.add_argument(
+        "--memory-budget", type=int, default=22 * 10**9, help="AGEDCHIP_MEMORY_BUDGET of the server, bytes (22 GB)"
+    )
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (archive, store; default a temp folder)")
     outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args(argv)
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
 
     busy = cpu_busy()
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        result = run(args.width, args.layers, Path(tmp))
+        result = run(args.width, args.layers, Path(tmp), args.memory_budget)
     argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     res = {
         "command": f"python -m bench.scale_http {argv_text}".strip(),

@@ -114,3 +114,29 @@ def test_the_readme_budget_admits_the_500m_read_out_and_stays_below_the_host():
         MemoryGuard(budget, rss=lambda: cached).reserve(readout_cost(row["weights"], row["binding"]), "age", "infer"),
     ):
         pass
+
+
+def test_through_the_service_the_readme_budget_admits_one_new_age_of_the_500m_chip():
+    """bench.scale_http measured the 500M-weight chip through the HTTP service with the README's
+    budget: programmed, its first new age answered, a second refused (503) while the first was
+    cached, and the process's peak below the host. The guard, fed the resident sizes that run
+    measured, decides the same way; and the budget one GB lower would have refused the first age."""
+    res = json.loads((ROOT / "bench" / "results" / "scale_http.json").read_text())["result"]
+    budget = int(re.search(r"AGEDCHIP_MEMORY_BUDGET=(\d+)", _readme_section()).group(1))
+    assert res["weights"] >= 500_000_000 and int(res["settings"]["AGEDCHIP_MEMORY_BUDGET"]) == budget
+    assert [res[k]["status"] for k in ("program", "first_new_age", "same_age_again", "second_new_age")] == [
+        201,
+        200,
+        200,
+        503,
+    ]
+    assert max(res[k]["peak_rss_bytes"] for k in ("program", "first_new_age")) < budget < HOST_BYTES
+    cost = readout_cost(res["weights"], "inputs")
+    with MemoryGuard(budget, rss=lambda: res["rss_after_program_bytes"]).reserve(cost, "age", "infer"):
+        pass
+    for used, limit in (
+        (res["first_new_age"]["peak_rss_bytes"], budget),
+        (res["rss_after_program_bytes"], budget - 10**9),
+    ):
+        with pytest.raises(Unavailable), MemoryGuard(limit, rss=lambda u=used: u).reserve(cost, "age", "infer"):
+            pass
