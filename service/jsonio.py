@@ -1,8 +1,8 @@
 """JSON out: compact bytes, and arrays as nested lists with ``null`` for non-finite values.
 
 Encoded by orjson: a batch-1 /infer answer takes 0.7 µs instead of the standard library's 17 µs,
-the largest single share of a batched request's server CPU after onnxruntime (py-spy profile,
-bench/results/load_test.md). Values orjson refuses (integers beyond 64 bits, non-string keys) fall
+the largest single share of a batched request's server CPU after onnxruntime (a py-spy profile of
+batched batch-1 /infer, 2026-11-30). Values orjson refuses (integers beyond 64 bits, non-string keys) fall
 back to the standard library, so what encodes is what encoded before.
 """
 
