@@ -46,3 +46,11 @@ def write(name: str, data: dict, markdown: str, out: Path) -> tuple[Path, Path]:
     jpath.write_text(json.dumps(data, indent=2) + "\n")
     mpath.write_text(markdown)
     return jpath, mpath
+
+
+def proc_status_bytes(key: str, pid: int | str = "self") -> int:
+    """A size field of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine, output_dir, write
+from bench.common import machine, output_dir, proc_status_bytes, write
 from bench.scale_models import MLP_LAYERS, mlp, mlp_archive, resnet18
 from bench.scale_report import TARGET_NS_PER_WEIGHT, TARGET_PEAK_OVER_DISK, markdown, merged_models
 from models import outputs
@@ -65,17 +65,11 @@ YEAR_S = 365.25 * DAY_S
 
 
 def _hwm_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return proc_status_bytes("VmHWM")
 
 
 def _rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return proc_status_bytes("VmRSS")
 
 
 def _reset_hwm() -> bool:

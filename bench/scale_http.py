@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, output_dir, write
+from bench.common import RESULTS, output_dir, proc_status_bytes, write
 from bench.load_server import REPO, start_server, stop_server
 from bench.scale_models import MLP_LAYERS, mlp_archive
 from models import outputs
@@ -36,13 +36,6 @@ NAME = "scale_http"
 GIB = 1 << 30
 #: Target (issue #20): a 500M-weight model on a 24 GB host.
 HOST_BYTES = 24 * 10**9
-
-
-def _status(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {key} in /proc/{pid}/status")
 
 
 class RssMeter:
@@ -58,12 +51,12 @@ class RssMeter:
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
             try:
-                self.max_sampled = max(self.max_sampled, _status(self.pid, "VmRSS"))
+                self.max_sampled = max(self.max_sampled, proc_status_bytes("VmRSS", self.pid))
             except (OSError, RuntimeError):
                 return
 
     def rss(self) -> int:
-        return _status(self.pid, "VmRSS")
+        return proc_status_bytes("VmRSS", self.pid)
 
     def reset(self) -> bool:
         """Reset VmHWM to the current RSS (Linux ≥ 4.0; needs the right to write the server's file)."""
@@ -76,7 +69,7 @@ class RssMeter:
 
     def peak(self) -> int:
         """The phase's peak: VmHWM, or the largest sample where it could not be reset."""
-        return max(_status(self.pid, "VmHWM"), self.max_sampled) if self._reset_ok else self.max_sampled
+        return max(proc_status_bytes("VmHWM", self.pid), self.max_sampled) if self._reset_ok else self.max_sampled
 
     def phase(self) -> None:
         self._reset_ok = self.reset()
