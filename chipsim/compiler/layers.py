@@ -7,9 +7,11 @@ The rewriters call these; the choice and the lean lowering's knowledge of the la
 
 from __future__ import annotations
 
+import numpy as np
+
 from chipsim.compiler.graph_builder import GraphBuilder
 from chipsim.compiler.lean import TileOptions, emit_lean_dac, emit_lean_tile
-from chipsim.compiler.lowering import emit_dac, emit_tile_periphery
+from chipsim.compiler.lowering import emit_dac, emit_tile_periphery, tile_channel_pad
 from chipsim.compiler.plan import LayerPlan
 from chipsim.profiles import ChipProfile
 
@@ -64,6 +66,11 @@ def emit_analog_layer(
         elif plan.is_conv:
             ca, cb = plan.tile_channels[k]  # type: ignore[index]
             xk = b.slice(xq, [ca], [cb], [1], prefix)  # whole input channels
+            pad = tile_channel_pad(plan, k)
+            if pad:  # zero channels after the slice's last (ONNX pads: all begins, then all ends)
+                rank = len(plan.conv_shape)  # type: ignore[arg-type]  # (N, C, *spatial)
+                pads = [0] * (rank + 1) + [pad] + [0] * (rank - 2)
+                xk = b.op("Pad", [xk, b.const(prefix, pads, np.int64)], prefix)
         else:
             xk = b.slice(xq, [a], [e], [-1], prefix)  # input rows
         outs.append(emit_tile(b, xk, plan, k, profile, prefix, conv_attrs, opts))

@@ -17,13 +17,15 @@ from chipsim.state import ChipState, LayerSpec
 #: Layout of the compiled graph (one product per tile part, integer DAC/ADC units; 3: flat per-MVM
 #: noise inputs, reshaped in the graph to each tile's output as it is shaped in a run; 4: either
 #: lowering of :class:`~chipsim.modes.GraphLowering`, named in the chip's ``meta["graph_lowering"]``,
-#: the plans saying what the weight packing must match: ``lean`` and ``out_factor``). A chip stores
+#: the plans saying what the weight packing must match: ``lean`` and ``out_factor``; 5: the channel
+#: slice of a tiled Conv padded to a multiple of 4, its weight inputs likewise, see
+#: lowering.CONV_CHANNEL_ALIGN). A chip stores
 #: the graph it was programmed with; a runtime recompiles chips of another layout from their
 #: stored model (their physical state does not depend on it).
-GRAPH_FORMAT = 4
+GRAPH_FORMAT = 5
 
 #: LayerPlan fields that describe the graph, not the devices: a recompiled chip may change them.
-GRAPH_FIELDS = ("lean", "out_factor")
+GRAPH_FIELDS = ("lean", "out_factor", "channel_align")
 
 #: Per-tile weight inputs of the compiled graph, one per product (see lowering.tile_parts).
 WEIGHT_INPUTS = ("w", "r", "a", "v")
@@ -68,6 +70,9 @@ class LayerPlan:
     #: Positive factor on the layer's outputs (ADC scales and digital bias): the next layer's DAC
     #: scale ``1/(r·step)`` folded in (:mod:`chipsim.compiler.folding`); 1 when nothing is folded.
     out_factor: float = 1.0
+    #: A tiled Conv's channel slices are padded with zero channels to a multiple of this in the
+    #: graph and the weight inputs (:func:`chipsim.compiler.lowering.tile_channel_pad`); 1: none.
+    channel_align: int = 1
 
     def __post_init__(self) -> None:
         self.kind = LayerKind(self.kind).value  # a plain string, as stored in the chip's JSON

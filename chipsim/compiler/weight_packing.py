@@ -16,7 +16,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from chipsim.compiler.lean import lean_factors
-from chipsim.compiler.lowering import adc_scale_step, is_linear, part_factors, scale_shape, tile_parts
+from chipsim.compiler.lowering import (
+    adc_scale_step,
+    is_linear,
+    part_factors,
+    scale_shape,
+    tile_channel_pad,
+    tile_parts,
+)
 from chipsim.compiler.plan import LayerPlan
 from chipsim.modes import GdcMode
 from chipsim.periphery import ir_drop_ramp
@@ -25,12 +32,19 @@ from chipsim.readout import ChipReadout
 from chipsim.state import LayerState
 
 
-def tile_weights(plan: LayerPlan, profile: ChipProfile, w: np.ndarray, input_range: float) -> dict[str, np.ndarray]:
-    """The weight inputs of one tile, by part, from its normalised weights (rows, cols); a Conv
+def tile_weights(
+    plan: LayerPlan, k: int, profile: ChipProfile, w: np.ndarray, input_range: float
+) -> dict[str, np.ndarray]:
+    """The weight inputs of tile ``k``, by part, from its normalised weights (rows, cols); a Conv
     tile's parts are stacked into ``w``. Linear profiles: ``w`` carries α·s_col already."""
 
+    pad = tile_channel_pad(plan, k)
+
     def conv_form(m: np.ndarray) -> np.ndarray:
-        return m.T.reshape(plan.cols, -1, *plan.conv_shape[2:])  # type: ignore[index]
+        c = m.T.reshape(plan.cols, -1, *plan.conv_shape[2:])  # type: ignore[index]
+        if pad:  # zero input channels, as lowering.weight_shape declares
+            c = np.concatenate([c, np.zeros((c.shape[0], pad, *c.shape[2:]), c.dtype)], axis=1)
+        return c
 
     parts = tile_parts(profile)
     if is_linear(profile):
@@ -64,7 +78,7 @@ def weight_inputs(
             w = layer_readout.w_norm[a:b]
             if alpha is not None:  # linear tile: y = x @ (w·α_k·s_col)
                 w = w * (alpha[k] * layer.col_scale)[None, :]
-            for part, arr in tile_weights(plan, profile, w, layer.input_range).items():
+            for part, arr in tile_weights(plan, k, profile, w, layer.input_range).items():
                 weights[names[part]] = arr
     return weights
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from chipsim.compiler import lowering
 from chipsim.compiler.graph_builder import GraphBuilder
 from chipsim.compiler.layers import FULL_TILE, emit_analog_layer, emit_layer_dac, emit_tile
 from chipsim.compiler.lean import TileOptions
@@ -96,6 +97,7 @@ def conv_layer(
         tile_channels=tile_channels,
         groups=groups,
         out_factor=out_factor,
+        channel_align=lowering.CONV_CHANNEL_ALIGN,  # read at compile time (tests and benches vary it)
     )
 
 
