@@ -74,19 +74,17 @@ def measure(
             for k, fn in fns.items():
                 times[k].append(_time(fn, seconds))
         for binding in BINDINGS:
-            off, on = times[f"align1-{binding}"], times[f"align{lowering.CONV_CHANNEL_ALIGN}-{binding}"]
+            unpadded, padded = f"align1-{binding}", f"align{lowering.CONV_CHANNEL_ALIGN}-{binding}"
+            off, on = times[unpadded], times[padded]
             speedup = [a / p for a, p in zip(off, on)]
-            rel = {
-                k: [d / t for d, t in zip(times["digital"], times[k])]
-                for k in (f"align1-{binding}", f"align{lowering.CONV_CHANNEL_ALIGN}-{binding}")
-            }
+            rel = {k: [d / t for d, t in zip(times["digital"], times[k])] for k in (unpadded, padded)}
             rows.append(
                 {
                     "batch": b,
                     "binding": binding,
                     "speedup": _stats(speedup),
-                    "vs_digital_unpadded": _stats(rel[f"align1-{binding}"]),
-                    "vs_digital_padded": _stats(rel[f"align{lowering.CONV_CHANNEL_ALIGN}-{binding}"]),
+                    "vs_digital_unpadded": _stats(rel[unpadded]),
+                    "vs_digital_padded": _stats(rel[padded]),
                     "padded_ms": 1e3 * float(np.median(on)),
                     "digital_ms": 1e3 * float(np.median(times["digital"])),
                 }

@@ -42,9 +42,8 @@ def tile_weights(
 
     def conv_form(m: np.ndarray) -> np.ndarray:
         c = m.T.reshape(plan.cols, -1, *plan.conv_shape[2:])  # type: ignore[index]
-        if pad:  # zero input channels, as lowering.weight_shape declares
-            c = np.concatenate([c, np.zeros((c.shape[0], pad, *c.shape[2:]), c.dtype)], axis=1)
-        return c
+        # zero input channels, as lowering.weight_shape declares
+        return np.pad(c, [(0, 0), (0, pad)] + [(0, 0)] * (c.ndim - 2)) if pad else c
 
     parts = tile_parts(profile)
     if is_linear(profile):
