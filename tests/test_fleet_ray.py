@@ -69,6 +69,13 @@ def test_ray_cluster_body(tmp_path, monkeypatch):
     tasks = make_tasks(fleet, store.root, EVAL, ages_per_task=2)
     serial = SerialExecutor().map(tasks)
     assert not ray.is_initialized()
+
+    # ray.cancel racing a task's completion crashes the driver in Ray 2.58 (see RayExecutor.run):
+    # the executor must never call it, on cancellation or on a task's error
+    def no_cancel(*args, **kwargs):
+        raise AssertionError("RayExecutor called ray.cancel")
+
+    monkeypatch.setattr(ray, "cancel", no_cancel)
     monkeypatch.setenv("AGEDCHIP_RAY_ADDRESS", "local")  # the one variable that selects Ray
     monkeypatch.setenv("AGEDCHIP_FLEET_WORKERS", "2")
     assert isinstance(executor_from_env(), RayExecutor)

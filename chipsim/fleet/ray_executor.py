@@ -79,18 +79,20 @@ class RayExecutor(Executor):
         refs: list[Any] = []
         in_flight: list[Any] = []
         done = 0
-        try:
-            for task in tasks:
-                while len(in_flight) >= self.workers:
-                    done += self._wait(in_flight, cancel, len(tasks), done, progress)
-                refs.append(self._remote.remote(task))  # type: ignore[union-attr]
-                in_flight.append(refs[-1])
-            while in_flight:
+        # On cancellation or a task's error, the tasks in flight (at most `workers`, one fleet
+        # task each) are left to finish and their results dropped, not ray.cancel()-ed: in Ray
+        # 2.58 a cancel that races with the task's completion reply fails a RAY_CHECK ("Tried to
+        # complete task that was not pending", ray-project/ray#54846) and ends this process with
+        # status 1 — the service, for a fleet job. Seen once in this project's CI (2026-12-01).
+        for task in tasks:
+            while len(in_flight) >= self.workers:
                 done += self._wait(in_flight, cancel, len(tasks), done, progress)
-        except BaseException:
-            for ref in in_flight:
-                ray.cancel(ref)
-            raise
+            if cancelled(cancel):  # submit nothing more once cancelled
+                raise _cancelled_error(done, len(tasks))
+            refs.append(self._remote.remote(task))  # type: ignore[union-attr]
+            in_flight.append(refs[-1])
+        while in_flight:
+            done += self._wait(in_flight, cancel, len(tasks), done, progress)
         return ray.get(refs)
 
     def _wait(self, in_flight: list[Any], cancel, total: int, done: int, progress) -> int:
