@@ -45,6 +45,7 @@ from onnx import TensorProto, helper
 
 from chipsim.compiler import GRAPH_FORMAT, compile_model, is_linear
 from chipsim.compiler.plan import load_plans, physical_plan
+from chipsim.compiler.session_graph import SessionGraph, session_graph
 from chipsim.compiler.tile_bounds import XI_MAX
 from chipsim.compiler.tile_drops import read_out_graph
 from chipsim.compiler.weight_packing import scale_inputs, weight_inputs
@@ -154,7 +155,11 @@ class ChipRuntime:
         self._linear = is_linear(self.profile)
         self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
         self._has_noise = len(self._noise_shapes) > 0
-        self._init_graph = initializer_graph(proto) if binding == WeightBinding.INITIALIZERS else None
+        self._init_graph = None
+        if binding == WeightBinding.INITIALIZERS:
+            self._init_graph = initializer_graph(session_graph(proto, inputs_binding=False).model)
+        #: the session graph with weights as inputs, once built (chipsim.compiler.session_graph)
+        self._inputs_graph: SessionGraph | None = None
         #: A read-out's session drops the ops its weights prove negligible (chipsim.compiler.tile_drops):
         #: lean lowering, ``initializers`` binding only (``inputs`` shares one session across ages).
         self.tile_drops = bool(tile_drops) and self._init_graph is not None and self.lowering == GraphLowering.LEAN
@@ -200,8 +205,20 @@ class ChipRuntime:
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    self._session = cpu_session(self.graph, self.threads)
+                    model = self._session_graph().model
+                    self._session = cpu_session(model.SerializeToString(), self.threads)
         return self._session
+
+    def _session_graph(self) -> SessionGraph:
+        """The graph of :attr:`session` and how to feed it (built once; a benign race)."""
+        if self._inputs_graph is None:
+            self._inputs_graph = session_graph(self.graph, inputs_binding=True)
+        return self._inputs_graph
+
+    def _fed_weights(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``weights`` (a read-out's weight inputs) as :attr:`session` takes them."""
+        graph = self._session_graph()
+        return {k: graph.feed(k, v) for k, v in weights.items() if k in self._graph_inputs}
 
     # ------------------------------------------------------------------ read-outs
     def _weights(self, readout: ChipReadout, mode: GdcMode) -> dict[str, np.ndarray]:
@@ -261,7 +278,7 @@ class ChipRuntime:
         if feeds is None:
             feeds = dict(self._scales(entry, mode))
             if entry.session is None:
-                feeds.update({k: v for k, v in entry.weights.items() if k in self._graph_inputs})
+                feeds.update(self._fed_weights(entry.weights))
             entry.feeds[mode] = feeds  # benign race: both writers build the same dict
         return feeds
 
@@ -401,7 +418,7 @@ class ChipRuntime:
         elif noise and entry.drops and any(np.max(np.abs(v), initial=0.0) > XI_MAX for v in noise.values()):
             # noise beyond the bound the drops assume: the undropped graph, weights fed
             session = self.session
-            feeds.update(self._weights(entry.readout, mode))
+            feeds.update(self._fed_weights(self._weights(entry.readout, mode)))
         feeds.update(self._static_feeds(entry, mode))
         if noise:
             feeds.update({k: np.ravel(v) for k, v in noise.items()})

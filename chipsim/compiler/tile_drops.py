@@ -62,7 +62,7 @@ class _Graph:
         if t is None:
             return None
         v = numpy_helper.to_array(t)
-        return float(v) if v.size == 1 else None
+        return float(v.item()) if v.size == 1 else None
 
     def other(self, node: onnx.NodeProto, tensor: str) -> str | None:
         """The other input of a two-input node that reads ``tensor``."""
@@ -128,8 +128,9 @@ def drop_ops(model: onnx.ModelProto, drops: Iterable[Drop]) -> tuple[onnx.ModelP
             sites = _cubic_sites(g, layer, tile)
             for a1, m2, a3, m4 in sites or ():
                 name = f"chip/l{layer}/t{tile}/drop/c1_over_c2"
-                if name not in g.consts:
-                    t = numpy_helper.from_array(np.asarray(IR_DROP_POLY[0] / IR_DROP_POLY[1], np.float32), name)
+                if name not in g.consts:  # shaped like c2/c3 (chipsim.compiler.session_graph gives it full rank)
+                    dims = tuple(g.consts[a1.input[1]].dims) if a1.input[1] in g.consts else ()
+                    t = numpy_helper.from_array(np.full(dims, IR_DROP_POLY[0] / IR_DROP_POLY[1], np.float32), name)
                     out.graph.initializer.append(t)
                     g.consts[name] = t
                 a1.input[1] = name

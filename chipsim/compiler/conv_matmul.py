@@ -1,0 +1,187 @@
+"""Conv tiles whose weights are fed per run, on few output pixels, as one batched MatMul.
+
+onnxruntime 1.32's CPU Conv with *non-constant* weights (the ``inputs`` binding, for chips over
+``AGEDCHIP_INITIALIZERS_MAX_BYTES``) runs image by image: an im2col and a GEMM of ``Ho·Wo``
+columns per image and group. On a 1x1 or 2x2 pixel output that is a matrix-vector product per
+image, which reads the whole weight tensor once per image of the batch. resnet18 at 32x32 has
+its largest layers (layer3, layer4: 10.9M of its 11.7M weights) at 2x2 and 1x1 pixels.
+
+This rewrite, applied to the session graph of the ``inputs`` binding only (constant weights take
+onnxruntime's NCHWc path, which is fast there), turns such a Conv into an im2col written in the
+graph (Pad, one strided Slice per kernel tap) and one MatMul per group over the whole batch,
+``W[g] (M/G × Cg·T) @ cols[g] (Cg·T × N·Ho·Wo)``. Taps that only ever read padding are left out
+(with their weights): on a 1x1 input a 3x3 kernel keeps its centre. Exact in real arithmetic:
+the same products summed in another order (float rounding differs in the last bits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from chipsim.compiler.graph_builder import GraphBuilder
+
+#: Output pixels (Ho·Wo) up to which a Conv with graph-input weights becomes a MatMul; see
+#: :func:`conv_inputs_as_matmul` and the measurement in docs/benchmarks.md.
+MAX_PIXELS = 4
+
+
+def _static_dims(vi: onnx.ValueInfoProto | None) -> list[int | None] | None:
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
+def _live_range(size: int, out: int, k: int, stride: int, dilation: int, pad: int) -> tuple[int, int] | None:
+    """First and last kernel tap (along one axis) that reads an input pixel for some output pixel;
+    None when every tap reads padding only."""
+    live = [i for i in range(k) if any(0 <= o * stride - pad + i * dilation < size for o in range(out))]
+    return (live[0], live[-1]) if live else None
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def conv_inputs_as_matmul(model: onnx.ModelProto, max_pixels: int = MAX_PIXELS) -> dict[str, tuple[slice, slice]]:
+    """Rewrite, in place, every 2-D Conv of ``model`` whose weight is a graph input (not an
+    initializer), whose input has static channels and pixels, and whose output has at most
+    ``max_pixels`` pixels. The outputs keep their names and shapes ``[N, M, Ho, Wo]`` (N symbolic).
+
+    Returns the rewritten Convs' weight inputs, each with the kernel rows and columns it now
+    takes: the graph input is declared ``[M, Cg, rows, cols]``, and a caller feeds
+    ``w[:, :, rows, cols]`` (the live taps; the whole kernel for most). Slicing once per read-out
+    instead of in the graph: onnxruntime's strided Slice of a 3x3 kernel to its centre copies
+    element by element (7 ms a layer of resnet18 at batch 64, against 1.5 ms for its MatMuls)."""
+    inferred = shape_inference.infer_shapes(model, data_prop=True)
+    shapes = {vi.name: vi for vi in (*inferred.graph.input, *inferred.graph.value_info)}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    # a weight input read by one Conv only: its feed is sliced to that Conv's live taps
+    graph_inputs = {i.name for i in model.graph.input if uses.get(i.name) == 1}
+    consts = {t.name: t for t in model.graph.initializer}
+    b = GraphBuilder()
+    nodes: list[onnx.NodeProto] = []
+    taps_of: dict[str, tuple[slice, slice]] = {}
+    rewritten: dict[str, tuple[slice, slice]] = {}
+    for node in model.graph.node:
+        new = _rewrite(node, b, shapes, graph_inputs, consts, max_pixels, taps_of) if node.op_type == "Conv" else None
+        if new is None:
+            nodes.append(node)
+            continue
+        nodes.extend(new)
+        rewritten[node.input[1]] = taps_of.get(node.input[1], (slice(None), slice(None)))
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        model.graph.initializer.extend(b.inits)
+        for vi in model.graph.input:
+            if vi.name in taps_of:
+                rows, cols = taps_of[vi.name]
+                dims = vi.type.tensor_type.shape.dim
+                dims[2].dim_value, dims[3].dim_value = rows.stop - rows.start, cols.stop - cols.start
+    return rewritten
+
+
+def _rewrite(
+    node: onnx.NodeProto,
+    b: GraphBuilder,
+    shapes: dict[str, onnx.ValueInfoProto],
+    graph_inputs: set[str],
+    consts: dict[str, onnx.TensorProto],
+    max_pixels: int,
+    taps_of: dict[str, tuple[slice, slice]],
+) -> list[onnx.NodeProto] | None:
+    x, w = node.input[0], node.input[1]
+    bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    xs, ws = _static_dims(shapes.get(x)), _static_dims(shapes.get(w))
+    if w not in graph_inputs or xs is None or ws is None or len(xs) != 4 or None in xs[1:] or None in ws:
+        return None
+    if bias is not None and bias not in consts:
+        return None
+    a = _attrs(node)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        return None
+    _, c_in, h, wd = xs
+    m, cg, kh, kw = ws
+    groups = int(a.get("group", 1))
+    sh, sw = a.get("strides", [1, 1])
+    dh, dw = a.get("dilations", [1, 1])
+    pt, pl, pb, pr = a.get("pads", [0, 0, 0, 0])
+    ho = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    wo = (wd + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    if ho < 1 or wo < 1 or ho * wo > max_pixels or c_in != cg * groups or m % groups:
+        return None
+    rows = _live_range(h, ho, kh, sh, dh, pt)
+    cols = _live_range(wd, wo, kw, sw, dw, pl)
+    if rows is None or cols is None:
+        return None  # an output of bias only: rare enough to leave to onnxruntime
+    start = len(b.nodes)
+    prefix = node.name or node.output[0]
+    stacked, t = _patches(b, x, prefix, (h, wd), (ho, wo), (sh, sw), (dh, dw), (pt, pl), (rows, cols))
+    # [N, G, Cg·T, P] → [G, Cg·T, N, P] → [G, Cg·T, N·P]: a tap's rows follow the weights' (c, kh, kw) order
+    p = ho * wo
+    col = b.op("Reshape", [stacked, b.const(prefix, [0, groups, cg * t, p], np.int64)], prefix)
+    col = b.op("Transpose", [col], prefix, perm=[1, 2, 0, 3])
+    col = b.op("Reshape", [col, b.const(prefix, [groups, cg * t, -1], np.int64)], prefix)
+    if t < kh * kw:  # the runtime feeds only the live taps' weights (see conv_inputs_as_matmul)
+        taps_of[w] = (slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1))
+    wt = b.op("Reshape", [w, b.const(prefix, [groups, m // groups, cg * t], np.int64)], prefix)
+    y = b.op("MatMul", [wt, col], prefix)  # [G, M/G, N·P] = [M, N, P] in memory
+    y = b.op("Reshape", [y, b.const(prefix, [m, -1, ho, wo], np.int64)], prefix)
+    out = node.output[0]
+    if bias is None:
+        b.op("Transpose", [y], prefix, output=out, perm=[1, 0, 2, 3])
+    else:
+        y = b.op("Transpose", [y], prefix, perm=[1, 0, 2, 3])
+        bias4 = numpy_helper.to_array(consts[bias]).reshape(m, 1, 1).astype(np.float32)
+        b.op("Add", [y, b.const(prefix, bias4)], prefix, output=out)
+    return b.nodes[start:]
+
+
+def _patches(
+    b: GraphBuilder,
+    x: str,
+    prefix: str,
+    size: tuple[int, int],
+    out: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pad: tuple[int, int],
+    live: tuple[tuple[int, int], tuple[int, int]],
+) -> tuple[str, int]:
+    """The im2col of ``x`` for the live taps: ``[N, C, T, Ho, Wo]`` (``[N, C, Ho, Wo]`` when
+    T = 1), and T. The live taps are a bounding box: a dead tap inside it reads padding, zeros."""
+    (h, wd), (ho, wo), (sh, sw), (dh, dw), (pt, pl) = size, out, stride, dilation, pad
+    (i0, i1), (j0, j1) = live
+    # the padding the live taps need, and one strided Slice per tap: [N, C, Ho, Wo] each
+    pad_top = max(0, pt - i0 * dh)
+    pad_left = max(0, pl - j0 * dw)
+    last_row = (ho - 1) * sh - pt + i1 * dh  # the last input row a live tap reads (may be padding)
+    last_col = (wo - 1) * sw - pl + j1 * dw
+    pad_bottom, pad_right = max(0, last_row - (h - 1)), max(0, last_col - (wd - 1))
+    xp = x
+    if pad_top or pad_left or pad_bottom or pad_right:
+        pads = b.const(prefix, [0, 0, pad_top, pad_left, 0, 0, pad_bottom, pad_right], np.int64)
+        xp = b.op("Pad", [x, pads], prefix)
+    hp, wp = h + pad_top + pad_bottom, wd + pad_left + pad_right
+    taps = []
+    for i in range(i0, i1 + 1):
+        for j in range(j0, j1 + 1):
+            r0 = i * dh - pt + pad_top  # first input row of tap i, in the padded input
+            c0 = j * dw - pl + pad_left
+            if (r0, c0) == (0, 0) and (ho, wo) == (hp, wp) and (ho == 1 or sh == 1) and (wo == 1 or sw == 1):
+                taps.append(xp)  # the whole input
+                continue
+            bounds = [[r0, c0], [r0 + (ho - 1) * sh + 1, c0 + (wo - 1) * sw + 1], [2, 3], [sh, sw]]
+            taps.append(b.op("Slice", [xp, *(b.const(prefix, v, np.int64) for v in bounds)], prefix))
+    t = len(taps)
+    if t == 1:
+        stacked = taps[0]  # [N, C, Ho, Wo] = [N, C, 1, Ho·Wo] in memory
+    else:
+        axis2 = b.const(prefix, [2], np.int64)
+        stacked = b.op("Concat", [b.op("Unsqueeze", [s, axis2], prefix) for s in taps], prefix, axis=2)
+    return stacked, t
