@@ -54,7 +54,10 @@ def conv_inputs_as_matmul(model: onnx.ModelProto, max_pixels: int = MAX_PIXELS) 
     ``w[:, :, rows, cols]`` (the live taps; the whole kernel for most). Slicing once per read-out
     instead of in the graph: onnxruntime's strided Slice of a 3x3 kernel to its centre copies
     element by element (7 ms a layer of resnet18 at batch 64, against 1.5 ms for its MatMuls)."""
-    inferred = shape_inference.infer_shapes(model, data_prop=True)
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 — e.g. a graph over protobuf's 2 GiB: no rewrite, same outputs
+        return {}
     shapes = {vi.name: vi for vi in (*inferred.graph.input, *inferred.graph.value_info)}
     uses: dict[str, int] = {}
     for node in model.graph.node:

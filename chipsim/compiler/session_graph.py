@@ -2,9 +2,9 @@
 exact rewrites that only change how fast onnxruntime runs it, applied when a session is built.
 They change no stored byte, so every stored chip gets them.
 
-- :func:`full_rank_constants` (every session): a constant of lower rank than the tensor it is
-  broadcast against gets leading 1s. onnxruntime 1.32's CPU broadcasting of a rank-0 or rank-1
-  scalar against a tensor whose last dimension is 1 (a Conv's output on 1x1 pixels,
+- :func:`full_rank_constants` (every session): a one-element constant broadcast against a
+  tensor whose last dimension is 1 gets that tensor's rank. onnxruntime 1.32's CPU broadcasting
+  of a rank-0 or rank-1 scalar against such a tensor (a Conv's output on 1x1 pixels,
   ``[N, C, 1, 1]``) walks it element by element: ``Add([64, 512, 1, 1], scalar)`` 0.32 ms
   against 0.008 ms for ``[64, 512]`` or for a ``[1, 1, 1, 1]`` constant (200 calls, one thread,
   a one-off microbenchmark); the lowering's IR-drop and noise arithmetic is such ops.
@@ -29,34 +29,40 @@ BROADCAST_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum
 
 
 def full_rank_constants(model: onnx.ModelProto) -> int:
-    """Give, in place, every constant (initializer) input of a :data:`BROADCAST_OPS` node the
-    rank of that node's highest-rank input (leading 1s; a shared constant gets one copy per
-    rank); returns how many inputs were rewired. Ranks from ONNX shape inference; a node whose
-    ranks are not all known is left alone."""
-    inferred = shape_inference.infer_shapes(model)
-    ranks = {
-        vi.name: len(vi.type.tensor_type.shape.dim)
+    """Give, in place, every one-element constant (initializer) input of a :data:`BROADCAST_OPS`
+    node that is broadcast against a tensor whose last dimension is 1 (statically) that tensor's
+    rank, with leading 1s (a shared constant gets one copy per rank); returns how many inputs were
+    rewired. Only that case is slow, and only it is touched: onnxruntime's fusions (LayerNorm,
+    Gelu, ...) look for scalar constants elsewhere. Shapes from ONNX shape inference (with data
+    propagation: the per-MVM noise is reshaped to the shape of the tile's output)."""
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 — e.g. a graph over protobuf's 2 GiB: no rewrite, same outputs
+        return 0
+    shapes = {
+        vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
         for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
         if vi.type.tensor_type.HasField("shape")
     }
     consts = {t.name: t for t in model.graph.initializer}
-    ranks.update({name: len(t.dims) for name, t in consts.items()})
     made: dict[tuple[str, int], str] = {}
     rewired = 0
     for node in model.graph.node:
-        if node.op_type not in BROADCAST_OPS or any(i not in ranks for i in node.input if i):
+        if node.op_type not in BROADCAST_OPS:
             continue
-        rank = max(ranks[i] for i in node.input if i)
+        against = [shapes.get(i) for i in node.input if i and i not in consts]
+        if not against or any(d is None or not d or d[-1] != 1 for d in against):
+            continue
+        rank = max(len(d) for d in against)  # type: ignore[arg-type]
         for k, name in enumerate(node.input):
-            if name not in consts or ranks[name] >= rank:
+            t = consts.get(name)
+            if t is None or len(t.dims) >= rank or int(np.prod(t.dims)) != 1:
                 continue
             key = (name, rank)
             if key not in made:
-                array = numpy_helper.to_array(consts[name])
                 made[key] = f"{name}/rank{rank}"
-                model.graph.initializer.append(
-                    numpy_helper.from_array(array.reshape((1,) * (rank - array.ndim) + array.shape), made[key])
-                )
+                array = numpy_helper.to_array(t).reshape((1,) * rank)
+                model.graph.initializer.append(numpy_helper.from_array(array, made[key]))
             node.input[k] = made[key]
             rewired += 1
     return rewired
