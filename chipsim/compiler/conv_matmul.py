@@ -125,17 +125,23 @@ def _rewrite(
     start = len(b.nodes)
     prefix = node.name or node.output[0]
     stacked, t = _patches(b, x, prefix, (h, wd), (ho, wo), (sh, sw), (dh, dw), (pt, pl), (rows, cols))
+    if t < kh * kw:  # the runtime feeds only the live taps' weights (see conv_inputs_as_matmul)
+        taps_of[w] = (slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1))
+    p, out = ho * wo, node.output[0]
+    if groups == 1 and p == 1:  # one pixel, one group: [N, C·T] @ W[M, C·T]ᵀ, no transposes
+        col = b.op("Reshape", [stacked, b.const(prefix, [-1, cg * t], np.int64)], prefix)
+        wt = b.op("Reshape", [w, b.const(prefix, [m, cg * t], np.int64)], prefix)
+        inputs = [col, wt] + ([b.const(prefix, numpy_helper.to_array(consts[bias]))] if bias else [])
+        y = b.op("Gemm", inputs, prefix, transB=1)
+        b.op("Reshape", [y, b.const(prefix, [-1, m, 1, 1], np.int64)], prefix, output=out)
+        return b.nodes[start:]
     # [N, G, Cg·T, P] → [G, Cg·T, N, P] → [G, Cg·T, N·P]: a tap's rows follow the weights' (c, kh, kw) order
-    p = ho * wo
     col = b.op("Reshape", [stacked, b.const(prefix, [0, groups, cg * t, p], np.int64)], prefix)
     col = b.op("Transpose", [col], prefix, perm=[1, 2, 0, 3])
     col = b.op("Reshape", [col, b.const(prefix, [groups, cg * t, -1], np.int64)], prefix)
-    if t < kh * kw:  # the runtime feeds only the live taps' weights (see conv_inputs_as_matmul)
-        taps_of[w] = (slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1))
     wt = b.op("Reshape", [w, b.const(prefix, [groups, m // groups, cg * t], np.int64)], prefix)
     y = b.op("MatMul", [wt, col], prefix)  # [G, M/G, N·P] = [M, N, P] in memory
     y = b.op("Reshape", [y, b.const(prefix, [m, -1, ho, wo], np.int64)], prefix)
-    out = node.output[0]
     if bias is None:
         b.op("Transpose", [y], prefix, output=out, perm=[1, 0, 2, 3])
     else:
