@@ -50,7 +50,9 @@ CASES = [
     (8, (2, 2), 12, (3, 3), 1, (1, 1), (1, 1), (1, 1, 1, 1), True),  # 2x2 pixels, all 9 taps
     (8, (2, 2), 12, (3, 3), 1, (2, 2), (1, 1), (1, 1, 1, 1), False),  # stride 2 → 1x1: 4 taps
     (16, (3, 3), 8, (3, 3), 4, (2, 2), (1, 1), (1, 1, 1, 1), True),  # groups (the tile's stacked parts)
-    (8, (2, 2), 8, (3, 3), 8, (1, 1), (1, 1), (1, 1, 1, 1), False),  # depthwise
+    (8, (2, 2), 8, (3, 3), 8, (1, 1), (1, 1), (1, 1, 1, 1), False),  # depthwise: Σ taps ⊙ weights
+    (6, (1, 1), 6, (3, 3), 6, (1, 1), (1, 1), (1, 1, 1, 1), True),  # depthwise, centre tap, bias
+    (6, (1, 1), 6, (3, 3), 6, (1, 1), (1, 1), (1, 1, 1, 1), False),  # depthwise, one tap, no bias
     (8, (2, 2), 12, (3, 3), 1, (2, 2), (1, 1), (1, 1, 1, 1), True),  # one pixel, one group: Gemm + bias
     (6, (2, 3), 10, (1, 1), 2, (1, 1), (1, 1), (0, 0, 0, 0), False),  # 1x1 kernel, 2x3 pixels
     (4, (5, 5), 6, (3, 3), 1, (2, 2), (2, 2), (0, 1, 2, 0), True),  # dilation, uneven pads

@@ -124,10 +124,15 @@ def _rewrite(
         return None  # an output of bias only: rare enough to leave to onnxruntime
     start = len(b.nodes)
     prefix = node.name or node.output[0]
-    stacked, t = _patches(b, x, prefix, (h, wd), (ho, wo), (sh, sw), (dh, dw), (pt, pl), (rows, cols))
+    geometry = ((h, wd), (ho, wo), (sh, sw), (dh, dw), (pt, pl), (rows, cols))
+    t = (rows[1] - rows[0] + 1) * (cols[1] - cols[0] + 1)
     if t < kh * kw:  # the runtime feeds only the live taps' weights (see conv_inputs_as_matmul)
         taps_of[w] = (slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1))
     p, out = ho * wo, node.output[0]
+    if cg == 1 and m == groups:
+        _depthwise(b, x, w, numpy_helper.to_array(consts[bias]) if bias else None, out, prefix, geometry)
+        return b.nodes[start:]
+    stacked = _stack(b, _patches(b, x, prefix, *geometry), prefix)
     if groups == 1 and p == 1:  # one pixel, one group: [N, C·T] @ W[M, C·T]ᵀ, no transposes
         col = b.op("Reshape", [stacked, b.const(prefix, [-1, cg * t], np.int64)], prefix)
         wt = b.op("Reshape", [w, b.const(prefix, [m, cg * t], np.int64)], prefix)
@@ -161,9 +166,11 @@ def _patches(
     dilation: tuple[int, int],
     pad: tuple[int, int],
     live: tuple[tuple[int, int], tuple[int, int]],
-) -> tuple[str, int]:
-    """The im2col of ``x`` for the live taps: ``[N, C, T, Ho, Wo]`` (``[N, C, Ho, Wo]`` when
-    T = 1), and T. The live taps are a bounding box: a dead tap inside it reads padding, zeros."""
+    channels_last: bool = False,
+) -> list[str]:
+    """The im2col of ``x`` for the live taps: one ``[N, C, Ho, Wo]`` per tap, in (kh, kw) order
+    (``[N, Ho, Wo, C]`` from an ``x`` in ``[N, H, W, C]`` with ``channels_last``).
+    The live taps are a bounding box: a dead tap inside it reads padding, zeros."""
     (h, wd), (ho, wo), (sh, sw), (dh, dw), (pt, pl) = size, out, stride, dilation, pad
     (i0, i1), (j0, j1) = live
     # the padding the live taps need, and one strided Slice per tap: [N, C, Ho, Wo] each
@@ -174,8 +181,10 @@ def _patches(
     pad_bottom, pad_right = max(0, last_row - (h - 1)), max(0, last_col - (wd - 1))
     xp = x
     if pad_top or pad_left or pad_bottom or pad_right:
-        pads = b.const(prefix, [0, 0, pad_top, pad_left, 0, 0, pad_bottom, pad_right], np.int64)
-        xp = b.op("Pad", [x, pads], prefix)
+        before, after = [0, pad_top, pad_left, 0], [0, pad_bottom, pad_right, 0]
+        if not channels_last:
+            before, after = [0, 0, pad_top, pad_left], [0, 0, pad_bottom, pad_right]
+        xp = b.op("Pad", [x, b.const(prefix, before + after, np.int64)], prefix)
     hp, wp = h + pad_top + pad_bottom, wd + pad_left + pad_right
     taps = []
     for i in range(i0, i1 + 1):
@@ -185,12 +194,37 @@ def _patches(
             if (r0, c0) == (0, 0) and (ho, wo) == (hp, wp) and (ho == 1 or sh == 1) and (wo == 1 or sw == 1):
                 taps.append(xp)  # the whole input
                 continue
-            bounds = [[r0, c0], [r0 + (ho - 1) * sh + 1, c0 + (wo - 1) * sw + 1], [2, 3], [sh, sw]]
+            axes = [1, 2] if channels_last else [2, 3]
+            bounds = [[r0, c0], [r0 + (ho - 1) * sh + 1, c0 + (wo - 1) * sw + 1], axes, [sh, sw]]
             taps.append(b.op("Slice", [xp, *(b.const(prefix, v, np.int64) for v in bounds)], prefix))
+    return taps
+
+
+def _stack(b: GraphBuilder, taps: list[str], prefix: str) -> str:
+    """The taps as one ``[N, C, T, Ho, Wo]`` (``[N, C, Ho, Wo]`` = ``[N, C, 1, Ho·Wo]`` when T = 1)."""
+    if len(taps) == 1:
+        return taps[0]
+    axis2 = b.const(prefix, [2], np.int64)
+    return b.op("Concat", [b.op("Unsqueeze", [s, axis2], prefix) for s in taps], prefix, axis=2)
+
+
+def _depthwise(b: GraphBuilder, x: str, w: str, bias: np.ndarray | None, out: str, prefix: str, geometry) -> None:
+    """A depthwise Conv (one channel a group) as ``Σ_t tap_t ⊙ w[:, t]``, each tap's weights
+    expanded to ``[M, Ho, Wo]`` so that a product broadcasts along the batch only: onnxruntime
+    1.32 broadcasts ``[1, M, 1, 1]`` against ``[N, M, 2, 2]`` in spans of 4 elements, 24 ns an
+    element (taking the taps channels-last does not help: its transpose optimiser moves the
+    Transposes back out). A batched MatMul of ``[1 × T] @ [T × N·P]`` per channel runs hundreds
+    of tiny products, and stacking the taps costs T copies of the input."""
+    (_, (ho, wo), *_rest) = geometry
+    taps = _patches(b, x, prefix, *geometry)
     t = len(taps)
-    if t == 1:
-        stacked = taps[0]  # [N, C, Ho, Wo] = [N, C, 1, Ho·Wo] in memory
-    else:
-        axis2 = b.const(prefix, [2], np.int64)
-        stacked = b.op("Concat", [b.op("Unsqueeze", [s, axis2], prefix) for s in taps], prefix, axis=2)
-    return stacked, t
+    per_tap = b.op("Reshape", [w, b.const(prefix, [-1, t, 1, 1], np.int64)], prefix)  # [M, T, 1, 1]
+    per_tap = b.op("Expand", [per_tap, b.const(prefix, [1, 1, ho, wo], np.int64)], prefix)  # [M, T, Ho, Wo]
+    acc = None
+    for k, tap in enumerate(taps):
+        wk = b.op("Gather", [per_tap, b.const(prefix, k, np.int64)], prefix, axis=1)  # [M, Ho, Wo]
+        term = b.op("Mul", [tap, wk], prefix)
+        acc = term if acc is None else b.op("Add", [acc, term], prefix)
+    if bias is not None:
+        acc = b.op("Add", [acc, b.const(prefix, bias.reshape(-1, 1, 1).astype(np.float32))], prefix)
+    b.op("Identity", [acc], prefix, output=out)
