@@ -7,7 +7,8 @@ channel slices padded to a multiple of 4 and without (align 1), on both weight b
 resnet18 at 32×32 (bench/architectures.py, random weights; 256 channels × 3×3 in 5 tiles of
 51-52 channels, 512 in 10 of 51), ``pcm`` at 1 d, lean lowering, 1 thread, cached read-out,
 fresh per-MVM noise. Both chips come from one seed (the same devices); the variants and the
-digital model run interleaved in one process, round by round; a ratio is taken within a round
+digital model run interleaved in one process, round by round (the order reversed every other
+round); a ratio is taken within a round
 (CPU time), the report gives median [min–max] over rounds. ``embedded``: weights as initializers
 (what a chip under ``AGEDCHIP_INITIALIZERS_MAX_BYTES`` gets); ``inputs``: weights fed per run (the
 default for resnet18, whose 11.7M weights are over it).
@@ -16,12 +17,21 @@ default for resnet18, whose 11.7M weights are over it).
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 import chipsim.compiler.lowering as lowering
-from bench.common import RESULTS, machine, output_dir, write
+from bench.common import (
+    RESULTS,
+    ab_cells,
+    ab_summary,
+    add_ab_arguments,
+    fmt_median_range,
+    interleaved_cpu_times,
+    machine,
+    output_dir,
+    write,
+)
 from bench.runtime import AGE_S, _model
 from chipsim import get_profile
 from chipsim.compiler import program_onnx
@@ -49,16 +59,6 @@ def _runtimes(model: bytes, x: np.ndarray) -> dict[str, ChipRuntime]:
     return out
 
 
-def _time(fn, seconds: float) -> float:
-    """CPU seconds per call, at least two calls."""
-    fn()
-    t0, n = time.process_time(), 0
-    while n < 2 or time.process_time() - t0 < seconds:
-        fn()
-        n += 1
-    return (time.process_time() - t0) / n
-
-
 def measure(
     rts: dict[str, ChipRuntime], model: bytes, x: np.ndarray, batches, rounds: int, seconds: float
 ) -> list[dict]:
@@ -69,36 +69,12 @@ def measure(
         xb = x[:b]
         fns = {k: (lambda rt=rt: rt.run(xb, age_s=AGE_S)) for k, rt in rts.items()}
         fns["digital"] = lambda: digital.run(None, {name: xb})
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(rounds):
-            for k, fn in fns.items():
-                times[k].append(_time(fn, seconds))
+        times = interleaved_cpu_times(fns, rounds, seconds)
         for binding in BINDINGS:
             unpadded, padded = f"align1-{binding}", f"align{lowering.CONV_CHANNEL_ALIGN}-{binding}"
-            off, on = times[unpadded], times[padded]
-            speedup = [a / p for a, p in zip(off, on)]
-            rel = {k: [d / t for d, t in zip(times["digital"], times[k])] for k in (unpadded, padded)}
-            rows.append(
-                {
-                    "batch": b,
-                    "binding": binding,
-                    "speedup": _stats(speedup),
-                    "vs_digital_unpadded": _stats(rel[unpadded]),
-                    "vs_digital_padded": _stats(rel[padded]),
-                    "padded_ms": 1e3 * float(np.median(on)),
-                    "digital_ms": 1e3 * float(np.median(times["digital"])),
-                }
-            )
-            print(f"batch {b} {binding}: padding speedup {rows[-1]['speedup']}", flush=True)
+            rows.append({"batch": b, "binding": binding, **ab_summary(times, unpadded, padded)})
+            print(f"batch {b} {binding}: padding speedup {fmt_median_range(rows[-1]['speedup'])}", flush=True)
     return rows
-
-
-def _stats(v: list[float]) -> dict:
-    return {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v))}
-
-
-def _fmt(s: dict) -> str:
-    return f"{s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
 
 
 def markdown(rows: list[dict], info: dict, args) -> str:
@@ -116,18 +92,13 @@ def markdown(rows: list[dict], info: dict, args) -> str:
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['batch']} | {r['binding']} | {_fmt(r['speedup'])} | {_fmt(r['vs_digital_unpadded'])} | "
-            f"{_fmt(r['vs_digital_padded'])} | {r['padded_ms']:.1f} | {r['digital_ms']:.2f} |"
-        )
+        lines.append(f"| {r['batch']} | {r['binding']} | " + ab_cells(r))
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=0.3, help="CPU seconds per variant and round (≥ 2 calls)")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    add_ab_arguments(ap)
     outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args(argv)
     out = output_dir(NAME, args)

@@ -18,14 +18,23 @@ report gives median [min–max] over rounds.
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import contextmanager
 from unittest import mock
 
 import numpy as np
 
 import chipsim.runtime as runtime_module
-from bench.common import RESULTS, machine, output_dir, write
+from bench.common import (
+    RESULTS,
+    ab_cells,
+    ab_summary,
+    add_ab_arguments,
+    fmt_median_range,
+    interleaved_cpu_times,
+    machine,
+    output_dir,
+    write,
+)
 from bench.runtime import AGE_S, _model
 from chipsim import get_profile
 from chipsim.compiler import program_onnx
@@ -78,20 +87,6 @@ def _runtimes(model: bytes, x: np.ndarray) -> dict[str, ChipRuntime]:
     return out
 
 
-def _time(fn, seconds: float) -> float:
-    """CPU seconds per call, at least two calls."""
-    fn()
-    t0, n = time.process_time(), 0
-    while n < 2 or time.process_time() - t0 < seconds:
-        fn()
-        n += 1
-    return (time.process_time() - t0) / n
-
-
-def _stats(v: list[float]) -> dict:
-    return {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v))}
-
-
 def measure(name: str, batches, rounds: int, seconds: float) -> list[dict]:
     model, x = _bench_model(name)
     rts = _runtimes(model, x)
@@ -104,36 +99,15 @@ def measure(name: str, batches, rounds: int, seconds: float) -> list[dict]:
         xb = x[:b]
         fns = {k: (lambda rt=rt: rt.run(xb, age_s=AGE_S)) for k, rt in rts.items()}
         fns["digital"] = lambda: digital.run(None, {iname: xb})
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        keys = list(fns)
-        for r in range(rounds):  # the order reversed every other round: no variant always runs first
-            for k in keys if r % 2 == 0 else keys[::-1]:
-                times[k].append(_time(fns[k], seconds))
+        times = interleaved_cpu_times(fns, rounds, seconds)
         for binding in BINDINGS:
-            old, new = times[f"stored-{binding}"], times[f"rewritten-{binding}"]
-            rel = {
-                k: [d / t for d, t in zip(times["digital"], times[k])]
-                for k in (f"stored-{binding}", f"rewritten-{binding}")
-            }
+            row = ab_summary(times, f"stored-{binding}", f"rewritten-{binding}")
+            rewritten = n_taps if binding == "inputs" else 0
             rows.append(
-                {
-                    "model": name,
-                    "batch": b,
-                    "binding": binding,
-                    "conv_weight_inputs_rewritten": n_taps if binding == "inputs" else 0,
-                    "speedup": _stats([o / n for o, n in zip(old, new)]),
-                    "vs_digital_stored": _stats(rel[f"stored-{binding}"]),
-                    "vs_digital_rewritten": _stats(rel[f"rewritten-{binding}"]),
-                    "rewritten_ms": 1e3 * float(np.median(new)),
-                    "digital_ms": 1e3 * float(np.median(times["digital"])),
-                }
+                {"model": name, "batch": b, "binding": binding, "conv_weight_inputs_rewritten": rewritten, **row}
             )
-            print(f"{name} batch {b} {binding}: speedup {_fmt(rows[-1]['speedup'])}", flush=True)
+            print(f"{name} batch {b} {binding}: speedup {fmt_median_range(rows[-1]['speedup'])}", flush=True)
     return rows
-
-
-def _fmt(s: dict) -> str:
-    return f"{s['median']:.3f} [{s['min']:.3f}–{s['max']:.3f}]"
 
 
 def markdown(rows: list[dict], info: dict, args) -> str:
@@ -155,9 +129,7 @@ def markdown(rows: list[dict], info: dict, args) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['batch']} | {r['binding']} | {r['conv_weight_inputs_rewritten']} | "
-            f"{_fmt(r['speedup'])} | {_fmt(r['vs_digital_stored'])} | {_fmt(r['vs_digital_rewritten'])} | "
-            f"{r['rewritten_ms']:.1f} | {r['digital_ms']:.2f} |"
+            f"| {r['model']} | {r['batch']} | {r['binding']} | {r['conv_weight_inputs_rewritten']} | " + ab_cells(r)
         )
     return "\n".join(lines) + "\n"
 
@@ -165,9 +137,7 @@ def markdown(rows: list[dict], info: dict, args) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=0.3, help="CPU seconds per variant and round (≥ 2 calls)")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    add_ab_arguments(ap)
     outputs.add_arguments(ap, RESULTS)
     args = ap.parse_args(argv)
     out = output_dir(NAME, args)
