@@ -74,7 +74,8 @@ def _in_graph_session(rt: ChipRuntime):
     """A session of the chip's graph with RandomNormalLike(tile output) in place of each noise
     input; ``rt`` uses the ``inputs`` binding, so the read-out weights are fed with each run
     (embedded initializers are consumed by the runtime's own session)."""
-    model = onnx.load_from_string(rt.graph)
+    model = onnx.ModelProto()
+    model.CopyFrom(rt._session_graph().model)  # the graph its static feeds are shaped for
     noise_inputs = {name for name, _ in rt._noise_shapes.noise_of}
     producers = {o: n for n in model.graph.node for o in n.output}
     nodes = []

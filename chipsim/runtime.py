@@ -156,8 +156,12 @@ class ChipRuntime:
         self._noise_shapes = NoiseShapes(graph, [i["name"] for i in self.inputs])
         self._has_noise = len(self._noise_shapes) > 0
         self._init_graph = None
+        #: how the sessions of the initializers binding are fed (chipsim.compiler.session_graph)
+        self._init_feeds: SessionGraph | None = None
         if binding == WeightBinding.INITIALIZERS:
-            self._init_graph = initializer_graph(session_graph(proto, inputs_binding=False).model)
+            self._init_feeds = session_graph(proto, inputs_binding=False)
+            self._init_graph = initializer_graph(self._init_feeds.model)
+            self._init_feeds.model = onnx.ModelProto()  # the graph lives on in _init_graph
         #: the session graph with weights as inputs, once built (chipsim.compiler.session_graph)
         self._inputs_graph: SessionGraph | None = None
         #: A read-out's session drops the ops its weights prove negligible (chipsim.compiler.tile_drops):
@@ -215,10 +219,11 @@ class ChipRuntime:
             self._inputs_graph = session_graph(self.graph, inputs_binding=True)
         return self._inputs_graph
 
-    def _fed_weights(self, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``weights`` (a read-out's weight inputs) as :attr:`session` takes them."""
-        graph = self._session_graph()
-        return {k: graph.feed(k, v) for k, v in weights.items() if k in self._graph_inputs}
+    def _fed(self, arrays: dict[str, np.ndarray], graph: SessionGraph | None = None) -> dict[str, np.ndarray]:
+        """``arrays`` (a read-out's weight or scale inputs) as the session of ``graph`` takes
+        them (default: :attr:`session`'s)."""
+        graph = graph or self._session_graph()
+        return {k: graph.feed(k, v) for k, v in arrays.items() if k in self._graph_inputs}
 
     # ------------------------------------------------------------------ read-outs
     def _weights(self, readout: ChipReadout, mode: GdcMode) -> dict[str, np.ndarray]:
@@ -276,9 +281,9 @@ class ChipRuntime:
         """Weights (``inputs`` binding) and GDC-scaled column scales of an entry, merged once."""
         feeds = entry.feeds.get(mode)
         if feeds is None:
-            feeds = dict(self._scales(entry, mode))
+            feeds = self._fed(self._scales(entry, mode), self._init_feeds if entry.session is not None else None)
             if entry.session is None:
-                feeds.update(self._fed_weights(entry.weights))
+                feeds.update(self._fed(entry.weights))
             entry.feeds[mode] = feeds  # benign race: both writers build the same dict
         return feeds
 
@@ -413,13 +418,13 @@ class ChipRuntime:
         mode = self.gdc_mode(gdc)
         entry = self._entry(age_s, read_seed, mode)
         session = entry.session or self.session
+        feeds.update(self._static_feeds(entry, mode))
         if noise is None and self._has_noise:
             noise = draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk), self.noise_source)
         elif noise and entry.drops and any(np.max(np.abs(v), initial=0.0) > XI_MAX for v in noise.values()):
-            # noise beyond the bound the drops assume: the undropped graph, weights fed
+            # noise beyond the bound the drops assume: the undropped graph, weights and scales fed
             session = self.session
-            feeds.update(self._fed_weights(self._weights(entry.readout, mode)))
-        feeds.update(self._static_feeds(entry, mode))
+            feeds.update(self._fed({**self._weights(entry.readout, mode), **self._scales(entry, mode)}))
         if noise:
             feeds.update({k: np.ravel(v) for k, v in noise.items()})
         return session.run(self.output_names, feeds), entry.readout
