@@ -5,8 +5,9 @@ with the rewrites (the default) and with its compiled graph as stored, on both w
                                   [--seconds 0.3] [--batches 1 64] [--replace]
 
 resnet18 and mobilenet_v2 at 32×32 (bench/architectures.py, random weights; their last stages
-run on 2×2 and 1×1 pixels) and the zoo's cnn-hwa (digits, 8×8; a control: no tensor of its ends
-in a dimension of 1 and no Conv output is under 5 pixels, so nothing is rewritten); ``pcm`` at
+run on 2×2 and 1×1 pixels) and the zoo's cnn-hwa (digits, 8×8; nearly a control: no tensor of
+its ends in a dimension of 1 and no Conv output is under 5 pixels; 4 per-channel inputs on 4×4
+pixels are expanded); ``pcm`` at
 1 d, lean lowering, 1 thread, cached read-out, per-MVM noise drawn per run. Both runtimes of a
 binding share one chip; they and the digital model run interleaved in one process, round by
 round (the order reversed every other round); a ratio is taken within a round (CPU time), the
