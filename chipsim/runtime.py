@@ -83,7 +83,10 @@ class _Entry:
 
     readout: ChipReadout
     weights: dict[str, np.ndarray]  # empty once embedded in the session (it holds its own copy)
-    weight_bytes: int = 0
+    weight_bytes: int = 0  # the weights, and the copies fed_weights holds
+    #: ``inputs`` binding: the weights as the session takes them (SessionGraph.feed: some are
+    #: copies of their live taps), made once per read-out and charged in weight_bytes
+    fed_weights: dict[str, np.ndarray] = field(default_factory=dict)
     scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per GDC mode
     feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # scales + weights, per GDC mode
     session: ort.InferenceSession | None = None
@@ -239,6 +242,9 @@ class ChipRuntime:
                 ranges = [layer.input_range for layer in self.chip.layers]
                 graph, entry.drops = read_out_graph(graph, self.plans, ranges, weights, self.profile)
             entry.session = embedded_session(graph, weights, self.threads)
+        else:
+            entry.fed_weights = self._fed(weights)
+            entry.weight_bytes += sum(a.nbytes for k, a in entry.fed_weights.items() if a is not weights[k])
         return entry
 
     def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> _Entry:
@@ -283,7 +289,7 @@ class ChipRuntime:
         if feeds is None:
             feeds = self._fed(self._scales(entry, mode), self._init_feeds if entry.session is not None else None)
             if entry.session is None:
-                feeds.update(self._fed(entry.weights))
+                feeds.update(entry.fed_weights)
             entry.feeds[mode] = feeds  # benign race: both writers build the same dict
         return feeds
 

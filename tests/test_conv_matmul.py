@@ -126,9 +126,14 @@ def test_a_runtime_with_input_weights_runs_small_convs_as_matmuls(hw):
     weight_convs = [n for n in graph.model.graph.node if n.op_type == "Conv" and n.input[1].startswith("chip/")]
     # every tile's four products (w, r, a, v on 'pcm') are MatMuls now
     assert weight_convs == [] and len(graph.weight_taps) == 4 * len(chip.meta["plans"][0]["tiles"])
-    feeds = fed._static_feeds(fed._entry(DAY, 2), fed.gdc_mode(True))
+    entry = fed._entry(DAY, 2)
+    feeds = fed._static_feeds(entry, fed.gdc_mode(True))
     kernel = (1, 1) if hw == 1 else (3, 3)
     assert {feeds[name].shape[2:] for name in graph.weight_taps} == {kernel}
+    # the centre taps are copies made once per read-out, and the cache is charged for them
+    full = sum(a.nbytes for a in entry.weights.values())
+    copies = sum(feeds[name].nbytes for name in graph.weight_taps) if hw == 1 else 0
+    assert entry.weight_bytes == full + copies
     want = ChipRuntime(chip, threads=1).run(x, DAY, read_seed=2, seed=7)[0]  # embedded: onnxruntime's Conv
     # same read-out and noise, sums in another order: float32 rounding can move an output across
     # an ADC step (one step x alpha*r*s_col), rarely (as in test_lean_binding)
