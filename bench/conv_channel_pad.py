@@ -22,6 +22,7 @@ import numpy as np
 
 import chipsim.compiler.lowering as lowering
 from bench.common import (
+    BINDINGS,
     RESULTS,
     ab_cells,
     ab_summary,
@@ -40,7 +41,6 @@ from chipsim.runtime import ChipRuntime
 from models import outputs
 
 NAME = "conv_channel_pad"
-BINDINGS = {"embedded": 10**12, "inputs": 0}  # initializers_max_bytes of each runtime
 
 
 def _runtimes(model: bytes, x: np.ndarray) -> dict[str, ChipRuntime]:

@@ -26,6 +26,7 @@ import numpy as np
 
 import chipsim.runtime as runtime_module
 from bench.common import (
+    BINDINGS,
     RESULTS,
     ab_cells,
     ab_summary,
@@ -45,7 +46,6 @@ from chipsim.runtime import ChipRuntime
 from models import outputs
 
 NAME = "session_graph"
-BINDINGS = {"embedded": 10**12, "inputs": 0}  # initializers_max_bytes of each runtime
 MODELS = ("resnet18", "mobilenet_v2", "cnn-hwa")
 
 

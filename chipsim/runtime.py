@@ -163,8 +163,7 @@ class ChipRuntime:
         self._init_feeds: SessionGraph | None = None
         if binding == WeightBinding.INITIALIZERS:
             self._init_feeds = session_graph(proto, inputs_binding=False)
-            self._init_graph = initializer_graph(self._init_feeds.model)
-            self._init_feeds.model = onnx.ModelProto()  # the graph lives on in _init_graph
+            self._init_graph = initializer_graph(self._init_feeds.model)  # the same graph, weights not inputs
         #: the session graph with weights as inputs, once built (chipsim.compiler.session_graph)
         self._inputs_graph: SessionGraph | None = None
         #: A read-out's session drops the ops its weights prove negligible (chipsim.compiler.tile_drops):

@@ -27,10 +27,20 @@ from chipsim.compiler.graph_builder import GraphBuilder
 MAX_PIXELS = 4
 
 
-def _static_dims(vi: onnx.ValueInfoProto | None) -> list[int | None] | None:
-    if vi is None or not vi.type.tensor_type.HasField("shape"):
+def tensor_dims(model: onnx.ModelProto) -> dict[str, list[int | None]] | None:
+    """Every tensor's dimensions (None where symbolic) by ONNX shape inference with data
+    propagation (the per-MVM noise is reshaped to the shape of the tile's output, so without it
+    the pixels after a tile are unknown); None when inference fails (e.g. a graph over
+    protobuf's 2 GiB: then no rewrite, the same outputs)."""
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001
         return None
-    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    return {
+        vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
+        if vi.type.tensor_type.HasField("shape")
+    }
 
 
 def _live_range(size: int, out: int, k: int, stride: int, dilation: int, pad: int) -> tuple[int, int] | None:
@@ -54,11 +64,9 @@ def conv_inputs_as_matmul(model: onnx.ModelProto, max_pixels: int = MAX_PIXELS) 
     ``w[:, :, rows, cols]`` (the live taps; the whole kernel for most). Slicing once per read-out
     instead of in the graph: onnxruntime's strided Slice of a 3x3 kernel to its centre copies
     element by element (7 ms a layer of resnet18 at batch 64, against 1.5 ms for its MatMuls)."""
-    try:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 — e.g. a graph over protobuf's 2 GiB: no rewrite, same outputs
+    shapes = tensor_dims(model)
+    if shapes is None:
         return {}
-    shapes = {vi.name: vi for vi in (*inferred.graph.input, *inferred.graph.value_info)}
     uses: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -92,7 +100,7 @@ def conv_inputs_as_matmul(model: onnx.ModelProto, max_pixels: int = MAX_PIXELS) 
 def _rewrite(
     node: onnx.NodeProto,
     b: GraphBuilder,
-    shapes: dict[str, onnx.ValueInfoProto],
+    shapes: dict[str, list[int | None]],
     graph_inputs: set[str],
     consts: dict[str, onnx.TensorProto],
     max_pixels: int,
@@ -100,7 +108,7 @@ def _rewrite(
 ) -> list[onnx.NodeProto] | None:
     x, w = node.input[0], node.input[1]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    xs, ws = _static_dims(shapes.get(x)), _static_dims(shapes.get(w))
+    xs, ws = shapes.get(x), shapes.get(w)
     if w not in graph_inputs or xs is None or ws is None or len(xs) != 4 or None in xs[1:] or None in ws:
         return None
     if bias is not None and bias not in consts:

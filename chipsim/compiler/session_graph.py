@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import numpy_helper
 
-from chipsim.compiler.conv_matmul import conv_inputs_as_matmul
+from chipsim.compiler.conv_matmul import conv_inputs_as_matmul, tensor_dims
 
 __all__ = ["SessionGraph", "expand_short_spans", "full_rank_constants", "session_graph"]
 
@@ -31,27 +31,14 @@ __all__ = ["SessionGraph", "expand_short_spans", "full_rank_constants", "session
 BROADCAST_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean"})
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int | None]] | None:
-    """Every tensor's dimensions (None where symbolic) by ONNX shape inference with data
-    propagation (the per-MVM noise is reshaped to the shape of the tile's output); None when
-    inference fails (e.g. a graph over protobuf's 2 GiB: then no rewrite, the same outputs)."""
-    try:
-        inferred = shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001
-        return None
-    return {
-        vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-        for vi in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output)
-        if vi.type.tensor_type.HasField("shape")
-    }
-
-
 #: Broadcast spans (elements of the trailing dimensions one input lacks) up to which
 #: :func:`expand_short_spans` expands that input.
 MAX_SPAN = 16
 
 
-def expand_short_spans(model: onnx.ModelProto, fed: dict[str, tuple[int, ...]] | None = None) -> int:
+def expand_short_spans(
+    model: onnx.ModelProto, fed: dict[str, tuple[int, ...]] | None = None, shapes: dict | None = None
+) -> int:
     """Expand, in place, a per-channel input of a two-input :data:`BROADCAST_OPS` node (``[C, 1, 1]``
     against ``[N, C, H, W]``) over the trailing dimensions it lacks when they hold 2 to
     :data:`MAX_SPAN` elements (static): onnxruntime 1.32 broadcasts it in spans of ``H·W``
@@ -59,8 +46,9 @@ def expand_short_spans(model: onnx.ModelProto, fed: dict[str, tuple[int, ...]] |
     one-off microbenchmark, ``Mul([64, 512, 2, 2], [512, 1, 1])``). A constant is expanded once
     here; a graph input (a tile's per-column scales) read by this node only is declared in its
     expanded shape and recorded in ``fed`` (name → shape: the caller feeds it expanded, once per
-    read-out), any other by an Expand node per run. Returns how many inputs were expanded."""
-    shapes = _shapes(model)
+    read-out), any other by an Expand node per run. ``shapes``: :func:`tensor_dims` of ``model``
+    (inferred when None). Returns how many inputs were expanded."""
+    shapes = shapes or tensor_dims(model)
     if shapes is None:
         return 0
     consts = {t.name: t for t in model.graph.initializer}
@@ -68,7 +56,7 @@ def expand_short_spans(model: onnx.ModelProto, fed: dict[str, tuple[int, ...]] |
     for node in model.graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-    declared = {vi.name: vi for vi in model.graph.input if readers.get(vi.name) == 1 and fed is not None}
+    declared = {vi.name: vi for vi in model.graph.input if readers.get(vi.name) == 1} if fed is not None else {}
     nodes: list[onnx.NodeProto] = []
     expanded = 0
     for node in model.graph.node:
@@ -122,7 +110,7 @@ def _expand_input(
             model.graph.initializer.append(numpy_helper.from_array(full, new_name))
             node.input[k] = new_name
             return []
-        if name in declared and fed is not None and all(d is not None for d in shapes[name]):
+        if name in declared and fed is not None and None not in shapes[name]:
             full_shape = tuple(int(d) for d in np.broadcast_shapes(tuple(shapes[name]), tuple(target)))
             dims = declared[name].type.tensor_type.shape.dim
             del dims[:]
@@ -137,14 +125,14 @@ def _expand_input(
     return None
 
 
-def full_rank_constants(model: onnx.ModelProto) -> int:
+def full_rank_constants(model: onnx.ModelProto, shapes: dict | None = None) -> int:
     """Give, in place, every one-element constant (initializer) input of a :data:`BROADCAST_OPS`
     node that is broadcast against a tensor whose last dimension is 1 (statically) that tensor's
     rank, with leading 1s (a shared constant gets one copy per rank); returns how many inputs were
     rewired. Only that case is slow, and only it is touched: onnxruntime's fusions (LayerNorm,
-    Gelu, ...) look for scalar constants elsewhere. Shapes from ONNX shape inference (with data
-    propagation: the per-MVM noise is reshaped to the shape of the tile's output)."""
-    shapes = _shapes(model)
+    Gelu, ...) look for scalar constants elsewhere. ``shapes``: :func:`tensor_dims` of ``model``
+    (inferred when None)."""
+    shapes = shapes or tensor_dims(model)
     if shapes is None:
         return 0
     consts = {t.name: t for t in model.graph.initializer}
@@ -204,7 +192,9 @@ def session_graph(graph: bytes | onnx.ModelProto, *, inputs_binding: bool) -> Se
     else:
         model.CopyFrom(graph)
     taps = conv_inputs_as_matmul(model) if inputs_binding else {}
-    full_rank_constants(model)
+    shapes = tensor_dims(model)  # one inference for both: neither changes a tensor's shape the other reads
     expanded: dict[str, tuple[int, ...]] = {}
-    expand_short_spans(model, expanded)
+    if shapes is not None:
+        full_rank_constants(model, shapes)
+        expand_short_spans(model, expanded, shapes)
     return SessionGraph(model, taps, expanded)
