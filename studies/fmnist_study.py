@@ -23,17 +23,21 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from models import outputs
+from studies import cell_archive
 from studies.common import AGE_SCHEDULE, REPO, REPORTS_DIR
 from studies.fmnist_analysis import analyse
 from studies.fmnist_eval import ARMS, CACHE_DIR, CellStore, Curve, evaluate, find_models, load_cells
 from studies.fmnist_report import plot_ages, plot_midpoint, render_markdown
 
 OUT_DIR = REPORTS_DIR / "fmnist"
+#: The report folder's archive of the cell cache (:mod:`studies.cell_archive`).
+ARCHIVE = "cells"
 FILES = ("README.md", "results.json", "accuracy_vs_age.png", "midpoint.png")
 DEFAULT_MODELS = (REPO / "runs" / "fmnist", REPO / "models" / "zoo")
 N_TEST = 10_000
@@ -136,6 +140,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--mu-boot", type=int, default=200)
     ap.add_argument("--demonstration", default=None, help="label the page a pipeline demonstration, with this text")
     ap.add_argument("--render-only", action="store_true", help="re-render README.md and PNGs from results.json")
+    ap.add_argument(
+        "--no-archive",
+        action="store_true",
+        help="neither read the committed cell archive (reports/fmnist/cells/, one zip per model) nor write "
+        "<out>/cells/ (by default a run starts from the committed cells and archives its own beside its report)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     outputs.add_arguments(ap, OUT_DIR)
     return ap
@@ -149,7 +159,11 @@ def write(res: dict, out: Path) -> None:
     plot_midpoint(res, out / "midpoint.png")
 
 
-def run(args: argparse.Namespace, command: str) -> dict:
+def run(
+    args: argparse.Namespace, command: str, restore_from: Sequence[Path] = (), archive_to: Path | None = None
+) -> dict:
+    """The study's results. The cell cache is first filled from the archives ``restore_from``
+    (:mod:`studies.cell_archive`); ``archive_to`` then gains what the cache holds for these models."""
     t0 = time.perf_counter()
     models = find_models(args.models, args.archs)
     if not models:
@@ -157,6 +171,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     chips = chip_counts(models, args.chips, args.arch_chips)
     curve = curve_of(models, args.arms, args.ages, args.curve_ages, args.curve_archs)
     store = CellStore(args.cache, args.profile, args.limit_images)
+    digests = sorted({m.digest for m in models})
+    restored = sum(cell_archive.restore(a, args.cache, digests) for a in dict.fromkeys(restore_from))
     budget = None if args.budget_min is None else 60 * args.budget_min
     progress = not args.no_progress
     log = evaluate(store, models, args.arms, chips, args.ages, args.threads, budget, progress, args.shard, curve)
@@ -169,6 +185,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         mu = midpoint_study(
             models, args.cache, min(args.mu_images, args.limit_images), args.mu_boot, progress=not args.no_progress
         )
+    archived = 0 if archive_to is None else cell_archive.archive(archive_to, args.cache, digests)
     secs = log.cell_seconds or []
     meta = {
         "command": command,
@@ -186,6 +203,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
         },
         "cells_computed": log.computed,
         "cells_left": log.left,
+        "cache_files_restored": restored,
+        "cache_files_archived": archived,
         "cell_seconds_median": float(np.median(secs)) if secs else 0.0,
         "machine": f"{platform.machine()}, Python {platform.python_version()}, {args.threads} onnxruntime thread(s)",
         "seconds": round(time.perf_counter() - t0, 1),
@@ -214,7 +233,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     out = outputs.output_dir("fmnist", OUT_DIR, args.out, args.replace, FILES)
     argv_text = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    res = run(args, f"python -m studies.fmnist_study {argv_text}".strip())
+    command = f"python -m studies.fmnist_study {argv_text}".strip()
+    if args.no_archive:
+        res = run(args, command)
+    else:  # the committed archive is read by every run, and written only by one that writes the committed report
+        res = run(args, command, [OUT_DIR / ARCHIVE, out / ARCHIVE], out / ARCHIVE)
     write(res, out)
     m = res["meta"]
     print(

@@ -201,6 +201,45 @@ def test_cache_resumes_without_recomputing(tmp_path, monkeypatch):
     assert E.evaluate(store, models, ["max"], 2, ages, budget_s=0.0, progress=False).left == 1
 
 
+def test_the_committed_archive_lets_a_fresh_cache_skip_every_cell(tmp_path, monkeypatch):
+    from models import fmnist_data as D
+    from studies import cell_archive as A
+
+    if not D.available():
+        pytest.skip(f"Fashion-MNIST not installed ({D.data_dir()}): bash docker/ci/install-fmnist.sh")
+    _tiny_model(tmp_path / "m", "plain", 0)
+    models = E.find_models([tmp_path / "m"])
+    digests = [m.digest for m in models]
+    first = E.CellStore(tmp_path / "cache", "pcm", 40)
+    E.evaluate(first, models, ["max"], 2, ["1 y"], progress=False)
+    (first.root / digests[0] / "mu-abc.json").write_text('{"sweep": 1}')  # µ sweeps travel too
+    files = 2 * 2 + 1 + 1  # chips × GDC cells, the fp cell, the µ sweep
+    assert A.archive(tmp_path / "cells", first.root, digests) == files
+    zipped = A.archive_path(tmp_path / "cells", digests[0])
+    before = zipped.read_bytes()
+    # nothing new: the archive is not rewritten (git stays clean)
+    assert A.archive(tmp_path / "cells", first.root, digests) == 0 and zipped.read_bytes() == before
+    # a fresh machine: the cache is rebuilt from the archive, file for file, and no cell is recomputed
+    fresh = E.CellStore(tmp_path / "fresh", "pcm", 40)
+    assert A.restore(tmp_path / "cells", fresh.root, digests) == files
+    for rel in (p.relative_to(first.root) for p in first.root.rglob("*") if p.is_file()):
+        assert (fresh.root / rel).read_bytes() == (first.root / rel).read_bytes(), rel
+
+    def refuse(*a, **k):
+        raise AssertionError("an archived cell was recomputed")
+
+    monkeypatch.setattr(E, "chip_correct", refuse)
+    assert E.evaluate(fresh, models, ["max"], 2, ["1 y"], progress=False).computed == 0
+    monkeypatch.undo()
+    # a new cell is added to the archive; the archive's bytes depend on its contents only
+    E.evaluate(fresh, models, ["max"], 2, ["1 d", "1 y"], progress=False)
+    assert A.archive(tmp_path / "cells", fresh.root, digests) == 2 * 2
+    again = tmp_path / "again"
+    A.restore(tmp_path / "cells", again, digests)
+    assert A.archive(tmp_path / "copy", again, digests) == files + 4
+    assert A.archive_path(tmp_path / "copy", digests[0]).read_bytes() == zipped.read_bytes()
+
+
 # ----------------------------------------------------------------------------- command line
 def test_report_dispatches_on_suite():
     assert split_suite(["--suite", "fmnist", "--chips", "2"]) == ("fmnist", ["--chips", "2"])
