@@ -32,7 +32,17 @@ from models import outputs
 from studies import cell_archive
 from studies.common import AGE_SCHEDULE, REPO, REPORTS_DIR
 from studies.fmnist_analysis import analyse
-from studies.fmnist_eval import ARMS, CACHE_DIR, CellStore, Curve, evaluate, find_models, load_cells
+from studies.fmnist_eval import (
+    ARMS,
+    CACHE_DIR,
+    CELL_NOISE,
+    CELL_VERSION,
+    CellStore,
+    Curve,
+    evaluate,
+    find_models,
+    load_cells,
+)
 from studies.fmnist_report import plot_ages, plot_midpoint, render_markdown
 
 OUT_DIR = REPORTS_DIR / "fmnist"
@@ -191,6 +201,8 @@ def run(
         "command": command,
         "demonstration": args.demonstration,
         "profile": args.profile,
+        "mvm_noise": str(CELL_NOISE),
+        "cell_version": CELL_VERSION,
         "n_images": args.limit_images,
         "chips": chips,
         "chips_used": used,
