@@ -22,6 +22,11 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from studies.common import REPORTS_DIR
+
+#: The report folder's archive (``reports/fmnist/cells``).
+ARCHIVE = "cells"
+COMMITTED = REPORTS_DIR / "fmnist" / ARCHIVE
 #: Cache files worth keeping: packed cells (``.npy``) and µ sweeps (``.json``).
 SUFFIXES = (".npy", ".json")
 
@@ -93,3 +98,26 @@ def _zip(files: dict[str, bytes]) -> bytes:
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, files[name])
     return out.getvalue()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m studies.cell_archive --models models/zoo/fmnist runs/fmnist``: add the cached
+    cells of those models to the committed archive, e.g. after ``--shard`` runs that wrote only
+    the cache."""
+    import argparse
+
+    from studies.fmnist_eval import CACHE_DIR, find_models
+
+    ap = argparse.ArgumentParser(prog="python -m studies.cell_archive", description=main.__doc__)
+    ap.add_argument("--models", nargs="+", type=Path, required=True, help="folders/ONNX files of the models")
+    ap.add_argument("--cache", type=Path, default=CACHE_DIR)
+    ap.add_argument("--to", type=Path, default=COMMITTED, help="archive folder (default the committed one)")
+    args = ap.parse_args(argv)
+    digests = sorted({m.digest for m in find_models(args.models)})
+    if not digests:
+        raise SystemExit(f"no Fashion-MNIST models under {args.models}")
+    print(f"{archive(args.to, args.cache, digests)} cache files added to {args.to} ({len(digests)} models)")
+
+
+if __name__ == "__main__":
+    main()

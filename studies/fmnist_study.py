@@ -46,8 +46,6 @@ from studies.fmnist_eval import (
 from studies.fmnist_report import plot_ages, plot_midpoint, render_markdown
 
 OUT_DIR = REPORTS_DIR / "fmnist"
-#: The report folder's archive of the cell cache (:mod:`studies.cell_archive`).
-ARCHIVE = "cells"
 FILES = ("README.md", "results.json", "accuracy_vs_age.png", "midpoint.png")
 DEFAULT_MODELS = (REPO / "runs" / "fmnist", REPO / "models" / "zoo")
 N_TEST = 10_000
@@ -249,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_archive:
         res = run(args, command)
     else:  # the committed archive is read by every run, and written only by one that writes the committed report
-        res = run(args, command, [OUT_DIR / ARCHIVE, out / ARCHIVE], out / ARCHIVE)
+        res = run(args, command, [cell_archive.COMMITTED, out / cell_archive.ARCHIVE], out / cell_archive.ARCHIVE)
     write(res, out)
     m = res["meta"]
     print(

@@ -238,6 +238,9 @@ def test_the_committed_archive_lets_a_fresh_cache_skip_every_cell(tmp_path, monk
     A.restore(tmp_path / "cells", again, digests)
     assert A.archive(tmp_path / "copy", again, digests) == files + 4
     assert A.archive_path(tmp_path / "copy", digests[0]).read_bytes() == zipped.read_bytes()
+    # the command line archives the cache of the models it finds
+    A.main(["--models", str(tmp_path / "m"), "--cache", str(again), "--to", str(tmp_path / "cli")])
+    assert A.archive_path(tmp_path / "cli", digests[0]).read_bytes() == zipped.read_bytes()
 
 
 # ----------------------------------------------------------------------------- command line
