@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from models import outputs
+from models.fmnist_runs import KEPT_DIR
 from studies import cell_archive
 from studies.common import AGE_SCHEDULE, REPO, REPORTS_DIR
 from studies.fmnist_analysis import analyse
@@ -47,7 +48,9 @@ from studies.fmnist_report import plot_ages, plot_midpoint, render_markdown
 
 OUT_DIR = REPORTS_DIR / "fmnist"
 FILES = ("README.md", "results.json", "accuracy_vs_age.png", "midpoint.png")
-DEFAULT_MODELS = (REPO / "runs" / "fmnist", REPO / "models" / "zoo")
+#: The committed files first (the zoo's seed 0, then the kept runs of the other seeds), so that
+#: the page names them; then the git-ignored training runs of this machine.
+DEFAULT_MODELS = (REPO / "models" / "zoo", KEPT_DIR, REPO / "runs" / "fmnist")
 N_TEST = 10_000
 
 
