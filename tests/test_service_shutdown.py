@@ -148,10 +148,17 @@ def test_program_on_a_full_disk_leaves_no_blob_temp_file(client, monkeypatch):
 def test_sigterm_during_an_evaluation_answers_json_503(tmp_path, zoo):
     """A real server: SIGTERM while a long evaluation runs; the client gets a JSON 503 (not
     uvicorn's text/plain 500) at once, not after the evaluation, and the process exits cleanly."""
-    env = {"AGEDCHIP_ZOO_DIR": str(zoo), "AGEDCHIP_DEFAULT_MODEL": ZOO_MODEL, "AGEDCHIP_REFRESH_SECONDS": "0"}
+    # 20 ages x 50 read-outs took 1.1 s on an AMD EPYC host, finishing before the signal at 1.5 s:
+    # 1000 read-outs make it ~20 s there, long enough for any host to be mid-evaluation
+    env = {
+        "AGEDCHIP_ZOO_DIR": str(zoo),
+        "AGEDCHIP_DEFAULT_MODEL": ZOO_MODEL,
+        "AGEDCHIP_REFRESH_SECONDS": "0",
+        "AGEDCHIP_MAX_EVAL_READOUTS": "1000",
+    }
     with run_service(sys.executable, REPO, tmp_path / "state", tmp_path / "log", env) as (base, proc):
         out: dict = {}
-        body = {"ages": [f"{d}d" for d in range(1, 21)], "readouts": 50}
+        body = {"ages": [f"{d}d" for d in range(1, 21)], "readouts": 1000}
 
         def evaluate():
             out["r"] = http("POST", f"{base}/chips/default/evaluate", body, timeout=60)
