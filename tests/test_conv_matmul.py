@@ -74,7 +74,7 @@ def test_rewritten_conv_equals_onnxruntime_conv(case):
     rewritten.CopyFrom(model)
     taps = conv_inputs_as_matmul(rewritten, max_pixels=8)
     assert list(taps) == ["w"]
-    feeds["w"] = np.ascontiguousarray(feeds["w"][:, :, taps["w"][0], taps["w"][1]])
+    feeds["w"] = taps["w"](feeds["w"])
     consts = {t.name for t in rewritten.graph.initializer}
     assert all(n.input[1] in consts for n in rewritten.graph.node if n.op_type == "Conv")  # patches only
     onnx.checker.check_model(rewritten)
@@ -139,3 +139,20 @@ def test_a_runtime_with_input_weights_runs_small_convs_as_matmuls(hw):
     # an ADC step (one step x alpha*r*s_col), rarely (as in test_lean_binding)
     close = np.isclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     assert close.mean() >= 0.99
+
+
+def test_a_depthwise_conv_is_fed_tap_major_and_summed_once():
+    # 8 channels on 2x2 pixels, 3x3 taps all live: the weights come as [T, M, Ho, Wo], one Split
+    # hands each tap its [1, M, Ho, Wo] (broadcast along the batch only) and one Sum adds the terms
+    model = _conv_graph(8, (2, 2), 8, (3, 3), 8, (1, 1), (1, 1), (1, 1, 1, 1), True)
+    feeds = conv_inputs_as_matmul(model)
+    feed = feeds["w"]
+    declared = [d.dim_value for d in model.graph.input[1].type.tensor_type.shape.dim]
+    assert declared == [9, 8, 2, 2]
+    w = np.arange(8 * 9, dtype=np.float32).reshape(8, 1, 3, 3)
+    fed = feed(w)
+    assert fed.shape == (9, 8, 2, 2) and fed.flags.c_contiguous
+    np.testing.assert_array_equal(fed[4, :, 1, 0], w[:, 0, 1, 1])  # tap (1, 1) of every channel
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Split") == 1 and ops.count("Sum") == 1 and ops.count("Mul") == 9
+    assert "Gather" not in ops and "Add" not in ops and "Conv" not in ops

@@ -16,15 +16,49 @@ the same products summed in another order (float rounding differs in the last bi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, shape_inference
+from onnx import TensorProto, helper, numpy_helper, shape_inference
 
 from chipsim.compiler.graph_builder import GraphBuilder
 
 #: Output pixels (Ho·Wo) up to which a Conv with graph-input weights becomes a MatMul; see
 #: :func:`conv_inputs_as_matmul` and the measurement in docs/benchmarks.md.
 MAX_PIXELS = 4
+
+
+@dataclass(frozen=True)
+class WeightFeed:
+    """How the runtime feeds a rewritten Conv's weight input ``w [M, Cg, kh, kw]``, once per
+    read-out: its live taps ``w[:, :, rows, cols]`` (the whole kernel for most), or, for a
+    depthwise Conv (``pixels`` given), those taps as ``[T, M, Ho, Wo]``: tap-major, each tap's
+    weights expanded to the output pixels, so that the graph splits them with one op and each
+    product broadcasts along the batch only."""
+
+    rows: slice  # concrete start and stop: the live taps' bounding box
+    cols: slice
+    kernel: tuple[int, int]
+    pixels: tuple[int, int] | None = None
+
+    @property
+    def taps(self) -> int:
+        return (self.rows.stop - self.rows.start) * (self.cols.stop - self.cols.start)
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        if self.pixels is not None:
+            taps = w[:, 0, self.rows, self.cols].reshape(w.shape[0], -1).T  # [T, M], (kh, kw) order
+            return np.ascontiguousarray(np.broadcast_to(taps[:, :, None, None], (*taps.shape, *self.pixels)))
+        if self.taps == self.kernel[0] * self.kernel[1]:
+            return w
+        return np.ascontiguousarray(w[:, :, self.rows, self.cols])
+
+    def dims(self, m: int, cg: int) -> list[int]:
+        """The shape the graph declares for the fed input."""
+        if self.pixels is not None:
+            return [self.taps, m, *self.pixels]
+        return [m, cg, self.rows.stop - self.rows.start, self.cols.stop - self.cols.start]
 
 
 def tensor_dims(model: onnx.ModelProto) -> dict[str, list[int | None]] | None:
@@ -54,14 +88,15 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def conv_inputs_as_matmul(model: onnx.ModelProto, max_pixels: int = MAX_PIXELS) -> dict[str, tuple[slice, slice]]:
+def conv_inputs_as_matmul(model: onnx.ModelProto, max_pixels: int = MAX_PIXELS) -> dict[str, WeightFeed]:
     """Rewrite, in place, every 2-D Conv of ``model`` whose weight is a graph input (not an
     initializer), whose input has static channels and pixels, and whose output has at most
     ``max_pixels`` pixels. The outputs keep their names and shapes ``[N, M, Ho, Wo]`` (N symbolic).
 
-    Returns the rewritten Convs' weight inputs, each with the kernel rows and columns it now
-    takes: the graph input is declared ``[M, Cg, rows, cols]``, and a caller feeds
-    ``w[:, :, rows, cols]`` (the live taps; the whole kernel for most). Slicing once per read-out
+    Returns the rewritten Convs' weight inputs, each with its :class:`WeightFeed`: the graph
+    input is declared in the shape it gives, and a caller feeds ``feed(w)``: the live taps
+    ``w[:, :, rows, cols]`` (the whole kernel for most), tap-major and expanded for a depthwise
+    Conv. Slicing once per read-out
     instead of in the graph: onnxruntime's strided Slice of a 3x3 kernel to its centre copies
     element by element (7 ms a layer of resnet18 at batch 64, against 1.5 ms for its MatMuls)."""
     shapes = tensor_dims(model)
@@ -76,24 +111,20 @@ def conv_inputs_as_matmul(model: onnx.ModelProto, max_pixels: int = MAX_PIXELS) 
     consts = {t.name: t for t in model.graph.initializer}
     b = GraphBuilder()
     nodes: list[onnx.NodeProto] = []
-    taps_of: dict[str, tuple[slice, slice]] = {}
-    rewritten: dict[str, tuple[slice, slice]] = {}
+    rewritten: dict[str, WeightFeed] = {}
     for node in model.graph.node:
-        new = _rewrite(node, b, shapes, graph_inputs, consts, max_pixels, taps_of) if node.op_type == "Conv" else None
-        if new is None:
-            nodes.append(node)
-            continue
-        nodes.extend(new)
-        rewritten[node.input[1]] = taps_of.get(node.input[1], (slice(None), slice(None)))
+        new = _rewrite(node, b, shapes, graph_inputs, consts, max_pixels, rewritten) if node.op_type == "Conv" else None
+        nodes.extend([node] if new is None else new)
     if rewritten:
         del model.graph.node[:]
         model.graph.node.extend(nodes)
         model.graph.initializer.extend(b.inits)
         for vi in model.graph.input:
-            if vi.name in taps_of:
-                rows, cols = taps_of[vi.name]
-                dims = vi.type.tensor_type.shape.dim
-                dims[2].dim_value, dims[3].dim_value = rows.stop - rows.start, cols.stop - cols.start
+            if vi.name in rewritten:
+                m, cg = (d.dim_value for d in vi.type.tensor_type.shape.dim[:2])
+                vi.type.tensor_type.shape.CopyFrom(
+                    helper.make_tensor_type_proto(TensorProto.FLOAT, rewritten[vi.name].dims(m, cg)).tensor_type.shape
+                )
     return rewritten
 
 
@@ -104,8 +135,10 @@ def _rewrite(
     graph_inputs: set[str],
     consts: dict[str, onnx.TensorProto],
     max_pixels: int,
-    taps_of: dict[str, tuple[slice, slice]],
+    feeds: dict[str, WeightFeed],
 ) -> list[onnx.NodeProto] | None:
+    """The nodes replacing one Conv (its weight's :class:`WeightFeed` put in ``feeds``), or None
+    when it is not rewritten."""
     x, w = node.input[0], node.input[1]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     xs, ws = shapes.get(x), shapes.get(w)
@@ -133,11 +166,14 @@ def _rewrite(
     start = len(b.nodes)
     prefix = node.name or node.output[0]
     geometry = ((h, wd), (ho, wo), (sh, sw), (dh, dw), (pt, pl), (rows, cols))
-    t = (rows[1] - rows[0] + 1) * (cols[1] - cols[0] + 1)
-    if t < kh * kw:  # the runtime feeds only the live taps' weights (see conv_inputs_as_matmul)
-        taps_of[w] = (slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1))
-    p, out = ho * wo, node.output[0]
-    if cg == 1 and m == groups:
+    depthwise = cg == 1 and m == groups
+    # the runtime feeds only the live taps' weights (see conv_inputs_as_matmul)
+    feed = WeightFeed(
+        slice(rows[0], rows[1] + 1), slice(cols[0], cols[1] + 1), (kh, kw), (ho, wo) if depthwise else None
+    )
+    feeds[w] = feed
+    t, p, out = feed.taps, ho * wo, node.output[0]
+    if depthwise:
         _depthwise(b, x, w, numpy_helper.to_array(consts[bias]) if bias else None, out, prefix, geometry)
         return b.nodes[start:]
     stacked = _stack(b, _patches(b, x, prefix, *geometry), prefix)
@@ -217,22 +253,23 @@ def _stack(b: GraphBuilder, taps: list[str], prefix: str) -> str:
 
 
 def _depthwise(b: GraphBuilder, x: str, w: str, bias: np.ndarray | None, out: str, prefix: str, geometry) -> None:
-    """A depthwise Conv (one channel a group) as ``Σ_t tap_t ⊙ w[:, t]``, each tap's weights
-    expanded to ``[M, Ho, Wo]`` so that a product broadcasts along the batch only: onnxruntime
-    1.32 broadcasts ``[1, M, 1, 1]`` against ``[N, M, 2, 2]`` in spans of 4 elements, 24 ns an
-    element (taking the taps channels-last does not help: its transpose optimiser moves the
-    Transposes back out). A batched MatMul of ``[1 × T] @ [T × N·P]`` per channel runs hundreds
-    of tiny products, and stacking the taps costs T copies of the input."""
-    (_, (ho, wo), *_rest) = geometry
+    """A depthwise Conv (one channel a group) as ``Σ_t tap_t ⊙ w_t``: the weight input is fed
+    ``[T, M, Ho, Wo]`` (:class:`WeightFeed`), split into its taps by one op, so that each product
+    broadcasts along the batch only (onnxruntime 1.32 broadcasts ``[1, M, 1, 1]`` against
+    ``[N, M, 2, 2]`` in spans of 4 elements, 24 ns an element; taking the taps channels-last
+    does not help: its transpose optimiser moves the Transposes back out), and one variadic Sum
+    adds them. A batched MatMul of ``[1 × T] @ [T × N·P]`` per channel runs hundreds of tiny
+    products, and stacking the taps costs T copies of the input. Per-tap Gathers and a chain of
+    Adds (the first version) cost 4 ops a tap: at batch 1 that made mobilenet_v2 slower than
+    onnxruntime's Conv."""
     taps = _patches(b, x, prefix, *geometry)
     t = len(taps)
-    per_tap = b.op("Reshape", [w, b.const(prefix, [-1, t, 1, 1], np.int64)], prefix)  # [M, T, 1, 1]
-    per_tap = b.op("Expand", [per_tap, b.const(prefix, [1, 1, ho, wo], np.int64)], prefix)  # [M, T, Ho, Wo]
-    acc = None
-    for k, tap in enumerate(taps):
-        wk = b.op("Gather", [per_tap, b.const(prefix, k, np.int64)], prefix, axis=1)  # [M, Ho, Wo]
-        term = b.op("Mul", [tap, wk], prefix)
-        acc = term if acc is None else b.op("Add", [acc, term], prefix)
-    if bias is not None:
-        acc = b.op("Add", [acc, b.const(prefix, bias.reshape(-1, 1, 1).astype(np.float32))], prefix)
-    b.op("Identity", [acc], prefix, output=out)
+    per_tap = [w] if t == 1 else b.split(w, 0, [1] * t, prefix)  # [1, M, Ho, Wo] each
+    terms = [b.op("Mul", [tap, wk], prefix) for tap, wk in zip(taps, per_tap, strict=True)]
+    if bias is not None:  # expanded to the pixels for the same reason as the weights
+        (_, (ho, wo), *_rest) = geometry
+        terms.append(b.const(prefix, np.broadcast_to(bias.reshape(1, -1, 1, 1), (1, len(bias), ho, wo)), np.float32))
+    if len(terms) == 1:
+        b.op("Identity", terms, prefix, output=out)
+    else:
+        b.op("Sum", terms, prefix, output=out)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from chipsim.compiler.conv_matmul import conv_inputs_as_matmul, tensor_dims
+from chipsim.compiler.conv_matmul import WeightFeed, conv_inputs_as_matmul, tensor_dims
 
 __all__ = ["SessionGraph", "expand_short_spans", "full_rank_constants", "session_graph"]
 
@@ -164,22 +164,21 @@ class SessionGraph:
     """A session's graph and how to feed its weight inputs."""
 
     model: onnx.ModelProto
-    #: weight inputs fed in part: the kernel rows and columns of the taps the graph reads
+    #: Conv weight inputs the graph reads as a MatMul's or a depthwise sum's, and how each is fed
     #: (:func:`~chipsim.compiler.conv_matmul.conv_inputs_as_matmul`)
-    weight_taps: dict[str, tuple[slice, slice]] = field(default_factory=dict)
+    weight_taps: dict[str, WeightFeed] = field(default_factory=dict)
     #: inputs fed expanded over trailing dimensions, to this shape (:func:`expand_short_spans`)
     expanded: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def feed(self, name: str, array: np.ndarray) -> np.ndarray:
         """What the session takes for input ``name`` of the compiled graph (a read-out's weights
-        or scales): ``array``, a contiguous copy of its live taps, or a copy expanded."""
+        or scales): ``array``, a contiguous copy of its live taps (:class:`WeightFeed`), or a copy
+        expanded."""
         shape = self.expanded.get(name)
         if shape is not None:
             return np.broadcast_to(array, shape).copy()
-        taps = self.weight_taps.get(name)
-        if taps is None or (taps[0].start is None and taps[1].start is None):
-            return array
-        return np.ascontiguousarray(array[:, :, taps[0], taps[1]])
+        feed = self.weight_taps.get(name)
+        return array if feed is None else feed(array)
 
 
 def session_graph(graph: bytes | onnx.ModelProto, *, inputs_binding: bool) -> SessionGraph:
