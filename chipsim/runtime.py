@@ -17,6 +17,11 @@ own and its prepacked ones, ~100 bytes per analog weight at a new age against ~2
 serialised model cannot exceed protobuf's 2 GiB (reached near 134M weights on 'pcm'). Such a
 runtime also decodes the devices afresh at every read-out rather than caching them (24 bytes per
 weight; see :func:`chipsim.state.decode_devices`). Outputs are those of the ``inputs`` binding.
+Its read-outs still embed the weights of the Conv tiles that the session graph leaves as Convs
+(more than 4 output pixels, :mod:`chipsim.compiler.conv_matmul`), up to ``initializers_max_bytes``
+of them, in a session per cached age (``embed_convs``): onnxruntime runs a Conv with fed weights
+image by image and only a constant one on its prepacked NCHWc path (resnet18: its stem, layer1
+and layer2, 11 MB of 187 MB of read-out weights; see docs/benchmarks.md).
 
 With the ``lean`` lowering, an ``initializers`` runtime's session of a read-out leaves out each
 tile's IR cubic term and ADC clip where that read-out's weights prove them below 1e-5 of their
@@ -35,7 +40,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -62,49 +66,23 @@ from chipsim.mvm_noise import NoiseShapes, draw, seeded_generator, thread_genera
 from chipsim.ort_session import cpu_session
 from chipsim.readout import ChipReadout, check_age, read_layer
 from chipsim.readout_cache import CacheStats, ReadoutCache
+from chipsim.readout_entry import SESSION_CHARGE, ReadoutEntry
 from chipsim.rng import check_seed
 from chipsim.state import ChipState
-from chipsim.weight_binding import INITIALIZERS_MAX_BYTES, embedded_session, initializer_graph, weight_input_bytes
+from chipsim.weight_binding import (
+    INITIALIZERS_MAX_BYTES,
+    conv_weights_embedded,
+    embedded_session,
+    initializer_graph,
+    weight_input_bytes,
+)
 
-__all__ = ["INITIALIZERS_MAX_BYTES", "CacheStats", "ChipRuntime", "InputError", "load_plans"]
+__all__ = ["INITIALIZERS_MAX_BYTES", "SESSION_CHARGE", "CacheStats", "ChipRuntime", "InputError", "load_plans"]
 
 
-#: Measured RSS of a cached age with its session over the bytes of its arrays (82 / 36, the
-#: largest ratio measured; see ``_Entry.nbytes``).
-SESSION_CHARGE = 2.3
 #: Default bound of the read-out cache, bytes: two ages of resnet18 on 'pcm' (0.23 GB each as
 #: inputs) fit, so a client alternating two ages does not pay a read-out per request.
 CACHE_BYTES = 1 << 30
-
-
-@dataclass
-class _Entry:
-    """A cached read-out with what the graph needs of it."""
-
-    readout: ChipReadout
-    weights: dict[str, np.ndarray]  # empty once embedded in the session (it holds its own copy)
-    weight_bytes: int = 0  # the weights, and the copies fed_weights holds
-    #: ``inputs`` binding: the weights as the session takes them (SessionGraph.feed: some are
-    #: copies of their live taps), made once per read-out and charged in weight_bytes
-    fed_weights: dict[str, np.ndarray] = field(default_factory=dict)
-    scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per GDC mode
-    feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # scales + weights, per GDC mode
-    session: ort.InferenceSession | None = None
-    #: the ops its session dropped (chipsim.compiler.tile_drops; initializers binding, lean graph)
-    drops: frozenset = frozenset()
-
-    @property
-    def nbytes(self) -> int:
-        # A session's prepacked weights, graph copy and arena: measured RSS growth per new age
-        # (initializers binding, 2000x2000 MatMul on 'pcm', batch 1 and 1024, 1-4 ages, arena on)
-        # was 56-82 B per analog weight against 36 B for readout + weights + one more copy of
-        # the weights, so an entry with a session is charged SESSION_CHARGE times that
-        # (python -m bench.arena_rss: enable_cpu_mem_arena on and off, interleaved: off
-        # saved nothing at batch 1 and was worse after the first age at batch 1024, so it stays on).
-        n = self.readout.nbytes + self.weight_bytes
-        if self.session is None:
-            return n
-        return int(SESSION_CHARGE * (n + self.weight_bytes))
 
 
 class ChipRuntime:
@@ -125,6 +103,7 @@ class ChipRuntime:
         lowering: GraphLowering | str | None = None,
         initializers_max_bytes: int = INITIALIZERS_MAX_BYTES,
         tile_drops: bool = True,
+        embed_convs: bool = True,
     ):
         if binding not in self.BINDINGS:
             raise ValueError(f"binding: expected one of {self.BINDINGS}, got {binding!r}")
@@ -166,13 +145,18 @@ class ChipRuntime:
             self._init_graph = initializer_graph(self._init_feeds.model)  # the same graph, weights not inputs
         #: the session graph with weights as inputs, once built (chipsim.compiler.session_graph)
         self._inputs_graph: SessionGraph | None = None
+        #: A large chip (bound as ``inputs`` for its size, not by request) embeds its Conv tiles'
+        #: weights per read-out (see the module doc), up to this many bytes; 0: never.
+        by_size = self.large and self.requested_binding != WeightBinding.INPUTS
+        self._embed_convs_max = initializers_max_bytes if embed_convs and by_size else 0
+        self._partial: tuple[onnx.ModelProto, frozenset[str]] | None = None
         #: A read-out's session drops the ops its weights prove negligible (chipsim.compiler.tile_drops):
         #: lean lowering, ``initializers`` binding only (``inputs`` shares one session across ages).
         self.tile_drops = bool(tile_drops) and self._init_graph is not None and self.lowering == GraphLowering.LEAN
         self._session: ort.InferenceSession | None = None
         self.cache_bytes = cache_bytes
         self.cache_entries = cache_entries
-        self._cache: ReadoutCache[tuple[float, int, str], _Entry] = ReadoutCache(cache_bytes, cache_entries)
+        self._cache: ReadoutCache[tuple[float, int, str], ReadoutEntry] = ReadoutCache(cache_bytes, cache_entries)
         self._lock = threading.Lock()
         self._side_sessions: dict[str, tuple[ort.InferenceSession, list]] = {}
         self._full: tuple[bytes, list] | None = None  # the full lowering, for run_tensor
@@ -221,6 +205,14 @@ class ChipRuntime:
             self._inputs_graph = session_graph(self.graph, inputs_binding=True)
         return self._inputs_graph
 
+    def _partial_graph(self) -> tuple[onnx.ModelProto, frozenset[str]] | None:
+        """:func:`~chipsim.weight_binding.conv_weights_embedded` of the session graph (built once)."""
+        if self._embed_convs_max <= 0:
+            return None
+        if self._partial is None:
+            self._partial = conv_weights_embedded(self._session_graph().model, self._embed_convs_max)
+        return self._partial if self._partial[1] else None
+
     def _fed(self, arrays: dict[str, np.ndarray], graph: SessionGraph | None = None) -> dict[str, np.ndarray]:
         """``arrays`` (a read-out's weight or scale inputs) as the session of ``graph`` takes
         them (default: :attr:`session`'s)."""
@@ -231,9 +223,9 @@ class ChipRuntime:
     def _weights(self, readout: ChipReadout, mode: GdcMode) -> dict[str, np.ndarray]:
         return weight_inputs(self.plans, self.chip.layers, readout, self.profile, mode)
 
-    def _prepare(self, readout: ChipReadout, mode: GdcMode) -> _Entry:
+    def _prepare(self, readout: ChipReadout, mode: GdcMode) -> ReadoutEntry:
         weights = self._weights(readout, mode)
-        entry = _Entry(readout, weights, sum(a.nbytes for a in weights.values()))
+        entry = ReadoutEntry(readout, weights, sum(a.nbytes for a in weights.values()))
         if self._init_graph is not None:
             entry.weights = {}  # the session keeps its own copy; run_tensor packs them again
             graph = self._init_graph
@@ -244,9 +236,15 @@ class ChipRuntime:
         else:
             entry.fed_weights = self._fed(weights)
             entry.weight_bytes += sum(a.nbytes for k, a in entry.fed_weights.items() if a is not weights[k])
+            partial = self._partial_graph()
+            if partial is not None:
+                graph, names = partial
+                embed = {k: entry.fed_weights.pop(k) for k in names}
+                entry.partial, entry.embedded_bytes = True, sum(a.nbytes for a in embed.values())
+                entry.session = embedded_session(graph, embed, self.threads)
         return entry
 
-    def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> _Entry:
+    def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> ReadoutEntry:
         keep = not self.large  # a large chip decodes its devices per read-out (see module doc)
         layers = [
             read_layer(layer, self.profile, self.chip.seed, i, age_s, read_seed, keep_decoded=keep)
@@ -254,7 +252,7 @@ class ChipRuntime:
         ]
         return self._prepare(ChipReadout(age_s, read_seed, layers), mode)
 
-    def _entry(self, age_s: float, read_seed: int, mode: GdcMode | None = None) -> _Entry:
+    def _entry(self, age_s: float, read_seed: int, mode: GdcMode | None = None) -> ReadoutEntry:
         """The cached entry of (age, read seed) — and GDC mode for linear profiles, whose weights
         carry α — read out (and its session built) on a miss, once across threads."""
         mode = mode or self.gdc_mode(True)
@@ -275,19 +273,20 @@ class ChipRuntime:
         entry = self._cache.find(lambda key: key[0] == float(age_s) and key[1] == int(read_seed))
         return None if entry is None else entry.readout
 
-    def _scales(self, entry: _Entry, mode: GdcMode) -> dict[str, np.ndarray]:
+    def _scales(self, entry: ReadoutEntry, mode: GdcMode) -> dict[str, np.ndarray]:
         scales = entry.scales.get(mode)
         if scales is None:
             scales = scale_inputs(self.plans, self.chip.layers, entry.readout, self.profile, mode)
             entry.scales[mode] = scales  # benign race: both writers compute the same arrays
         return scales
 
-    def _static_feeds(self, entry: _Entry, mode: GdcMode) -> dict[str, np.ndarray]:
+    def _static_feeds(self, entry: ReadoutEntry, mode: GdcMode) -> dict[str, np.ndarray]:
         """Weights (``inputs`` binding) and GDC-scaled column scales of an entry, merged once."""
         feeds = entry.feeds.get(mode)
         if feeds is None:
-            feeds = self._fed(self._scales(entry, mode), self._init_feeds if entry.session is not None else None)
-            if entry.session is None:
+            embedded = entry.session is not None and not entry.partial  # the initializers binding
+            feeds = self._fed(self._scales(entry, mode), self._init_feeds if embedded else None)
+            if not embedded:
                 feeds.update(entry.fed_weights)
             entry.feeds[mode] = feeds  # benign race: both writers build the same dict
         return feeds

@@ -45,6 +45,23 @@ def initializer_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def conv_weights_embedded(graph: onnx.ModelProto, max_bytes: int) -> tuple[onnx.ModelProto, frozenset[str]]:
+    """For a session graph with its weights as inputs: a copy without the weight inputs that Conv
+    nodes read (to be embedded per read-out by :func:`embedded_session`: onnxruntime runs a Conv
+    with fed weights image by image), and their names; no names (and an empty graph) when there
+    are none or they exceed ``max_bytes``."""
+    inputs = {vi.name: vi for vi in graph.graph.input}
+    names = frozenset(n.input[1] for n in graph.graph.node if n.op_type == "Conv" and n.input[1] in inputs)
+    model = onnx.ModelProto()
+    if not names or weight_input_bytes(inputs[k] for k in names) > max_bytes:
+        return model, frozenset()
+    model.CopyFrom(graph)
+    keep = [vi for vi in model.graph.input if vi.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return model, names
+
+
 def embedded_session(init_graph: onnx.ModelProto, weights: dict[str, np.ndarray], threads: int) -> ort.InferenceSession:
     """A session of ``init_graph`` (:func:`initializer_graph`) with ``weights`` embedded as
     initializers, on ``threads`` threads; empties ``weights``.

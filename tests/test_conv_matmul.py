@@ -156,3 +156,58 @@ def test_a_depthwise_conv_is_fed_tap_major_and_summed_once():
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Split") == 1 and ops.count("Sum") == 1 and ops.count("Mul") == 9
     assert "Gather" not in ops and "Add" not in ops and "Conv" not in ops
+
+
+def _conv_then_matmul() -> bytes:
+    """Conv 4→8 channels on 6×6 pixels (left a Conv: 36 > 4 pixels), Flatten, MatMul 288→300."""
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array((rng.standard_normal((8, 4, 3, 3)) * 0.3).astype(np.float32), "w")
+    m = numpy_helper.from_array((rng.standard_normal((288, 300)) * 0.05).astype(np.float32), "m")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "m"], ["y"], name="mm"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 300])],
+        initializer=[w, m],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_a_large_chip_embeds_the_weights_of_its_remaining_convs_per_read_out():
+    # total weight inputs ~1.4 MB > 100 kB: bound as inputs; its Conv's (4.6 kB) are embedded
+    # per read-out, as onnxruntime runs a Conv with fed weights image by image
+    chip = program_onnx(_conv_then_matmul(), get_profile("pcm"), seed=3, calibration=None)
+    x = np.random.default_rng(1).uniform(0, 1, (5, 4, 6, 6)).astype(np.float32)
+    rt = ChipRuntime(chip, threads=1, initializers_max_bytes=100_000)
+    assert rt.binding == "inputs"
+    got = rt.run(x, DAY, read_seed=1, seed=9)[0]
+    entry = rt._entry(DAY, 1)
+    conv_weights = {n.input[1] for n in rt._session_graph().model.graph.node if n.op_type == "Conv"}
+    assert conv_weights and entry.partial and entry.session is not None
+    session_inputs = {i.name for i in entry.session.get_inputs()}
+    assert not conv_weights & session_inputs and not conv_weights & set(entry.fed_weights)
+    assert entry.embedded_bytes == sum(entry.weights[k].nbytes for k in conv_weights)
+    assert rt._session is None  # the all-fed session is never built
+    # the same chip, request and noise with every weight fed: the same outputs up to float
+    # summation order (onnxruntime's constant-weight Conv adds in another order)
+    fed = ChipRuntime(chip, threads=1, initializers_max_bytes=100_000, embed_convs=False)
+    want = fed.run(x, DAY, read_seed=1, seed=9)[0]
+    assert not fed._entry(DAY, 1).partial and fed._entry(DAY, 1).session is None
+    close = np.isclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+    assert close.mean() >= 0.99
+    # asked for 'inputs' (one session for every age): nothing is embedded
+    asked = ChipRuntime(chip, threads=1, binding="inputs")
+    asked.run(x, DAY)
+    assert asked._entry(DAY, 0).session is None
+    # Conv weights over the bound: nothing is embedded
+    small = ChipRuntime(chip, threads=1, initializers_max_bytes=1000)
+    small.run(x, DAY)
+    assert small.binding == "inputs" and small._entry(DAY, 0).session is None
