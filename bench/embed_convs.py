@@ -9,9 +9,9 @@ resnet18 at 32×32 (bench/architectures.py, random weights), ``pcm``, lean lower
 Speed: cached read-out at 1 d, fresh per-MVM noise; both runtimes share one chip and run with the
 digital model interleaved in one process, round by round (the order reversed every other round);
 a ratio is taken within a round (CPU time), the report gives median [min–max] over rounds.
-A new age: wall time of the first batch-1 request at ``--ages`` ages never read before (read-out,
-the session of the embedded variant, the run), alternating the variants, and the bytes the
-read-out cache charges for the entry.
+A new age: wall time of the first and of the second batch-1 request at ``--ages`` ages never read
+before (read-out; the embedded variant builds its read-out's session at the second use), alternating
+the variants, and the bytes the read-out cache charges for the entry.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def measure_speed(rts: dict[str, ChipRuntime], model: bytes, x: np.ndarray, batc
     digital = cpu_session(model, 1)
     name = digital.get_inputs()[0].name
     rows = []
+    for rt in rts.values():  # the read-out at 1 d and its session, outside the timing
+        rt.run(x[:1], age_s=AGE_S)
+        rt.run(x[:1], age_s=AGE_S)
     for b in batches:
         xb = x[:b]
         fns = {k: (lambda rt=rt: rt.run(xb, age_s=AGE_S)) for k, rt in rts.items()}
@@ -58,17 +61,21 @@ def measure_speed(rts: dict[str, ChipRuntime], model: bytes, x: np.ndarray, batc
 
 
 def measure_new_age(rts: dict[str, ChipRuntime], x: np.ndarray, ages: int) -> dict:
-    """Per variant: wall seconds of the first request at a new age, and the entry's cache charge."""
-    wall: dict[str, list[float]] = {k: [] for k in rts}
+    """Per variant: wall seconds of the first and of the second batch-1 request at a new age (the
+    embedded variant builds its session at the second), and the entry's cache charge."""
+    wall: dict[str, dict[str, list[float]]] = {k: {"first": [], "second": []} for k in rts}
     charged: dict[str, int] = {}
+    for rt in rts.values():  # once per runtime, not per age: the sessions of the fed weights
+        rt.run(x[:1], age_s=AGE_S / 2)
     for i in range(ages):
         age = AGE_S * (2.0 + i)  # ages neither variant has read
         for k in list(rts) if i % 2 == 0 else list(rts)[::-1]:
-            t = time.perf_counter()
-            rts[k].run(x[:1], age_s=age)
-            wall[k].append(time.perf_counter() - t)
+            for which in ("first", "second"):
+                t = time.perf_counter()
+                rts[k].run(x[:1], age_s=age)
+                wall[k][which].append(time.perf_counter() - t)
             charged[k] = rts[k]._entry(age, 0).nbytes
-    return {k: {"wall_s": median_range(v), "entry_bytes": charged[k]} for k, v in wall.items()}
+    return {k: {**{w: median_range(v) for w, v in d.items()}, "entry_bytes": charged[k]} for k, d in wall.items()}
 
 
 def markdown(rows: list[dict], new_age: dict, info: dict, args) -> str:
@@ -90,14 +97,16 @@ def markdown(rows: list[dict], new_age: dict, info: dict, args) -> str:
         lines.append(f"| {r['batch']} | " + ab_cells(r))
     lines += [
         "",
-        f"A new age (first batch-1 request at {args.ages} ages never read, alternating): wall seconds, "
+        f"A new age (the first and second batch-1 requests at {args.ages} ages never read, alternating; a "
+        "read-out builds its session at its second use, so that one-off ages pay none): wall seconds, "
         "median [min–max], and the bytes the read-out cache charges for the entry.",
         "",
-        "| variant | first request at a new age (s) | cache charge (MB) |",
-        "|---|---:|---:|",
+        "| variant | first request at a new age (s) | second request (s) | cache charge (MB) |",
+        "|---|---:|---:|---:|",
     ]
     for k, v in new_age.items():
-        lines.append(f"| {k} | {fmt_median_range(v['wall_s'])} | {v['entry_bytes'] / 1e6:.0f} |")
+        first, second = fmt_median_range(v["first"]), fmt_median_range(v["second"])
+        lines.append(f"| {k} | {first} | {second} | {v['entry_bytes'] / 1e6:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -107,21 +107,22 @@ def runners(model: bytes, x: np.ndarray, threads: int) -> dict[str, Callable[[np
     }
     lean = rts["lean"]
 
-    def lean_feeds(xb: np.ndarray) -> dict[str, np.ndarray]:
+    def lean_feeds(xb: np.ndarray) -> tuple[object, dict[str, np.ndarray]]:
         feeds = lean.check_inputs(xb)
-        entry = lean._entry(AGE_S, 0)
-        feeds.update(lean._static_feeds(entry, lean.gdc_mode(True)))
+        # the session a request would use with its feeds (a chip over AGEDCHIP_INITIALIZERS_MAX_BYTES,
+        # resnet18, feeds its weights to the runtime's one session or to its read-out's partial one)
+        session, static = lean._bound(lean._entry(AGE_S, 0), lean.gdc_mode(True))
+        feeds.update(static)
         feeds.update(draw(lean.noise_shapes(xb), thread_generator()))
-        return feeds
+        return session, feeds
 
-    built: dict[int, dict] = {}  # by batch size: the session part runs on feeds built once
+    built: dict[int, tuple] = {}  # by batch size: the session part runs on feeds built once
 
     def session(xb: np.ndarray) -> object:
         if len(xb) not in built:
             built[len(xb)] = lean_feeds(xb)
-        # a chip over AGEDCHIP_INITIALIZERS_MAX_BYTES (resnet18) has no session per read-out: its
-        # weights are inputs of the runtime's one session, and lean_feeds holds them
-        return (lean._entry(AGE_S, 0).session or lean.session).run(lean.output_names, built[len(xb)])
+        sess, feeds = built[len(xb)]
+        return sess.run(lean.output_names, feeds)
 
     out["noise"] = lambda xb: draw(lean.noise_shapes(xb), thread_generator())
     out["session"] = session

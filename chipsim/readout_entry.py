@@ -26,12 +26,15 @@ class ReadoutEntry:
     #: copies of their live taps), made once per read-out and charged in weight_bytes
     fed_weights: dict[str, np.ndarray] = field(default_factory=dict)
     scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per GDC mode
-    feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # scales + weights, per GDC mode
+    #: scales + weights, per (GDC mode, whether for the partial session)
+    feeds: dict[tuple[str, bool], dict[str, np.ndarray]] = field(default_factory=dict)
     session: ort.InferenceSession | None = None
-    #: its session embeds only the Conv weights ``embed_convs`` picks (fed the others, as the
-    #: ``inputs`` session is), holding copies of ``embedded_bytes`` of them
+    #: ``inputs`` binding of a large chip (``ChipRuntime(embed_convs=)``): once the read-out is
+    #: used a second time, a session of its own embeds copies of ``embedded_bytes`` of its Conv
+    #: weights (fed the others); charged from the start, so the cache never under-counts
     partial: bool = False
     embedded_bytes: int = 0
+    used: bool = False
     #: the ops its session dropped (chipsim.compiler.tile_drops; initializers binding, lean graph)
     drops: frozenset = frozenset()
 
@@ -44,8 +47,8 @@ class ReadoutEntry:
         # (python -m bench.arena_rss: enable_cpu_mem_arena on and off, interleaved: off
         # saved nothing at batch 1 and was worse after the first age at batch 1024, so it stays on).
         n = self.readout.nbytes + self.weight_bytes
-        if self.session is None:
-            return n
         if self.partial:  # the weights stay here; the session's copies as an embedded session's
             return n + int(SESSION_CHARGE * 2 * self.embedded_bytes)
+        if self.session is None:
+            return n
         return int(SESSION_CHARGE * (n + self.weight_bytes))

@@ -237,11 +237,8 @@ class ChipRuntime:
             entry.fed_weights = self._fed(weights)
             entry.weight_bytes += sum(a.nbytes for k, a in entry.fed_weights.items() if a is not weights[k])
             partial = self._partial_graph()
-            if partial is not None:
-                graph, names = partial
-                embed = {k: entry.fed_weights.pop(k) for k in names}
-                entry.partial, entry.embedded_bytes = True, sum(a.nbytes for a in embed.values())
-                entry.session = embedded_session(graph, embed, self.threads)
+            if partial is not None:  # its session is built if the read-out is used again
+                entry.partial, entry.embedded_bytes = True, sum(entry.fed_weights[k].nbytes for k in partial[1])
         return entry
 
     def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> ReadoutEntry:
@@ -280,15 +277,33 @@ class ChipRuntime:
             entry.scales[mode] = scales  # benign race: both writers compute the same arrays
         return scales
 
-    def _static_feeds(self, entry: ReadoutEntry, mode: GdcMode) -> dict[str, np.ndarray]:
+    def _bound(self, entry: ReadoutEntry, mode: GdcMode) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
+        """The session a run of ``entry`` uses and its weights and scales, as one consistent pair:
+        a read-out of a large chip gets its partial session (:meth:`_partial_graph`) on its second
+        use, so that one-off ages (an evaluation's read-outs) pay no session build."""
+        if entry.partial and entry.session is None:
+            if entry.used:
+                with self._lock:
+                    if entry.session is None:
+                        graph, names = self._partial
+                        embed = {k: entry.fed_weights[k] for k in names}  # copied in; fed_weights keeps them
+                        entry.session = embedded_session(graph, embed, self.threads)
+            entry.used = True
+        own = entry.session  # one read: another thread may set it meanwhile
+        if own is not None:
+            return own, self._static_feeds(entry, mode, entry.partial)
+        return self.session, self._static_feeds(entry, mode)
+
+    def _static_feeds(self, entry: ReadoutEntry, mode: GdcMode, partial: bool = False) -> dict[str, np.ndarray]:
         """Weights (``inputs`` binding) and GDC-scaled column scales of an entry, merged once."""
-        feeds = entry.feeds.get(mode)
+        feeds = entry.feeds.get((mode, partial))
         if feeds is None:
             embedded = entry.session is not None and not entry.partial  # the initializers binding
             feeds = self._fed(self._scales(entry, mode), self._init_feeds if embedded else None)
             if not embedded:
-                feeds.update(entry.fed_weights)
-            entry.feeds[mode] = feeds  # benign race: both writers build the same dict
+                skip = self._partial[1] if partial else frozenset()
+                feeds.update({k: v for k, v in entry.fed_weights.items() if k not in skip})
+            entry.feeds[(mode, partial)] = feeds  # benign race: both writers build the same dict
         return feeds
 
     # ------------------------------------------------------------------ noise
@@ -421,8 +436,8 @@ class ChipRuntime:
         read_seed = check_seed(read_seed, "read_seed")
         mode = self.gdc_mode(gdc)
         entry = self._entry(age_s, read_seed, mode)
-        session = entry.session or self.session
-        feeds.update(self._static_feeds(entry, mode))
+        session, static = self._bound(entry, mode)
+        feeds.update(static)
         if noise is None and self._has_noise:
             noise = draw(self._noise_shapes.shapes(feeds), self._mvm_rng(seed, chunk), self.noise_source)
         elif noise and entry.drops and any(np.max(np.abs(v), initial=0.0) > XI_MAX for v in noise.values()):
