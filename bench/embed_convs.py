@@ -10,8 +10,8 @@ Speed: cached read-out at 1 d, fresh per-MVM noise; both runtimes share one chip
 digital model interleaved in one process, round by round (the order reversed every other round);
 a ratio is taken within a round (CPU time), the report gives median [min–max] over rounds.
 A new age: wall time of the first and of the second batch-1 request at ``--ages`` ages never read
-before (read-out; the embedded variant builds its read-out's session at the second use), alternating
-the variants, and the bytes the read-out cache charges for the entry.
+before (the first pays the read-out, and for the embedded variant its session), alternating the
+variants, and the bytes the read-out cache charges for the entry.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def measure_speed(rts: dict[str, ChipRuntime], model: bytes, x: np.ndarray, batc
 
 
 def measure_new_age(rts: dict[str, ChipRuntime], x: np.ndarray, ages: int) -> dict:
-    """Per variant: wall seconds of the first and of the second batch-1 request at a new age (the
-    embedded variant builds its session at the second), and the entry's cache charge."""
+    """Per variant: wall seconds of the first and of the second batch-1 request at a new age, and
+    the entry's cache charge."""
     wall: dict[str, dict[str, list[float]]] = {k: {"first": [], "second": []} for k in rts}
     charged: dict[str, int] = {}
     for rt in rts.values():  # once per runtime, not per age: the sessions of the fed weights
@@ -97,9 +97,9 @@ def markdown(rows: list[dict], new_age: dict, info: dict, args) -> str:
         lines.append(f"| {r['batch']} | " + ab_cells(r))
     lines += [
         "",
-        f"A new age (the first and second batch-1 requests at {args.ages} ages never read, alternating; a "
-        "read-out builds its session at its second use, so that one-off ages pay none): wall seconds, "
-        "median [min–max], and the bytes the read-out cache charges for the entry.",
+        f"A new age (the first and second batch-1 requests at {args.ages} ages never read, alternating; the "
+        "first pays the read-out and, embedded, its session): wall seconds, median [min–max], and the bytes "
+        "the read-out cache charges for the entry.",
         "",
         "| variant | first request at a new age (s) | second request (s) | cache charge (MB) |",
         "|---|---:|---:|---:|",

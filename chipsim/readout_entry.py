@@ -29,12 +29,10 @@ class ReadoutEntry:
     #: scales + weights, per (GDC mode, whether for the partial session)
     feeds: dict[tuple[str, bool], dict[str, np.ndarray]] = field(default_factory=dict)
     session: ort.InferenceSession | None = None
-    #: ``inputs`` binding of a large chip (``ChipRuntime(embed_convs=)``): once the read-out is
-    #: used a second time, a session of its own embeds copies of ``embedded_bytes`` of its Conv
-    #: weights (fed the others); charged from the start, so the cache never under-counts
+    #: ``inputs`` binding of a large chip (``ChipRuntime(embed_convs=)``): its session embeds
+    #: ``embedded_bytes`` of its Conv weights (popped from ``fed_weights``) and is fed the others
     partial: bool = False
     embedded_bytes: int = 0
-    used: bool = False
     #: the ops its session dropped (chipsim.compiler.tile_drops; initializers binding, lean graph)
     drops: frozenset = frozenset()
 
@@ -47,8 +45,8 @@ class ReadoutEntry:
         # (python -m bench.arena_rss: enable_cpu_mem_arena on and off, interleaved: off
         # saved nothing at batch 1 and was worse after the first age at batch 1024, so it stays on).
         n = self.readout.nbytes + self.weight_bytes
-        if self.partial:  # the weights stay here; the session's copies as an embedded session's
-            return n + int(SESSION_CHARGE * 2 * self.embedded_bytes)
         if self.session is None:
             return n
+        if self.partial:  # the weights stay here; the session's copies as an embedded session's
+            return n + int(SESSION_CHARGE * 2 * self.embedded_bytes)
         return int(SESSION_CHARGE * (n + self.weight_bytes))

@@ -19,7 +19,8 @@ runtime also decodes the devices afresh at every read-out rather than caching th
 weight; see :func:`chipsim.state.decode_devices`). Outputs are those of the ``inputs`` binding.
 Its read-outs still embed the weights of the Conv tiles that the session graph leaves as Convs
 (more than 4 output pixels, :mod:`chipsim.compiler.conv_matmul`), up to ``initializers_max_bytes``
-of them, in a session per cached age (``embed_convs``): onnxruntime runs a Conv with fed weights
+of them, in a session per cached age built with the read-out (``embed_convs``; every request at
+that read-out runs it, so seeded requests stay bit-identical): onnxruntime runs a Conv with fed weights
 image by image and only a constant one on its prepacked NCHWc path (resnet18: its stem, layer1
 and layer2, 11 MB of 187 MB of read-out weights; see docs/benchmarks.md).
 
@@ -237,8 +238,11 @@ class ChipRuntime:
             entry.fed_weights = self._fed(weights)
             entry.weight_bytes += sum(a.nbytes for k, a in entry.fed_weights.items() if a is not weights[k])
             partial = self._partial_graph()
-            if partial is not None:  # its session is built if the read-out is used again
-                entry.partial, entry.embedded_bytes = True, sum(entry.fed_weights[k].nbytes for k in partial[1])
+            if partial is not None:  # with the read-out, so that every request at it runs one session
+                graph, names = partial
+                embed = {k: entry.fed_weights.pop(k) for k in names}
+                entry.partial, entry.embedded_bytes = True, sum(a.nbytes for a in embed.values())
+                entry.session = embedded_session(graph, embed, self.threads)
         return entry
 
     def _read(self, age_s: float, read_seed: int, mode: GdcMode) -> ReadoutEntry:
@@ -278,20 +282,9 @@ class ChipRuntime:
         return scales
 
     def _bound(self, entry: ReadoutEntry, mode: GdcMode) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
-        """The session a run of ``entry`` uses and its weights and scales, as one consistent pair:
-        a read-out of a large chip gets its partial session (:meth:`_partial_graph`) on its second
-        use, so that one-off ages (an evaluation's read-outs) pay no session build."""
-        if entry.partial and entry.session is None:
-            if entry.used:
-                with self._lock:
-                    if entry.session is None:
-                        graph, names = self._partial
-                        embed = {k: entry.fed_weights[k] for k in names}  # copied in; fed_weights keeps them
-                        entry.session = embedded_session(graph, embed, self.threads)
-            entry.used = True
-        own = entry.session  # one read: another thread may set it meanwhile
-        if own is not None:
-            return own, self._static_feeds(entry, mode, entry.partial)
+        """The session a run of ``entry`` uses, and its weights and scales."""
+        if entry.session is not None:
+            return entry.session, self._static_feeds(entry, mode, entry.partial)
         return self.session, self._static_feeds(entry, mode)
 
     def _static_feeds(self, entry: ReadoutEntry, mode: GdcMode, partial: bool = False) -> dict[str, np.ndarray]:

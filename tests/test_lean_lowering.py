@@ -41,10 +41,10 @@ def _zoo(name: str, n: int) -> tuple[bytes, np.ndarray]:
     return (ZOO / f"{name}.onnx").read_bytes(), x
 
 
-def _pair(model: bytes, profile, calibration) -> dict[str, ChipRuntime]:
+def _pair(model: bytes, profile, calibration, **runtime) -> dict[str, ChipRuntime]:
     """One chip (programmed once), served by each lowering."""
     chip = program_onnx(model, profile, seed=0, calibration=calibration)
-    return {low: ChipRuntime(chip, threads=1, lowering=low) for low in ("full", "lean")}
+    return {low: ChipRuntime(chip, threads=1, lowering=low, **runtime) for low in ("full", "lean")}
 
 
 def _off_fraction(a: np.ndarray, b: np.ndarray) -> float:
@@ -227,14 +227,19 @@ def test_lean_equals_full_on_foreign_models(name):
     pre-rounding value within an ulp of a rounding boundary (~1e-6 per element) turns up in
     about one run in seven, with either sampler (seen: ziggurat seed 3, q16 seed 5), and its
     one-step flip then spreads to ~10 % of the outputs; a systematic difference shows in every
-    draw. Without rounding (pcm-continuous) every output must agree."""
+    draw. Without rounding (pcm-continuous) every output must agree. Every weight is fed
+    (``embed_convs=False``): resnet18 is a large chip, whose read-outs embed their Conv weights,
+    and onnxruntime's constant-weight Conv, fused differently in the two lowerings' graphs, adds
+    in another order in each, which made a second of the three draws flip (seeds 1 and 2, 10 % of
+    outputs; seed 3 none); that is the binding's float order, not the lowering's, and
+    tests/test_conv_matmul.py bounds it."""
     from tests.foreign.corpus import case
 
     c = case(name)
     feeds = c.inputs(4, np.random.default_rng(0))
     for profile in ("ideal", "pcm-continuous", "pcm"):
         prof = get_profile("pcm", **PCM_CONTINUOUS) if profile == "pcm-continuous" else get_profile(profile)
-        rts = _pair(c.upload, prof, feeds)
+        rts = _pair(c.upload, prof, feeds, embed_convs=False)
         if profile != "pcm":
             full, lean = (rts[k].run(feeds, age_s=AGE_S, seed=1) for k in ("full", "lean"))
             for a, b in zip(full, lean):
