@@ -26,8 +26,7 @@ class ReadoutEntry:
     #: copies of their live taps), made once per read-out and charged in weight_bytes
     fed_weights: dict[str, np.ndarray] = field(default_factory=dict)
     scales: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # per GDC mode
-    #: scales + weights, per (GDC mode, whether for the partial session)
-    feeds: dict[tuple[str, bool], dict[str, np.ndarray]] = field(default_factory=dict)
+    feeds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # scales + weights, per GDC mode
     session: ort.InferenceSession | None = None
     #: ``inputs`` binding of a large chip (``ChipRuntime(embed_convs=)``): its session embeds
     #: ``embedded_bytes`` of its Conv weights (popped from ``fed_weights``) and is fed the others

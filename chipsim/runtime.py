@@ -283,20 +283,18 @@ class ChipRuntime:
 
     def _bound(self, entry: ReadoutEntry, mode: GdcMode) -> tuple[ort.InferenceSession, dict[str, np.ndarray]]:
         """The session a run of ``entry`` uses, and its weights and scales."""
-        if entry.session is not None:
-            return entry.session, self._static_feeds(entry, mode, entry.partial)
-        return self.session, self._static_feeds(entry, mode)
+        return entry.session or self.session, self._static_feeds(entry, mode)
 
-    def _static_feeds(self, entry: ReadoutEntry, mode: GdcMode, partial: bool = False) -> dict[str, np.ndarray]:
-        """Weights (``inputs`` binding) and GDC-scaled column scales of an entry, merged once."""
-        feeds = entry.feeds.get((mode, partial))
+    def _static_feeds(self, entry: ReadoutEntry, mode: GdcMode) -> dict[str, np.ndarray]:
+        """Weights (``inputs`` binding; a partial session's own are not among ``fed_weights``) and
+        GDC-scaled column scales of an entry, merged once."""
+        feeds = entry.feeds.get(mode)
         if feeds is None:
             embedded = entry.session is not None and not entry.partial  # the initializers binding
             feeds = self._fed(self._scales(entry, mode), self._init_feeds if embedded else None)
             if not embedded:
-                skip = self._partial[1] if partial else frozenset()
-                feeds.update({k: v for k, v in entry.fed_weights.items() if k not in skip})
-            entry.feeds[(mode, partial)] = feeds  # benign race: both writers build the same dict
+                feeds.update(entry.fed_weights)
+            entry.feeds[mode] = feeds  # benign race: both writers build the same dict
         return feeds
 
     # ------------------------------------------------------------------ noise
