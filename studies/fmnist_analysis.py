@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from studies.common import AGE_SCHEDULE
-from studies.fmnist_eval import GDC_KEYS, NO_CURVE, Curve, TrainedModel
+from studies.fmnist_eval import GDC_KEYS, NO_CURVE, Curve, TrainedModel, is_core
 from studies.fmnist_stats import Estimate, Replicates, chip_mean, draw, fp_mean
 
 MODES = ("plain", "recipe", "hwa")
@@ -157,15 +157,42 @@ def targets(rows: list[dict], gaps: list[dict], arch: str = "resnet") -> list[di
     return out
 
 
-def _analyse_arch(
-    models: Sequence[TrainedModel], cells: dict, fp: dict, n_chips: int, ages, arms, n_boot: int, seed: int, curve
-) -> tuple[list[dict], list[dict], list[dict]]:
-    """(fp rows, chip rows, gaps) of one architecture's models, on its own bootstrap replicates."""
+def _gap_key(g: dict) -> tuple:
+    return g["kind"], g["arch"], g["mode"], g["age"], g["gdc"], g["arm"]
+
+
+def _pass(models, cells, fp, n_chips: int, ages, arms, n_boot: int, seed: int, curve):
+    """(fp rows, chip rows, gaps) on one bootstrap draw over ``n_chips`` chips, every row and gap
+    labelled with that count."""
     n_images = fp[models[0].key].shape[0]
     rep = draw(n_images, n_chips, sorted({m.seed for m in models}), n_boot, np.random.default_rng(seed))
     fps, chips, seeds = _estimates(models, cells, fp, ages, arms, rep, curve)
     fp_rows, rows = _rows(fps, chips, seeds)
-    return fp_rows, rows, _gaps(fps, chips, [models[0].arch], arms)
+    gaps = _gaps(fps, chips, [models[0].arch], arms)
+    for r in rows + gaps:
+        r["chips"] = n_chips
+    return fp_rows, rows, gaps
+
+
+def _analyse_arch(
+    models: Sequence[TrainedModel], cells: dict, fp: dict, n_chips: int, n_extra: int, ages, arms, n_boot, seed, curve
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(fp rows, chip rows, gaps) of one architecture's models, on its own bootstrap replicates.
+    When the other cells than the core ones (``is_core``) hold fewer chips (``n_extra``), the core
+    rows and gaps come from the ``n_chips`` chips, and the rest from a second draw over the first
+    ``n_extra`` chips, with the core cells cut to those chips, so that every gap stays paired."""
+    if n_extra >= n_chips:
+        return _pass(models, cells, fp, n_chips, ages, arms, n_boot, seed, curve)
+    fp_rows, rows, gaps = _pass(models, cells, fp, n_chips, ages, arms[:1], n_boot, seed, NO_CURVE)
+    if n_extra == 0:
+        return fp_rows, rows, gaps
+    keys = {m.key for m in models}
+    cut = {k: v[:n_extra] for k, v in cells.items() if k[0] in keys}
+    _, x_rows, x_gaps = _pass(models, cut, fp, n_extra, ages, arms, n_boot, seed, curve)
+    have = {_gap_key(g) for g in gaps}
+    rows += [r for r in x_rows if not is_core(r["arm"], r["age"], arms, ages)]
+    gaps += [g for g in x_gaps if _gap_key(g) not in have]
+    return fp_rows, rows, gaps
 
 
 def analyse(
@@ -178,18 +205,23 @@ def analyse(
     n_boot: int = 1000,
     seed: int = 0,
     curve: Curve = NO_CURVE,
+    extra_used: Mapping[str, Sequence[int]] | None = None,
 ) -> dict:
     """The study's tables as JSON-able data (``rows``, ``fp``, ``gaps``, ``targets``). Every
     comparison stays within one architecture, so each architecture is bootstrapped over its own
     complete chips (``chips_used[arch]``; an architecture without any is left out), with the same
     bootstrap ``seed``. ``curve``: the ages beyond ``ages`` that some architectures' first arm
-    was evaluated at (rows and gaps for them too)."""
+    was evaluated at (rows and gaps for them too). ``extra_used``: the chips of the cells other
+    than the first arm's at ``ages`` (``fmnist_eval.complete_chips``), when fewer; every row and
+    gap says how many chips it rests on (``chips``)."""
     fp_rows, rows, gaps = [], [], []
     for arch in sorted({m.arch for m in models}):
         ms = [m for m in models if m.arch == arch]
         if not chips_used.get(arch):
             continue
-        f, r, g = _analyse_arch(ms, cells, fp, len(chips_used[arch]), ages, arms, n_boot, seed, curve)
+        n = len(chips_used[arch])
+        n_extra = n if extra_used is None else len(extra_used[arch])
+        f, r, g = _analyse_arch(ms, cells, fp, n, n_extra, ages, arms, n_boot, seed, curve)
         fp_rows += f
         rows += r
         gaps += g

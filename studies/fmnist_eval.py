@@ -210,6 +210,12 @@ def chips_for(chips: ChipCounts, arch: str) -> int:
     return chips if isinstance(chips, int) else chips[arch]
 
 
+def is_core(arm: str, age: str, arms: Sequence[str], ages: Sequence[str]) -> bool:
+    """A cell of the first arm at one of the tables' ages: every chip gets these; ``extra_chips``
+    limits the others (the other arms, the curve's ages) to the first chips."""
+    return arm == arms[0] and age in ages
+
+
 def missing_cells(
     store: CellStore,
     models: Sequence[TrainedModel],
@@ -218,18 +224,23 @@ def missing_cells(
     ages: Sequence[str],
     shard: tuple[int, int] = (0, 1),
     curve: Curve = NO_CURVE,
+    extra_chips: int | None = None,
 ) -> Iterator[tuple[int, TrainedModel, str, list[tuple[str, str]]]]:
     """(chip, model, arm, [(age, gdc) …]) still to compute, chip-major (every model gets chip 0
     before any gets chip 1, so a stopped run leaves comparable data), ages by :data:`AGE_PRIORITY`
     (the curve's ages after the tables'). ``shard = (i, n)``: only chips ``k`` with ``k % n == i``
-    (n processes share the work)."""
+    (n processes share the work). ``extra_chips``: chips ``k ≥ extra_chips`` get only the core
+    cells (:func:`is_core`)."""
     most = max((chips_for(chips, m.arch) for m in models), default=0)
     for chip in range(shard[0], most, shard[1]):
+        core_only = extra_chips is not None and chip >= extra_chips
         for m in models:
             if chip >= chips_for(chips, m.arch):
                 continue
             for arm in arms:
                 order = _priority(ages) + _priority([a for a in curve.ages_for(m.arch, arm, ages) if a not in ages])
+                if core_only:
+                    order = [a for a in order if is_core(arm, a, arms, ages)]
                 todo = [(a, g) for a in order for g in GDC_KEYS if not store.path(m, arm, chip, a, g).is_file()]
                 if todo:
                     yield chip, m, arm, todo
@@ -259,9 +270,11 @@ def evaluate(
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
     curve: Curve = NO_CURVE,
+    extra_chips: int | None = None,
 ) -> EvalLog:
     """Compute every missing cell (and each model's ``fp`` cell), within ``budget_s`` seconds
-    if given (the cell under way is finished; the rest is left for the next run)."""
+    if given (the cell under way is finished; the rest is left for the next run); ``extra_chips``
+    as in :func:`missing_cells`."""
     from tqdm.auto import tqdm
 
     from chipsim.compiler import program_onnx
@@ -273,7 +286,7 @@ def evaluate(
     for m in models:
         if not store.fp_path(m).is_file():
             store.save(store.fp_path(m), fp_correct(m, test.x, test.y, threads))
-    todo = list(missing_cells(store, models, arms, chips, ages, shard, curve))
+    todo = list(missing_cells(store, models, arms, chips, ages, shard, curve, extra_chips))
     log = EvalLog(cell_seconds=[])
     total = sum(len(cells) for *_, cells in todo)
     profile = get_profile(store.profile_name)
@@ -299,6 +312,47 @@ def evaluate(
     return log
 
 
+def complete_chips(
+    store: CellStore,
+    models: Sequence[TrainedModel],
+    arms: Sequence[str],
+    chips: ChipCounts,
+    ages: Sequence[str],
+    curve: Curve = NO_CURVE,
+    extra_chips: int | None = None,
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """({arch: complete chips}, {arch: chips complete in the other cells too}). A chip is complete
+    when every cell of every model of that architecture is cached: every arm and age (the curve's
+    included), or with ``extra_chips`` the core cells (:func:`is_core`) only; the second list is
+    then the longest prefix of the first, at most ``extra_chips`` long, whose chips have every other
+    cell too (so that comparisons with the other cells pair the same chips). Without
+    ``extra_chips`` both lists are the same."""
+
+    def done(arch: str, k: int, core: bool) -> bool:
+        return all(
+            store.path(m, a, k, age, g).is_file()
+            for m in models
+            if m.arch == arch
+            for a in arms
+            for age in curve.ages_for(arch, a, ages)
+            if is_core(a, age, arms, ages) == core
+            for g in GDC_KEYS
+        )
+
+    used, extra = {}, {}
+    for arch in sorted({m.arch for m in models}):
+        n = chips_for(chips, arch)
+        if extra_chips is None:
+            used[arch] = extra[arch] = [k for k in range(n) if done(arch, k, True) and done(arch, k, False)]
+            continue
+        used[arch] = [k for k in range(n) if done(arch, k, True)]
+        j = 0
+        while j < min(len(used[arch]), extra_chips) and done(arch, used[arch][j], False):
+            j += 1
+        extra[arch] = used[arch][:j]
+    return used, extra
+
+
 def load_cells(
     store: CellStore,
     models: Sequence[TrainedModel],
@@ -306,30 +360,21 @@ def load_cells(
     chips: ChipCounts,
     ages: Sequence[str],
     curve: Curve = NO_CURVE,
+    extra_chips: int | None = None,
 ) -> tuple[dict, dict[str, np.ndarray], dict[str, list[int]]]:
     """({(model key, arm, age, gdc): bool (K, N)}, {model key: fp bool (N,)}, {arch: chips used}):
-    an architecture's chips used are those whose every cell of every model of that architecture,
-    every arm and every age (the curve's included) is cached (complete chips), so that every
-    comparison, which stays within one architecture, is paired over the same chip instances."""
-    archs = sorted({m.arch for m in models})
-    used = {
-        arch: [
-            k
-            for k in range(chips_for(chips, arch))
-            if all(
-                store.path(m, a, k, age, g).is_file()
-                for m in models
-                if m.arch == arch
-                for a in arms
-                for age in curve.ages_for(arch, a, ages)
-                for g in GDC_KEYS
-            )
-        ]
-        for arch in archs
-    }
+    an architecture's chips used are its complete chips (:func:`complete_chips`), so that every
+    comparison, which stays within one architecture, is paired over the same chip instances. With
+    ``extra_chips`` the cells other than the core ones hold only the chips of the second list of
+    :func:`complete_chips`, the first ``K'`` of the chips used."""
+    used, extra = complete_chips(store, models, arms, chips, ages, curve, extra_chips)
+
+    def chips_of(arch: str, arm: str, age: str) -> list[int]:
+        return used[arch] if is_core(arm, age, arms, ages) else extra[arch]
+
     cells = {
-        (m.key, a, age, g): np.stack([store.load(store.path(m, a, k, age, g)) for k in used[m.arch]])
-        if used[m.arch]
+        (m.key, a, age, g): np.stack([store.load(store.path(m, a, k, age, g)) for k in chips_of(m.arch, a, age)])
+        if chips_of(m.arch, a, age)
         else np.zeros((0, store.n_images), bool)
         for m in models
         for a in arms

@@ -44,7 +44,16 @@ def _chips_text(m: dict) -> str:
     """How many chips each architecture used of how many asked."""
     used, asked = m["chips_used"], m["chips"]
     parts = [f"{arch} {len(used[arch])} of {asked[arch]} asked" for arch in sorted(used)]
-    return "chip instances used per architecture: " + ", ".join(parts)
+    text = "chip instances used per architecture: " + ", ".join(parts)
+    extra = m.get("extra_chips_used") or {}
+    fewer = [f"{arch} {len(extra[arch])}" for arch in sorted(extra) if len(extra[arch]) < len(used.get(arch, ()))]
+    if fewer:
+        text += (
+            f" (`--extra-chips {m['extra_chips']}`: the cells beyond the first arm at the table ages, i.e. the other "
+            f"arms and the figure's extra ages, on the first chips only: {', '.join(fewer)}; such values carry †, "
+            "and their gaps are paired over those chips)"
+        )
+    return text
 
 
 def _ages_of(rows: list[dict]) -> list[str]:
@@ -92,14 +101,32 @@ def _targets(res: dict) -> list[str]:
     return out + [""]
 
 
+def _most_chips(res: dict) -> dict[str, int]:
+    """The most chips any row of each architecture rests on."""
+    most: dict[str, int] = {}
+    for r in res["analysis"]["rows"]:
+        most[r["arch"]] = max(most.get(r["arch"], 0), r.get("chips", 0))
+    return most
+
+
+def _value(row: dict | None, field: str, digits: int, most: dict[str, int]) -> str:
+    """A row's ``field`` with its interval, ``†`` when it rests on fewer chips than its
+    architecture's other rows (``--extra-chips``)."""
+    if row is None:
+        return "–"
+    fewer = row.get("chips", 0) < most.get(row["arch"], 0)
+    return ci(row[field], digits) + (" †" if fewer else "")
+
+
 def _age_table(res: dict, field: str, gdc: str, digits: int) -> list[str]:
     rows = [r for r in res["analysis"]["rows"] if r["gdc"] == gdc]
     ages = _ages_of(rows)
     out = [md_row(["arch", "mode", "arm", *ages]), md_row(["---"] * (3 + len(ages)))]
     keys = list(dict.fromkeys((r["arch"], r["mode"], r["arm"]) for r in rows))
+    most = _most_chips(res)
     for k in keys:
-        by_age = {r["age"]: r[field] for r in rows if (r["arch"], r["mode"], r["arm"]) == k}
-        out.append(md_row([k[0], k[1], ARM_LABEL[k[2]], *(ci(by_age.get(a), digits) for a in ages)]))
+        by_age = {r["age"]: r for r in rows if (r["arch"], r["mode"], r["arm"]) == k}
+        out.append(md_row([k[0], k[1], ARM_LABEL[k[2]], *(_value(by_age.get(a), field, digits, most) for a in ages)]))
     return out + [""]
 
 
@@ -126,6 +153,7 @@ def _gaps(res: dict) -> list[str]:
         md_row(["gap", "definition", "arch", "mode", "age", "GDC", "value [95 % CI]", "significant"]),
         md_row(["---"] * 8),
     ]
+    most = _most_chips(res)
     for g in res["analysis"]["gaps"]:
         out.append(
             md_row(
@@ -136,7 +164,7 @@ def _gaps(res: dict) -> list[str]:
                     g["mode"] or "hwa",
                     g["age"],
                     g["gdc"],
-                    ci(g["value"]),
+                    _value(g, "value", 2, most),
                     "yes" if g["value"]["significant"] else "no",
                 ]
             )

@@ -40,6 +40,7 @@ from studies.fmnist_eval import (
     CELL_VERSION,
     CellStore,
     Curve,
+    complete_chips,
     evaluate,
     find_models,
     load_cells,
@@ -122,6 +123,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ARCH=N",
         help="another chip count for an architecture's models, e.g. resnet=3 (its cells cost more)",
     )
+    ap.add_argument(
+        "--extra-chips",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only the first N chips get the cells beyond the first arm at the table ages (the other arms, "
+        "the --curve-ages); every chip gets those (default: every chip gets every cell)",
+    )
     ap.add_argument("--ages", nargs="+", type=age_label, default=list(AGE_SCHEDULE), help="e.g. 1d 1y (default all)")
     ap.add_argument(
         "--curve-ages",
@@ -186,9 +195,13 @@ def run(
     restored = sum(cell_archive.restore(a, args.cache, digests) for a in dict.fromkeys(restore_from))
     budget = None if args.budget_min is None else 60 * args.budget_min
     progress = not args.no_progress
-    log = evaluate(store, models, args.arms, chips, args.ages, args.threads, budget, progress, args.shard, curve)
-    cells, fp, used = load_cells(store, models, args.arms, chips, args.ages, curve)
-    analysis = analyse(models, cells, fp, used, args.ages, args.arms, args.boot, curve=curve)
+    extra = args.extra_chips
+    if extra is not None and extra < 1:
+        raise SystemExit(f"--extra-chips {extra}: expected N >= 1")
+    log = evaluate(store, models, args.arms, chips, args.ages, args.threads, budget, progress, args.shard, curve, extra)
+    cells, fp, used = load_cells(store, models, args.arms, chips, args.ages, curve, extra)
+    _, extra_used = complete_chips(store, models, args.arms, chips, args.ages, curve, extra)
+    analysis = analyse(models, cells, fp, used, args.ages, args.arms, args.boot, curve=curve, extra_used=extra_used)
     mu = None
     if not args.skip_mu:
         from studies.fmnist_midpoint import midpoint_study
@@ -207,6 +220,8 @@ def run(
         "n_images": args.limit_images,
         "chips": chips,
         "chips_used": used,
+        "extra_chips": extra,
+        "extra_chips_used": extra_used,
         "ages": args.ages,
         "arms": args.arms,
         "curve": {
