@@ -31,6 +31,7 @@ import numpy as np
 
 from models import outputs
 from studies.common import REPORTS_DIR
+from studies.fmnist_eval import CELL_NOISE, CELL_VERSION
 
 OUT_DIR = REPORTS_DIR / "hardening"
 RUNS_DIR = outputs.RUNS / "hardening"
@@ -50,6 +51,9 @@ def eval_config(args: argparse.Namespace) -> dict[str, Any]:
         "n_chips": 0 if args.no_chip else args.chips,
         "profile": args.profile,
         "chance": CHANCE,
+        # the chip cells are the Fashion-MNIST study's: a new cell meaning (seeding, sampler) is a new result
+        "cell_version": CELL_VERSION,
+        "mvm_noise": str(CELL_NOISE),
     }
 
 
