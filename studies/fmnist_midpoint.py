@@ -11,7 +11,8 @@ seed for all arms, so that µ ratios between arms of equally many models are pai
 Arms: each trained mode, and **plain + clip only** — the plain models with HWA's per-channel
 weight clipping (``clip_sigma`` of the HWA recipe, 2.5 σ by default) applied after training and
 nothing else, so that µ(clip only)/µ(plain) shows the share of HWA's µ that clipping alone buys.
-Needs torch and each run's ``model.pt``; sweeps are cached beside the chip cells.
+Needs torch and each run's ``model.pt``, or rebuilds the model from its ONNX file
+(:mod:`models.fmnist_rebuild`, checked against onnxruntime); sweeps are cached beside the chip cells.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ def _model_sweep(m: TrainedModel, label: str, clip_sigma: float | None, x, y, si
     import torch
 
     from models import fmnist_models as FM
+    from models.fmnist_rebuild import torch_from_onnx
     from models.train_fmnist import load_model
     from studies.activation_noise import clipped_copy, torch_model_fn
 
     torch.set_num_threads(1)
-    model, _, _ = load_model(m.torch_path.parent)
+    if m.torch_path is not None:
+        model, _, _ = load_model(m.torch_path.parent)
+    else:  # the zoo's committed ONNX alone (seed 0's model.pt was lost): the same weights, checked
+        model = torch_from_onnx(m.onnx_path)[0]
     if clip_sigma is not None:
         model = clipped_copy(model, clip_sigma)
     return sweep(torch_model_fn(FM.export_copy(model).eval(), x, y), sigmas, seeds)
@@ -64,17 +69,16 @@ def sweeps(
     seeds: Sequence[int] = NOISE_SEEDS,
     progress: bool = True,
 ) -> dict[tuple[str, str], list[Sweep]]:
-    """{(arch, arm label): [Sweep per model]} for every model with a ``model.pt``, cached."""
+    """{(arch, arm label): [Sweep per model]} for every model, cached; a model without a
+    ``model.pt`` is rebuilt from its ONNX file (:func:`models.fmnist_rebuild.torch_from_onnx`)."""
     from tqdm.auto import tqdm
 
     from models import fmnist_data as D
 
     test = D.load_split("test", n_images)
     clip = {m.arch: m.clip_sigma for m in models if m.mode == "hwa" and m.clip_sigma}
-    jobs = [(m, m.mode, None) for m in models if m.torch_path]
-    jobs += [
-        (m, CLIP_LABEL, clip.get(m.arch, DEFAULT_CLIP_SIGMA)) for m in models if m.torch_path and m.mode == "plain"
-    ]
+    jobs = [(m, m.mode, None) for m in models]
+    jobs += [(m, CLIP_LABEL, clip.get(m.arch, DEFAULT_CLIP_SIGMA)) for m in models if m.mode == "plain"]
     out: dict[tuple[str, str], list[Sweep]] = {}
     for m, label, clip_sigma in tqdm(jobs, desc="µ sweeps", unit="model", disable=not progress):
         path = _sweep_path(cache, m, label, n_images, sigmas, seeds)

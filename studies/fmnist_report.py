@@ -175,7 +175,7 @@ def _gaps(res: dict) -> list[str]:
 def _midpoint(res: dict) -> list[str]:
     mu = res.get("midpoint")
     if not mu:
-        return ["## Robustness midpoint µ", "", "Not run (`--skip-mu`, or no `model.pt` beside the models).", ""]
+        return ["## Robustness midpoint µ", "", "Not run (`--skip-mu`).", ""]
     out = [
         "## Robustness midpoint µ (activation noise)",
         "",
