@@ -304,7 +304,10 @@ def plot_midpoint(res: dict, path: Path) -> None:
         ax.set_ylabel("accuracy (%)")
         ax.set_title(arch)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no µ sweeps (--skip-mu)", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
