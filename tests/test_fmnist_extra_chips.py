@@ -8,6 +8,7 @@ import numpy as np
 from studies import fmnist_eval as E
 from studies.fmnist_analysis import analyse
 from studies.fmnist_report import render_markdown
+from tests.fmnist_helpers import lstm_page_meta
 
 ARMS = ["max", "caws"]
 AGES = ["1 d"]
@@ -93,22 +94,7 @@ def test_core_and_extra_rows_equal_the_two_separate_analyses(tmp_path):
     assert len(gaps) == len(x)
     # FP rows and the targets come from all chips
     assert res["fp"] == core["fp"] and res["targets"] == core["targets"]
-    meta = {
-        "command": "x",
-        "demonstration": None,
-        "seconds": 1,
-        "machine": "m",
-        "profile": "pcm",
-        "n_images": n,
-        "chips": {"lstm": k},
-        "chips_used": {"lstm": list(range(k))},
-        "extra_chips": kx,
-        "extra_chips_used": {"lstm": [0, 1]},
-        "ages": AGES,
-        "cells_computed": 0,
-        "cells_left": 0,
-        "curve": {"ages": ["10 y"], "arm": "max", "archs": ["lstm"]},
-    }
+    meta = lstm_page_meta(n, k, extra_chips=kx, extra_chips_used={"lstm": [0, 1]}, ages=AGES)
     page = render_markdown({"meta": meta, "models": [], "analysis": res, "midpoint": None})
     assert "`--extra-chips 2`" in page and "lstm 2;" in page
     hwa_caws = next(line for line in page.splitlines() if line.startswith("| lstm | hwa | CAWS |"))

@@ -15,6 +15,7 @@ from studies import fmnist_eval as E
 from studies.fmnist_report import render_markdown
 from studies.fmnist_stats import binomial_coverage, chip_mean, draw
 from studies.fmnist_study import OUT_DIR, age_label
+from tests.fmnist_helpers import lstm_page_meta
 
 REPORT = OUT_DIR / "README.md"
 RESULTS = OUT_DIR / "results.json"
@@ -393,19 +394,6 @@ def test_curve_ages_get_rows_and_gaps_but_no_caws_gap(tmp_path):
     assert ("gap_to_fp", "10 y") in kinds and ("robustness_vs_recipe", "10 y") in kinds
     assert ("caws", "1 d") in kinds and ("caws", "10 y") not in kinds
     # the page's age columns run youngest first, with the curve's age after the tables'
-    meta = {
-        "command": "x",
-        "demonstration": None,
-        "seconds": 1,
-        "machine": "m",
-        "profile": "pcm",
-        "n_images": n,
-        "chips": {"lstm": k},
-        "chips_used": {"lstm": [0, 1, 2]},
-        "ages": ["1 d"],
-        "cells_computed": 0,
-        "cells_left": 0,
-        "curve": {"ages": ["10 y"], "arm": "max", "archs": ["lstm"]},
-    }
+    meta = lstm_page_meta(n, k)
     page = render({"meta": meta, "models": [], "analysis": res, "midpoint": None})
     assert "| arch | mode | arm | 1 d | 10 y |" in page and "also 10 y, max scaling only" in page
