@@ -74,17 +74,16 @@ def rebuilt_state(onnx_model, torch_model) -> dict:
     by_module = {mod: init for init, mod in layers.items()}
     state = {k: v.clone() for k, v in torch_model.state_dict().items()}
     filled: set[str] = set()
-
     transposed = _transposed_initializers(onnx_model)
 
     def put(key: str, value: np.ndarray, init: str | None = None) -> None:
         want = tuple(state[key].shape)
-        arr = np.asarray(value, np.float32)
+        arr = np.array(value, np.float32)  # a copy: the tensor must own writable memory
         if init in transposed:
-            arr = arr.T  # a MatMul initializer holds the torch Linear weight (out, in) as (in, out)
+            arr = np.ascontiguousarray(arr.T)  # a MatMul initializer holds Linear's (out, in) as (in, out)
         if arr.shape != want:
             raise RebuildError(f"{key}: the ONNX file holds shape {arr.shape}, the model needs {want}")
-        state[key] = torch.from_numpy(np.array(arr, np.float32, copy=True))
+        state[key] = torch.from_numpy(arr)
         filled.add(key)
 
     for name, mod in torch_model.named_modules():
@@ -94,12 +93,11 @@ def rebuilt_state(onnx_model, torch_model) -> dict:
             if w not in inits or f"{prefix}{conv}.bias" not in inits:
                 raise RebuildError(f"{w}: no folded convolution of that name in the ONNX file")
             put(w, inits[w])
-            eps = getattr(mod, bn).eps
-            b = f"{prefix}{bn}."
-            put(b + "bias", inits[f"{prefix}{conv}.bias"])
-            put(b + "weight", np.ones_like(inits[f"{prefix}{conv}.bias"]))
-            put(b + "running_mean", np.zeros_like(inits[f"{prefix}{conv}.bias"]))
-            put(b + "running_var", np.full_like(inits[f"{prefix}{conv}.bias"], 1.0 - eps))
+            folded_bias, eps, b = inits[f"{prefix}{conv}.bias"], getattr(mod, bn).eps, f"{prefix}{bn}."
+            put(b + "bias", folded_bias)
+            put(b + "weight", np.ones_like(folded_bias))
+            put(b + "running_mean", np.zeros_like(folded_bias))
+            put(b + "running_var", np.full_like(folded_bias, 1.0 - eps))
     for key in state:
         if key in filled or not state[key].is_floating_point():
             continue

@@ -361,13 +361,15 @@ def load_cells(
     ages: Sequence[str],
     curve: Curve = NO_CURVE,
     extra_chips: int | None = None,
+    complete: tuple[dict[str, list[int]], dict[str, list[int]]] | None = None,
 ) -> tuple[dict, dict[str, np.ndarray], dict[str, list[int]]]:
     """({(model key, arm, age, gdc): bool (K, N)}, {model key: fp bool (N,)}, {arch: chips used}):
-    an architecture's chips used are its complete chips (:func:`complete_chips`), so that every
-    comparison, which stays within one architecture, is paired over the same chip instances. With
-    ``extra_chips`` the cells other than the core ones hold only the chips of the second list of
-    :func:`complete_chips`, the first ``K'`` of the chips used."""
-    used, extra = complete_chips(store, models, arms, chips, ages, curve, extra_chips)
+        an architecture's chips used are its complete chips (:func:`complete_chips`), so that every
+        comparison, which stays within one architecture, is paired over the same chip instances. With
+        ``extra_chips`` the cells other than the core ones hold only the chips of the second list of
+        :func:`complete_chips`, the first ``K'`` of the chips used. ``complete``: that function's result
+    for these arguments, when the caller has it already."""
+    used, extra = complete or complete_chips(store, models, arms, chips, ages, curve, extra_chips)
 
     def chips_of(arch: str, arm: str, age: str) -> list[int]:
         return used[arch] if is_core(arm, age, arms, ages) else extra[arch]

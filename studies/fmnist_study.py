@@ -199,8 +199,9 @@ def run(
     if extra is not None and extra < 1:
         raise SystemExit(f"--extra-chips {extra}: expected N >= 1")
     log = evaluate(store, models, args.arms, chips, args.ages, args.threads, budget, progress, args.shard, curve, extra)
-    cells, fp, used = load_cells(store, models, args.arms, chips, args.ages, curve, extra)
-    _, extra_used = complete_chips(store, models, args.arms, chips, args.ages, curve, extra)
+    complete = complete_chips(store, models, args.arms, chips, args.ages, curve, extra)
+    cells, fp, used = load_cells(store, models, args.arms, chips, args.ages, curve, extra, complete)
+    extra_used = complete[1]
     analysis = analyse(models, cells, fp, used, args.ages, args.arms, args.boot, curve=curve, extra_used=extra_used)
     mu = None
     if not args.skip_mu:
