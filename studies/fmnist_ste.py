@@ -77,13 +77,14 @@ def _spawn(spec: RunSpec) -> dict:
 
 
 def ensure_trained(spec: RunSpec) -> dict:
-    """The cached training result of ``spec`` (``train.json``), training it first if absent; a
-    folder without ``train.json`` (an interrupted run) is cleared and trained again."""
+    """The cached training result of ``spec`` (``train.json``), training it first if absent. An
+    interrupted run (no ``train.json``) resumes from its last epoch's ``checkpoint.pt``; a folder
+    without either is cleared and trained again."""
     folder = Path(spec.folder)
     done = folder / "train.json"
     if done.is_file():
         return json.loads(done.read_text())
-    if folder.exists():
+    if folder.exists() and not (folder / "checkpoint.pt").is_file():
         shutil.rmtree(folder)
     result = _spawn(spec)
     tmp = done.with_suffix(".tmp")

@@ -126,6 +126,17 @@ def _header(meta: dict) -> list[str]:
     ]
 
 
+def _resumed_note(runs: list[dict]) -> str:
+    """A sentence naming the runs that were trained in more than one process (resumed), or ""."""
+    resumed = [f"{r['mode']} s{r['seed']} ({r['segments']} processes)" for r in runs if r.get("segments", 1) > 1]
+    if not resumed:
+        return ""
+    return (
+        " Resumed after an interruption: " + ", ".join(resumed) + "; their time per step pools the "
+        "timed steps of every process, their peak RSS increase is the largest process's."
+    )
+
+
 def render_markdown(res: dict) -> str:
     """The page (README.md) from ``results.json``'s content."""
     meta, a = res["meta"], res["analysis"]
@@ -161,7 +172,7 @@ def render_markdown(res: dict) -> str:
         "increase: `studies.gradient_cost.RssSampler` over the whole training call (which starts with the "
         "DAC-range calibration forward of 1 024 training images, the same in both modes). Autograd-saved: bytes kept "
         "for backward by one training forward (saved-tensor hooks, storage-deduplicated). "
-        "Significant: exact two-sided sign test over seeds, p < 0.05.",
+        "Significant: exact two-sided sign test over seeds, p < 0.05." + _resumed_note(res["runs"]),
         "",
         "## Accuracy difference through-noise − STE (pp, 95 % paired bootstrap interval)",
         "",

@@ -14,12 +14,20 @@ What is measured:
 - bytes autograd saves for the backward pass of one training forward (batch of the recipe's
   size, noise at full strength, 1 y), counted with saved-tensor hooks and deduplicated by storage,
   on the start model after training ends (so the hooks cost the timed steps nothing).
+
+A run killed part-way resumes from its last epoch's checkpoint (``models.fmnist_training``'s
+``--resume``, which continues to the same weights). Each process is one *segment*: after every
+epoch's checkpoint it rewrites its timings into ``timing.json`` beside it, so the finished run's
+time per step is the median over every segment's kept steps and its peak memory the largest
+segment's; steps of an epoch that was redone are timed only where they were checkpointed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import statistics
 import time
 from dataclasses import replace
@@ -29,14 +37,17 @@ from pathlib import Path
 WARMUP_STEPS = 5
 
 
-def step_costs(ends: list[tuple[float, float]], steps_per_epoch: int, warmup: int = WARMUP_STEPS) -> dict:
+def step_costs(
+    ends: list[tuple[float, float]], steps_per_epoch: int, warmup: int = WARMUP_STEPS, first_step: int = 0
+) -> dict:
     """Wall and CPU seconds of each kept step from the (wall, cpu) time at the end of every step.
 
-    Step ``k`` (1-based) costs ``ends[k-1] - ends[k-2]``; kept are ``k > max(1, warmup)`` whose
-    interval contains no epoch's end (``k - 1`` a multiple of ``steps_per_epoch``)."""
+    Step ``k`` (1-based, counted in this process) costs ``ends[k-1] - ends[k-2]``; kept are
+    ``k > max(1, warmup)`` whose interval contains no epoch's end (``first_step + k - 1`` a
+    multiple of ``steps_per_epoch``; ``first_step``: steps done before, by a resumed run)."""
     wall, cpu = [], []
     for k in range(max(2, warmup + 1), len(ends) + 1):
-        if (k - 1) % steps_per_epoch == 0:
+        if (first_step + k - 1) % steps_per_epoch == 0:
             continue
         wall.append(ends[k - 1][0] - ends[k - 2][0])
         cpu.append(ends[k - 1][1] - ends[k - 2][1])
@@ -99,6 +110,53 @@ def clocked_steps(FT, ends: list[tuple[float, float]]):
         FT._optimiser_step = inner
 
 
+TIMING = "timing.json"
+
+
+def merge_segments(segments: list[dict]) -> dict:
+    """One run's costs from its segments (one per process, as :class:`SegmentLog` records them):
+    every segment's kept steps pooled, the largest peak RSS increase and its base."""
+    wall = [w for seg in segments for w in seg["wall"]]
+    cpu = [c for seg in segments for c in seg["cpu"]]
+    top = max(segments, key=lambda seg: seg["rss_peak_increase_bytes"])
+    return {
+        "steps": max(seg["first_step"] + seg["steps"] for seg in segments),
+        "segments": len(segments),
+        "timed_steps": len(wall),
+        "wall_s_per_step": _median(wall),
+        "cpu_s_per_step": _median(cpu),
+        "rss_peak_increase_bytes": top["rss_peak_increase_bytes"],
+        "rss_base_bytes": top["rss_base_bytes"],
+    }
+
+
+class SegmentLog:
+    """This process's segment of a run, kept in ``timing.json`` beside the run's checkpoint: the
+    wrapped ``run.end_epoch`` (of a :class:`models.fmnist_training.Run`) rewrites the file after
+    each epoch's checkpoint with the earlier processes' segments and this one's (steps so far,
+    their kept costs, the RSS peak so far of ``rss``, an active :class:`RssSampler`)."""
+
+    def __init__(self, run, ends: list[tuple[float, float]], rss, steps_per_epoch: int):
+        self.path = run.out / TIMING
+        self.earlier: list[dict] = json.loads(self.path.read_text())["segments"] if self.path.is_file() else []
+        self.mine: dict | None = None
+        inner = run.end_epoch
+
+        def end_epoch(rec: dict, state: dict) -> None:
+            inner(rec, state)
+            first = state["step"] - len(ends)
+            self.mine = {"first_step": first, "steps": len(ends), **step_costs(ends, steps_per_epoch, first_step=first)}
+            self.mine.update(rss_peak_increase_bytes=max(0, rss.peak - rss.base), rss_base_bytes=rss.base)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"segments": self.segments()}) + "\n")
+            os.replace(tmp, self.path)
+
+        run.end_epoch = end_epoch
+
+    def segments(self) -> list[dict]:
+        return [*self.earlier, *([self.mine] if self.mine else [])]
+
+
 def train_run(spec: dict) -> dict:
     """Train and measure the run ``spec`` (keys of :class:`studies.fmnist_ste.RunSpec`, as a dict);
     writes ``model.onnx`` into ``spec["folder"]`` and returns the measurements."""
@@ -128,21 +186,25 @@ def train_run(spec: dict) -> dict:
     teacher(x0).sum()
     start = FM.build(t_recipe.arch, t_recipe.seed, **kwargs)
     start.load_state_dict(teacher.state_dict())
+    steps_per_epoch = math.ceil(len(tr.x) / recipe.batch_size)
     ends: list[tuple[float, float]] = []
+    run = FT.Run(folder)
     with clocked_steps(FT, ends), RssSampler() as rss:
+        log = SegmentLog(run, ends, rss, steps_per_epoch)
         model = FT.train(
             recipe,
-            FT.Run(folder),
+            run,
             teacher=teacher,
             arch_kwargs=kwargs,
             limit_train=spec.get("limit_train"),
             limit_val=spec.get("limit_val"),
             emu_val=0,
             max_steps=spec["max_steps"],
+            resume=True,
             progress=False,
         )
-    steps_per_epoch = math.ceil(len(tr.x) / recipe.batch_size)
-    costs = step_costs(ends, steps_per_epoch)
+    if log.mine:  # its peak over the whole training, the last epoch's end and the saving included
+        log.mine["rss_peak_increase_bytes"] = rss.increase
     from models import hwa as H
 
     H.calibrate_input_ranges(start, torch.from_numpy(tr.x[: FT.CALIBRATION_IMAGES]))
@@ -151,13 +213,8 @@ def train_run(spec: dict) -> dict:
     (folder / "model.onnx").write_bytes(model_bytes)
     return {
         "recipe": recipe.to_json(),
-        "steps": len(ends),
+        **merge_segments(log.segments()),
         "steps_per_epoch": steps_per_epoch,
-        "timed_steps": len(costs["wall"]),
-        "wall_s_per_step": _median(costs["wall"]),
-        "cpu_s_per_step": _median(costs["cpu"]),
-        "rss_peak_increase_bytes": rss.increase,
-        "rss_base_bytes": rss.base,
         "autograd_saved_bytes": saved,
     }
 

@@ -22,7 +22,7 @@ from models.report import split_suite
 from models.torch_chip import GradientMode
 from studies import fmnist_ste as S
 from studies.fmnist_ste_report import COSTS, render_markdown
-from studies.fmnist_ste_worker import _saved_bytes, step_costs
+from studies.fmnist_ste_worker import _saved_bytes, merge_segments, step_costs
 
 TINY = {"widths": [4, 8, 8], "blocks": 1}
 STE, THR = str(GradientMode.STE), str(GradientMode.THROUGH_NOISE)
@@ -108,6 +108,51 @@ def test_step_costs_skip_warmup_and_epoch_ends():
     assert c["wall"] == [10.0 + 2 * k - 1 for k in kept] and c["cpu"] == [1.0] * len(kept)
 
 
+def test_step_costs_of_a_resumed_segment_skip_the_run_s_epoch_ends():
+    # a segment resumed after step 8 of a 5-step epoch: the run's epoch ends fall after steps 10
+    # and 15, i.e. between this segment's steps 2|3 and 7|8 (k = 3 and 8 spans them)
+    ends = [(float(k), float(k)) for k in range(1, 11)]
+    c = step_costs(ends, steps_per_epoch=5, warmup=0, first_step=8)
+    assert len(c["wall"]) == 10 - 1 - 2  # no predecessor for k = 1; k = 3, 8 left out
+    fresh = step_costs(ends, steps_per_epoch=5, warmup=0)
+    assert len(fresh["wall"]) == 10 - 1 - 1  # k = 6 only
+
+
+def test_segments_pool_their_steps_and_keep_the_largest_peak():
+    def seg(first, wall, cpu, peak, base):
+        return {"first_step": first, "steps": 8, "wall": wall, "cpu": cpu}, peak, base
+
+    segs = [
+        {**s, "rss_peak_increase_bytes": peak, "rss_base_bytes": base}
+        for s, peak, base in (seg(0, [1.0, 1.0], [1.0, 1.0], 5, 50), seg(8, [3.0] * 3, [2.0] * 3, 9, 60))
+    ]
+    m = merge_segments(segs)
+    assert m["steps"] == 16 and m["segments"] == 2 and m["timed_steps"] == 5
+    assert m["wall_s_per_step"] == 3.0 and m["cpu_s_per_step"] == 2.0  # medians of the pooled 5 steps
+    assert (m["rss_peak_increase_bytes"], m["rss_base_bytes"]) == (9, 60)
+
+
+@pytest.mark.slow  # trains a tiny ResNet 16 + 8 + 8 steps in this process
+def test_a_killed_run_resumes_to_the_same_model_and_pools_its_timings(tmp_path):
+    need_data()
+    from studies.fmnist_ste_worker import TIMING, train_run
+
+    teacher = _teacher(tmp_path / "plain")
+    spec = {"teacher": str(teacher), "seed": 0, "mode": STE, "limit_train": 512, "limit_val": 64, "batch_size": 64}
+    whole = train_run({**spec, "max_steps": 16, "folder": str(tmp_path / "whole")})
+    # the first process stops after one epoch (8 steps) and leaves its checkpoint, as a kill would
+    cut = tmp_path / "cut"
+    train_run({**spec, "max_steps": 8, "folder": str(cut)})
+    (cut / "model.onnx").unlink()
+    resumed = train_run({**spec, "max_steps": 16, "folder": str(cut)})
+    assert (cut / "model.onnx").read_bytes() == (tmp_path / "whole" / "model.onnx").read_bytes()
+    assert (whole["segments"], resumed["segments"]) == (1, 2) and whole["steps"] == resumed["steps"] == 16
+    # whole: steps 6…16 but 9 (spans the epoch's end) = 10; resumed: 6…8 in each segment = 6
+    assert (whole["timed_steps"], resumed["timed_steps"]) == (10, 6)
+    segs = json.loads((cut / TIMING).read_text())["segments"]
+    assert [(s["first_step"], s["steps"]) for s in segs] == [(0, 8), (8, 8)]
+
+
 @pytest.mark.slow  # trains a tiny ResNet 7 steps per gradient mode, in this process
 def test_a_run_measures_its_steps_and_restores_the_trainer(tmp_path):
     need_data()
@@ -182,6 +227,12 @@ def test_runs_are_interleaved_cached_and_an_interrupted_one_redone(tmp_path, mon
     monkeypatch.setattr(S, "evaluate_model", real_eval)
     S.main([*argv, "--out", str(tmp_path / "r3")])
     assert calls == [(THR, 1)] and not (folder / "stale.txt").exists()
+    # one with a checkpoint (killed after an epoch) keeps its folder and resumes
+    (folder / "train.json").unlink()
+    (folder / "checkpoint.pt").write_bytes(b"epoch 1")
+    calls.clear()
+    S.main([*argv, "--out", str(tmp_path / "r4")])
+    assert calls == [(THR, 1)] and (folder / "checkpoint.pt").read_bytes() == b"epoch 1"
 
 
 def test_suite_dispatch_knows_the_ste_study():
@@ -272,6 +323,13 @@ def test_every_number_of_the_page_is_rederived_from_the_runs():
     assert float(diff) == pytest.approx(100 * d, abs=0.0051)
     # the reduced length in words
     assert "200 optimiser steps of 128 images, that is 0.47 epochs" in page and "full 5 epochs (2150 steps)" in page
+
+
+def test_the_page_names_the_resumed_runs():
+    res = _synthetic_results()
+    assert "Resumed" not in render_markdown(res)
+    res["runs"][3]["segments"] = 2
+    assert f"Resumed after an interruption: {THR} s1 (2 processes);" in render_markdown(res)
 
 
 def test_an_edited_number_changes_the_page():
