@@ -90,6 +90,9 @@ def ensure_trained(spec: RunSpec) -> dict:
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(done)
+    # a finished run never resumes: its checkpoint (weights + optimiser state) is dead weight in a
+    # kept cache (--cache models/trained/...)
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
     return result
 
 

@@ -227,12 +227,16 @@ def test_runs_are_interleaved_cached_and_an_interrupted_one_redone(tmp_path, mon
     monkeypatch.setattr(S, "evaluate_model", real_eval)
     S.main([*argv, "--out", str(tmp_path / "r3")])
     assert calls == [(THR, 1)] and not (folder / "stale.txt").exists()
-    # one with a checkpoint (killed after an epoch) keeps its folder and resumes
+    # one with a checkpoint (killed after an epoch) keeps its folder and resumes; once finished,
+    # the checkpoint goes
     (folder / "train.json").unlink()
     (folder / "checkpoint.pt").write_bytes(b"epoch 1")
+    seen = []
+    fake = _fake_spawn(calls)
+    monkeypatch.setattr(S, "_spawn", lambda spec: seen.append((folder / "checkpoint.pt").read_bytes()) or fake(spec))
     calls.clear()
     S.main([*argv, "--out", str(tmp_path / "r4")])
-    assert calls == [(THR, 1)] and (folder / "checkpoint.pt").read_bytes() == b"epoch 1"
+    assert calls == [(THR, 1)] and seen == [b"epoch 1"] and not (folder / "checkpoint.pt").exists()
 
 
 def test_suite_dispatch_knows_the_ste_study():
