@@ -101,21 +101,34 @@ def _fmt(s: dict, digits: int) -> str:
 def _header(meta: dict) -> list[str]:
     m = meta
     epochs = m["max_steps"] / m["steps_per_epoch"]
+    full_steps = m["full_epochs"] * m["steps_per_epoch"]
+    if m["max_steps"] >= full_steps:
+        length = (
+            f"**Full length.** Each run fine-tunes the plain `{m['arch']}` model (`{m['teacher']}`) "
+            f"with HWA for the recipe's full {m['full_epochs']} epochs ({full_steps} optimiser steps of "
+            f"{m['batch_size']} images, {m['train_images']} training images): the accuracies are those "
+            f"of finished HWA models. The noise ramps up linearly over the first {m['ramp_steps']} steps."
+        )
+    else:
+        length = (
+            f"**Reduced length.** Each run fine-tunes the plain `{m['arch']}` model (`{m['teacher']}`) "
+            f"with HWA for {m['max_steps']} optimiser steps of {m['batch_size']} images, that is "
+            f"{epochs:.2f} epochs of the {m['train_images']} training images, instead of the recipe's full "
+            f"{m['full_epochs']} epochs ({full_steps} steps). The costs per "
+            "step are those of the full run; the accuracies are those of a model stopped early, not of a "
+            "finished HWA model. The noise ramps up linearly over the recipe's first "
+            f"{m['ramp_steps']} steps: at the last step it is at "
+            f"{min(1.0, m['max_steps'] / max(1, m['ramp_steps'])):.0%} of full strength."
+        )
     return [
         "# Extended STE vs gradients through the noise model: the Fashion-MNIST ResNet",
         "",
-        f"**Reduced length.** Each run fine-tunes the plain `{m['arch']}` model (`{m['teacher']}`) "
-        f"with HWA for {m['max_steps']} optimiser steps of {m['batch_size']} images, that is "
-        f"{epochs:.2f} epochs of the {m['train_images']} training images, instead of the recipe's full "
-        f"{m['full_epochs']} epochs ({m['full_epochs'] * m['steps_per_epoch']} steps). The costs per "
-        "step are those of the full run; the accuracies are those of a model stopped early, not of a "
-        "finished HWA model. The noise ramps up linearly over the recipe's first "
-        f"{m['ramp_steps']} steps: at the last step it is at {min(1.0, m['max_steps'] / max(1, m['ramp_steps'])):.0%} "
-        "of full strength.",
+        length,
         "",
         f"Seeds {', '.join(str(s) for s in m['seeds'])} (HWA seed: data order and chip draws; the "
-        "plain start is the same), one fresh process per run, run order interleaved "
-        "(STE s0, through-noise s0, STE s1, …). Chip accuracy: "
+        "plain start is the same), one fresh process per run; within one study process the runs are "
+        "interleaved (STE s0, through-noise s0, STE s1, …), and study processes for other seeds may run "
+        "beside it on the same cache. Chip accuracy: "
         f"{m['chips']} `{m['profile']}` chips per model (programming seed k), GDC on, on the first "
         f"{m['images']} Fashion-MNIST test images (reported only; nothing is chosen on them), "
         "through `chipsim.compiler.program_onnx` + `chipsim.runtime.ChipRuntime`.",

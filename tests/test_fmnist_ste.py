@@ -329,6 +329,14 @@ def test_every_number_of_the_page_is_rederived_from_the_runs():
     assert "200 optimiser steps of 128 images, that is 0.47 epochs" in page and "full 5 epochs (2150 steps)" in page
 
 
+def test_a_full_length_study_says_so():
+    res = _synthetic_results()
+    res["meta"]["max_steps"] = 5 * 430
+    page = render_markdown(res)
+    assert "**Full length.**" in page and "full 5 epochs (2150 optimiser steps" in page
+    assert "Reduced length" not in page and "stopped early" not in page
+
+
 def test_the_page_names_the_resumed_runs():
     res = _synthetic_results()
     assert "Resumed" not in render_markdown(res)
