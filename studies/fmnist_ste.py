@@ -81,10 +81,10 @@ def ensure_trained(spec: RunSpec) -> dict:
     interrupted run (no ``train.json``) resumes from its last epoch's ``checkpoint.pt``; a folder
     without either is cleared and trained again."""
     folder = Path(spec.folder)
-    done = folder / "train.json"
+    done, checkpoint = folder / "train.json", folder / "checkpoint.pt"
     if done.is_file():
         return json.loads(done.read_text())
-    if folder.exists() and not (folder / "checkpoint.pt").is_file():
+    if folder.exists() and not checkpoint.is_file():
         shutil.rmtree(folder)
     result = _spawn(spec)
     tmp = done.with_suffix(".tmp")
@@ -92,7 +92,7 @@ def ensure_trained(spec: RunSpec) -> dict:
     tmp.replace(done)
     # a finished run never resumes: its checkpoint (weights + optimiser state) is dead weight in a
     # kept cache (--cache models/trained/...)
-    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    checkpoint.unlink(missing_ok=True)
     return result
 
 

@@ -146,7 +146,7 @@ class SegmentLog:
             inner(rec, state)
             first = state["step"] - len(ends)
             self.mine = {"first_step": first, "steps": len(ends), **step_costs(ends, steps_per_epoch, first_step=first)}
-            self.mine.update(rss_peak_increase_bytes=max(0, rss.peak - rss.base), rss_base_bytes=rss.base)
+            self.mine.update(rss_peak_increase_bytes=rss.increase, rss_base_bytes=rss.base)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"segments": self.segments()}) + "\n")
             os.replace(tmp, self.path)
