@@ -159,7 +159,7 @@ def run_study(args: argparse.Namespace, progress=print) -> tuple[list[dict], dic
             str(run_folder(args.cache, digest, str(mode), seed, args.max_steps, extra)),
         )  # fmt: skip
         for seed in args.seeds
-        for mode in TRAINING_GRADIENTS
+        for mode in args.modes
     ]
     trained = []
     for spec in specs:
@@ -227,6 +227,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--max-steps", type=int, required=True, help="optimiser steps per run")
     ap.add_argument(
+        "--modes",
+        nargs="+",
+        choices=[str(m) for m in TRAINING_GRADIENTS],
+        default=[str(m) for m in TRAINING_GRADIENTS],
+        help="gradient modes to train and evaluate (default: all). A subset only fills the cache, so that "
+        "one seed's runs can go to two processes; the report is written by a run with all modes",
+    )
+    ap.add_argument(
         "--epochs",
         type=int,
         default=None,
@@ -259,6 +267,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"Fashion-MNIST is not installed ({D.data_dir()}): apt-get install {D.DEBIAN_PACKAGE}")
     out = OUT_DIR if args.replace else args.out or CACHE_DIR / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
     runs, meta = run_study(args)
+    if set(args.modes) != {str(m) for m in TRAINING_GRADIENTS}:
+        print(f"trained and evaluated {' '.join(args.modes)} into {args.cache}; no report (it pairs all modes)")
+        return args.cache
     meta["command"] = "python -m studies.fmnist_ste " + shlex.join(argv)
     write_report(build_results(runs, meta), out)
     print(f"wrote {out}/README.md and results.json")

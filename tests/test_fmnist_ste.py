@@ -239,6 +239,29 @@ def test_runs_are_interleaved_cached_and_an_interrupted_one_redone(tmp_path, mon
     assert calls == [(THR, 1)] and seen == [b"epoch 1"] and not (folder / "checkpoint.pt").exists()
 
 
+def test_modes_split_one_seed_over_processes_and_the_full_run_reuses_them(tmp_path, monkeypatch):
+    need_data()
+    calls: list = []
+    monkeypatch.setattr(S, "_spawn", _fake_spawn(calls))
+    teacher = _teacher(tmp_path / "plain")
+    argv = ["--teacher", str(teacher), "--seeds", "2", "--max-steps", "4", "--chips", "1", "--images", "60"]
+    argv += ["--n-boot", "20", "--cache", str(tmp_path / "cache"), "--limit-train", "512"]
+    # each "process" trains and evaluates its own mode only, and writes no page
+    assert S.main([*argv, "--modes", THR, "--out", str(tmp_path / "r1")]) == tmp_path / "cache"
+    assert S.main([*argv, "--modes", STE, "--out", str(tmp_path / "r1")]) == tmp_path / "cache"
+    assert calls == [(THR, 2), (STE, 2)] and not (tmp_path / "r1").exists()
+    digest = S.teacher_digest(teacher)
+    for mode in (STE, THR):
+        assert list(S.run_folder(tmp_path / "cache", digest, mode, 2, 4, "-lt512").glob("chips-*.json"))
+    # the run with all modes (the default) recomputes nothing and writes the page of both
+    monkeypatch.setattr(S, "_spawn", lambda spec: pytest.fail(f"{spec.mode} was trained again"))
+    monkeypatch.setattr(S, "evaluate_model", lambda *a: pytest.fail("a cached evaluation was redone"))
+    out = S.main([*argv, "--out", str(tmp_path / "r2")])
+    assert sorted(r["mode"] for r in json.loads((out / "results.json").read_text())["runs"]) == sorted([STE, THR])
+    with pytest.raises(SystemExit):
+        S.main([*argv, "--modes", "sideways"])
+
+
 def test_suite_dispatch_knows_the_ste_study():
     assert split_suite(["--suite", "fmnist-ste", "--max-steps", "3"]) == ("fmnist-ste", ["--max-steps", "3"])
 
