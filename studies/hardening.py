@@ -57,9 +57,20 @@ def eval_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def find_runs(runs_dir: Path) -> list[Path]:
-    """Finished training runs (a ``model.pt``) anywhere below ``runs_dir``, sorted."""
-    return sorted(p.parent for p in Path(runs_dir).rglob("model.pt"))
+def find_runs(*runs_dirs: Path) -> list[Path]:
+    """Finished training runs (a ``model.pt``) anywhere below the ``runs_dirs``, sorted, of the
+    study's architectures and arms only (by their ``recipe.json``), so that a folder kept for
+    another study (``models/trained/fmnist``: its ViTs, LSTMs and recipe-only controls) can lend
+    its ResNet ``plain`` and ``hwa`` runs."""
+    from studies.hardening_train import ARCHS, MODES
+
+    found = []
+    for p in sorted({p.parent for d in runs_dirs for p in Path(d).rglob("model.pt")}):
+        recipe = p / "recipe.json"
+        meta = json.loads(recipe.read_text()) if recipe.is_file() else {}
+        if not meta or (meta.get("arch") in ARCHS and meta.get("mode") in MODES):
+            found.append(p)
+    return found
 
 
 def _onnx(run_dir: Path, model, recipe) -> None:
@@ -179,7 +190,13 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--runs", type=Path, default=RUNS_DIR, help="folder of the training runs (default runs/hardening)")
+    ap.add_argument(
+        "--runs",
+        type=Path,
+        nargs="+",
+        default=[RUNS_DIR],
+        help="folders of the training runs (default runs/hardening); runs of other architectures or arms are skipped",
+    )
     outputs.add_arguments(ap, OUT_DIR)
     ap.add_argument(
         "--resume",
@@ -204,10 +221,11 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.sigmas < 4 or args.noise_seeds < 1 or args.images < 1:
         raise SystemExit("--sigmas ≥ 4, --noise-seeds ≥ 1 and --images ≥ 1 are needed for a fit")
-    runs = find_runs(args.runs)
+    runs = find_runs(*args.runs)
     if not runs:
         raise SystemExit(
-            f"--runs {args.runs}: no finished training run (model.pt) there; see python -m studies.hardening_train"
+            f"--runs {' '.join(map(str, args.runs))}: no finished training run (model.pt) of the study's arms there; "
+            "see python -m studies.hardening_train"
         )
     if args.resume and args.out is None and not args.replace:
         raise SystemExit("--resume continues a report: name its folder with --out (or --replace for reports/hardening)")
@@ -215,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = eval_config(args)
     raw = collect(runs, out, cfg, args.resume, args.threads)
     command = "python -m models.report --suite hardening " + shlex.join(argv if argv is not None else sys.argv[1:])
-    config = {**cfg, "command": command.strip(), "runs": str(args.runs), "label": args.label}
+    config = {**cfg, "command": command.strip(), "runs": " ".join(map(str, args.runs)), "label": args.label}
     doc = write_report(raw, config, out)
     print(f"{len(raw)} runs, {len(doc['summary']['arms'])} arms → {out}")
 

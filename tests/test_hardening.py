@@ -175,6 +175,27 @@ def test_resume_reuses_the_raw_results_of_the_report_in_out(tmp_path, monkeypatc
         HS.collect([run], tmp_path, {**cfg, "n_images": 4}, resume=True, threads=1)
 
 
+def test_runs_come_from_several_folders_and_only_the_study_s_arms(tmp_path):
+    def run(folder, name, arch, mode):
+        d = tmp_path / folder / name
+        d.mkdir(parents=True)
+        (d / "model.pt").write_bytes(b"")
+        (d / "recipe.json").write_text(json.dumps({"arch": arch, "mode": mode}))
+        return d
+
+    kept = [
+        run("fmnist", "resnet-fmnist-plain-s1", "resnet", "plain"),
+        run("fmnist", "resnet-fmnist-hwa-s1", "resnet", "hwa"),
+        run("hardening", "resnet-noskip-fmnist-plain-s1", "resnet-noskip", "plain"),
+        run("hardening", "resnet-qat-constant-s1", "resnet", "qat-constant"),
+    ]
+    run("fmnist", "resnet-fmnist-recipe-s1", "resnet", "recipe")  # #12's control: not an arm here
+    run("fmnist", "vit-fmnist-plain-s1", "vit", "plain")
+    (tmp_path / "hardening" / "unfinished").mkdir()  # no model.pt yet
+    assert HS.find_runs(tmp_path / "fmnist", tmp_path / "hardening") == sorted(kept)
+    assert HS.find_runs(tmp_path / "fmnist") == sorted(kept[:2])
+
+
 def test_pooled_mu_draws_only_from_successful_bootstrap_fits():
     # noise_midpoint keeps failed replicates as NaN (for pairing); the pooled µ must skip them
     fits = [{"mu": 1.0, "boot_mu": [math.nan, 1.0, 1.0]}, {"mu": 4.0, "boot_mu": [4.0, math.nan, 4.0]}]
