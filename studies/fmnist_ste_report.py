@@ -127,8 +127,8 @@ def _header(meta: dict) -> list[str]:
         "",
         f"Seeds {', '.join(str(s) for s in m['seeds'])} (HWA seed: data order and chip draws; the "
         "plain start is the same), one fresh process per run; within one study process the runs are "
-        "interleaved (STE s0, through-noise s0, STE s1, …), and study processes for other seeds may run "
-        "beside it on the same cache. Chip accuracy: "
+        "interleaved (STE s0, through-noise s0, STE s1, …), and study processes for other seeds or modes "
+        "(`--seeds`, `--modes`) may run beside it on the same cache. Chip accuracy: "
         f"{m['chips']} `{m['profile']}` chips per model (programming seed k), GDC on, on the first "
         f"{m['images']} Fashion-MNIST test images (reported only; nothing is chosen on them), "
         "through `chipsim.compiler.program_onnx` + `chipsim.runtime.ChipRuntime`.",
