@@ -183,14 +183,15 @@ def _analyse_arch(
     ``n_extra`` chips, with the core cells cut to those chips, so that every gap stays paired."""
     if n_extra >= n_chips:
         return _pass(models, cells, fp, n_chips, ages, arms, n_boot, seed, curve)
-    fp_rows, rows, gaps = _pass(models, cells, fp, n_chips, ages, arms[:1], n_boot, seed, NO_CURVE)
+    core_curve = curve if curve.every_chip else NO_CURVE  # the curve's ages are core cells then
+    fp_rows, rows, gaps = _pass(models, cells, fp, n_chips, ages, arms[:1], n_boot, seed, core_curve)
     if n_extra == 0:
         return fp_rows, rows, gaps
     keys = {m.key for m in models}
     cut = {k: v[:n_extra] for k, v in cells.items() if k[0] in keys}
     _, x_rows, x_gaps = _pass(models, cut, fp, n_extra, ages, arms, n_boot, seed, curve)
     have = {_gap_key(g) for g in gaps}
-    rows += [r for r in x_rows if not is_core(r["arm"], r["age"], arms, ages)]
+    rows += [r for r in x_rows if not is_core(r["arm"], r["age"], arms, ages, curve)]
     gaps += [g for g in x_gaps if _gap_key(g) not in have]
     return fp_rows, rows, gaps
 

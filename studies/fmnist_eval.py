@@ -193,6 +193,8 @@ class Curve:
     ages: tuple[str, ...] = ()
     archs: frozenset[str] | None = None  # None: every architecture
     arm: str = "max"
+    #: the curve's ages get every chip, as the tables' ages do (``--extra-chips`` then cuts only the other arms)
+    every_chip: bool = False
 
     def ages_for(self, arch: str, arm: str, ages: Sequence[str]) -> list[str]:
         """The ages of ``arch``'s cells of ``arm``: the tables' ``ages``, and the curve's."""
@@ -210,10 +212,11 @@ def chips_for(chips: ChipCounts, arch: str) -> int:
     return chips if isinstance(chips, int) else chips[arch]
 
 
-def is_core(arm: str, age: str, arms: Sequence[str], ages: Sequence[str]) -> bool:
-    """A cell of the first arm at one of the tables' ages: every chip gets these; ``extra_chips``
-    limits the others (the other arms, the curve's ages) to the first chips."""
-    return arm == arms[0] and age in ages
+def is_core(arm: str, age: str, arms: Sequence[str], ages: Sequence[str], curve: Curve = NO_CURVE) -> bool:
+    """A cell of the first arm at one of the tables' ages (or of the curve's, when it gets
+    ``every_chip``): every chip gets these; ``extra_chips`` limits the others (the other arms, the
+    curve's ages) to the first chips."""
+    return arm == arms[0] and (age in ages or (curve.every_chip and arm == curve.arm and age in curve.ages))
 
 
 def missing_cells(
@@ -240,7 +243,7 @@ def missing_cells(
             for arm in arms:
                 order = _priority(ages) + _priority([a for a in curve.ages_for(m.arch, arm, ages) if a not in ages])
                 if core_only:
-                    order = [a for a in order if is_core(arm, a, arms, ages)]
+                    order = [a for a in order if is_core(arm, a, arms, ages, curve)]
                 todo = [(a, g) for a in order for g in GDC_KEYS if not store.path(m, arm, chip, a, g).is_file()]
                 if todo:
                     yield chip, m, arm, todo
@@ -335,7 +338,7 @@ def complete_chips(
             if m.arch == arch
             for a in arms
             for age in curve.ages_for(arch, a, ages)
-            if is_core(a, age, arms, ages) == core
+            if is_core(a, age, arms, ages, curve) == core
             for g in GDC_KEYS
         )
 
@@ -372,7 +375,7 @@ def load_cells(
     used, extra = complete or complete_chips(store, models, arms, chips, ages, curve, extra_chips)
 
     def chips_of(arch: str, arm: str, age: str) -> list[int]:
-        return used[arch] if is_core(arm, age, arms, ages) else extra[arch]
+        return used[arch] if is_core(arm, age, arms, ages, curve) else extra[arch]
 
     cells = {
         (m.key, a, age, g): np.stack([store.load(store.path(m, a, k, age, g)) for k in chips_of(m.arch, a, age)])

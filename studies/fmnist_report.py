@@ -48,10 +48,15 @@ def _chips_text(m: dict) -> str:
     extra = m.get("extra_chips_used") or {}
     fewer = [f"{arch} {len(extra[arch])}" for arch in sorted(extra) if len(extra[arch]) < len(used.get(arch, ()))]
     if fewer:
+        every = (m.get("curve") or {}).get("every_chip", False)
+        which = (
+            "the cells of the other arms (the figure's extra ages get every chip, `--curve-every-chip`)"
+            if every
+            else "the cells beyond the first arm at the table ages, i.e. the other arms and the figure's extra ages"
+        )
         text += (
-            f" (`--extra-chips {m['extra_chips']}`: the cells beyond the first arm at the table ages, i.e. the other "
-            f"arms and the figure's extra ages, on the first chips only: {', '.join(fewer)}; such values carry †, "
-            "and their gaps are paired over those chips)"
+            f" (`--extra-chips {m['extra_chips']}`: {which}, on the first chips only: {', '.join(fewer)}; "
+            "such values carry †, and their gaps are paired over those chips)"
         )
     return text
 

@@ -97,14 +97,16 @@ def chip_counts(models, default: int, overrides: list[tuple[str, int]] | None) -
     return {a: given.get(a, default) for a in sorted(archs)}
 
 
-def curve_of(models, arms: list[str], ages: list[str], curve_ages: list[str] | None, archs: list[str] | None) -> Curve:
+def curve_of(
+    models, arms: list[str], ages: list[str], curve_ages: list[str] | None, archs: list[str] | None, every_chip=False
+) -> Curve:
     """The accuracy-vs-age curve's extra ages (for the first arm); ``archs`` must be among the models'."""
     known = {m.arch for m in models}
     unknown = sorted(set(archs or ()) - known)
     if unknown:
         raise SystemExit(f"--curve-archs names {unknown}, not among the models' architectures {sorted(known)}")
     extra = tuple(a for a in dict.fromkeys(curve_ages or ()) if a not in ages)
-    return Curve(extra, frozenset(archs) if archs else None, arms[0])
+    return Curve(extra, frozenset(archs) if archs else None, arms[0], every_chip)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,6 +144,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--curve-archs", nargs="+", default=None, help="only these architectures get the --curve-ages (default all)"
+    )
+    ap.add_argument(
+        "--curve-every-chip",
+        action="store_true",
+        help="the --curve-ages get every chip, as the table ages do (--extra-chips then limits only the other arms)",
     )
     ap.add_argument("--limit-images", type=int, default=N_TEST, help="first N test images (default all 10 000)")
     ap.add_argument("--cache", type=Path, default=CACHE_DIR, help=f"cell cache (default {CACHE_DIR})")
@@ -189,7 +196,7 @@ def run(
     if not models:
         raise SystemExit(f"no Fashion-MNIST models (ONNX with agedchip.recipe metadata) under {args.models}")
     chips = chip_counts(models, args.chips, args.arch_chips)
-    curve = curve_of(models, args.arms, args.ages, args.curve_ages, args.curve_archs)
+    curve = curve_of(models, args.arms, args.ages, args.curve_ages, args.curve_archs, args.curve_every_chip)
     store = CellStore(args.cache, args.profile, args.limit_images)
     digests = sorted({m.digest for m in models})
     restored = sum(cell_archive.restore(a, args.cache, digests) for a in dict.fromkeys(restore_from))
@@ -229,6 +236,7 @@ def run(
             "ages": list(curve.ages),
             "arm": curve.arm,
             "archs": sorted(curve.archs) if curve.archs is not None else sorted({m.arch for m in models}),
+            "every_chip": curve.every_chip,
         },
         "cells_computed": log.computed,
         "cells_left": log.left,

@@ -100,3 +100,60 @@ def test_core_and_extra_rows_equal_the_two_separate_analyses(tmp_path):
     hwa_caws = next(line for line in page.splitlines() if line.startswith("| lstm | hwa | CAWS |"))
     hwa_max = next(line for line in page.splitlines() if line.startswith("| lstm | hwa | max scaling |"))
     assert hwa_caws.count("†") == 1 and hwa_max.count("†") == 1  # max: its 10 y value only
+
+
+EVERY = E.Curve(("10 y",), None, "max", every_chip=True)
+
+
+def test_a_curve_on_every_chip_is_core_and_only_the_other_arms_are_cut(tmp_path):
+    m = _models(tmp_path)[0]
+    store = E.CellStore(tmp_path, "pcm", 10)
+    todo = {
+        (chip, arm): [a for a, g in cells if g == "on"]
+        for chip, _, arm, cells in E.missing_cells(store, [m], ARMS, 3, AGES, curve=EVERY, extra_chips=1)
+    }
+    assert todo == {
+        (0, "max"): ["1 d", "10 y"],
+        (0, "caws"): ["1 d"],
+        (1, "max"): ["1 d", "10 y"],
+        (2, "max"): ["1 d", "10 y"],
+    }
+    # a chip without its curve cells is not complete: it would leave the tables too
+    for chip in range(3):
+        for g in E.GDC_KEYS:
+            E.CellStore.save(store.path(m, "max", chip, "1 d", g), np.ones(10, bool))
+            E.CellStore.save(store.path(m, "caws", chip, "1 d", g), np.ones(10, bool))
+            if chip != 1:
+                E.CellStore.save(store.path(m, "max", chip, "10 y", g), np.ones(10, bool))
+    assert E.complete_chips(store, [m], ARMS, 3, AGES, EVERY, extra_chips=1) == ({"lstm": [0, 2]}, {"lstm": [0]})
+    cells, _, _ = E.load_cells(store, [m], ARMS, 3, AGES, EVERY, extra_chips=1)
+    assert cells[(m.key, "max", "10 y", "on")].shape == (2, 10) and cells[(m.key, "caws", "1 d", "on")].shape == (1, 10)
+
+
+def test_a_curve_on_every_chip_gets_rows_of_all_chips_and_no_dagger(tmp_path):
+    rng = np.random.default_rng(5)
+    n, k, kx = 150, 4, 2
+    models = _models(tmp_path)
+    cells = {}
+    for m in models:
+        for arm in ARMS:
+            for age in EVERY.ages_for("lstm", arm, AGES):
+                for g in E.GDC_KEYS:
+                    chips = k if E.is_core(arm, age, ARMS, AGES, EVERY) else kx
+                    cells[(m.key, arm, age, g)] = rng.random((chips, n)) < 0.8
+    fp = {m.key: rng.random(n) < 0.9 for m in models}
+    used = {"lstm": list(range(k))}
+    res = analyse(models, cells, fp, used, AGES, ARMS, 40, curve=EVERY, extra_used={"lstm": [0, 1]})
+    core = analyse(models, cells, fp, used, AGES, ["max"], 40, curve=EVERY)  # the first arm alone, all chips
+    rows = {(r["mode"], r["arm"], r["age"], r["gdc"]): r for r in res["rows"]}
+    for r in core["rows"]:
+        got = rows[(r["mode"], r["arm"], r["age"], r["gdc"])]
+        assert got["accuracy"] == r["accuracy"] and got["chips"] == k
+    assert rows[("hwa", "max", "10 y", "on")]["chips"] == k and rows[("hwa", "caws", "1 d", "on")]["chips"] == kx
+    meta = lstm_page_meta(n, k, extra_chips=kx, extra_chips_used={"lstm": [0, 1]}, ages=AGES)
+    meta["curve"] = {**meta.get("curve", {}), "every_chip": True}
+    page = render_markdown({"meta": meta, "models": [], "analysis": res, "midpoint": None})
+    assert "`--curve-every-chip`" in page
+    hwa_caws = next(line for line in page.splitlines() if line.startswith("| lstm | hwa | CAWS |"))
+    hwa_max = next(line for line in page.splitlines() if line.startswith("| lstm | hwa | max scaling |"))
+    assert hwa_caws.count("†") == 1 and hwa_max.count("†") == 0
