@@ -32,6 +32,7 @@ import numpy as np
 from models import outputs
 from studies.common import REPORTS_DIR
 from studies.fmnist_eval import CELL_NOISE, CELL_VERSION
+from studies.hardening_grid import ARCHS, MODES
 
 OUT_DIR = REPORTS_DIR / "hardening"
 RUNS_DIR = outputs.RUNS / "hardening"
@@ -62,8 +63,6 @@ def find_runs(*runs_dirs: Path) -> list[Path]:
     study's architectures and arms only (by their ``recipe.json``), so that a folder kept for
     another study (``models/trained/fmnist``: its ViTs, LSTMs and recipe-only controls) can lend
     its ResNet ``plain`` and ``hwa`` runs."""
-    from studies.hardening_train import ARCHS, MODES
-
     found = []
     for p in sorted({p.parent for d in runs_dirs for p in Path(d).rglob("model.pt")}):
         recipe = p / "recipe.json"

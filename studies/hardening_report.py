@@ -11,10 +11,8 @@ from typing import Any
 import numpy as np
 
 from studies.common import fixed, md_row, significant
+from studies.hardening_grid import MODES  # also the order of the arms in tables and plots
 from studies.hardening_summary import CHIP_AGE, CHIP_GDC
-
-#: Order of the arms in tables and plots.
-MODES = ("plain", "qat-constant", "qat-dynamic", "noisy", "noisy-then-qat", "hwa")
 
 
 def _ordered(arms: dict[str, Any]) -> list[str]:

@@ -25,9 +25,7 @@ import sys
 from pathlib import Path
 
 from studies.hardening import RUNS_DIR
-
-ARCHS = ("resnet", "resnet-noskip")
-MODES = ("plain", "qat-constant", "qat-dynamic", "noisy", "noisy-then-qat", "hwa")
+from studies.hardening_grid import ARCHS, MODES
 
 
 def plan(runs: Path, archs: list[str], modes: list[str], seeds: list[int]) -> list[tuple[str, str, int, Path]]:
