@@ -22,13 +22,27 @@ def _models(tmp_path):
     ]
 
 
-def test_chips_beyond_the_extra_count_get_only_the_core_cells(tmp_path):
+def _todo(tmp_path, curve):
+    """(model, empty store, {(chip, arm): ages still to compute, GDC on}) of 3 chips, ``--extra-chips 1``."""
     m = _models(tmp_path)[0]
     store = E.CellStore(tmp_path, "pcm", 10)
-    todo = {
-        (chip, arm): [a for a, g in cells if g == "on"]
-        for chip, _, arm, cells in E.missing_cells(store, [m], ARMS, 3, AGES, curve=CURVE, extra_chips=1)
+    cells = E.missing_cells(store, [m], ARMS, 3, AGES, curve=curve, extra_chips=1)
+    return m, store, {(chip, arm): [a for a, g in todo if g == "on"] for chip, _, arm, todo in cells}
+
+
+def _random_cells(models, curve, n, k, kx, rng):
+    """Random per-image correctness (80 %) of every cell: ``k`` chips for the core cells, ``kx`` for the others."""
+    return {
+        (m.key, arm, age, g): rng.random((k if E.is_core(arm, age, ARMS, AGES, curve) else kx, n)) < 0.8
+        for m in models
+        for arm in ARMS
+        for age in curve.ages_for("lstm", arm, AGES)
+        for g in E.GDC_KEYS
     }
+
+
+def test_chips_beyond_the_extra_count_get_only_the_core_cells(tmp_path):
+    m, store, todo = _todo(tmp_path, CURVE)
     assert todo == {(0, "max"): ["1 d", "10 y"], (0, "caws"): ["1 d"], (1, "max"): ["1 d"], (2, "max"): ["1 d"]}
     # without a count every chip gets every cell (the behaviour before --extra-chips)
     assert len(list(E.missing_cells(store, [m], ARMS, 3, AGES, curve=CURVE))) == 6
@@ -61,13 +75,7 @@ def test_core_and_extra_rows_equal_the_two_separate_analyses(tmp_path):
     rng = np.random.default_rng(3)
     n, k, kx = 150, 4, 2
     models = _models(tmp_path)
-    cells = {}
-    for m in models:
-        for arm in ARMS:
-            for age in CURVE.ages_for("lstm", arm, AGES):
-                for g in E.GDC_KEYS:
-                    chips = k if E.is_core(arm, age, ARMS, AGES) else kx
-                    cells[(m.key, arm, age, g)] = rng.random((chips, n)) < 0.8
+    cells = _random_cells(models, CURVE, n, k, kx, rng)
     fp = {m.key: rng.random(n) < 0.9 for m in models}
     res = analyse(models, cells, fp, {"lstm": list(range(k))}, AGES, ARMS, 40, curve=CURVE, extra_used={"lstm": [0, 1]})
     core = analyse(models, cells, fp, {"lstm": list(range(k))}, AGES, ["max"], 40)
@@ -106,12 +114,7 @@ EVERY = E.Curve(("10 y",), None, "max", every_chip=True)
 
 
 def test_a_curve_on_every_chip_is_core_and_only_the_other_arms_are_cut(tmp_path):
-    m = _models(tmp_path)[0]
-    store = E.CellStore(tmp_path, "pcm", 10)
-    todo = {
-        (chip, arm): [a for a, g in cells if g == "on"]
-        for chip, _, arm, cells in E.missing_cells(store, [m], ARMS, 3, AGES, curve=EVERY, extra_chips=1)
-    }
+    m, store, todo = _todo(tmp_path, EVERY)
     assert todo == {
         (0, "max"): ["1 d", "10 y"],
         (0, "caws"): ["1 d"],
@@ -134,13 +137,7 @@ def test_a_curve_on_every_chip_gets_rows_of_all_chips_and_no_dagger(tmp_path):
     rng = np.random.default_rng(5)
     n, k, kx = 150, 4, 2
     models = _models(tmp_path)
-    cells = {}
-    for m in models:
-        for arm in ARMS:
-            for age in EVERY.ages_for("lstm", arm, AGES):
-                for g in E.GDC_KEYS:
-                    chips = k if E.is_core(arm, age, ARMS, AGES, EVERY) else kx
-                    cells[(m.key, arm, age, g)] = rng.random((chips, n)) < 0.8
+    cells = _random_cells(models, EVERY, n, k, kx, rng)
     fp = {m.key: rng.random(n) < 0.9 for m in models}
     used = {"lstm": list(range(k))}
     res = analyse(models, cells, fp, used, AGES, ARMS, 40, curve=EVERY, extra_used={"lstm": [0, 1]})
