@@ -10,7 +10,7 @@ It reads every finished training run under ``--runs`` (``model.pt`` and its ONNX
 test set twice (:mod:`studies.hardening_eval`): the seed's protocol (activation noise σ on a log
 grid × noise seeds → logistic fit → µ, :mod:`studies.noise_midpoint`) and the aged chip
 (chipsim runtime, ``--chips`` chips, 1 s … 10 y, GDC on and off). Each run's raw result is kept
-in ``runs/hardening-cache/<run folder name>.json`` as soon as it is computed (and in the report's
+in ``runs/hardening-cache/<run folder name>.json`` (or ``--cache``) as soon as it is computed (and in the report's
 ``hardening.json``); ``--resume`` reuses either when the run folder and the evaluation settings
 match, so a later session with more runs or more compute completes the report. The summary,
 intervals and verdicts (:mod:`studies.hardening_summary`) and the page (:mod:`studies.hardening_report`)
@@ -139,17 +139,21 @@ def _previous(out: Path) -> dict[str, dict[str, Any]]:
     return {r["run"]: r for r in json.loads(path.read_text())["raw"].values()}
 
 
-def collect(run_dirs: list[Path], out: Path, cfg: dict[str, Any], resume: bool, threads: int) -> dict[str, Any]:
-    """{run key: raw result} for every run, evaluating those without a matching cached result."""
+def collect(
+    run_dirs: list[Path], out: Path, cfg: dict[str, Any], resume: bool, threads: int, cache: Path | None = None
+) -> dict[str, Any]:
+    """{run key: raw result} for every run, evaluating those without a matching cached result in
+    ``cache`` (default :data:`CACHE_DIR`) or in ``out``'s report."""
     from tqdm.auto import tqdm
 
     from studies.hardening_summary import run_key
 
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    cache = CACHE_DIR if cache is None else Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
     previous = _previous(out) if resume else {}
     raw: dict[str, Any] = {}
     for run_dir in tqdm(run_dirs, desc="hardening runs", unit="run"):
-        path = CACHE_DIR / f"{run_dir.name}.json"
+        path = cache / f"{run_dir.name}.json"
         r = json.loads(path.read_text()) if resume and path.is_file() else None
         if r is None or r["run"] != str(run_dir):
             r = previous.get(str(run_dir))
@@ -200,7 +204,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--resume",
         action="store_true",
-        help="reuse raw results of runs already evaluated (runs/hardening-cache/, --out/hardening.json)",
+        help="reuse raw results of runs already evaluated (--cache, --out/hardening.json)",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder of the per-run raw results (default runs/hardening-cache; a folder in git keeps them "
+        "across machines, e.g. models/trained/hardening/eval)",
     )
     ap.add_argument("--sigmas", type=int, default=16, help="σ values of the log grid (default 16)")
     ap.add_argument("--sigma-min", type=float, default=1e-2)
@@ -230,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--resume continues a report: name its folder with --out (or --replace for reports/hardening)")
     out = outputs.output_dir("hardening-report", OUT_DIR, args.out, args.replace, () if args.resume else FILES)
     cfg = eval_config(args)
-    raw = collect(runs, out, cfg, args.resume, args.threads)
+    raw = collect(runs, out, cfg, args.resume, args.threads, args.cache)
     command = "python -m models.report --suite hardening " + shlex.join(argv if argv is not None else sys.argv[1:])
     config = {**cfg, "command": command.strip(), "runs": " ".join(map(str, args.runs)), "label": args.label}
     doc = write_report(raw, config, out)

@@ -175,6 +175,25 @@ def test_resume_reuses_the_raw_results_of_the_report_in_out(tmp_path, monkeypatc
         HS.collect([run], tmp_path, {**cfg, "n_images": 4}, resume=True, threads=1)
 
 
+def test_cache_option_keeps_raw_results_where_it_says(tmp_path, monkeypatch):
+    # --cache (a folder in git) must receive new results and serve them to a later --resume
+    monkeypatch.setattr(HS, "CACHE_DIR", tmp_path / "default-cache")
+    run, cache, cfg = tmp_path / "runs" / "resnet-plain-s1", tmp_path / "kept", {"sigmas": [0.1], "n_images": 3}
+    calls = []
+
+    def fake_eval(run_dir, c, threads):
+        calls.append(run_dir)
+        return {**_raw("plain", 1), "run": str(run_dir), "eval": c}
+
+    monkeypatch.setattr(HS, "evaluate_run", fake_eval)
+    monkeypatch.setattr(HS, "training_record", lambda run_dir: {"epochs": 15})
+    first = HS.collect([run], tmp_path / "out", cfg, resume=True, threads=1, cache=cache)
+    assert calls == [run] and (cache / "resnet-plain-s1.json").is_file()
+    assert not (tmp_path / "default-cache").exists()
+    again = HS.collect([run], tmp_path / "out", cfg, resume=True, threads=1, cache=cache)
+    assert calls == [run] and again == first  # read back, not evaluated again
+
+
 def test_runs_come_from_several_folders_and_only_the_study_s_arms(tmp_path):
     def run(folder, name, arch, mode):
         d = tmp_path / folder / name
